@@ -1,4 +1,13 @@
 //! oneinbox-operator: manages OneInbox phone numbers as `PhoneNumber` custom resources.
 
+pub mod admin;
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod metrics;
+pub mod oneinbox;
+pub mod telemetry;
+
 #[cfg(feature = "mock-server")]
 pub mod mock_oneinbox;

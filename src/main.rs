@@ -1,1 +1,147 @@
-fn main() {}
+//! Wiring only: TLS provider, configuration, telemetry, clients, admin server, controller,
+//! shutdown.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use oneinbox_operator::admin::{self, Health};
+use oneinbox_operator::config::{Cli, Command, RunArgs};
+use oneinbox_operator::controller::{self, Scope, Settings};
+use oneinbox_operator::metrics::Metrics;
+use oneinbox_operator::oneinbox::SecretString;
+use oneinbox_operator::oneinbox::http::{HttpClient, HttpClientConfig};
+use oneinbox_operator::telemetry;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    // Both kube and reqwest use rustls; pick the provider once, before any client exists.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(*args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            error!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn api_key(args: &RunArgs) -> Result<SecretString, String> {
+    let key = match &args.api_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?,
+        None => std::env::var("ONEINBOX_API_KEY")
+            .map_err(|_| "set ONEINBOX_API_KEY or --api-key-file".to_string())?,
+    };
+    let key = key.trim().to_owned();
+    if key.is_empty() {
+        return Err("the OneInbox API key is empty".into());
+    }
+    Ok(SecretString::new(key))
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let metrics = Metrics::new();
+    let oneinbox = HttpClient::new(
+        HttpClientConfig {
+            base_url: args.api_url.clone(),
+            api_key: api_key(&args)?,
+            timeout: args.api_timeout,
+            connect_timeout: args.api_timeout.min(std::time::Duration::from_secs(5)),
+            rate_per_second: args.api_rps,
+            burst: args.api_burst,
+            max_in_flight: args.api_max_in_flight,
+            max_retry_after: args.max_retry_after,
+        },
+        metrics.clone(),
+    )
+    .map_err(|e| format!("cannot build the OneInbox client: {e}"))?;
+
+    let mut kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
+    // Retries are ours (per-object backoff); the client's own could stall a reconcile.
+    kube_config.default_retry = false;
+    let client = kube::Client::try_from(kube_config)
+        .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
+
+    // First SIGTERM/SIGINT: not ready, drain. Second: exit at once.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let health = Health::default();
+    let signal_health = health.clone();
+    tokio::spawn(async move {
+        tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} }
+        info!("shutdown requested; draining in-flight reconciles");
+        signal_health.set_shutting_down();
+        let _ = stop_tx.send(true);
+        tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} }
+        error!("second signal; exiting now");
+        std::process::exit(130);
+    });
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let admin_task = tokio::spawn(admin::serve(
+        args.admin_addr,
+        health.clone(),
+        metrics.clone(),
+        wait_stop(stop_rx.clone()),
+    ));
+
+    let settings = Settings {
+        poll_interval: args.poll_interval,
+        min_poll_interval: args.min_poll_interval,
+        secret_grace_period: args.secret_grace_period,
+        provisioning_poll: args.provisioning_poll,
+        backoff_base: args.backoff_base,
+        backoff_max: args.backoff_max,
+        kube_timeout: args.kube_timeout,
+    };
+    let scope = Scope {
+        namespace: args.watch_namespace.clone(),
+        label_selector: args.label_selector.clone(),
+    };
+    info!(api_url = %args.api_url, namespace = ?scope.namespace, "starting oneinbox-operator");
+    let ready_health = health.clone();
+    controller::run(
+        client,
+        oneinbox,
+        metrics,
+        controller::Options {
+            settings,
+            scope,
+            instance: args.instance.clone(),
+            concurrency: args.concurrency,
+        },
+        move |readiness| {
+            tokio::spawn(async move {
+                if readiness.store.wait_until_ready().await.is_ok() {
+                    info!("PhoneNumber cache synced; ready");
+                    ready_health.set_synced();
+                }
+            });
+        },
+        wait_stop(stop_rx),
+    )
+    .await;
+    health.set_shutting_down();
+    admin_task.abort();
+    Ok(())
+}

@@ -25,8 +25,8 @@ components=("$@")
 
 log() { echo "build.sh: $*" >&2; }
 
-hash_of() { # module dir
-  { cat "$here/$1/go.mod" "$here/$1/go.sum" "$here/build.sh"; go env GOVERSION; } |
+hash_of() { # module dir: go.mod, go.sum, our own Go sources (kstatus), this script, the Go version
+  { cat "$here/$1/go.mod" "$here/$1/go.sum" "$here/build.sh"; cat "$here/$1"/*.go 2>/dev/null; go env GOVERSION; } |
     sha256sum | cut -c1-12
 }
 
@@ -68,7 +68,7 @@ flock 9
 for c in "${components[@]}"; do
   d=$(dir_for "$c")
   if [ ! -d "$d" ]; then
-    log "building $c into $d (a cold k8s build takes tens of minutes on 2 cores)"
+    log "building $c into $d"
     start=$(date +%s)
     rm -rf "$d.tmp.$$"; mkdir -p "$d.tmp.$$"
     build_one "$c" "$d.tmp.$$"

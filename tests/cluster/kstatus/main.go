@@ -5,7 +5,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -20,12 +19,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "read stdin:", err)
 		os.Exit(2)
 	}
-	obj := map[string]interface{}{}
-	if err := json.Unmarshal(raw, &obj); err != nil || len(obj) == 0 {
-		fmt.Fprintln(os.Stderr, "stdin is not a JSON object:", err)
+	// UnmarshalJSON keeps integers as int64, as kstatus' accessors expect.
+	obj := &unstructured.Unstructured{}
+	if err := obj.UnmarshalJSON(raw); err != nil {
+		fmt.Fprintln(os.Stderr, "stdin is not a Kubernetes object:", err)
 		os.Exit(2)
 	}
-	res, err := status.Compute(&unstructured.Unstructured{Object: obj})
+	res, err := status.Compute(obj)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "compute:", err)
 		os.Exit(2)

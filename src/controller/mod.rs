@@ -1,0 +1,244 @@
+//! Controller wiring: watches, the shared context, error policy, result reporting, shutdown.
+
+pub mod backoff;
+pub mod plan;
+mod reconcile;
+pub mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use reconcile::reconcile;
+
+use crate::crd::PhoneNumber;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::oneinbox::OneInboxApi;
+
+/// Timing settings of the reconciler.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub poll_interval: Duration,
+    pub min_poll_interval: Duration,
+    pub secret_grace_period: Duration,
+    pub provisioning_poll: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub kube_timeout: Duration,
+}
+
+/// The last successful check of a registration against the API (in memory only: after a
+/// restart each object is checked once).
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub generation: Option<i64>,
+    pub id: String,
+    pub at: Instant,
+    /// This object's jittered poll interval; `None` = no periodic checks.
+    pub interval: Option<Duration>,
+}
+
+/// Shared state of all reconciles.
+pub struct Context<C> {
+    pub client: Client,
+    pub oneinbox: C,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    pub backoff: backoff::Backoff,
+    pub checked: Mutex<HashMap<String, Checked>>,
+    /// Every watched PhoneNumber (for duplicate claims and Secret mapping).
+    pub store: Store<PhoneNumber>,
+    /// Objects to reconcile now because a number they wait for was released.
+    pub siblings: mpsc::UnboundedSender<ObjectRef<PhoneNumber>>,
+}
+
+impl<C> Context<C> {
+    /// Bound a Kubernetes call in time (the client's own retries could stall it).
+    pub async fn kube_call<T>(
+        &self,
+        fut: impl Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> Result<std::result::Result<T, kube::Error>> {
+        let limit = self.settings.kube_timeout;
+        tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| Error::KubeTimeout(limit))
+    }
+}
+
+/// Where and what to watch.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub namespace: Option<String>,
+    pub label_selector: Option<String>,
+}
+
+/// Requeue delay after a failed reconcile: per-object exponential backoff with jitter, never
+/// shorter than what the API asked for.
+fn error_policy<C: OneInboxApi>(
+    obj: Arc<PhoneNumber>,
+    err: &Error,
+    ctx: Arc<Context<C>>,
+) -> Action {
+    let uid = obj.uid().unwrap_or_default();
+    let failures = ctx.backoff.failed(&uid);
+    let s = &ctx.settings;
+    let mut wait = backoff::delay(
+        failures,
+        s.backoff_base,
+        s.backoff_max,
+        rand::random_range(0.5..=1.0),
+    );
+    if let Some(ra) = err.retry_after() {
+        wait = wait.max(ra);
+    }
+    warn!(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, failures, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Handle to the running controller's readiness: ready once the PhoneNumber cache has synced.
+#[derive(Clone)]
+pub struct Readiness {
+    pub store: Store<PhoneNumber>,
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub settings: Settings,
+    pub scope: Scope,
+    /// Event reporter instance (the pod name).
+    pub instance: String,
+    /// Most reconciles at once.
+    pub concurrency: u16,
+}
+
+/// Run the controller until `shutdown` resolves, then drain in-flight reconciles.
+pub async fn run<C: OneInboxApi>(
+    client: Client,
+    oneinbox: C,
+    metrics: Metrics,
+    options: Options,
+    on_ready: impl FnOnce(Readiness) + Send,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let Options {
+        settings,
+        scope,
+        instance,
+        concurrency,
+    } = options;
+    let (pns, secrets): (Api<PhoneNumber>, Api<PartialObjectMeta<Secret>>) = match &scope.namespace
+    {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let mut wc = watcher::Config::default().any_semantic();
+    if let Some(sel) = &scope.label_selector {
+        wc = wc.labels(sel);
+    }
+    let controller =
+        Controller::new(pns, wc).with_config(ControllerConfig::default().concurrency(concurrency));
+    let store = controller.store();
+    on_ready(Readiness {
+        store: store.clone(),
+    });
+
+    let (siblings, sibling_rx) = mpsc::unbounded_channel();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "oneinbox-operator".into(),
+            instance: Some(instance),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        oneinbox,
+        recorder,
+        metrics: metrics.clone(),
+        settings,
+        backoff: backoff::Backoff::default(),
+        checked: Mutex::new(HashMap::new()),
+        store: store.clone(),
+        siblings,
+    });
+
+    // Metadata only: learn that a referenced Secret changed without caching any Secret data.
+    let secret_store = store.clone();
+    let secret_events = watcher(secrets, watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    let sibling_stream = tokio_stream_from(sibling_rx);
+
+    let reconcile_metrics = metrics.clone();
+    controller
+        .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            secret_store
+                .state()
+                .into_iter()
+                .filter(|pn| {
+                    pn.namespace() == ns
+                        && pn.spec.provider_config.as_ref().is_some_and(|pc| pc.auth_password_secret_ref.name == name)
+                })
+                .map(|pn| ObjectRef::from_obj(pn.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(sibling_stream)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |obj, ctx: Arc<Context<C>>| {
+                let span = info_span!("reconcile", namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any());
+                let metrics = reconcile_metrics.clone();
+                async move {
+                    metrics.reconcile_started();
+                    let started = Instant::now();
+                    let uid = obj.uid().unwrap_or_default();
+                    let res = reconcile(obj, ctx.clone()).await;
+                    metrics.reconcile_finished(started.elapsed(), res.as_ref().err().map(Error::metric_label));
+                    if res.is_ok() {
+                        ctx.backoff.reset(&uid);
+                    }
+                    res
+                }
+                .instrument(span)
+                .boxed()
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, action)) => debug!(name = %obj.name, namespace = obj.namespace.as_deref().unwrap_or(""), ?action, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+/// An unbounded receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}

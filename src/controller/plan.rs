@@ -1,0 +1,378 @@
+//! Pure decisions of the reconciler: the register request a spec asks for, the PATCH that brings
+//! a registration in line, the credentials hash, who owns a number claimed twice, and the poll
+//! interval. No IO; everything here is unit-tested.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use kube::ResourceExt;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+
+use crate::config::parse_duration;
+use crate::crd::{ANNOTATION_POLL_INTERVAL, PhoneNumber};
+use crate::oneinbox::{
+    PatchRequest, RegisterRequest, Registration, Routing, RoutingFallback, SecretString,
+    SipProviderConfig,
+};
+
+/// The SIP credentials as resolved for one reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Credentials {
+    Sip {
+        trunk_address: String,
+        auth_username: String,
+        auth_password: SecretString,
+    },
+    Stored {
+        credential_id: String,
+    },
+}
+
+/// The routing the spec asks for, in the API's shape.
+fn spec_routing(obj: &PhoneNumber) -> Option<Routing> {
+    obj.spec.inbound_routing.as_ref().map(|r| Routing {
+        agent_id: r.agent_id.clone(),
+        fallback: r.fallback.as_ref().map(|f| RoutingFallback {
+            agent_id: f.agent_id.clone(),
+        }),
+        voicemail_message: r.voicemail_message.clone(),
+    })
+}
+
+/// `POST /v1/phone-numbers` for the spec and its resolved credentials.
+pub fn register_request(obj: &PhoneNumber, creds: &Credentials) -> RegisterRequest {
+    let (provider_config, credential_id) = match creds {
+        Credentials::Sip {
+            trunk_address,
+            auth_username,
+            auth_password,
+        } => (
+            Some(SipProviderConfig {
+                trunk_address: trunk_address.clone(),
+                auth_username: auth_username.clone(),
+                auth_password: auth_password.clone(),
+            }),
+            None,
+        ),
+        Credentials::Stored { credential_id } => (None, Some(credential_id.clone())),
+    };
+    RegisterRequest {
+        phone_number: obj.spec.phone_number.clone(),
+        provider: obj.spec.provider.as_str().to_owned(),
+        agent_id: obj.spec.agent_id.clone(),
+        friendly_name: obj.spec.friendly_name.clone(),
+        provider_config,
+        credential_id,
+        inbound_routing: spec_routing(obj),
+    }
+}
+
+/// The PATCH that makes `remote` match the spec: only changed fields, with explicit nulls for
+/// removed routing keys (§6 m). Empty when nothing differs.
+pub fn patch_for(obj: &PhoneNumber, remote: &Registration) -> PatchRequest {
+    let mut patch = PatchRequest::default();
+    if obj.spec.friendly_name != remote.friendly_name {
+        patch.friendly_name = Some(obj.spec.friendly_name.clone());
+    }
+    if obj.spec.agent_id != remote.agent_id {
+        patch.agent_id = Some(obj.spec.agent_id.clone());
+    }
+    let want = spec_routing(obj).unwrap_or_default();
+    let have = remote.inbound_routing.clone().unwrap_or_default();
+    let mut routing = Map::new();
+    let mut set = |key: &str, want: Option<Value>, have: Option<Value>| {
+        if want != have {
+            routing.insert(key.to_owned(), want.unwrap_or(Value::Null));
+        }
+    };
+    set(
+        "agent_id",
+        want.agent_id.map(Value::String),
+        have.agent_id.map(Value::String),
+    );
+    set(
+        "fallback",
+        want.fallback
+            .map(|f| serde_json::json!({"agent_id": f.agent_id})),
+        have.fallback
+            .map(|f| serde_json::json!({"agent_id": f.agent_id})),
+    );
+    set(
+        "voicemail_message",
+        want.voicemail_message.map(Value::String),
+        have.voicemail_message.map(Value::String),
+    );
+    if !routing.is_empty() {
+        patch.inbound_routing = Some(routing);
+    }
+    patch
+}
+
+/// Keyed hash (HMAC-SHA256, keyed by the object's UID) of everything whose change needs a
+/// re-registration. The same password in two objects gives unrelated hashes, and the status
+/// never holds the value or a plain hash of it.
+pub fn credentials_hash(uid: &str, creds: &Credentials) -> String {
+    #[allow(clippy::expect_used)] // HMAC accepts keys of any length
+    let mut mac = Hmac::<Sha256>::new_from_slice(uid.as_bytes()).expect("hmac key");
+    match creds {
+        Credentials::Sip {
+            trunk_address,
+            auth_username,
+            auth_password,
+        } => {
+            for part in [
+                b"sip".as_slice(),
+                trunk_address.as_bytes(),
+                auth_username.as_bytes(),
+                auth_password.expose().as_bytes(),
+            ] {
+                mac.update(&(part.len() as u64).to_be_bytes());
+                mac.update(part);
+            }
+        }
+        Credentials::Stored { credential_id } => {
+            for part in [b"integration".as_slice(), credential_id.as_bytes()] {
+                mac.update(&(part.len() as u64).to_be_bytes());
+                mac.update(part);
+            }
+        }
+    }
+    format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Sort key of a claim on a number: the oldest object owns it.
+fn claim_key(o: &PhoneNumber) -> (Option<jiff::Timestamp>, String, String) {
+    (
+        o.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        o.namespace().unwrap_or_default(),
+        o.name_any(),
+    )
+}
+
+/// The object that owns `obj`'s number, if it is another one: the oldest object claiming the
+/// same number, where one that already holds a remote id always wins.
+pub fn owner_of_number<'a>(
+    obj: &PhoneNumber,
+    others: impl IntoIterator<Item = &'a PhoneNumber>,
+) -> Option<&'a PhoneNumber> {
+    let uid = obj.uid();
+    let mine = claim_key(obj);
+    others
+        .into_iter()
+        .filter(|o| o.uid() != uid && o.spec.phone_number == obj.spec.phone_number)
+        .filter(|o| o.known_id().is_some() || claim_key(o) < mine)
+        .min_by_key(|o| claim_key(o))
+}
+
+/// The drift-check interval of a Ready object: the annotation (clamped to `floor`) or the
+/// default; `None` means never (annotation `0`).
+pub fn poll_interval(obj: &PhoneNumber, default: Duration, floor: Duration) -> Option<Duration> {
+    match obj.annotation(ANNOTATION_POLL_INTERVAL).map(parse_duration) {
+        Some(Ok(d)) if d.is_zero() => None,
+        Some(Ok(d)) => Some(d.max(floor)),
+        _ => Some(default),
+    }
+}
+
+/// `d` scaled by `factor` in [0.8, 1.2]: spreads a fleet's polls over time.
+pub fn jittered(d: Duration, factor: f64) -> Duration {
+    d.mul_f64(factor.clamp(0.8, 1.2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        DeletionPolicy, Fallback, InboundRouting, PhoneNumberSpec, Provider, ReplacementPolicy,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
+    const OTHER: &str = "11111111-2222-4333-8444-555555555555";
+
+    fn pn(name: &str) -> PhoneNumber {
+        let mut p = PhoneNumber::new(
+            name,
+            PhoneNumberSpec {
+                phone_number: "+15551234567".into(),
+                provider: Provider::Twilio,
+                agent_id: AGENT.into(),
+                friendly_name: Some("Sales".into()),
+                provider_config: None,
+                credential_id: Some(AGENT.into()),
+                inbound_routing: Some(InboundRouting {
+                    agent_id: None,
+                    fallback: Some(Fallback {
+                        agent_id: AGENT.into(),
+                    }),
+                    voicemail_message: Some("hi".into()),
+                }),
+                deletion_policy: DeletionPolicy::Delete,
+                replacement_policy: ReplacementPolicy::Manual,
+            },
+        );
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some(format!("uid-{name}"));
+        p
+    }
+
+    fn remote_of(p: &PhoneNumber) -> Registration {
+        Registration {
+            id: "id1".into(),
+            phone_number: p.spec.phone_number.clone(),
+            friendly_name: p.spec.friendly_name.clone(),
+            provider: "twilio".into(),
+            agent_id: p.spec.agent_id.clone(),
+            status: "active".into(),
+            inbound_trunk_id: Some("ST_1".into()),
+            outbound_trunk_id: Some("ST_2".into()),
+            dispatch_rule_id: Some("SDR_1".into()),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            inbound_routing: spec_routing(p),
+        }
+    }
+
+    #[test]
+    fn in_line_registration_needs_no_patch() {
+        let p = pn("a");
+        assert!(patch_for(&p, &remote_of(&p)).is_empty());
+    }
+
+    #[test]
+    fn patch_carries_only_changed_fields() {
+        let p = pn("a");
+        let mut remote = remote_of(&p);
+        remote.agent_id = OTHER.into();
+        let patch = patch_for(&p, &remote);
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            serde_json::json!({"agent_id": AGENT})
+        );
+    }
+
+    #[test]
+    fn removing_fallback_sends_explicit_null() {
+        let mut p = pn("a");
+        let remote = remote_of(&p);
+        if let Some(r) = p.spec.inbound_routing.as_mut() {
+            r.fallback = None;
+        }
+        let patch = patch_for(&p, &remote);
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            serde_json::json!({"inbound_routing": {"fallback": null}})
+        );
+    }
+
+    #[test]
+    fn clearing_the_name_sends_null() {
+        let mut p = pn("a");
+        let remote = remote_of(&p);
+        p.spec.friendly_name = None;
+        assert_eq!(
+            serde_json::to_value(patch_for(&p, &remote)).unwrap(),
+            serde_json::json!({"friendly_name": null})
+        );
+    }
+
+    #[test]
+    fn register_request_uses_credential_id_or_sip_config() {
+        let p = pn("a");
+        let req = register_request(
+            &p,
+            &Credentials::Stored {
+                credential_id: AGENT.into(),
+            },
+        );
+        assert_eq!(req.credential_id.as_deref(), Some(AGENT));
+        assert!(req.provider_config.is_none());
+        assert_eq!(req.provider, "twilio");
+        let req = register_request(
+            &p,
+            &Credentials::Sip {
+                trunk_address: "t.pstn.twilio.com".into(),
+                auth_username: "u".into(),
+                auth_password: SecretString::new("pw".into()),
+            },
+        );
+        assert!(req.credential_id.is_none());
+        assert_eq!(req.provider_config.unwrap().auth_password.expose(), "pw");
+    }
+
+    #[test]
+    fn credentials_hash_is_keyed_and_hides_the_password() {
+        let sip = |pw: &str| Credentials::Sip {
+            trunk_address: "t".into(),
+            auth_username: "u".into(),
+            auth_password: SecretString::new(pw.into()),
+        };
+        let h1 = credentials_hash("uid-1", &sip("secret-pw"));
+        assert_eq!(h1, credentials_hash("uid-1", &sip("secret-pw")));
+        assert_ne!(h1, credentials_hash("uid-2", &sip("secret-pw")));
+        assert_ne!(h1, credentials_hash("uid-1", &sip("other-pw")));
+        assert!(!h1.contains("secret-pw"));
+        // Not a plain hash of the password.
+        use sha2::Digest;
+        assert!(!h1.contains(&hex::encode(sha2::Sha256::digest(b"secret-pw"))));
+    }
+
+    #[test]
+    fn oldest_claim_owns_the_number() {
+        let mut old = pn("old");
+        old.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(100).unwrap()));
+        let mut new = pn("new");
+        new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
+        let all = [old.clone(), new.clone()];
+        assert_eq!(
+            owner_of_number(&new, all.iter()).map(|o| o.name_any()),
+            Some("old".into())
+        );
+        assert!(owner_of_number(&old, all.iter()).is_none());
+    }
+
+    #[test]
+    fn a_registered_claim_wins_even_if_newer() {
+        let mut old = pn("old");
+        old.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(100).unwrap()));
+        let mut new = pn("new");
+        new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
+        new.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id".into()),
+            ..Default::default()
+        });
+        let all = [old.clone(), new.clone()];
+        assert_eq!(
+            owner_of_number(&old, all.iter()).map(|o| o.name_any()),
+            Some("new".into())
+        );
+    }
+
+    #[test]
+    fn poll_interval_annotation_is_clamped_and_zero_disables() {
+        let mut p = pn("a");
+        let d = Duration::from_secs(600);
+        let floor = Duration::from_secs(30);
+        assert_eq!(poll_interval(&p, d, floor), Some(d));
+        p.metadata.annotations =
+            Some([(ANNOTATION_POLL_INTERVAL.to_string(), "5s".to_string())].into());
+        assert_eq!(poll_interval(&p, d, floor), Some(floor));
+        p.metadata.annotations =
+            Some([(ANNOTATION_POLL_INTERVAL.to_string(), "2m".to_string())].into());
+        assert_eq!(poll_interval(&p, d, floor), Some(Duration::from_secs(120)));
+        p.metadata.annotations =
+            Some([(ANNOTATION_POLL_INTERVAL.to_string(), "0".to_string())].into());
+        assert_eq!(poll_interval(&p, d, floor), None);
+        p.metadata.annotations =
+            Some([(ANNOTATION_POLL_INTERVAL.to_string(), "soon".to_string())].into());
+        assert_eq!(poll_interval(&p, d, floor), Some(d));
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        let d = Duration::from_secs(100);
+        assert_eq!(jittered(d, 0.5), Duration::from_secs(80));
+        assert_eq!(jittered(d, 1.5), Duration::from_secs(120));
+    }
+}

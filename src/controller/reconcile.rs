@@ -1,0 +1,947 @@
+//! The reconciler: the only code that orders side effects (Kubernetes writes, events, OneInbox
+//! calls). Decisions come from `plan` and `status`, which are pure.
+//!
+//! Crash safety of the create (design §2): the finalizer and a `status.pendingCreate` marker are
+//! written with optimistic concurrency before the POST, and an object that carries the marker
+//! without an id is looked up by number and adopted before anything is posted again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::plan::{self, Credentials};
+use super::status::{self, Phase, RemoteFacts, StatusData, reason};
+use super::{Checked, Context};
+use crate::crd::{
+    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, FIELD_MANAGER,
+    FINALIZER, PendingCreate, PhoneNumber, PhoneNumberStatus, ReplacementPolicy,
+};
+use crate::error::{Error, Result};
+use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
+
+/// How often an object that waits on another (a duplicate claim) looks again, as a fallback to
+/// the direct trigger when the owner goes away.
+const DUPLICATE_RECHECK: Duration = Duration::from_secs(300);
+
+/// Reconcile one PhoneNumber.
+pub async fn reconcile<C: OneInboxApi>(
+    obj: Arc<PhoneNumber>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action> {
+    let ns = obj
+        .namespace()
+        .ok_or(Error::InvalidObject("metadata.namespace"))?;
+    let api: Api<PhoneNumber> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut r = Reconciler {
+        ctx: &ctx,
+        api,
+        obj: (*obj).clone(),
+        ns,
+    };
+    if obj.metadata.deletion_timestamp.is_some() {
+        r.cleanup().await
+    } else {
+        r.apply().await
+    }
+}
+
+/// Why the credentials could not be resolved (never contains the value).
+struct MissingSecret(String);
+
+struct Reconciler<'a, C> {
+    ctx: &'a Context<C>,
+    api: Api<PhoneNumber>,
+    /// The object as last written or read: carries the latest resourceVersion and status.
+    obj: PhoneNumber,
+    ns: String,
+}
+
+impl<C: OneInboxApi> Reconciler<'_, C> {
+    fn uid(&self) -> String {
+        self.obj.uid().unwrap_or_default()
+    }
+
+    fn now(&self) -> Time {
+        Time(jiff::Timestamp::now())
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    async fn apply(&mut self) -> Result<Action> {
+        if self.obj.is_paused() {
+            self.write_phase(StatusData::current(&self.obj), Phase::Paused)
+                .await?;
+            return Ok(Action::await_change());
+        }
+
+        let known_id = self.obj.known_id();
+        if known_id.is_none() {
+            let state = self.ctx.store.state();
+            if let Some(owner) = plan::owner_of_number(&self.obj, state.iter().map(|o| o.as_ref()))
+            {
+                let msg = format!(
+                    "PhoneNumber {}/{} already manages {}; this object will not register it. Delete this object, or change its phoneNumber",
+                    owner.namespace().unwrap_or_default(),
+                    owner.name_any(),
+                    self.obj.spec.phone_number
+                );
+                let phase = Phase::Stalled {
+                    reason: reason::DUPLICATE_PHONE_NUMBER,
+                    message: msg,
+                };
+                self.write_phase(StatusData::current(&self.obj), phase)
+                    .await?;
+                return Ok(Action::requeue(DUPLICATE_RECHECK));
+            }
+        }
+
+        let creds = self.resolve_credentials().await?;
+        let current_hash = creds
+            .as_ref()
+            .ok()
+            .map(|c| plan::credentials_hash(&self.uid(), c));
+
+        let remote = match known_id {
+            Some(id) => {
+                if let Some(wait) = self.fresh_for(&id, current_hash.as_deref()) {
+                    debug!(remaining = ?wait, "registration checked recently; no API call");
+                    return Ok(Action::requeue(wait));
+                }
+                match self.ctx.oneinbox.get(&id).await {
+                    Ok(reg) if reg.phone_number != self.obj.spec.phone_number => {
+                        let msg = format!(
+                            "OneInbox registration {id} is for {}, not {}. Fix or remove the {ANNOTATION_PHONE_NUMBER_ID} annotation",
+                            reg.phone_number, self.obj.spec.phone_number
+                        );
+                        self.stall(reason::ID_MISMATCH, msg).await?;
+                        return Ok(Action::await_change());
+                    }
+                    Ok(reg) => {
+                        let adopting = self
+                            .obj
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phone_number_id.as_deref())
+                            != Some(reg.id.as_str());
+                        if adopting {
+                            self.event(
+                                EventType::Normal,
+                                "Adopted",
+                                format!("Adopted the existing OneInbox registration {}", reg.id),
+                            )
+                            .await;
+                        }
+                        Some(reg)
+                    }
+                    Err(ApiError::NotFound) => {
+                        self.event(
+                            EventType::Warning,
+                            "RegistrationLost",
+                            format!("OneInbox registration {id} no longer exists (removed outside the cluster); registering the number again"),
+                        )
+                        .await;
+                        None
+                    }
+                    Err(e) => return self.api_failure(Error::GetNumber(e)).await,
+                }
+            }
+            None => None,
+        };
+
+        let (remote, hash) = match remote {
+            Some(reg) => match self.replacement(&reg, current_hash.as_deref()) {
+                Replacement::No => (reg, current_hash.clone()),
+                Replacement::Report => {
+                    let registered_hash = self
+                        .obj
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.credentials_hash.clone());
+                    (reg, registered_hash)
+                }
+                Replacement::Now => {
+                    self.event(EventType::Normal, "Replacing", format!("SIP credentials changed; deregistering {} to register the number again", reg.id)).await;
+                    match self.ctx.oneinbox.deregister(&reg.id).await {
+                        Ok(_) => {}
+                        Err(e) => return self.api_failure(Error::DeregisterNumber(e)).await,
+                    }
+                    let c = match creds {
+                        Ok(c) => c,
+                        Err(MissingSecret(why)) => return self.wait_for_secret(why).await,
+                    };
+                    match self.create(&c, false).await? {
+                        Created::Registered(reg) => (*reg, current_hash.clone()),
+                        Created::Done(action) => return Ok(action),
+                    }
+                }
+            },
+            None => {
+                let creds = match creds {
+                    Ok(c) => c,
+                    Err(MissingSecret(why)) => return self.wait_for_secret(why).await,
+                };
+                let marker = self
+                    .obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pending_create.clone());
+                let found = if marker.is_some() {
+                    // An earlier attempt may have registered it: look before posting again.
+                    match self
+                        .ctx
+                        .oneinbox
+                        .find_by_number(&self.obj.spec.phone_number)
+                        .await
+                    {
+                        Ok(mut found) => found.pop(),
+                        Err(e) => return self.api_failure(Error::LookupNumber(e)).await,
+                    }
+                } else {
+                    None
+                };
+                match found {
+                    Some(reg) => {
+                        self.event(
+                            EventType::Normal,
+                            "Adopted",
+                            format!(
+                                "Found registration {} from an interrupted attempt and adopted it",
+                                reg.id
+                            ),
+                        )
+                        .await;
+                        self.persist_registration(&reg, current_hash.clone())
+                            .await?;
+                        (reg, current_hash.clone())
+                    }
+                    None => match self.create(&creds, marker.is_some()).await? {
+                        Created::Registered(reg) => (*reg, current_hash.clone()),
+                        Created::Done(action) => return Ok(action),
+                    },
+                }
+            }
+        };
+
+        // Bring the PATCHable fields in line with the spec (one PATCH, changed fields only).
+        let patch = plan::patch_for(&self.obj, &remote);
+        let remote = if patch.is_empty() {
+            remote
+        } else {
+            match self.ctx.oneinbox.patch(&remote.id, &patch).await {
+                Ok(updated) => {
+                    self.event(
+                        EventType::Normal,
+                        "Updated",
+                        "Updated the OneInbox registration to match the spec".to_string(),
+                    )
+                    .await;
+                    updated
+                }
+                Err(e @ ApiError::Rejected { .. }) => {
+                    let msg = format!("OneInbox rejected the update: {e}. Fix the spec");
+                    self.stall(reason::UPDATE_REJECTED, msg).await?;
+                    return Ok(Action::await_change());
+                }
+                Err(e) => return self.api_failure(Error::UpdateNumber(e)).await,
+            }
+        };
+
+        self.ensure_annotation(&remote.id).await?;
+
+        let data = StatusData {
+            remote: RemoteFacts::from_registration(&remote),
+            credentials_hash: hash,
+            pending_create: None,
+            last_handled_reconcile_at: self.requested_reconcile(),
+        };
+        let replacement_pending = matches!(
+            self.replacement(&remote, current_hash.as_deref()),
+            Replacement::Report
+        );
+        let phase = if remote.status == "failed" {
+            Phase::Stalled {
+                reason: reason::REGISTRATION_FAILED,
+                message: format!(
+                    "OneInbox reports provisioning of {} failed. Delete and re-create the PhoneNumber, or contact OneInbox support",
+                    remote.id
+                ),
+            }
+        } else if !remote.is_active() {
+            Phase::Progressing {
+                reason: reason::PROVISIONING,
+                message: format!(
+                    "OneInbox reports state {:?}; waiting for \"active\"",
+                    remote.status
+                ),
+            }
+        } else if replacement_pending {
+            Phase::AvailableButStalled {
+                reason: reason::REPLACEMENT_REQUIRED,
+                message: "The SIP credentials changed, and OneInbox can only apply them by registering the number again. The number keeps working with the old credentials. Set spec.replacementPolicy: Replace to re-register, or restore the old credentials".into(),
+            }
+        } else {
+            Phase::Available
+        };
+        let active = matches!(phase, Phase::Available | Phase::AvailableButStalled { .. });
+        self.write_phase(data, phase).await?;
+
+        if !active {
+            return Ok(Action::requeue(self.ctx.settings.provisioning_poll));
+        }
+        self.remember_check(&remote.id);
+        Ok(self.poll_action())
+    }
+
+    /// Resolve `providerConfig`'s Secret or `credentialId`.
+    async fn resolve_credentials(&self) -> Result<std::result::Result<Credentials, MissingSecret>> {
+        if let Some(id) = &self.obj.spec.credential_id {
+            return Ok(Ok(Credentials::Stored {
+                credential_id: id.clone(),
+            }));
+        }
+        let Some(pc) = &self.obj.spec.provider_config else {
+            return Err(Error::InvalidObject(
+                "spec.providerConfig or spec.credentialId",
+            ));
+        };
+        let sref = &pc.auth_password_secret_ref;
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let secret = self
+            .ctx
+            .kube_call(secrets.get_opt(&sref.name))
+            .await?
+            .map_err(|source| Error::ReadSecret {
+                name: sref.name.clone(),
+                source,
+            })?;
+        let key = sref.key_or_default();
+        let why = match secret {
+            None => format!("Secret {}/{} does not exist", self.ns, sref.name),
+            Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
+                None => format!("Secret {}/{} has no key {key:?}", self.ns, sref.name),
+                Some(bytes) => match String::from_utf8(bytes.0.clone()) {
+                    Ok(pw) if !pw.is_empty() => {
+                        return Ok(Ok(Credentials::Sip {
+                            trunk_address: pc.trunk_address.clone(),
+                            auth_username: pc.auth_username.clone(),
+                            auth_password: SecretString::new(pw),
+                        }));
+                    }
+                    Ok(_) => format!("key {key:?} of Secret {}/{} is empty", self.ns, sref.name),
+                    Err(_) => format!(
+                        "key {key:?} of Secret {}/{} is not UTF-8 text",
+                        self.ns, sref.name
+                    ),
+                },
+            },
+        };
+        Ok(Err(MissingSecret(why)))
+    }
+
+    /// Report a missing Secret: Reconciling during the grace period, Stalled after it.
+    async fn wait_for_secret(&mut self, why: String) -> Result<Action> {
+        let grace = self.ctx.settings.secret_grace_period;
+        let not_ready_since = self
+            .obj
+            .condition(status::READY)
+            .filter(|c| c.status == "False")
+            .map(|c| c.last_transition_time.0)
+            .unwrap_or_else(jiff::Timestamp::now);
+        let waited = jiff::Timestamp::now().duration_since(not_ready_since);
+        let waited = Duration::try_from(waited).unwrap_or(Duration::ZERO);
+        let name = self
+            .obj
+            .spec
+            .provider_config
+            .as_ref()
+            .map(|p| p.auth_password_secret_ref.name.clone())
+            .unwrap_or_default();
+        let fix = format!(
+            "Create it, e.g. kubectl -n {} create secret generic {name} --from-literal=password=<SIP password>",
+            self.ns
+        );
+        let data = StatusData {
+            last_handled_reconcile_at: self.requested_reconcile(),
+            ..StatusData::current(&self.obj)
+        };
+        if waited >= grace {
+            let phase = Phase::Stalled {
+                reason: reason::SECRET_NOT_FOUND,
+                message: format!("{why}. {fix}"),
+            };
+            self.write_phase(data, phase).await?;
+            // The Secret watch brings the object back when the Secret appears.
+            Ok(Action::await_change())
+        } else {
+            let phase = Phase::Progressing {
+                reason: reason::SECRET_NOT_FOUND,
+                message: format!("{why}; waiting up to {}s for it. {fix}", grace.as_secs()),
+            };
+            self.write_phase(data, phase).await?;
+            Ok(Action::requeue(grace - waited + Duration::from_millis(500)))
+        }
+    }
+
+    /// Register the number: finalizer and marker first (optimistic concurrency), then POST,
+    /// then persist the id at once.
+    async fn create(&mut self, creds: &Credentials, marker_present: bool) -> Result<Created> {
+        let hash = plan::credentials_hash(&self.uid(), creds);
+        // A request OneInbox already rejected is not repeated until the spec or the credentials change.
+        if let Some(stalled) = self.obj.condition(status::STALLED)
+            && stalled.reason == reason::REGISTRATION_REJECTED
+            && stalled.observed_generation == self.obj.metadata.generation
+            && self
+                .obj
+                .status
+                .as_ref()
+                .and_then(|s| s.credentials_hash.as_deref())
+                == Some(hash.as_str())
+        {
+            debug!(
+                "registration was rejected for this spec and these credentials; waiting for a change"
+            );
+            return Ok(Created::Done(Action::await_change()));
+        }
+
+        if !marker_present {
+            self.add_finalizer().await?;
+            let marker = PendingCreate {
+                token: uuid::Uuid::new_v4().to_string(),
+                started_at: jiff::Timestamp::now().to_string(),
+            };
+            let data = StatusData {
+                remote: RemoteFacts::default(),
+                credentials_hash: Some(hash.clone()),
+                pending_create: Some(marker),
+                last_handled_reconcile_at: self.requested_reconcile(),
+            };
+            let phase = Phase::Progressing {
+                reason: reason::CREATING,
+                message: "Registering the number with OneInbox".into(),
+            };
+            let desired = status::desired_status(&self.obj, data, &phase, self.now());
+            // With the resourceVersion: a stale view of the object (another pass, another
+            // replica) fails here with a conflict instead of posting twice.
+            self.patch_status(&desired, true).await?;
+        }
+
+        let req = plan::register_request(&self.obj, creds);
+        match self.ctx.oneinbox.register(&req).await {
+            Ok(reg) => {
+                info!(id = %reg.id, "registered");
+                self.event(
+                    EventType::Normal,
+                    "Registered",
+                    format!(
+                        "Registered {} with OneInbox as {}",
+                        reg.phone_number, reg.id
+                    ),
+                )
+                .await;
+                self.persist_registration(&reg, Some(hash)).await?;
+                Ok(Created::Registered(Box::new(reg)))
+            }
+            Err(ApiError::AlreadyRegistered { phone_id, .. }) if marker_present => {
+                // A repeated POST after an ambiguous outcome: the registration is ours (§6 i).
+                let reg = match self.ctx.oneinbox.get(&phone_id).await {
+                    Ok(reg) => reg,
+                    Err(e) => {
+                        return self
+                            .api_failure(Error::GetNumber(e))
+                            .await
+                            .map(Created::Done);
+                    }
+                };
+                self.event(
+                    EventType::Normal,
+                    "Adopted",
+                    format!("Adopted {phone_id}, registered by an interrupted attempt"),
+                )
+                .await;
+                self.persist_registration(&reg, Some(hash)).await?;
+                Ok(Created::Registered(Box::new(reg)))
+            }
+            Err(ApiError::AlreadyRegistered { phone_id, .. }) => {
+                let msg = format!(
+                    "{} is already registered in OneInbox as {phone_id}, outside this cluster. To manage that registration with this object, run: kubectl -n {} annotate phonenumber {} {ANNOTATION_PHONE_NUMBER_ID}={phone_id}",
+                    self.obj.spec.phone_number,
+                    self.ns,
+                    self.obj.name_any()
+                );
+                let data = StatusData {
+                    pending_create: None,
+                    ..StatusData::current(&self.obj)
+                };
+                self.write_stalled(data, reason::ALREADY_REGISTERED, msg)
+                    .await?;
+                Ok(Created::Done(Action::await_change()))
+            }
+            Err(e @ (ApiError::Rejected { .. } | ApiError::NotFound)) => {
+                let msg = format!(
+                    "OneInbox rejected the registration: {e}. Fix the spec or the referenced Secret"
+                );
+                let data = StatusData {
+                    pending_create: None,
+                    credentials_hash: Some(hash),
+                    ..StatusData::current(&self.obj)
+                };
+                self.write_stalled(data, reason::REGISTRATION_REJECTED, msg)
+                    .await?;
+                Ok(Created::Done(Action::await_change()))
+            }
+            // Ambiguous or transient: the marker stays, so the next pass looks up first.
+            Err(e) => self
+                .api_failure(Error::RegisterNumber(e))
+                .await
+                .map(Created::Done),
+        }
+    }
+
+    /// Write the new registration's id and SIP ids right after the API returned them.
+    async fn persist_registration(
+        &mut self,
+        reg: &Registration,
+        hash: Option<String>,
+    ) -> Result<()> {
+        let data = StatusData {
+            remote: RemoteFacts::from_registration(reg),
+            credentials_hash: hash,
+            pending_create: None,
+            last_handled_reconcile_at: self.requested_reconcile(),
+        };
+        let phase = if reg.is_active() {
+            Phase::Available
+        } else {
+            Phase::Progressing {
+                reason: reason::PROVISIONING,
+                message: format!(
+                    "OneInbox reports state {:?}; waiting for \"active\"",
+                    reg.status
+                ),
+            }
+        };
+        self.write_phase(data, phase).await?;
+        self.ensure_annotation(&reg.id).await
+    }
+
+    fn replacement(&self, reg: &Registration, current_hash: Option<&str>) -> Replacement {
+        let registered = self
+            .obj
+            .status
+            .as_ref()
+            .and_then(|s| s.credentials_hash.as_deref());
+        let (Some(registered), Some(current)) = (registered, current_hash) else {
+            return Replacement::No;
+        };
+        if registered == current
+            || self
+                .obj
+                .status
+                .as_ref()
+                .and_then(|s| s.phone_number_id.as_deref())
+                != Some(reg.id.as_str())
+        {
+            return Replacement::No;
+        }
+        match self.obj.spec.replacement_policy {
+            ReplacementPolicy::Manual => Replacement::Report,
+            ReplacementPolicy::Replace => Replacement::Now,
+        }
+    }
+
+    /// Time left before the next drift check, when a GET now would be redundant: the same
+    /// generation and credentials were checked against the API recently and status says Ready.
+    fn fresh_for(&self, id: &str, current_hash: Option<&str>) -> Option<Duration> {
+        let status = self.obj.status.as_ref()?;
+        let ready = self
+            .obj
+            .condition(status::READY)
+            .is_some_and(|c| c.status == "True");
+        let in_sync = status.phone_number_id.as_deref() == Some(id)
+            && status.observed_generation == self.obj.metadata.generation
+            && self.obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id)
+            && status.last_handled_reconcile_at.as_deref()
+                == self.obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
+            && (current_hash.is_none() || status.credentials_hash.as_deref() == current_hash)
+            && self.obj.condition(status::STALLED).is_none();
+        if !ready || !in_sync {
+            return None;
+        }
+        let checked = self
+            .ctx
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.uid())
+            .cloned()?;
+        if checked.generation != self.obj.metadata.generation || checked.id != id {
+            return None;
+        }
+        let interval = checked.interval?;
+        interval
+            .checked_sub(checked.at.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+
+    fn remember_check(&self, id: &str) {
+        let interval = plan::poll_interval(
+            &self.obj,
+            self.ctx.settings.poll_interval,
+            self.ctx.settings.min_poll_interval,
+        )
+        .map(|d| plan::jittered(d, rand::random_range(0.8..=1.2)));
+        let check = Checked {
+            generation: self.obj.metadata.generation,
+            id: id.to_owned(),
+            at: std::time::Instant::now(),
+            interval,
+        };
+        self.ctx
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.uid(), check);
+    }
+
+    /// Requeue at the object's (jittered) poll interval, or never when polling is off.
+    fn poll_action(&self) -> Action {
+        let checked = self
+            .ctx
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.uid())
+            .cloned();
+        match checked.and_then(|c| c.interval) {
+            Some(d) => Action::requeue(d),
+            None => Action::await_change(),
+        }
+    }
+
+    fn requested_reconcile(&self) -> Option<String> {
+        self.obj
+            .annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
+            .map(str::to_owned)
+            .or_else(|| {
+                self.obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_reconcile_at.clone())
+            })
+    }
+
+    /// A retryable (or unexpected) OneInbox failure: say so in status, then back off.
+    async fn api_failure(&mut self, err: Error) -> Result<Action> {
+        let permanent = err.api_error().is_some_and(|e| !e.is_retryable());
+        let message = err.to_string();
+        let data = StatusData {
+            last_handled_reconcile_at: self.requested_reconcile(),
+            ..StatusData::current(&self.obj)
+        };
+        if permanent {
+            self.write_stalled(
+                data,
+                reason::REGISTRATION_REJECTED,
+                format!("{message}. Fix the spec"),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+        let phase = Phase::Progressing {
+            reason: reason::API_UNAVAILABLE,
+            message,
+        };
+        self.write_phase(data, phase).await?;
+        Err(err)
+    }
+
+    async fn stall(&mut self, why: &'static str, message: String) -> Result<()> {
+        let data = StatusData {
+            last_handled_reconcile_at: self.requested_reconcile(),
+            ..StatusData::current(&self.obj)
+        };
+        self.write_stalled(data, why, message).await
+    }
+
+    async fn write_stalled(
+        &mut self,
+        data: StatusData,
+        why: &'static str,
+        message: String,
+    ) -> Result<()> {
+        self.write_phase(
+            data,
+            Phase::Stalled {
+                reason: why,
+                message,
+            },
+        )
+        .await
+    }
+
+    // ---------------------------------------------------------------- cleanup
+
+    async fn cleanup(&mut self) -> Result<Action> {
+        if !self.obj.has_finalizer() {
+            return Ok(Action::await_change());
+        }
+        if self.obj.spec.deletion_policy == DeletionPolicy::Orphan {
+            self.remove_finalizer().await?;
+            let what = self
+                .obj
+                .known_id()
+                .map(|id| format!("registration {id}"))
+                .unwrap_or_else(|| "the number".into());
+            self.event(
+                EventType::Normal,
+                "Orphaned",
+                format!("deletionPolicy is Orphan: left {what} registered in OneInbox"),
+            )
+            .await;
+            self.finish();
+            return Ok(Action::await_change());
+        }
+        if self.obj.is_paused() {
+            self.write_phase(StatusData::current(&self.obj), Phase::Paused)
+                .await?;
+            return Ok(Action::await_change());
+        }
+
+        let id = match self.obj.known_id() {
+            Some(id) => Some(id),
+            None if self
+                .obj
+                .status
+                .as_ref()
+                .is_some_and(|s| s.pending_create.is_some()) =>
+            {
+                // The POST may have landed before the id was written.
+                match self
+                    .ctx
+                    .oneinbox
+                    .find_by_number(&self.obj.spec.phone_number)
+                    .await
+                {
+                    Ok(mut found) => found.pop().map(|r| r.id),
+                    Err(e) => return self.deletion_blocked(Error::LookupNumber(e)).await,
+                }
+            }
+            None => None,
+        };
+        let Some(id) = id else {
+            // Nothing remote was ever made by this object.
+            self.remove_finalizer().await?;
+            self.finish();
+            return Ok(Action::await_change());
+        };
+        match self.ctx.oneinbox.deregister(&id).await {
+            Ok(outcome) => {
+                let note = match outcome {
+                    Deregistered::Released => format!("Deregistered {id} from OneInbox"),
+                    Deregistered::AlreadyGone => {
+                        format!("Registration {id} was already gone from OneInbox")
+                    }
+                };
+                self.remove_finalizer().await?;
+                self.event(EventType::Normal, "Deregistered", note).await;
+                self.finish();
+                Ok(Action::await_change())
+            }
+            Err(e) => self.deletion_blocked(Error::DeregisterNumber(e)).await,
+        }
+    }
+
+    async fn deletion_blocked(&mut self, err: Error) -> Result<Action> {
+        let message = format!(
+            "{err}. The finalizer {FINALIZER} stays until OneInbox confirms; to keep the registration and finish deleting now, set spec.deletionPolicy: Orphan"
+        );
+        let before = self
+            .obj
+            .condition(status::STALLED)
+            .map(|c| c.reason.clone());
+        self.write_phase(
+            StatusData::current(&self.obj),
+            Phase::DeletionBlocked {
+                message: message.clone(),
+            },
+        )
+        .await?;
+        if before.as_deref() != Some(reason::DELETION_BLOCKED) {
+            self.event(EventType::Warning, "DeletionBlocked", message)
+                .await;
+        }
+        Err(err)
+    }
+
+    /// Forget in-memory state and wake objects that waited for this number.
+    fn finish(&self) {
+        let uid = self.uid();
+        self.ctx
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+        self.ctx.backoff.reset(&uid);
+        for other in self.ctx.store.state() {
+            if other.spec.phone_number == self.obj.spec.phone_number
+                && other.uid().as_deref() != Some(uid.as_str())
+            {
+                let _ = self
+                    .ctx
+                    .siblings
+                    .send(kube::runtime::reflector::ObjectRef::from_obj(
+                        other.as_ref(),
+                    ));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- kube writes
+
+    /// Compute the desired status for `phase` and write it if anything changed. Publishes a
+    /// Warning when the object becomes Stalled for a new reason.
+    async fn write_phase(&mut self, data: StatusData, phase: Phase) -> Result<()> {
+        let desired = status::desired_status(&self.obj, data, &phase, self.now());
+        if !status::needs_write(self.obj.status.as_ref(), &desired) {
+            return Ok(());
+        }
+        let before = self
+            .obj
+            .condition(status::STALLED)
+            .map(|c| c.reason.clone());
+        self.patch_status(&desired, false).await?;
+        if let Phase::Stalled { reason, message } | Phase::AvailableButStalled { reason, message } =
+            &phase
+            && before.as_deref() != Some(*reason)
+        {
+            self.event(EventType::Warning, reason, message.clone())
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Server-side apply of the full status, forced, as `oneinbox-operator`; with
+    /// `precondition`, only if the object is still at the resourceVersion we read.
+    async fn patch_status(
+        &mut self,
+        desired: &PhoneNumberStatus,
+        precondition: bool,
+    ) -> Result<()> {
+        let mut body = json!({
+            "apiVersion": "oneinbox.ai/v1alpha1",
+            "kind": "PhoneNumber",
+            "status": desired,
+        });
+        if precondition {
+            body["metadata"] = json!({ "resourceVersion": self.obj.resource_version() });
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let name = self.obj.name_any();
+        let res = self
+            .ctx
+            .kube_call(self.api.patch_status(&name, &params, &Patch::Apply(&body)))
+            .await?;
+        self.ctx.metrics.status_patched(res.is_ok());
+        self.obj = res.map_err(Error::PatchStatus)?;
+        Ok(())
+    }
+
+    async fn add_finalizer(&mut self) -> Result<()> {
+        if self.obj.has_finalizer() {
+            return Ok(());
+        }
+        let mut finalizers = self.obj.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        self.patch_metadata(json!({ "finalizers": finalizers }))
+            .await
+    }
+
+    async fn remove_finalizer(&mut self) -> Result<()> {
+        let finalizers: Vec<String> = self
+            .obj
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        match self
+            .patch_metadata(json!({ "finalizers": finalizers }))
+            .await
+        {
+            // Already gone: nothing left to release.
+            Err(Error::PatchMetadata(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn ensure_annotation(&mut self, id: &str) -> Result<()> {
+        if self.obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id) {
+            return Ok(());
+        }
+        self.patch_metadata(json!({ "annotations": { ANNOTATION_PHONE_NUMBER_ID: id } }))
+            .await
+    }
+
+    /// Merge patch of metadata, guarded by the resourceVersion we read.
+    async fn patch_metadata(&mut self, mut metadata: serde_json::Value) -> Result<()> {
+        metadata["resourceVersion"] = json!(self.obj.resource_version());
+        let name = self.obj.name_any();
+        let body = json!({ "metadata": metadata });
+        let res = self
+            .ctx
+            .kube_call(
+                self.api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&body)),
+            )
+            .await?;
+        let updated = res.map_err(Error::PatchMetadata)?;
+        // Keep our status view: the main resource returns the stored status too.
+        self.obj = updated;
+        Ok(())
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        let mut note = note;
+        if note.len() > 1000 {
+            let mut end = 1000;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+        }
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.obj.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, reason, "publishing an event failed");
+        }
+    }
+}
+
+enum Created {
+    Registered(Box<Registration>),
+    Done(Action),
+}
+
+enum Replacement {
+    No,
+    Report,
+    Now,
+}

@@ -1,0 +1,369 @@
+//! Pure status computation: the complete desired `PhoneNumberStatus` from the object, what the
+//! reconciler learned, and `now`. Deterministic, so an unchanged object yields an identical
+//! status and costs no write (design §3).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{PendingCreate, PhoneNumber, PhoneNumberStatus};
+use crate::oneinbox::Registration;
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// Condition reasons (PascalCase, closed set).
+pub mod reason {
+    pub const AVAILABLE: &str = "Available";
+    pub const CREATING: &str = "Creating";
+    pub const UPDATING: &str = "Updating";
+    pub const PROVISIONING: &str = "Provisioning";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const API_UNAVAILABLE: &str = "APIUnavailable";
+    pub const REGISTRATION_REJECTED: &str = "RegistrationRejected";
+    pub const UPDATE_REJECTED: &str = "UpdateRejected";
+    pub const REGISTRATION_FAILED: &str = "RegistrationFailed";
+    pub const ALREADY_REGISTERED: &str = "AlreadyRegistered";
+    pub const DUPLICATE_PHONE_NUMBER: &str = "DuplicatePhoneNumber";
+    pub const ID_MISMATCH: &str = "IdMismatch";
+    pub const REPLACEMENT_REQUIRED: &str = "ReplacementRequired";
+    pub const DELETING: &str = "Deleting";
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    pub const PAUSED: &str = "Paused";
+}
+
+/// Where the object stands, as the conditions will say it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Registered, active, in line with the spec: Ready=True.
+    Available,
+    /// Work under way or being retried: Ready=False + Reconciling=True.
+    Progressing {
+        reason: &'static str,
+        message: String,
+    },
+    /// A human is needed: Ready=False + Stalled=True, same reason.
+    Stalled {
+        reason: &'static str,
+        message: String,
+    },
+    /// Registered and working, but a human decision is pending (ReplacementRequired): Ready=True
+    /// stays (the number works) and Stalled=True says what to decide.
+    AvailableButStalled {
+        reason: &'static str,
+        message: String,
+    },
+    /// Deletion refused by the API: Ready=False Deleting, Reconciling=True,
+    /// Stalled=True DeletionBlocked.
+    DeletionBlocked { message: String },
+    /// `oneinbox.ai/paused`: Ready=False Paused, nothing else.
+    Paused,
+}
+
+/// The remote facts mirrored in status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RemoteFacts {
+    pub phone_number_id: Option<String>,
+    pub state: Option<String>,
+    pub inbound_trunk_id: Option<String>,
+    pub outbound_trunk_id: Option<String>,
+    pub dispatch_rule_id: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl RemoteFacts {
+    pub fn from_registration(r: &Registration) -> RemoteFacts {
+        RemoteFacts {
+            phone_number_id: Some(r.id.clone()),
+            state: Some(r.status.clone()),
+            inbound_trunk_id: r.inbound_trunk_id.clone(),
+            outbound_trunk_id: r.outbound_trunk_id.clone(),
+            dispatch_rule_id: r.dispatch_rule_id.clone(),
+            created_at: Some(r.created_at.clone()),
+            updated_at: Some(r.updated_at.clone()),
+        }
+    }
+
+    /// What the current status already says (used when no remote call was made).
+    pub fn from_status(s: &PhoneNumberStatus) -> RemoteFacts {
+        RemoteFacts {
+            phone_number_id: s.phone_number_id.clone(),
+            state: s.state.clone(),
+            inbound_trunk_id: s.inbound_trunk_id.clone(),
+            outbound_trunk_id: s.outbound_trunk_id.clone(),
+            dispatch_rule_id: s.dispatch_rule_id.clone(),
+            created_at: s.created_at.clone(),
+            updated_at: s.updated_at.clone(),
+        }
+    }
+}
+
+/// Everything but the conditions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatusData {
+    pub remote: RemoteFacts,
+    pub credentials_hash: Option<String>,
+    pub pending_create: Option<PendingCreate>,
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+impl StatusData {
+    /// The data the object's status carries now.
+    pub fn current(obj: &PhoneNumber) -> StatusData {
+        let s = obj.status.clone().unwrap_or_default();
+        StatusData {
+            remote: RemoteFacts::from_status(&s),
+            credentials_hash: s.credentials_hash.clone(),
+            pending_create: s.pending_create.clone(),
+            last_handled_reconcile_at: s.last_handled_reconcile_at.clone(),
+        }
+    }
+}
+
+/// The complete desired status.
+pub fn desired_status(
+    obj: &PhoneNumber,
+    data: StatusData,
+    phase: &Phase,
+    now: Time,
+) -> PhoneNumberStatus {
+    let generation = obj.metadata.generation;
+    let previous = obj
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
+    PhoneNumberStatus {
+        observed_generation: generation,
+        phone_number_id: data.remote.phone_number_id,
+        state: data.remote.state,
+        inbound_trunk_id: data.remote.inbound_trunk_id,
+        outbound_trunk_id: data.remote.outbound_trunk_id,
+        dispatch_rule_id: data.remote.dispatch_rule_id,
+        created_at: data.remote.created_at,
+        updated_at: data.remote.updated_at,
+        credentials_hash: data.credentials_hash,
+        pending_create: data.pending_create,
+        last_handled_reconcile_at: data.last_handled_reconcile_at,
+        conditions: conditions(previous, phase, generation, now),
+    }
+}
+
+/// (type, status, reason, message) of each condition the phase calls for, in a fixed order.
+fn wanted(phase: &Phase) -> Vec<(&'static str, bool, &'static str, String)> {
+    match phase {
+        Phase::Available => vec![(
+            READY,
+            true,
+            reason::AVAILABLE,
+            "The number is registered with OneInbox, active, and matches the spec".into(),
+        )],
+        Phase::Progressing { reason, message } => {
+            vec![(READY, false, reason, message.clone()), (RECONCILING, true, reason, message.clone())]
+        }
+        Phase::Stalled { reason, message } => {
+            vec![(READY, false, reason, message.clone()), (STALLED, true, reason, message.clone())]
+        }
+        Phase::AvailableButStalled { reason, message } => vec![
+            (READY, true, reason::AVAILABLE, "The number is registered with OneInbox and active".into()),
+            (STALLED, true, reason, message.clone()),
+        ],
+        Phase::DeletionBlocked { message } => vec![
+            (READY, false, reason::DELETING, "The number is being deregistered from OneInbox".into()),
+            (RECONCILING, true, reason::DELETING, "The number is being deregistered from OneInbox".into()),
+            (STALLED, true, reason::DELETION_BLOCKED, message.clone()),
+        ],
+        Phase::Paused => vec![(
+            READY,
+            false,
+            reason::PAUSED,
+            "Reconciliation is paused by the oneinbox.ai/paused annotation; no OneInbox calls are made".into(),
+        )],
+    }
+}
+
+/// Conditions with `lastTransitionTime` kept unless the condition's status flips (or it appears).
+pub fn conditions(
+    previous: &[Condition],
+    phase: &Phase,
+    generation: Option<i64>,
+    now: Time,
+) -> Vec<Condition> {
+    wanted(phase)
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            let status = if ok { "True" } else { "False" }.to_string();
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message,
+                last_transition_time,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+/// Whether writing `desired` would change anything.
+pub fn needs_write(current: Option<&PhoneNumberStatus>, desired: &PhoneNumberStatus) -> bool {
+    current != Some(desired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DeletionPolicy, PhoneNumberSpec, Provider, ReplacementPolicy};
+
+    fn time(s: i64) -> Time {
+        Time(jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    fn obj(generation: i64, status: Option<PhoneNumberStatus>) -> PhoneNumber {
+        let mut pn = PhoneNumber::new(
+            "sales",
+            PhoneNumberSpec {
+                phone_number: "+15551234567".into(),
+                provider: Provider::Twilio,
+                agent_id: "3c90c3cc-0d44-4b50-8888-8dd25736052a".into(),
+                friendly_name: None,
+                provider_config: None,
+                credential_id: Some("3c90c3cc-0d44-4b50-8888-8dd25736052a".into()),
+                inbound_routing: None,
+                deletion_policy: DeletionPolicy::Delete,
+                replacement_policy: ReplacementPolicy::Manual,
+            },
+        );
+        pn.metadata.generation = Some(generation);
+        pn.status = status;
+        pn
+    }
+
+    fn types(s: &PhoneNumberStatus) -> Vec<(String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn available_has_only_ready_true() {
+        let s = desired_status(
+            &obj(1, None),
+            StatusData::default(),
+            &Phase::Available,
+            time(10),
+        );
+        assert_eq!(
+            types(&s),
+            vec![("Ready".into(), "True".into(), "Available".into())]
+        );
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(s.conditions[0].observed_generation, Some(1));
+    }
+
+    #[test]
+    fn progressing_sets_ready_false_and_reconciling_true() {
+        let p = Phase::Progressing {
+            reason: reason::API_UNAVAILABLE,
+            message: "503".into(),
+        };
+        let s = desired_status(&obj(1, None), StatusData::default(), &p, time(10));
+        assert_eq!(
+            types(&s),
+            vec![
+                ("Ready".into(), "False".into(), "APIUnavailable".into()),
+                ("Reconciling".into(), "True".into(), "APIUnavailable".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn stalled_sets_ready_false_and_stalled_true_without_reconciling() {
+        let p = Phase::Stalled {
+            reason: reason::ALREADY_REGISTERED,
+            message: "x".into(),
+        };
+        let s = desired_status(&obj(1, None), StatusData::default(), &p, time(10));
+        assert_eq!(
+            types(&s),
+            vec![
+                ("Ready".into(), "False".into(), "AlreadyRegistered".into()),
+                ("Stalled".into(), "True".into(), "AlreadyRegistered".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn deletion_blocked_has_all_three() {
+        let s = desired_status(
+            &obj(1, None),
+            StatusData::default(),
+            &Phase::DeletionBlocked {
+                message: "503".into(),
+            },
+            time(10),
+        );
+        assert_eq!(
+            types(&s),
+            vec![
+                ("Ready".into(), "False".into(), "Deleting".into()),
+                ("Reconciling".into(), "True".into(), "Deleting".into()),
+                ("Stalled".into(), "True".into(), "DeletionBlocked".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let creating = Phase::Progressing {
+            reason: reason::CREATING,
+            message: "c".into(),
+        };
+        let first = desired_status(&obj(1, None), StatusData::default(), &creating, time(10));
+        // Same status False, other reason: time kept.
+        let unavailable = Phase::Progressing {
+            reason: reason::API_UNAVAILABLE,
+            message: "u".into(),
+        };
+        let second = desired_status(
+            &obj(1, Some(first.clone())),
+            StatusData::default(),
+            &unavailable,
+            time(20),
+        );
+        assert_eq!(second.conditions[0].last_transition_time, time(10));
+        // Flip to True: time moves.
+        let third = desired_status(
+            &obj(1, Some(second)),
+            StatusData::default(),
+            &Phase::Available,
+            time(30),
+        );
+        assert_eq!(third.conditions[0].last_transition_time, time(30));
+    }
+
+    #[test]
+    fn steady_state_needs_no_write() {
+        let data = StatusData {
+            remote: RemoteFacts {
+                phone_number_id: Some("id".into()),
+                ..RemoteFacts::default()
+            },
+            ..StatusData::default()
+        };
+        let first = desired_status(&obj(2, None), data.clone(), &Phase::Available, time(10));
+        let o = obj(2, Some(first.clone()));
+        let again = desired_status(&o, data, &Phase::Available, time(99));
+        assert!(!needs_write(o.status.as_ref(), &again));
+        // A new generation is a change.
+        let o3 = obj(3, Some(first));
+        let newer = desired_status(&o3, StatusData::current(&o3), &Phase::Available, time(99));
+        assert!(needs_write(o3.status.as_ref(), &newer));
+    }
+}

@@ -1,0 +1,1 @@
+//! Mocked-apiserver scenarios (tower-test) for crash points a real server cannot produce on demand.

@@ -1,0 +1,368 @@
+//! The `PhoneNumber` custom resource (`oneinbox.ai/v1alpha1`): spec, status and the names that
+//! other parts of the operator and its users rely on.
+//!
+//! The schema carries the admission-time validation (patterns, enums, lengths, CEL rules), so the
+//! API server rejects bad input before the operator sees it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::json_schema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the operator's resources.
+pub const GROUP: &str = "oneinbox.ai";
+/// Finalizer that keeps a registered object until the number is deregistered (or orphaned).
+pub const FINALIZER: &str = "oneinbox.ai/deregister";
+/// Field manager for every server-side apply of the operator.
+pub const FIELD_MANAGER: &str = "oneinbox-operator";
+/// Durable copy of `status.phoneNumberId`; set by hand to adopt an existing registration.
+pub const ANNOTATION_PHONE_NUMBER_ID: &str = "oneinbox.ai/phone-number-id";
+/// `"true"` stops every OneInbox call for the object.
+pub const ANNOTATION_PAUSED: &str = "oneinbox.ai/paused";
+/// Any new value asks for a reconcile now; echoed in `status.lastHandledReconcileAt`.
+pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "oneinbox.ai/reconcile-requested-at";
+/// Per-object drift-check interval, e.g. `5m`; `0` turns periodic checks off once Ready.
+pub const ANNOTATION_POLL_INTERVAL: &str = "oneinbox.ai/poll-interval";
+
+/// E.164, as OneInbox validates it.
+pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{1,14}$";
+/// A canonical, lower- or upper-case UUID.
+pub const UUID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// A DNS host name (RFC 1123), optionally with a port: the SIP trunk's address.
+pub const HOST_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*(:[0-9]{1,5})?$";
+
+/// A OneInbox phone number registration: an E.164 number on your own Twilio or Telnyx account,
+/// wired to a OneInbox agent. The operator registers it with the OneInbox API, keeps it in line
+/// with this spec, and deregisters it when the object is deleted (unless `deletionPolicy` is
+/// `Orphan`).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "oneinbox.ai",
+    version = "v1alpha1",
+    kind = "PhoneNumber",
+    plural = "phonenumbers",
+    shortname = "pn",
+    category = "oneinbox",
+    namespaced,
+    status = "PhoneNumberStatus",
+    derive = "PartialEq",
+    doc = "A OneInbox phone number registration managed by oneinbox-operator.",
+    printcolumn = r#"{"name":"Number","type":"string","jsonPath":".spec.phoneNumber"}"#,
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"ID","type":"string","priority":1,"jsonPath":".status.phoneNumberId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.providerConfig) != has(self.credentialId)").message(
+    "exactly one of spec.providerConfig (SIP credentials) or spec.credentialId (a stored OneInbox integration) must be set"
+))]
+pub struct PhoneNumberSpec {
+    /// The number in E.164 form, e.g. "+15739693824". Immutable: a new number is a new
+    /// PhoneNumber object.
+    #[schemars(regex(pattern = E164_PATTERN), length(max = 16))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("phoneNumber is immutable; create a new PhoneNumber for another number"))]
+    pub phone_number: String,
+
+    /// The carrier account that owns the number: "twilio" or "telnyx". Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("provider is immutable; create a new PhoneNumber to move the number to another carrier"))]
+    pub provider: Provider,
+
+    /// UUID of the OneInbox agent the number is wired to. Changing it moves the number to another
+    /// agent (one PATCH, no re-registration).
+    #[schemars(regex(pattern = UUID_PATTERN), length(max = 36))]
+    pub agent_id: String,
+
+    /// Optional display name shown in the OneInbox dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub friendly_name: Option<String>,
+
+    /// SIP digest credentials for the outbound trunk. Exactly one of providerConfig and
+    /// credentialId must be set. Changing them needs a re-registration (see replacementPolicy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_config: Option<ProviderConfig>,
+
+    /// UUID of a telephony integration stored in OneInbox, instead of providerConfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = UUID_PATTERN), length(max = 36))]
+    pub credential_id: Option<String>,
+
+    /// Inbound call routing. Omit it for an outbound-only number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_routing: Option<InboundRouting>,
+
+    /// What happens to the registration when this object is deleted: "Delete" (default)
+    /// deregisters the number from OneInbox; "Orphan" leaves it registered. May be changed while
+    /// the object is being deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// What to do when the SIP credentials (providerConfig, the referenced Secret's password, or
+    /// credentialId) change, which OneInbox can only apply by registering the number again:
+    /// "Manual" (default) reports it with reason ReplacementRequired and keeps the number
+    /// working; "Replace" deregisters and registers the number again.
+    #[serde(default)]
+    pub replacement_policy: ReplacementPolicy,
+}
+
+/// Carrier of the number.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Twilio Elastic SIP Trunking.
+    Twilio,
+    /// Telnyx SIP connection.
+    Telnyx,
+}
+
+impl Provider {
+    /// The value the OneInbox API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Twilio => "twilio",
+            Provider::Telnyx => "telnyx",
+        }
+    }
+}
+
+/// What deletion does to the remote registration.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum DeletionPolicy {
+    /// Deregister the number from OneInbox.
+    #[default]
+    Delete,
+    /// Leave the registration in OneInbox.
+    Orphan,
+}
+
+/// What a change of non-patchable SIP credentials does.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum ReplacementPolicy {
+    /// Report the change (reason ReplacementRequired); a human decides.
+    #[default]
+    Manual,
+    /// Deregister and register again with the new credentials.
+    Replace,
+}
+
+/// SIP digest credentials for the outbound trunk.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderConfig {
+    /// Host of the carrier's SIP termination, e.g. "example.pstn.twilio.com" or "sip.telnyx.com".
+    #[schemars(regex(pattern = HOST_PATTERN), length(min = 1, max = 253))]
+    pub trunk_address: String,
+    /// SIP credential user name.
+    #[schemars(length(min = 1, max = 128))]
+    pub auth_username: String,
+    /// The Secret (in this object's namespace) that holds the SIP password.
+    pub auth_password_secret_ref: SecretKeySelector,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+    /// Key within the Secret's data; defaults to "password".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+impl SecretKeySelector {
+    /// The key to read, with the documented default.
+    pub fn key_or_default(&self) -> &str {
+        self.key.as_deref().unwrap_or("password")
+    }
+}
+
+/// Per-number inbound routing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundRouting {
+    /// UUID of the agent that answers inbound calls; defaults to spec.agentId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = UUID_PATTERN), length(max = 36))]
+    pub agent_id: Option<String>,
+    /// Agent used when the primary one is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    /// Message left when voicemail is detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1000))]
+    pub voicemail_message: Option<String>,
+}
+
+/// The fallback agent of inbound routing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Fallback {
+    /// UUID of the fallback agent.
+    #[schemars(regex(pattern = UUID_PATTERN), length(max = 36))]
+    pub agent_id: String,
+}
+
+/// Observed state of a PhoneNumber.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoneNumberStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The OneInbox id of the registration. Set once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_number_id: Option<String>,
+    /// The registration's status as OneInbox reports it ("active", "provisioning", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// OneInbox's inbound SIP trunk id (null for outbound-only numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_trunk_id: Option<String>,
+    /// OneInbox's outbound SIP trunk id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_trunk_id: Option<String>,
+    /// OneInbox's dispatch rule id (null for outbound-only numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_rule_id: Option<String>,
+    /// When OneInbox created the registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// When OneInbox last changed the registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    /// Keyed hash (HMAC-SHA256 keyed by the object's UID) of the SIP credentials the
+    /// registration was made with; never the credentials themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_hash: Option<String>,
+    /// Set while a registration request may be in flight, so that a restarted operator looks
+    /// the number up before registering it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_create: Option<PendingCreate>,
+    /// The last value of the oneinbox.ai/reconcile-requested-at annotation that was handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+    /// Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Marker of a registration attempt that may have reached OneInbox.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCreate {
+    /// Random token of the attempt.
+    pub token: String,
+    /// When the attempt started (RFC 3339).
+    pub started_at: String,
+}
+
+fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them.",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {"type": "string", "description": "Condition type: Ready, Reconciling or Stalled."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "True, False or Unknown."},
+                "reason": {"type": "string", "description": "CamelCase reason, e.g. Available or APIUnavailable."},
+                "message": {"type": "string", "description": "Human-readable detail, with the fix when a human is needed."},
+                "lastTransitionTime": {"type": "string", "format": "date-time", "description": "When the status last changed."},
+                "observedGeneration": {"type": "integer", "format": "int64", "description": "The metadata.generation the condition was computed for."}
+            }
+        }
+    })
+}
+
+impl PhoneNumber {
+    /// The remote id, from status or (after a restore, or for adoption) the annotation.
+    pub fn known_id(&self) -> Option<String> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phone_number_id.clone())
+            .or_else(|| {
+                self.annotation(ANNOTATION_PHONE_NUMBER_ID)
+                    .map(str::to_owned)
+            })
+            .filter(|id| !id.is_empty())
+    }
+
+    /// One annotation's value.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+
+    /// Whether the operator's finalizer is on the object.
+    pub fn has_finalizer(&self) -> bool {
+        self.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+    }
+
+    /// Whether the object is paused by annotation.
+    pub fn is_paused(&self) -> bool {
+        self.annotation(ANNOTATION_PAUSED) == Some("true")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn crd_names_match_the_design() {
+        let crd = PhoneNumber::crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("phonenumbers.oneinbox.ai")
+        );
+        assert_eq!(crd.spec.names.short_names, Some(vec!["pn".to_string()]));
+        assert_eq!(
+            crd.spec.names.categories,
+            Some(vec!["oneinbox".to_string()])
+        );
+        assert_eq!(crd.spec.scope, "Namespaced");
+    }
+
+    #[test]
+    fn secret_key_defaults_to_password() {
+        let s = SecretKeySelector {
+            name: "x".into(),
+            key: None,
+        };
+        assert_eq!(s.key_or_default(), "password");
+    }
+}

@@ -1,0 +1,202 @@
+//! One Prometheus registry (prefix `oneinbox_operator`) for reconcile and OneInbox metrics.
+//! Every label comes from a closed set: no per-object labels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpOutcome {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Op {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// Handles to every metric; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    reconcile_runs: Counter,
+    reconcile_failures: Family<ErrorLabel, Counter>,
+    reconcile_duration: Histogram,
+    api_requests: Family<OpOutcome, Counter>,
+    api_duration: HistogramFamily<Op>,
+    rate_limit_wait: Histogram,
+    status_patches: Family<Outcome, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("oneinbox_operator");
+        let reconcile_runs = Counter::default();
+        let reconcile_failures = Family::<ErrorLabel, Counter>::default();
+        let reconcile_duration = latency_histogram();
+        let api_requests = Family::<OpOutcome, Counter>::default();
+        let api_duration: HistogramFamily<Op> = Family::new_with_constructor(latency_histogram);
+        let rate_limit_wait = latency_histogram();
+        let status_patches = Family::<Outcome, Counter>::default();
+        {
+            let r = registry.sub_registry_with_prefix("reconcile");
+            r.register("runs", "Reconciles started", reconcile_runs.clone());
+            r.register(
+                "failures",
+                "Reconciles that failed, by error",
+                reconcile_failures.clone(),
+            );
+            r.register_with_unit(
+                "duration",
+                "Reconcile duration",
+                prometheus_client::registry::Unit::Seconds,
+                reconcile_duration.clone(),
+            );
+            r.register(
+                "status_patches",
+                "Status writes by outcome",
+                status_patches.clone(),
+            );
+        }
+        {
+            let r = registry.sub_registry_with_prefix("api");
+            r.register(
+                "requests",
+                "OneInbox API requests by endpoint and outcome",
+                api_requests.clone(),
+            );
+            r.register_with_unit(
+                "request_duration",
+                "OneInbox API request duration by endpoint",
+                prometheus_client::registry::Unit::Seconds,
+                api_duration.clone(),
+            );
+            r.register_with_unit(
+                "rate_limiter_wait",
+                "Time spent waiting for the client-side API budget",
+                prometheus_client::registry::Unit::Seconds,
+                rate_limit_wait.clone(),
+            );
+        }
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                reconcile_runs,
+                reconcile_failures,
+                reconcile_duration,
+                api_requests,
+                api_duration,
+                rate_limit_wait,
+                status_patches,
+            }),
+        }
+    }
+
+    pub fn observe_api_request(&self, op: &'static str, outcome: &'static str, took: Duration) {
+        self.inner
+            .api_requests
+            .get_or_create(&OpOutcome { op, outcome })
+            .inc();
+        self.inner
+            .api_duration
+            .get_or_create(&Op { op })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_rate_limit_wait(&self, waited: Duration) {
+        self.inner.rate_limit_wait.observe(waited.as_secs_f64());
+    }
+
+    pub fn reconcile_started(&self) {
+        self.inner.reconcile_runs.inc();
+    }
+
+    pub fn reconcile_finished(&self, took: Duration, error: Option<&'static str>) {
+        self.inner.reconcile_duration.observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.inner
+                .reconcile_failures
+                .get_or_create(&ErrorLabel { error })
+                .inc();
+        }
+    }
+
+    pub fn status_patched(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.inner
+            .status_patches
+            .get_or_create(&Outcome { outcome })
+            .inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prefixed_names_without_object_labels() {
+        let m = Metrics::new();
+        m.observe_api_request("register", "success", Duration::from_millis(5));
+        m.reconcile_started();
+        m.reconcile_finished(Duration::from_millis(2), Some("register_number"));
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "oneinbox_operator_api_requests_total{op=\"register\",outcome=\"success\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "oneinbox_operator_reconcile_failures_total{error=\"register_number\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("oneinbox_operator_reconcile_runs_total 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! The real OneInbox client over HTTP (reqwest): bearer auth, explicit timeouts, one shared
+//! request budget (token bucket + concurrency cap), `Retry-After` honoured for every caller.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::Instant;
+
+use super::{
+    ApiError, Deregistered, OneInboxApi, PatchRequest, RegisterRequest, Registration, SecretString,
+};
+use crate::metrics::Metrics;
+
+/// Settings of the HTTP client.
+#[derive(Clone, Debug)]
+pub struct HttpClientConfig {
+    /// e.g. `https://api.oneinbox.ai`.
+    pub base_url: Url,
+    pub api_key: SecretString,
+    /// Whole-request timeout, also enforced around each call.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Shared budget: requests per second and burst.
+    pub rate_per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+    /// At most this many requests in flight.
+    pub max_in_flight: usize,
+    /// Longest `Retry-After` honoured (longer values are clamped).
+    pub max_retry_after: Duration,
+}
+
+/// Page size for list look-ups.
+const PAGE_LIMIT: u32 = 100;
+
+/// The reqwest-backed `OneInboxApi`.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    cfg: HttpClientConfig,
+    limiter: DefaultDirectRateLimiter,
+    in_flight: Semaphore,
+    /// No call starts before this instant (set from `Retry-After`).
+    cooldown_until: Mutex<Option<Instant>>,
+    metrics: Metrics,
+}
+
+/// `GET /v1/phone-numbers` page; a bare array is also accepted (§6 a).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListBody {
+    Page {
+        items: Vec<Registration>,
+        total: u64,
+    },
+    Bare(Vec<Registration>),
+}
+
+impl HttpClient {
+    /// Build the one reqwest client of the process.
+    pub fn new(cfg: HttpClientConfig, metrics: Metrics) -> Result<HttpClient, reqwest::Error> {
+        #[allow(clippy::disallowed_methods)] // the one place the HTTP client is built
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.connect_timeout)
+            .user_agent(concat!("oneinbox-operator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let limiter =
+            RateLimiter::direct(Quota::per_second(cfg.rate_per_second).allow_burst(cfg.burst));
+        let in_flight = Semaphore::new(cfg.max_in_flight.max(1));
+        Ok(HttpClient {
+            inner: Arc::new(Inner {
+                http,
+                cfg,
+                limiter,
+                in_flight,
+                cooldown_until: Mutex::new(None),
+                metrics,
+            }),
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<Url, ApiError> {
+        self.inner
+            .cfg
+            .base_url
+            .join(path)
+            .map_err(|e| ApiError::Rejected {
+                status: 0,
+                code: None,
+                detail: format!("bad OneInbox URL: {e}"),
+            })
+    }
+
+    /// Wait for the budget, send, and classify. `op` is the metric label of the endpoint.
+    async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, String), ApiError> {
+        let inner = &self.inner;
+        let waited = Instant::now();
+        loop {
+            let until = *inner.cooldown_until.lock().await;
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => break,
+            }
+        }
+        inner.limiter.until_ready().await;
+        let _permit = inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable {
+                what: "shutdown".into(),
+                detail: "client closed".into(),
+                retry_after: None,
+            })?;
+        inner.metrics.observe_rate_limit_wait(waited.elapsed());
+
+        let mut req = inner
+            .http
+            .request(method, url)
+            .bearer_auth(inner.cfg.api_key.expose())
+            .header("accept", "application/json");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let started = Instant::now();
+        // reqwest's own timeout covers the request; this one also bounds reading the body.
+        let result = tokio::time::timeout(inner.cfg.timeout + Duration::from_secs(1), async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let text = resp.text().await?;
+            Ok::<_, reqwest::Error>((status, retry_after, text))
+        })
+        .await;
+        let outcome = match result {
+            Err(_) => Err(unavailable(
+                "timeout",
+                "no answer within the timeout".into(),
+            )),
+            Ok(Err(e)) if e.is_timeout() => {
+                Err(unavailable("timeout", e.without_url().to_string()))
+            }
+            Ok(Err(e)) => Err(unavailable("connection", e.without_url().to_string())),
+            Ok(Ok((status, retry_after, text))) => {
+                if status.is_success() {
+                    Ok((status, text))
+                } else {
+                    let retry_after = retry_after.map(|d| d.min(inner.cfg.max_retry_after));
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        // Every caller waits, not only this object.
+                        let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                        let mut cd = inner.cooldown_until.lock().await;
+                        let t = Instant::now() + wait;
+                        if cd.is_none_or(|c| c < t) {
+                            *cd = Some(t);
+                        }
+                    }
+                    Err(ApiError::from_response(status.as_u16(), retry_after, &text))
+                }
+            }
+        };
+        inner
+            .metrics
+            .observe_api_request(op, outcome_label(&outcome), started.elapsed());
+        outcome
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+        serde_json::from_str(text)
+            .map_err(|e| unavailable("decode", format!("unexpected response body: {e}")))
+    }
+}
+
+fn unavailable(what: &str, detail: String) -> ApiError {
+    ApiError::Unavailable {
+        what: what.into(),
+        detail,
+        retry_after: None,
+    }
+}
+
+fn outcome_label(r: &Result<(StatusCode, String), ApiError>) -> &'static str {
+    match r {
+        Ok(_) => "success",
+        Err(ApiError::Unavailable { what, .. }) if what == "HTTP 429" => "throttled",
+        Err(ApiError::Unavailable { what, .. }) if what.starts_with("HTTP") => "server_error",
+        Err(ApiError::Unavailable { .. }) => "transport_error",
+        Err(ApiError::NotFound) => "not_found",
+        Err(ApiError::AlreadyRegistered { .. }) => "conflict",
+        Err(ApiError::Rejected { .. }) => "rejected",
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date (§6 f).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `/v1/phone-numbers/{id}`, with the id percent-encoded as a path segment.
+fn item_path(id: &str) -> String {
+    let mut url = match Url::parse("http://x/v1/phone-numbers/") {
+        Ok(u) => u,
+        Err(_) => return format!("/v1/phone-numbers/{id}"),
+    };
+    if let Ok(mut segs) = url.path_segments_mut() {
+        segs.pop_if_empty().push(id);
+    }
+    url.path().to_owned()
+}
+
+impl OneInboxApi for HttpClient {
+    async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
+        let body = serde_json::to_value(req)
+            .map_err(|e| unavailable("encode", format!("cannot encode request: {e}")))?;
+        let (_, text) = self
+            .call(
+                "register",
+                Method::POST,
+                self.url("/v1/phone-numbers")?,
+                Some(body),
+            )
+            .await?;
+        Self::decode(&text)
+    }
+
+    async fn get(&self, id: &str) -> Result<Registration, ApiError> {
+        let (_, text) = self
+            .call("get", Method::GET, self.url(&item_path(id))?, None)
+            .await?;
+        Self::decode(&text)
+    }
+
+    async fn find_by_number(&self, number: &str) -> Result<Vec<Registration>, ApiError> {
+        let mut found = Vec::new();
+        let mut offset: u64 = 0;
+        loop {
+            let mut url = self.url("/v1/phone-numbers")?;
+            // query_pairs_mut percent-encodes '+' as %2B.
+            url.query_pairs_mut()
+                .append_pair("phone_number", number)
+                .append_pair("limit", &PAGE_LIMIT.to_string())
+                .append_pair("offset", &offset.to_string());
+            let (_, text) = self.call("list", Method::GET, url, None).await?;
+            match Self::decode::<ListBody>(&text)? {
+                ListBody::Bare(items) => {
+                    found.extend(items);
+                    break;
+                }
+                ListBody::Page { items, total } => {
+                    let n = items.len() as u64;
+                    found.extend(items);
+                    offset += n;
+                    if n == 0 || offset >= total {
+                        break;
+                    }
+                }
+            }
+        }
+        // The filter is exact on the server; re-check so a lenient server cannot mislead us.
+        found.retain(|r| r.phone_number == number);
+        Ok(found)
+    }
+
+    async fn patch(&self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
+        let body = serde_json::to_value(req)
+            .map_err(|e| unavailable("encode", format!("cannot encode request: {e}")))?;
+        let (_, text) = self
+            .call(
+                "patch",
+                Method::PATCH,
+                self.url(&item_path(id))?,
+                Some(body),
+            )
+            .await?;
+        Self::decode(&text)
+    }
+
+    async fn deregister(&self, id: &str) -> Result<Deregistered, ApiError> {
+        match self
+            .call("delete", Method::DELETE, self.url(&item_path(id))?, None)
+            .await
+        {
+            Ok(_) => Ok(Deregistered::Released),
+            Err(ApiError::NotFound) => Ok(Deregistered::AlreadyGone),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn item_path_encodes_the_id() {
+        assert_eq!(item_path("abc"), "/v1/phone-numbers/abc");
+        assert_eq!(item_path("a/b"), "/v1/phone-numbers/a%2Fb");
+    }
+
+    #[test]
+    fn list_accepts_page_and_bare_array() {
+        let page: ListBody =
+            serde_json::from_str(r#"{"items":[],"total":0,"limit":20,"offset":0}"#).unwrap();
+        assert!(matches!(page, ListBody::Page { total: 0, .. }));
+        let bare: ListBody = serde_json::from_str("[]").unwrap();
+        assert!(matches!(bare, ListBody::Bare(_)));
+    }
+
+    #[test]
+    fn filter_encodes_plus() {
+        let mut url = Url::parse("http://x/v1/phone-numbers").unwrap();
+        url.query_pairs_mut()
+            .append_pair("phone_number", "+15551234567");
+        assert_eq!(url.query(), Some("phone_number=%2B15551234567"));
+    }
+}

@@ -1,0 +1,619 @@
+//! The e2e world: the real control plane from `tests/cluster/up.sh` (required: a missing cluster
+//! fails, never skips), one `oneinbox-mock` and one `oneinbox-operator` process per test, and a
+//! fresh namespace per test. The operator runs as `system:serviceaccount:oneinbox-system:
+//! oneinbox-operator`, bound only by `deploy/rbac.yaml`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use oneinbox_operator::crd::PhoneNumber;
+use serde_json::{Value, json};
+
+pub const AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
+pub const AGENT2: &str = "5f0c2f4e-6a1b-4c1d-9e2f-0a1b2c3d4e5f";
+pub const CREDENTIAL: &str = "9b2d7c1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e";
+/// The API key every test operator uses; checked absent from logs and events.
+pub const API_KEY: &str = "oi_sk_e2e_never_log_this_key_5d1c";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("TESTENV_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/testenv"))
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    state_dir().join("bin").join(name)
+}
+
+/// kubectl 1.36 from the test cache, as admin.
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(state_dir().join("kubeconfig"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+    out
+}
+
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Once per test binary: the cluster is up, the CRD from crds/ is Established, RBAC applied.
+pub fn cluster() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kc = state_dir().join("kubeconfig");
+        assert!(
+            kc.exists(),
+            "no test control plane at {} — run `make cluster-up` (or `make test`, which starts it)",
+            kc.display()
+        );
+        let crd = repo().join("crds/phonenumbers.oneinbox.ai.yaml");
+        kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crd.to_str().unwrap_or_default(),
+        ]);
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/phonenumbers.oneinbox.ai",
+            "--timeout=60s",
+        ]);
+        for f in ["deploy/namespace.yaml", "deploy/rbac.yaml"] {
+            kubectl_ok(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                repo().join(f).to_str().unwrap_or_default(),
+            ]);
+        }
+    });
+}
+
+pub async fn admin_client() -> Client {
+    cluster();
+    let kc = Kubeconfig::read_from(state_dir().join("kubeconfig")).expect("kubeconfig");
+    let opts = KubeConfigOptions {
+        context: Some("admin".into()),
+        ..Default::default()
+    };
+    let mut cfg = Config::from_custom_kubeconfig(kc, &opts)
+        .await
+        .expect("kube config");
+    cfg.default_retry = false;
+    Client::try_from(cfg).expect("kube client")
+}
+
+/// A spawned process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mock OneInbox server on a free loopback port.
+pub struct Mock {
+    _proc: Proc,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Mock {
+    pub fn start(extra: &[&str]) -> Mock {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oneinbox-mock"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn oneinbox-mock");
+        let stdout = child.stdout.take().expect("mock stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("mock listen line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected mock output {line:?}"))
+            .to_string();
+        Mock {
+            _proc: Proc { child },
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("mock admin GET");
+        r.json().await.expect("mock admin JSON")
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("mock admin call");
+        assert!(r.status().is_success(), "mock admin {path}: {}", r.status());
+    }
+
+    /// Stored registrations (internal view).
+    pub async fn registrations(&self) -> Vec<Value> {
+        let v = self.get("/_mock/phone-numbers").await;
+        match v {
+            Value::Array(a) => a,
+            Value::Object(ref o) if o.contains_key("items") => {
+                v["items"].as_array().cloned().unwrap_or_default()
+            }
+            other => panic!("unexpected /_mock/phone-numbers: {other}"),
+        }
+    }
+
+    /// Requests received, by endpoint key.
+    pub async fn calls(&self) -> Value {
+        self.get("/_mock/calls").await
+    }
+
+    pub async fn count(&self, endpoint: &str) -> u64 {
+        self.calls()
+            .await
+            .get(endpoint)
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    pub async fn total_calls(&self) -> u64 {
+        self.calls()
+            .await
+            .as_object()
+            .map(|o| o.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+
+    pub async fn fault(&self, fault: Value) {
+        self.send(reqwest::Method::POST, "/_mock/faults", fault)
+            .await;
+    }
+
+    pub async fn config(&self, config: Value) {
+        self.send(reqwest::Method::PUT, "/_mock/config", config)
+            .await;
+    }
+}
+
+pub const POST: &str = "POST /v1/phone-numbers";
+pub const LIST: &str = "GET /v1/phone-numbers";
+pub const GET: &str = "GET /v1/phone-numbers/{phone_id}";
+pub const PATCH: &str = "PATCH /v1/phone-numbers/{phone_id}";
+pub const DELETE: &str = "DELETE /v1/phone-numbers/{phone_id}";
+
+/// The operator under test, watching one namespace, with its log in a file.
+pub struct Operator {
+    pub proc: Option<Proc>,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Operator {
+    pub fn start(ns: &str, mock_url: &str, extra: &[&str]) -> Operator {
+        let log = std::env::temp_dir().join(format!("oneinbox-e2e-{ns}.log"));
+        let mut args: Vec<String> = [
+            "run",
+            "--api-url",
+            mock_url,
+            "--watch-namespace",
+            ns,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--secret-grace-period",
+            "4s",
+            "--backoff-base",
+            "200ms",
+            "--backoff-max",
+            "2s",
+            "--provisioning-poll",
+            "500ms",
+            "--api-timeout",
+            "3s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut op = Operator {
+            proc: None,
+            log,
+            args,
+        };
+        let _ = std::fs::remove_file(&op.log);
+        op.spawn();
+        op
+    }
+
+    pub fn spawn(&mut self) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_oneinbox-operator"))
+            .args(&self.args)
+            .env("KUBECONFIG", state_dir().join("kubeconfig-operator"))
+            .env("ONEINBOX_API_KEY", API_KEY)
+            .env(
+                "ONEINBOX_LOG",
+                "debug,kube=info,hyper=info,h2=info,tower=info,rustls=info,reqwest=info",
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(logf))
+            .spawn()
+            .expect("spawn oneinbox-operator");
+        self.proc = Some(Proc { child });
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// One test's world: namespace, mock, operator, admin client.
+pub struct World {
+    pub ns: String,
+    pub client: Client,
+    pub pns: Api<PhoneNumber>,
+    pub mock: Mock,
+    pub operator: Operator,
+}
+
+impl World {
+    pub async fn start(name: &str) -> World {
+        Self::start_with(name, &[], &[]).await
+    }
+
+    pub async fn start_with(name: &str, mock_args: &[&str], operator_args: &[&str]) -> World {
+        let client = admin_client().await;
+        let ns = format!(
+            "e2e-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let nss: Api<Namespace> = Api::all(client.clone());
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+        let mock = Mock::start(mock_args);
+        let operator = Operator::start(&ns, &mock.url, operator_args);
+        let pns = Api::namespaced(client.clone(), &ns);
+        World {
+            ns,
+            client,
+            pns,
+            mock,
+            operator,
+        }
+    }
+
+    /// Create or replace an Opaque Secret holding `password` under the key "password".
+    pub async fn secret(&self, name: &str, password: &str) {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+        let body = json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"password": password}
+        });
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .expect("apply Secret");
+    }
+
+    /// Assert that none of `secrets` (and not the API key) appears in the operator's log, the
+    /// namespace's Events, or any PhoneNumber's status.
+    pub async fn assert_no_secrets(&self, secrets: &[&str]) {
+        let log = self.operator.log_text();
+        assert!(!log.is_empty(), "operator log is empty");
+        let events = format!("{:?}", self.events().await);
+        let statuses = serde_json::to_string(
+            &self
+                .pns
+                .list(&Default::default())
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .map(|p| &p.status)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        for s in secrets.iter().chain([&API_KEY]) {
+            assert!(!log.contains(s), "secret {s:?} found in the operator log");
+            assert!(!events.contains(s), "secret {s:?} found in events");
+            assert!(!statuses.contains(s), "secret {s:?} found in a status");
+        }
+    }
+
+    /// Create or update a PhoneNumber from JSON (server-side apply as the user "e2e").
+    pub async fn apply(&self, name: &str, spec: Value) -> PhoneNumber {
+        self.apply_full(json!({"metadata": {"name": name}, "spec": spec}))
+            .await
+            .expect("apply PhoneNumber")
+    }
+
+    pub async fn apply_full(&self, mut obj: Value) -> Result<PhoneNumber, kube::Error> {
+        obj["apiVersion"] = json!("oneinbox.ai/v1alpha1");
+        obj["kind"] = json!("PhoneNumber");
+        let name = obj["metadata"]["name"].as_str().expect("name").to_string();
+        self.pns
+            .patch(
+                &name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+    }
+
+    pub async fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
+        let body = json!({"metadata": {"annotations": {key: value}}});
+        self.pns
+            .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .expect("annotate");
+    }
+
+    pub async fn merge_spec(&self, name: &str, spec: Value) {
+        let body = json!({"spec": spec});
+        self.pns
+            .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .expect("patch spec");
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.pns
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+
+    /// Poll until `pred` holds for the object, or fail with its last state.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&PhoneNumber) -> bool,
+    ) -> PhoneNumber {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Ok(Some(pn)) = self.pns.get_opt(name).await {
+                if pred(&pn) {
+                    return pn;
+                }
+                last = Some(pn);
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what} on {}/{name}; last: {}\n--- operator log tail ---\n{}",
+            self.ns,
+            serde_json::to_string_pretty(
+                &last.map(|p| serde_json::to_value(p).unwrap_or_default())
+            )
+            .unwrap_or_default(),
+            tail(&self.operator.log_text(), 40)
+        );
+    }
+
+    pub async fn wait_ready(&self, name: &str) -> PhoneNumber {
+        self.wait_for(name, "Ready=True", Duration::from_secs(30), |p| {
+            is_ready(p) && synced(p)
+        })
+        .await
+    }
+
+    pub async fn wait_reason(&self, name: &str, type_: &str, reason: &str) -> PhoneNumber {
+        self.wait_for(
+            name,
+            &format!("{type_} reason {reason}"),
+            Duration::from_secs(30),
+            |p| {
+                p.condition(type_).is_some_and(|c| {
+                    c.reason == reason && c.status == "True"
+                        || (type_ == "Ready" && c.reason == reason)
+                })
+            },
+        )
+        .await
+    }
+
+    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.pns.get_opt(name).await.expect("get").is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let last = self.pns.get_opt(name).await.ok().flatten();
+        panic!(
+            "{}/{name} still exists after {timeout:?}: {}\n--- operator log tail ---\n{}",
+            self.ns,
+            serde_json::to_string_pretty(&serde_json::to_value(last).unwrap_or_default())
+                .unwrap_or_default(),
+            tail(&self.operator.log_text(), 40)
+        );
+    }
+
+    /// Events of the namespace as (reason, note) pairs.
+    pub async fn events(&self) -> Vec<(String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// `kubectl get pn NAME -o json | kstatus` → (status word, exit code).
+    pub fn kstatus(&self, name: &str) -> (String, i32) {
+        let json = kubectl_ok(&["-n", &self.ns, "get", "phonenumber", name, "-o", "json"]);
+        kstatus_of(&json)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.operator.kill();
+        // With the operator gone nobody would release the finalizers, and the namespace would
+        // stay Terminating: release them (test clean-up only), then let KCM remove the rest.
+        let out = kubectl(&["-n", &self.ns, "get", "phonenumbers", "-o", "name"]);
+        for obj in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = kubectl(&[
+                "-n",
+                &self.ns,
+                "patch",
+                obj,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+        let _ = kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+    }
+}
+
+pub fn kstatus_of(json: &str) -> (String, i32) {
+    use std::io::Write;
+    let mut child = Command::new(bin("kstatus"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn kstatus");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(json.as_bytes())
+        .expect("write kstatus stdin");
+    let out = child.wait_with_output().expect("kstatus");
+    let text = String::from_utf8_lossy(&out.stdout);
+    (
+        text.split('\t')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+pub fn is_ready(p: &PhoneNumber) -> bool {
+    p.condition("Ready").is_some_and(|c| c.status == "True")
+}
+
+/// status.observedGeneration == metadata.generation.
+pub fn synced(p: &PhoneNumber) -> bool {
+    p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A spec with SIP credentials from Secret `secret`.
+pub fn sip_spec(number: &str, secret: &str) -> Value {
+    json!({
+        "phoneNumber": number,
+        "provider": "twilio",
+        "agentId": AGENT,
+        "friendlyName": "Sales line",
+        "providerConfig": {
+            "trunkAddress": "example.pstn.twilio.com",
+            "authUsername": "oneinbox",
+            "authPasswordSecretRef": {"name": secret}
+        },
+        "inboundRouting": {"fallback": {"agentId": AGENT}, "voicemailMessage": "Sorry, we missed your call."}
+    })
+}
+
+/// `base` with the keys of `extra` set (shallow merge).
+pub fn with(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    base
+}
+
+/// A spec with a stored credential id (no Secret needed).
+pub fn credential_spec(number: &str) -> Value {
+    json!({"phoneNumber": number, "provider": "telnyx", "agentId": AGENT, "credentialId": CREDENTIAL})
+}
+
+/// A random E.164 number, so tests never collide.
+pub fn number() -> String {
+    let n: u64 = rand_u64() % 9_000_000_000 + 1_000_000_000;
+    format!("+1{n}")
+}
+
+fn rand_u64() -> u64 {
+    let u = uuid::Uuid::new_v4();
+    let b = u.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
