@@ -1,1 +1,310 @@
-//! placeholder
+//! The mock OneInbox phone-number API (reference §6, "mock").
+//!
+//! It serves `/v1/phone-numbers` with the contract's check order and error bodies, plus the
+//! unauthenticated `/_mock/` test-support endpoints (fault configuration, one-shot faults,
+//! inspection, seeding, call counts). It runs its own accept loop on hyper so that a fault can
+//! close a connection without writing a single byte, which a framework server cannot do.
+//!
+//! Endpoint keys are `"<METHOD> <route template>"`; a request whose path matches no route is
+//! counted as `"<METHOD> <unmatched>"`.
+
+mod admin;
+mod api;
+pub mod faults;
+mod persist;
+pub mod state;
+pub mod validate;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+pub use faults::{FaultConfig, ProvisioningOutcome, RetryAfterFormat};
+
+use faults::{FaultQueue, RateLimiter};
+use state::Store;
+
+/// How many outcomes `/_mock/calls/log` keeps; the oldest go first.
+const LOG_CAPACITY: usize = 10_000;
+
+/// Start-up options of the mock.
+#[derive(Clone, Default)]
+pub struct MockOptions {
+    /// When non-empty, only these bearer tokens are accepted; otherwise any `oi_sk_<non-empty>`.
+    pub api_keys: Vec<String>,
+    /// Initial fault configuration; `POST /_mock/reset` returns to it.
+    pub config: FaultConfig,
+    /// Registrations are loaded from and saved to this JSON file (never with a password).
+    pub state_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for MockOptions {
+    /// Keys are secrets: only their number is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockOptions")
+            .field(
+                "api_keys",
+                &format_args!("[{} redacted]", self.api_keys.len()),
+            )
+            .field("config", &self.config)
+            .field("state_file", &self.state_file)
+            .finish()
+    }
+}
+
+/// Why the mock could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    /// The state file exists but cannot be read.
+    #[error("cannot read state file {path}: {source}")]
+    ReadState {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state file is not a state file.
+    #[error("state file {path} is not valid: {source}")]
+    ParseState {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// The initial fault configuration is invalid.
+    #[error("invalid fault configuration: {0}")]
+    Config(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// One outcome in `/_mock/calls/log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogEntry {
+    /// 1-based order of completion.
+    pub seq: u64,
+    /// Endpoint key.
+    pub endpoint: String,
+    /// Status answered, or (for `drop`) `null`; for `commit_then_drop` the status that would
+    /// have been answered.
+    pub status: Option<u16>,
+    /// Whether the connection was closed instead of answering.
+    pub dropped: bool,
+}
+
+/// Everything mutable, behind one lock so that check-then-commit is atomic.
+struct Shared {
+    store: Store,
+    config: FaultConfig,
+    limiter: Option<RateLimiter>,
+    faults: FaultQueue,
+    calls: BTreeMap<String, u64>,
+    accepted: BTreeMap<String, u64>,
+    log: VecDeque<LogEntry>,
+    seq: u64,
+}
+
+struct Inner {
+    api_keys: BTreeSet<String>,
+    initial_config: FaultConfig,
+    state_file: Option<PathBuf>,
+    shared: Mutex<Shared>,
+    /// Serialises state-file writes so that the last write is the newest state.
+    persist_lock: tokio::sync::Mutex<()>,
+}
+
+/// The mock's state; cheap to clone (shared).
+#[derive(Clone)]
+pub struct MockState {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for MockState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockState").finish_non_exhaustive()
+    }
+}
+
+impl MockState {
+    /// Builds the state, loading registrations from the state file if it exists.
+    pub fn new(options: MockOptions) -> Result<Self, MockError> {
+        options.config.check().map_err(MockError::Config)?;
+        let records = match &options.state_file {
+            Some(path) => persist::load(path)?,
+            None => Vec::new(),
+        };
+        let shared = Shared {
+            store: Store::with_records(records),
+            limiter: options.config.limiter(Instant::now()),
+            config: options.config.clone(),
+            faults: FaultQueue::default(),
+            calls: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            log: VecDeque::new(),
+            seq: 0,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                api_keys: options
+                    .api_keys
+                    .into_iter()
+                    .filter(|k| !k.is_empty())
+                    .collect(),
+                initial_config: options.config,
+                state_file: options.state_file,
+                shared: Mutex::new(shared),
+                persist_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The lock, with provisioning delays that are over already settled. A poisoned lock is
+    /// still usable: every mutation leaves the state consistent before it can panic.
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        let mut guard = self
+            .inner
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.store.settle(jiff::Timestamp::now());
+        guard
+    }
+
+    /// Writes the registrations to the state file, if one is configured. Failures are logged,
+    /// not answered: the in-memory state stays authoritative.
+    async fn persist(&self) {
+        let Some(path) = &self.inner.state_file else {
+            return;
+        };
+        let _order = self.inner.persist_lock.lock().await;
+        let records: Vec<state::Registration> =
+            self.lock().store.ordered().into_iter().cloned().collect();
+        if let Err(e) = persist::save(path, &records).await {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write state file");
+        }
+    }
+}
+
+/// Serves the mock on `listener` until `shutdown` completes. Each connection runs on its own
+/// task; in-flight connections are not waited for.
+pub async fn serve_with_shutdown(
+    listener: TcpListener,
+    state: MockState,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    tokio::spawn(serve_connection(stream, state.clone()));
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves the mock on `listener` forever.
+pub async fn serve(listener: TcpListener, state: MockState) {
+    serve_with_shutdown(listener, state, std::future::pending()).await;
+}
+
+/// Starts a mock in-process on `addr` (port 0 picks one) and returns the bound address; for
+/// tests that would rather not spawn the binary. The task serves until aborted.
+pub async fn spawn(
+    addr: SocketAddr,
+    options: MockOptions,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MockError> {
+    let state = MockState::new(options)?;
+    let bind_err = |source| MockError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    Ok((bound, tokio::spawn(serve(listener, state))))
+}
+
+/// One HTTP/1 connection. A handler that must drop the connection notifies `kill` and never
+/// completes; dropping the connection future here then closes the socket with no response.
+async fn serve_connection(stream: TcpStream, state: MockState) {
+    // Best effort: only affects latency.
+    stream.set_nodelay(true).ok();
+    let kill = Arc::new(Notify::new());
+    let handler_kill = Arc::clone(&kill);
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let kill = Arc::clone(&handler_kill);
+        async move { Ok::<_, Infallible>(api::handle(state, kill, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        () = kill.notified() => tracing::debug!("connection closed without a response (fault)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spawn_serves_in_process() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (addr, task) = spawn(([127, 0, 0, 1], 0).into(), MockOptions::default())
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let resp = client
+            .get(format!("http://{addr}/v1/phone-numbers"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        let resp = client
+            .get(format!("http://{addr}/v1/phone-numbers"))
+            .bearer_auth("oi_sk_unit")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        task.abort();
+    }
+
+    #[test]
+    fn options_debug_hides_keys() {
+        let opts = MockOptions {
+            api_keys: vec!["oi_sk_secret".to_owned()],
+            ..MockOptions::default()
+        };
+        let text = format!("{opts:?}");
+        assert!(!text.contains("oi_sk_secret"));
+        assert!(text.contains("1 redacted"));
+    }
+}
