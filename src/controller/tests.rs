@@ -1,1 +1,466 @@
-//! Mocked-apiserver scenarios (tower-test) for crash points a real server cannot produce on demand.
+//! Mocked-apiserver scenarios (tower-test) for crash points a real server cannot produce on
+//! demand. A tiny in-memory apiserver answers the reconciler's requests for one object, records
+//! them, and fails the ones a scenario names; `FakeOneInbox` records OneInbox calls.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, runtime::reflector};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{Context, Settings, backoff::Backoff, reconcile};
+use crate::crd::PhoneNumber;
+use crate::metrics::Metrics;
+use crate::oneinbox::{
+    ApiError, Deregistered, OneInboxApi, PatchRequest, RegisterRequest, Registration,
+};
+
+// ------------------------------------------------------------------ fake OneInbox
+
+#[derive(Default)]
+struct FakeOneInbox {
+    regs: Mutex<Vec<Registration>>,
+    calls: Mutex<Vec<&'static str>>,
+    /// Errors returned by the next calls, in order (None = behave normally).
+    fail_register: Mutex<VecDeque<ApiError>>,
+}
+
+impl FakeOneInbox {
+    fn calls(&self, op: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == op)
+            .count()
+    }
+    fn record(&self, op: &'static str) {
+        self.calls.lock().unwrap().push(op);
+    }
+}
+
+fn registration(req: &RegisterRequest) -> Registration {
+    Registration {
+        id: uuid::Uuid::new_v4().to_string(),
+        phone_number: req.phone_number.clone(),
+        friendly_name: req.friendly_name.clone(),
+        provider: req.provider.clone(),
+        agent_id: req.agent_id.clone(),
+        status: "active".into(),
+        inbound_trunk_id: None,
+        outbound_trunk_id: Some("ST_out".into()),
+        dispatch_rule_id: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        inbound_routing: None,
+    }
+}
+
+impl OneInboxApi for Arc<FakeOneInbox> {
+    async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
+        self.record("register");
+        if let Some(e) = self.fail_register.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        let reg = registration(req);
+        self.regs.lock().unwrap().push(reg.clone());
+        Ok(reg)
+    }
+    async fn get(&self, id: &str) -> Result<Registration, ApiError> {
+        self.record("get");
+        self.regs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or(ApiError::NotFound)
+    }
+    async fn find_by_number(&self, number: &str) -> Result<Vec<Registration>, ApiError> {
+        self.record("list");
+        Ok(self
+            .regs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.phone_number == number)
+            .cloned()
+            .collect())
+    }
+    async fn patch(&self, id: &str, _: &PatchRequest) -> Result<Registration, ApiError> {
+        self.record("patch");
+        self.get(id).await
+    }
+    async fn deregister(&self, id: &str) -> Result<Deregistered, ApiError> {
+        self.record("delete");
+        let mut regs = self.regs.lock().unwrap();
+        let before = regs.len();
+        regs.retain(|r| r.id != id);
+        Ok(if regs.len() < before {
+            Deregistered::Released
+        } else {
+            Deregistered::AlreadyGone
+        })
+    }
+}
+
+// ------------------------------------------------------------------ mock apiserver
+
+/// One request as the apiserver saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+struct ApiServerState {
+    obj: Value,
+    rv: u64,
+    seen: Vec<Seen>,
+    /// Answer the n-th request (0-based, events excluded) of this kind with 500.
+    fail_status_patch: Option<usize>,
+    fail_metadata_patch: Option<usize>,
+    status_patches: usize,
+    metadata_patches: usize,
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn respond(code: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+fn status_error(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
+}
+
+impl ApiServerState {
+    fn handle(&mut self, method: &str, path: &str, query: &str, body: Value) -> Response<Body> {
+        if path.contains("/events") {
+            return respond(StatusCode::CREATED, body);
+        }
+        self.seen.push(Seen {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            body: body.clone(),
+        });
+        let precondition = body["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_owned);
+        if let Some(rv) = precondition
+            && rv != self.rv.to_string()
+        {
+            return respond(StatusCode::CONFLICT, status_error(409, "Conflict"));
+        }
+        match (method, path.ends_with("/status")) {
+            ("PATCH", true) => {
+                let n = self.status_patches;
+                self.status_patches += 1;
+                if self.fail_status_patch == Some(n) {
+                    return respond(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        status_error(500, "InternalError"),
+                    );
+                }
+                self.obj["status"] = body["status"].clone();
+            }
+            ("PATCH", false) => {
+                let n = self.metadata_patches;
+                self.metadata_patches += 1;
+                if self.fail_metadata_patch == Some(n) {
+                    return respond(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        status_error(500, "InternalError"),
+                    );
+                }
+                let mut meta = body["metadata"].clone();
+                if let Some(m) = meta.as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                merge(&mut self.obj["metadata"], &meta);
+            }
+            _ => return respond(StatusCode::NOT_FOUND, status_error(404, "NotFound")),
+        }
+        self.rv += 1;
+        self.obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        respond(StatusCode::OK, self.obj.clone())
+    }
+
+    fn object(&self) -> Arc<PhoneNumber> {
+        Arc::new(serde_json::from_value(self.obj.clone()).unwrap())
+    }
+}
+
+struct Harness {
+    ctx: Arc<Context<Arc<FakeOneInbox>>>,
+    api: Arc<Mutex<ApiServerState>>,
+    fake: Arc<FakeOneInbox>,
+}
+
+impl Harness {
+    fn new(obj: Value) -> Harness {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "ns");
+        let state = Arc::new(Mutex::new(ApiServerState {
+            obj,
+            rv: 1,
+            seen: Vec::new(),
+            fail_status_patch: None,
+            fail_metadata_patch: None,
+            status_patches: 0,
+            metadata_patches: 0,
+        }));
+        let server_state = state.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().to_string();
+                let path = req.uri().path().to_string();
+                let query = req.uri().query().unwrap_or_default().to_string();
+                let bytes = req.into_body().collect_bytes().await.unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let resp = server_state
+                    .lock()
+                    .unwrap()
+                    .handle(&method, &path, &query, body);
+                send.send_response(resp);
+            }
+        });
+        let fake = Arc::new(FakeOneInbox::default());
+        let (store, _writer) = reflector::store::<PhoneNumber>();
+        let (siblings, _rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            oneinbox: fake.clone(),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: "oneinbox-operator".into(),
+                    instance: Some("test".into()),
+                },
+            ),
+            metrics: Metrics::new(),
+            settings: Settings {
+                poll_interval: Duration::from_secs(600),
+                min_poll_interval: Duration::from_secs(30),
+                secret_grace_period: Duration::from_secs(60),
+                provisioning_poll: Duration::from_secs(10),
+                backoff_base: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(60),
+                kube_timeout: Duration::from_secs(5),
+            },
+            backoff: Backoff::default(),
+            checked: Mutex::new(Default::default()),
+            store,
+            siblings,
+        });
+        Harness {
+            ctx,
+            api: state,
+            fake,
+        }
+    }
+
+    async fn reconcile(&self) -> crate::error::Result<kube::runtime::controller::Action> {
+        let obj = self.api.lock().unwrap().object();
+        tokio::time::timeout(Duration::from_secs(10), reconcile(obj, self.ctx.clone()))
+            .await
+            .expect("reconcile timed out")
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.api.lock().unwrap().seen.clone()
+    }
+
+    fn clear_seen(&self) {
+        self.api.lock().unwrap().seen.clear();
+    }
+
+    fn obj(&self) -> Value {
+        self.api.lock().unwrap().obj.clone()
+    }
+}
+
+fn new_object() -> Value {
+    json!({
+        "apiVersion": "oneinbox.ai/v1alpha1",
+        "kind": "PhoneNumber",
+        "metadata": {"name": "pn", "namespace": "ns", "uid": "uid-1", "generation": 1, "resourceVersion": "1",
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"phoneNumber": "+15551234567", "provider": "telnyx",
+                 "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                 "credentialId": "9b2d7c1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e"}
+    })
+}
+
+// ------------------------------------------------------------------ scenarios
+
+#[tokio::test]
+async fn create_writes_finalizer_then_guarded_marker_before_posting() {
+    let h = Harness::new(new_object());
+    h.reconcile().await.expect("reconcile");
+    let seen = h.seen();
+    // 1. finalizer (merge patch guarded by resourceVersion), 2. marker (SSA status, forced,
+    // guarded), then the POST, 3. the id in status, 4. the annotation.
+    assert_eq!(seen[0].method, "PATCH");
+    assert!(!seen[0].path.ends_with("/status"));
+    assert_eq!(
+        seen[0].body["metadata"]["finalizers"],
+        json!(["oneinbox.ai/deregister"])
+    );
+    assert_eq!(seen[0].body["metadata"]["resourceVersion"], json!("1"));
+    assert!(seen[1].path.ends_with("/status"));
+    assert!(
+        seen[1].query.contains("fieldManager=oneinbox-operator")
+            && seen[1].query.contains("force=true"),
+        "{}",
+        seen[1].query
+    );
+    assert!(seen[1].body["status"]["pendingCreate"]["token"].is_string());
+    assert_eq!(seen[1].body["metadata"]["resourceVersion"], json!("2"));
+    assert!(seen[2].path.ends_with("/status"));
+    assert!(seen[2].body["status"]["phoneNumberId"].is_string());
+    assert!(seen[2].body["status"].get("pendingCreate").is_none());
+    assert!(seen[3].body["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].is_string());
+    assert_eq!(seen.len(), 4, "{seen:#?}");
+    assert_eq!(h.fake.calls("register"), 1);
+}
+
+#[tokio::test]
+async fn post_succeeded_but_status_write_failed_next_pass_adopts_without_posting() {
+    let h = Harness::new(new_object());
+    // Status patch #0 is the marker; #1 (the id after the POST) fails.
+    h.api.lock().unwrap().fail_status_patch = Some(1);
+    let err = h.reconcile().await.expect_err("the status write failed");
+    assert_eq!(err.metric_label(), "patch_status");
+    assert_eq!(h.fake.calls("register"), 1);
+    let obj = h.obj();
+    assert!(
+        obj["status"]["pendingCreate"].is_object(),
+        "marker kept: {obj}"
+    );
+    assert!(obj["status"].get("phoneNumberId").is_none());
+
+    // The restarted / retried pass looks the number up and adopts it.
+    h.reconcile().await.expect("second pass");
+    assert_eq!(h.fake.calls("register"), 1, "registered twice");
+    assert_eq!(h.fake.calls("list"), 1);
+    assert_eq!(h.fake.regs.lock().unwrap().len(), 1);
+    let obj = h.obj();
+    let id = h.fake.regs.lock().unwrap()[0].id.clone();
+    assert_eq!(obj["status"]["phoneNumberId"], json!(id));
+    assert_eq!(
+        obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"],
+        json!(id)
+    );
+    assert!(obj["status"].get("pendingCreate").is_none());
+}
+
+#[tokio::test]
+async fn stale_view_conflicts_instead_of_posting() {
+    let h = Harness::new(new_object());
+    // Someone else wrote the object after our cache saw it.
+    {
+        let mut s = h.api.lock().unwrap();
+        s.rv = 7;
+        s.obj["metadata"]["resourceVersion"] = json!("7");
+    }
+    let stale: Arc<PhoneNumber> = Arc::new(serde_json::from_value(new_object()).unwrap());
+    let res = reconcile(stale, h.ctx.clone()).await;
+    assert!(res.is_err(), "a stale write must fail");
+    assert_eq!(h.fake.calls("register"), 0, "posted from a stale view");
+}
+
+#[tokio::test]
+async fn transient_error_on_post_keeps_the_marker_and_writes_no_id() {
+    let h = Harness::new(new_object());
+    h.fake
+        .fail_register
+        .lock()
+        .unwrap()
+        .push_back(ApiError::Unavailable {
+            what: "connection".into(),
+            detail: "connection closed before message completed".into(),
+            retry_after: None,
+        });
+    assert!(h.reconcile().await.is_err());
+    let obj = h.obj();
+    assert!(obj["status"]["pendingCreate"].is_object());
+    assert_eq!(
+        obj["status"]["conditions"][0]["reason"],
+        json!("APIUnavailable")
+    );
+    // Next pass: look up first (nothing there), then post once more.
+    h.reconcile().await.expect("second pass");
+    assert_eq!(h.fake.calls("list"), 1);
+    assert_eq!(h.fake.calls("register"), 2);
+    assert_eq!(h.fake.regs.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn steady_ready_object_costs_zero_writes() {
+    let h = Harness::new(new_object());
+    h.reconcile().await.expect("create");
+    h.clear_seen();
+    // Same object again (e.g. the watch echo of our own write): no API call, no write.
+    h.reconcile().await.expect("steady");
+    assert!(h.seen().is_empty(), "{:#?}", h.seen());
+    assert_eq!(
+        h.fake.calls("get"),
+        0,
+        "checked again within the poll interval"
+    );
+    // After a restart (no memory of the last check): one GET, still no write.
+    h.ctx.checked.lock().unwrap().clear();
+    h.reconcile().await.expect("after restart");
+    assert_eq!(h.fake.calls("get"), 1);
+    assert!(h.seen().is_empty(), "{:#?}", h.seen());
+}
+
+#[tokio::test]
+async fn deregistered_but_finalizer_removal_failed_counts_404_as_done() {
+    let h = Harness::new(new_object());
+    h.reconcile().await.expect("create");
+    {
+        let mut s = h.api.lock().unwrap();
+        s.obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
+        // Metadata patches so far: finalizer, annotation. The next one (finalizer removal) fails.
+        s.fail_metadata_patch = Some(2);
+    }
+    assert!(h.reconcile().await.is_err());
+    assert!(h.fake.regs.lock().unwrap().is_empty(), "deregistered");
+    assert_eq!(
+        h.obj()["metadata"]["finalizers"],
+        json!(["oneinbox.ai/deregister"])
+    );
+    h.reconcile().await.expect("second pass");
+    assert_eq!(h.fake.calls("delete"), 2);
+    assert!(
+        h.obj()["metadata"].get("finalizers").is_none()
+            || h.obj()["metadata"]["finalizers"] == json!([])
+    );
+}
