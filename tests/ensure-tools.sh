@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install what the tests need from Debian's packages when a fresh machine lacks it.
+set -euo pipefail
+missing=()
+for t in curl:curl openssl:openssl ss:iproute2 flock:util-linux make:make go:golang git:git; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
+done
+command -v cargo >/dev/null 2>&1 || { echo "cargo (Rust) is required" >&2; exit 1; }
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  else
+    echo "missing tools: ${missing[*]} (install them with apt-get)" >&2; exit 1
+  fi
+fi
