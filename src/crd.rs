@@ -107,6 +107,34 @@ pub struct PhoneNumberSpec {
     /// working; "Replace" deregisters and registers the number again.
     #[serde(default)]
     pub replacement_policy: ReplacementPolicy,
+
+    /// OneInbox API key for this object (a Secret in the same namespace), for clusters where
+    /// teams use different OneInbox workspaces. Defaults to the operator-wide key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<ApiKeySecretRef>,
+}
+
+/// A Secret key holding a OneInbox API key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySecretRef {
+    /// Name of the Secret.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+    /// Key within the Secret's data; defaults to "apiKey".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+impl ApiKeySecretRef {
+    /// The key to read, with the documented default.
+    pub fn key_or_default(&self) -> &str {
+        self.key.as_deref().unwrap_or("apiKey")
+    }
 }
 
 /// Carrier of the number.
@@ -329,6 +357,21 @@ impl PhoneNumber {
             .finalizers
             .as_ref()
             .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+    }
+
+    /// Names of the Secrets (same namespace) this object reads.
+    pub fn referenced_secrets(&self) -> impl Iterator<Item = &str> {
+        let password = self
+            .spec
+            .provider_config
+            .as_ref()
+            .map(|p| p.auth_password_secret_ref.name.as_str());
+        let api_key = self
+            .spec
+            .api_key_secret_ref
+            .as_ref()
+            .map(|r| r.name.as_str());
+        password.into_iter().chain(api_key)
     }
 
     /// Whether the object is paused by annotation.

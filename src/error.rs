@@ -31,6 +31,8 @@ pub enum Error {
     },
     #[error("a Kubernetes call timed out after {0:?}")]
     KubeTimeout(Duration),
+    #[error("deletion blocked: {0}")]
+    DeletionBlocked(String),
     #[error("the object is missing {0}")]
     InvalidObject(&'static str),
 }
@@ -48,6 +50,7 @@ impl Error {
             Error::PatchMetadata(_) => "patch_metadata",
             Error::ReadSecret { .. } => "read_secret",
             Error::KubeTimeout(_) => "kube_timeout",
+            Error::DeletionBlocked(_) => "deletion_blocked",
             Error::InvalidObject(_) => "invalid_object",
         }
     }

@@ -50,6 +50,9 @@ pub struct Checked {
     pub at: Instant,
     /// This object's jittered poll interval; `None` = no periodic checks.
     pub interval: Option<Duration>,
+    /// The registration as the API last returned it: a spec change is diffed against it, so an
+    /// update costs one PATCH and no GET.
+    pub remote: crate::oneinbox::Registration,
 }
 
 /// Shared state of all reconciles.
@@ -196,10 +199,7 @@ pub async fn run<C: OneInboxApi>(
             secret_store
                 .state()
                 .into_iter()
-                .filter(|pn| {
-                    pn.namespace() == ns
-                        && pn.spec.provider_config.as_ref().is_some_and(|pc| pc.auth_password_secret_ref.name == name)
-                })
+                .filter(|pn| pn.namespace() == ns && pn.referenced_secrets().any(|s| s == name))
                 .map(|pn| ObjectRef::from_obj(pn.as_ref()))
                 .collect::<Vec<_>>()
         })

@@ -210,6 +210,7 @@ mod tests {
                 }),
                 deletion_policy: DeletionPolicy::Delete,
                 replacement_policy: ReplacementPolicy::Manual,
+                api_key_secret_ref: None,
             },
         );
         p.metadata.namespace = Some("ns".into());

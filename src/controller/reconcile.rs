@@ -40,7 +40,9 @@ pub async fn reconcile<C: OneInboxApi>(
         .namespace()
         .ok_or(Error::InvalidObject("metadata.namespace"))?;
     let api: Api<PhoneNumber> = Api::namespaced(ctx.client.clone(), &ns);
+    let oneinbox = ctx.oneinbox.clone();
     let mut r = Reconciler {
+        oneinbox,
         ctx: &ctx,
         api,
         obj: (*obj).clone(),
@@ -54,10 +56,16 @@ pub async fn reconcile<C: OneInboxApi>(
 }
 
 /// Why the credentials could not be resolved (never contains the value).
-struct MissingSecret(String);
+struct MissingSecret {
+    why: String,
+    name: String,
+    key: String,
+}
 
 struct Reconciler<'a, C> {
     ctx: &'a Context<C>,
+    /// The OneInbox client with the key this object uses (its tenant's, or the operator's).
+    oneinbox: C,
     api: Api<PhoneNumber>,
     /// The object as last written or read: carries the latest resourceVersion and status.
     obj: PhoneNumber,
@@ -103,6 +111,12 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             }
         }
 
+        match self.tenant_api_key().await? {
+            TenantKey::OperatorWide => {}
+            TenantKey::Found(key) => self.oneinbox = self.ctx.oneinbox.with_api_key(key),
+            TenantKey::Missing(why) => return self.wait_for_secret(why).await,
+        }
+
         let creds = self.resolve_credentials().await?;
         let current_hash = creds
             .as_ref()
@@ -115,7 +129,11 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                     debug!(remaining = ?wait, "registration checked recently; no API call");
                     return Ok(Action::requeue(wait));
                 }
-                match self.ctx.oneinbox.get(&id).await {
+                let fetched = match self.cached_remote(&id) {
+                    Some(reg) => Ok(reg),
+                    None => self.oneinbox.get(&id).await,
+                };
+                match fetched {
                     Ok(reg) if reg.phone_number != self.obj.spec.phone_number => {
                         let msg = format!(
                             "OneInbox registration {id} is for {}, not {}. Fix or remove the {ANNOTATION_PHONE_NUMBER_ID} annotation",
@@ -169,13 +187,13 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 }
                 Replacement::Now => {
                     self.event(EventType::Normal, "Replacing", format!("SIP credentials changed; deregistering {} to register the number again", reg.id)).await;
-                    match self.ctx.oneinbox.deregister(&reg.id).await {
+                    match self.oneinbox.deregister(&reg.id).await {
                         Ok(_) => {}
                         Err(e) => return self.api_failure(Error::DeregisterNumber(e)).await,
                     }
                     let c = match creds {
                         Ok(c) => c,
-                        Err(MissingSecret(why)) => return self.wait_for_secret(why).await,
+                        Err(missing) => return self.wait_for_secret(missing).await,
                     };
                     match self.create(&c, false).await? {
                         Created::Registered(reg) => (*reg, current_hash.clone()),
@@ -186,7 +204,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             None => {
                 let creds = match creds {
                     Ok(c) => c,
-                    Err(MissingSecret(why)) => return self.wait_for_secret(why).await,
+                    Err(missing) => return self.wait_for_secret(missing).await,
                 };
                 let marker = self
                     .obj
@@ -196,7 +214,6 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 let found = if marker.is_some() {
                     // An earlier attempt may have registered it: look before posting again.
                     match self
-                        .ctx
                         .oneinbox
                         .find_by_number(&self.obj.spec.phone_number)
                         .await
@@ -235,15 +252,28 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         let remote = if patch.is_empty() {
             remote
         } else {
-            match self.ctx.oneinbox.patch(&remote.id, &patch).await {
+            let spec_changed = self.obj.status.as_ref().and_then(|s| s.observed_generation)
+                != self.obj.metadata.generation;
+            match self.oneinbox.patch(&remote.id, &patch).await {
                 Ok(updated) => {
-                    self.event(
-                        EventType::Normal,
-                        "Updated",
-                        "Updated the OneInbox registration to match the spec".to_string(),
-                    )
-                    .await;
+                    let fields = patch_fields(&patch);
+                    if spec_changed {
+                        let note = format!("Updated {fields} of registration {}", updated.id);
+                        self.event(EventType::Normal, "Updated", note).await;
+                    } else {
+                        let note = format!(
+                            "Corrected drift of {fields} in registration {} (changed outside the cluster)",
+                            updated.id
+                        );
+                        self.event(EventType::Normal, "DriftCorrected", note).await;
+                    }
                     updated
+                }
+                Err(ApiError::NotFound) => {
+                    // Gone since we last looked: forget it; the next pass GETs, sees the 404
+                    // and registers again.
+                    self.forget_check();
+                    return Ok(Action::requeue(Duration::from_millis(200)));
                 }
                 Err(e @ ApiError::Rejected { .. }) => {
                     let msg = format!("OneInbox rejected the update: {e}. Fix the spec");
@@ -296,8 +326,56 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         if !active {
             return Ok(Action::requeue(self.ctx.settings.provisioning_poll));
         }
-        self.remember_check(&remote.id);
+        self.remember_check(&remote);
         Ok(self.poll_action())
+    }
+
+    /// The API key this object must use: its `apiKeySecretRef`, or the operator-wide key.
+    async fn tenant_api_key(&self) -> Result<TenantKey> {
+        let Some(r) = &self.obj.spec.api_key_secret_ref else {
+            return Ok(TenantKey::OperatorWide);
+        };
+        match self.read_secret_key(&r.name, r.key_or_default()).await? {
+            Ok(key) => Ok(TenantKey::Found(key)),
+            Err(missing) => Ok(TenantKey::Missing(missing)),
+        }
+    }
+
+    /// One non-empty UTF-8 value of a Secret in the object's namespace.
+    async fn read_secret_key(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<std::result::Result<SecretString, MissingSecret>> {
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let secret = self
+            .ctx
+            .kube_call(secrets.get_opt(name))
+            .await?
+            .map_err(|source| Error::ReadSecret {
+                name: name.to_owned(),
+                source,
+            })?;
+        let why = match secret {
+            None => format!("Secret {}/{name} does not exist", self.ns),
+            Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
+                None => format!("Secret {}/{name} has no key {key:?}", self.ns),
+                Some(bytes) => match String::from_utf8(bytes.0.clone()) {
+                    Ok(v) if !v.trim().is_empty() => {
+                        return Ok(Ok(SecretString::new(
+                            v.trim_end_matches(['\n', '\r']).to_owned(),
+                        )));
+                    }
+                    Ok(_) => format!("key {key:?} of Secret {}/{name} is empty", self.ns),
+                    Err(_) => format!("key {key:?} of Secret {}/{name} is not UTF-8 text", self.ns),
+                },
+            },
+        };
+        Ok(Err(MissingSecret {
+            why,
+            name: name.to_owned(),
+            key: key.to_owned(),
+        }))
     }
 
     /// Resolve `providerConfig`'s Secret or `credentialId`.
@@ -313,41 +391,19 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             ));
         };
         let sref = &pc.auth_password_secret_ref;
-        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let secret = self
-            .ctx
-            .kube_call(secrets.get_opt(&sref.name))
+        Ok(self
+            .read_secret_key(&sref.name, sref.key_or_default())
             .await?
-            .map_err(|source| Error::ReadSecret {
-                name: sref.name.clone(),
-                source,
-            })?;
-        let key = sref.key_or_default();
-        let why = match secret {
-            None => format!("Secret {}/{} does not exist", self.ns, sref.name),
-            Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
-                None => format!("Secret {}/{} has no key {key:?}", self.ns, sref.name),
-                Some(bytes) => match String::from_utf8(bytes.0.clone()) {
-                    Ok(pw) if !pw.is_empty() => {
-                        return Ok(Ok(Credentials::Sip {
-                            trunk_address: pc.trunk_address.clone(),
-                            auth_username: pc.auth_username.clone(),
-                            auth_password: SecretString::new(pw),
-                        }));
-                    }
-                    Ok(_) => format!("key {key:?} of Secret {}/{} is empty", self.ns, sref.name),
-                    Err(_) => format!(
-                        "key {key:?} of Secret {}/{} is not UTF-8 text",
-                        self.ns, sref.name
-                    ),
-                },
-            },
-        };
-        Ok(Err(MissingSecret(why)))
+            .map(|password| Credentials::Sip {
+                trunk_address: pc.trunk_address.clone(),
+                auth_username: pc.auth_username.clone(),
+                auth_password: password,
+            }))
     }
 
     /// Report a missing Secret: Reconciling during the grace period, Stalled after it.
-    async fn wait_for_secret(&mut self, why: String) -> Result<Action> {
+    async fn wait_for_secret(&mut self, missing: MissingSecret) -> Result<Action> {
+        let MissingSecret { why, name, key } = missing;
         let grace = self.ctx.settings.secret_grace_period;
         let not_ready_since = self
             .obj
@@ -357,15 +413,8 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             .unwrap_or_else(jiff::Timestamp::now);
         let waited = jiff::Timestamp::now().duration_since(not_ready_since);
         let waited = Duration::try_from(waited).unwrap_or(Duration::ZERO);
-        let name = self
-            .obj
-            .spec
-            .provider_config
-            .as_ref()
-            .map(|p| p.auth_password_secret_ref.name.clone())
-            .unwrap_or_default();
         let fix = format!(
-            "Create it, e.g. kubectl -n {} create secret generic {name} --from-literal=password=<SIP password>",
+            "Create it, e.g. kubectl -n {} create secret generic {name} --from-literal={key}=<value>",
             self.ns
         );
         let data = StatusData {
@@ -434,7 +483,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         }
 
         let req = plan::register_request(&self.obj, creds);
-        match self.ctx.oneinbox.register(&req).await {
+        match self.oneinbox.register(&req).await {
             Ok(reg) => {
                 info!(id = %reg.id, "registered");
                 self.event(
@@ -451,7 +500,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             }
             Err(ApiError::AlreadyRegistered { phone_id, .. }) if marker_present => {
                 // A repeated POST after an ambiguous outcome: the registration is ours (§6 i).
-                let reg = match self.ctx.oneinbox.get(&phone_id).await {
+                let reg = match self.oneinbox.get(&phone_id).await {
                     Ok(reg) => reg,
                     Err(e) => {
                         return self
@@ -591,7 +640,37 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             .filter(|d| !d.is_zero())
     }
 
-    fn remember_check(&self, id: &str) {
+    /// The registration as the API returned it recently, when that is good enough to diff a
+    /// spec change against (no reconcile was requested since, same id, within the interval).
+    fn cached_remote(&self, id: &str) -> Option<Registration> {
+        let status = self.obj.status.as_ref()?;
+        if status.phone_number_id.as_deref() != Some(id)
+            || status.last_handled_reconcile_at.as_deref()
+                != self.obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
+        {
+            return None;
+        }
+        let checked = self
+            .ctx
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.uid())
+            .cloned()?;
+        let within = checked.interval.is_none_or(|i| checked.at.elapsed() < i);
+        (checked.id == id && within).then_some(checked.remote)
+    }
+
+    fn forget_check(&self) {
+        self.ctx
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.uid());
+    }
+
+    fn remember_check(&self, remote: &Registration) {
+        let id = remote.id.as_str();
         let interval = plan::poll_interval(
             &self.obj,
             self.ctx.settings.poll_interval,
@@ -603,6 +682,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             id: id.to_owned(),
             at: std::time::Instant::now(),
             interval,
+            remote: remote.clone(),
         };
         self.ctx
             .checked
@@ -715,25 +795,42 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             return Ok(Action::await_change());
         }
 
+        // The tenant's key if it is still there; else the operator-wide key, whose 404 then
+        // proves nothing (another workspace's number is a 404 too).
+        let tenant_missing = match self.tenant_api_key().await? {
+            TenantKey::OperatorWide => None,
+            TenantKey::Found(key) => {
+                self.oneinbox = self.ctx.oneinbox.with_api_key(key);
+                None
+            }
+            TenantKey::Missing(m) => Some(m.why),
+        };
+        let unverifiable = |what: &str| {
+            tenant_missing.as_ref().map(|why| {
+                format!("{why}, and with the operator-wide API key OneInbox reports {what}, which cannot prove the registration is gone from the tenant's workspace. Restore the Secret")
+            })
+        };
+
+        let pending = self
+            .obj
+            .status
+            .as_ref()
+            .is_some_and(|s| s.pending_create.is_some());
         let id = match self.obj.known_id() {
             Some(id) => Some(id),
-            None if self
-                .obj
-                .status
-                .as_ref()
-                .is_some_and(|s| s.pending_create.is_some()) =>
+            // The POST may have landed before the id was written.
+            None if pending => match self
+                .oneinbox
+                .find_by_number(&self.obj.spec.phone_number)
+                .await
             {
-                // The POST may have landed before the id was written.
-                match self
-                    .ctx
-                    .oneinbox
-                    .find_by_number(&self.obj.spec.phone_number)
-                    .await
+                Ok(mut found) => match (found.pop(), unverifiable("no registration of the number"))
                 {
-                    Ok(mut found) => found.pop().map(|r| r.id),
-                    Err(e) => return self.deletion_blocked(Error::LookupNumber(e)).await,
-                }
-            }
+                    (None, Some(msg)) => return self.deletion_blocked_because(msg).await,
+                    (found, _) => found.map(|r| r.id),
+                },
+                Err(e) => return self.deletion_blocked(Error::LookupNumber(e)).await,
+            },
             None => None,
         };
         let Some(id) = id else {
@@ -742,7 +839,11 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             self.finish();
             return Ok(Action::await_change());
         };
-        match self.ctx.oneinbox.deregister(&id).await {
+        match self.oneinbox.deregister(&id).await {
+            Ok(Deregistered::AlreadyGone) if tenant_missing.is_some() => {
+                let msg = unverifiable(&format!("{id} not found")).unwrap_or_default();
+                self.deletion_blocked_because(msg).await
+            }
             Ok(outcome) => {
                 let note = match outcome {
                     Deregistered::Released => format!("Deregistered {id} from OneInbox"),
@@ -755,13 +856,28 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 self.finish();
                 Ok(Action::await_change())
             }
+            Err(e) if tenant_missing.is_some() => {
+                let why = tenant_missing.unwrap_or_default();
+                self.deletion_blocked_because(format!("{why}, and the operator-wide API key could not deregister {id}: {e}. Restore the Secret")).await
+            }
             Err(e) => self.deletion_blocked(Error::DeregisterNumber(e)).await,
         }
     }
 
     async fn deletion_blocked(&mut self, err: Error) -> Result<Action> {
+        self.report_deletion_blocked(err.to_string()).await?;
+        Err(err)
+    }
+
+    async fn deletion_blocked_because(&mut self, cause: String) -> Result<Action> {
+        self.report_deletion_blocked(cause.clone()).await?;
+        Err(Error::DeletionBlocked(cause))
+    }
+
+    /// Say DeletionBlocked, with the escape hatch; the caller's error brings the backoff.
+    async fn report_deletion_blocked(&mut self, cause: String) -> Result<()> {
         let message = format!(
-            "{err}. The finalizer {FINALIZER} stays until OneInbox confirms; to keep the registration and finish deleting now, set spec.deletionPolicy: Orphan"
+            "{cause}. The finalizer {FINALIZER} stays until OneInbox confirms; to keep the registration and finish deleting now, set spec.deletionPolicy: Orphan"
         );
         let before = self
             .obj
@@ -778,7 +894,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             self.event(EventType::Warning, "DeletionBlocked", message)
                 .await;
         }
-        Err(err)
+        Ok(())
     }
 
     /// Forget in-memory state and wake objects that waited for this number.
@@ -938,6 +1054,27 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
 enum Created {
     Registered(Box<Registration>),
     Done(Action),
+}
+
+enum TenantKey {
+    OperatorWide,
+    Found(SecretString),
+    Missing(MissingSecret),
+}
+
+/// "agent_id and inbound_routing", for events.
+fn patch_fields(p: &crate::oneinbox::PatchRequest) -> String {
+    let mut names = Vec::new();
+    if p.friendly_name.is_some() {
+        names.push("friendly_name");
+    }
+    if p.agent_id.is_some() {
+        names.push("agent_id");
+    }
+    if p.inbound_routing.is_some() {
+        names.push("inbound_routing");
+    }
+    names.join(", ")
 }
 
 enum Replacement {

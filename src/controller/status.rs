@@ -237,6 +237,7 @@ mod tests {
                 inbound_routing: None,
                 deletion_policy: DeletionPolicy::Delete,
                 replacement_policy: ReplacementPolicy::Manual,
+                api_key_secret_ref: None,
             },
         );
         pn.metadata.generation = Some(generation);

@@ -62,6 +62,9 @@ fn registration(req: &RegisterRequest) -> Registration {
 }
 
 impl OneInboxApi for Arc<FakeOneInbox> {
+    fn with_api_key(&self, _: crate::oneinbox::SecretString) -> Self {
+        self.clone()
+    }
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
         self.record("register");
         if let Some(e) = self.fail_register.lock().unwrap().pop_front() {

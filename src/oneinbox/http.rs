@@ -41,6 +41,8 @@ const PAGE_LIMIT: u32 = 100;
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Arc<Inner>,
+    /// The key of this handle: the operator-wide one, or a tenant's.
+    api_key: SecretString,
 }
 
 struct Inner {
@@ -77,6 +79,7 @@ impl HttpClient {
             RateLimiter::direct(Quota::per_second(cfg.rate_per_second).allow_burst(cfg.burst));
         let in_flight = Semaphore::new(cfg.max_in_flight.max(1));
         Ok(HttpClient {
+            api_key: cfg.api_key.clone(),
             inner: Arc::new(Inner {
                 http,
                 cfg,
@@ -132,7 +135,7 @@ impl HttpClient {
         let mut req = inner
             .http
             .request(method, url)
-            .bearer_auth(inner.cfg.api_key.expose())
+            .bearer_auth(self.api_key.expose())
             .header("accept", "application/json");
         if let Some(b) = body {
             req = req.json(&b);
@@ -233,6 +236,13 @@ fn item_path(id: &str) -> String {
 }
 
 impl OneInboxApi for HttpClient {
+    fn with_api_key(&self, key: SecretString) -> Self {
+        HttpClient {
+            inner: self.inner.clone(),
+            api_key: key,
+        }
+    }
+
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
         let body = serde_json::to_value(req)
             .map_err(|e| unavailable("encode", format!("cannot encode request: {e}")))?;

@@ -264,7 +264,10 @@ fn truncate(s: &str) -> String {
 }
 
 /// What the reconciler needs from OneInbox.
-pub trait OneInboxApi: Send + Sync + 'static {
+pub trait OneInboxApi: Clone + Send + Sync + 'static {
+    /// The same client (shared budget) authenticating with another key: a tenant's workspace.
+    fn with_api_key(&self, key: SecretString) -> Self;
+
     /// `POST /v1/phone-numbers`. Not idempotent: callers guard it with the pending marker.
     fn register(
         &self,

@@ -38,13 +38,12 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// kubectl 1.36 from the test cache, as admin.
 pub fn kubectl(args: &[&str]) -> std::process::Output {
-    let out = Command::new(bin("kubectl"))
+    Command::new(bin("kubectl"))
         .arg("--kubeconfig")
         .arg(state_dir().join("kubeconfig"))
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
 }
 
 pub fn kubectl_ok(args: &[&str]) -> String {
@@ -468,10 +467,8 @@ impl World {
             &format!("{type_} reason {reason}"),
             Duration::from_secs(30),
             |p| {
-                p.condition(type_).is_some_and(|c| {
-                    c.reason == reason && c.status == "True"
-                        || (type_ == "Ready" && c.reason == reason)
-                })
+                p.condition(type_)
+                    .is_some_and(|c| c.reason == reason && (c.status == "True" || type_ == "Ready"))
             },
         )
         .await

@@ -1,6 +1,9 @@
 //! End-to-end tests against the real control plane (`make cluster-up`), the real
 //! `oneinbox-mock` and the real `oneinbox-operator` binary.
 
+// Test support code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod harness;
 
 mod crash;
