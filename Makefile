@@ -34,9 +34,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
 
-## Regenerate the CRD from the Rust types.
+## Regenerate the CRD from the Rust types (and the chart's copy of it).
 crds:
 	$(CARGO) run --quiet --bin crdgen > crds/phonenumbers.oneinbox.ai.yaml
+	mkdir -p charts/oneinbox-operator/crds
+	cp crds/phonenumbers.oneinbox.ai.yaml charts/oneinbox-operator/crds/
 
 unit:
 	$(CARGO) test --all-features --lib --bins

@@ -7,8 +7,11 @@
 mod harness;
 
 mod crash;
+mod credentials;
 mod deletion;
 mod errors;
 mod faults;
+mod gitops;
 mod lifecycle;
+mod updates;
 mod validation;

@@ -1,0 +1,177 @@
+//! Credentials OneInbox cannot PATCH (rotation, replacementPolicy) and per-tenant API keys.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn rotated_password_is_reported_then_replaced_on_request() {
+    let w = World::start("rotate").await;
+    let (old_pw, new_pw) = ("pw-rotate-old-81f2", "pw-rotate-new-c0d9");
+    w.secret("sip", old_pw).await;
+    w.apply("r", sip_spec(&number(), "sip")).await;
+    let pn = w.wait_ready("r").await;
+    let st = pn.status.clone().expect("status");
+    let (old_id, old_hash) = (
+        st.phone_number_id.expect("id"),
+        st.credentials_hash.expect("hash"),
+    );
+    let calls = w.mock.calls().await;
+
+    // Rotation is seen within seconds (Secret watch), not at the next poll (10 min).
+    w.secret("sip", new_pw).await;
+    let pn = w.wait_reason("r", "Stalled", "ReplacementRequired").await;
+    assert_eq!(
+        pn.condition("Ready").map(|c| c.status.as_str()),
+        Some("True"),
+        "the number keeps working"
+    );
+    assert!(
+        pn.condition("Stalled")
+            .expect("stalled")
+            .message
+            .contains("replacementPolicy: Replace")
+    );
+    assert_eq!(
+        pn.status.as_ref().and_then(|s| s.credentials_hash.clone()),
+        Some(old_hash.clone())
+    );
+    let after = w.mock.calls().await;
+    for k in [POST, DELETE, PATCH] {
+        assert_eq!(calls.get(k), after.get(k), "{k} under Manual");
+    }
+    let events = w.events().await;
+    assert!(
+        events.iter().any(|(r, _)| r == "ReplacementRequired"),
+        "{events:?}"
+    );
+
+    w.merge_spec("r", json!({"replacementPolicy": "Replace"}))
+        .await;
+    let pn = w
+        .wait_for("r", "re-registration", Duration::from_secs(20), |p| {
+            is_ready(p)
+                && synced(p)
+                && p.condition("Stalled").is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.phone_number_id.as_deref())
+                    .is_some_and(|id| id != old_id)
+        })
+        .await;
+    let st = pn.status.expect("status");
+    assert_ne!(st.credentials_hash.as_deref(), Some(old_hash.as_str()));
+    let regs = w.mock.registrations().await;
+    assert_eq!(regs.len(), 1, "{regs:?}");
+    assert_eq!(
+        Some(regs[0]["id"].as_str().unwrap_or_default()),
+        st.phone_number_id.as_deref()
+    );
+    let events = w.events().await;
+    assert!(events.iter().any(|(r, _)| r == "Replacing"), "{events:?}");
+    w.assert_no_secrets(&[old_pw, new_pw]).await;
+}
+
+const TENANT_KEY: &str = "oi_sk_tenant_workspace_b_93e1";
+
+#[tokio::test]
+async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number() {
+    // The mock accepts only the tenant's key: the operator-wide key gets 401.
+    let w = World::start_with("tenant", &["--api-key", TENANT_KEY], &[]).await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let tenant_secret = |name: &str| {
+        serde_json::from_value::<Secret>(
+            json!({"metadata": {"name": name}, "stringData": {"apiKey": TENANT_KEY}}),
+        )
+        .expect("secret")
+    };
+    secrets
+        .create(&Default::default(), &tenant_secret("tenant-key"))
+        .await
+        .expect("create");
+    w.apply(
+        "t",
+        with(
+            credential_spec(&number()),
+            json!({"apiKeySecretRef": {"name": "tenant-key"}}),
+        ),
+    )
+    .await;
+    w.wait_ready("t").await;
+    // Without the tenant key the operator-wide key is refused.
+    w.apply("no-tenant", credential_spec(&number())).await;
+    let pn = w
+        .wait_reason("no-tenant", "Stalled", "RegistrationRejected")
+        .await;
+    assert!(
+        pn.condition("Stalled")
+            .expect("stalled")
+            .message
+            .contains("401"),
+        "{:?}",
+        pn.status
+    );
+
+    // The tenant Secret disappears, then the object is deleted: the operator-wide key cannot
+    // deregister, so the deletion is blocked with the fix named.
+    secrets
+        .delete("tenant-key", &DeleteParams::default())
+        .await
+        .expect("delete secret");
+    w.delete("t").await;
+    let pn = w.wait_reason("t", "Stalled", "DeletionBlocked").await;
+    let msg = &pn.condition("Stalled").expect("stalled").message;
+    assert!(
+        msg.contains("tenant-key") && msg.contains("Restore the Secret") && msg.contains("Orphan"),
+        "{msg}"
+    );
+    assert_eq!(w.mock.registrations().await.len(), 1);
+
+    secrets
+        .create(&Default::default(), &tenant_secret("tenant-key"))
+        .await
+        .expect("restore");
+    w.wait_gone("t", Duration::from_secs(20)).await;
+    assert!(w.mock.registrations().await.is_empty());
+    w.assert_no_secrets(&[TENANT_KEY]).await;
+}
+
+#[tokio::test]
+async fn deletion_falls_back_to_the_operator_key_when_it_can_do_it() {
+    // Both keys reach the same workspace.
+    let w = World::start_with(
+        "tenantfallback",
+        &["--api-key", TENANT_KEY, "--api-key", API_KEY],
+        &[],
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "tenant-key"}, "stringData": {"apiKey": TENANT_KEY}}),
+    )
+    .expect("secret");
+    secrets
+        .create(&Default::default(), &s)
+        .await
+        .expect("create");
+    w.apply(
+        "t",
+        with(
+            credential_spec(&number()),
+            json!({"apiKeySecretRef": {"name": "tenant-key"}}),
+        ),
+    )
+    .await;
+    w.wait_ready("t").await;
+    secrets
+        .delete("tenant-key", &DeleteParams::default())
+        .await
+        .expect("delete secret");
+    w.delete("t").await;
+    w.wait_gone("t", Duration::from_secs(20)).await;
+    assert!(w.mock.registrations().await.is_empty());
+}
