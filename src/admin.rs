@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 #[derive(Clone, Default)]
 pub struct Health {
     synced: Arc<AtomicBool>,
+    standby: Arc<AtomicBool>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -25,12 +26,18 @@ impl Health {
         self.synced.store(true, Ordering::SeqCst);
     }
 
+    /// A replica waiting for the Lease is healthy (and ready) while it stands by.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
+    }
+
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.synced.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst)
+        let serving = self.synced.load(Ordering::SeqCst) || self.standby.load(Ordering::SeqCst);
+        serving && !self.shutting_down.load(Ordering::SeqCst)
     }
 }
 
@@ -88,6 +95,10 @@ mod tests {
     fn ready_only_when_synced_and_not_stopping() {
         let h = Health::default();
         assert!(!h.is_ready());
+        h.set_standby(true);
+        assert!(h.is_ready(), "standing by correctly");
+        h.set_standby(false);
+        assert!(!h.is_ready(), "leading, cache not synced yet");
         h.set_synced();
         assert!(h.is_ready());
         h.set_shutting_down();

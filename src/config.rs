@@ -113,6 +113,26 @@ pub struct RunArgs {
     #[arg(long, env = "ONEINBOX_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
 
+    /// Run only while holding the Lease (for more than one replica).
+    #[arg(long, env = "ONEINBOX_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "ONEINBOX_LEASE_NAME", default_value = "oneinbox-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "oneinbox-system")]
+    pub lease_namespace: String,
+
+    /// How long a Lease is held without renewal; a standby takes over after it expires.
+    #[arg(long, env = "ONEINBOX_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Renew the Lease this long before it expires.
+    #[arg(long, env = "ONEINBOX_LEASE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub lease_grace: Duration,
+
     /// Event reporter instance (usually the pod name).
     #[arg(long, env = "POD_NAME", default_value = "oneinbox-operator")]
     pub instance: String,

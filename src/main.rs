@@ -7,6 +7,7 @@ use clap::Parser;
 use oneinbox_operator::admin::{self, Health};
 use oneinbox_operator::config::{Cli, Command, RunArgs};
 use oneinbox_operator::controller::{self, Scope, Settings};
+use oneinbox_operator::leader;
 use oneinbox_operator::metrics::Metrics;
 use oneinbox_operator::oneinbox::SecretString;
 use oneinbox_operator::oneinbox::http::{HttpClient, HttpClientConfig};
@@ -119,6 +120,30 @@ async fn run(args: RunArgs) -> Result<(), String> {
         label_selector: args.label_selector.clone(),
     };
     info!(api_url = %args.api_url, namespace = ?scope.namespace, "starting oneinbox-operator");
+
+    let mut lease_task = None;
+    if args.leader_election {
+        let cfg = leader::LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: format!(
+                "{}-{}",
+                args.instance,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            duration: args.lease_duration,
+            grace: args.lease_grace,
+        };
+        health.set_standby(true);
+        let Some(held) = leader::acquire(client.clone(), &cfg, stop_rx.clone()).await? else {
+            info!("stopped while standing by");
+            return Ok(());
+        };
+        health.set_standby(false);
+        leader::exit_on_loss(held.leading, stop_rx.clone());
+        lease_task = Some(held.task);
+    }
+
     let ready_health = health.clone();
     controller::run(
         client,
@@ -142,6 +167,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     )
     .await;
     health.set_shutting_down();
+    if let Some(task) = lease_task {
+        // Let the lease task release the Lease so a standby takes over at once.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     admin_task.abort();
     Ok(())
 }

@@ -1,8 +1,12 @@
 //! One Prometheus registry (prefix `oneinbox_operator`) for reconcile and OneInbox metrics.
 //! Every label comes from a closed set: no per-object labels.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::Gauge;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -33,6 +37,52 @@ struct Outcome {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabel {
+    condition: &'static str,
+}
+
+/// Counts of watched objects per condition type that is True, read at scrape time.
+type ObjectCounts = Box<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
+
+/// Scrape-time gauge of objects by condition (from the controller's cache, so it is exact
+/// after deletions too).
+#[derive(Default)]
+struct ObjectsCollector {
+    source: Mutex<Option<ObjectCounts>>,
+}
+
+impl std::fmt::Debug for ObjectsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectsCollector")
+    }
+}
+
+impl Collector for ObjectsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let counts = match self
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(f) => f(),
+            None => return Ok(()),
+        };
+        let family = Family::<ConditionLabel, Gauge>::default();
+        for (condition, n) in counts {
+            family.get_or_create(&ConditionLabel { condition }).set(n);
+        }
+        let metric = encoder.encode_descriptor(
+            "objects",
+            "Watched PhoneNumbers whose condition of this type is True (condition=\"total\": all)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
@@ -45,6 +95,7 @@ pub struct Metrics {
 
 struct Inner {
     registry: Registry,
+    objects: Arc<ObjectsCollector>,
     reconcile_runs: Counter,
     reconcile_failures: Family<ErrorLabel, Counter>,
     reconcile_duration: Histogram,
@@ -70,6 +121,8 @@ impl Metrics {
         let api_duration: HistogramFamily<Op> = Family::new_with_constructor(latency_histogram);
         let rate_limit_wait = latency_histogram();
         let status_patches = Family::<Outcome, Counter>::default();
+        let objects = Arc::new(ObjectsCollector::default());
+        registry.register_collector(Box::new(objects.clone()));
         {
             let r = registry.sub_registry_with_prefix("reconcile");
             r.register("runs", "Reconciles started", reconcile_runs.clone());
@@ -113,6 +166,7 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 registry,
+                objects,
                 reconcile_runs,
                 reconcile_failures,
                 reconcile_duration,
@@ -159,6 +213,19 @@ impl Metrics {
             .status_patches
             .get_or_create(&Outcome { outcome })
             .inc();
+    }
+
+    /// Where the objects-by-condition gauge reads its counts at scrape time.
+    pub fn set_object_counts(
+        &self,
+        f: impl Fn() -> Vec<(&'static str, i64)> + Send + Sync + 'static,
+    ) {
+        *self
+            .inner
+            .objects
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
     }
 
     /// The text exposition of every metric.

@@ -160,6 +160,22 @@ pub async fn run<C: OneInboxApi>(
     let controller =
         Controller::new(pns, wc).with_config(ControllerConfig::default().concurrency(concurrency));
     let store = controller.store();
+    let counted = store.clone();
+    metrics.set_object_counts(move || {
+        let objects = counted.state();
+        let count = |t: &str| {
+            objects
+                .iter()
+                .filter(|o| o.condition(t).is_some_and(|c| c.status == "True"))
+                .count() as i64
+        };
+        vec![
+            ("Ready", count(status::READY)),
+            ("Reconciling", count(status::RECONCILING)),
+            ("Stalled", count(status::STALLED)),
+            ("total", objects.len() as i64),
+        ]
+    });
     on_ready(Readiness {
         store: store.clone(),
     });
