@@ -157,9 +157,19 @@ async fn run(args: RunArgs) -> Result<(), String> {
         },
         move |readiness| {
             tokio::spawn(async move {
-                if readiness.store.wait_until_ready().await.is_ok() {
-                    info!("PhoneNumber cache synced; ready");
-                    ready_health.set_synced();
+                // kube's store readiness wakes only its most recent waiter (the controller's
+                // own), so poll it again until it answers.
+                loop {
+                    let wait = readiness.store.wait_until_ready();
+                    match tokio::time::timeout(std::time::Duration::from_millis(200), wait).await {
+                        Ok(Ok(())) => {
+                            info!("PhoneNumber cache synced; ready");
+                            ready_health.set_synced();
+                            break;
+                        }
+                        Ok(Err(_)) => break,
+                        Err(_) => continue,
+                    }
                 }
             });
         },

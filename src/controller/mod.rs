@@ -223,7 +223,7 @@ pub async fn run<C: OneInboxApi>(
         .graceful_shutdown_on(shutdown)
         .run(
             move |obj, ctx: Arc<Context<C>>| {
-                let span = info_span!("reconcile", namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any());
+                let span = info_span!("reconcile", namespace = obj.namespace().unwrap_or_default(), object = %obj.name_any());
                 let metrics = reconcile_metrics.clone();
                 async move {
                     metrics.reconcile_started();

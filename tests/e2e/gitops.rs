@@ -13,7 +13,7 @@ async fn kstatus_reads_every_state_correctly() {
 
     // Creating → InProgress (the POST is held by the mock for a few seconds).
     w.mock
-        .fault(json!({"endpoint": POST, "kind": "delay", "delay_ms": 3000, "count": 1}))
+        .fault(json!({"endpoint": POST, "kind": "delay", "delay_ms": 2000, "count": 1}))
         .await;
     w.apply("k", credential_spec(&number())).await;
     let pn = w.wait_reason("k", "Reconciling", "Creating").await;

@@ -227,12 +227,37 @@ pub const DELETE: &str = "DELETE /v1/phone-numbers/{phone_id}";
 pub struct Operator {
     pub proc: Option<Proc>,
     pub log: PathBuf,
+    /// Port of /livez, /readyz, /metrics on 127.0.0.1.
+    pub admin_port: u16,
     args: Vec<String>,
+    /// Extra environment (POD_NAME, KUBECONFIG override, ...).
+    pub env: Vec<(String, String)>,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Operator {
     pub fn start(ns: &str, mock_url: &str, extra: &[&str]) -> Operator {
-        let log = std::env::temp_dir().join(format!("oneinbox-e2e-{ns}.log"));
+        Self::start_as(ns, mock_url, extra, &[], "")
+    }
+
+    /// With extra environment variables, and a log file name suffix (for several operators).
+    pub fn start_as(
+        ns: &str,
+        mock_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        suffix: &str,
+    ) -> Operator {
+        let log = std::env::temp_dir().join(format!("oneinbox-e2e-{ns}{suffix}.log"));
+        let admin_port = free_port();
+        let admin_addr = format!("127.0.0.1:{admin_port}");
         let mut args: Vec<String> = [
             "run",
             "--api-url",
@@ -240,7 +265,7 @@ impl Operator {
             "--watch-namespace",
             ns,
             "--admin-addr",
-            "127.0.0.1:0",
+            &admin_addr,
             "--secret-grace-period",
             "4s",
             "--backoff-base",
@@ -259,7 +284,12 @@ impl Operator {
         let mut op = Operator {
             proc: None,
             log,
+            admin_port,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let _ = std::fs::remove_file(&op.log);
         op.spawn();
@@ -280,6 +310,7 @@ impl Operator {
                 "ONEINBOX_LOG",
                 "debug,kube=info,hyper=info,h2=info,tower=info,rustls=info,reqwest=info",
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(logf))
             .spawn()
@@ -292,6 +323,21 @@ impl Operator {
         if let Some(mut p) = self.proc.take() {
             let _ = p.child.kill();
             let _ = p.child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc
+            .as_ref()
+            .map(|p| p.child.id())
+            .expect("operator running")
+    }
+
+    /// GET an admin path: (status, body); status 0 when nothing answers.
+    pub async fn admin(&self, path: &str) -> (u16, String) {
+        match reqwest::get(format!("http://127.0.0.1:{}{path}", self.admin_port)).await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
         }
     }
 

@@ -13,5 +13,7 @@ mod errors;
 mod faults;
 mod gitops;
 mod lifecycle;
+mod process;
+mod rbac;
 mod updates;
 mod validation;
