@@ -29,7 +29,11 @@ fi
 cleanup() {
   if [ "$started_here" = 1 ] && [ "${TESTENV_KEEP:-0}" != 1 ]; then
     step "stopping the control plane"
+    pids=$(cat "$TESTENV_STATE"/*.pid 2>/dev/null || true)
     tests/cluster/down.sh
+    for pid in $pids; do
+      if kill -0 "$pid" 2>/dev/null; then echo "cluster-down left process $pid behind" >&2; exit 1; fi
+    done
   fi
 }
 trap cleanup EXIT

@@ -840,11 +840,19 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             return Ok(Action::await_change());
         };
         match self.oneinbox.deregister(&id).await {
-            Ok(Deregistered::AlreadyGone) if tenant_missing.is_some() => {
+            Ok(Deregistered::AlreadyGone)
+                if tenant_missing.is_some() && !self.released_here(&id) =>
+            {
                 let msg = unverifiable(&format!("{id} not found")).unwrap_or_default();
                 self.deletion_blocked_because(msg).await
             }
             Ok(outcome) => {
+                // If removing the finalizer fails now, the retry's 404 is known to be ours.
+                self.ctx
+                    .released
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(self.uid(), id.clone());
                 let note = match outcome {
                     Deregistered::Released => format!("Deregistered {id} from OneInbox"),
                     Deregistered::AlreadyGone => {
@@ -897,9 +905,24 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         Ok(())
     }
 
+    /// Whether this process already released registration `id` of this object.
+    fn released_here(&self, id: &str) -> bool {
+        self.ctx
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.uid())
+            .is_some_and(|r| r == id)
+    }
+
     /// Forget in-memory state and wake objects that waited for this number.
     fn finish(&self) {
         let uid = self.uid();
+        self.ctx
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
         self.ctx
             .checked
             .lock()
@@ -980,21 +1003,34 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             .await
     }
 
+    /// Remove our finalizer with a JSON patch that tests it is still at its index: no
+    /// resourceVersion precondition, so unrelated changes to the object cannot make it fail.
     async fn remove_finalizer(&mut self) -> Result<()> {
-        let finalizers: Vec<String> = self
-            .obj
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        match self
-            .patch_metadata(json!({ "finalizers": finalizers }))
-            .await
-        {
+        let Some(index) = self.obj.finalizers().iter().position(|f| f == FINALIZER) else {
+            return Ok(());
+        };
+        let path = format!("/metadata/finalizers/{index}");
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            { "op": "test", "path": path, "value": FINALIZER },
+            { "op": "remove", "path": path },
+        ]))
+        .map_err(|_| Error::InvalidObject("finalizer patch"))?;
+        let name = self.obj.name_any();
+        let res = self
+            .ctx
+            .kube_call(
+                self.api
+                    .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)),
+            )
+            .await?;
+        match res {
+            Ok(updated) => {
+                self.obj = updated;
+                Ok(())
+            }
             // Already gone: nothing left to release.
-            Err(Error::PatchMetadata(kube::Error::Api(e))) if e.code == 404 => Ok(()),
-            other => other,
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(Error::PatchMetadata(e)),
         }
     }
 

@@ -201,11 +201,22 @@ impl ApiServerState {
                         status_error(500, "InternalError"),
                     );
                 }
-                let mut meta = body["metadata"].clone();
-                if let Some(m) = meta.as_object_mut() {
-                    m.remove("resourceVersion");
+                if body.is_array() {
+                    // JSON patch (finalizer removal): test + remove.
+                    let patch: json_patch::Patch = serde_json::from_value(body.clone()).unwrap();
+                    if json_patch::patch(&mut self.obj, &patch).is_err() {
+                        return respond(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            status_error(422, "Invalid"),
+                        );
+                    }
+                } else {
+                    let mut meta = body["metadata"].clone();
+                    if let Some(m) = meta.as_object_mut() {
+                        m.remove("resourceVersion");
+                    }
+                    merge(&mut self.obj["metadata"], &meta);
                 }
-                merge(&mut self.obj["metadata"], &meta);
             }
             _ => return respond(StatusCode::NOT_FOUND, status_error(404, "NotFound")),
         }
@@ -278,6 +289,7 @@ impl Harness {
             },
             backoff: Backoff::default(),
             checked: Mutex::new(Default::default()),
+            released: Mutex::new(Default::default()),
             store,
             siblings,
         });

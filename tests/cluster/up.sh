@@ -8,7 +8,8 @@
 # Environment:
 #   TESTENV_STATE      state dir (default: <repo>/target/testenv): etcd data, pki, tokens, kubeconfigs,
 #                      pids, logs/
-#   TESTENV_ETCD_PORT / TESTENV_ETCD_PEER_PORT / TESTENV_APISERVER_PORT  (12379 / 12380 / 16443)
+#   TESTENV_ETCD_PORT / TESTENV_ETCD_PEER_PORT / TESTENV_APISERVER_PORT  (12379 / 12380 / 16443;
+#                      a default that is taken is replaced by a free port, recorded in ports.env)
 #   TESTENV_OPERATOR_NS / TESTENV_OPERATOR_SA  identity of the operator token
 #                      (oneinbox-system / oneinbox-operator)
 #   TESTENV_CRDS       optional: a file or dir of CRDs applied before KCM starts (GC discovery)
@@ -16,9 +17,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 state=${TESTENV_STATE:-$repo/target/testenv}
-etcd_port=${TESTENV_ETCD_PORT:-12379}
-etcd_peer_port=${TESTENV_ETCD_PEER_PORT:-12380}
-api_port=${TESTENV_APISERVER_PORT:-16443}
+# A running plane's ports are recorded in its state dir.
+if [ -f "$state/ports.env" ]; then . "$state/ports.env"; fi
+etcd_port=${TESTENV_ETCD_PORT:-${saved_etcd_port:-12379}}
+etcd_peer_port=${TESTENV_ETCD_PEER_PORT:-${saved_etcd_peer_port:-12380}}
+api_port=${TESTENV_APISERVER_PORT:-${saved_api_port:-16443}}
 op_ns=${TESTENV_OPERATOR_NS:-oneinbox-system}
 op_sa=${TESTENV_OPERATOR_SA:-oneinbox-operator}
 server=https://127.0.0.1:$api_port
@@ -63,12 +66,29 @@ bin=$("$here/build.sh" k8s etcd kstatus helm | tail -n1)
 # A half-started plane from an earlier run is stopped first.
 TESTENV_STATE=$state "$here/down.sh" >&2 || true
 
-for p in "$etcd_port" "$etcd_peer_port" "$api_port"; do
-  [ -z "$(ss -Hltn "sport = :$p")" ] || fail "port $p is in use (set TESTENV_*_PORT)"
+# A default port that is taken is replaced by a free one; a port set explicitly must be free.
+in_use() { [ -n "$(ss -Hltn "sport = :$1")" ]; }
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$(( 20000 + RANDOM % 12000 ))
+    in_use "$p" || { echo "$p"; return 0; }
+  done
+  fail "no free port found"
+}
+for var in etcd_port:TESTENV_ETCD_PORT etcd_peer_port:TESTENV_ETCD_PEER_PORT api_port:TESTENV_APISERVER_PORT; do
+  name=${var%%:*} env=${var#*:}
+  if in_use "${!name}"; then
+    [ -z "${!env:-}" ] || fail "port ${!name} ($env) is in use"
+    printf -v "$name" '%s' "$(free_port)"
+    log "default port taken; using ${!name} for $name"
+  fi
 done
+server=https://127.0.0.1:$api_port
 
 rm -rf "$state"; mkdir -p "$state/logs" "$state/pki" "$state/etcd"
 chmod 700 "$state"
+printf 'saved_etcd_port=%s\nsaved_etcd_peer_port=%s\nsaved_api_port=%s\n' "$etcd_port" "$etcd_peer_port" "$api_port" > "$state/ports.env"
 ln -sfn "$bin" "$state/bin"
 openssl genrsa -out "$state/sa.key" 2048 2>/dev/null
 admin_token=$(openssl rand -hex 24)
