@@ -52,11 +52,12 @@ setsid target/debug/oneinbox-mock --listen "127.0.0.1:$mock_port" --latency-ms 1
 echo $! > "$state/mock.pid"
 for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$mock_port/_mock/config" >/dev/null 2>&1 && break; sleep 0.2; done
 
-say "starting the operator as system:serviceaccount:oneinbox-system:oneinbox-operator (RBAC from deploy/rbac.yaml)"
+# The demo operator watches only the samples' namespace, so that `make test` can run beside it.
+say "starting the operator (namespace oneinbox-demo) as system:serviceaccount:oneinbox-system:oneinbox-operator (RBAC from deploy/rbac.yaml)"
 stop_pid "$state/operator.pid"
 KUBECONFIG="$state/kubeconfig-operator" ONEINBOX_API_KEY="$api_key" \
   setsid target/debug/oneinbox-operator run --api-url "http://127.0.0.1:$mock_port" \
-  --admin-addr "127.0.0.1:$admin_port" --secret-grace-period 30s \
+  --admin-addr "127.0.0.1:$admin_port" --secret-grace-period 30s --watch-namespace oneinbox-demo \
   >/dev/null 2>"$state/operator.log" </dev/null &
 echo $! > "$state/operator.pid"
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -69,15 +70,15 @@ if [ -d deploy/samples/invalid ]; then
 fi
 
 say "waiting for the samples to be Ready"
-kubectl wait --for=condition=Ready phonenumbers --all -A --timeout=120s >/dev/null
-kubectl get pn -A -o wide
+kubectl wait --for=condition=Ready phonenumbers --all -n oneinbox-demo --timeout=120s >/dev/null
+kubectl get pn -n oneinbox-demo -o wide
 
 cat >&2 <<MSG
 
 Demo running. Try:
   export KUBECONFIG=$kubeconfig
   alias kubectl=$state/bin/kubectl
-  kubectl get pn -A -o wide                                   # Ready, with the OneInbox ids
+  kubectl get pn -n oneinbox-demo -o wide                     # Ready, with the OneInbox ids
   kubectl -n oneinbox-demo describe pn                        # conditions and events
   curl -s http://127.0.0.1:$mock_port/_mock/phone-numbers     # what the mock OneInbox holds
   curl -s http://127.0.0.1:$mock_port/_mock/calls             # API calls by endpoint
