@@ -46,3 +46,6 @@ fi
 
 step "cargo test (unit, mocked apiserver, mock contract, e2e on the real control plane, chart)"
 cargo test --all-features --locked --no-fail-fast
+
+step "static binary of the image (musl), as the Dockerfile builds it"
+tests/static-build.sh

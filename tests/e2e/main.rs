@@ -9,6 +9,7 @@ mod harness;
 mod crash;
 mod credentials;
 mod deletion;
+mod docs;
 mod errors;
 mod faults;
 mod gitops;
