@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod cluster;
 mod crash;
 mod credentials;
 mod deletion;
