@@ -166,3 +166,62 @@ async fn the_newer_of_two_claims_is_stalled_and_its_deletion_keeps_the_number() 
     assert_eq!(w.mock.count(DELETE).await, 0);
     assert_eq!(w.mock.count(POST).await, 1);
 }
+
+#[tokio::test]
+async fn when_the_owner_of_a_number_goes_the_waiting_claim_takes_over() {
+    let w = World::start("handover").await;
+    let num = number();
+    w.apply("owner", credential_spec(&num)).await;
+    w.wait_ready("owner").await;
+    w.apply("waiting", credential_spec(&num)).await;
+    w.wait_reason("waiting", "Stalled", "DuplicatePhoneNumber")
+        .await;
+    w.delete("owner").await;
+    w.wait_gone("owner", Duration::from_secs(20)).await;
+    // Woken by the owner's release, not by the 5-minute re-check.
+    let pn = w
+        .wait_for(
+            "waiting",
+            "Ready after the owner left",
+            Duration::from_secs(20),
+            |p| is_ready(p) && synced(p),
+        )
+        .await;
+    let regs = w.mock.registrations().await;
+    assert_eq!(regs.len(), 1);
+    assert_eq!(
+        Some(regs[0]["id"].as_str().unwrap_or_default().to_string()),
+        pn.status.and_then(|s| s.phone_number_id)
+    );
+}
+
+#[tokio::test]
+async fn provisioning_is_progress_and_a_failed_provisioning_needs_a_human() {
+    let w = World::start_with("provisioning", &["--provisioning-ms", "1500"], &[]).await;
+    w.apply("slow", credential_spec(&number())).await;
+    let pn = w.wait_reason("slow", "Reconciling", "Provisioning").await;
+    assert_eq!(
+        pn.status.as_ref().and_then(|s| s.state.as_deref()),
+        Some("provisioning")
+    );
+    assert!(
+        pn.status
+            .as_ref()
+            .and_then(|s| s.phone_number_id.clone())
+            .is_some(),
+        "id recorded while provisioning"
+    );
+    w.wait_ready("slow").await;
+
+    w.mock
+        .config(json!({"provisioning_ms": 500, "provisioning_outcome": "failed"}))
+        .await;
+    w.apply("doomed", credential_spec(&number())).await;
+    let pn = w
+        .wait_reason("doomed", "Stalled", "RegistrationFailed")
+        .await;
+    assert_eq!(
+        pn.status.as_ref().and_then(|s| s.state.as_deref()),
+        Some("failed")
+    );
+}
