@@ -111,30 +111,8 @@ pub struct PhoneNumberSpec {
     /// OneInbox API key for this object (a Secret in the same namespace), for clusters where
     /// teams use different OneInbox workspaces. Defaults to the operator-wide key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_secret_ref: Option<ApiKeySecretRef>,
-}
-
-/// A Secret key holding a OneInbox API key.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiKeySecretRef {
-    /// Name of the Secret.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
-        length(min = 1, max = 253)
-    )]
-    pub name: String,
-    /// Key within the Secret's data; defaults to "apiKey".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
-    pub key: Option<String>,
-}
-
-impl ApiKeySecretRef {
-    /// The key to read, with the documented default.
-    pub fn key_or_default(&self) -> &str {
-        self.key.as_deref().unwrap_or("apiKey")
-    }
+    /// The key defaults to "apiKey".
+    pub api_key_secret_ref: Option<SecretKeySelector>,
 }
 
 /// Carrier of the number.
@@ -205,18 +183,24 @@ pub struct SecretKeySelector {
         length(min = 1, max = 253)
     )]
     pub name: String,
-    /// Key within the Secret's data; defaults to "password".
+    /// Key within the Secret's data; defaults to "password" for the SIP password and to
+    /// "apiKey" for an API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
     pub key: Option<String>,
 }
 
 impl SecretKeySelector {
-    /// The key to read, with the documented default.
-    pub fn key_or_default(&self) -> &str {
-        self.key.as_deref().unwrap_or("password")
+    /// The key to read, or `default` when none is given.
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default)
     }
 }
+
+/// Default key of the SIP password in its Secret.
+pub const DEFAULT_PASSWORD_KEY: &str = "password";
+/// Default key of a tenant API key in its Secret.
+pub const DEFAULT_API_KEY_KEY: &str = "apiKey";
 
 /// Per-number inbound routing.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -401,11 +385,16 @@ mod tests {
     }
 
     #[test]
-    fn secret_key_defaults_to_password() {
+    fn secret_key_defaults_apply_only_when_no_key_is_given() {
         let s = SecretKeySelector {
             name: "x".into(),
             key: None,
         };
-        assert_eq!(s.key_or_default(), "password");
+        assert_eq!(s.key_or(DEFAULT_PASSWORD_KEY), "password");
+        let s = SecretKeySelector {
+            name: "x".into(),
+            key: Some("k".into()),
+        };
+        assert_eq!(s.key_or(DEFAULT_API_KEY_KEY), "k");
     }
 }

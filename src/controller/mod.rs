@@ -85,6 +85,11 @@ impl<C> Context<C> {
     }
 }
 
+/// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Where and what to watch.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {

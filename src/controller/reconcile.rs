@@ -19,10 +19,11 @@ use tracing::{debug, info, warn};
 
 use super::plan::{self, Credentials};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
-use super::{Checked, Context};
+use super::{Checked, Context, lock};
 use crate::crd::{
-    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, FIELD_MANAGER,
-    FINALIZER, PendingCreate, PhoneNumber, PhoneNumberStatus, ReplacementPolicy,
+    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DEFAULT_API_KEY_KEY,
+    DEFAULT_PASSWORD_KEY, DeletionPolicy, FIELD_MANAGER, FINALIZER, PendingCreate, PhoneNumber,
+    PhoneNumberStatus, ReplacementPolicy,
 };
 use crate::error::{Error, Result};
 use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
@@ -335,7 +336,10 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         let Some(r) = &self.obj.spec.api_key_secret_ref else {
             return Ok(TenantKey::OperatorWide);
         };
-        match self.read_secret_key(&r.name, r.key_or_default()).await? {
+        match self
+            .read_secret_key(&r.name, r.key_or(DEFAULT_API_KEY_KEY))
+            .await?
+        {
             Ok(key) => Ok(TenantKey::Found(key)),
             Err(missing) => Ok(TenantKey::Missing(missing)),
         }
@@ -392,7 +396,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         };
         let sref = &pc.auth_password_secret_ref;
         Ok(self
-            .read_secret_key(&sref.name, sref.key_or_default())
+            .read_secret_key(&sref.name, sref.key_or(DEFAULT_PASSWORD_KEY))
             .await?
             .map(|password| Credentials::Sip {
                 trunk_address: pc.trunk_address.clone(),
@@ -624,13 +628,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         if !ready || !in_sync {
             return None;
         }
-        let checked = self
-            .ctx
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.uid())
-            .cloned()?;
+        let checked = self.last_check()?;
         if checked.generation != self.obj.metadata.generation || checked.id != id {
             return None;
         }
@@ -638,6 +636,11 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         interval
             .checked_sub(checked.at.elapsed())
             .filter(|d| !d.is_zero())
+    }
+
+    /// This process's last check of the object against the API.
+    fn last_check(&self) -> Option<Checked> {
+        lock(&self.ctx.checked).get(&self.uid()).cloned()
     }
 
     /// The registration as the API returned it recently, when that is good enough to diff a
@@ -650,23 +653,13 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         {
             return None;
         }
-        let checked = self
-            .ctx
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.uid())
-            .cloned()?;
+        let checked = self.last_check()?;
         let within = checked.interval.is_none_or(|i| checked.at.elapsed() < i);
         (checked.id == id && within).then_some(checked.remote)
     }
 
     fn forget_check(&self) {
-        self.ctx
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.uid());
+        lock(&self.ctx.checked).remove(&self.uid());
     }
 
     fn remember_check(&self, remote: &Registration) {
@@ -684,22 +677,12 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             interval,
             remote: remote.clone(),
         };
-        self.ctx
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(self.uid(), check);
+        lock(&self.ctx.checked).insert(self.uid(), check);
     }
 
     /// Requeue at the object's (jittered) poll interval, or never when polling is off.
     fn poll_action(&self) -> Action {
-        let checked = self
-            .ctx
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.uid())
-            .cloned();
+        let checked = self.last_check();
         match checked.and_then(|c| c.interval) {
             Some(d) => Action::requeue(d),
             None => Action::await_change(),
@@ -848,11 +831,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             }
             Ok(outcome) => {
                 // If removing the finalizer fails now, the retry's 404 is known to be ours.
-                self.ctx
-                    .released
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(self.uid(), id.clone());
+                lock(&self.ctx.released).insert(self.uid(), id.clone());
                 let note = match outcome {
                     Deregistered::Released => format!("Deregistered {id} from OneInbox"),
                     Deregistered::AlreadyGone => {
@@ -907,10 +886,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
 
     /// Whether this process already released registration `id` of this object.
     fn released_here(&self, id: &str) -> bool {
-        self.ctx
-            .released
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.ctx.released)
             .get(&self.uid())
             .is_some_and(|r| r == id)
     }
@@ -918,16 +894,8 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
     /// Forget in-memory state and wake objects that waited for this number.
     fn finish(&self) {
         let uid = self.uid();
-        self.ctx
-            .released
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&uid);
-        self.ctx
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&uid);
+        lock(&self.ctx.released).remove(&uid);
+        lock(&self.ctx.checked).remove(&uid);
         self.ctx.backoff.reset(&uid);
         for other in self.ctx.store.state() {
             if other.spec.phone_number == self.obj.spec.phone_number

@@ -15,12 +15,7 @@ async fn commit_then_drop_on_post_ends_with_one_registration() {
         .await;
     w.apply("dropped", credential_spec(&number())).await;
     let pn = w.wait_ready("dropped").await;
-    let regs = w.mock.registrations().await;
-    assert_eq!(regs.len(), 1, "{regs:?}");
-    assert_eq!(
-        Some(regs[0]["id"].as_str().unwrap_or_default().to_string()),
-        pn.status.and_then(|s| s.phone_number_id)
-    );
+    assert_only_registration_is(&w.mock, &pn).await;
     // The lost answer was resolved by a look-up, not by posting again.
     assert_eq!(w.mock.count(POST).await, 1);
     assert!(w.mock.count(LIST).await >= 1);
@@ -59,12 +54,7 @@ async fn operator_killed_right_after_its_post_ends_with_one_registration() {
 
     w.operator.spawn();
     let pn = w.wait_ready("killed").await;
-    let regs = w.mock.registrations().await;
-    assert_eq!(regs.len(), 1, "{regs:?}");
-    assert_eq!(
-        Some(regs[0]["id"].as_str().unwrap_or_default().to_string()),
-        pn.status.and_then(|s| s.phone_number_id)
-    );
+    assert_only_registration_is(&w.mock, &pn).await;
     assert_eq!(
         w.mock.count(POST).await,
         1,

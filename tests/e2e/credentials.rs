@@ -63,14 +63,9 @@ async fn rotated_password_is_reported_then_replaced_on_request() {
                     .is_some_and(|id| id != old_id)
         })
         .await;
-    let st = pn.status.expect("status");
+    let st = pn.status.clone().expect("status");
     assert_ne!(st.credentials_hash.as_deref(), Some(old_hash.as_str()));
-    let regs = w.mock.registrations().await;
-    assert_eq!(regs.len(), 1, "{regs:?}");
-    assert_eq!(
-        Some(regs[0]["id"].as_str().unwrap_or_default()),
-        st.phone_number_id.as_deref()
-    );
+    assert_only_registration_is(&w.mock, &pn).await;
     let events = w.events().await;
     assert!(events.iter().any(|(r, _)| r == "Replacing"), "{events:?}");
     w.assert_no_secrets(&[old_pw, new_pw]).await;

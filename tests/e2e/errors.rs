@@ -157,12 +157,7 @@ async fn the_newer_of_two_claims_is_stalled_and_its_deletion_keeps_the_number() 
 
     w.delete("second").await;
     w.wait_gone("second", Duration::from_secs(10)).await;
-    let regs = w.mock.registrations().await;
-    assert_eq!(regs.len(), 1);
-    assert_eq!(
-        Some(regs[0]["id"].as_str().unwrap_or_default().to_string()),
-        first.status.and_then(|s| s.phone_number_id)
-    );
+    assert_only_registration_is(&w.mock, &first).await;
     assert_eq!(w.mock.count(DELETE).await, 0);
     assert_eq!(w.mock.count(POST).await, 1);
 }
@@ -187,12 +182,7 @@ async fn when_the_owner_of_a_number_goes_the_waiting_claim_takes_over() {
             |p| is_ready(p) && synced(p),
         )
         .await;
-    let regs = w.mock.registrations().await;
-    assert_eq!(regs.len(), 1);
-    assert_eq!(
-        Some(regs[0]["id"].as_str().unwrap_or_default().to_string()),
-        pn.status.and_then(|s| s.phone_number_id)
-    );
+    assert_only_registration_is(&w.mock, &pn).await;
 }
 
 #[tokio::test]

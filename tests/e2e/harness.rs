@@ -107,6 +107,29 @@ pub async fn admin_client() -> Client {
     Client::try_from(cfg).expect("kube client")
 }
 
+/// A fresh namespace `e2e-<name>-<random>`.
+pub async fn create_namespace(client: &Client, name: &str) -> String {
+    let ns = format!(
+        "e2e-{name}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+    nss.create(&PostParams::default(), &obj)
+        .await
+        .expect("create namespace");
+    ns
+}
+
+/// The mock holds exactly one registration, the one `pn`'s status names.
+pub async fn assert_only_registration_is(mock: &Mock, pn: &PhoneNumber) -> Vec<Value> {
+    let regs = mock.registrations().await;
+    assert_eq!(regs.len(), 1, "{regs:?}");
+    let id = pn.status.as_ref().and_then(|s| s.phone_number_id.clone());
+    assert_eq!(regs[0]["id"].as_str().map(str::to_owned), id, "{regs:?}");
+    regs
+}
+
 /// A spawned process, killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -362,17 +385,7 @@ impl World {
 
     pub async fn start_with(name: &str, mock_args: &[&str], operator_args: &[&str]) -> World {
         let client = admin_client().await;
-        let ns = format!(
-            "e2e-{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        );
-        let nss: Api<Namespace> = Api::all(client.clone());
-        nss.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
-        )
-        .await
-        .expect("create namespace");
+        let ns = create_namespace(&client, name).await;
         let mock = Mock::start(mock_args);
         let operator = Operator::start(&ns, &mock.url, operator_args);
         let pns = Api::namespaced(client.clone(), &ns);

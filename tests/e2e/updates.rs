@@ -126,12 +126,7 @@ async fn drift_is_corrected_and_a_lost_registration_is_registered_again() {
                     .is_some_and(|n| n != id)
         })
         .await;
-    let regs = w.mock.registrations().await;
-    assert_eq!(regs.len(), 1);
-    assert_eq!(
-        Some(regs[0]["id"].as_str().unwrap_or_default().to_string()),
-        pn.status.and_then(|s| s.phone_number_id)
-    );
+    assert_only_registration_is(&w.mock, &pn).await;
     let events = w.events().await;
     assert!(
         events.iter().any(|(r, _)| r == "RegistrationLost"),

@@ -1,6 +1,5 @@
 //! Bad input is refused by the API server itself (schema + CEL), with the field named.
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use oneinbox_operator::crd::PhoneNumber;
 use serde_json::{Value, json};
@@ -60,17 +59,7 @@ fn rejection(res: Result<DynamicObject, kube::Error>) -> String {
 #[tokio::test]
 async fn invalid_manifests_are_rejected_with_the_field_named() {
     let client = admin_client().await;
-    let ns = format!(
-        "e2e-validation-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    );
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
-    )
-    .await
-    .expect("namespace");
+    let ns = create_namespace(&client, "validation").await;
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<PhoneNumber>(&()));
 
