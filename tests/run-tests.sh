@@ -44,8 +44,20 @@ if [ -d tests/argocd ]; then
   (cd tests/argocd && go test ./...)
 fi
 
-step "cargo test (unit, mocked apiserver, mock contract, e2e on the real control plane, chart)"
-cargo test --all-features --locked --no-fail-fast
-
 step "static binary of the image (musl), as the Dockerfile builds it"
 tests/static-build.sh
+
+step "cargo test (unit, mocked apiserver, mock contract, e2e on the real control plane, chart)"
+log=$(mktemp)
+set +e
+cargo test --all-features --locked --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+read -r passed failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$log")
+rm -f "$log"
+# Stop the control plane now, so that the summary is the last line.
+trap - EXIT
+cleanup
+echo
+echo "cargo: $passed passed, $failed failed"
+exit "$status"
