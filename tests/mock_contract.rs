@@ -2,7 +2,12 @@
 //! `oneinbox-mock` binary on `127.0.0.1:0` and talks plain HTTP to it, so tests run in parallel
 //! without port clashes. Timing assertions are lower bounds only.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};

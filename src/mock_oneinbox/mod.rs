@@ -280,6 +280,7 @@ mod tests {
         let (addr, task) = spawn(([127, 0, 0, 1], 0).into(), MockOptions::default())
             .await
             .unwrap();
+        #[allow(clippy::disallowed_methods)] // a test client, not the operator's
         let client = reqwest::Client::new();
         let resp = client
             .get(format!("http://{addr}/v1/phone-numbers"))

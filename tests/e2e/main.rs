@@ -2,7 +2,7 @@
 //! `oneinbox-mock` and the real `oneinbox-operator` binary.
 
 // Test support code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 mod harness;
 
