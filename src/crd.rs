@@ -305,16 +305,20 @@ fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::S
 }
 
 impl PhoneNumber {
-    /// The remote id, from status or (after a restore, or for adoption) the annotation.
+    /// The remote id, from status or (after a restore, or for adoption) the annotation. While a
+    /// registration attempt is pending the annotation may still name a registration this
+    /// object already released (a replacement), so only the status counts then.
     pub fn known_id(&self) -> Option<String> {
-        self.status
-            .as_ref()
-            .and_then(|s| s.phone_number_id.clone())
-            .or_else(|| {
-                self.annotation(ANNOTATION_PHONE_NUMBER_ID)
-                    .map(str::to_owned)
-            })
-            .filter(|id| !id.is_empty())
+        let status = self.status.as_ref();
+        let from_status = status.and_then(|s| s.phone_number_id.clone());
+        let pending = status.is_some_and(|s| s.pending_create.is_some());
+        let from_annotation = if pending {
+            None
+        } else {
+            self.annotation(ANNOTATION_PHONE_NUMBER_ID)
+                .map(str::to_owned)
+        };
+        from_status.or(from_annotation).filter(|id| !id.is_empty())
     }
 
     /// One annotation's value.
@@ -382,6 +386,31 @@ mod tests {
             Some(vec!["oneinbox".to_string()])
         );
         assert_eq!(crd.spec.scope, "Namespaced");
+    }
+
+    #[test]
+    fn a_pending_attempt_ignores_a_stale_id_annotation() {
+        let mut pn: PhoneNumber = serde_json::from_value(serde_json::json!({
+            "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+            "metadata": {"name": "x", "annotations": {ANNOTATION_PHONE_NUMBER_ID: "old"}},
+            "spec": {"phoneNumber": "+15551234567", "provider": "twilio",
+                     "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                     "credentialId": "3c90c3cc-0d44-4b50-8888-8dd25736052a"}
+        }))
+        .unwrap();
+        assert_eq!(
+            pn.known_id().as_deref(),
+            Some("old"),
+            "restore/adopt from the annotation"
+        );
+        pn.status = Some(PhoneNumberStatus {
+            pending_create: Some(PendingCreate {
+                token: "t".into(),
+                started_at: "now".into(),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(pn.known_id(), None);
     }
 
     #[test]

@@ -16,6 +16,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info};
 
+/// Memory at 10,000 objects: glibc malloc keeps per-thread arenas that a multi-threaded runtime
+/// fills and seldom returns; musl's allocator is slow under contention (the image is musl).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Both kube and reqwest use rustls; pick the provider once, before any client exists.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -53,19 +53,31 @@ pub struct Checked {
     /// The registration as the API last returned it: a spec change is diffed against it, so an
     /// update costs one PATCH and no GET.
     pub remote: crate::oneinbox::Registration,
+    /// (name, resourceVersion) of the Secrets read for this check: while they are unchanged a
+    /// pass needs not read them again.
+    pub secrets: Vec<(String, String)>,
 }
 
 /// Shared state of all reconciles.
 pub struct Context<C> {
     pub client: Client,
     pub oneinbox: C,
-    pub recorder: Recorder,
+    /// Who publishes events (controller name and instance).
+    pub reporter: Reporter,
     pub metrics: Metrics,
     pub settings: Settings,
     pub backoff: backoff::Backoff,
     pub checked: Mutex<HashMap<String, Checked>>,
     /// Registrations this process deregistered, by object UID, until the finalizer is gone.
     pub released: Mutex<HashMap<String, String>>,
+    /// resourceVersion of this process's last write of each object (by UID): a pass handed an
+    /// older version is a stale echo, and the watch event of that write will follow.
+    pub written: Mutex<HashMap<String, u64>>,
+    /// Pending-create tokens whose POST was refused with a clean 429 (nothing registered, §6 f):
+    /// the next attempt posts without a look-up first.
+    pub clean_refusals: Mutex<HashMap<String, String>>,
+    /// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
+    pub secret_versions: Arc<Mutex<HashMap<(String, String), String>>>,
     /// Every watched PhoneNumber (for duplicate claims and Secret mapping).
     pub store: Store<PhoneNumber>,
     /// Objects to reconcile now because a number they wait for was released.
@@ -105,17 +117,29 @@ fn error_policy<C: OneInboxApi>(
     ctx: Arc<Context<C>>,
 ) -> Action {
     let uid = obj.uid().unwrap_or_default();
-    let failures = ctx.backoff.failed(&uid);
     let s = &ctx.settings;
-    let mut wait = backoff::delay(
-        failures,
-        s.backoff_base,
-        s.backoff_max,
-        rand::random_range(0.5..=1.0),
-    );
-    if let Some(ra) = err.retry_after() {
-        wait = wait.max(ra);
-    }
+    // A 429 is the API pacing everyone, not this object failing: wait what it asked (every
+    // caller already waits that long before its next call), spread by a little jitter, and
+    // keep the object's backoff where it was.
+    let throttled = err
+        .api_error()
+        .is_some_and(crate::oneinbox::ApiError::is_throttled);
+    let (failures, wait) = if throttled {
+        let base = err.retry_after().unwrap_or(Duration::from_secs(1));
+        (0, base + Duration::from_millis(rand::random_range(0..1000)))
+    } else {
+        let failures = ctx.backoff.failed(&uid);
+        let mut wait = backoff::delay(
+            failures,
+            s.backoff_base,
+            s.backoff_max,
+            rand::random_range(0.5..=1.0),
+        );
+        if let Some(ra) = err.retry_after() {
+            wait = wait.max(ra);
+        }
+        (failures, wait)
+    };
     warn!(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, failures, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }
@@ -199,28 +223,30 @@ pub async fn run<C: OneInboxApi>(
     });
 
     let (siblings, sibling_rx) = mpsc::unbounded_channel();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "oneinbox-operator".into(),
-            instance: Some(instance),
-        },
-    );
+    let secret_versions: Arc<Mutex<HashMap<(String, String), String>>> = Arc::default();
+    let reporter = Reporter {
+        controller: "oneinbox-operator".into(),
+        instance: Some(instance),
+    };
     let ctx = Arc::new(Context {
         client,
         oneinbox,
-        recorder,
+        reporter,
         metrics: metrics.clone(),
         settings,
         backoff: backoff::Backoff::default(),
         checked: Mutex::new(HashMap::new()),
         released: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
+        clean_refusals: Mutex::new(HashMap::new()),
+        secret_versions: secret_versions.clone(),
         store: store.clone(),
         siblings,
     });
 
     // Metadata only: learn that a referenced Secret changed without caching any Secret data.
     let secret_store = store.clone();
+    let seen_secrets = secret_versions.clone();
     let secret_events = watcher(secrets, watcher::Config::default())
         .default_backoff()
         .touched_objects();
@@ -231,6 +257,9 @@ pub async fn run<C: OneInboxApi>(
         .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace();
             let name = secret.name_any();
+            if let (Some(ns), Some(rv)) = (ns.clone(), secret.resource_version()) {
+                lock(&seen_secrets).insert((ns, name.clone()), rv);
+            }
             secret_store
                 .state()
                 .into_iter()

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -41,6 +41,20 @@ pub async fn reconcile<C: OneInboxApi>(
         .namespace()
         .ok_or(Error::InvalidObject("metadata.namespace"))?;
     let api: Api<PhoneNumber> = Api::namespaced(ctx.client.clone(), &ns);
+    // A pass for an object older than our own last write of it is the echo of an earlier
+    // event; the watch event of that write is on its way and brings the object back.
+    let uid = obj.uid().unwrap_or_default();
+    if let (Some(ours), Some(seen)) = (
+        lock(&ctx.written).get(&uid).copied(),
+        resource_version(&obj),
+    ) && seen < ours
+    {
+        debug!(
+            seen,
+            ours, "stale view of the object; waiting for the watch to catch up"
+        );
+        return Ok(Action::await_change());
+    }
     let oneinbox = ctx.oneinbox.clone();
     let mut r = Reconciler {
         oneinbox,
@@ -48,12 +62,18 @@ pub async fn reconcile<C: OneInboxApi>(
         api,
         obj: (*obj).clone(),
         ns,
+        secrets_seen: Vec::new(),
     };
     if obj.metadata.deletion_timestamp.is_some() {
         r.cleanup().await
     } else {
         r.apply().await
     }
+}
+
+/// An object's resourceVersion as a number (etcd revisions grow); `None` if it is not one.
+fn resource_version(obj: &PhoneNumber) -> Option<u64> {
+    obj.resource_version().and_then(|rv| rv.parse().ok())
 }
 
 /// Why the credentials could not be resolved (never contains the value).
@@ -67,6 +87,8 @@ struct Reconciler<'a, C> {
     ctx: &'a Context<C>,
     /// The OneInbox client with the key this object uses (its tenant's, or the operator's).
     oneinbox: C,
+    /// (name, resourceVersion) of each Secret read in this pass.
+    secrets_seen: Vec<(String, String)>,
     api: Api<PhoneNumber>,
     /// The object as last written or read: carries the latest resourceVersion and status.
     obj: PhoneNumber,
@@ -110,6 +132,15 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                     .await?;
                 return Ok(Action::requeue(DUPLICATE_RECHECK));
             }
+        }
+
+        // Checked recently, and no referenced Secret changed since: nothing to read or call.
+        if let Some(id) = &known_id
+            && self.secrets_unchanged()
+            && let Some(wait) = self.fresh_for(id, None)
+        {
+            debug!(remaining = ?wait, "registration checked recently; no API call");
+            return Ok(Action::requeue(wait));
         }
 
         match self.tenant_api_key().await? {
@@ -212,7 +243,13 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                     .status
                     .as_ref()
                     .and_then(|s| s.pending_create.clone());
-                let found = if marker.is_some() {
+                let refused_cleanly = marker.as_ref().is_some_and(|m| {
+                    lock(&self.ctx.clean_refusals)
+                        .remove(&self.uid())
+                        .as_deref()
+                        == Some(m.token.as_str())
+                });
+                let found = if marker.is_some() && !refused_cleanly {
                     // An earlier attempt may have registered it: look before posting again.
                     match self
                         .oneinbox
@@ -253,8 +290,11 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         let remote = if patch.is_empty() {
             remote
         } else {
-            let spec_changed = self.obj.status.as_ref().and_then(|s| s.observed_generation)
-                != self.obj.metadata.generation;
+            // Drift only if this spec was already in line at the last check; after a restart
+            // (no record) a difference is reported as an update.
+            let spec_changed = self
+                .last_check()
+                .is_none_or(|c| c.generation != self.obj.metadata.generation);
             match self.oneinbox.patch(&remote.id, &patch).await {
                 Ok(updated) => {
                     let fields = patch_fields(&patch);
@@ -332,8 +372,8 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
     }
 
     /// The API key this object must use: its `apiKeySecretRef`, or the operator-wide key.
-    async fn tenant_api_key(&self) -> Result<TenantKey> {
-        let Some(r) = &self.obj.spec.api_key_secret_ref else {
+    async fn tenant_api_key(&mut self) -> Result<TenantKey> {
+        let Some(r) = self.obj.spec.api_key_secret_ref.clone() else {
             return Ok(TenantKey::OperatorWide);
         };
         match self
@@ -347,7 +387,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
 
     /// One non-empty UTF-8 value of a Secret in the object's namespace.
     async fn read_secret_key(
-        &self,
+        &mut self,
         name: &str,
         key: &str,
     ) -> Result<std::result::Result<SecretString, MissingSecret>> {
@@ -360,6 +400,9 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 name: name.to_owned(),
                 source,
             })?;
+        if let Some(rv) = secret.as_ref().and_then(|s| s.resource_version()) {
+            self.secrets_seen.push((name.to_owned(), rv));
+        }
         let why = match secret {
             None => format!("Secret {}/{name} does not exist", self.ns),
             Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
@@ -383,13 +426,15 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
     }
 
     /// Resolve `providerConfig`'s Secret or `credentialId`.
-    async fn resolve_credentials(&self) -> Result<std::result::Result<Credentials, MissingSecret>> {
+    async fn resolve_credentials(
+        &mut self,
+    ) -> Result<std::result::Result<Credentials, MissingSecret>> {
         if let Some(id) = &self.obj.spec.credential_id {
             return Ok(Ok(Credentials::Stored {
                 credential_id: id.clone(),
             }));
         }
-        let Some(pc) = &self.obj.spec.provider_config else {
+        let Some(pc) = self.obj.spec.provider_config.clone() else {
             return Err(Error::InvalidObject(
                 "spec.providerConfig or spec.credentialId",
             ));
@@ -399,8 +444,8 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             .read_secret_key(&sref.name, sref.key_or(DEFAULT_PASSWORD_KEY))
             .await?
             .map(|password| Credentials::Sip {
-                trunk_address: pc.trunk_address.clone(),
-                auth_username: pc.auth_username.clone(),
+                trunk_address: pc.trunk_address,
+                auth_username: pc.auth_username,
                 auth_password: password,
             }))
     }
@@ -550,11 +595,22 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                     .await?;
                 Ok(Created::Done(Action::await_change()))
             }
-            // Ambiguous or transient: the marker stays, so the next pass looks up first.
-            Err(e) => self
-                .api_failure(Error::RegisterNumber(e))
-                .await
-                .map(Created::Done),
+            // Ambiguous or transient: the marker stays, so the next pass looks up first; after
+            // a clean 429 nothing can have been registered, so the next pass posts directly.
+            Err(e) => {
+                let token = self
+                    .obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pending_create.as_ref())
+                    .map(|m| m.token.clone());
+                if let (true, Some(token)) = (e.is_throttled(), token) {
+                    lock(&self.ctx.clean_refusals).insert(self.uid(), token);
+                }
+                self.api_failure(Error::RegisterNumber(e))
+                    .await
+                    .map(Created::Done)
+            }
         }
     }
 
@@ -658,6 +714,24 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         (checked.id == id && within).then_some(checked.remote)
     }
 
+    /// Whether every Secret this object references is at the resourceVersion read at the last
+    /// check (as the metadata-only Secret watch reports it).
+    fn secrets_unchanged(&self) -> bool {
+        let Some(check) = self.last_check() else {
+            return false;
+        };
+        let versions = lock(&self.ctx.secret_versions);
+        self.obj.referenced_secrets().all(|name| {
+            let current = versions.get(&(self.ns.clone(), name.to_owned()));
+            let read = check
+                .secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, rv)| rv);
+            current.is_some() && current == read
+        })
+    }
+
     fn forget_check(&self) {
         lock(&self.ctx.checked).remove(&self.uid());
     }
@@ -676,6 +750,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             at: std::time::Instant::now(),
             interval,
             remote: remote.clone(),
+            secrets: self.secrets_seen.clone(),
         };
         lock(&self.ctx.checked).insert(self.uid(), check);
     }
@@ -884,6 +959,13 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         Ok(())
     }
 
+    /// Remember the resourceVersion of the write just made (see `reconcile`).
+    fn note_written(&self) {
+        if let Some(rv) = resource_version(&self.obj) {
+            lock(&self.ctx.written).insert(self.uid(), rv);
+        }
+    }
+
     /// Whether this process already released registration `id` of this object.
     fn released_here(&self, id: &str) -> bool {
         lock(&self.ctx.released)
@@ -895,6 +977,8 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
     fn finish(&self) {
         let uid = self.uid();
         lock(&self.ctx.released).remove(&uid);
+        lock(&self.ctx.written).remove(&uid);
+        lock(&self.ctx.clean_refusals).remove(&uid);
         lock(&self.ctx.checked).remove(&uid);
         self.ctx.backoff.reset(&uid);
         for other in self.ctx.store.state() {
@@ -958,6 +1042,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             .await?;
         self.ctx.metrics.status_patched(res.is_ok());
         self.obj = res.map_err(Error::PatchStatus)?;
+        self.note_written();
         Ok(())
     }
 
@@ -994,6 +1079,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         match res {
             Ok(updated) => {
                 self.obj = updated;
+                self.note_written();
                 Ok(())
             }
             // Already gone: nothing left to release.
@@ -1025,6 +1111,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         let updated = res.map_err(Error::PatchMetadata)?;
         // Keep our status view: the main resource returns the stored status too.
         self.obj = updated;
+        self.note_written();
         Ok(())
     }
 
@@ -1044,12 +1131,11 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&ev, &self.obj.object_ref(&()))
-            .await
-        {
+        // Events are published on transitions only, so the recorder's 6-minute series cache
+        // (one Event kept per publish) buys nothing and at 10,000 objects costs tens of MiB:
+        // each publish gets a fresh recorder.
+        let recorder = Recorder::new(self.ctx.client.clone(), self.ctx.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, &self.obj.object_ref(&())).await {
             warn!(error = %e, reason, "publishing an event failed");
         }
     }

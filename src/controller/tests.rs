@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::{Client, runtime::reflector};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -270,13 +270,10 @@ impl Harness {
         let ctx = Arc::new(Context {
             client: client.clone(),
             oneinbox: fake.clone(),
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: "oneinbox-operator".into(),
-                    instance: Some("test".into()),
-                },
-            ),
+            reporter: Reporter {
+                controller: "oneinbox-operator".into(),
+                instance: Some("test".into()),
+            },
             metrics: Metrics::new(),
             settings: Settings {
                 poll_interval: Duration::from_secs(600),
@@ -290,6 +287,9 @@ impl Harness {
             backoff: Backoff::default(),
             checked: Mutex::new(Default::default()),
             released: Mutex::new(Default::default()),
+            written: Mutex::new(Default::default()),
+            clean_refusals: Mutex::new(Default::default()),
+            secret_versions: Default::default(),
             store,
             siblings,
         });

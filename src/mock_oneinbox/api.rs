@@ -345,7 +345,11 @@ async fn v1(state: MockState, kill: Arc<Notify>, req: Request<Incoming>) -> Resp
         return drop_connection(&state, &key, status, accepted, &kill).await;
     }
     if let Some(d) = hold_answer {
+        // Record the committed outcome before holding the answer: a client that gives up
+        // drops this future, and the commit must still be counted.
+        let resp = finish(&state, &key, resp, accepted);
         tokio::time::sleep(d).await;
+        return resp;
     }
     finish(&state, &key, resp, accepted)
 }

@@ -148,6 +148,11 @@ impl ApiError {
         matches!(self, ApiError::Unavailable { .. })
     }
 
+    /// A 429: the API refused to act and changed nothing (§6 f).
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, ApiError::Unavailable { what, .. } if what == "HTTP 429")
+    }
+
     /// The server's requested wait, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -302,7 +307,9 @@ mod tests {
             r#"{"detail":"Rate limit exceeded"}"#,
         );
         assert!(e.is_retryable());
+        assert!(e.is_throttled());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert!(!ApiError::from_response(503, None, "").is_throttled());
         assert!(e.to_string().contains("Rate limit exceeded"));
     }
 

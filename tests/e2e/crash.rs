@@ -61,3 +61,34 @@ async fn operator_killed_right_after_its_post_ends_with_one_registration() {
         "the restarted operator posted again"
     );
 }
+
+#[tokio::test]
+async fn deleting_during_an_interrupted_replacement_leaks_nothing() {
+    let w = World::start("replacedrop").await;
+    w.secret("sip", "pw-replace-a-19c4").await;
+    w.apply(
+        "r",
+        with(
+            sip_spec(&number(), "sip"),
+            json!({"replacementPolicy": "Replace"}),
+        ),
+    )
+    .await;
+    w.wait_ready("r").await;
+    // The new registration commits but its answer never arrives (client timeout 3 s).
+    w.mock
+        .fault(json!({"endpoint": POST, "kind": "commit_then_delay", "delay_ms": 6000, "count": 1}))
+        .await;
+    w.secret("sip", "pw-replace-b-77e0").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while w.mock.count(POST).await < 2 {
+        assert!(Instant::now() < deadline, "the replacement POST never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deleted while the outcome of the replacement is unknown (the id annotation still names
+    // the released registration).
+    w.delete("r").await;
+    w.wait_gone("r", Duration::from_secs(30)).await;
+    let regs = w.mock.registrations().await;
+    assert!(regs.is_empty(), "leaked: {regs:?}");
+}
