@@ -188,8 +188,8 @@ pub async fn run<C: OneInboxApi>(
     if let Some(sel) = &scope.label_selector {
         wc = wc.labels(sel);
     }
-    // The cache drops managedFields: they are most of an object's size and the operator never
-    // reads them (memory at 10,000 objects).
+    // The cache drops managedFields and kubectl's last-applied copy: they are most of an
+    // object's size and the operator never reads them (memory at 10,000 objects).
     let (store, writer) = reflector::store();
     let objects = reflector::reflector(
         writer,
@@ -197,6 +197,9 @@ pub async fn run<C: OneInboxApi>(
             .default_backoff()
             .modify(|pn: &mut PhoneNumber| {
                 pn.managed_fields_mut().clear();
+                // kubectl's client-side apply keeps a full copy of the object here.
+                pn.annotations_mut()
+                    .remove("kubectl.kubernetes.io/last-applied-configuration");
             }),
     )
     .applied_objects();
