@@ -42,3 +42,17 @@ crds:
 
 unit:
 	$(CARGO) test --all-features --lib --bins
+
+.PHONY: chaos bench
+
+## make chaos: chaos soak against the real control plane and the faulty mock (release build).
+## CHAOS_OBJECTS=200 CHAOS_MINUTES=5 CHAOS_HA=0|1 CHAOS_KILLS CHAOS_SEED (see tests/soak/main.rs).
+chaos:
+	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
+	$(CARGO) test --release --features e2e --test soak
+
+## make bench: benchmarks; figures go to docs/benchmarks.md (BENCH_N=1000 BENCH_REPEATS=3
+## BENCH_STEADY_SECS=600 BENCH_FOOTPRINT_N=10000 BENCH_ONLY=burst,nolimit,latency,footprint).
+bench:
+	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
+	$(CARGO) test --release --features e2e --test bench

@@ -2,10 +2,16 @@
 //! `oneinbox-mock` and the real `oneinbox-operator` binary.
 
 // Test support code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod harness;
 
+mod chaos;
 mod cluster;
 mod crash;
 mod credentials;

@@ -1,0 +1,1145 @@
+//! `make bench`: benchmarks against the real control plane and the mock OneInbox API (issue 6).
+//! They report, never threshold. A `harness = false` target that plain `cargo test` skips; run
+//! it with `--release` so that the operator and the mock are release builds.
+//!
+//! 1. burst: N PhoneNumbers applied at once, mock latency 100 ms, with a 50 req/s rate limit
+//!    (client budget matched to it) and without one; time until all are Ready, API calls per
+//!    created number, deletion burst of the same N afterwards.
+//! 2. steady: after the rate-limited burst, N Ready objects idle for a window at a 1-minute
+//!    poll: OneInbox calls by endpoint, Kubernetes writes (kube-apiserver `/metrics` and a
+//!    namespace watch).
+//! 3. latency: one apply → Ready, sequentially, at mock latency 0 and 100 ms.
+//! 4. footprint: operator RSS (peak = VmHWM, steady = VmRSS after idling) and CPU seconds at
+//!    N (from the burst) and at BENCH_FOOTPRINT_N (10,000).
+//!
+//! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, footprint; default all),
+//! `BENCH_N` (1000), `BENCH_REPEATS` (3), `BENCH_RATE` (50), `BENCH_LATENCY_MS` (100),
+//! `BENCH_STEADY_SECS` (600; 0 = skip), `BENCH_LATENCY_RUNS` (50), `BENCH_FOOTPRINT_N` (10000),
+//! `BENCH_IDLE_SECS` (60), `BENCH_OVER_BUDGET` (1: also run the rate-limited burst with a client
+//! budget far above the server's). Results are printed and appended as JSON lines to
+//! `target/bench/results.jsonl`.
+
+// Test support code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The shared e2e harness has helpers this target does not use.
+#![allow(dead_code)]
+
+#[path = "../e2e/harness.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use oneinbox_operator::crd::PhoneNumber;
+use serde_json::{Value, json};
+
+use harness::*;
+
+fn env<T: FromStr>(key: &str, default: T) -> T {
+    match std::env::var(key) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not valid")),
+        _ => default,
+    }
+}
+
+fn log(msg: &str) {
+    let t = jiff::Timestamp::now().strftime("%H:%M:%S");
+    println!("[{t}] {msg}");
+    let _ = std::io::stdout().flush();
+}
+
+fn results_file() -> PathBuf {
+    let dir = repo().join("target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join("results.jsonl")
+}
+
+fn record(kind: &str, v: Value) {
+    let mut v = v;
+    v["bench"] = json!(kind);
+    v["at"] = json!(jiff::Timestamp::now().to_string());
+    println!("RESULT {v}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(results_file())
+    {
+        let _ = writeln!(f, "{v}");
+    }
+}
+
+// ------------------------------------------------------------------ the operator process
+
+/// A release operator with production defaults plus `args`; killed on drop.
+struct Op {
+    child: Child,
+    admin_port: u16,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcStats {
+    rss_mib: f64,
+    hwm_mib: f64,
+    cpu_secs: f64,
+}
+
+impl Op {
+    fn start(ns: &str, mock_url: &str, extra: &[String]) -> Op {
+        let admin_port = free_port();
+        let log = std::env::temp_dir().join(format!("oneinbox-bench-{ns}.log"));
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--api-url".into(),
+            mock_url.into(),
+            "--watch-namespace".into(),
+            ns.into(),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+        ];
+        args.extend(extra.iter().cloned());
+        let logf = std::fs::File::create(&log).expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_oneinbox-operator"))
+            .args(&args)
+            .env("KUBECONFIG", state_dir().join("kubeconfig-operator"))
+            .env("ONEINBOX_API_KEY", API_KEY)
+            .env_remove("ONEINBOX_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(logf))
+            .spawn()
+            .expect("spawn oneinbox-operator");
+        Op {
+            child,
+            admin_port,
+            log,
+            args,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stats(&self) -> ProcStats {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| -> f64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the ")" of comm: state is field 3, utime 14, stime 15.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            rest.get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        ProcStats {
+            rss_mib: kib("VmRSS:") / 1024.0,
+            hwm_mib: kib("VmHWM:") / 1024.0,
+            cpu_secs: (ticks(11) + ticks(12)) / clk_tck(),
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) =
+                reqwest::get(format!("http://127.0.0.1:{}/readyz", self.admin_port)).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "operator never ready; log:\n{}",
+            tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 30)
+        );
+    }
+
+    async fn metrics(&self) -> String {
+        match reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin_port)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+// ------------------------------------------------------------------ kube-apiserver metrics
+
+/// `apiserver_request_total` summed by "resource[/subresource] VERB" for the resources the
+/// operator touches (cluster-wide: other clients count too).
+fn apiserver_requests() -> BTreeMap<String, u64> {
+    let token = std::fs::read_to_string(state_dir().join("tokens.csv"))
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_default()
+        .to_string();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "20",
+            "--cacert",
+            state_dir()
+                .join("pki/apiserver.crt")
+                .to_str()
+                .unwrap_or_default(),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "https://127.0.0.1:16443/metrics",
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let mut l = HashMap::new();
+        for kv in labels.split("\",") {
+            if let Some((k, v)) = kv.split_once("=\"") {
+                l.insert(k, v.trim_end_matches('"'));
+            }
+        }
+        let resource = l.get("resource").copied().unwrap_or_default();
+        if !["phonenumbers", "events", "secrets", "leases"].contains(&resource) {
+            continue;
+        }
+        let sub = l.get("subresource").copied().unwrap_or_default();
+        let key = format!(
+            "{}{}{} {}",
+            resource,
+            if sub.is_empty() { "" } else { "/" },
+            sub,
+            l.get("verb").copied().unwrap_or_default()
+        );
+        *m.entry(key).or_insert(0) += value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+    }
+    m
+}
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+fn is_write(key: &str) -> bool {
+    [
+        "APPLY",
+        "PATCH",
+        "UPDATE",
+        "POST",
+        "CREATE",
+        "DELETE",
+        "DELETECOLLECTION",
+    ]
+    .iter()
+    .any(|v| key.ends_with(&format!(" {v}")))
+}
+
+// ------------------------------------------------------------------ watch tracker
+
+#[derive(Default)]
+struct TrackState {
+    inited: bool,
+    present: HashSet<String>,
+    /// Objects Ready (and observedGeneration == generation), with when that was first seen.
+    ready: HashMap<String, Instant>,
+    /// Watch events (modifications) seen after the initial list.
+    applies: u64,
+}
+
+/// Follows the namespace's PhoneNumbers through a watch (no polling of 1,000-object lists).
+struct Tracker {
+    state: Arc<Mutex<TrackState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tracker {
+    async fn start(api: Api<PhoneNumber>) -> Tracker {
+        let state = Arc::new(Mutex::new(TrackState::default()));
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            let mut buffer: Vec<PhoneNumber> = Vec::new();
+            while let Some(ev) = stream.next().await {
+                let Ok(ev) = ev else { continue };
+                let now = Instant::now();
+                let mut st = s.lock().unwrap();
+                let apply = |st: &mut TrackState, pn: &PhoneNumber| {
+                    let name = pn.name_any();
+                    st.present.insert(name.clone());
+                    if is_ready(pn) && synced(pn) {
+                        st.ready.entry(name).or_insert(now);
+                    } else {
+                        st.ready.remove(&name);
+                    }
+                };
+                match ev {
+                    watcher::Event::Init => buffer.clear(),
+                    watcher::Event::InitApply(pn) => buffer.push(pn),
+                    watcher::Event::InitDone => {
+                        st.present.clear();
+                        for pn in buffer.drain(..) {
+                            apply(&mut st, &pn);
+                        }
+                        st.inited = true;
+                    }
+                    watcher::Event::Apply(pn) => {
+                        st.applies += 1;
+                        apply(&mut st, &pn);
+                    }
+                    watcher::Event::Delete(pn) => {
+                        let name = pn.name_any();
+                        st.present.remove(&name);
+                        st.ready.remove(&name);
+                    }
+                }
+            }
+        });
+        let t = Tracker { state, task };
+        t.wait("watch initialised", Duration::from_secs(30), |s| s.inited)
+            .await;
+        t
+    }
+
+    /// Wait until `pred` holds; the instant it was seen to hold, or panic after `timeout`.
+    async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&TrackState) -> bool,
+    ) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let st = self.state.lock().unwrap();
+                if pred(&st) {
+                    return Instant::now();
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn ready_count(&self) -> usize {
+        self.state.lock().unwrap().ready.len()
+    }
+
+    fn applies(&self) -> u64 {
+        self.state.lock().unwrap().applies
+    }
+
+    fn ready_at(&self, name: &str) -> Option<Instant> {
+        self.state.lock().unwrap().ready.get(name).copied()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Counts events.k8s.io Events written in the namespace after the initial list.
+async fn event_counter(client: Client, ns: &str) -> (Arc<Mutex<u64>>, tokio::task::JoinHandle<()>) {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, ns);
+    let n = Arc::new(Mutex::new(0u64));
+    let c = n.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(_)) = ev {
+                *c.lock().unwrap() += 1;
+            }
+        }
+    });
+    (n, task)
+}
+
+/// Events of the namespace by reason (e.g. `Adopted` on a happy path means a stale pass).
+async fn event_reasons(client: &Client, ns: &str) -> BTreeMap<String, u64> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let mut m = BTreeMap::new();
+    if let Ok(list) = api.list(&ListParams::default()).await {
+        for e in list.items {
+            let n = e.deprecated_count.unwrap_or(1).max(1) as u64;
+            *m.entry(e.reason.unwrap_or_default()).or_insert(0) += n;
+        }
+    }
+    m
+}
+
+// ------------------------------------------------------------------ test bed
+
+/// A namespace, a mock and (usually) an operator.
+struct Bed {
+    ns: String,
+    client: Client,
+    pns: Api<PhoneNumber>,
+    secrets: Api<Secret>,
+    mock: Mock,
+    op: Option<Op>,
+}
+
+impl Bed {
+    async fn new(tag: &str, mock_config: Value, op_args: &[String]) -> Bed {
+        let client = admin_client().await;
+        let ns = format!(
+            "bench-{tag}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let nss: Api<Namespace> = Api::all(client.clone());
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .expect("create namespace");
+        let mock = Mock::start(&[]);
+        mock.config(mock_config).await;
+        let op = Op::start(&ns, &mock.url, op_args);
+        op.wait_ready().await;
+        Bed {
+            pns: Api::namespaced(client.clone(), &ns),
+            secrets: Api::namespaced(client.clone(), &ns),
+            ns,
+            client,
+            mock,
+            op: Some(op),
+        }
+    }
+
+    fn op(&self) -> &Op {
+        self.op.as_ref().expect("operator")
+    }
+
+    async fn create_secrets(&self, names: &[String]) {
+        futures::stream::iter(names.iter().cloned())
+            .map(|name| {
+                let secrets = self.secrets.clone();
+                async move {
+                    let body = json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": format!("{name}-sip")},
+                        "stringData": {"password": format!("pw-{name}")}});
+                    secrets
+                        .patch(
+                            &format!("{name}-sip"),
+                            &PatchParams::apply("bench").force(),
+                            &Patch::Apply(&body),
+                        )
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await
+            .expect("create Secrets");
+    }
+
+    async fn apply_pn(pns: &Api<PhoneNumber>, name: &str, number: &str, sip: bool) {
+        let spec = if sip {
+            sip_spec(number, &format!("{name}-sip"))
+        } else {
+            credential_spec(number)
+        };
+        let obj = json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+            "metadata": {"name": name}, "spec": spec});
+        pns.patch(
+            name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .expect("apply PhoneNumber");
+    }
+
+    async fn create_pns(&self, names: &[String], sip: bool) {
+        futures::stream::iter(names.iter().enumerate())
+            .map(|(i, name)| {
+                let pns = self.pns.clone();
+                async move {
+                    let number = format!("+1{}", 2_000_000_000u64 + i as u64);
+                    Bed::apply_pn(&pns, name, &number, sip).await;
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    async fn registrations(&self) -> usize {
+        self.mock.registrations().await.len()
+    }
+
+    /// Delete every PhoneNumber at once and wait until they are gone and the mock is empty.
+    async fn delete_all(&self, tracker: &Tracker, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        // One request marks every object for deletion; at 10,000 objects its (huge) answer can
+        // be cut off after the work is done, so an error is retried (bounded) and then ignored:
+        // the wait below decides.
+        for attempt in 1..=3 {
+            match self
+                .pns
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => log(&format!("  delete collection, attempt {attempt}: {e}")),
+            }
+        }
+        tracker
+            .wait("all PhoneNumbers gone", timeout, |s| s.present.is_empty())
+            .await;
+        let deadline = Instant::now() + timeout;
+        while self.registrations().await > 0 {
+            assert!(Instant::now() < deadline, "mock never emptied");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t0.elapsed()
+    }
+
+    /// Kill the operator, release leftovers, delete the namespace.
+    async fn teardown(mut self) {
+        self.op.take();
+        if let Ok(list) = self.pns.list(&ListParams::default()).await {
+            futures::stream::iter(list.items)
+                .map(|pn| {
+                    let pns = self.pns.clone();
+                    async move {
+                        let _ = pns
+                            .patch(
+                                &pn.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                            )
+                            .await;
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
+        }
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let _ = nss.delete(&self.ns, &DeleteParams::default()).await;
+    }
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:05}")).collect()
+}
+
+fn calls_map(v: &Value) -> BTreeMap<String, u64> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn outcomes(mock: &Mock) -> BTreeMap<String, u64> {
+    let log = mock.get("/_mock/calls/log").await;
+    let mut m = BTreeMap::new();
+    for e in log["entries"].as_array().cloned().unwrap_or_default() {
+        let k = format!(
+            "{} {}",
+            e["endpoint"].as_str().unwrap_or_default(),
+            e["status"]
+                .as_u64()
+                .map(|s| s.to_string())
+                .unwrap_or("dropped".into())
+        );
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+// ------------------------------------------------------------------ 1 + 2 + 5: burst, steady, deletion
+
+struct BurstCfg {
+    label: &'static str,
+    n: usize,
+    latency_ms: u64,
+    rate: Option<u32>,
+    client_rps: u32,
+    client_burst: u32,
+    steady: Duration,
+    idle: Duration,
+}
+
+async fn burst(c: &BurstCfg, rep: usize) -> Value {
+    let mut mock_cfg = json!({"latency_ms": c.latency_ms});
+    if let Some(r) = c.rate {
+        mock_cfg["rate_limit_rps"] = json!(r as f64);
+        mock_cfg["rate_limit_burst"] = json!(r);
+    }
+    let args: Vec<String> = [
+        "--api-rps",
+        &c.client_rps.to_string(),
+        "--api-burst",
+        &c.client_burst.to_string(),
+        "--api-max-in-flight",
+        "64",
+        "--concurrency",
+        "64",
+        "--poll-interval",
+        "1m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    log(&format!(
+        "burst[{}] rep {rep}: N={} mock latency {} ms, rate limit {:?}, operator {}",
+        c.label,
+        c.n,
+        c.latency_ms,
+        c.rate,
+        args.join(" ")
+    ));
+    // Secrets first: they are prerequisites, not part of the burst.
+    let bed = Bed::new("burst", json!({}), &args).await;
+    let names = names("b", c.n);
+    bed.create_secrets(&names).await;
+    bed.mock.config(mock_cfg.clone()).await;
+    let tracker = Tracker::start(bed.pns.clone()).await;
+    let before = bed.op().stats();
+
+    let t0 = Instant::now();
+    bed.create_pns(&names, true).await;
+    let created = t0.elapsed();
+    let n = c.n;
+    let progress = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            log(&format!(
+                "  {} / {n} Ready after {:.0} s",
+                tracker.ready_count(),
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+    };
+    let t_ready = tokio::select! {
+        t = tracker.wait("all Ready", Duration::from_secs(1800), |s| s.ready.len() >= n) => t,
+        _ = progress => unreachable!(),
+    };
+    let took = t_ready - t0;
+    let at_ready = bed.op().stats();
+    let calls = calls_map(&bed.mock.calls().await);
+    let outs = outcomes(&bed.mock).await;
+    let total: u64 = calls.values().sum();
+    let posts = calls.get(POST).copied().unwrap_or(0);
+    let ok_calls: u64 = outs
+        .iter()
+        .filter(|(k, _)| k.ends_with(" 200") || k.ends_with(" 201"))
+        .map(|(_, v)| v)
+        .sum();
+    let limit = c.rate.map(|r| n as f64 / r as f64);
+    log(&format!(
+        "  all {n} Ready in {:.2} s (objects created in {:.2} s); limit {:?} s; calls {calls:?}; outcomes {outs:?}",
+        took.as_secs_f64(),
+        created.as_secs_f64(),
+        limit
+    ));
+    let reasons = event_reasons(&bed.client, &bed.ns).await;
+    log(&format!("  events by reason: {reasons:?}"));
+    let mut result = json!({
+        "events_by_reason": reasons,
+        "label": c.label, "rep": rep, "n": n, "latency_ms": c.latency_ms, "rate": c.rate,
+        "client_rps": c.client_rps, "client_burst": c.client_burst,
+        "ready_secs": took.as_secs_f64(), "create_secs": created.as_secs_f64(),
+        "limit_secs": limit, "ratio": limit.map(|l| took.as_secs_f64() / l),
+        "calls": calls, "outcomes": outs, "calls_per_number": total as f64 / n as f64,
+        "successful_calls_per_number": ok_calls as f64 / n as f64,
+        "posts": posts,
+        "cpu_secs_burst": at_ready.cpu_secs - before.cpu_secs,
+        "rss_mib_at_ready": at_ready.rss_mib, "hwm_mib_at_ready": at_ready.hwm_mib,
+    });
+
+    // Steady state (idle, 1-minute poll).
+    if !c.steady.is_zero() {
+        log(&format!(
+            "  steady state: settling 5 s, then idling {:?}",
+            c.steady
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (events, ev_task) = event_counter(bed.client.clone(), &bed.ns).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let m0 = apiserver_requests();
+        let calls0 = calls_map(&bed.mock.calls().await);
+        let outs0 = outcomes(&bed.mock).await;
+        let applies0 = tracker.applies();
+        let ev0 = *events.lock().unwrap();
+        let s0 = bed.op().stats();
+        let w0 = Instant::now();
+        let mut last = Instant::now();
+        while w0.elapsed() < c.steady {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if last.elapsed() >= Duration::from_secs(60) {
+                last = Instant::now();
+                let now = calls_map(&bed.mock.calls().await);
+                log(&format!(
+                    "  steady {:.0} s: GETs so far {}",
+                    w0.elapsed().as_secs_f64(),
+                    now.get(GET).copied().unwrap_or(0) - calls0.get(GET).copied().unwrap_or(0)
+                ));
+            }
+        }
+        let window = w0.elapsed();
+        let m1 = apiserver_requests();
+        let calls1 = calls_map(&bed.mock.calls().await);
+        let outs1 = outcomes(&bed.mock).await;
+        let s1 = bed.op().stats();
+        let kube = delta(&m1, &m0);
+        let kube_writes: BTreeMap<String, u64> = kube
+            .iter()
+            .filter(|(k, _)| is_write(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let api = delta(&calls1, &calls0);
+        let api_outcomes = delta(&outs1, &outs0);
+        let gets = api.get(GET).copied().unwrap_or(0);
+        let expected = n as f64 * window.as_secs_f64() / 60.0;
+        let pn_mods = tracker.applies() - applies0;
+        let ev_writes = *events.lock().unwrap() - ev0;
+        ev_task.abort();
+        log(&format!(
+            "  steady {:.0} s: OneInbox {api:?}; GETs {gets} (expected {expected:.0} = N x window / 60 s); kube requests {kube:?}; PhoneNumber modifications seen {pn_mods}; Events written {ev_writes}; CPU {:.2} s; RSS {:.1} MiB",
+            window.as_secs_f64(),
+            s1.cpu_secs - s0.cpu_secs,
+            s1.rss_mib
+        ));
+        result["steady"] = json!({
+            "window_secs": window.as_secs_f64(), "oneinbox_calls": api, "oneinbox_outcomes": api_outcomes,
+            "gets": gets, "expected_gets": expected, "gets_per_object_per_minute": gets as f64 / n as f64 / (window.as_secs_f64() / 60.0),
+            "apiserver_requests_all_clients": kube, "apiserver_writes_all_clients": kube_writes,
+            "phonenumber_modifications_in_namespace": pn_mods, "events_written_in_namespace": ev_writes,
+            "cpu_secs": s1.cpu_secs - s0.cpu_secs, "rss_mib": s1.rss_mib, "hwm_mib": s1.hwm_mib,
+        });
+    } else if !c.idle.is_zero() {
+        tokio::time::sleep(c.idle).await;
+    }
+    let idle = bed.op().stats();
+    result["rss_mib_steady"] = json!(idle.rss_mib);
+    result["hwm_mib"] = json!(idle.hwm_mib);
+    result["cpu_secs_total_before_delete"] = json!(idle.cpu_secs);
+
+    // Deletion burst.
+    let calls_before = calls_map(&bed.mock.calls().await);
+    let gone = bed.delete_all(&tracker, Duration::from_secs(1800)).await;
+    let del_calls = delta(&calls_map(&bed.mock.calls().await), &calls_before);
+    let end = bed.op().stats();
+    log(&format!(
+        "  deletion burst: {n} gone and mock empty in {:.2} s; calls {del_calls:?}; operator peak RSS {:.1} MiB, CPU {:.1} s",
+        gone.as_secs_f64(),
+        end.hwm_mib,
+        end.cpu_secs
+    ));
+    result["delete_secs"] = json!(gone.as_secs_f64());
+    result["delete_calls"] = json!(del_calls);
+    result["delete_limit_secs"] = json!(c.rate.map(|r| n as f64 / r as f64));
+    result["hwm_mib_end"] = json!(end.hwm_mib);
+    result["cpu_secs_end"] = json!(end.cpu_secs);
+    record("burst", result.clone());
+    drop(tracker);
+    bed.teardown().await;
+    result
+}
+
+// ------------------------------------------------------------------ 3: latency
+
+async fn latency(latency_ms: u64, runs: usize, rep: usize) -> Value {
+    log(&format!(
+        "latency rep {rep}: {runs} sequential apply→Ready at mock latency {latency_ms} ms, operator defaults"
+    ));
+    let bed = Bed::new("latency", json!({"latency_ms": latency_ms}), &[]).await;
+    let names = names("l", runs);
+    bed.create_secrets(&names).await;
+    let tracker = Tracker::start(bed.pns.clone()).await;
+    let mut samples = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let number = format!("+1{}", 3_000_000_000u64 + i as u64);
+        let t0 = Instant::now();
+        Bed::apply_pn(&bed.pns, name, &number, true).await;
+        let n = name.clone();
+        let at = tracker
+            .wait("Ready", Duration::from_secs(60), move |s| {
+                s.ready.contains_key(&n)
+            })
+            .await;
+        let ready_at = tracker.ready_at(name).unwrap_or(at);
+        samples.push((ready_at - t0).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p50 = percentile(&samples, 50.0);
+    let p99 = percentile(&samples, 99.0);
+    let calls = calls_map(&bed.mock.calls().await);
+    log(&format!(
+        "  latency {latency_ms} ms: p50 {p50:.1} ms, p99 {p99:.1} ms, min {:.1}, max {:.1}; calls {calls:?}",
+        percentile(&samples, 0.0),
+        percentile(&samples, 100.0)
+    ));
+    let result = json!({"latency_ms": latency_ms, "rep": rep, "runs": runs, "p50_ms": p50, "p99_ms": p99,
+        "samples_ms": samples, "calls": calls});
+    record("latency", result.clone());
+    bed.delete_all(&tracker, Duration::from_secs(120)).await;
+    drop(tracker);
+    bed.teardown().await;
+    result
+}
+
+// ------------------------------------------------------------------ 4: footprint at 10,000
+
+async fn footprint(n: usize, idle: Duration) -> Value {
+    let args: Vec<String> = [
+        "--api-rps",
+        "1000",
+        "--api-burst",
+        "1000",
+        "--api-max-in-flight",
+        "64",
+        "--concurrency",
+        "64",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    log(&format!(
+        "footprint: N={n}, mock latency 0, no rate limit, operator {}",
+        args.join(" ")
+    ));
+    let bed = Bed::new("footprint", json!({}), &args).await;
+    let names = names("f", n);
+    let t = Instant::now();
+    bed.create_secrets(&names).await;
+    log(&format!(
+        "  {n} Secrets created in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    let tracker = Tracker::start(bed.pns.clone()).await;
+    let before = bed.op().stats();
+    let t0 = Instant::now();
+    let create = bed.create_pns(&names, true);
+    let progress = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let s = bed.op().stats();
+            log(&format!(
+                "  {} / {n} Ready after {:.0} s; operator RSS {:.1} MiB (peak {:.1}), CPU {:.1} s",
+                tracker.ready_count(),
+                t0.elapsed().as_secs_f64(),
+                s.rss_mib,
+                s.hwm_mib,
+                s.cpu_secs
+            ));
+        }
+    };
+    let created = tokio::select! {
+        _ = create => t0.elapsed(),
+        _ = progress => unreachable!(),
+    };
+    log(&format!(
+        "  {n} PhoneNumbers created in {:.1} s",
+        created.as_secs_f64()
+    ));
+    let progress = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let s = bed.op().stats();
+            log(&format!(
+                "  {} / {n} Ready after {:.0} s; operator RSS {:.1} MiB (peak {:.1}), CPU {:.1} s",
+                tracker.ready_count(),
+                t0.elapsed().as_secs_f64(),
+                s.rss_mib,
+                s.hwm_mib,
+                s.cpu_secs
+            ));
+        }
+    };
+    let t_ready = tokio::select! {
+        t = tracker.wait("all Ready", Duration::from_secs(3600), |s| s.ready.len() >= n) => t,
+        _ = progress => unreachable!(),
+    };
+    let at_ready = bed.op().stats();
+    log(&format!(
+        "  all {n} Ready after {:.1} s; RSS {:.1} MiB, peak {:.1} MiB, CPU {:.1} s; idling {idle:?}",
+        (t_ready - t0).as_secs_f64(),
+        at_ready.rss_mib,
+        at_ready.hwm_mib,
+        at_ready.cpu_secs - before.cpu_secs
+    ));
+    tokio::time::sleep(idle).await;
+    let steady = bed.op().stats();
+    let metrics = bed.op().metrics().await;
+    let calls = calls_map(&bed.mock.calls().await);
+    let gone = bed.delete_all(&tracker, Duration::from_secs(3600)).await;
+    let end = bed.op().stats();
+    log(&format!(
+        "  steady RSS {:.1} MiB after {idle:?} idle (CPU in idle {:.2} s); deletion of {n}: {:.1} s; peak RSS {:.1} MiB; CPU total {:.1} s",
+        steady.rss_mib,
+        steady.cpu_secs - at_ready.cpu_secs,
+        gone.as_secs_f64(),
+        end.hwm_mib,
+        end.cpu_secs
+    ));
+    let objects_line: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("oneinbox_operator_objects"))
+        .collect();
+    let result = json!({
+        "n": n, "create_secs": created.as_secs_f64(), "ready_secs": (t_ready - t0).as_secs_f64(),
+        "rss_mib_at_ready": at_ready.rss_mib, "hwm_mib_at_ready": at_ready.hwm_mib,
+        "cpu_secs_to_ready": at_ready.cpu_secs - before.cpu_secs,
+        "idle_secs": idle.as_secs_f64(), "rss_mib_steady": steady.rss_mib,
+        "cpu_secs_idle": steady.cpu_secs - at_ready.cpu_secs,
+        "delete_secs": gone.as_secs_f64(), "hwm_mib_end": end.hwm_mib, "cpu_secs_end": end.cpu_secs,
+        "calls_before_delete": calls, "objects_gauge": objects_line,
+    });
+    record("footprint", result.clone());
+    drop(tracker);
+    bed.teardown().await;
+    result
+}
+
+// ------------------------------------------------------------------ main
+
+fn machine() -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "nproc {}; free -g: {}; load {}; kernel {}",
+        run("nproc", &[]),
+        run("free", &["-g"])
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
+        run("uname", &["-r"]),
+    )
+}
+
+fn main() {
+    let only: String = env("BENCH_ONLY", "burst,nolimit,latency,footprint".to_string());
+    let only: Vec<&str> = only.split(',').map(str::trim).collect();
+    let n: usize = env("BENCH_N", 1000);
+    let repeats: usize = env("BENCH_REPEATS", 3);
+    let rate: u32 = env("BENCH_RATE", 50);
+    let latency_ms: u64 = env("BENCH_LATENCY_MS", 100);
+    let steady = Duration::from_secs(env("BENCH_STEADY_SECS", 600));
+    let runs: usize = env("BENCH_LATENCY_RUNS", 50);
+    let footprint_n: usize = env("BENCH_FOOTPRINT_N", 10_000);
+    let idle = Duration::from_secs(env("BENCH_IDLE_SECS", 60));
+    let over_budget: u8 = env("BENCH_OVER_BUDGET", 1);
+    log(&format!("machine: {}", machine()));
+    record(
+        "machine",
+        json!({"machine": machine(), "only": only, "n": n, "repeats": repeats}),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let mut summary = Vec::new();
+        if only.contains(&"burst") {
+            let cfg = BurstCfg {
+                label: "rate-limited, client budget = server limit",
+                n,
+                latency_ms,
+                rate: Some(rate),
+                client_rps: rate,
+                client_burst: rate,
+                steady: Duration::ZERO,
+                idle,
+            };
+            let mut ready = Vec::new();
+            let mut del = Vec::new();
+            for rep in 0..repeats {
+                // The steady-state window runs once, after the first burst.
+                let c = BurstCfg {
+                    steady: if rep == 0 { steady } else { Duration::ZERO },
+                    ..cfg
+                };
+                let r = burst(&c, rep).await;
+                ready.push(r["ready_secs"].as_f64().unwrap_or(f64::NAN));
+                del.push(r["delete_secs"].as_f64().unwrap_or(f64::NAN));
+            }
+            summary.push(format!(
+                "burst {n} at {rate} req/s (client {rate}/{rate}): median Ready {:.2} s (limit {:.1} s, ratio {:.3}); deletion median {:.2} s; runs {ready:?} / {del:?}",
+                median(&mut ready.clone()),
+                n as f64 / rate as f64,
+                median(&mut ready.clone()) / (n as f64 / rate as f64),
+                median(&mut del.clone())
+            ));
+            if over_budget == 1 {
+                let c = BurstCfg {
+                    label: "rate-limited, client budget above server limit",
+                    n,
+                    latency_ms,
+                    rate: Some(rate),
+                    client_rps: 1000,
+                    client_burst: 1000,
+                    steady: Duration::ZERO,
+                    idle: Duration::ZERO,
+                };
+                let r = burst(&c, 0).await;
+                summary.push(format!(
+                    "burst {n} at {rate} req/s (client 1000/1000): Ready {:.2} s; deletion {:.2} s",
+                    r["ready_secs"].as_f64().unwrap_or(f64::NAN),
+                    r["delete_secs"].as_f64().unwrap_or(f64::NAN)
+                ));
+            }
+        }
+        if only.contains(&"nolimit") {
+            let mut ready = Vec::new();
+            let mut del = Vec::new();
+            for rep in 0..repeats {
+                let c = BurstCfg {
+                    label: "no rate limit",
+                    n,
+                    latency_ms,
+                    rate: None,
+                    client_rps: 1000,
+                    client_burst: 1000,
+                    steady: Duration::ZERO,
+                    idle: if rep == 0 { idle } else { Duration::ZERO },
+                };
+                let r = burst(&c, rep).await;
+                ready.push(r["ready_secs"].as_f64().unwrap_or(f64::NAN));
+                del.push(r["delete_secs"].as_f64().unwrap_or(f64::NAN));
+            }
+            summary.push(format!(
+                "burst {n}, no rate limit (client 1000/1000): median Ready {:.2} s; deletion median {:.2} s; runs {ready:?} / {del:?}",
+                median(&mut ready.clone()),
+                median(&mut del.clone())
+            ));
+        }
+        if only.contains(&"latency") {
+            for l in [0u64, latency_ms] {
+                let mut p50 = Vec::new();
+                let mut p99 = Vec::new();
+                for rep in 0..repeats {
+                    let r = latency(l, runs, rep).await;
+                    p50.push(r["p50_ms"].as_f64().unwrap_or(f64::NAN));
+                    p99.push(r["p99_ms"].as_f64().unwrap_or(f64::NAN));
+                }
+                summary.push(format!(
+                    "latency at {l} ms: median p50 {:.1} ms, median p99 {:.1} ms; runs p50 {p50:?} p99 {p99:?}",
+                    median(&mut p50.clone()),
+                    median(&mut p99.clone())
+                ));
+            }
+        }
+        if only.contains(&"footprint") {
+            let r = footprint(footprint_n, idle).await;
+            summary.push(format!(
+                "footprint {footprint_n}: Ready in {:.1} s; peak RSS {:.1} MiB; steady RSS {:.1} MiB; CPU to Ready {:.1} s; deletion {:.1} s",
+                r["ready_secs"].as_f64().unwrap_or(f64::NAN),
+                r["hwm_mib_end"].as_f64().unwrap_or(f64::NAN),
+                r["rss_mib_steady"].as_f64().unwrap_or(f64::NAN),
+                r["cpu_secs_to_ready"].as_f64().unwrap_or(f64::NAN),
+                r["delete_secs"].as_f64().unwrap_or(f64::NAN)
+            ));
+        }
+        println!("\n=== summary ===");
+        for s in &summary {
+            println!("{s}");
+        }
+        println!("raw results appended to {}", results_file().display());
+    });
+}
