@@ -910,8 +910,9 @@ pub async fn run(p: Params) -> Report {
             respawn = None;
         }
         if respawn.is_none() && kill_at.last().is_some_and(|t| now >= *t) {
-            kill_at.pop();
+            // In HA mode nobody may hold the Lease for a moment: the kill then waits for one.
             if let Some(idx) = ops.leader(&w.client).await {
+                kill_at.pop();
                 ops.replicas[idx].kill();
                 c.report.kills += 1;
                 let delay = Duration::from_millis(c.rng.random_range(0..2000));
