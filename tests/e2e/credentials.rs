@@ -73,21 +73,20 @@ async fn rotated_password_is_reported_then_replaced_on_request() {
 
 const TENANT_KEY: &str = "oi_sk_tenant_workspace_b_93e1";
 
-#[tokio::test]
-async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number() {
-    // The mock accepts only the tenant's key: the operator-wide key gets 401.
-    let w = World::start_with("tenant", &["--api-key", TENANT_KEY], &[]).await;
-    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
-    let tenant_secret = |name: &str| {
-        serde_json::from_value::<Secret>(
-            json!({"metadata": {"name": name}, "stringData": {"apiKey": TENANT_KEY}}),
-        )
-        .expect("secret")
-    };
+/// The tenant's key as Secret `tenant-key` (key `apiKey`, the default).
+async fn create_tenant_secret(secrets: &Api<Secret>) {
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "tenant-key"}, "stringData": {"apiKey": TENANT_KEY}}),
+    )
+    .expect("secret");
     secrets
-        .create(&Default::default(), &tenant_secret("tenant-key"))
+        .create(&Default::default(), &s)
         .await
-        .expect("create");
+        .expect("create tenant Secret");
+}
+
+/// PhoneNumber `t` using the tenant's key, Ready.
+async fn apply_tenant_object(w: &World) {
     w.apply(
         "t",
         with(
@@ -97,6 +96,15 @@ async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number
     )
     .await;
     w.wait_ready("t").await;
+}
+
+#[tokio::test]
+async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number() {
+    // The mock accepts only the tenant's key: the operator-wide key gets 401.
+    let w = World::start_with("tenant", &["--api-key", TENANT_KEY], &[]).await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    create_tenant_secret(&secrets).await;
+    apply_tenant_object(&w).await;
     // Without the tenant key the operator-wide key is refused.
     w.apply("no-tenant", credential_spec(&number())).await;
     let pn = w
@@ -126,10 +134,7 @@ async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number
     );
     assert_eq!(w.mock.registrations().await.len(), 1);
 
-    secrets
-        .create(&Default::default(), &tenant_secret("tenant-key"))
-        .await
-        .expect("restore");
+    create_tenant_secret(&secrets).await;
     w.wait_gone("t", Duration::from_secs(20)).await;
     assert!(w.mock.registrations().await.is_empty());
     w.assert_no_secrets(&[TENANT_KEY]).await;
@@ -145,23 +150,8 @@ async fn deletion_falls_back_to_the_operator_key_when_it_can_do_it() {
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
-    let s: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "tenant-key"}, "stringData": {"apiKey": TENANT_KEY}}),
-    )
-    .expect("secret");
-    secrets
-        .create(&Default::default(), &s)
-        .await
-        .expect("create");
-    w.apply(
-        "t",
-        with(
-            credential_spec(&number()),
-            json!({"apiKeySecretRef": {"name": "tenant-key"}}),
-        ),
-    )
-    .await;
-    w.wait_ready("t").await;
+    create_tenant_secret(&secrets).await;
+    apply_tenant_object(&w).await;
     secrets
         .delete("tenant-key", &DeleteParams::default())
         .await
