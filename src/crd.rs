@@ -15,6 +15,8 @@ pub const GROUP: &str = "oneinbox.ai";
 pub const FINALIZER: &str = "oneinbox.ai/deregister";
 /// Field manager for every server-side apply of the operator.
 pub const FIELD_MANAGER: &str = "oneinbox-operator";
+/// Prefix of every annotation the operator reads.
+pub const ANNOTATION_PREFIX: &str = "oneinbox.ai/";
 /// Durable copy of `status.phoneNumberId`; set by hand to adopt an existing registration.
 pub const ANNOTATION_PHONE_NUMBER_ID: &str = "oneinbox.ai/phone-number-id";
 /// `"true"` stops every OneInbox call for the object.
@@ -411,6 +413,18 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(pn.known_id(), None);
+    }
+
+    #[test]
+    fn every_annotation_the_operator_reads_has_its_prefix() {
+        for key in [
+            ANNOTATION_PHONE_NUMBER_ID,
+            ANNOTATION_PAUSED,
+            ANNOTATION_RECONCILE_REQUESTED_AT,
+            ANNOTATION_POLL_INTERVAL,
+        ] {
+            assert!(key.starts_with(ANNOTATION_PREFIX), "{key}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use reconcile::reconcile;
 
-use crate::crd::PhoneNumber;
+use crate::crd::{ANNOTATION_PREFIX, PhoneNumber};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oneinbox::OneInboxApi;
@@ -50,12 +50,12 @@ pub struct Checked {
     pub at: Instant,
     /// This object's jittered poll interval; `None` = no periodic checks.
     pub interval: Option<Duration>,
-    /// The registration as the API last returned it: a spec change is diffed against it, so an
-    /// update costs one PATCH and no GET.
-    pub remote: crate::oneinbox::Registration,
-    /// (name, resourceVersion) of the Secrets read for this check: while they are unchanged a
-    /// pass needs not read them again.
-    pub secrets: Vec<(String, String)>,
+    /// The PATCHable fields as the API last returned them: a spec change is diffed against
+    /// them, so an update costs one PATCH and no GET.
+    pub remote: plan::PatchableDigest,
+    /// Digest of the (name, resourceVersion) of the Secrets read for this check: while they are
+    /// unchanged a pass needs not read them again.
+    pub secrets: u64,
 }
 
 /// Shared state of all reconciles.
@@ -100,6 +100,22 @@ impl<C> Context<C> {
 /// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the cache keeps of a watched object: everything but the metadata the operator never
+/// reads (managedFields, labels, annotations other than `oneinbox.ai/*`, among them kubectl's
+/// full last-applied copy). These are most of an object's size (memory at 10,000 objects);
+/// metadata writes are patches of single keys, so nothing dropped here is ever written back.
+pub fn slim_for_cache(pn: &mut PhoneNumber) {
+    let meta = &mut pn.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| key.starts_with(ANNOTATION_PREFIX));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
 /// Where and what to watch.
@@ -188,19 +204,10 @@ pub async fn run<C: OneInboxApi>(
     if let Some(sel) = &scope.label_selector {
         wc = wc.labels(sel);
     }
-    // The cache drops managedFields and kubectl's last-applied copy: they are most of an
-    // object's size and the operator never reads them (memory at 10,000 objects).
     let (store, writer) = reflector::store();
     let objects = reflector::reflector(
         writer,
-        watcher(pns, wc)
-            .default_backoff()
-            .modify(|pn: &mut PhoneNumber| {
-                pn.managed_fields_mut().clear();
-                // kubectl's client-side apply keeps a full copy of the object here.
-                pn.annotations_mut()
-                    .remove("kubectl.kubernetes.io/last-applied-configuration");
-            }),
+        watcher(pns, wc).default_backoff().modify(slim_for_cache),
     )
     .applied_objects();
     let controller = Controller::for_stream(objects, store.clone())

@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::plan::{self, Credentials};
+use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use super::{Checked, Context, lock};
 use crate::crd::{
@@ -161,53 +161,57 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                     debug!(remaining = ?wait, "registration checked recently; no API call");
                     return Ok(Action::requeue(wait));
                 }
-                let fetched = match self.cached_remote(&id) {
-                    Some(reg) => Ok(reg),
-                    None => self.oneinbox.get(&id).await,
-                };
-                match fetched {
-                    Ok(reg) if reg.phone_number != self.obj.spec.phone_number => {
-                        let msg = format!(
-                            "OneInbox registration {id} is for {}, not {}. Fix or remove the {ANNOTATION_PHONE_NUMBER_ID} annotation",
-                            reg.phone_number, self.obj.spec.phone_number
-                        );
-                        self.stall(reason::ID_MISMATCH, msg).await?;
-                        return Ok(Action::await_change());
-                    }
-                    Ok(reg) => {
-                        let adopting = self
-                            .obj
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.phone_number_id.as_deref())
-                            != Some(reg.id.as_str());
-                        if adopting {
-                            self.event(
-                                EventType::Normal,
-                                "Adopted",
-                                format!("Adopted the existing OneInbox registration {}", reg.id),
-                            )
-                            .await;
+                // A spec change within the interval is diffed against the last check.
+                if let Some(cached) = self.cached_remote(&id) {
+                    Some(cached)
+                } else {
+                    match self.oneinbox.get(&id).await {
+                        Ok(reg) if reg.phone_number != self.obj.spec.phone_number => {
+                            let msg = format!(
+                                "OneInbox registration {id} is for {}, not {}. Fix or remove the {ANNOTATION_PHONE_NUMBER_ID} annotation",
+                                reg.phone_number, self.obj.spec.phone_number
+                            );
+                            self.stall(reason::ID_MISMATCH, msg).await?;
+                            return Ok(Action::await_change());
                         }
-                        Some(reg)
-                    }
-                    Err(ApiError::NotFound) => {
-                        self.event(
+                        Ok(reg) => {
+                            let adopting = self
+                                .obj
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.phone_number_id.as_deref())
+                                != Some(reg.id.as_str());
+                            if adopting {
+                                self.event(
+                                    EventType::Normal,
+                                    "Adopted",
+                                    format!(
+                                        "Adopted the existing OneInbox registration {}",
+                                        reg.id
+                                    ),
+                                )
+                                .await;
+                            }
+                            Some(Remote::of(&reg))
+                        }
+                        Err(ApiError::NotFound) => {
+                            self.event(
                             EventType::Warning,
                             "RegistrationLost",
                             format!("OneInbox registration {id} no longer exists (removed outside the cluster); registering the number again"),
                         )
                         .await;
-                        None
+                            None
+                        }
+                        Err(e) => return self.api_failure(Error::GetNumber(e)).await,
                     }
-                    Err(e) => return self.api_failure(Error::GetNumber(e)).await,
                 }
             }
             None => None,
         };
 
         let (remote, hash) = match remote {
-            Some(reg) => match self.replacement(&reg, current_hash.as_deref()) {
+            Some(reg) => match self.replacement(&reg.id, current_hash.as_deref()) {
                 Replacement::No => (reg, current_hash.clone()),
                 Replacement::Report => {
                     let registered_hash = self
@@ -228,7 +232,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                         Err(missing) => return self.wait_for_secret(missing).await,
                     };
                     match self.create(&c, false).await? {
-                        Created::Registered(reg) => (*reg, current_hash.clone()),
+                        Created::Registered(reg) => (Remote::of(&reg), current_hash.clone()),
                         Created::Done(action) => return Ok(action),
                     }
                 }
@@ -275,10 +279,10 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                         .await;
                         self.persist_registration(&reg, current_hash.clone())
                             .await?;
-                        (reg, current_hash.clone())
+                        (Remote::of(&reg), current_hash.clone())
                     }
                     None => match self.create(&creds, marker.is_some()).await? {
-                        Created::Registered(reg) => (*reg, current_hash.clone()),
+                        Created::Registered(reg) => (Remote::of(&reg), current_hash.clone()),
                         Created::Done(action) => return Ok(action),
                     },
                 }
@@ -286,7 +290,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         };
 
         // Bring the PATCHable fields in line with the spec (one PATCH, changed fields only).
-        let patch = plan::patch_for(&self.obj, &remote);
+        let patch = plan::patch_for(&self.obj, &remote.patchable);
         let remote = if patch.is_empty() {
             remote
         } else {
@@ -308,7 +312,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                         );
                         self.event(EventType::Normal, "DriftCorrected", note).await;
                     }
-                    updated
+                    Remote::of(&updated)
                 }
                 Err(ApiError::NotFound) => {
                     // Gone since we last looked: forget it; the next pass GETs, sees the 404
@@ -328,16 +332,16 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         self.ensure_annotation(&remote.id).await?;
 
         let data = StatusData {
-            remote: RemoteFacts::from_registration(&remote),
+            remote: remote.facts.clone(),
             credentials_hash: hash,
             pending_create: None,
             last_handled_reconcile_at: self.requested_reconcile(),
         };
         let replacement_pending = matches!(
-            self.replacement(&remote, current_hash.as_deref()),
+            self.replacement(&remote.id, current_hash.as_deref()),
             Replacement::Report
         );
-        let phase = if remote.status == "failed" {
+        let phase = if remote.state() == "failed" {
             Phase::Stalled {
                 reason: reason::REGISTRATION_FAILED,
                 message: format!(
@@ -350,7 +354,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 reason: reason::PROVISIONING,
                 message: format!(
                     "OneInbox reports state {:?}; waiting for \"active\"",
-                    remote.status
+                    remote.state()
                 ),
             }
         } else if replacement_pending {
@@ -641,7 +645,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         self.ensure_annotation(&reg.id).await
     }
 
-    fn replacement(&self, reg: &Registration, current_hash: Option<&str>) -> Replacement {
+    fn replacement(&self, id: &str, current_hash: Option<&str>) -> Replacement {
         let registered = self
             .obj
             .status
@@ -656,7 +660,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 .status
                 .as_ref()
                 .and_then(|s| s.phone_number_id.as_deref())
-                != Some(reg.id.as_str())
+                != Some(id)
         {
             return Replacement::No;
         }
@@ -699,19 +703,25 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         lock(&self.ctx.checked).get(&self.uid()).cloned()
     }
 
-    /// The registration as the API returned it recently, when that is good enough to diff a
-    /// spec change against (no reconcile was requested since, same id, within the interval).
-    fn cached_remote(&self, id: &str) -> Option<Registration> {
+    /// The registration as the last check saw it, when that is good enough to diff a spec
+    /// change against (no reconcile was requested since, same id, within the interval). Its
+    /// facts are the ones the status was written with at that check.
+    fn cached_remote(&self, id: &str) -> Option<Remote> {
         let status = self.obj.status.as_ref()?;
         if status.phone_number_id.as_deref() != Some(id)
             || status.last_handled_reconcile_at.as_deref()
                 != self.obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
+            || status.state.is_none()
         {
             return None;
         }
         let checked = self.last_check()?;
         let within = checked.interval.is_none_or(|i| checked.at.elapsed() < i);
-        (checked.id == id && within).then_some(checked.remote)
+        (checked.id == id && within).then(|| Remote {
+            id: id.to_owned(),
+            facts: RemoteFacts::from_status(status),
+            patchable: checked.remote,
+        })
     }
 
     /// Whether every Secret this object references is at the resourceVersion read at the last
@@ -721,23 +731,21 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             return false;
         };
         let versions = lock(&self.ctx.secret_versions);
-        self.obj.referenced_secrets().all(|name| {
-            let current = versions.get(&(self.ns.clone(), name.to_owned()));
-            let read = check
-                .secrets
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, rv)| rv);
-            current.is_some() && current == read
-        })
+        let mut current = Vec::new();
+        for name in self.obj.referenced_secrets() {
+            match versions.get(&(self.ns.clone(), name.to_owned())) {
+                Some(rv) => current.push((name, rv.as_str())),
+                None => return false,
+            }
+        }
+        plan::secret_versions_digest(current) == check.secrets
     }
 
     fn forget_check(&self) {
         lock(&self.ctx.checked).remove(&self.uid());
     }
 
-    fn remember_check(&self, remote: &Registration) {
-        let id = remote.id.as_str();
+    fn remember_check(&self, remote: &Remote) {
         let interval = plan::poll_interval(
             &self.obj,
             self.ctx.settings.poll_interval,
@@ -746,11 +754,15 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         .map(|d| plan::jittered(d, rand::random_range(0.8..=1.2)));
         let check = Checked {
             generation: self.obj.metadata.generation,
-            id: id.to_owned(),
+            id: remote.id.clone(),
             at: std::time::Instant::now(),
             interval,
-            remote: remote.clone(),
-            secrets: self.secrets_seen.clone(),
+            remote: remote.patchable,
+            secrets: plan::secret_versions_digest(
+                self.secrets_seen
+                    .iter()
+                    .map(|(n, rv)| (n.as_str(), rv.as_str())),
+            ),
         };
         lock(&self.ctx.checked).insert(self.uid(), check);
     }
@@ -1138,6 +1150,33 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         if let Err(e) = recorder.publish(&ev, &self.obj.object_ref(&())).await {
             warn!(error = %e, reason, "publishing an event failed");
         }
+    }
+}
+
+/// What a pass knows of the registration: the facts the status shows, and the digest of the
+/// fields a PATCH can change.
+struct Remote {
+    id: String,
+    facts: RemoteFacts,
+    patchable: PatchableDigest,
+}
+
+impl Remote {
+    fn of(reg: &Registration) -> Remote {
+        Remote {
+            id: reg.id.clone(),
+            facts: RemoteFacts::from_registration(reg),
+            patchable: PatchableDigest::of_registration(reg),
+        }
+    }
+
+    fn state(&self) -> &str {
+        self.facts.state.as_deref().unwrap_or_default()
+    }
+
+    /// `active` is the only ready value (§6 g), as in [`Registration::is_active`].
+    fn is_active(&self) -> bool {
+        self.state() == "active"
     }
 }
 

@@ -479,3 +479,55 @@ async fn deregistered_but_finalizer_removal_failed_counts_404_as_done() {
             || h.obj()["metadata"]["finalizers"] == json!([])
     );
 }
+
+#[test]
+fn cache_keeps_only_what_the_operator_reads() {
+    let mut pn: PhoneNumber = serde_json::from_value(json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+        "metadata": {
+            "name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "5",
+            "finalizers": [crate::crd::FINALIZER],
+            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {
+                crate::crd::ANNOTATION_PHONE_NUMBER_ID: "id1",
+                crate::crd::ANNOTATION_PAUSED: "true",
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                "meta.helm.sh/release-name": "r"
+            },
+            "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+        },
+        "spec": {"phoneNumber": "+15551234567", "provider": "twilio",
+                 "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                 "credentialId": "3c90c3cc-0d44-4b50-8888-8dd25736052a"}
+    }))
+    .unwrap();
+    let spec = pn.spec.clone();
+    super::slim_for_cache(&mut pn);
+    assert_eq!(pn.metadata.managed_fields, None);
+    assert_eq!(pn.metadata.labels, None);
+    let keys: Vec<&str> = pn
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            crate::crd::ANNOTATION_PAUSED,
+            crate::crd::ANNOTATION_PHONE_NUMBER_ID
+        ]
+    );
+    assert_eq!(
+        pn.metadata.finalizers.as_deref(),
+        Some(&[crate::crd::FINALIZER.to_owned()][..])
+    );
+    assert_eq!(pn.metadata.resource_version.as_deref(), Some("5"));
+    assert_eq!(pn.spec, spec);
+
+    let mut foreign_only = pn.clone();
+    foreign_only.metadata.annotations = Some([("example.com/x".to_owned(), "y".to_owned())].into());
+    super::slim_for_cache(&mut foreign_only);
+    assert_eq!(foreign_only.metadata.annotations, None);
+}

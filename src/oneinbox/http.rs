@@ -66,6 +66,9 @@ enum ListBody {
     Bare(Vec<Registration>),
 }
 
+/// Idle connections kept to the API between bursts: enough for steady drift checks.
+const IDLE_CONNECTIONS: usize = 8;
+
 impl HttpClient {
     /// Build the one reqwest client of the process.
     pub fn new(cfg: HttpClientConfig, metrics: Metrics) -> Result<HttpClient, reqwest::Error> {
@@ -74,6 +77,9 @@ impl HttpClient {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)
             .user_agent(concat!("oneinbox-operator/", env!("CARGO_PKG_VERSION")))
+            // A burst opens up to --api-max-in-flight connections (~70 KiB of buffers each);
+            // keep only a few once it is over.
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .build()?;
         let limiter =
             RateLimiter::direct(Quota::per_second(cfg.rate_per_second).allow_burst(cfg.burst));
