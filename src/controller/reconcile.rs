@@ -140,7 +140,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             && let Some(wait) = self.fresh_for(id, None)
         {
             debug!(remaining = ?wait, "registration checked recently; no API call");
-            return Ok(Action::requeue(wait));
+            return Ok(Action::await_change());
         }
 
         match self.tenant_api_key().await? {
@@ -159,7 +159,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             Some(id) => {
                 if let Some(wait) = self.fresh_for(&id, current_hash.as_deref()) {
                     debug!(remaining = ?wait, "registration checked recently; no API call");
-                    return Ok(Action::requeue(wait));
+                    return Ok(Action::await_change());
                 }
                 // A spec change within the interval is diffed against the last check.
                 if let Some(cached) = self.cached_remote(&id) {
@@ -372,7 +372,8 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             return Ok(Action::requeue(self.ctx.settings.provisioning_poll));
         }
         self.remember_check(&remote);
-        Ok(self.poll_action())
+        // The drift-check sweep brings it back when its interval is over.
+        Ok(Action::await_change())
     }
 
     /// The API key this object must use: its `apiKeySecretRef`, or the operator-wide key.
@@ -763,17 +764,9 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                     .iter()
                     .map(|(n, rv)| (n.as_str(), rv.as_str())),
             ),
+            dispatched: false,
         };
         lock(&self.ctx.checked).insert(self.uid(), check);
-    }
-
-    /// Requeue at the object's (jittered) poll interval, or never when polling is off.
-    fn poll_action(&self) -> Action {
-        let checked = self.last_check();
-        match checked.and_then(|c| c.interval) {
-            Some(d) => Action::requeue(d),
-            None => Action::await_change(),
-        }
     }
 
     fn requested_reconcile(&self) -> Option<String> {

@@ -531,3 +531,57 @@ fn cache_keeps_only_what_the_operator_reads() {
     super::slim_for_cache(&mut foreign_only);
     assert_eq!(foreign_only.metadata.annotations, None);
 }
+
+#[test]
+fn a_drift_check_is_handed_out_once_when_due() {
+    use std::time::Instant;
+    let at = Instant::now();
+    let mut check = super::Checked {
+        generation: Some(1),
+        id: "id1".into(),
+        at,
+        interval: Some(Duration::from_secs(60)),
+        remote: crate::controller::plan::PatchableDigest::of_registration(&registration(
+            &RegisterRequest {
+                phone_number: "+15551234567".into(),
+                provider: "twilio".into(),
+                agent_id: "a".into(),
+                friendly_name: None,
+                provider_config: None,
+                credential_id: Some("c".into()),
+                inbound_routing: None,
+            },
+        )),
+        secrets: 0,
+        dispatched: false,
+    };
+    assert!(!check.drift_check_due(at + Duration::from_secs(59)));
+    assert!(check.drift_check_due(at + Duration::from_secs(60)));
+    check.dispatched = true;
+    assert!(
+        !check.drift_check_due(at + Duration::from_secs(600)),
+        "handed out already"
+    );
+    check.dispatched = false;
+    check.interval = None;
+    assert!(
+        !check.drift_check_due(at + Duration::from_secs(600)),
+        "polling off"
+    );
+}
+
+#[test]
+fn the_sweep_runs_at_a_tenth_of_the_shortest_interval_within_bounds() {
+    assert_eq!(
+        super::sweep_period(Duration::from_secs(30)),
+        Duration::from_secs(3)
+    );
+    assert_eq!(
+        super::sweep_period(Duration::from_secs(1)),
+        Duration::from_millis(100)
+    );
+    assert_eq!(
+        super::sweep_period(Duration::from_secs(3600)),
+        Duration::from_secs(5)
+    );
+}
