@@ -325,7 +325,15 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                     self.stall(reason::UPDATE_REJECTED, msg).await?;
                     return Ok(Action::await_change());
                 }
-                Err(e) => return self.api_failure(Error::UpdateNumber(e)).await,
+                Err(e) => {
+                    // Without an answer (timeout, dropped connection, 5xx) the PATCH may still
+                    // have been applied, and the digest no longer says what the API holds: the
+                    // next pass GETs. A 429 changed nothing (§6 f).
+                    if !e.is_throttled() {
+                        self.forget_check();
+                    }
+                    return self.api_failure(Error::UpdateNumber(e)).await;
+                }
             }
         };
 
@@ -783,6 +791,20 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
 
     /// A retryable (or unexpected) OneInbox failure: say so in status, then back off.
     async fn api_failure(&mut self, err: Error) -> Result<Action> {
+        // A 429 says nothing about the registration: a Ready object stays Ready (no write; a
+        // fleet's throttled drift checks would otherwise flip Ready twice each), and the
+        // controller retries after Retry-After.
+        let throttled = err
+            .api_error()
+            .is_some_and(crate::oneinbox::ApiError::is_throttled);
+        if throttled
+            && self
+                .obj
+                .condition(status::READY)
+                .is_some_and(|c| c.status == "True")
+        {
+            return Err(err);
+        }
         let permanent = err.api_error().is_some_and(|e| !e.is_retryable());
         let message = err.to_string();
         let data = StatusData {

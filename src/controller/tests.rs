@@ -572,16 +572,9 @@ fn a_drift_check_is_handed_out_once_when_due() {
 
 #[test]
 fn the_sweep_runs_at_a_tenth_of_the_shortest_interval_within_bounds() {
-    assert_eq!(
-        super::sweep_period(Duration::from_secs(30)),
-        Duration::from_secs(3)
-    );
-    assert_eq!(
-        super::sweep_period(Duration::from_secs(1)),
-        Duration::from_millis(100)
-    );
-    assert_eq!(
-        super::sweep_period(Duration::from_secs(3600)),
-        Duration::from_secs(5)
-    );
+    let period = |secs| super::sweep_period(Duration::from_secs(secs));
+    assert_eq!(period(5), Duration::from_millis(500));
+    assert_eq!(period(30), Duration::from_secs(1));
+    assert_eq!(period(1), Duration::from_millis(100));
+    assert_eq!(period(3600), Duration::from_secs(1));
 }

@@ -99,6 +99,11 @@ pub struct Report {
     pub accepted: BTreeMap<String, u64>,
     /// Events of the namespace by reason.
     pub events: BTreeMap<String, u64>,
+    /// Notes of the `DriftCorrected` and `RegistrationLost` Events: nothing in the soak changes
+    /// a registration outside the cluster, so each one needs an explanation.
+    pub notable_events: Vec<String>,
+    /// Every operator log line of the run (not rendered; the soak command writes it to a file).
+    pub operator_logs: String,
     pub live_objects: usize,
     pub registrations: usize,
     pub checks: Vec<Check>,
@@ -168,6 +173,9 @@ impl Report {
         }
         let _ = writeln!(s, "committed writes (accepted): {:?}", self.accepted);
         let _ = writeln!(s, "events by reason: {:?}", self.events);
+        for note in &self.notable_events {
+            let _ = writeln!(s, "  {note}");
+        }
         let _ = writeln!(
             s,
             "end state: {} live objects, {} registrations",
@@ -1273,8 +1281,11 @@ pub async fn run(p: Params) -> Report {
     // 7. No secret anywhere it could leak.
     let logs = ops.logs(&w);
     let event_list = w.events().await;
-    for (reason, _) in &event_list {
+    for (reason, note) in &event_list {
         *report.events.entry(reason.clone()).or_insert(0) += 1;
+        if reason == "DriftCorrected" || reason == "RegistrationLost" {
+            report.notable_events.push(format!("{reason}: {note}"));
+        }
     }
     let events = format!("{event_list:?}");
     let statuses = serde_json::to_string(&pns.iter().map(|p| &p.status).collect::<Vec<_>>())
@@ -1304,6 +1315,7 @@ pub async fn run(p: Params) -> Report {
             }
         ),
     );
+    report.operator_logs = logs;
 
     // Leave nothing behind: delete what is left while the operator still runs (best effort,
     // bounded); World's drop releases whatever remains.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use kube::ResourceExt;
 use serde_json::json;
 
 use crate::harness::*;
@@ -61,6 +62,42 @@ async fn a_spec_update_is_one_patch_and_ready_stays_true() {
     );
     let events = w.events().await;
     assert!(events.iter().any(|(r, _)| r == "Updated"), "{events:?}");
+}
+
+#[tokio::test]
+async fn an_update_whose_answer_was_lost_is_checked_before_ready() {
+    // Found by the chaos soak: a PATCH commits but its answer is lost; the spec then goes back
+    // to the old value before a retry succeeds. Ready must still mean the registration matches.
+    let w = World::start("lostpatch").await;
+    w.apply("x", credential_spec(&number())).await;
+    w.wait_ready("x").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.mock
+        .fault(json!({"endpoint": PATCH, "kind": "commit_then_drop", "count": 1}))
+        .await;
+    // Retries fail without committing until the spec has gone back.
+    w.mock
+        .fault(json!({"endpoint": PATCH, "kind": "status", "status": 503, "count": 3}))
+        .await;
+    w.merge_spec("x", json!({"agentId": AGENT2})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.mock.registrations().await[0]["agent_id"] != json!(AGENT2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first PATCH was not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.merge_spec("x", json!({"agentId": AGENT})).await;
+    w.wait_for("x", "generation 3 Ready", Duration::from_secs(30), |p| {
+        is_ready(p) && synced(p) && p.metadata.generation == Some(3)
+    })
+    .await;
+    assert_eq!(
+        w.mock.registrations().await[0]["agent_id"],
+        json!(AGENT),
+        "Ready while the registration still has the agent of the lost PATCH"
+    );
 }
 
 #[tokio::test]
@@ -214,4 +251,36 @@ async fn poll_interval_zero_means_no_checks_once_ready() {
     let calls = w.mock.total_calls().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(w.mock.total_calls().await, calls);
+}
+
+#[tokio::test]
+async fn a_throttled_drift_check_leaves_a_ready_object_alone() {
+    let w = World::start_with(
+        "throttled",
+        &[],
+        &["--poll-interval", "1s", "--min-poll-interval", "1s"],
+    )
+    .await;
+    w.apply("t", credential_spec(&number())).await;
+    w.wait_ready("t").await;
+    // Let the operator see its own last writes first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = w.pns.get("t").await.expect("get");
+    let gets = w.mock.count(GET).await;
+    w.mock
+        .fault(json!({"endpoint": GET, "kind": "status", "status": 429, "retry_after": "1", "count": 2}))
+        .await;
+    // Both 429s answered, then a check that went through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w.mock.count(GET).await < gets + 3 {
+        assert!(std::time::Instant::now() < deadline, "drift checks stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = w.pns.get("t").await.expect("get");
+    assert_eq!(
+        before.resource_version(),
+        after.resource_version(),
+        "a throttled drift check wrote the object: {:?}",
+        after.status
+    );
 }

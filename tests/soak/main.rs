@@ -67,6 +67,9 @@ fn main() {
     let file = dir.join(format!("report-{}.txt", report.seed));
     let _ = std::fs::write(&file, &text);
     println!("report written to {}", file.display());
+    let logs = dir.join(format!("operator-{}.log", report.seed));
+    let _ = std::fs::write(&logs, &report.operator_logs);
+    println!("operator logs written to {}", logs.display());
     if report.passed() {
         println!("chaos soak: all invariants hold");
     } else {
