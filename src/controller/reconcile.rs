@@ -290,6 +290,9 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         };
 
         // Bring the PATCHable fields in line with the spec (one PATCH, changed fields only).
+        // The generation of that spec: a status write below answers with the newest object,
+        // which may carry a later spec this pass has not applied.
+        let in_line_with = self.obj.metadata.generation;
         let patch = plan::patch_for(&self.obj, &remote.patchable);
         let remote = if patch.is_empty() {
             remote
@@ -298,7 +301,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
             // (no record) a difference is reported as an update.
             let spec_changed = self
                 .last_check()
-                .is_none_or(|c| c.generation != self.obj.metadata.generation);
+                .is_none_or(|c| c.generation != in_line_with);
             match self.oneinbox.patch(&remote.id, &patch).await {
                 Ok(updated) => {
                     let fields = patch_fields(&patch);
@@ -379,7 +382,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         if !active {
             return Ok(Action::requeue(self.ctx.settings.provisioning_poll));
         }
-        self.remember_check(&remote);
+        self.remember_check(&remote, in_line_with);
         // The drift-check sweep brings it back when its interval is over.
         Ok(Action::await_change())
     }
@@ -754,7 +757,8 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         lock(&self.ctx.checked).remove(&self.uid());
     }
 
-    fn remember_check(&self, remote: &Remote) {
+    /// Record a successful check: `remote` is in line with the spec of `generation`.
+    fn remember_check(&self, remote: &Remote, generation: Option<i64>) {
         let interval = plan::poll_interval(
             &self.obj,
             self.ctx.settings.poll_interval,
@@ -762,7 +766,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
         )
         .map(|d| plan::jittered(d, rand::random_range(0.8..=1.2)));
         let check = Checked {
-            generation: self.obj.metadata.generation,
+            generation,
             id: remote.id.clone(),
             at: std::time::Instant::now(),
             interval,

@@ -95,9 +95,20 @@ impl OneInboxApi for Arc<FakeOneInbox> {
             .cloned()
             .collect())
     }
-    async fn patch(&self, id: &str, _: &PatchRequest) -> Result<Registration, ApiError> {
+    async fn patch(&self, id: &str, patch: &PatchRequest) -> Result<Registration, ApiError> {
         self.record("patch");
-        self.get(id).await
+        let mut regs = self.regs.lock().unwrap();
+        let reg = regs
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or(ApiError::NotFound)?;
+        if let Some(name) = &patch.friendly_name {
+            reg.friendly_name = name.clone();
+        }
+        if let Some(agent) = &patch.agent_id {
+            reg.agent_id = agent.clone();
+        }
+        Ok(reg.clone())
     }
     async fn deregister(&self, id: &str) -> Result<Deregistered, ApiError> {
         self.record("delete");
@@ -132,6 +143,11 @@ struct ApiServerState {
     fail_metadata_patch: Option<usize>,
     status_patches: usize,
     metadata_patches: usize,
+    /// Reasons of the Events published.
+    events: Vec<String>,
+    /// A user's spec update that lands just before the next status write (merged into the
+    /// spec, generation + 1): the write then answers with that newer object.
+    spec_update_before_status_write: Option<Value>,
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -164,6 +180,8 @@ fn status_error(code: u16, reason: &str) -> Value {
 impl ApiServerState {
     fn handle(&mut self, method: &str, path: &str, query: &str, body: Value) -> Response<Body> {
         if path.contains("/events") {
+            self.events
+                .push(body["reason"].as_str().unwrap_or_default().to_owned());
             return respond(StatusCode::CREATED, body);
         }
         self.seen.push(Seen {
@@ -189,6 +207,11 @@ impl ApiServerState {
                         StatusCode::INTERNAL_SERVER_ERROR,
                         status_error(500, "InternalError"),
                     );
+                }
+                if let Some(spec) = self.spec_update_before_status_write.take() {
+                    merge(&mut self.obj["spec"], &spec);
+                    let generation = self.obj["metadata"]["generation"].as_i64().unwrap_or(0);
+                    self.obj["metadata"]["generation"] = json!(generation + 1);
                 }
                 self.obj["status"] = body["status"].clone();
             }
@@ -248,6 +271,8 @@ impl Harness {
             fail_metadata_patch: None,
             status_patches: 0,
             metadata_patches: 0,
+            events: Vec::new(),
+            spec_update_before_status_write: None,
         }));
         let server_state = state.clone();
         tokio::spawn(async move {
@@ -454,6 +479,37 @@ async fn steady_ready_object_costs_zero_writes() {
     h.reconcile().await.expect("after restart");
     assert_eq!(h.fake.calls("get"), 1);
     assert!(h.seen().is_empty(), "{:#?}", h.seen());
+}
+
+#[tokio::test]
+async fn a_status_write_answered_with_a_newer_spec_does_not_count_it_as_applied() {
+    // Found by the chaos soak (F11): the status write's answer carries the user's next update;
+    // the record of the check must keep the generation this pass brought the API in line with.
+    let h = Harness::new(new_object());
+    h.reconcile().await.expect("create");
+    {
+        let mut api = h.api.lock().unwrap();
+        api.obj["spec"]["friendlyName"] = json!("first");
+        api.obj["metadata"]["generation"] = json!(2);
+        api.spec_update_before_status_write = Some(json!({"friendlyName": "second"}));
+    }
+    h.reconcile().await.expect("generation 2");
+    assert_eq!(h.obj()["metadata"]["generation"], json!(3));
+    assert_eq!(h.obj()["status"]["observedGeneration"], json!(2));
+    h.reconcile().await.expect("generation 3");
+    assert_eq!(h.fake.calls("patch"), 2);
+    assert_eq!(
+        h.fake.regs.lock().unwrap()[0].friendly_name.as_deref(),
+        Some("second")
+    );
+    assert_eq!(h.obj()["status"]["observedGeneration"], json!(3));
+    let events = h.api.lock().unwrap().events.clone();
+    assert_eq!(
+        events.iter().filter(|r| *r == "Updated").count(),
+        2,
+        "both user updates reported as such: {events:?}"
+    );
+    assert!(!events.iter().any(|r| r == "DriftCorrected"), "{events:?}");
 }
 
 #[tokio::test]
