@@ -194,6 +194,9 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                             }
                             Some(Remote::of(&reg))
                         }
+                        // Released by this process's own replacement, whose next write failed:
+                        // not lost, and no Warning.
+                        Err(ApiError::NotFound) if self.released_here(&id) => None,
                         Err(ApiError::NotFound) => {
                             self.event(
                             EventType::Warning,
@@ -224,7 +227,9 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 Replacement::Now => {
                     self.event(EventType::Normal, "Replacing", format!("SIP credentials changed; deregistering {} to register the number again", reg.id)).await;
                     match self.oneinbox.deregister(&reg.id).await {
-                        Ok(_) => {}
+                        Ok(_) => {
+                            lock(&self.ctx.released).insert(self.uid(), reg.id.clone());
+                        }
                         Err(e) => return self.api_failure(Error::DeregisterNumber(e)).await,
                     }
                     let c = match creds {

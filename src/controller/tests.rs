@@ -513,6 +513,44 @@ async fn a_status_write_answered_with_a_newer_spec_does_not_count_it_as_applied(
 }
 
 #[tokio::test]
+async fn a_replacement_interrupted_after_deregistering_is_not_reported_lost() {
+    // Found by the chaos soak: `Replace` deregisters the old registration, then its
+    // pending-create marker write fails (here a 500; in the soak a 409 from a concurrent
+    // update). The next pass finds the old id gone: that is the replacement, not a loss.
+    let mut obj = new_object();
+    obj["spec"]["replacementPolicy"] = json!("Replace");
+    let h = Harness::new(obj);
+    h.reconcile().await.expect("create");
+    let old = h.obj()["status"]["phoneNumberId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // As right after a restart: no record of a check, so each pass GETs the registration.
+    h.ctx.checked.lock().unwrap().clear();
+    {
+        let mut api = h.api.lock().unwrap();
+        api.obj["spec"]["credentialId"] = json!("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9");
+        api.obj["metadata"]["generation"] = json!(2);
+        api.fail_status_patch = Some(api.status_patches);
+    }
+    assert!(h.reconcile().await.is_err(), "the marker write failed");
+    assert_eq!(h.fake.calls("delete"), 1);
+    h.reconcile().await.expect("next pass");
+    let new = h.obj()["status"]["phoneNumberId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    assert_eq!(h.fake.regs.lock().unwrap().len(), 1);
+    let events = h.api.lock().unwrap().events.clone();
+    assert!(events.iter().any(|r| r == "Replacing"), "{events:?}");
+    assert!(
+        !events.iter().any(|r| r == "RegistrationLost"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
 async fn deregistered_but_finalizer_removal_failed_counts_404_as_done() {
     let h = Harness::new(new_object());
     h.reconcile().await.expect("create");
