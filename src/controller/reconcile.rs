@@ -194,9 +194,17 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                             }
                             Some(Remote::of(&reg))
                         }
-                        // Released by this process's own replacement, whose next write failed:
-                        // not lost, and no Warning.
-                        Err(ApiError::NotFound) if self.released_here(&id) => None,
+                        // Gone while a replacement is due: most likely released by that
+                        // replacement itself (its answer or the next write was lost, or the
+                        // process was killed in between), so not reported lost.
+                        Err(ApiError::NotFound)
+                            if matches!(
+                                self.replacement(&id, current_hash.as_deref()),
+                                Replacement::Now
+                            ) =>
+                        {
+                            None
+                        }
                         Err(ApiError::NotFound) => {
                             self.event(
                             EventType::Warning,
@@ -227,9 +235,7 @@ impl<C: OneInboxApi> Reconciler<'_, C> {
                 Replacement::Now => {
                     self.event(EventType::Normal, "Replacing", format!("SIP credentials changed; deregistering {} to register the number again", reg.id)).await;
                     match self.oneinbox.deregister(&reg.id).await {
-                        Ok(_) => {
-                            lock(&self.ctx.released).insert(self.uid(), reg.id.clone());
-                        }
+                        Ok(_) => {}
                         Err(e) => return self.api_failure(Error::DeregisterNumber(e)).await,
                     }
                     let c = match creds {
