@@ -32,7 +32,7 @@ fmt:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --all-targets --all-features --test bench --test soak -- -D warnings
 
 ## Regenerate the CRD from the Rust types (and the chart's copy of it).
 crds:

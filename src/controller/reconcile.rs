@@ -1204,9 +1204,8 @@ impl Remote {
         self.facts.state.as_deref().unwrap_or_default()
     }
 
-    /// `active` is the only ready value (§6 g), as in [`Registration::is_active`].
     fn is_active(&self) -> bool {
-        self.state() == "active"
+        crate::oneinbox::is_active_state(self.state())
     }
 }
 

@@ -80,10 +80,14 @@ pub struct Registration {
     pub inbound_routing: Option<Routing>,
 }
 
+/// `active` is the only ready registration state (§6 g); anything else, known or not, is not.
+pub fn is_active_state(status: &str) -> bool {
+    status == "active"
+}
+
 impl Registration {
-    /// `active` is the only ready value (§6 g); anything else, known or not, is not ready.
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        is_active_state(&self.status)
     }
 }
 

@@ -20,7 +20,12 @@
 //! `target/bench/results.jsonl`.
 
 // Test support code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 // The shared e2e harness has helpers this target does not use.
 #![allow(dead_code)]
 
@@ -31,7 +36,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,16 +48,6 @@ use oneinbox_operator::crd::PhoneNumber;
 use serde_json::{Value, json};
 
 use harness::*;
-
-fn env<T: FromStr>(key: &str, default: T) -> T {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not valid")),
-        _ => default,
-    }
-}
 
 fn log(msg: &str) {
     let t = jiff::Timestamp::now().strftime("%H:%M:%S");
@@ -875,6 +869,22 @@ async fn latency(latency_ms: u64, runs: usize, rep: usize) -> Value {
 
 // ------------------------------------------------------------------ 4: footprint at 10,000
 
+/// Every 15 s until dropped: how many are Ready, and the operator's memory and CPU.
+async fn footprint_progress(bed: &Bed, tracker: &Tracker, n: usize, t0: Instant) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let s = bed.op().stats();
+        log(&format!(
+            "  {} / {n} Ready after {:.0} s; operator RSS {:.1} MiB (peak {:.1}), CPU {:.1} s",
+            tracker.ready_count(),
+            t0.elapsed().as_secs_f64(),
+            s.rss_mib,
+            s.hwm_mib,
+            s.cpu_secs
+        ));
+    }
+}
+
 async fn footprint(n: usize, idle: Duration) -> Value {
     let args: Vec<String> = [
         "--api-rps",
@@ -905,45 +915,17 @@ async fn footprint(n: usize, idle: Duration) -> Value {
     let before = bed.op().stats();
     let t0 = Instant::now();
     let create = bed.create_pns(&names, true);
-    let progress = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(15)).await;
-            let s = bed.op().stats();
-            log(&format!(
-                "  {} / {n} Ready after {:.0} s; operator RSS {:.1} MiB (peak {:.1}), CPU {:.1} s",
-                tracker.ready_count(),
-                t0.elapsed().as_secs_f64(),
-                s.rss_mib,
-                s.hwm_mib,
-                s.cpu_secs
-            ));
-        }
-    };
     let created = tokio::select! {
         _ = create => t0.elapsed(),
-        _ = progress => unreachable!(),
+        _ = footprint_progress(&bed, &tracker, n, t0) => unreachable!(),
     };
     log(&format!(
         "  {n} PhoneNumbers created in {:.1} s",
         created.as_secs_f64()
     ));
-    let progress = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(15)).await;
-            let s = bed.op().stats();
-            log(&format!(
-                "  {} / {n} Ready after {:.0} s; operator RSS {:.1} MiB (peak {:.1}), CPU {:.1} s",
-                tracker.ready_count(),
-                t0.elapsed().as_secs_f64(),
-                s.rss_mib,
-                s.hwm_mib,
-                s.cpu_secs
-            ));
-        }
-    };
     let t_ready = tokio::select! {
         t = tracker.wait("all Ready", Duration::from_secs(3600), |s| s.ready.len() >= n) => t,
-        _ = progress => unreachable!(),
+        _ = footprint_progress(&bed, &tracker, n, t0) => unreachable!(),
     };
     let at_ready = bed.op().stats();
     log(&format!(

@@ -703,6 +703,14 @@ fn registrations_by_number(regs: &[Value]) -> HashMap<String, Vec<Value>> {
 }
 
 /// The latest object per number (later objects reuse numbers of deleted ones).
+/// `status.phoneNumberId` of the live object `name`, if any.
+fn status_id(by_name: &HashMap<String, &PhoneNumber>, name: &str) -> Option<String> {
+    by_name
+        .get(name)
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phone_number_id.clone())
+}
+
 fn latest_by_number(objs: &[Obj]) -> BTreeMap<String, &Obj> {
     let mut m = BTreeMap::new();
     for o in objs {
@@ -772,10 +780,7 @@ fn converged(objs: &[Obj], pns: &[PhoneNumber], regs: &[Value]) -> Converged {
         let regs = regs_by_number.get(&number).map(Vec::len).unwrap_or(0);
         match &o.deleted {
             None => {
-                let id = by_name
-                    .get(&o.name)
-                    .and_then(|p| p.status.as_ref())
-                    .and_then(|s| s.phone_number_id.clone());
+                let id = status_id(&by_name, &o.name);
                 let matches = regs_by_number
                     .get(&number)
                     .is_some_and(|v| v.len() == 1 && v[0]["id"].as_str() == id.as_deref());
@@ -1037,10 +1042,7 @@ pub async fn run(p: Params) -> Report {
         let have = regs_by_number.get(number).cloned().unwrap_or_default();
         match &o.deleted {
             None => {
-                let id = by_name
-                    .get(&o.name)
-                    .and_then(|p| p.status.as_ref())
-                    .and_then(|s| s.phone_number_id.clone());
+                let id = status_id(&by_name, &o.name);
                 if have.len() != 1 || have[0]["id"].as_str() != id.as_deref() {
                     losses.push(format!(
                         "{} {number}: status id {id:?}, registrations {:?}",

@@ -673,3 +673,16 @@ fn rand_u64() -> u64 {
     let b = u.as_bytes();
     u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
+
+/// A parameter of the soak and bench commands from the environment, or `default` when unset or
+/// blank; an unparsable value stops the command.
+#[allow(dead_code)] // the e2e tests take no parameters
+pub fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
+    match std::env::var(key) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not valid")),
+        _ => default,
+    }
+}

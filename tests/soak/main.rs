@@ -10,7 +10,12 @@
 //! an invariant fails.
 
 // Test support code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 // The shared e2e modules have helpers this target does not use.
 #![allow(dead_code)]
 
@@ -20,18 +25,9 @@ mod harness;
 #[path = "../e2e/chaos.rs"]
 mod chaos;
 
-use std::str::FromStr;
 use std::time::Duration;
 
-fn env<T: FromStr>(key: &str, default: T) -> T {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not valid")),
-        _ => default,
-    }
-}
+use harness::env;
 
 fn main() {
     let minutes: f64 = env("CHAOS_MINUTES", 5.0);
