@@ -35,6 +35,8 @@ pub enum Error {
     DeletionBlocked(String),
     #[error("the object is missing {0}")]
     InvalidObject(&'static str),
+    #[error("the reconciler took {0} steps without finishing a pass")]
+    Undecided(usize),
 }
 
 impl Error {
@@ -52,6 +54,7 @@ impl Error {
             Error::KubeTimeout(_) => "kube_timeout",
             Error::DeletionBlocked(_) => "deletion_blocked",
             Error::InvalidObject(_) => "invalid_object",
+            Error::Undecided(_) => "undecided",
         }
     }
 

@@ -66,6 +66,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         HttpClientConfig {
             base_url: args.api_url.clone(),
             api_key: api_key(&args)?,
+            api_key_file: args.api_key_file.clone(),
             timeout: args.api_timeout,
             connect_timeout: args.api_timeout.min(std::time::Duration::from_secs(5)),
             rate_per_second: args.api_rps,

@@ -1,13 +1,18 @@
 //! Controller wiring: watches, the shared context, error policy, result reporting, shutdown.
 
+mod act;
 pub mod backoff;
+pub mod decide;
+pub mod memory;
+pub mod observe;
 pub mod plan;
 mod reconcile;
+mod redact;
 pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,36 +46,6 @@ pub struct Settings {
     pub kube_timeout: Duration,
 }
 
-/// The last successful check of a registration against the API (in memory only: after a
-/// restart each object is checked once).
-#[derive(Clone, Debug)]
-pub struct Checked {
-    pub generation: Option<i64>,
-    pub id: String,
-    pub at: Instant,
-    /// This object's jittered poll interval; `None` = no periodic checks.
-    pub interval: Option<Duration>,
-    /// The PATCHable fields as the API last returned them: a spec change is diffed against
-    /// them, so an update costs one PATCH and no GET.
-    pub remote: plan::PatchableDigest,
-    /// Digest of the (name, resourceVersion) of the Secrets read for this check: while they are
-    /// unchanged a pass needs not read them again.
-    pub secrets: u64,
-    /// The next drift check was handed to the controller (reset by the next successful check;
-    /// a failing check is retried by the error backoff, not by the sweep).
-    pub dispatched: bool,
-}
-
-impl Checked {
-    /// Whether the periodic drift check is due at `now` and not handed out yet.
-    pub fn drift_check_due(&self, now: Instant) -> bool {
-        !self.dispatched
-            && self
-                .interval
-                .is_some_and(|i| now.saturating_duration_since(self.at) >= i)
-    }
-}
-
 /// Shared state of all reconciles.
 pub struct Context<C> {
     pub client: Client,
@@ -80,15 +55,8 @@ pub struct Context<C> {
     pub metrics: Metrics,
     pub settings: Settings,
     pub backoff: backoff::Backoff,
-    pub checked: Mutex<HashMap<String, Checked>>,
-    /// Registrations this process deregistered, by object UID, until the finalizer is gone.
-    pub released: Mutex<HashMap<String, String>>,
-    /// resourceVersion of this process's last write of each object (by UID): a pass handed an
-    /// older version is a stale echo, and the watch event of that write will follow.
-    pub written: Mutex<HashMap<String, u64>>,
-    /// Pending-create tokens whose POST was refused with a clean 429 (nothing registered, §6 f):
-    /// the next attempt posts without a look-up first.
-    pub clean_refusals: Mutex<HashMap<String, String>>,
+    /// What this process remembers of each object, by UID.
+    pub memory: Mutex<memory::Memory>,
     /// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
     pub secret_versions: Arc<Mutex<HashMap<(String, String), String>>>,
     /// Every watched PhoneNumber (for duplicate claims and Secret mapping).
@@ -100,18 +68,30 @@ pub struct Context<C> {
 impl<C> Context<C> {
     /// The objects whose drift check is due, marked as handed out. Ready objects wait for
     /// this sweep instead of a requeue each: kube's scheduler holds ~750 bytes per queued
-    /// object (memory at 10,000 objects), the sweep a flag in the existing record.
+    /// object (memory at 10,000 objects), the sweep a flag in the existing record. The memory
+    /// of objects that left the watch (deleted, or relabelled out of the selector) goes here.
     fn take_due_checks(&self, now: Instant) -> Vec<ObjectRef<PhoneNumber>> {
         let objects = self.store.state();
-        let mut checked = lock(&self.checked);
+        let mut memory = lock(&self.memory);
+        let watched: HashSet<&str> = objects
+            .iter()
+            .filter_map(|o| o.metadata.uid.as_deref())
+            .collect();
+        memory.retain_watched(&watched);
         objects
             .iter()
             .filter_map(|o| {
-                let check = checked.get_mut(o.metadata.uid.as_deref()?)?;
-                check.drift_check_due(now).then(|| {
-                    check.dispatched = true;
-                    ObjectRef::from_obj(o.as_ref())
-                })
+                let uid = o.metadata.uid.as_deref()?;
+                let mut due = false;
+                memory.update_existing(uid, |m| {
+                    if let Some(check) = m.check.as_mut()
+                        && check.drift_check_due(now)
+                    {
+                        check.dispatched = true;
+                        due = true;
+                    }
+                });
+                due.then(|| ObjectRef::from_obj(o.as_ref()))
             })
             .collect()
     }
@@ -156,6 +136,9 @@ pub struct Scope {
     pub label_selector: Option<String>,
 }
 
+/// Longest wait between retries of an object whose API key was rejected.
+const KEY_REJECTED_RETRY_MAX: Duration = Duration::from_secs(600);
+
 /// Requeue delay after a failed reconcile: per-object exponential backoff with jitter, never
 /// shorter than what the API asked for.
 fn error_policy<C: OneInboxApi>(
@@ -184,6 +167,14 @@ fn error_policy<C: OneInboxApi>(
         );
         if let Some(ra) = err.retry_after() {
             wait = wait.max(ra);
+        }
+        // A rejected key needs a human, not the spec: look again at least every ten minutes
+        // (the key is read again before the retry).
+        if err
+            .api_error()
+            .is_some_and(|e| matches!(e, crate::oneinbox::ApiError::KeyRejected { .. }))
+        {
+            wait = wait.min(KEY_REJECTED_RETRY_MAX);
         }
         (failures, wait)
     };
@@ -276,10 +267,7 @@ pub async fn run<C: OneInboxApi>(
         metrics: metrics.clone(),
         settings,
         backoff: backoff::Backoff::default(),
-        checked: Mutex::new(HashMap::new()),
-        released: Mutex::new(HashMap::new()),
-        written: Mutex::new(HashMap::new()),
-        clean_refusals: Mutex::new(HashMap::new()),
+        memory: Mutex::default(),
         secret_versions: secret_versions.clone(),
         store: store.clone(),
         siblings,

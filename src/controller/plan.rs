@@ -101,14 +101,16 @@ impl PatchableDigest {
         )
     }
 
-    /// An absent routing and an empty one are the same to the API.
+    /// An absent routing and an empty one are the same to the API, and so are two spellings
+    /// of one uuid: the CRD accepts upper-case hex, the API answers in lower case.
     fn of(friendly_name: Option<&str>, agent_id: &str, routing: Option<&Routing>) -> Self {
         let routing = routing.cloned().unwrap_or_default();
+        let uuid = |u: Option<&str>| u.map(str::to_ascii_lowercase);
         PatchableDigest {
             friendly_name: digest(friendly_name),
-            agent_id: digest(agent_id),
-            routing_agent_id: digest(routing.agent_id.as_deref()),
-            fallback: digest(routing.fallback.as_ref().map(|f| f.agent_id.as_str())),
+            agent_id: digest(uuid(Some(agent_id))),
+            routing_agent_id: digest(uuid(routing.agent_id.as_deref())),
+            fallback: digest(uuid(routing.fallback.as_ref().map(|f| f.agent_id.as_str()))),
             voicemail_message: digest(routing.voicemail_message.as_deref()),
         }
     }
@@ -224,6 +226,26 @@ pub fn owner_of_number<'a>(
         .filter(|o| o.uid() != uid && o.spec.phone_number == obj.spec.phone_number)
         .filter(|o| o.known_id().is_some() || claim_key(o) < mine)
         .min_by_key(|o| claim_key(o))
+}
+
+/// The object that holds registration `id`, which `obj` names too, if it is another one. An
+/// object that has the id in its status (it registered or adopted it) wins over one that only
+/// names it in the annotation; between equals, the oldest claim wins. The loser never touches
+/// the registration.
+pub fn owner_of_id<'a>(
+    obj: &PhoneNumber,
+    id: &str,
+    others: impl IntoIterator<Item = &'a PhoneNumber>,
+) -> Option<&'a PhoneNumber> {
+    let holds =
+        |o: &PhoneNumber| o.status.as_ref().and_then(|s| s.phone_number_id.as_deref()) == Some(id);
+    let uid = obj.uid();
+    let mine = (!holds(obj), claim_key(obj));
+    others
+        .into_iter()
+        .filter(|o| o.uid() != uid && o.known_id().as_deref() == Some(id))
+        .filter(|o| (!holds(o), claim_key(o)) < mine)
+        .min_by_key(|o| (!holds(o), claim_key(o)))
 }
 
 /// The drift-check interval of a Ready object: the annotation (clamped to `floor`) or the
@@ -354,6 +376,31 @@ mod tests {
     }
 
     #[test]
+    fn uuids_are_compared_without_regard_to_case() {
+        let mut p = pn("a");
+        p.spec.agent_id = "3C90C3CC-0D44-4B50-8888-8DD25736052A".into();
+        p.spec.inbound_routing = Some(InboundRouting {
+            agent_id: Some("3C90C3CC-0D44-4B50-8888-8DD25736052B".into()),
+            fallback: Some(Fallback {
+                agent_id: "ABCDEF00-0D44-4B50-8888-8DD25736052A".into(),
+            }),
+            voicemail_message: None,
+        });
+        // The API stores and answers in lower case.
+        let mut r = remote_of(&p);
+        r.agent_id = r.agent_id.to_ascii_lowercase();
+        let routing = r.inbound_routing.as_mut().expect("routing");
+        routing.agent_id = routing.agent_id.as_ref().map(|a| a.to_ascii_lowercase());
+        routing.fallback.as_mut().expect("fallback").agent_id =
+            "abcdef00-0d44-4b50-8888-8dd25736052a".into();
+        assert!(patch_for(&p, &PatchableDigest::of_registration(&r)).is_empty());
+        // A different uuid is still a change.
+        r.agent_id = "00000000-0d44-4b50-8888-8dd25736052a".into();
+        let patch = patch_for(&p, &PatchableDigest::of_registration(&r));
+        assert_eq!(patch.agent_id.as_deref(), Some(p.spec.agent_id.as_str()));
+    }
+
+    #[test]
     fn absent_and_empty_routing_are_the_same() {
         let mut p = pn("a");
         p.spec.inbound_routing = None;
@@ -440,6 +487,47 @@ mod tests {
             owner_of_number(&old, all.iter()).map(|o| o.name_any()),
             Some("new".into())
         );
+    }
+
+    #[test]
+    fn the_holder_of_an_id_owns_it_against_a_newcomer_naming_it() {
+        let mut holder = pn("holder");
+        holder.metadata.creation_timestamp =
+            Some(Time("2026-01-02T00:00:00Z".parse().expect("ts")));
+        holder.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        // Older, but only annotated: still the newcomer.
+        let mut newcomer = pn("newcomer");
+        newcomer.metadata.namespace = Some("other".into());
+        newcomer.metadata.creation_timestamp =
+            Some(Time("2026-01-01T00:00:00Z".parse().expect("ts")));
+        newcomer.metadata.annotations = Some(
+            [(
+                crate::crd::ANNOTATION_PHONE_NUMBER_ID.to_string(),
+                "id1".to_string(),
+            )]
+            .into(),
+        );
+        let all = [holder.clone(), newcomer.clone()];
+        assert_eq!(
+            owner_of_id(&newcomer, "id1", &all).map(|o| o.name_any()),
+            Some("holder".into())
+        );
+        assert!(owner_of_id(&holder, "id1", &all).is_none());
+        // Two that only annotate: the older claim owns it.
+        let mut younger = newcomer.clone();
+        younger.metadata.uid = Some("uid-younger".into());
+        younger.metadata.name = Some("younger".into());
+        younger.metadata.creation_timestamp =
+            Some(Time("2026-01-03T00:00:00Z".parse().expect("ts")));
+        let all = [newcomer.clone(), younger.clone()];
+        assert_eq!(
+            owner_of_id(&younger, "id1", &all).map(|o| o.name_any()),
+            Some("newcomer".into())
+        );
+        assert!(owner_of_id(&newcomer, "id1", &all).is_none());
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub mod reason {
     pub const UPDATING: &str = "Updating";
     pub const PROVISIONING: &str = "Provisioning";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The Secret exists, but its key is missing, empty or not UTF-8 text.
+    pub const SECRET_KEY_INVALID: &str = "SecretKeyInvalid";
+    /// OneInbox answered 401/403: the API key is wrong or revoked (not the spec).
+    pub const API_KEY_REJECTED: &str = "APIKeyRejected";
     pub const API_UNAVAILABLE: &str = "APIUnavailable";
     pub const REGISTRATION_REJECTED: &str = "RegistrationRejected";
     pub const UPDATE_REJECTED: &str = "UpdateRejected";

@@ -310,10 +310,7 @@ impl Harness {
                 kube_timeout: Duration::from_secs(5),
             },
             backoff: Backoff::default(),
-            checked: Mutex::new(Default::default()),
-            released: Mutex::new(Default::default()),
-            written: Mutex::new(Default::default()),
-            clean_refusals: Mutex::new(Default::default()),
+            memory: Mutex::default(),
             secret_versions: Default::default(),
             store,
             siblings,
@@ -323,6 +320,32 @@ impl Harness {
             api: state,
             fake,
         }
+    }
+
+    /// As after a restart: no record of any check.
+    fn forget_checks(&self) {
+        let uid = self.obj()["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.ctx
+            .memory
+            .lock()
+            .unwrap()
+            .update(&uid, |m| m.check = None);
+    }
+
+    /// As after a restart: nothing says who released a registration.
+    fn forget_releases(&self) {
+        let uid = self.obj()["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.ctx
+            .memory
+            .lock()
+            .unwrap()
+            .update(&uid, |m| m.released = None);
     }
 
     async fn reconcile(&self) -> crate::error::Result<kube::runtime::controller::Action> {
@@ -475,7 +498,7 @@ async fn steady_ready_object_costs_zero_writes() {
         "checked again within the poll interval"
     );
     // After a restart (no memory of the last check): one GET, still no write.
-    h.ctx.checked.lock().unwrap().clear();
+    h.forget_checks();
     h.reconcile().await.expect("after restart");
     assert_eq!(h.fake.calls("get"), 1);
     assert!(h.seen().is_empty(), "{:#?}", h.seen());
@@ -527,7 +550,7 @@ async fn a_replacement_interrupted_after_deregistering_is_not_reported_lost() {
         .unwrap()
         .to_owned();
     // As right after a restart: no record of a check, so each pass GETs the registration.
-    h.ctx.checked.lock().unwrap().clear();
+    h.forget_checks();
     {
         let mut api = h.api.lock().unwrap();
         api.obj["spec"]["credentialId"] = json!("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9");
@@ -537,7 +560,7 @@ async fn a_replacement_interrupted_after_deregistering_is_not_reported_lost() {
     assert!(h.reconcile().await.is_err(), "the marker write failed");
     assert_eq!(h.fake.calls("delete"), 1);
     // Also after a restart in between: nothing in memory says who released it.
-    h.ctx.released.lock().unwrap().clear();
+    h.forget_releases();
     h.reconcile().await.expect("next pass");
     let new = h.obj()["status"]["phoneNumberId"]
         .as_str()
@@ -633,7 +656,7 @@ fn cache_keeps_only_what_the_operator_reads() {
 fn a_drift_check_is_handed_out_once_when_due() {
     use std::time::Instant;
     let at = Instant::now();
-    let mut check = super::Checked {
+    let mut check = super::memory::Checked {
         generation: Some(1),
         id: "id1".into(),
         at,

@@ -12,7 +12,8 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
 use super::{
-    ApiError, Deregistered, OneInboxApi, PatchRequest, RegisterRequest, Registration, SecretString,
+    ApiError, Deregistered, Endpoint, OneInboxApi, PatchRequest, RegisterRequest, Registration,
+    SecretString,
 };
 use crate::metrics::Metrics;
 
@@ -22,6 +23,9 @@ pub struct HttpClientConfig {
     /// e.g. `https://api.oneinbox.ai`.
     pub base_url: Url,
     pub api_key: SecretString,
+    /// Where `api_key` came from, if a file (a mounted Secret): read again after the API
+    /// rejects the key, so a rotated key works without a restart.
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Whole-request timeout, also enforced around each call.
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -41,8 +45,8 @@ const PAGE_LIMIT: u32 = 100;
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Arc<Inner>,
-    /// The key of this handle: the operator-wide one, or a tenant's.
-    api_key: SecretString,
+    /// The key of this handle: a tenant's, or `None` for the operator-wide one.
+    api_key: Option<SecretString>,
 }
 
 struct Inner {
@@ -52,6 +56,8 @@ struct Inner {
     in_flight: Semaphore,
     /// No call starts before this instant (set from `Retry-After`).
     cooldown_until: Mutex<Option<Instant>>,
+    /// The operator-wide key, replaced when its file is read again.
+    operator_key: std::sync::RwLock<SecretString>,
     metrics: Metrics,
 }
 
@@ -85,9 +91,10 @@ impl HttpClient {
             RateLimiter::direct(Quota::per_second(cfg.rate_per_second).allow_burst(cfg.burst));
         let in_flight = Semaphore::new(cfg.max_in_flight.max(1));
         Ok(HttpClient {
-            api_key: cfg.api_key.clone(),
+            api_key: None,
             inner: Arc::new(Inner {
                 http,
+                operator_key: std::sync::RwLock::new(cfg.api_key.clone()),
                 cfg,
                 limiter,
                 in_flight,
@@ -113,6 +120,7 @@ impl HttpClient {
     async fn call(
         &self,
         op: &'static str,
+        endpoint: Endpoint,
         method: Method,
         url: Url,
         body: Option<serde_json::Value>,
@@ -138,10 +146,18 @@ impl HttpClient {
             })?;
         inner.metrics.observe_rate_limit_wait(waited.elapsed());
 
+        let key = match &self.api_key {
+            Some(k) => k.clone(),
+            None => inner
+                .operator_key
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        };
         let mut req = inner
             .http
             .request(method, url)
-            .bearer_auth(self.api_key.expose())
+            .bearer_auth(key.expose())
             .header("accept", "application/json");
         if let Some(b) = body {
             req = req.json(&b);
@@ -183,14 +199,45 @@ impl HttpClient {
                             *cd = Some(t);
                         }
                     }
-                    Err(ApiError::from_response(status.as_u16(), retry_after, &text))
+                    Err(ApiError::from_response(
+                        endpoint,
+                        status.as_u16(),
+                        retry_after,
+                        &text,
+                    ))
                 }
             }
         };
         inner
             .metrics
             .observe_api_request(op, outcome_label(&outcome), started.elapsed());
+        if matches!(outcome, Err(ApiError::KeyRejected { .. })) && self.api_key.is_none() {
+            self.reload_operator_key();
+        }
         outcome
+    }
+
+    /// Read the operator-wide key file again (after a rejection): the next call uses what it
+    /// holds now. An unreadable or empty file keeps the key we have.
+    fn reload_operator_key(&self) {
+        let Some(path) = &self.inner.cfg.api_key_file else {
+            return;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => {
+                *self
+                    .inner
+                    .operator_key
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = SecretString::new(text.trim().to_owned());
+            }
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "the API key file is empty; keeping the key in use")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the API key file again; keeping the key in use")
+            }
+        }
     }
 
     fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
@@ -214,6 +261,7 @@ fn outcome_label(r: &Result<(StatusCode, String), ApiError>) -> &'static str {
         Err(ApiError::Unavailable { what, .. }) if what.starts_with("HTTP") => "server_error",
         Err(ApiError::Unavailable { .. }) => "transport_error",
         Err(ApiError::NotFound) => "not_found",
+        Err(ApiError::KeyRejected { .. }) => "unauthorized",
         Err(ApiError::AlreadyRegistered { .. }) => "conflict",
         Err(ApiError::Rejected { .. }) => "rejected",
     }
@@ -245,7 +293,7 @@ impl OneInboxApi for HttpClient {
     fn with_api_key(&self, key: SecretString) -> Self {
         HttpClient {
             inner: self.inner.clone(),
-            api_key: key,
+            api_key: Some(key),
         }
     }
 
@@ -255,6 +303,7 @@ impl OneInboxApi for HttpClient {
         let (_, text) = self
             .call(
                 "register",
+                Endpoint::Collection,
                 Method::POST,
                 self.url("/v1/phone-numbers")?,
                 Some(body),
@@ -265,7 +314,13 @@ impl OneInboxApi for HttpClient {
 
     async fn get(&self, id: &str) -> Result<Registration, ApiError> {
         let (_, text) = self
-            .call("get", Method::GET, self.url(&item_path(id))?, None)
+            .call(
+                "get",
+                Endpoint::Item,
+                Method::GET,
+                self.url(&item_path(id))?,
+                None,
+            )
             .await?;
         Self::decode(&text)
     }
@@ -280,7 +335,9 @@ impl OneInboxApi for HttpClient {
                 .append_pair("phone_number", number)
                 .append_pair("limit", &PAGE_LIMIT.to_string())
                 .append_pair("offset", &offset.to_string());
-            let (_, text) = self.call("list", Method::GET, url, None).await?;
+            let (_, text) = self
+                .call("list", Endpoint::Collection, Method::GET, url, None)
+                .await?;
             match Self::decode::<ListBody>(&text)? {
                 ListBody::Bare(items) => {
                     found.extend(items);
@@ -307,6 +364,7 @@ impl OneInboxApi for HttpClient {
         let (_, text) = self
             .call(
                 "patch",
+                Endpoint::Item,
                 Method::PATCH,
                 self.url(&item_path(id))?,
                 Some(body),
@@ -317,7 +375,13 @@ impl OneInboxApi for HttpClient {
 
     async fn deregister(&self, id: &str) -> Result<Deregistered, ApiError> {
         match self
-            .call("delete", Method::DELETE, self.url(&item_path(id))?, None)
+            .call(
+                "delete",
+                Endpoint::Item,
+                Method::DELETE,
+                self.url(&item_path(id))?,
+                None,
+            )
             .await
         {
             Ok(_) => Ok(Deregistered::Released),

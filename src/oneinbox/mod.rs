@@ -131,9 +131,14 @@ pub enum ApiError {
         detail: String,
         retry_after: Option<Duration>,
     },
-    /// 404 `Phone number not found` on an id.
+    /// 404 on `/v1/phone-numbers/{id}` that does not name a missing reference: the registration
+    /// is gone.
     #[error("phone number not found in OneInbox")]
     NotFound,
+    /// 401 or 403: the API key is missing, wrong or revoked. Nothing in the spec can fix it;
+    /// retried with backoff after the key is read again.
+    #[error("OneInbox rejected the API key (HTTP {status}): {detail}")]
+    KeyRejected { status: u16, detail: String },
     /// 409 `PHONE_NUMBER_ALREADY_REGISTERED`.
     #[error("the number is already registered in OneInbox as {phone_id}: {message}")]
     AlreadyRegistered { phone_id: String, message: String },
@@ -147,9 +152,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Whether a retry with backoff can succeed without a change of input.
+    /// Whether a retry with backoff can succeed without a change of the object: the API was
+    /// unavailable, or the key may be rotated.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ApiError::Unavailable { .. })
+        matches!(
+            self,
+            ApiError::Unavailable { .. } | ApiError::KeyRejected { .. }
+        )
     }
 
     /// A 429: the API refused to act and changed nothing (§6 f).
@@ -165,16 +174,30 @@ impl ApiError {
         }
     }
 
-    /// Classify a non-success HTTP answer from its status, `Retry-After` and body (pure).
-    pub fn from_response(status: u16, retry_after: Option<Duration>, body: &str) -> ApiError {
+    /// Classify a non-success HTTP answer from the endpoint, its status, `Retry-After` and
+    /// body (pure). A 404 means "registration gone" only on an item endpoint and only when its
+    /// detail does not name a missing reference (`agent_id not found`): the wording of the
+    /// message is never matched (docs/oneinbox-contract.md).
+    pub fn from_response(
+        endpoint: Endpoint,
+        status: u16,
+        retry_after: Option<Duration>,
+        body: &str,
+    ) -> ApiError {
         let detail = ErrorDetail::parse(body);
         match status {
-            429 | 500..=599 => ApiError::Unavailable {
+            408 | 429 | 500..=599 => ApiError::Unavailable {
                 what: format!("HTTP {status}"),
                 detail: detail.text,
                 retry_after,
             },
-            404 if detail.text == "Phone number not found" => ApiError::NotFound,
+            401 | 403 => ApiError::KeyRejected {
+                status,
+                detail: detail.text,
+            },
+            404 if endpoint == Endpoint::Item && !names_missing_reference(&detail.text) => {
+                ApiError::NotFound
+            }
             409 if detail.code.as_deref() == Some("PHONE_NUMBER_ALREADY_REGISTERED") => {
                 ApiError::AlreadyRegistered {
                     phone_id: detail.phone_id.unwrap_or_default(),
@@ -188,6 +211,29 @@ impl ApiError {
             },
         }
     }
+}
+
+/// Which kind of path a request went to: the collection (`/v1/phone-numbers`) or one
+/// registration (`/v1/phone-numbers/{id}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Collection,
+    Item,
+}
+
+/// `agent_id not found`, `inbound_routing.fallback.agent_id not found`: a 404 detail naming a
+/// field (a dotted snake_case path) whose referenced resource does not exist.
+fn names_missing_reference(detail: &str) -> bool {
+    let Some(field) = detail.strip_suffix(" not found") else {
+        return false;
+    };
+    !field.is_empty()
+        && field.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
 }
 
 /// The useful parts of an error body: `detail` as a string, an object with `code`/`message`, or
@@ -306,6 +352,7 @@ mod tests {
     #[test]
     fn string_detail_429_is_retryable_with_retry_after() {
         let e = ApiError::from_response(
+            Endpoint::Collection,
             429,
             Some(Duration::from_secs(3)),
             r#"{"detail":"Rate limit exceeded"}"#,
@@ -313,13 +360,14 @@ mod tests {
         assert!(e.is_retryable());
         assert!(e.is_throttled());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
-        assert!(!ApiError::from_response(503, None, "").is_throttled());
+        assert!(!ApiError::from_response(Endpoint::Item, 503, None, "").is_throttled());
         assert!(e.to_string().contains("Rate limit exceeded"));
     }
 
     #[test]
     fn object_detail_400_is_permanent_with_code() {
         let e = ApiError::from_response(
+            Endpoint::Collection,
             400,
             None,
             r#"{"detail":{"code":"SIP_TRUNK_PROVISION_FAILED","message":"no trunk"}}"#,
@@ -338,6 +386,7 @@ mod tests {
     #[test]
     fn conflict_surfaces_the_existing_id() {
         let e = ApiError::from_response(
+            Endpoint::Collection,
             409,
             None,
             r#"{"detail":{"code":"PHONE_NUMBER_ALREADY_REGISTERED","message":"taken","phone_id":"abc"}}"#,
@@ -354,6 +403,7 @@ mod tests {
     #[test]
     fn validation_list_names_fields_and_drops_input() {
         let e = ApiError::from_response(
+            Endpoint::Collection,
             422,
             None,
             r#"{"detail":[{"loc":["body","provider_config","auth_password"],"msg":"bad","type":"x","input":"hunter2"},{"loc":["body","phone_number"],"msg":"String should match pattern","type":"string_pattern_mismatch","input":"12"}]}"#,
@@ -367,19 +417,56 @@ mod tests {
     }
 
     #[test]
-    fn only_the_exact_not_found_detail_means_missing_registration() {
+    fn a_404_on_an_item_means_gone_unless_it_names_a_reference() {
+        let on_item = |body: &str| ApiError::from_response(Endpoint::Item, 404, None, body);
         assert_eq!(
-            ApiError::from_response(404, None, r#"{"detail":"Phone number not found"}"#),
+            on_item(r#"{"detail":"Phone number not found"}"#),
             ApiError::NotFound
         );
-        let e = ApiError::from_response(404, None, r#"{"detail":"agent_id not found"}"#);
+        // Reworded by the API: still gone (no English text is matched).
+        assert_eq!(
+            on_item(r#"{"detail":"No such registration"}"#),
+            ApiError::NotFound
+        );
+        assert_eq!(on_item(""), ApiError::NotFound);
+        for reference in [
+            "agent_id not found",
+            "inbound_routing.fallback.agent_id not found",
+        ] {
+            let e = on_item(&format!(r#"{{"detail":"{reference}"}}"#));
+            assert!(matches!(e, ApiError::Rejected { status: 404, .. }), "{e:?}");
+        }
+        // On the collection (POST), a 404 is always a reference error, never a lost registration.
+        let e = ApiError::from_response(
+            Endpoint::Collection,
+            404,
+            None,
+            r#"{"detail":"Phone number not found"}"#,
+        );
         assert!(matches!(e, ApiError::Rejected { status: 404, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn key_rejections_and_408_are_retried() {
+        for status in [401, 403] {
+            let e = ApiError::from_response(
+                Endpoint::Collection,
+                status,
+                None,
+                r#"{"detail":"Invalid or missing API key"}"#,
+            );
+            assert!(matches!(e, ApiError::KeyRejected { .. }), "{e:?}");
+            assert!(e.is_retryable());
+            assert!(!e.is_throttled());
+        }
+        let e = ApiError::from_response(Endpoint::Item, 408, None, "");
+        assert!(matches!(e, ApiError::Unavailable { .. }), "{e:?}");
     }
 
     #[test]
     fn non_json_body_falls_back_to_truncated_text() {
         let body = "x".repeat(2000);
-        let e = ApiError::from_response(502, None, &body);
+        let e = ApiError::from_response(Endpoint::Item, 502, None, &body);
         let ApiError::Unavailable { detail, .. } = e else {
             panic!("not unavailable")
         };

@@ -1356,6 +1356,11 @@ fn seed_from_env() -> u64 {
 async fn chaos_smoke_loses_nothing_under_faults_and_a_kill() {
     let report = run(Params::smoke(seed_from_env())).await;
     println!("{}", report.render());
+    if !report.passed() {
+        let path = repo().join(format!("target/chaos-smoke-{}.log", report.seed));
+        let _ = std::fs::write(&path, &report.operator_logs);
+        println!("operator log: {}", path.display());
+    }
     assert!(
         report.passed(),
         "chaos smoke failed (seed {}, rerun with CHAOS_SEED={}): {:#?}",

@@ -85,48 +85,55 @@ async fn create_tenant_secret(secrets: &Api<Secret>) {
         .expect("create tenant Secret");
 }
 
-/// PhoneNumber `t` using the tenant's key, Ready.
-async fn apply_tenant_object(w: &World) {
+/// PhoneNumber `name` using the tenant's key, Ready.
+async fn apply_tenant_object(w: &World, name: &str) {
     w.apply(
-        "t",
+        name,
         with(
             credential_spec(&number()),
             json!({"apiKeySecretRef": {"name": "tenant-key"}}),
         ),
     )
     .await;
-    w.wait_ready("t").await;
+    w.wait_ready(name).await;
 }
 
 #[tokio::test]
 async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number() {
     // The mock accepts only the tenant's key: the operator-wide key gets 401.
-    let w = World::start_with("tenant", &["--api-key", TENANT_KEY], &[]).await;
+    let mut w = World::start_with("tenant", &["--api-key", TENANT_KEY], &[]).await;
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
     create_tenant_secret(&secrets).await;
-    apply_tenant_object(&w).await;
-    // Without the tenant key the operator-wide key is refused.
+    apply_tenant_object(&w, "t").await;
+    // Without the tenant key the operator-wide key is refused: the key's fault, not the spec's.
     w.apply("no-tenant", credential_spec(&number())).await;
-    let pn = w
-        .wait_reason("no-tenant", "Stalled", "RegistrationRejected")
-        .await;
-    assert!(
-        pn.condition("Stalled")
-            .expect("stalled")
-            .message
-            .contains("401"),
-        "{:?}",
-        pn.status
-    );
+    let pn = w.wait_reason("no-tenant", "Stalled", "APIKeyRejected").await;
+    let msg = &pn.condition("Stalled").expect("stalled").message;
+    assert!(msg.contains("401") && msg.contains("operator's API key"), "{msg}");
+    assert!(!msg.contains("Fix the spec"), "{msg}");
 
-    // The tenant Secret disappears, then the object is deleted: the operator-wide key cannot
-    // deregister, so the deletion is blocked with the fix named.
+    // The tenant Secret goes first, then the object (as when the namespace is deleted): the
+    // operator deregisters with the key it last read.
     secrets
         .delete("tenant-key", &DeleteParams::default())
         .await
         .expect("delete secret");
     w.delete("t").await;
-    let pn = w.wait_reason("t", "Stalled", "DeletionBlocked").await;
+    w.wait_gone("t", Duration::from_secs(20)).await;
+    assert!(w.mock.registrations().await.is_empty());
+
+    // After a restart the operator never read the key: the operator-wide key's 404 proves
+    // nothing, so the deletion is blocked with the fix named until the Secret is back.
+    create_tenant_secret(&secrets).await;
+    apply_tenant_object(&w, "t2").await;
+    w.operator.kill();
+    secrets
+        .delete("tenant-key", &DeleteParams::default())
+        .await
+        .expect("delete secret");
+    w.operator.spawn();
+    w.delete("t2").await;
+    let pn = w.wait_reason("t2", "Stalled", "DeletionBlocked").await;
     let msg = &pn.condition("Stalled").expect("stalled").message;
     assert!(
         msg.contains("tenant-key") && msg.contains("Restore the Secret") && msg.contains("Orphan"),
@@ -135,7 +142,7 @@ async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number
     assert_eq!(w.mock.registrations().await.len(), 1);
 
     create_tenant_secret(&secrets).await;
-    w.wait_gone("t", Duration::from_secs(20)).await;
+    w.wait_gone("t2", Duration::from_secs(20)).await;
     assert!(w.mock.registrations().await.is_empty());
     w.assert_no_secrets(&[TENANT_KEY]).await;
 }
@@ -151,7 +158,7 @@ async fn deletion_falls_back_to_the_operator_key_when_it_can_do_it() {
     .await;
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
     create_tenant_secret(&secrets).await;
-    apply_tenant_object(&w).await;
+    apply_tenant_object(&w, "t").await;
     secrets
         .delete("tenant-key", &DeleteParams::default())
         .await

@@ -1,0 +1,536 @@
+//! Act: the one driver that carries out what `decide` chose. It alone writes: the finalizer,
+//! the pending-create marker, status, the id annotation, events, OneInbox calls and this
+//! process's per-object memory. Each effect is one `await`; the order of effects within a
+//! step is fixed here and nowhere else.
+//!
+//! Crash safety of the create: the finalizer and a `status.pendingCreate` marker are written
+//! with optimistic concurrency before the POST, and an object that carries the marker without
+//! an id is looked up by number and adopted before anything is posted again.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::decide::{DoneAfter, Failure, Op, Read, Step, Then, requested_reconcile};
+use super::memory::Checked;
+use super::observe::{ApiKey, Observation, Reader};
+use super::plan;
+use super::status::{self, Phase, RemoteFacts, StatusData};
+use super::{Context, lock, redact};
+use crate::crd::{
+    ANNOTATION_PHONE_NUMBER_ID, FIELD_MANAGER, FINALIZER, PendingCreate, PhoneNumber,
+    PhoneNumberStatus,
+};
+use crate::error::{Error, Result};
+use crate::oneinbox::{OneInboxApi, PatchRequest};
+
+/// What the pass does after a step.
+pub enum Next {
+    /// Decide again.
+    Decide,
+    /// Carry out this step now.
+    Step(Box<Step>),
+    /// The pass is over.
+    End(Action),
+}
+
+/// The error a failed OneInbox call ends a pass with.
+pub fn error_of(f: &Failure) -> Error {
+    let e = f.error.clone();
+    match f.op {
+        Op::Register => Error::RegisterNumber(e),
+        Op::Get => Error::GetNumber(e),
+        Op::Lookup => Error::LookupNumber(e),
+        Op::Update => Error::UpdateNumber(e),
+        Op::Deregister => Error::DeregisterNumber(e),
+    }
+}
+
+pub struct Driver<'a, C> {
+    pub ctx: &'a Context<C>,
+    api: Api<PhoneNumber>,
+    /// The OneInbox client with the key this object uses (its tenant's, or the operator's).
+    oneinbox: C,
+}
+
+impl<'a, C: OneInboxApi> Driver<'a, C> {
+    pub fn new(ctx: &'a Context<C>, namespace: &str) -> Self {
+        Driver {
+            ctx,
+            api: Api::namespaced(ctx.client.clone(), namespace),
+            oneinbox: ctx.oneinbox.clone(),
+        }
+    }
+
+    /// Carry out one step.
+    pub async fn act(&mut self, obs: &mut Observation, step: Step) -> Result<Next> {
+        match step {
+            Step::Read(read) => self.read(obs, read).await?,
+            Step::Report { data, phase, then } => {
+                self.write_phase(obs, data, phase).await?;
+                return self.then(obs, then);
+            }
+            Step::Fail(f) => return Err(error_of(&f)),
+            Step::Done(after) => return Ok(Next::End(action(after))),
+            Step::Adopt { id } => {
+                self.add_finalizer(obs).await?;
+                let note = format!("Adopted the existing OneInbox registration {id}");
+                self.event(obs, EventType::Normal, "Adopted", note).await;
+                obs.adopted = true;
+            }
+            Step::ReportLost { id } => {
+                let note = format!(
+                    "OneInbox registration {id} no longer exists (removed outside the cluster); registering the number again"
+                );
+                self.event(obs, EventType::Warning, "RegistrationLost", note)
+                    .await;
+                obs.lost_reported = true;
+            }
+            Step::Replace { id } => {
+                let note = format!(
+                    "SIP credentials changed; deregistering {id} to register the number again"
+                );
+                self.event(obs, EventType::Normal, "Replacing", note).await;
+                obs.deregistered = Some(self.oneinbox.deregister(&id).await);
+            }
+            Step::Register {
+                credentials,
+                hash,
+                marker_present,
+            } => {
+                if !marker_present {
+                    self.add_finalizer(obs).await?;
+                    self.write_marker(obs, hash).await?;
+                }
+                let req = plan::register_request(&obs.obj, &credentials);
+                let res = self.oneinbox.register(&req).await;
+                if let Ok(reg) = &res {
+                    info!(id = %reg.id, "registered");
+                }
+                obs.posted = Some((marker_present, res));
+            }
+            Step::Persist {
+                registration,
+                hash,
+                event: (reason, note),
+            } => {
+                self.event(obs, EventType::Normal, reason, note).await;
+                let data = StatusData {
+                    remote: RemoteFacts::from_registration(&registration),
+                    credentials_hash: hash,
+                    pending_create: None,
+                    last_handled_reconcile_at: requested_reconcile(&obs.obj),
+                };
+                let phase = if registration.is_active() {
+                    Phase::Available
+                } else {
+                    Phase::Progressing {
+                        reason: status::reason::PROVISIONING,
+                        message: format!(
+                            "OneInbox reports state {:?}; waiting for \"active\"",
+                            registration.status
+                        ),
+                    }
+                };
+                self.write_phase(obs, data, phase).await?;
+                self.ensure_annotation(obs, &registration.id).await?;
+                obs.persisted = Some(registration);
+            }
+            Step::Patch { id, patch, event } => {
+                let res = self.oneinbox.patch(&id, &patch).await;
+                if let Ok(updated) = &res {
+                    let fields = patch_fields(&patch);
+                    let note = if event == "Updated" {
+                        format!("Updated {fields} of registration {}", updated.id)
+                    } else {
+                        format!(
+                            "Corrected drift of {fields} in registration {} (changed outside the cluster)",
+                            updated.id
+                        )
+                    };
+                    self.event(obs, EventType::Normal, event, note).await;
+                }
+                obs.patched = Some(res);
+            }
+            Step::Annotate { id } => self.ensure_annotation(obs, &id).await?,
+            Step::RememberCleanRefusal { token, then } => {
+                self.remember(obs, |m| m.clean_refusal = Some(token));
+                return Ok(Next::Step(then));
+            }
+            Step::ForgetCheck { then } => {
+                self.remember(obs, |m| m.check = None);
+                return Ok(Next::Step(then));
+            }
+            Step::Orphan { what } => {
+                self.remove_finalizer(obs).await?;
+                let note = format!("deletionPolicy is Orphan: left {what} registered in OneInbox");
+                self.event(obs, EventType::Normal, "Orphaned", note).await;
+                self.finish(obs);
+                return Ok(Next::End(Action::await_change()));
+            }
+            Step::Deregister { id } => {
+                obs.deregistered = Some(self.oneinbox.deregister(&id).await);
+            }
+            Step::Release { released, event } => {
+                if let Some(id) = released {
+                    // If removing the finalizer fails now, the retry's 404 is known to be ours.
+                    self.remember(obs, |m| m.released = Some(id));
+                }
+                self.remove_finalizer(obs).await?;
+                if let Some((reason, note)) = event {
+                    self.event(obs, EventType::Normal, reason, note).await;
+                }
+                self.finish(obs);
+                return Ok(Next::End(Action::await_change()));
+            }
+            Step::Blocked { cause, failure } => {
+                self.report_deletion_blocked(obs, cause.clone()).await?;
+                return Err(match failure {
+                    Some(f) => error_of(&f),
+                    None => Error::DeletionBlocked(cause),
+                });
+            }
+        }
+        Ok(Next::Decide)
+    }
+
+    async fn read(&mut self, obs: &mut Observation, read: Read) -> Result<()> {
+        let reader = Reader { ctx: self.ctx };
+        match read {
+            Read::ApiKey => {
+                let key = reader.api_key(obs).await?;
+                match &key {
+                    ApiKey::Tenant(k) => {
+                        self.oneinbox = self.ctx.oneinbox.with_api_key(k.clone());
+                        let k = k.clone();
+                        self.remember(obs, |m| m.tenant_key = Some(k));
+                    }
+                    // Deleting after the tenant Secret went: the key this process last read.
+                    ApiKey::Missing(_) if obs.obj.metadata.deletion_timestamp.is_some() => {
+                        if let Some(k) = &obs.memory.tenant_key {
+                            self.oneinbox = self.ctx.oneinbox.with_api_key(k.clone());
+                        }
+                    }
+                    _ => {}
+                }
+                obs.api_key = Some(key);
+            }
+            Read::Credentials => obs.credentials = Some(reader.credentials(obs).await?),
+            Read::Registration(id) => obs.fetched = Some(self.oneinbox.get(&id).await),
+            Read::LookupByNumber => {
+                let found = self
+                    .oneinbox
+                    .find_by_number(&obs.obj.spec.phone_number)
+                    .await;
+                obs.lookup = Some(found.map(|mut all| all.pop()));
+            }
+        }
+        Ok(())
+    }
+
+    fn then(&mut self, obs: &mut Observation, then: Then) -> Result<Next> {
+        Ok(match then {
+            Then::AwaitChange => Next::End(Action::await_change()),
+            Then::Requeue(d) => Next::End(Action::requeue(d)),
+            Then::Continue => {
+                obs.continued = true;
+                Next::Decide
+            }
+            Then::Fail(f) => return Err(error_of(&f)),
+            Then::Checked {
+                id,
+                patchable,
+                generation,
+            } => {
+                let interval = plan::poll_interval(
+                    &obs.obj,
+                    self.ctx.settings.poll_interval,
+                    self.ctx.settings.min_poll_interval,
+                )
+                .map(|d| plan::jittered(d, rand::random_range(0.8..=1.2)));
+                let check = Checked {
+                    generation,
+                    id,
+                    at: std::time::Instant::now(),
+                    interval,
+                    remote: patchable,
+                    secrets: plan::secret_versions_digest(
+                        obs.secrets_read
+                            .iter()
+                            .map(|(n, rv)| (n.as_str(), rv.as_str())),
+                    ),
+                    dispatched: false,
+                };
+                self.remember(obs, |m| m.check = Some(check));
+                // The drift-check sweep brings it back when its interval is over.
+                Next::End(Action::await_change())
+            }
+        })
+    }
+
+    fn remember(&self, obs: &mut Observation, f: impl FnOnce(&mut super::memory::ObjectMemory)) {
+        let uid = obs.uid();
+        let mut memory = lock(&self.ctx.memory);
+        memory.update(&uid, f);
+        obs.memory = memory.get(&uid);
+    }
+
+    /// Forget this object and wake the objects that waited for its number or its id.
+    fn finish(&self, obs: &Observation) {
+        let uid = obs.uid();
+        lock(&self.ctx.memory).forget(&uid);
+        self.ctx.backoff.reset(&uid);
+        let id = obs.obj.known_id();
+        for other in self.ctx.store.state() {
+            let waits = other.spec.phone_number == obs.obj.spec.phone_number
+                || (id.is_some() && other.known_id() == id);
+            if waits && other.uid().as_deref() != Some(uid.as_str()) {
+                let _ = self.ctx.siblings.send(ObjectRef::from_obj(other.as_ref()));
+            }
+        }
+    }
+
+    /// Say DeletionBlocked, with the escape hatch.
+    async fn report_deletion_blocked(
+        &mut self,
+        obs: &mut Observation,
+        cause: String,
+    ) -> Result<()> {
+        let message = format!(
+            "{cause}. The finalizer {FINALIZER} stays until OneInbox confirms; to keep the registration and finish deleting now, set spec.deletionPolicy: Orphan"
+        );
+        let before = obs.obj.condition(status::STALLED).map(|c| c.reason.clone());
+        let phase = Phase::DeletionBlocked {
+            message: message.clone(),
+        };
+        self.write_phase(obs, StatusData::current(&obs.obj), phase)
+            .await?;
+        if before.as_deref() != Some(status::reason::DELETION_BLOCKED) {
+            self.event(obs, EventType::Warning, "DeletionBlocked", message)
+                .await;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- kube writes
+
+    /// Write the desired status for `phase` if anything changed. Publishes a Warning when the
+    /// object becomes Stalled for a new reason.
+    async fn write_phase(
+        &mut self,
+        obs: &mut Observation,
+        data: StatusData,
+        phase: Phase,
+    ) -> Result<()> {
+        let phase = redact::phase(phase, &secrets_of(obs));
+        let desired = status::desired_status(&obs.obj, data, &phase, now());
+        if !status::needs_write(obs.obj.status.as_ref(), &desired) {
+            return Ok(());
+        }
+        let before = obs.obj.condition(status::STALLED).map(|c| c.reason.clone());
+        self.patch_status(obs, &desired, false).await?;
+        if let Phase::Stalled { reason, message } | Phase::AvailableButStalled { reason, message } =
+            &phase
+            && before.as_deref() != Some(*reason)
+        {
+            self.event(obs, EventType::Warning, reason, message.clone())
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The pending-create marker, written only if the object is still at the resourceVersion
+    /// we read: a stale view (another pass, another replica) fails here with a conflict
+    /// instead of posting twice.
+    async fn write_marker(&mut self, obs: &mut Observation, hash: String) -> Result<()> {
+        let marker = PendingCreate {
+            token: uuid::Uuid::new_v4().to_string(),
+            started_at: jiff::Timestamp::now().to_string(),
+        };
+        let data = StatusData {
+            remote: RemoteFacts::default(),
+            credentials_hash: Some(hash),
+            pending_create: Some(marker),
+            last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        };
+        let phase = Phase::Progressing {
+            reason: status::reason::CREATING,
+            message: "Registering the number with OneInbox".into(),
+        };
+        let desired = status::desired_status(&obs.obj, data, &phase, now());
+        self.patch_status(obs, &desired, true).await
+    }
+
+    /// Server-side apply of the full status, forced, as `oneinbox-operator`; with
+    /// `precondition`, only if the object is still at the resourceVersion we read.
+    async fn patch_status(
+        &mut self,
+        obs: &mut Observation,
+        desired: &PhoneNumberStatus,
+        precondition: bool,
+    ) -> Result<()> {
+        let mut body = json!({
+            "apiVersion": "oneinbox.ai/v1alpha1",
+            "kind": "PhoneNumber",
+            "status": desired,
+        });
+        if precondition {
+            body["metadata"] = json!({ "resourceVersion": obs.obj.resource_version() });
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let name = obs.obj.name_any();
+        let res = self
+            .ctx
+            .kube_call(self.api.patch_status(&name, &params, &Patch::Apply(&body)))
+            .await?;
+        self.ctx.metrics.status_patched(res.is_ok());
+        obs.obj = res.map_err(Error::PatchStatus)?;
+        self.note_written(obs);
+        Ok(())
+    }
+
+    async fn add_finalizer(&mut self, obs: &mut Observation) -> Result<()> {
+        if obs.obj.has_finalizer() {
+            return Ok(());
+        }
+        let mut finalizers = obs.obj.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        self.patch_metadata(obs, json!({ "finalizers": finalizers }))
+            .await
+    }
+
+    /// Remove our finalizer with a JSON patch that tests it is still at its index: no
+    /// resourceVersion precondition, so unrelated changes to the object cannot make it fail.
+    async fn remove_finalizer(&mut self, obs: &mut Observation) -> Result<()> {
+        let Some(index) = obs.obj.finalizers().iter().position(|f| f == FINALIZER) else {
+            return Ok(());
+        };
+        let path = format!("/metadata/finalizers/{index}");
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            { "op": "test", "path": path, "value": FINALIZER },
+            { "op": "remove", "path": path },
+        ]))
+        .map_err(|_| Error::InvalidObject("finalizer patch"))?;
+        let name = obs.obj.name_any();
+        let res = self
+            .ctx
+            .kube_call(
+                self.api
+                    .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)),
+            )
+            .await?;
+        match res {
+            Ok(updated) => {
+                obs.obj = updated;
+                self.note_written(obs);
+                Ok(())
+            }
+            // Already gone: nothing left to release.
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(Error::PatchMetadata(e)),
+        }
+    }
+
+    async fn ensure_annotation(&mut self, obs: &mut Observation, id: &str) -> Result<()> {
+        if obs.obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id) {
+            return Ok(());
+        }
+        self.patch_metadata(
+            obs,
+            json!({ "annotations": { ANNOTATION_PHONE_NUMBER_ID: id } }),
+        )
+        .await
+    }
+
+    /// Merge patch of metadata, guarded by the resourceVersion we read.
+    async fn patch_metadata(
+        &mut self,
+        obs: &mut Observation,
+        mut metadata: serde_json::Value,
+    ) -> Result<()> {
+        metadata["resourceVersion"] = json!(obs.obj.resource_version());
+        let name = obs.obj.name_any();
+        let body = json!({ "metadata": metadata });
+        let res = self
+            .ctx
+            .kube_call(
+                self.api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&body)),
+            )
+            .await?;
+        obs.obj = res.map_err(Error::PatchMetadata)?;
+        self.note_written(obs);
+        Ok(())
+    }
+
+    /// Remember the resourceVersion of the write just made (see `reconcile`).
+    fn note_written(&self, obs: &mut Observation) {
+        if let Some(rv) = obs.obj.resource_version().and_then(|rv| rv.parse().ok()) {
+            self.remember(obs, |m| m.written = Some(rv));
+        }
+    }
+
+    async fn event(&self, obs: &Observation, type_: EventType, reason: &str, note: String) {
+        let note = redact::text(&note, &secrets_of(obs), redact::MAX_EVENT_NOTE);
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // Events are published on transitions only, so the recorder's 6-minute series cache
+        // (one Event kept per publish) buys nothing and at 10,000 objects costs tens of MiB:
+        // each publish gets a fresh recorder.
+        let recorder = Recorder::new(self.ctx.client.clone(), self.ctx.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, &obs.obj.object_ref(&())).await {
+            warn!(error = %e, reason, "publishing an event failed");
+        }
+    }
+}
+
+fn action(after: DoneAfter) -> Action {
+    match after {
+        DoneAfter::AwaitChange => Action::await_change(),
+        DoneAfter::Requeue(d) => Action::requeue(d),
+    }
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// The secret values this pass has in hand: scrubbed from every text it writes.
+fn secrets_of(obs: &Observation) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(Ok(plan::Credentials::Sip { auth_password, .. })) = &obs.credentials {
+        out.push(auth_password.expose().to_owned());
+    }
+    if let Some(ApiKey::Tenant(k)) = &obs.api_key {
+        out.push(k.expose().to_owned());
+    }
+    if let Some(k) = &obs.memory.tenant_key {
+        out.push(k.expose().to_owned());
+    }
+    out
+}
+
+/// "agent_id and inbound_routing", for events.
+fn patch_fields(p: &PatchRequest) -> String {
+    let mut names = Vec::new();
+    if p.friendly_name.is_some() {
+        names.push("friendly_name");
+    }
+    if p.agent_id.is_some() {
+        names.push("agent_id");
+    }
+    if p.inbound_routing.is_some() {
+        names.push("inbound_routing");
+    }
+    names.join(", ")
+}

@@ -1,0 +1,980 @@
+//! Decide: the whole decision table of the reconciler, as one pure function of what a pass has
+//! observed so far. `decide` returns the next `Step`: a read the pass still needs, an effect, or
+//! the status to report and how the pass ends. The driver (`act`) carries the step out, adds
+//! its result to the observation and asks again, until a step ends the pass.
+//!
+//! Guards of the form "don't repeat a request that was refused" are read here from the
+//! observation (the Stalled condition, its generation, the credentials hash and the handled
+//! reconcile request), never checked inside an effect.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use super::Settings;
+use super::observe::{ApiKey, Observation, SecretProblem, SecretProblemKind};
+use super::plan::{self, Credentials, PatchableDigest};
+use super::status::{self, Phase, RemoteFacts, StatusData, reason};
+use crate::crd::{
+    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy,
+    ReplacementPolicy,
+};
+use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
+
+/// How often an object that waits on another (a duplicate claim) looks again, as a fallback to
+/// the direct trigger when the owner goes away.
+pub const DUPLICATE_RECHECK: Duration = Duration::from_secs(300);
+/// After a PATCH found the registration gone: look again soon (the next pass GETs, sees the
+/// 404 and registers again).
+const GONE_RECHECK: Duration = Duration::from_millis(200);
+
+/// A read the pass needs before it can decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The tenant API key (or learn that the operator-wide one applies).
+    ApiKey,
+    /// The SIP password Secret, or the stored credential id.
+    Credentials,
+    /// `GET /v1/phone-numbers/{id}`.
+    Registration(String),
+    /// `GET /v1/phone-numbers?phone_number=`.
+    LookupByNumber,
+}
+
+/// Which OneInbox call failed (for the error and its metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Register,
+    Get,
+    Lookup,
+    Update,
+    Deregister,
+}
+
+/// A OneInbox failure the pass ends with (the controller's backoff retries it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub op: Op,
+    pub error: ApiError,
+}
+
+/// How a pass that reports a status ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Then {
+    /// Wait for a change (a watch event, a Secret, the drift sweep).
+    AwaitChange,
+    Requeue(Duration),
+    /// Go on deciding (the report is a step on the way, e.g. `Deleting`).
+    Continue,
+    /// End with this failure: the controller's error policy backs off.
+    Fail(Failure),
+    /// The registration is checked and in line with the spec of `generation`: remember it,
+    /// and let the drift sweep bring the object back.
+    Checked {
+        id: String,
+        patchable: PatchableDigest,
+        generation: Option<i64>,
+    },
+}
+
+/// The next thing a pass does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Read something first.
+    Read(Read),
+    /// Write this status (only if it changed; a Warning when it becomes Stalled for a new
+    /// reason), then end as `then` says.
+    Report {
+        data: StatusData,
+        phase: Phase,
+        then: Then,
+    },
+    /// End the pass with a failure and write nothing (a 429 says nothing about the object).
+    Fail(Failure),
+    /// End the pass and write nothing.
+    Done(DoneAfter),
+    /// Deliberate adoption of the registration the annotation names: finalizer first (guarded
+    /// by the resourceVersion), then an `Adopted` event.
+    Adopt { id: String },
+    /// The registration is gone from OneInbox: a `RegistrationLost` Warning, then register again.
+    ReportLost { id: String },
+    /// The credentials changed and `replacementPolicy: Replace`: `Replacing` event, DELETE.
+    Replace { id: String },
+    /// Register: finalizer and pending marker (guarded) unless a marker is there, then POST.
+    Register {
+        credentials: Credentials,
+        hash: String,
+        marker_present: bool,
+    },
+    /// Write the new registration's ids right away, with an event.
+    Persist {
+        registration: Registration,
+        hash: Option<String>,
+        event: (&'static str, String),
+    },
+    /// One PATCH with only the changed fields, with an `Updated` or `DriftCorrected` event.
+    Patch {
+        id: String,
+        patch: PatchRequest,
+        event: &'static str,
+    },
+    /// Mirror the id into the annotation (the durable copy).
+    Annotate { id: String },
+    /// Remember that a clean 429 refused this pending attempt (the next attempt posts without
+    /// a look-up), then take `then`.
+    RememberCleanRefusal { token: String, then: Box<Step> },
+    /// Forget the last check (what the API holds is no longer known), then take `then`.
+    ForgetCheck { then: Box<Step> },
+    // ---- deletion
+    /// `deletionPolicy: Orphan`: remove the finalizer, `Orphaned` event.
+    Orphan { what: String },
+    /// `DELETE /v1/phone-numbers/{id}`.
+    Deregister { id: String },
+    /// Remove the finalizer, with an event if there is one. `released` is the registration
+    /// this process deregistered (a retry's 404 is then known to be ours).
+    Release {
+        released: Option<String>,
+        event: Option<(&'static str, String)>,
+    },
+    /// Deletion cannot finish: `DeletionBlocked`, and back off.
+    Blocked {
+        cause: String,
+        failure: Option<Failure>,
+    },
+}
+
+/// How a pass that writes nothing ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoneAfter {
+    AwaitChange,
+    Requeue(Duration),
+}
+
+/// The next step of the pass.
+pub fn decide(obs: &Observation, settings: &Settings) -> Step {
+    if obs.obj.metadata.deletion_timestamp.is_some() {
+        decide_deletion(obs)
+    } else {
+        decide_apply(obs, settings)
+    }
+}
+
+fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
+    let obj = &obs.obj;
+    if obj.is_paused() {
+        return report(StatusData::current(obj), Phase::Paused, Then::AwaitChange);
+    }
+    let known_id = obj.known_id();
+    if let Some(owner) = &obs.number_owner {
+        let msg = format!(
+            "PhoneNumber {owner} already manages {}; this object will not register it. Delete this object, or change its phoneNumber",
+            obj.spec.phone_number
+        );
+        return stall(
+            obs,
+            reason::DUPLICATE_PHONE_NUMBER,
+            msg,
+            Then::Requeue(DUPLICATE_RECHECK),
+        );
+    }
+    if let (Some(id), Some(owner)) = (&known_id, &obs.id_owner) {
+        let msg = format!(
+            "PhoneNumber {owner} already manages OneInbox registration {id}; this object will not adopt or change it, and deleting it leaves the registration alone. Remove the {ANNOTATION_PHONE_NUMBER_ID} annotation, or delete this object"
+        );
+        return stall(
+            obs,
+            reason::DUPLICATE_PHONE_NUMBER,
+            msg,
+            Then::Requeue(DUPLICATE_RECHECK),
+        );
+    }
+
+    // Checked recently and no referenced Secret changed since: nothing to read or call.
+    if let Some(id) = &known_id
+        && obs.secrets_unchanged
+        && fresh(obs, id, None)
+    {
+        return Step::Done(DoneAfter::AwaitChange);
+    }
+
+    match &obs.api_key {
+        None => return Step::Read(Read::ApiKey),
+        Some(ApiKey::Missing(problem)) => return wait_for_secret(obs, problem, settings),
+        Some(_) => {}
+    }
+    let Some(credentials) = &obs.credentials else {
+        return Step::Read(Read::Credentials);
+    };
+    let hash = credentials
+        .as_ref()
+        .ok()
+        .map(|c| plan::credentials_hash(&obs.uid(), c));
+
+    let remote = match remote(obs, known_id.as_deref(), hash.as_deref()) {
+        Ok(remote) => remote,
+        Err(step) => return *step,
+    };
+    let (remote, hash) = match remote {
+        Some(r) => match replacement(obs, &r.id, hash.as_deref()) {
+            Replacement::No => (r, hash),
+            Replacement::Report => {
+                let registered = obj.status.as_ref().and_then(|s| s.credentials_hash.clone());
+                (r, registered)
+            }
+            // Deregistered in this pass: `remote` is then `None`, see below.
+            Replacement::Now => return Step::Replace { id: r.id },
+        },
+        None => match register(obs, credentials, hash.as_deref(), settings) {
+            Ok(r) => (r, hash),
+            Err(step) => return *step,
+        },
+    };
+
+    // Bring the PATCHable fields in line (one PATCH, changed fields only).
+    let patch = plan::patch_for(obj, &remote.patchable);
+    if !patch.is_empty() {
+        match &obs.patched {
+            None if refused(obs, reason::UPDATE_REJECTED) => {
+                return Step::Done(DoneAfter::AwaitChange);
+            }
+            None => {
+                // Drift only if this spec was already in line at the last check; after a
+                // restart (no record) a difference is reported as an update.
+                let spec_changed = obs
+                    .memory
+                    .check
+                    .as_ref()
+                    .is_none_or(|c| c.generation != obs.generation);
+                let event = if spec_changed {
+                    "Updated"
+                } else {
+                    "DriftCorrected"
+                };
+                return Step::Patch {
+                    id: remote.id,
+                    patch,
+                    event,
+                };
+            }
+            // `remote` already is the PATCH's answer when it succeeded.
+            Some(Ok(_)) => {}
+            Some(Err(ApiError::NotFound)) => {
+                return Step::ForgetCheck {
+                    then: Box::new(Step::Done(DoneAfter::Requeue(GONE_RECHECK))),
+                };
+            }
+            Some(Err(e @ ApiError::Rejected { .. })) => {
+                let msg = format!("OneInbox rejected the update: {e}. Fix the spec");
+                return stall(obs, reason::UPDATE_REJECTED, msg, Then::AwaitChange);
+            }
+            Some(Err(e)) => {
+                let failure = Failure {
+                    op: Op::Update,
+                    error: e.clone(),
+                };
+                // A 429 changed nothing. Without an answer the PATCH may have been applied, and
+                // the last check no longer says what the API holds: the next pass GETs.
+                if e.is_throttled() {
+                    return api_failure(obs, failure);
+                }
+                return Step::ForgetCheck {
+                    then: Box::new(api_failure(obs, failure)),
+                };
+            }
+        }
+    }
+
+    if obj.annotation(ANNOTATION_PHONE_NUMBER_ID) != Some(remote.id.as_str()) {
+        return Step::Annotate { id: remote.id };
+    }
+
+    let replacement_pending = matches!(
+        replacement(obs, &remote.id, hash_now(obs).as_deref()),
+        Replacement::Report
+    );
+    let state = remote.facts.state.clone().unwrap_or_default();
+    let phase = if state == "failed" {
+        Phase::Stalled {
+            reason: reason::REGISTRATION_FAILED,
+            message: format!(
+                "OneInbox reports provisioning of {} failed. Delete and re-create the PhoneNumber, or contact OneInbox support",
+                remote.id
+            ),
+        }
+    } else if !crate::oneinbox::is_active_state(&state) {
+        Phase::Progressing {
+            reason: reason::PROVISIONING,
+            message: format!("OneInbox reports state {state:?}; waiting for \"active\""),
+        }
+    } else if replacement_pending {
+        Phase::AvailableButStalled {
+            reason: reason::REPLACEMENT_REQUIRED,
+            message: "The SIP credentials changed, and OneInbox can only apply them by registering the number again. The number keeps working with the old credentials. Set spec.replacementPolicy: Replace to re-register, or restore the old credentials".into(),
+        }
+    } else {
+        Phase::Available
+    };
+    let active = matches!(phase, Phase::Available | Phase::AvailableButStalled { .. });
+    let then = if active {
+        Then::Checked {
+            id: remote.id.clone(),
+            patchable: remote.patchable,
+            generation: obs.generation,
+        }
+    } else {
+        Then::Requeue(settings.provisioning_poll)
+    };
+    let data = StatusData {
+        remote: remote.facts,
+        credentials_hash: hash,
+        pending_create: None,
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+    };
+    report(data, phase, then)
+}
+
+/// What the pass knows of the registration the object names, or `Ok(None)` when there is none
+/// (never was, gone, or released by a replacement in this pass) and the number is to be
+/// registered. `Err` is the step to take first.
+fn remote(
+    obs: &Observation,
+    known_id: Option<&str>,
+    hash: Option<&str>,
+) -> Result<Option<Remote>, Box<Step>> {
+    if let Some(Ok(reg)) = &obs.patched {
+        return Ok(Some(Remote::of(reg)));
+    }
+    if let Some(reg) = &obs.persisted {
+        return Ok(Some(Remote::of(reg)));
+    }
+    if matches!(obs.deregistered, Some(Ok(_))) {
+        return Ok(None);
+    }
+    if let Some(Err(e)) = &obs.deregistered {
+        return Err(Box::new(api_failure(
+            obs,
+            Failure {
+                op: Op::Deregister,
+                error: e.clone(),
+            },
+        )));
+    }
+    let Some(id) = known_id else {
+        return Ok(None);
+    };
+    if fresh(obs, id, hash) {
+        return Err(Box::new(Step::Done(DoneAfter::AwaitChange)));
+    }
+    // A spec change within the interval is diffed against the last check.
+    if obs.fetched.is_none()
+        && let Some(cached) = cached_remote(obs, id)
+    {
+        return Ok(Some(cached));
+    }
+    let obj = &obs.obj;
+    match &obs.fetched {
+        None => Err(Box::new(Step::Read(Read::Registration(id.to_owned())))),
+        Some(Ok(reg)) if reg.phone_number != obj.spec.phone_number => {
+            let msg = format!(
+                "OneInbox registration {id} is for {}, not {}. Fix or remove the {ANNOTATION_PHONE_NUMBER_ID} annotation",
+                reg.phone_number, obj.spec.phone_number
+            );
+            Err(Box::new(stall(
+                obs,
+                reason::ID_MISMATCH,
+                msg,
+                Then::AwaitChange,
+            )))
+        }
+        Some(Ok(reg)) => {
+            let adopting = obj
+                .status
+                .as_ref()
+                .and_then(|s| s.phone_number_id.as_deref())
+                != Some(reg.id.as_str());
+            if adopting && !obs.adopted {
+                return Err(Box::new(Step::Adopt { id: reg.id.clone() }));
+            }
+            Ok(Some(Remote::of(reg)))
+        }
+        // Gone while a replacement is due: most likely released by that replacement itself
+        // (its answer or the next write was lost), so not reported lost.
+        Some(Err(ApiError::NotFound)) if matches!(replacement(obs, id, hash), Replacement::Now) => {
+            Ok(None)
+        }
+        Some(Err(ApiError::NotFound)) if !obs.lost_reported => {
+            Err(Box::new(Step::ReportLost { id: id.to_owned() }))
+        }
+        Some(Err(ApiError::NotFound)) => Ok(None),
+        Some(Err(e)) => Err(Box::new(api_failure(
+            obs,
+            Failure {
+                op: Op::Get,
+                error: e.clone(),
+            },
+        ))),
+    }
+}
+
+/// The registration once the number is registered (or found registered by an interrupted
+/// attempt); `Err` is the step to take first.
+fn register(
+    obs: &Observation,
+    credentials: &Result<Credentials, SecretProblem>,
+    hash: Option<&str>,
+    settings: &Settings,
+) -> Result<Remote, Box<Step>> {
+    let obj = &obs.obj;
+    let credentials = match credentials {
+        Ok(c) => c,
+        Err(problem) => return Err(Box::new(wait_for_secret(obs, problem, settings))),
+    };
+    let hash = hash.map(str::to_owned).unwrap_or_default();
+    let marker = obj.status.as_ref().and_then(|s| s.pending_create.clone());
+    match &obs.posted {
+        None => {}
+        Some((_, Ok(reg))) => {
+            return Err(Box::new(Step::Persist {
+                registration: reg.clone(),
+                hash: Some(hash),
+                event: (
+                    "Registered",
+                    format!(
+                        "Registered {} with OneInbox as {}",
+                        reg.phone_number, reg.id
+                    ),
+                ),
+            }));
+        }
+        // A repeated POST after an ambiguous outcome: the registration is ours.
+        Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
+            return Err(Box::new(match &obs.fetched {
+                None => Step::Read(Read::Registration(phone_id.clone())),
+                Some(Ok(reg)) => Step::Persist {
+                    registration: reg.clone(),
+                    hash: Some(hash),
+                    event: (
+                        "Adopted",
+                        format!("Adopted {phone_id}, registered by an interrupted attempt"),
+                    ),
+                },
+                Some(Err(e)) => api_failure(
+                    obs,
+                    Failure {
+                        op: Op::Get,
+                        error: e.clone(),
+                    },
+                ),
+            }));
+        }
+        Some((false, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
+            let msg = format!(
+                "{} is already registered in OneInbox as {phone_id}, outside this cluster. To manage that registration with this object, run: kubectl -n {} annotate phonenumber {} {ANNOTATION_PHONE_NUMBER_ID}={phone_id}",
+                obj.spec.phone_number,
+                obs.namespace(),
+                obj.name_any()
+            );
+            let data = StatusData {
+                pending_create: None,
+                last_handled_reconcile_at: requested_reconcile(&obs.obj),
+                ..StatusData::current(obj)
+            };
+            return Err(Box::new(report(
+                data,
+                stalled(reason::ALREADY_REGISTERED, msg),
+                Then::AwaitChange,
+            )));
+        }
+        Some((_, Err(e @ (ApiError::Rejected { .. } | ApiError::NotFound)))) => {
+            let msg = format!(
+                "OneInbox rejected the registration: {e}. Fix the spec or the referenced Secret"
+            );
+            let data = StatusData {
+                pending_create: None,
+                credentials_hash: Some(hash),
+                last_handled_reconcile_at: requested_reconcile(&obs.obj),
+                ..StatusData::current(obj)
+            };
+            return Err(Box::new(report(
+                data,
+                stalled(reason::REGISTRATION_REJECTED, msg),
+                Then::AwaitChange,
+            )));
+        }
+        // Ambiguous or transient: the marker stays, so the next pass looks up first; after a
+        // clean 429 nothing can have been registered, so the next pass posts directly.
+        Some((_, Err(e))) => {
+            let failure = Failure {
+                op: Op::Register,
+                error: e.clone(),
+            };
+            if let (true, Some(m)) = (e.is_throttled(), &marker) {
+                return Err(Box::new(Step::RememberCleanRefusal {
+                    token: m.token.clone(),
+                    then: Box::new(api_failure(obs, failure)),
+                }));
+            }
+            return Err(Box::new(api_failure(obs, failure)));
+        }
+    }
+
+    // An earlier attempt may have registered it: look before posting again.
+    let refused_cleanly = marker
+        .as_ref()
+        .is_some_and(|m| obs.memory.clean_refusal.as_deref() == Some(m.token.as_str()));
+    if marker.is_some() && !refused_cleanly {
+        match &obs.lookup {
+            None => return Err(Box::new(Step::Read(Read::LookupByNumber))),
+            Some(Err(e)) => {
+                return Err(Box::new(api_failure(
+                    obs,
+                    Failure {
+                        op: Op::Lookup,
+                        error: e.clone(),
+                    },
+                )));
+            }
+            Some(Ok(Some(reg))) => {
+                return Err(Box::new(Step::Persist {
+                    registration: reg.clone(),
+                    hash: Some(hash),
+                    event: (
+                        "Adopted",
+                        format!(
+                            "Found registration {} from an interrupted attempt and adopted it",
+                            reg.id
+                        ),
+                    ),
+                }));
+            }
+            Some(Ok(None)) => {}
+        }
+    }
+
+    // A request OneInbox refused is not repeated until the spec, the credentials or the
+    // reconcile request change.
+    let refused_for_this_input = |why: &str| {
+        refused(obs, why)
+            && obj
+                .status
+                .as_ref()
+                .and_then(|s| s.credentials_hash.as_deref())
+                == Some(hash.as_str())
+    };
+    if refused_for_this_input(reason::REGISTRATION_REJECTED)
+        || refused_for_this_input(reason::ALREADY_REGISTERED)
+    {
+        return Err(Box::new(Step::Done(DoneAfter::AwaitChange)));
+    }
+    Err(Box::new(Step::Register {
+        credentials: credentials.clone(),
+        hash,
+        marker_present: marker.is_some(),
+    }))
+}
+
+fn decide_deletion(obs: &Observation) -> Step {
+    let obj = &obs.obj;
+    if !obj.has_finalizer() {
+        return Step::Done(DoneAfter::AwaitChange);
+    }
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        let what = obj
+            .known_id()
+            .map(|id| format!("registration {id}"))
+            .unwrap_or_else(|| "the number".into());
+        return Step::Orphan { what };
+    }
+    if obj.is_paused() {
+        return report(StatusData::current(obj), Phase::Paused, Then::AwaitChange);
+    }
+    // From the moment deregistration starts, the object no longer says Ready.
+    let says_deleting = obj
+        .condition(status::READY)
+        .is_some_and(|c| c.status == "False" && c.reason == reason::DELETING);
+    if !says_deleting && !obs.continued {
+        let phase = Phase::Progressing {
+            reason: reason::DELETING,
+            message: "The number is being deregistered from OneInbox".into(),
+        };
+        return report(StatusData::current(obj), phase, Then::Continue);
+    }
+
+    let tenant_missing = match &obs.api_key {
+        None => return Step::Read(Read::ApiKey),
+        Some(ApiKey::Missing(p)) if obs.memory.tenant_key.is_none() => Some(problem_text(p)),
+        Some(_) => None,
+    };
+    // The tenant Secret is gone and this process never read it: the operator-wide key's 404
+    // proves nothing (another workspace's number is a 404 too).
+    let unverifiable = |what: &str| {
+        tenant_missing.as_ref().map(|why| {
+            format!("{why}, and with the operator-wide API key OneInbox reports {what}, which cannot prove the registration is gone from the tenant's workspace. Restore the Secret")
+        })
+    };
+    let pending = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.pending_create.is_some());
+    let id = match obj.known_id() {
+        Some(id) => Some(id),
+        // The POST may have landed before the id was written.
+        None if pending => match &obs.lookup {
+            None => return Step::Read(Read::LookupByNumber),
+            Some(Err(e)) => return blocked_by(Op::Lookup, e),
+            Some(Ok(found)) => match (found, unverifiable("no registration of the number")) {
+                (None, Some(cause)) => {
+                    return Step::Blocked {
+                        cause,
+                        failure: None,
+                    };
+                }
+                (found, _) => found.as_ref().map(|r| r.id.clone()),
+            },
+        },
+        None => None,
+    };
+    let Some(id) = id else {
+        // Nothing remote was ever made by this object.
+        return Step::Release {
+            released: None,
+            event: None,
+        };
+    };
+    let holds = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.phone_number_id.as_deref())
+        == Some(id.as_str());
+    if let (Some(owner), false) = (&obs.id_owner, holds) {
+        return Step::Release {
+            released: None,
+            event: Some((
+                "NotDeregistered",
+                format!("Left registration {id} registered: PhoneNumber {owner} manages it"),
+            )),
+        };
+    }
+    match &obs.deregistered {
+        None => Step::Deregister { id },
+        Some(Ok(Deregistered::AlreadyGone))
+            if tenant_missing.is_some() && obs.memory.released.as_deref() != Some(id.as_str()) =>
+        {
+            Step::Blocked {
+                cause: unverifiable(&format!("{id} not found")).unwrap_or_default(),
+                failure: None,
+            }
+        }
+        Some(Ok(outcome)) => Step::Release {
+            released: Some(id.clone()),
+            event: Some((
+                "Deregistered",
+                match outcome {
+                    Deregistered::Released => format!("Deregistered {id} from OneInbox"),
+                    Deregistered::AlreadyGone => {
+                        format!("Registration {id} was already gone from OneInbox")
+                    }
+                },
+            )),
+        },
+        Some(Err(e)) if tenant_missing.is_some() => Step::Blocked {
+            cause: format!(
+                "{}, and the operator-wide API key could not deregister {id}: {e}. Restore the Secret",
+                tenant_missing.unwrap_or_default()
+            ),
+            failure: None,
+        },
+        Some(Err(e)) => blocked_by(Op::Deregister, e),
+    }
+}
+
+fn blocked_by(op: Op, e: &ApiError) -> Step {
+    let failure = Failure {
+        op,
+        error: e.clone(),
+    };
+    Step::Blocked {
+        cause: super::act::error_of(&failure).to_string(),
+        failure: Some(failure),
+    }
+}
+
+/// A failed OneInbox call: what status says, and how the pass ends.
+fn api_failure(obs: &Observation, failure: Failure) -> Step {
+    let obj = &obs.obj;
+    let ready = obj
+        .condition(status::READY)
+        .is_some_and(|c| c.status == "True");
+    // A 429 says nothing about the registration: a Ready object stays Ready (no write).
+    if failure.error.is_throttled() && ready {
+        return Step::Fail(failure);
+    }
+    let data = StatusData {
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        ..StatusData::current(obj)
+    };
+    let message = super::act::error_of(&failure).to_string();
+    match &failure.error {
+        ApiError::KeyRejected { .. } => {
+            let whose = match &obj.spec.api_key_secret_ref {
+                Some(r) => format!(
+                    "the key in Secret {}/{} (key {:?})",
+                    obs.namespace(),
+                    r.name,
+                    r.key_or(crate::crd::DEFAULT_API_KEY_KEY)
+                ),
+                None => "the operator's API key (Helm value apiKey.existingSecret, or ONEINBOX_API_KEY / --api-key-file)".into(),
+            };
+            let phase = stalled(
+                reason::API_KEY_REJECTED,
+                format!(
+                    "{message}. Nothing in this object's spec can fix it: check {whose}. Retried with backoff (at most every 10 minutes), reading the key again first"
+                ),
+            );
+            report(data, phase, Then::Fail(failure))
+        }
+        e if !e.is_retryable() => report(
+            data,
+            stalled(
+                reason::REGISTRATION_REJECTED,
+                format!("{message}. Fix the spec"),
+            ),
+            Then::AwaitChange,
+        ),
+        _ => report(
+            data,
+            Phase::Progressing {
+                reason: reason::API_UNAVAILABLE,
+                message,
+            },
+            Then::Fail(failure),
+        ),
+    }
+}
+
+/// A Secret the object needs is missing or unusable: Reconciling during the grace period,
+/// Stalled after it.
+fn wait_for_secret(obs: &Observation, problem: &SecretProblem, settings: &Settings) -> Step {
+    let obj = &obs.obj;
+    let not_ready_since = obj
+        .condition(status::READY)
+        .filter(|c| c.status == "False")
+        .map(|c| c.last_transition_time.0)
+        .unwrap_or(obs.wall);
+    let waited =
+        Duration::try_from(obs.wall.duration_since(not_ready_since)).unwrap_or(Duration::ZERO);
+    let grace = settings.secret_grace_period;
+    let (why, fix) = (problem_text(problem), problem_fix(problem));
+    let reason = match problem.kind {
+        SecretProblemKind::Absent => reason::SECRET_NOT_FOUND,
+        _ => reason::SECRET_KEY_INVALID,
+    };
+    let data = StatusData {
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        ..StatusData::current(obj)
+    };
+    if waited >= grace {
+        // The Secret watch brings the object back when the Secret changes.
+        report(
+            data,
+            stalled(reason, format!("{why}. {fix}")),
+            Then::AwaitChange,
+        )
+    } else {
+        let phase = Phase::Progressing {
+            reason,
+            message: format!("{why}; waiting up to {}s for it. {fix}", grace.as_secs()),
+        };
+        report(
+            data,
+            phase,
+            Then::Requeue(grace - waited + Duration::from_millis(500)),
+        )
+    }
+}
+
+/// What is wrong with a Secret, in words (never the value).
+pub fn problem_text(p: &SecretProblem) -> String {
+    let SecretProblem {
+        namespace: ns,
+        name,
+        key,
+        ..
+    } = p;
+    match p.kind {
+        SecretProblemKind::Absent => format!("Secret {ns}/{name} does not exist"),
+        SecretProblemKind::NoKey => format!("Secret {ns}/{name} has no key {key:?}"),
+        SecretProblemKind::Empty => format!("key {key:?} of Secret {ns}/{name} is empty"),
+        SecretProblemKind::NotText => {
+            format!("key {key:?} of Secret {ns}/{name} is not UTF-8 text")
+        }
+    }
+}
+
+/// The command that fixes it: create a missing Secret, or set the key of an existing one.
+fn problem_fix(p: &SecretProblem) -> String {
+    let SecretProblem {
+        namespace: ns,
+        name,
+        key,
+        ..
+    } = p;
+    match p.kind {
+        SecretProblemKind::Absent => format!(
+            "Create it, e.g. kubectl -n {ns} create secret generic {name} --from-literal={key}=<value>"
+        ),
+        _ => format!(
+            "Set the key, e.g. kubectl -n {ns} patch secret {name} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}'"
+        ),
+    }
+}
+
+/// The object is Stalled for `why` with this status data kept as it is.
+fn stall(obs: &Observation, why: &'static str, message: String, then: Then) -> Step {
+    let data = StatusData {
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        ..StatusData::current(&obs.obj)
+    };
+    report(data, stalled(why, message), then)
+}
+
+fn stalled(reason: &'static str, message: String) -> Phase {
+    Phase::Stalled { reason, message }
+}
+
+fn report(data: StatusData, phase: Phase, then: Then) -> Step {
+    Step::Report { data, phase, then }
+}
+
+/// Whether the object is Stalled for `why` for this very input: the same generation, and no
+/// reconcile was requested since. The request that failed is then not repeated.
+fn refused(obs: &Observation, why: &str) -> bool {
+    let obj = &obs.obj;
+    obj.condition(status::STALLED)
+        .is_some_and(|c| c.reason == why && c.observed_generation == obj.metadata.generation)
+        && reconcile_request_handled(obs)
+}
+
+fn reconcile_request_handled(obs: &Observation) -> bool {
+    let obj = &obs.obj;
+    obj.status
+        .as_ref()
+        .and_then(|s| s.last_handled_reconcile_at.as_deref())
+        == obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
+}
+
+/// The reconcile request this pass handles (echoed in status).
+pub fn requested_reconcile(obj: &crate::crd::PhoneNumber) -> Option<String> {
+    obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
+        .map(str::to_owned)
+        .or_else(|| {
+            obj.status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.clone())
+        })
+}
+
+fn hash_now(obs: &Observation) -> Option<String> {
+    obs.credentials
+        .as_ref()?
+        .as_ref()
+        .ok()
+        .map(|c| plan::credentials_hash(&obs.uid(), c))
+}
+
+/// Whether a GET now would be redundant: the same generation and credentials were checked
+/// against the API within the interval, and the status says Ready with nothing pending.
+fn fresh(obs: &Observation, id: &str, current_hash: Option<&str>) -> bool {
+    let obj = &obs.obj;
+    let Some(status) = obj.status.as_ref() else {
+        return false;
+    };
+    let ready = obj
+        .condition(status::READY)
+        .is_some_and(|c| c.status == "True");
+    let in_sync = status.phone_number_id.as_deref() == Some(id)
+        && status.observed_generation == obj.metadata.generation
+        && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id)
+        && reconcile_request_handled(obs)
+        && (current_hash.is_none() || status.credentials_hash.as_deref() == current_hash)
+        && obj.condition(status::STALLED).is_none();
+    if !ready || !in_sync {
+        return false;
+    }
+    let Some(checked) = &obs.memory.check else {
+        return false;
+    };
+    if checked.generation != obj.metadata.generation || checked.id != id {
+        return false;
+    }
+    checked
+        .interval
+        .is_some_and(|interval| obs.now.saturating_duration_since(checked.at) < interval)
+}
+
+/// The registration as the last check saw it, when that is good enough to diff a spec change
+/// against (no reconcile was requested since, same id, within the interval).
+fn cached_remote(obs: &Observation, id: &str) -> Option<Remote> {
+    let status = obs.obj.status.as_ref()?;
+    if status.phone_number_id.as_deref() != Some(id)
+        || !reconcile_request_handled(obs)
+        || status.state.is_none()
+    {
+        return None;
+    }
+    let checked = obs.memory.check.as_ref()?;
+    let within = checked
+        .interval
+        .is_none_or(|i| obs.now.saturating_duration_since(checked.at) < i);
+    (checked.id == id && within).then(|| Remote {
+        id: id.to_owned(),
+        facts: RemoteFacts::from_status(status),
+        patchable: checked.remote,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replacement {
+    No,
+    Report,
+    Now,
+}
+
+/// Whether the credentials changed since `id` was registered, and what the policy says.
+fn replacement(obs: &Observation, id: &str, current_hash: Option<&str>) -> Replacement {
+    let status = obs.obj.status.as_ref();
+    let registered = status.and_then(|s| s.credentials_hash.as_deref());
+    let (Some(registered), Some(current)) = (registered, current_hash) else {
+        return Replacement::No;
+    };
+    if registered == current || status.and_then(|s| s.phone_number_id.as_deref()) != Some(id) {
+        return Replacement::No;
+    }
+    match obs.obj.spec.replacement_policy {
+        ReplacementPolicy::Manual => Replacement::Report,
+        ReplacementPolicy::Replace => Replacement::Now,
+    }
+}
+
+/// What a pass knows of the registration: the facts the status shows, and the digest of the
+/// fields a PATCH can change.
+#[derive(Clone, Debug)]
+struct Remote {
+    id: String,
+    facts: RemoteFacts,
+    patchable: PatchableDigest,
+}
+
+impl Remote {
+    fn of(reg: &Registration) -> Remote {
+        Remote {
+            id: reg.id.clone(),
+            facts: RemoteFacts::from_registration(reg),
+            patchable: PatchableDigest::of_registration(reg),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_table.rs"]
+mod table;

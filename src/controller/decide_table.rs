@@ -1,0 +1,828 @@
+//! The decision table: each row is an observation and the step it must produce.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::controller::memory::{Checked, ObjectMemory};
+use crate::controller::observe::ObjectName;
+use crate::crd::PhoneNumber;
+use crate::oneinbox::SecretString;
+
+const AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
+const OTHER_AGENT: &str = "11111111-2222-4333-8444-555555555555";
+const CRED: &str = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
+const NEW_CRED: &str = "aaaaaaaa-4b5a-4978-8695-a4b3c2d1e0f9";
+
+fn settings() -> Settings {
+    Settings {
+        poll_interval: Duration::from_secs(600),
+        min_poll_interval: Duration::from_secs(5),
+        secret_grace_period: Duration::from_secs(30),
+        provisioning_poll: Duration::from_secs(10),
+        backoff_base: Duration::from_secs(5),
+        backoff_max: Duration::from_secs(1800),
+        kube_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A fresh object with a stored credential (no Secret to read).
+fn object() -> Value {
+    json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+        "metadata": {"name": "sales", "namespace": "voice", "uid": "uid-1", "generation": 1,
+                     "resourceVersion": "10", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"phoneNumber": "+15551234567", "provider": "twilio", "agentId": AGENT,
+                 "credentialId": CRED}
+    })
+}
+
+fn condition(type_: &str, status: &str, reason: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": "m",
+           "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1})
+}
+
+fn hash_of(credential: &str) -> String {
+    plan::credentials_hash(
+        "uid-1",
+        &Credentials::Stored {
+            credential_id: credential.into(),
+        },
+    )
+}
+
+/// Registered as `id1`, Ready, with the id annotation and the finalizer.
+fn registered() -> Value {
+    let mut o = object();
+    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+    o["metadata"]["annotations"] = json!({ANNOTATION_PHONE_NUMBER_ID: "id1"});
+    o["status"] = json!({
+        "observedGeneration": 1, "phoneNumberId": "id1", "state": "active",
+        "credentialsHash": hash_of(CRED),
+        "conditions": [condition("Ready", "True", "Available")]
+    });
+    o
+}
+
+fn reg(id: &str) -> Registration {
+    Registration {
+        id: id.into(),
+        phone_number: "+15551234567".into(),
+        friendly_name: None,
+        provider: "twilio".into(),
+        agent_id: AGENT.into(),
+        status: "active".into(),
+        inbound_trunk_id: None,
+        outbound_trunk_id: Some("ST_out".into()),
+        dispatch_rule_id: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        inbound_routing: None,
+    }
+}
+
+fn check(generation: i64) -> Checked {
+    Checked {
+        generation: Some(generation),
+        id: "id1".into(),
+        at: Instant::now(),
+        interval: Some(Duration::from_secs(600)),
+        remote: PatchableDigest::of_registration(&reg("id1")),
+        secrets: 0,
+        dispatched: false,
+    }
+}
+
+fn obs(o: Value) -> Observation {
+    let obj: PhoneNumber = serde_json::from_value(o).expect("object");
+    Observation {
+        generation: obj.metadata.generation,
+        obj,
+        now: Instant::now(),
+        wall: "2026-01-01T00:00:10Z".parse().expect("time"),
+        memory: ObjectMemory::default(),
+        secrets_unchanged: false,
+        number_owner: None,
+        id_owner: None,
+        secrets_read: Vec::new(),
+        api_key: None,
+        credentials: None,
+        fetched: None,
+        lookup: None,
+        adopted: false,
+        lost_reported: false,
+        continued: false,
+        deregistered: None,
+        posted: None,
+        persisted: None,
+        patched: None,
+    }
+}
+
+/// Keys and credentials read, as every pass past the first reads does.
+fn read(o: Value) -> Observation {
+    let mut ob = obs(o);
+    ob.api_key = Some(ApiKey::OperatorWide);
+    ob.credentials = Some(Ok(Credentials::Stored {
+        credential_id: CRED.into(),
+    }));
+    ob
+}
+
+fn with(mut ob: Observation, f: impl FnOnce(&mut Observation)) -> Observation {
+    f(&mut ob);
+    ob
+}
+
+fn unavailable(status: u16) -> ApiError {
+    ApiError::Unavailable {
+        what: format!("HTTP {status}"),
+        detail: "x".into(),
+        retry_after: None,
+    }
+}
+
+fn key_rejected() -> ApiError {
+    ApiError::KeyRejected {
+        status: 401,
+        detail: "Invalid or missing API key".into(),
+    }
+}
+
+fn problem(kind: SecretProblemKind) -> SecretProblem {
+    SecretProblem {
+        kind,
+        namespace: "voice".into(),
+        name: "sip".into(),
+        key: "password".into(),
+    }
+}
+
+/// A one-line summary of a step, for the table.
+fn summary(step: &Step) -> String {
+    fn phase(p: &Phase) -> String {
+        match p {
+            Phase::Available => "Available".into(),
+            Phase::Progressing { reason, .. } => format!("Progressing({reason})"),
+            Phase::Stalled { reason, .. } => format!("Stalled({reason})"),
+            Phase::AvailableButStalled { reason, .. } => format!("AvailableButStalled({reason})"),
+            Phase::DeletionBlocked { .. } => "DeletionBlocked".into(),
+            Phase::Paused => "Paused".into(),
+        }
+    }
+    match step {
+        Step::Read(r) => format!("Read {r:?}"),
+        Step::Report { phase: p, then, .. } => {
+            let then = match then {
+                Then::AwaitChange => "AwaitChange",
+                Then::Requeue(_) => "Requeue",
+                Then::Continue => "Continue",
+                Then::Fail(_) => "Fail",
+                Then::Checked { .. } => "Checked",
+            };
+            format!("Report {} {then}", phase(p))
+        }
+        Step::Fail(f) => format!("Fail {:?}", f.op),
+        Step::Done(DoneAfter::AwaitChange) => "Done AwaitChange".into(),
+        Step::Done(DoneAfter::Requeue(_)) => "Done Requeue".into(),
+        Step::Adopt { id } => format!("Adopt {id}"),
+        Step::ReportLost { id } => format!("ReportLost {id}"),
+        Step::Replace { id } => format!("Replace {id}"),
+        Step::Register { marker_present, .. } => format!("Register marker={marker_present}"),
+        Step::Persist { event, .. } => format!("Persist {}", event.0),
+        Step::Patch { event, .. } => format!("Patch {event}"),
+        Step::Annotate { id } => format!("Annotate {id}"),
+        Step::RememberCleanRefusal { .. } => "RememberCleanRefusal".into(),
+        Step::ForgetCheck { then } => format!("ForgetCheck then {}", summary(then)),
+        Step::Orphan { .. } => "Orphan".into(),
+        Step::Deregister { id } => format!("Deregister {id}"),
+        Step::Release { released, event } => format!(
+            "Release released={} event={}",
+            released.is_some(),
+            event.as_ref().map(|e| e.0).unwrap_or("-")
+        ),
+        Step::Blocked { .. } => "Blocked".into(),
+    }
+}
+
+#[test]
+fn decision_table() {
+    let marker = json!({"token": "t1", "startedAt": "2026-01-01T00:00:00Z"});
+    let pending = {
+        let mut o = object();
+        o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+        o["status"] = json!({"pendingCreate": marker, "credentialsHash": hash_of(CRED),
+                             "conditions": [condition("Ready", "False", "Creating")]});
+        o
+    };
+    let stalled_for = |why: &str| {
+        let mut o = object();
+        o["status"] = json!({"observedGeneration": 1, "credentialsHash": hash_of(CRED),
+            "conditions": [condition("Ready", "False", why), condition("Stalled", "True", why)]});
+        o
+    };
+    let annotated = {
+        let mut o = object();
+        o["metadata"]["annotations"] = json!({ANNOTATION_PHONE_NUMBER_ID: "id9"});
+        o
+    };
+    let deleting = |o: Value| {
+        let mut o = o;
+        o["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:05Z");
+        o
+    };
+    let said_deleting = |o: Value| {
+        let mut o = deleting(o);
+        o["status"]["conditions"] = json!([
+            condition("Ready", "False", "Deleting"),
+            condition("Reconciling", "True", "Deleting")
+        ]);
+        o
+    };
+    let changed_credentials = |policy: &str| {
+        let mut o = registered();
+        o["spec"]["credentialId"] = json!(NEW_CRED);
+        o["spec"]["replacementPolicy"] = json!(policy);
+        with(read(o), |ob| {
+            ob.credentials = Some(Ok(Credentials::Stored {
+                credential_id: NEW_CRED.into(),
+            }));
+            ob.fetched = Some(Ok(reg("id1")));
+        })
+    };
+    let tenant = |o: Value| {
+        let mut o = o;
+        o["spec"]["apiKeySecretRef"] = json!({"name": "tenant-key"});
+        o
+    };
+
+    let rows: Vec<(&str, Observation, &str)> = vec![
+        // ---- guards before any read
+        (
+            "paused",
+            obs({
+                let mut o = object();
+                o["metadata"]["annotations"] = json!({"oneinbox.ai/paused": "true"});
+                o
+            }),
+            "Report Paused AwaitChange",
+        ),
+        (
+            "duplicate by number",
+            with(obs(object()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "voice".into(),
+                    name: "older".into(),
+                })
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
+            "duplicate by id: another object holds it",
+            with(obs(annotated.clone()), |ob| {
+                ob.id_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "holder".into(),
+                })
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
+            "checked recently, Secrets unchanged: no read, no call",
+            with(obs(registered()), |ob| {
+                ob.secrets_unchanged = true;
+                ob.memory.check = Some(check(1));
+            }),
+            "Done AwaitChange",
+        ),
+        // ---- reads
+        ("nothing read yet", obs(object()), "Read ApiKey"),
+        (
+            "key known, credentials not read",
+            with(obs(object()), |ob| ob.api_key = Some(ApiKey::OperatorWide)),
+            "Read Credentials",
+        ),
+        (
+            "tenant key Secret missing, within the grace period",
+            with(obs(tenant(object())), |ob| {
+                ob.api_key = Some(ApiKey::Missing(problem(SecretProblemKind::Absent)))
+            }),
+            "Report Progressing(SecretNotFound) Requeue",
+        ),
+        (
+            "password key missing in an existing Secret, past the grace period",
+            with(read(stalled_for("Creating")), |ob| {
+                ob.wall = "2026-01-01T01:00:00Z".parse().expect("time");
+                ob.credentials = Some(Err(problem(SecretProblemKind::NoKey)));
+            }),
+            "Report Stalled(SecretKeyInvalid) AwaitChange",
+        ),
+        (
+            "password empty",
+            with(read(object()), |ob| {
+                ob.credentials = Some(Err(problem(SecretProblemKind::Empty)))
+            }),
+            "Report Progressing(SecretKeyInvalid) Requeue",
+        ),
+        // ---- create
+        ("new object", read(object()), "Register marker=false"),
+        (
+            "pending marker: look up first",
+            read(pending.clone()),
+            "Read LookupByNumber",
+        ),
+        (
+            "pending marker, found by number",
+            with(read(pending.clone()), |ob| {
+                ob.lookup = Some(Ok(Some(reg("id1"))))
+            }),
+            "Persist Adopted",
+        ),
+        (
+            "pending marker, not found",
+            with(read(pending.clone()), |ob| ob.lookup = Some(Ok(None))),
+            "Register marker=true",
+        ),
+        (
+            "pending marker refused by a clean 429: post again without a look-up",
+            with(read(pending.clone()), |ob| {
+                ob.memory.clean_refusal = Some("t1".into())
+            }),
+            "Register marker=true",
+        ),
+        (
+            "posted",
+            with(read(object()), |ob| {
+                ob.posted = Some((false, Ok(reg("id1"))))
+            }),
+            "Persist Registered",
+        ),
+        (
+            "409 after our own marker: someone else's",
+            with(read(object()), |ob| {
+                ob.posted = Some((
+                    false,
+                    Err(ApiError::AlreadyRegistered {
+                        phone_id: "idX".into(),
+                        message: "taken".into(),
+                    }),
+                ))
+            }),
+            "Report Stalled(AlreadyRegistered) AwaitChange",
+        ),
+        (
+            "409 after an earlier attempt's marker: ours, GET it",
+            with(read(pending.clone()), |ob| {
+                ob.lookup = Some(Ok(None));
+                ob.posted = Some((
+                    true,
+                    Err(ApiError::AlreadyRegistered {
+                        phone_id: "idX".into(),
+                        message: "taken".into(),
+                    }),
+                ));
+            }),
+            "Read Registration(\"idX\")",
+        ),
+        (
+            "AlreadyRegistered for this input: no POST",
+            read(stalled_for("AlreadyRegistered")),
+            "Done AwaitChange",
+        ),
+        (
+            "AlreadyRegistered, then reconcile-now: POST again",
+            read({
+                let mut o = stalled_for("AlreadyRegistered");
+                o["metadata"]["annotations"] = json!({"oneinbox.ai/reconcile-requested-at": "now"});
+                o
+            }),
+            "Register marker=false",
+        ),
+        (
+            "AlreadyRegistered, then a spec change: POST again",
+            read({
+                let mut o = stalled_for("AlreadyRegistered");
+                o["metadata"]["generation"] = json!(2);
+                o
+            }),
+            "Register marker=false",
+        ),
+        (
+            "RegistrationRejected for this input: no POST",
+            read(stalled_for("RegistrationRejected")),
+            "Done AwaitChange",
+        ),
+        (
+            "POST rejected (422)",
+            with(read(object()), |ob| {
+                ob.posted = Some((
+                    false,
+                    Err(ApiError::Rejected {
+                        status: 422,
+                        code: None,
+                        detail: "bad".into(),
+                    }),
+                ))
+            }),
+            "Report Stalled(RegistrationRejected) AwaitChange",
+        ),
+        (
+            "POST with a rejected key: not the spec's fault, retried",
+            with(read(object()), |ob| {
+                ob.posted = Some((false, Err(key_rejected())))
+            }),
+            "Report Stalled(APIKeyRejected) Fail",
+        ),
+        (
+            "POST throttled (429) with our marker",
+            with(read(pending.clone()), |ob| {
+                ob.lookup = Some(Ok(None));
+                ob.posted = Some((true, Err(unavailable(429))));
+            }),
+            "RememberCleanRefusal",
+        ),
+        (
+            "POST 503",
+            with(read(object()), |ob| {
+                ob.posted = Some((false, Err(unavailable(503))))
+            }),
+            "Report Progressing(APIUnavailable) Fail",
+        ),
+        // ---- known id
+        (
+            "annotated id: GET it",
+            read(annotated.clone()),
+            "Read Registration(\"id9\")",
+        ),
+        (
+            "annotated id found: adopt deliberately (finalizer first)",
+            with(read(annotated.clone()), |ob| {
+                ob.fetched = Some(Ok(reg("id9")))
+            }),
+            "Adopt id9",
+        ),
+        (
+            "adopted: record it",
+            with(read(annotated.clone()), |ob| {
+                ob.fetched = Some(Ok(reg("id9")));
+                ob.adopted = true;
+            }),
+            "Report Available Checked",
+        ),
+        (
+            "annotated id of another number",
+            with(read(annotated.clone()), |ob| {
+                let mut r = reg("id9");
+                r.phone_number = "+15550000000".into();
+                ob.fetched = Some(Ok(r));
+            }),
+            "Report Stalled(IdMismatch) AwaitChange",
+        ),
+        (
+            "registered, in line",
+            with(read(registered()), |ob| ob.fetched = Some(Ok(reg("id1")))),
+            "Report Available Checked",
+        ),
+        (
+            "registration gone",
+            with(read(registered()), |ob| {
+                ob.fetched = Some(Err(ApiError::NotFound))
+            }),
+            "ReportLost id1",
+        ),
+        (
+            "registration gone, reported: register again",
+            with(read(registered()), |ob| {
+                ob.fetched = Some(Err(ApiError::NotFound));
+                ob.lost_reported = true;
+            }),
+            "Register marker=false",
+        ),
+        (
+            "gone while a replacement is due: not lost",
+            with(changed_credentials("Replace"), |ob| {
+                ob.fetched = Some(Err(ApiError::NotFound))
+            }),
+            "Register marker=false",
+        ),
+        (
+            "credentials changed, Manual",
+            changed_credentials("Manual"),
+            "Report AvailableButStalled(ReplacementRequired) Checked",
+        ),
+        (
+            "credentials changed, Replace",
+            changed_credentials("Replace"),
+            "Replace id1",
+        ),
+        (
+            "replaced: register anew",
+            with(changed_credentials("Replace"), |ob| {
+                ob.deregistered = Some(Ok(Deregistered::Released))
+            }),
+            "Register marker=false",
+        ),
+        (
+            "drift outside the cluster",
+            with(read(registered()), |ob| {
+                let mut r = reg("id1");
+                r.agent_id = OTHER_AGENT.into();
+                ob.fetched = Some(Ok(r));
+                // Its interval is over: the drift check is due.
+                ob.memory.check = Some(Checked {
+                    interval: Some(Duration::ZERO),
+                    ..check(1)
+                });
+            }),
+            "Patch DriftCorrected",
+        ),
+        (
+            "spec changed",
+            with(
+                read({
+                    let mut o = registered();
+                    o["spec"]["agentId"] = json!(OTHER_AGENT);
+                    o["metadata"]["generation"] = json!(2);
+                    o
+                }),
+                |ob| {
+                    ob.memory.check = Some(check(1));
+                },
+            ),
+            "Patch Updated",
+        ),
+        (
+            "upper-case uuid in the spec, lower case from the API: in line",
+            with(
+                read({
+                    let mut o = registered();
+                    o["spec"]["agentId"] = json!(AGENT.to_ascii_uppercase());
+                    o
+                }),
+                |ob| ob.fetched = Some(Ok(reg("id1"))),
+            ),
+            "Report Available Checked",
+        ),
+        (
+            "PATCH rejected",
+            with(
+                read({
+                    let mut o = registered();
+                    o["spec"]["agentId"] = json!(OTHER_AGENT);
+                    o
+                }),
+                |ob| {
+                    ob.fetched = Some(Ok(reg("id1")));
+                    ob.patched = Some(Err(ApiError::Rejected {
+                        status: 404,
+                        code: None,
+                        detail: "agent_id not found".into(),
+                    }));
+                },
+            ),
+            "Report Stalled(UpdateRejected) AwaitChange",
+        ),
+        (
+            "PATCH rejected for this spec: not sent again",
+            with(
+                read({
+                    let mut o = registered();
+                    o["spec"]["agentId"] = json!(OTHER_AGENT);
+                    o["status"]["conditions"] = json!([
+                        condition("Ready", "False", "UpdateRejected"),
+                        condition("Stalled", "True", "UpdateRejected")
+                    ]);
+                    o
+                }),
+                |ob| ob.fetched = Some(Ok(reg("id1"))),
+            ),
+            "Done AwaitChange",
+        ),
+        (
+            "PATCH found it gone",
+            with(
+                read({
+                    let mut o = registered();
+                    o["spec"]["agentId"] = json!(OTHER_AGENT);
+                    o
+                }),
+                |ob| {
+                    ob.fetched = Some(Ok(reg("id1")));
+                    ob.patched = Some(Err(ApiError::NotFound));
+                },
+            ),
+            "ForgetCheck then Done Requeue",
+        ),
+        (
+            "PATCH without an answer",
+            with(
+                read({
+                    let mut o = registered();
+                    o["spec"]["agentId"] = json!(OTHER_AGENT);
+                    o
+                }),
+                |ob| {
+                    ob.fetched = Some(Ok(reg("id1")));
+                    ob.patched = Some(Err(unavailable(503)));
+                },
+            ),
+            "ForgetCheck then Report Progressing(APIUnavailable) Fail",
+        ),
+        (
+            "not active yet",
+            with(read(registered()), |ob| {
+                let mut r = reg("id1");
+                r.status = "provisioning".into();
+                ob.fetched = Some(Ok(r));
+            }),
+            "Report Progressing(Provisioning) Requeue",
+        ),
+        (
+            "id annotation missing",
+            with(
+                read({
+                    let mut o = registered();
+                    o["metadata"]["annotations"] = json!({});
+                    o
+                }),
+                |ob| ob.fetched = Some(Ok(reg("id1"))),
+            ),
+            "Annotate id1",
+        ),
+        (
+            "drift check throttled on a Ready object: no write",
+            with(read(registered()), |ob| {
+                ob.fetched = Some(Err(unavailable(429)))
+            }),
+            "Fail Get",
+        ),
+        (
+            "drift check 503",
+            with(read(registered()), |ob| {
+                ob.fetched = Some(Err(unavailable(503)))
+            }),
+            "Report Progressing(APIUnavailable) Fail",
+        ),
+        (
+            "drift check with a revoked key",
+            with(read(registered()), |ob| {
+                ob.fetched = Some(Err(key_rejected()))
+            }),
+            "Report Stalled(APIKeyRejected) Fail",
+        ),
+        // ---- deletion
+        (
+            "deleted without a finalizer",
+            obs(deleting(object())),
+            "Done AwaitChange",
+        ),
+        (
+            "deleted, Orphan",
+            obs({
+                let mut o = deleting(registered());
+                o["spec"]["deletionPolicy"] = json!("Orphan");
+                o
+            }),
+            "Orphan",
+        ),
+        (
+            "deleted: say Deleting first",
+            obs(deleting(registered())),
+            "Report Progressing(Deleting) Continue",
+        ),
+        (
+            "deleting: key next",
+            obs(said_deleting(registered())),
+            "Read ApiKey",
+        ),
+        (
+            "deleting: DELETE",
+            with(obs(said_deleting(registered())), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide)
+            }),
+            "Deregister id1",
+        ),
+        (
+            "deregistered",
+            with(obs(said_deleting(registered())), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                ob.deregistered = Some(Ok(Deregistered::Released));
+            }),
+            "Release released=true event=Deregistered",
+        ),
+        (
+            "DELETE failed",
+            with(obs(said_deleting(registered())), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                ob.deregistered = Some(Err(unavailable(503)));
+            }),
+            "Blocked",
+        ),
+        (
+            "tenant Secret gone, key remembered: DELETE with it",
+            with(obs(said_deleting(tenant(registered()))), |ob| {
+                ob.api_key = Some(ApiKey::Missing(problem(SecretProblemKind::Absent)));
+                ob.memory.tenant_key = Some(SecretString::new("oi_sk_tenant".into()));
+            }),
+            "Deregister id1",
+        ),
+        (
+            "tenant Secret gone, never read: a 404 proves nothing",
+            with(obs(said_deleting(tenant(registered()))), |ob| {
+                ob.api_key = Some(ApiKey::Missing(problem(SecretProblemKind::Absent)));
+                ob.deregistered = Some(Ok(Deregistered::AlreadyGone));
+            }),
+            "Blocked",
+        ),
+        (
+            "deleting a newcomer that only named another's id: leave it",
+            with(
+                obs({
+                    let mut o = deleting(annotated.clone());
+                    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+                    o["status"] = json!({"conditions": [condition("Ready", "False", "Deleting")]});
+                    o
+                }),
+                |ob| {
+                    ob.api_key = Some(ApiKey::OperatorWide);
+                    ob.id_owner = Some(ObjectName {
+                        namespace: "a".into(),
+                        name: "holder".into(),
+                    });
+                },
+            ),
+            "Release released=false event=NotDeregistered",
+        ),
+        (
+            "deleting with a pending marker: look up",
+            with(obs(said_deleting(pending.clone())), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide)
+            }),
+            "Read LookupByNumber",
+        ),
+        (
+            "deleting with a pending marker, nothing registered",
+            with(obs(said_deleting(pending.clone())), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                ob.lookup = Some(Ok(None));
+            }),
+            "Release released=false event=-",
+        ),
+    ];
+
+    let mut wrong = Vec::new();
+    for (name, ob, want) in &rows {
+        let got = summary(&decide(ob, &settings()));
+        if got != *want {
+            wrong.push(format!("{name}: want {want:?}, got {got:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} rows wrong:\n{}",
+        wrong.len(),
+        rows.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn messages_give_the_fix_that_fits() {
+    let s = settings();
+    let step = decide(
+        &with(read(object()), |ob| {
+            ob.credentials = Some(Err(problem(SecretProblemKind::NoKey)))
+        }),
+        &s,
+    );
+    let Step::Report {
+        phase: Phase::Progressing { message, .. },
+        ..
+    } = step
+    else {
+        panic!("{step:?}")
+    };
+    assert!(message.contains("has no key \"password\""), "{message}");
+    assert!(
+        message.contains("kubectl -n voice patch secret sip"),
+        "{message}"
+    );
+    assert!(!message.contains("create secret"), "{message}");
+
+    let step = decide(
+        &with(read(object()), |ob| {
+            ob.posted = Some((false, Err(key_rejected())))
+        }),
+        &s,
+    );
+    let Step::Report {
+        phase: Phase::Stalled { message, .. },
+        ..
+    } = step
+    else {
+        panic!("{step:?}")
+    };
+    assert!(!message.contains("Fix the spec"), "{message}");
+    assert!(message.contains("operator's API key"), "{message}");
+}

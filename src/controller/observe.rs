@@ -1,0 +1,270 @@
+//! Observe: what one pass knows. `Observation` holds the object, this process's memory of it,
+//! the claims of other watched objects, and the result of every read and effect of the pass so
+//! far; `decide` looks only at it. The reads themselves (Secrets, the registration, the
+//! look-up by number) are here; which of them a pass needs is decided by `decide`.
+
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+
+use super::memory::ObjectMemory;
+use super::plan::{self, Credentials};
+use super::{Context, lock};
+use crate::crd::{DEFAULT_API_KEY_KEY, DEFAULT_PASSWORD_KEY, PhoneNumber};
+use crate::error::{Error, Result};
+use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
+
+/// `namespace/name` of another watched object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectName {
+    pub fn of(o: &PhoneNumber) -> ObjectName {
+        ObjectName {
+            namespace: o.namespace().unwrap_or_default(),
+            name: o.name_any(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why a referenced Secret value cannot be used (never carries the value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretProblem {
+    pub kind: SecretProblemKind,
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretProblemKind {
+    /// No Secret of that name.
+    Absent,
+    /// The Secret exists without the key.
+    NoKey,
+    /// The value is empty (or only white space).
+    Empty,
+    /// The value is not UTF-8 text.
+    NotText,
+}
+
+/// The API key an object uses.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiKey {
+    /// No `apiKeySecretRef`: the operator-wide key.
+    OperatorWide,
+    /// The tenant key, read now.
+    Tenant(SecretString),
+    /// The tenant Secret cannot be used.
+    Missing(SecretProblem),
+}
+
+/// Everything one pass knows so far.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// The object as last read or written in this pass.
+    pub obj: PhoneNumber,
+    /// The generation this pass started from: what a successful pass brought the API in line
+    /// with (a status write answers with the newest object, which may carry a later spec).
+    pub generation: Option<i64>,
+    pub now: Instant,
+    pub wall: jiff::Timestamp,
+    pub memory: ObjectMemory,
+    /// Every referenced Secret is at the resourceVersion the last check read.
+    pub secrets_unchanged: bool,
+    /// The older object that manages this object's number, if another one.
+    pub number_owner: Option<ObjectName>,
+    /// Another watched object that holds the id this object names.
+    pub id_owner: Option<ObjectName>,
+    /// (name, resourceVersion) of each Secret read in this pass.
+    pub secrets_read: Vec<(String, String)>,
+    pub api_key: Option<ApiKey>,
+    pub credentials: Option<std::result::Result<Credentials, SecretProblem>>,
+    /// `GET` of the id the object names, or of the id a 409 named.
+    pub fetched: Option<std::result::Result<Registration, ApiError>>,
+    /// Look-up by number after an interrupted attempt.
+    pub lookup: Option<std::result::Result<Option<Registration>, ApiError>>,
+    /// Effects of this pass, as far as the next decision needs them.
+    pub adopted: bool,
+    pub lost_reported: bool,
+    /// A report of this pass said to go on (`Deleting`).
+    pub continued: bool,
+    pub deregistered: Option<std::result::Result<Deregistered, ApiError>>,
+    /// The POST's answer, and whether a marker of an earlier attempt was there before it.
+    pub posted: Option<(bool, std::result::Result<Registration, ApiError>)>,
+    pub persisted: Option<Registration>,
+    pub patched: Option<std::result::Result<Registration, ApiError>>,
+}
+
+impl Observation {
+    /// The start of a pass: the object, this process's memory of it, and the claims of the
+    /// other watched objects.
+    pub fn start<C>(ctx: &Context<C>, obj: PhoneNumber) -> Observation {
+        let uid = obj.uid().unwrap_or_default();
+        let memory = lock(&ctx.memory).get(&uid);
+        let others = ctx.store.state();
+        let known_id = obj.known_id();
+        let number_owner = match &known_id {
+            None => plan::owner_of_number(&obj, others.iter().map(|o| o.as_ref())),
+            Some(_) => None,
+        }
+        .map(ObjectName::of);
+        let id_owner = known_id
+            .as_deref()
+            .and_then(|id| plan::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))
+            .map(ObjectName::of);
+        let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
+        Observation {
+            generation: obj.metadata.generation,
+            obj,
+            now: Instant::now(),
+            wall: jiff::Timestamp::now(),
+            memory,
+            secrets_unchanged,
+            number_owner,
+            id_owner,
+            secrets_read: Vec::new(),
+            api_key: None,
+            credentials: None,
+            fetched: None,
+            lookup: None,
+            adopted: false,
+            lost_reported: false,
+            continued: false,
+            deregistered: None,
+            posted: None,
+            persisted: None,
+            patched: None,
+        }
+    }
+
+    pub fn uid(&self) -> String {
+        self.obj.uid().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> String {
+        self.obj.namespace().unwrap_or_default()
+    }
+}
+
+/// Whether every Secret the object references is at the resourceVersion read at the last
+/// check (as the metadata-only Secret watch reports it).
+fn secrets_unchanged<C>(ctx: &Context<C>, obj: &PhoneNumber, memory: &ObjectMemory) -> bool {
+    let Some(check) = &memory.check else {
+        return false;
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    let versions = lock(&ctx.secret_versions);
+    let mut current = Vec::new();
+    for name in obj.referenced_secrets() {
+        match versions.get(&(ns.clone(), name.to_owned())) {
+            Some(rv) => current.push((name, rv.as_str())),
+            None => return false,
+        }
+    }
+    plan::secret_versions_digest(current) == check.secrets
+}
+
+/// The reads a pass can make.
+pub struct Reader<'a, C> {
+    pub ctx: &'a Context<C>,
+}
+
+impl<C: OneInboxApi> Reader<'_, C> {
+    /// The API key the object uses.
+    pub async fn api_key(&self, obs: &mut Observation) -> Result<ApiKey> {
+        let Some(r) = obs.obj.spec.api_key_secret_ref.clone() else {
+            return Ok(ApiKey::OperatorWide);
+        };
+        Ok(
+            match self
+                .secret_value(obs, &r.name, r.key_or(DEFAULT_API_KEY_KEY))
+                .await?
+            {
+                Ok(key) => ApiKey::Tenant(key),
+                Err(problem) => ApiKey::Missing(problem),
+            },
+        )
+    }
+
+    /// `providerConfig` with its password, or `credentialId`.
+    pub async fn credentials(
+        &self,
+        obs: &mut Observation,
+    ) -> Result<std::result::Result<Credentials, SecretProblem>> {
+        if let Some(id) = &obs.obj.spec.credential_id {
+            return Ok(Ok(Credentials::Stored {
+                credential_id: id.clone(),
+            }));
+        }
+        let Some(pc) = obs.obj.spec.provider_config.clone() else {
+            return Err(Error::InvalidObject(
+                "spec.providerConfig or spec.credentialId",
+            ));
+        };
+        let sref = &pc.auth_password_secret_ref;
+        Ok(self
+            .secret_value(obs, &sref.name, sref.key_or(DEFAULT_PASSWORD_KEY))
+            .await?
+            .map(|password| Credentials::Sip {
+                trunk_address: pc.trunk_address,
+                auth_username: pc.auth_username,
+                auth_password: password,
+            }))
+    }
+
+    /// One non-empty UTF-8 value of a Secret in the object's namespace.
+    async fn secret_value(
+        &self,
+        obs: &mut Observation,
+        name: &str,
+        key: &str,
+    ) -> Result<std::result::Result<SecretString, SecretProblem>> {
+        let namespace = obs.namespace();
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &namespace);
+        let secret = self
+            .ctx
+            .kube_call(secrets.get_opt(name))
+            .await?
+            .map_err(|source| Error::ReadSecret {
+                name: name.to_owned(),
+                source,
+            })?;
+        if let Some(rv) = secret
+            .as_ref()
+            .and_then(|s| s.meta().resource_version.clone())
+        {
+            obs.secrets_read.push((name.to_owned(), rv));
+        }
+        let problem = |kind| SecretProblem {
+            kind,
+            namespace: namespace.clone(),
+            name: name.to_owned(),
+            key: key.to_owned(),
+        };
+        Ok(match secret {
+            None => Err(problem(SecretProblemKind::Absent)),
+            Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
+                None => Err(problem(SecretProblemKind::NoKey)),
+                Some(bytes) => match std::str::from_utf8(&bytes.0) {
+                    Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(
+                        v.trim_end_matches(['\n', '\r']).to_owned(),
+                    )),
+                    Ok(_) => Err(problem(SecretProblemKind::Empty)),
+                    Err(_) => Err(problem(SecretProblemKind::NotText)),
+                },
+            },
+        })
+    }
+}
