@@ -107,9 +107,14 @@ async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number
     apply_tenant_object(&w, "t").await;
     // Without the tenant key the operator-wide key is refused: the key's fault, not the spec's.
     w.apply("no-tenant", credential_spec(&number())).await;
-    let pn = w.wait_reason("no-tenant", "Stalled", "APIKeyRejected").await;
+    let pn = w
+        .wait_reason("no-tenant", "Stalled", "APIKeyRejected")
+        .await;
     let msg = &pn.condition("Stalled").expect("stalled").message;
-    assert!(msg.contains("401") && msg.contains("operator's API key"), "{msg}");
+    assert!(
+        msg.contains("401") && msg.contains("operator's API key"),
+        "{msg}"
+    );
     assert!(!msg.contains("Fix the spec"), "{msg}");
 
     // The tenant Secret goes first, then the object (as when the namespace is deleted): the

@@ -21,6 +21,7 @@ mod errors;
 mod faults;
 mod gitops;
 mod lifecycle;
+mod paths;
 mod process;
 mod rbac;
 mod updates;

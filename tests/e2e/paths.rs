@@ -1,0 +1,326 @@
+//! The paths off the first tested road: adoption, a number registered elsewhere, a rejected
+//! key, an id held by another namespace, uuid spelling, a rejected update, a Secret without its
+//! key, and what status says while a deletion is under way. Each asserts counts and states.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// Register `number` directly in the mock (outside the cluster); its id.
+async fn register_outside(w: &World, number: &str) -> String {
+    let reg: Value = reqwest::Client::new()
+        .post(format!("{}/v1/phone-numbers", w.mock.url))
+        .bearer_auth(API_KEY)
+        .json(&json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT, "credential_id": CREDENTIAL}))
+        .send()
+        .await
+        .expect("direct POST")
+        .json()
+        .await
+        .expect("json");
+    reg["id"].as_str().expect("id").to_string()
+}
+
+/// Warning events of `reason` in the namespace.
+async fn count_events(w: &World, reason: &str) -> usize {
+    w.events().await.iter().filter(|(r, _)| r == reason).count()
+}
+
+#[tokio::test]
+async fn an_adopted_registration_gets_the_finalizer_and_is_deregistered_on_delete() {
+    let w = World::start("adopt").await;
+    let num = number();
+    let id = register_outside(&w, &num).await;
+    let obj = json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+        "metadata": {"name": "adopted", "annotations": {"oneinbox.ai/phone-number-id": id}},
+        "spec": credential_spec(&num)
+    });
+    w.apply_full(obj).await.expect("apply");
+    let pn = w.wait_ready("adopted").await;
+    assert_eq!(
+        pn.status.as_ref().and_then(|s| s.phone_number_id.clone()),
+        Some(id.clone())
+    );
+    assert!(
+        pn.finalizers()
+            .iter()
+            .any(|f| f == "oneinbox.ai/deregister"),
+        "{:?}",
+        pn.metadata.finalizers
+    );
+    assert_eq!(w.mock.count(POST).await, 1, "only the outside registration");
+    assert_eq!(count_events(&w, "Adopted").await, 1);
+
+    w.delete("adopted").await;
+    w.wait_gone("adopted", Duration::from_secs(20)).await;
+    assert!(w.mock.registrations().await.is_empty());
+    assert_eq!(w.mock.count(DELETE).await, 1);
+}
+
+#[tokio::test]
+async fn a_number_registered_elsewhere_is_stalled_once_and_not_posted_again_until_asked() {
+    let w = World::start("conflict409").await;
+    let num = number();
+    register_outside(&w, &num).await;
+    w.apply("claim", credential_spec(&num)).await;
+    let pn = w.wait_reason("claim", "Stalled", "AlreadyRegistered").await;
+    let rv = pn.metadata.resource_version.clone();
+    // A window in which a hot loop would post hundreds of times.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(w.mock.count(POST).await, 2, "the outside POST and one 409");
+    assert_eq!(count_events(&w, "AlreadyRegistered").await, 1);
+    let now = w.pns.get("claim").await.expect("get");
+    assert_eq!(now.metadata.resource_version, rv, "no write while stalled");
+
+    // Reconcile-now lifts the guard: exactly one more attempt, still the same answer.
+    w.annotate("claim", "oneinbox.ai/reconcile-requested-at", Some("t1"))
+        .await;
+    w.wait_for(
+        "claim",
+        "the request handled",
+        Duration::from_secs(20),
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some("t1")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.mock.count(POST).await, 3);
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_retried_and_a_rotated_key_file_is_used_without_a_restart() {
+    const GOOD: &str = "oi_sk_rotated_good_key_71ab";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, "oi_sk_revoked_key_0000\n").expect("key file");
+    let key_path = key_file.to_str().expect("path").to_string();
+    let w = World::start_with(
+        "keyrotate",
+        &["--api-key", GOOD],
+        &["--api-key-file", &key_path],
+    )
+    .await;
+    w.apply("k", credential_spec(&number())).await;
+    let pn = w.wait_reason("k", "Stalled", "APIKeyRejected").await;
+    let msg = &pn.condition("Stalled").expect("stalled").message;
+    assert!(
+        msg.contains("401") && !msg.contains("Fix the spec"),
+        "{msg}"
+    );
+    assert_eq!(
+        pn.condition("Ready").expect("ready").reason,
+        "APIKeyRejected"
+    );
+    let before = w.mock.count(POST).await;
+    assert!(before >= 1, "tried at least once");
+
+    // The mounted Secret is rotated: the next retry reads the file again and succeeds.
+    std::fs::write(&key_file, format!("{GOOD}\n")).expect("rotate");
+    let pn = w.wait_ready("k").await;
+    assert!(pn.condition("Stalled").is_none());
+    assert_eq!(w.mock.registrations().await.len(), 1);
+    w.assert_no_secrets(&[GOOD, "oi_sk_revoked_key_0000"]).await;
+}
+
+#[tokio::test]
+async fn an_id_held_by_another_object_is_never_adopted_patched_or_deregistered() {
+    let w = World::start("idowner").await;
+    let num = number();
+    w.apply("owner", credential_spec(&num)).await;
+    let owner = w.wait_ready("owner").await;
+    let id = owner
+        .status
+        .as_ref()
+        .and_then(|s| s.phone_number_id.clone())
+        .expect("id");
+
+    // A newcomer names the owner's id, with another agent.
+    let mut spec = credential_spec(&num);
+    spec["agentId"] = json!(AGENT2);
+    let obj = json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+        "metadata": {"name": "newcomer", "annotations": {"oneinbox.ai/phone-number-id": id}},
+        "spec": spec
+    });
+    w.apply_full(obj).await.expect("apply");
+    let pn = w
+        .wait_reason("newcomer", "Stalled", "DuplicatePhoneNumber")
+        .await;
+    let msg = &pn.condition("Stalled").expect("stalled").message;
+    assert!(msg.contains("owner") && msg.contains(&id), "{msg}");
+    assert!(pn.finalizers().is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.mock.count(PATCH).await, 0);
+    assert_eq!(
+        w.mock.count(GET).await,
+        0,
+        "the newcomer never looked at it"
+    );
+
+    w.delete("newcomer").await;
+    w.wait_gone("newcomer", Duration::from_secs(10)).await;
+    assert_eq!(w.mock.count(DELETE).await, 0);
+    let regs = assert_only_registration_is(&w.mock, &owner).await;
+    assert_eq!(regs[0]["agent_id"], json!(AGENT));
+}
+
+#[tokio::test]
+async fn an_upper_case_agent_id_is_not_patched_at_every_drift_check() {
+    let w = World::start_with(
+        "uuidcase",
+        &[],
+        &["--poll-interval", "1s", "--min-poll-interval", "1s"],
+    )
+    .await;
+    let mut spec = credential_spec(&number());
+    spec["agentId"] = json!(AGENT.to_ascii_uppercase());
+    w.apply("upper", spec).await;
+    w.wait_ready("upper").await;
+    let gets = w.mock.count(GET).await;
+    // Several drift checks.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(w.mock.count(GET).await >= gets + 2, "drift checks ran");
+    assert_eq!(w.mock.count(PATCH).await, 0);
+    assert_eq!(count_events(&w, "DriftCorrected").await, 0);
+}
+
+#[tokio::test]
+async fn a_rejected_update_is_sent_once() {
+    let w = World::start("patchrejected").await;
+    w.apply("p", credential_spec(&number())).await;
+    w.wait_ready("p").await;
+    // From now on the workspace knows only AGENT: AGENT2 is `agent_id not found`.
+    w.mock
+        .send(
+            reqwest::Method::PUT,
+            "/_mock/agents",
+            json!({"ids": [AGENT]}),
+        )
+        .await;
+    w.merge_spec("p", json!({"agentId": AGENT2})).await;
+    let pn = w.wait_reason("p", "Stalled", "UpdateRejected").await;
+    assert!(
+        pn.condition("Stalled")
+            .expect("stalled")
+            .message
+            .contains("agent_id not found")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        w.mock.count(PATCH).await,
+        1,
+        "no second PATCH after the rejection"
+    );
+    // Still registered: a rejected update never loses the number.
+    assert_eq!(w.mock.registrations().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_secret_without_its_key_gets_a_reason_and_fix_that_fit() {
+    let w = World::start("secretkey").await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "sip"}, "stringData": {"pass": "hunter2-not-this-key"}}),
+    )
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create secret");
+    w.apply("s", sip_spec(&number(), "sip")).await;
+    let pn = w.wait_reason("s", "Reconciling", "SecretKeyInvalid").await;
+    let msg = &pn.condition("Ready").expect("ready").message;
+    assert!(msg.contains("has no key \"password\""), "{msg}");
+    assert!(
+        msg.contains("patch secret sip") && !msg.contains("create secret"),
+        "{msg}"
+    );
+    // The fix the message names works (the Secret watch brings the object back).
+    w.secret("sip", "hunter2-now-right").await;
+    w.wait_ready("s").await;
+    w.assert_no_secrets(&["hunter2-not-this-key", "hunter2-now-right"])
+        .await;
+}
+
+#[tokio::test]
+async fn ready_is_false_deleting_while_the_delete_is_in_flight() {
+    let w = World::start("deleting").await;
+    w.apply("d", credential_spec(&number())).await;
+    w.wait_ready("d").await;
+    // The DELETE answers after 2 s (within the operator's API timeout).
+    w.mock
+        .fault(json!({"endpoint": DELETE, "kind": "delay", "delay_ms": 2000, "count": 1}))
+        .await;
+    w.delete("d").await;
+    let pn = w
+        .wait_for("d", "Ready=False Deleting", Duration::from_secs(10), |p| {
+            p.condition("Ready")
+                .is_some_and(|c| c.status == "False" && c.reason == "Deleting")
+        })
+        .await;
+    assert!(pn.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        w.mock.registrations().await.len(),
+        1,
+        "the DELETE is still in flight"
+    );
+    w.wait_gone("d", Duration::from_secs(20)).await;
+    assert!(w.mock.registrations().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_namespace_deleted_with_its_tenant_key_does_not_block() {
+    let w = World::start("nsdelete").await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "tenant-key"}, "stringData": {"apiKey": API_KEY}}),
+    )
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create secret");
+    for name in ["n1", "n2", "n3"] {
+        w.apply(
+            name,
+            with(
+                credential_spec(&number()),
+                json!({"apiKeySecretRef": {"name": "tenant-key"}}),
+            ),
+        )
+        .await;
+    }
+    for name in ["n1", "n2", "n3"] {
+        w.wait_ready(name).await;
+    }
+    // The namespace controller deletes Secrets and PhoneNumbers in whatever order it likes.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+    namespaces
+        .delete(&w.ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while namespaces.get_opt(&w.ns).await.expect("get ns").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "namespace still there: {:?}",
+            w.pns.list(&Default::default()).await.map(|l| l
+                .items
+                .iter()
+                .map(|p| p.status.clone())
+                .collect::<Vec<_>>())
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(w.mock.registrations().await.is_empty());
+}
