@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -59,21 +60,139 @@ pub async fn acquire(
     }
 }
 
-/// Exit the process the moment the Lease is lost: another replica may already be acting, and
-/// every reconcile is safe to abort (the create is guarded by the pending marker).
-pub fn exit_on_loss(mut leading: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                changed = leading.changed() => {
-                    if changed.is_err() || !*leading.borrow_and_update() {
-                        error!("lost the lease; exiting so that only the new leader acts");
-                        std::process::exit(2);
+/// How long after the last renewal this process may still act: the library starts renewing at
+/// `duration - grace`; a renewal that has not landed by `duration - grace / 2` means the
+/// process may be cut off, and it stops while `grace / 2` is left before any standby may take
+/// the Lease (which it can only do at `duration`).
+pub fn fence_after(duration: Duration, grace: Duration) -> Duration {
+    duration.saturating_sub(grace / 2)
+}
+
+/// What the fence decides from the last confirmed renewal (pure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// Still safe: look at the Lease again after this long.
+    LookAgainIn(Duration),
+    /// Not renewed in time: stop acting now.
+    Stop,
+}
+
+/// `since_renewal`: time since the last renewal this process saw confirmed by the API server.
+pub fn fence(since_renewal: Duration, duration: Duration, grace: Duration) -> Fence {
+    let limit = fence_after(duration, grace);
+    if since_renewal >= limit {
+        return Fence::Stop;
+    }
+    // The next renewal is due at duration - grace; look just after it, then often until the
+    // limit, so that a renewal is seen promptly and a missing one stops the process in time.
+    let renewal_due = duration.saturating_sub(grace) + Duration::from_millis(300);
+    let wait = if since_renewal < renewal_due {
+        renewal_due - since_renewal
+    } else {
+        Duration::from_millis(250)
+    };
+    Fence::LookAgainIn(wait.min(limit - since_renewal))
+}
+
+/// Guards the acting leader. The process exits (code 2) the moment the Lease is lost, or when
+/// no renewal was confirmed in time (fencing: a leader cut off from the API server stops
+/// before a standby can take over). The Lease is released only by `release`, after the
+/// in-flight reconciles have ended.
+pub struct Guard {
+    release: tokio::sync::oneshot::Sender<()>,
+    watcher: JoinHandle<()>,
+}
+
+impl Guard {
+    pub fn start(client: Client, cfg: &LeaseConfig, mut leading: watch::Receiver<bool>) -> Guard {
+        let (release, mut released) = tokio::sync::oneshot::channel::<()>();
+        let leases: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+        let cfg = cfg.clone();
+        let watcher = tokio::spawn(async move {
+            // Just acquired: the renewal we know of is now at the latest.
+            let mut confirmed = jiff::Timestamp::now();
+            loop {
+                let since = since(confirmed);
+                let wait = match fence(since, cfg.duration, cfg.grace) {
+                    Fence::Stop => stop(&cfg, since),
+                    Fence::LookAgainIn(wait) => wait,
+                };
+                tokio::select! {
+                    _ = &mut released => {
+                        // Dropping `leading` makes the lease task release the Lease.
+                        drop(leading);
+                        return;
+                    }
+                    changed = leading.changed() => {
+                        if changed.is_err() || !*leading.borrow_and_update() {
+                            error!("lost the lease; exiting so that only the new leader acts");
+                            std::process::exit(2);
+                        }
+                    }
+                    _ = tokio::time::sleep(wait) => {
+                        if let Some(renewed) = renewal_of(&leases, &cfg).await
+                            && renewed > confirmed
+                        {
+                            confirmed = renewed;
+                        }
                     }
                 }
-                // Shutting down: dropping `leading` releases the Lease for a fast hand-over.
-                _ = stop.wait_for(|s| *s) => return,
             }
-        }
-    });
+        });
+        Guard { release, watcher }
+    }
+
+    /// Let the Lease go (after draining): a standby takes over at once.
+    pub async fn release(self) {
+        let _ = self.release.send(());
+        let _ = self.watcher.await;
+    }
+}
+
+fn since(t: jiff::Timestamp) -> Duration {
+    Duration::try_from(jiff::Timestamp::now().duration_since(t)).unwrap_or(Duration::ZERO)
+}
+
+fn stop(cfg: &LeaseConfig, since: Duration) -> ! {
+    error!(
+        since_renewal = ?since,
+        lease_duration = ?cfg.duration,
+        "the lease was not renewed in time (cut off from the API server?); exiting before a standby can take over"
+    );
+    std::process::exit(2);
+}
+
+/// The Lease's renewTime if this process holds it, as the API server says now. Any failure is
+/// `None`: nothing is confirmed.
+async fn renewal_of(leases: &Api<Lease>, cfg: &LeaseConfig) -> Option<jiff::Timestamp> {
+    let read = tokio::time::timeout(Duration::from_millis(1000), leases.get_opt(&cfg.name));
+    let lease = read.await.ok()?.ok()??;
+    let spec = lease.spec?;
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return None;
+    }
+    spec.renew_time.map(|t| t.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_fence_stops_before_a_standby_may_take_over() {
+        // Defaults: 15 s lease, renewal from 10 s, stop at 12.5 s; a standby waits for 15 s.
+        assert_eq!(fence_after(S(15), S(5)), MS(12_500));
+        assert_eq!(fence(S(0), S(15), S(5)), Fence::LookAgainIn(MS(10_300)));
+        assert_eq!(fence(S(10), S(15), S(5)), Fence::LookAgainIn(MS(300)));
+        assert_eq!(fence(MS(11_000), S(15), S(5)), Fence::LookAgainIn(MS(250)));
+        assert_eq!(fence(MS(12_400), S(15), S(5)), Fence::LookAgainIn(MS(100)));
+        assert_eq!(fence(MS(12_500), S(15), S(5)), Fence::Stop);
+        assert_eq!(fence(S(60), S(15), S(5)), Fence::Stop);
+        // Short test leases: 4 s with 2 s grace stop at 3 s.
+        assert_eq!(fence(S(3), S(4), S(2)), Fence::Stop);
+        assert_eq!(fence(MS(2_900), S(4), S(2)), Fence::LookAgainIn(MS(100)));
+    }
 }

@@ -127,7 +127,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     info!(api_url = %args.api_url, namespace = ?scope.namespace, "starting oneinbox-operator");
 
-    let mut lease_task = None;
+    let mut lease = None;
     if args.leader_election {
         let cfg = leader::LeaseConfig {
             name: args.lease_name.clone(),
@@ -146,8 +146,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
             return Ok(());
         };
         health.set_standby(false);
-        leader::exit_on_loss(held.leading, stop_rx.clone());
-        lease_task = Some(held.task);
+        let guard = leader::Guard::start(client.clone(), &cfg, held.leading);
+        lease = Some((guard, held.task));
     }
 
     let ready_health = health.clone();
@@ -183,8 +183,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     )
     .await;
     health.set_shutting_down();
-    if let Some(task) = lease_task {
-        // Let the lease task release the Lease so a standby takes over at once.
+    if let Some((guard, task)) = lease {
+        // The in-flight reconciles have ended: only now release the Lease, so that a standby
+        // takes over at once and never acts beside them.
+        guard.release().await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     admin_task.abort();

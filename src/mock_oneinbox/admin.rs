@@ -6,7 +6,8 @@
 //! - `PUT /phone-numbers/{id}/status` `{"status": "..."}`: forced status.
 //! - `GET`/`PUT /agents`, `/credentials`: `{"ids": [...] | null}`.
 //! - `GET /calls`: `{"<endpoint key>": n}`; unmatched paths count as `"<METHOD> <unmatched>"`.
-//! - `GET /calls/log`: `{"entries": [{"seq", "endpoint", "status", "dropped"}…],
+//! - `GET /calls/log`: `{"entries": [{"seq", "endpoint", "status", "dropped", "at_ms",
+//!   "caller"}…],
 //!   "accepted": {"<endpoint key>": n}}`, `accepted` counting committed writes (2xx POST,
 //!   PATCH, DELETE, including those whose connection was then dropped).
 //! - `POST /reset`: back to the start-up state and configuration.

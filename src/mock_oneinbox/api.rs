@@ -31,7 +31,13 @@ pub(super) async fn handle(
     if path == "/_mock" || path.starts_with("/_mock/") {
         return admin::handle(state, req).await;
     }
-    v1(state, kill, req).await
+    let caller = state.caller(req.headers());
+    CALLER.scope(caller, v1(state, kill, req)).await
+}
+
+tokio::task_local! {
+    /// Which configured key the request in progress carries (for the call log).
+    static CALLER: Option<usize>;
 }
 
 /// What a path and method resolve to.
@@ -202,6 +208,20 @@ impl MockState {
         }
     }
 
+    /// The position of the request's bearer key among the keys given at start-up (never the
+    /// key itself); `None` without configured keys or for an unknown key.
+    fn caller(&self, headers: &http::HeaderMap) -> Option<usize> {
+        let token = headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .trim()
+            .split_once(' ')?
+            .1
+            .trim();
+        self.inner.key_order.iter().position(|k| k == token)
+    }
+
     /// Records the outcome in the log (and as accepted, for a committed write).
     fn record(&self, key: &str, status: Option<u16>, dropped: bool, accepted: bool) {
         let mut sh = self.lock();
@@ -210,11 +230,17 @@ impl MockState {
         if sh.log.len() >= LOG_CAPACITY {
             sh.log.pop_front();
         }
+        let at_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         sh.log.push_back(LogEntry {
             seq,
             endpoint: key.to_owned(),
             status,
             dropped,
+            at_ms,
+            caller: CALLER.try_with(|c| *c).ok().flatten(),
         });
         if accepted {
             *sh.accepted.entry(key.to_owned()).or_insert(0) += 1;

@@ -107,6 +107,10 @@ pub struct LogEntry {
     pub status: Option<u16>,
     /// Whether the connection was closed instead of answering.
     pub dropped: bool,
+    /// When the outcome was decided, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Which of the keys given at start-up the request carried (its position, never the key).
+    pub caller: Option<usize>,
 }
 
 /// Everything mutable, behind one lock so that check-then-commit is atomic.
@@ -123,6 +127,8 @@ struct Shared {
 
 struct Inner {
     api_keys: BTreeSet<String>,
+    /// The same keys in the order given, for `LogEntry::caller`.
+    key_order: Vec<String>,
     initial_config: FaultConfig,
     state_file: Option<PathBuf>,
     shared: Mutex<Shared>,
@@ -162,6 +168,12 @@ impl MockState {
         };
         Ok(Self {
             inner: Arc::new(Inner {
+                key_order: options
+                    .api_keys
+                    .iter()
+                    .filter(|k| !k.is_empty())
+                    .cloned()
+                    .collect(),
                 api_keys: options
                     .api_keys
                     .into_iter()

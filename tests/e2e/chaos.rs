@@ -669,23 +669,6 @@ impl Operators {
     }
 }
 
-fn lease_rbac(ns: &str) {
-    let rbac = json!({
-        "apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-             "metadata": {"name": "oneinbox-operator-leases", "namespace": ns},
-             "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-             "metadata": {"name": "oneinbox-operator-leases", "namespace": ns},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "oneinbox-operator-leases"},
-             "subjects": [{"kind": "ServiceAccount", "name": "oneinbox-operator", "namespace": "oneinbox-system"}]}
-        ]
-    });
-    let file = std::env::temp_dir().join(format!("{ns}-lease-rbac.json"));
-    std::fs::write(&file, rbac.to_string()).expect("write lease RBAC");
-    kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
-}
-
 /// What must hold once healed, checked without kstatus (cheap, polled until it holds).
 struct Converged {
     ok: bool,
@@ -845,7 +828,7 @@ pub async fn run(p: Params) -> Report {
     let ns = w.ns.clone();
     let mut args: Vec<&str> = operator_args.to_vec();
     if p.ha {
-        lease_rbac(&w.ns);
+        grant_lease_rbac(&w.ns);
         args.extend([
             "--leader-election",
             "--lease-namespace",

@@ -686,3 +686,21 @@ pub fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
         _ => default,
     }
 }
+
+/// The Lease RBAC of the chart (get, create, update, patch) for the operator identity, in `ns`.
+pub fn grant_lease_rbac(ns: &str) {
+    let rbac = json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "oneinbox-operator-leases", "namespace": ns},
+             "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "oneinbox-operator-leases", "namespace": ns},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "oneinbox-operator-leases"},
+             "subjects": [{"kind": "ServiceAccount", "name": "oneinbox-operator", "namespace": "oneinbox-system"}]}
+        ]
+    });
+    let file = std::env::temp_dir().join(format!("{ns}-lease-rbac.json"));
+    std::fs::write(&file, rbac.to_string()).expect("write lease RBAC");
+    kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
+}

@@ -19,6 +19,7 @@ mod deletion;
 mod docs;
 mod errors;
 mod faults;
+mod fencing;
 mod gitops;
 mod lifecycle;
 mod paths;

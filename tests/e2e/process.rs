@@ -125,21 +125,7 @@ async fn json_logs_have_one_span_per_reconcile() {
 #[tokio::test]
 async fn only_the_leader_acts_and_a_standby_takes_over_after_kill() {
     let w = World::start("leader").await;
-    // Lease RBAC for the operator identity, in this namespace only.
-    let rbac = json!({
-        "apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-             "metadata": {"name": "oneinbox-operator-leases", "namespace": w.ns},
-             "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-             "metadata": {"name": "oneinbox-operator-leases", "namespace": w.ns},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "oneinbox-operator-leases"},
-             "subjects": [{"kind": "ServiceAccount", "name": "oneinbox-operator", "namespace": "oneinbox-system"}]}
-        ]
-    });
-    let file = std::env::temp_dir().join(format!("{}-lease-rbac.json", w.ns));
-    std::fs::write(&file, rbac.to_string()).expect("write");
-    kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
+    grant_lease_rbac(&w.ns);
 
     // The World's own operator does not elect; stop it and run two electing replicas.
     let mut w = w;
