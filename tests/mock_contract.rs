@@ -1646,6 +1646,28 @@ async fn commit_then_drop_stores_but_never_answers() {
 }
 
 #[tokio::test]
+async fn the_call_log_names_the_position_of_the_callers_key_never_the_key() {
+    let mock = Mock::start(&["--api-key", "oi_sk_first", "--api-key", "oi_sk_second"]).await;
+    for key in ["oi_sk_second", "oi_sk_first", "oi_sk_unknown"] {
+        let _ = reqwest::Client::new()
+            .get(mock.url("/v1/phone-numbers/00000000-0000-4000-8000-000000000000"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("send");
+    }
+    let log = mock.calls_log().await;
+    let callers: Vec<&Value> = log["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["caller"])
+        .collect();
+    assert_eq!(callers, [&json!(1), &json!(0), &Value::Null]);
+    assert!(!log.to_string().contains("oi_sk_"), "{log}");
+}
+
+#[tokio::test]
 async fn drop_closes_without_acting() {
     let mock = Mock::start(&[]).await;
     mock.fault(json!({"endpoint": "POST /v1/phone-numbers", "kind": "drop"}))
@@ -1660,11 +1682,25 @@ async fn drop_closes_without_acting() {
     assert_connection_error(&err);
     assert!(mock.stored().await.is_empty());
     let log = mock.calls_log().await;
+    let entry = &log["entries"][0];
+    assert_eq!(log["entries"].as_array().map(Vec::len), Some(1));
     assert_eq!(
-        log["entries"],
-        json!([{"seq": 1, "endpoint": "POST /v1/phone-numbers", "status": null,
-                "dropped": true}])
+        (
+            &entry["seq"],
+            &entry["endpoint"],
+            &entry["status"],
+            &entry["dropped"],
+            &entry["caller"]
+        ),
+        (
+            &json!(1),
+            &json!("POST /v1/phone-numbers"),
+            &Value::Null,
+            &json!(true),
+            &Value::Null
+        )
     );
+    assert!(entry["at_ms"].as_u64().is_some_and(|t| t > 0), "{entry}");
     assert_eq!(log["accepted"], json!({}));
     // The fault was one-shot.
     mock.register(&body("+15551800001")).await;
