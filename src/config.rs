@@ -45,6 +45,11 @@ pub struct RunArgs {
     #[arg(long, env = "ONEINBOX_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 
+    /// Key of status.credentialsHash, from this file (default: derived from the API key; a new
+    /// key makes every hash a new baseline, never a replacement).
+    #[arg(long, env = "ONEINBOX_CREDENTIALS_HASH_KEY_FILE")]
+    pub credentials_hash_key_file: Option<PathBuf>,
+
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "ONEINBOX_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,

@@ -62,6 +62,9 @@ pub const HOST_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.
 #[x_kube(validation = Rule::new("has(self.providerConfig) != has(self.credentialId)").message(
     "exactly one of spec.providerConfig (SIP credentials) or spec.credentialId (a stored OneInbox integration) must be set"
 ))]
+#[x_kube(validation = Rule::new("has(self.apiKeySecretRef) == has(oldSelf.apiKeySecretRef) && (!has(self.apiKeySecretRef) || self.apiKeySecretRef == oldSelf.apiKeySecretRef)").message(
+    "apiKeySecretRef is immutable: another key may be another OneInbox workspace. Create a new PhoneNumber (set deletionPolicy: Orphan on this one to keep its registration); the key inside the Secret may be rotated freely"
+))]
 pub struct PhoneNumberSpec {
     /// The number in E.164 form, e.g. "+15739693824". Immutable: a new number is a new
     /// PhoneNumber object.
@@ -111,7 +114,9 @@ pub struct PhoneNumberSpec {
     pub replacement_policy: ReplacementPolicy,
 
     /// OneInbox API key for this object (a Secret in the same namespace), for clusters where
-    /// teams use different OneInbox workspaces. Defaults to the operator-wide key.
+    /// teams use different OneInbox workspaces. Defaults to the operator-wide key. Immutable
+    /// (set, changed or removed only by creating a new PhoneNumber); the value inside the
+    /// Secret may be rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// The key defaults to "apiKey".
     pub api_key_secret_ref: Option<SecretKeySelector>,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use oneinbox_operator::admin::{self, Health};
 use oneinbox_operator::config::{Cli, Command, RunArgs};
+use oneinbox_operator::controller::plan::HashKey;
 use oneinbox_operator::controller::{self, Scope, Settings};
 use oneinbox_operator::leader;
 use oneinbox_operator::metrics::Metrics;
@@ -60,12 +61,33 @@ fn api_key(args: &RunArgs) -> Result<SecretString, String> {
     Ok(SecretString::new(key))
 }
 
+/// The key of the credentials hash: its own file, or derived from the operator's API key.
+fn hash_key(args: &RunArgs, api_key: &SecretString) -> Result<HashKey, String> {
+    match &args.credentials_hash_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read the credentials hash key file {}: {e}",
+                    path.display()
+                )
+            })?;
+            if text.trim().is_empty() {
+                return Err("the credentials hash key file is empty".into());
+            }
+            Ok(HashKey::derive(text.trim().as_bytes()))
+        }
+        None => Ok(HashKey::derive(api_key.expose().as_bytes())),
+    }
+}
+
 async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::new();
+    let operator_key = api_key(&args)?;
+    let hash_key = hash_key(&args, &operator_key)?;
     let oneinbox = HttpClient::new(
         HttpClientConfig {
             base_url: args.api_url.clone(),
-            api_key: api_key(&args)?,
+            api_key: operator_key,
             api_key_file: args.api_key_file.clone(),
             timeout: args.api_timeout,
             connect_timeout: args.api_timeout.min(std::time::Duration::from_secs(5)),
@@ -120,6 +142,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         kube_timeout: args.kube_timeout,
+        hash_key,
     };
     let scope = Scope {
         namespace: args.watch_namespace.clone(),

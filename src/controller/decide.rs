@@ -208,7 +208,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     let hash = credentials
         .as_ref()
         .ok()
-        .map(|c| plan::credentials_hash(&obs.uid(), c));
+        .map(|c| plan::credentials_hash(&settings.hash_key, &obs.uid(), c));
 
     let remote = match remote(obs, known_id.as_deref(), hash.as_deref()) {
         Ok(remote) => remote,
@@ -289,7 +289,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     }
 
     let replacement_pending = matches!(
-        replacement(obs, &remote.id, hash_now(obs).as_deref()),
+        replacement(obs, &remote.id, hash_now(obs, settings).as_deref()),
         Replacement::Report
     );
     let state = remote.facts.state.clone().unwrap_or_default();
@@ -874,12 +874,12 @@ pub fn requested_reconcile(obj: &crate::crd::PhoneNumber) -> Option<String> {
         })
 }
 
-fn hash_now(obs: &Observation) -> Option<String> {
+fn hash_now(obs: &Observation, settings: &Settings) -> Option<String> {
     obs.credentials
         .as_ref()?
         .as_ref()
         .ok()
-        .map(|c| plan::credentials_hash(&obs.uid(), c))
+        .map(|c| plan::credentials_hash(&settings.hash_key, &obs.uid(), c))
 }
 
 /// Whether a GET now would be redundant: the same generation and credentials were checked
@@ -947,7 +947,13 @@ fn replacement(obs: &Observation, id: &str, current_hash: Option<&str>) -> Repla
     let (Some(registered), Some(current)) = (registered, current_hash) else {
         return Replacement::No;
     };
-    if registered == current || status.and_then(|s| s.phone_number_id.as_deref()) != Some(id) {
+    // Made with another key (or before hashes had key ids): a new baseline, not a change.
+    let same_key =
+        plan::hash_key_id(registered).is_some_and(|k| Some(k) == plan::hash_key_id(current));
+    if registered == current
+        || !same_key
+        || status.and_then(|s| s.phone_number_id.as_deref()) != Some(id)
+    {
         return Replacement::No;
     }
     match obs.obj.spec.replacement_policy {

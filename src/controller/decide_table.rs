@@ -24,6 +24,7 @@ fn settings() -> Settings {
         backoff_base: Duration::from_secs(5),
         backoff_max: Duration::from_secs(1800),
         kube_timeout: Duration::from_secs(10),
+        hash_key: plan::HashKey::derive(b"oi_sk_table"),
     }
 }
 
@@ -45,6 +46,7 @@ fn condition(type_: &str, status: &str, reason: &str) -> Value {
 
 fn hash_of(credential: &str) -> String {
     plan::credentials_hash(
+        &settings().hash_key,
         "uid-1",
         &Credentials::Stored {
             credential_id: credential.into(),

@@ -44,6 +44,8 @@ pub struct Settings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub kube_timeout: Duration,
+    /// The key of `status.credentialsHash`.
+    pub hash_key: plan::HashKey,
 }
 
 /// Shared state of all reconciles.

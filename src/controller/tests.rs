@@ -308,6 +308,7 @@ impl Harness {
                 backoff_base: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(60),
                 kube_timeout: Duration::from_secs(5),
+                hash_key: super::plan::HashKey::derive(b"oi_sk_unit"),
             },
             backoff: Backoff::default(),
             memory: Mutex::default(),

@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use oneinbox_operator::controller::plan::{Credentials, credentials_hash};
+use oneinbox_operator::controller::plan::{Credentials, HashKey, credentials_hash};
 use oneinbox_operator::crd::PhoneNumber;
 use oneinbox_operator::oneinbox::SecretString;
 use rand::rngs::StdRng;
@@ -728,7 +728,9 @@ fn remote_diffs(o: &Obj, pn: &PhoneNumber, r: &Value) -> Vec<String> {
             credential_id: CREDENTIAL.into(),
         },
     };
-    let want = credentials_hash(&pn.uid().unwrap_or_default(), &creds);
+    // The operator derives the hash key from its API key.
+    let key = HashKey::derive(API_KEY.as_bytes());
+    let want = credentials_hash(&key, &pn.uid().unwrap_or_default(), &creds);
     if pn
         .status
         .as_ref()

@@ -256,6 +256,40 @@ async fn invalid_manifests_are_rejected_with_the_field_named() {
             "{msg}"
         );
     }
+    // apiKeySecretRef cannot be added, changed or removed: that could move the object to
+    // another workspace.
+    let mut tenant = valid();
+    tenant["apiKeySecretRef"] = json!({"name": "tenant-a"});
+    create(&api, "tenant", &tenant).await.expect("valid object");
+    for (name, patch) in [
+        (
+            "fixed",
+            json!({"spec": {"apiKeySecretRef": {"name": "tenant-b"}}}),
+        ),
+        (
+            "tenant",
+            json!({"spec": {"apiKeySecretRef": {"name": "tenant-b"}}}),
+        ),
+        ("tenant", json!({"spec": {"apiKeySecretRef": null}})),
+    ] {
+        let res = api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        let msg = rejection(res);
+        assert!(
+            msg.contains("apiKeySecretRef is immutable"),
+            "{name} {patch}: {msg}"
+        );
+    }
+    // Unrelated changes still pass.
+    api.patch(
+        "tenant",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"friendlyName": "renamed"}})),
+    )
+    .await
+    .expect("a PATCHable field can change");
+
     // The design's own example, with `credentialId: null`, is valid.
     let mut example = valid();
     example["credentialId"] = Value::Null;
