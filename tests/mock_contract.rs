@@ -1,4 +1,4 @@
-//! Contract tests of the mock OneInbox server (reference §6). Each test starts the real
+//! Contract tests of the mock OneInbox server (docs/oneinbox-contract.md). Each test starts the real
 //! `oneinbox-mock` binary on `127.0.0.1:0` and talks plain HTTP to it, so tests run in parallel
 //! without port clashes. Timing assertions are lower bounds only.
 

@@ -132,7 +132,7 @@ pub fn secret_versions_digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a 
 }
 
 /// The PATCH that makes the registration `remote` digests match the spec: only changed fields,
-/// with explicit nulls for removed routing keys (§6 m). Empty when nothing differs.
+/// with explicit nulls for removed routing keys (contract: PATCH details). Empty when nothing differs.
 pub fn patch_for(obj: &PhoneNumber, remote: &PatchableDigest) -> PatchRequest {
     let want = PatchableDigest::of_spec(obj);
     let mut patch = PatchRequest::default();

@@ -1,4 +1,4 @@
-//! `/_mock/` test support (§6 k): no auth, not counted. Errors are `400 {"detail": "<text>"}`.
+//! `/_mock/` test support (contract: Mock test support): no auth, not counted. Errors are `400 {"detail": "<text>"}`.
 //!
 //! - `GET`/`PUT /config`: the `FaultConfig` (PUT replaces it whole and refills the bucket).
 //! - `GET`/`POST`/`DELETE /faults`: `{"pending": [FaultSpec…]}`; POST takes one spec or a list.

@@ -1,4 +1,4 @@
-//! The `/v1` pipeline. Per request, in the contract's order (§6 o): count, latency, one-shot
+//! The `/v1` pipeline. Per request, in the contract's order (contract: Auth and check order): count, latency, one-shot
 //! fault, rate limit, random error, auth, validation, `phone_id` lookup, references, duplicate,
 //! SIP resolution, commit. Route-level 404/405 come after the random error and before auth, as
 //! in a FastAPI service whose router answers before any dependency runs.
@@ -54,7 +54,7 @@ enum Target {
 
 const COLLECTION: &str = "/v1/phone-numbers";
 
-/// Resolves the endpoint key and target. Purchase and search are not served (§6 n): they are
+/// Resolves the endpoint key and target. Purchase and search are not served (contract: Paths and routes): they are
 /// 404 for every method instead of falling into `{phone_id}`.
 fn route(method: &Method, path: &str) -> (String, Target) {
     if path == COLLECTION {

@@ -1,4 +1,4 @@
-//! The mock OneInbox phone-number API (reference §6, "mock").
+//! The mock OneInbox phone-number API (docs/oneinbox-contract.md).
 //!
 //! It serves `/v1/phone-numbers` with the contract's check order and error bodies, plus the
 //! unauthenticated `/_mock/` test-support endpoints (fault configuration, one-shot faults,

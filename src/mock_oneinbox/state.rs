@@ -1,6 +1,6 @@
 //! The registration store and its pure operations (time is passed in). The checks run in the
 //! contract's order after validation: `phone_id` lookup, references, duplicate, SIP resolution,
-//! commit (§6 o).
+//! commit (contract: Auth and check order).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,7 +22,7 @@ pub struct Fallback {
 }
 
 /// A stored `InboundRouting`. Absent keys are left out of the JSON, so that "`null` removes
-/// that key" (§6 m) is visible as a removed key.
+/// that key" (contract: PATCH details) is visible as a removed key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routing {
     /// Agent answering inbound calls.
@@ -174,7 +174,7 @@ impl Registration {
         }
     }
 
-    /// The stored values a PATCH may change, for "did anything change" (§6 m).
+    /// The stored values a PATCH may change, for "did anything change" (contract: PATCH details).
     fn patchable(&self) -> (&Option<String>, Uuid, &Option<Routing>, &Option<String>) {
         (
             &self.friendly_name,
@@ -262,7 +262,7 @@ impl Store {
         }
     }
 
-    /// All registrations ordered by `created_at`, then `id` (§6 a).
+    /// All registrations ordered by `created_at`, then `id` (contract: List).
     pub fn ordered(&self) -> Vec<&Registration> {
         let mut all: Vec<&Registration> = self.records.values().collect();
         all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -326,7 +326,7 @@ impl Store {
             .is_none_or(|set| set.contains(&id))
     }
 
-    /// The first unknown reference among the given agent ids, in the order of §6 d.
+    /// The first unknown reference among the given agent ids, in the order of the contract (Unknown ids).
     fn check_agents(
         &self,
         agent_id: Option<Uuid>,
@@ -441,7 +441,7 @@ impl Store {
         Ok(self.records.entry(id).or_insert(rec))
     }
 
-    /// Applies a PATCH (§6 m): lookup, references, then the merge. `updated_at` moves only when
+    /// Applies a PATCH (contract: PATCH details): lookup, references, then the merge. `updated_at` moves only when
     /// a stored value changed; `status` is never touched. Returns the record and whether it
     /// changed.
     pub fn patch(

@@ -68,7 +68,7 @@ pub struct ProviderConfigInput {
 }
 
 impl ProviderConfigInput {
-    /// Names of the three SIP fields that are missing or empty (§6 l).
+    /// Names of the three SIP fields that are missing or empty (contract: SIP credential resolution).
     pub fn missing_fields(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.trunk_address.as_deref().is_none_or(str::is_empty) {
@@ -84,7 +84,7 @@ impl ProviderConfigInput {
     }
 }
 
-/// `inbound_routing` on POST: every field optional (§6 n).
+/// `inbound_routing` on POST: every field optional (contract: Paths and routes).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RoutingInput {
     /// Agent answering inbound calls.
@@ -138,7 +138,7 @@ pub struct RoutingPatch {
 }
 
 /// A valid PATCH body. Top-level `agent_id: null` and `inbound_routing: null` mean unchanged
-/// (§6 m), so they are folded into `None` here.
+/// (contract: PATCH details), so they are folded into `None` here.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PatchInput {
     /// Display name; `Null` clears it.
@@ -528,7 +528,7 @@ fn routing_create(errs: &mut Errors, r: &Map<String, Value>) -> RoutingInput {
     }
 }
 
-/// Validates a PATCH body. Fields outside the schema are ignored (§6 m).
+/// Validates a PATCH body. Fields outside the schema are ignored (contract: PATCH details).
 pub fn validate_patch(body: &Value) -> Result<PatchInput, Vec<ErrorItem>> {
     let map = body_object(body)?;
     let mut errs = Errors::new();

@@ -61,7 +61,7 @@ struct Inner {
     metrics: Metrics,
 }
 
-/// `GET /v1/phone-numbers` page; a bare array is also accepted (§6 a).
+/// `GET /v1/phone-numbers` page; a bare array is also accepted (contract: List).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ListBody {
@@ -267,7 +267,7 @@ fn outcome_label(r: &Result<(StatusCode, String), ApiError>) -> &'static str {
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date (§6 f).
+/// `Retry-After` as delta-seconds or an HTTP-date (contract: Retries).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {

@@ -1,4 +1,4 @@
-//! The OneInbox client: the operator's view of the phone-number API (`../shared/api`, §2 and §6).
+//! The OneInbox client: the operator's view of the phone-number API (docs/oneinbox-contract.md).
 //!
 //! `OneInboxApi` is the seam between the reconciler and the network; `http.rs` is the real
 //! implementation. Errors arrive already classified as retryable, not-found, duplicate or
@@ -80,7 +80,7 @@ pub struct Registration {
     pub inbound_routing: Option<Routing>,
 }
 
-/// `active` is the only ready registration state (§6 g); anything else, known or not, is not.
+/// `active` is the only ready registration state (contract: Status); anything else, known or not, is not.
 pub fn is_active_state(status: &str) -> bool {
     status == "active"
 }
@@ -120,7 +120,7 @@ pub enum Deregistered {
     AlreadyGone,
 }
 
-/// A failed OneInbox call, classified (§6 e, f).
+/// A failed OneInbox call, classified (contract: Error bodies, Retries).
 #[derive(thiserror::Error, Debug, Clone, PartialEq)]
 pub enum ApiError {
     /// 429, 5xx, timeouts, connection errors: try again later (honouring `retry_after`).
@@ -161,7 +161,7 @@ impl ApiError {
         )
     }
 
-    /// A 429: the API refused to act and changed nothing (§6 f).
+    /// A 429: the API refused to act and changed nothing (contract: Retries).
     pub fn is_throttled(&self) -> bool {
         matches!(self, ApiError::Unavailable { what, .. } if what == "HTTP 429")
     }
