@@ -75,7 +75,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 self.write_phase(obs, data, phase).await?;
                 return self.then(obs, then);
             }
-            Step::Fail(f) => return Err(error_of(&f)),
+            Step::Fail(f) => return Err(self.error(obs, &f)),
             Step::Done(after) => return Ok(Next::End(action(after))),
             Step::Adopt { id } => {
                 self.add_finalizer(obs).await?;
@@ -191,8 +191,12 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             Step::Blocked { cause, failure } => {
                 self.report_deletion_blocked(obs, cause.clone()).await?;
                 return Err(match failure {
-                    Some(f) => error_of(&f),
-                    None => Error::DeletionBlocked(cause),
+                    Some(f) => self.error(obs, &f),
+                    None => Error::DeletionBlocked(redact::text(
+                        &cause,
+                        &secrets_of(obs),
+                        redact::MAX_CONDITION_MESSAGE,
+                    )),
                 });
             }
         }
@@ -241,7 +245,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 obs.continued = true;
                 Next::Decide
             }
-            Then::Fail(f) => return Err(error_of(&f)),
+            Then::Fail(f) => return Err(self.error(obs, &f)),
             Then::Checked {
                 id,
                 patchable,
@@ -270,6 +274,14 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 // The drift-check sweep brings it back when its interval is over.
                 Next::End(Action::await_change())
             }
+        })
+    }
+
+    /// The error a pass ends with, scrubbed of the secrets in hand (it is logged).
+    fn error(&self, obs: &Observation, f: &Failure) -> Error {
+        error_of(&Failure {
+            op: f.op,
+            error: redact::api_error(f.error.clone(), &secrets_of(obs)),
         })
     }
 

@@ -143,6 +143,34 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// The kind of step, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Read(Read::ApiKey) => "read api key",
+            Step::Read(Read::Credentials) => "read credentials",
+            Step::Read(Read::Registration(_)) => "get registration",
+            Step::Read(Read::LookupByNumber) => "look up number",
+            Step::Report { .. } => "report",
+            Step::Fail(_) => "fail",
+            Step::Done(_) => "done",
+            Step::Adopt { .. } => "adopt",
+            Step::ReportLost { .. } => "report lost",
+            Step::Replace { .. } => "replace",
+            Step::Register { .. } => "register",
+            Step::Persist { .. } => "persist",
+            Step::Patch { .. } => "patch",
+            Step::Annotate { .. } => "annotate",
+            Step::RememberCleanRefusal { .. } => "remember clean refusal",
+            Step::ForgetCheck { .. } => "forget check",
+            Step::Orphan { .. } => "orphan",
+            Step::Deregister { .. } => "deregister",
+            Step::Release { .. } => "release",
+            Step::Blocked { .. } => "blocked",
+        }
+    }
+}
+
 /// How a pass that writes nothing ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DoneAfter {

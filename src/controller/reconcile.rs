@@ -46,7 +46,8 @@ pub async fn reconcile<C: OneInboxApi>(
     for _ in 0..MAX_STEPS {
         let mut step = decide(&obs, &ctx.settings);
         loop {
-            debug!(?step, "step");
+            // The kind of step only: its data can hold API texts.
+            debug!(step = step.kind(), "step");
             match driver.act(&mut obs, step).await? {
                 Next::Decide => break,
                 Next::Step(next) => step = *next,

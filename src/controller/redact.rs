@@ -4,6 +4,7 @@
 //! detail might echo.
 
 use super::status::Phase;
+use crate::oneinbox::ApiError;
 
 /// Longest event note (the API server accepts 1 KiB).
 pub const MAX_EVENT_NOTE: usize = 1000;
@@ -30,6 +31,40 @@ pub fn text(text: &str, secrets: &[String], max: usize) -> String {
         out.truncate(end);
     }
     out
+}
+
+/// The API error with its texts scrubbed (it is logged and becomes the error of the pass).
+pub fn api_error(e: ApiError, secrets: &[String]) -> ApiError {
+    let clean = |t: String| text(&t, secrets, MAX_CONDITION_MESSAGE);
+    match e {
+        ApiError::Unavailable {
+            what,
+            detail,
+            retry_after,
+        } => ApiError::Unavailable {
+            what,
+            detail: clean(detail),
+            retry_after,
+        },
+        ApiError::KeyRejected { status, detail } => ApiError::KeyRejected {
+            status,
+            detail: clean(detail),
+        },
+        ApiError::AlreadyRegistered { phone_id, message } => ApiError::AlreadyRegistered {
+            phone_id,
+            message: clean(message),
+        },
+        ApiError::Rejected {
+            status,
+            code,
+            detail,
+        } => ApiError::Rejected {
+            status,
+            code,
+            detail: clean(detail),
+        },
+        ApiError::NotFound => ApiError::NotFound,
+    }
 }
 
 /// The phase with its message scrubbed and bounded.
@@ -79,6 +114,21 @@ mod tests {
         let t = text(&long, &secrets, 1001);
         assert_eq!(t.len(), 1000);
         assert!(t.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn api_error_texts_are_scrubbed() {
+        let secrets = vec!["s3cret-value".to_string()];
+        let e = api_error(
+            ApiError::Unavailable {
+                what: "HTTP 502".into(),
+                detail: "upstream said s3cret-value".into(),
+                retry_after: None,
+            },
+            &secrets,
+        );
+        assert!(!e.to_string().contains("s3cret-value"), "{e}");
+        assert!(e.to_string().contains("[redacted]"), "{e}");
     }
 
     #[test]

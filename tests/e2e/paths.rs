@@ -324,3 +324,106 @@ async fn a_namespace_deleted_with_its_tenant_key_does_not_block() {
     }
     assert!(w.mock.registrations().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_404_is_read_by_endpoint_and_code_not_by_its_wording() {
+    let w = World::start_with(
+        "notfound",
+        &[],
+        &["--poll-interval", "1s", "--min-poll-interval", "1s"],
+    )
+    .await;
+    w.apply("n", credential_spec(&number())).await;
+    let first = w.wait_ready("n").await;
+    let old = first.status.and_then(|s| s.phone_number_id).expect("id");
+    // The registration is gone, and the API says so in other words than today.
+    let gone = reqwest::Client::new()
+        .delete(format!("{}/v1/phone-numbers/{old}", w.mock.url))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("direct DELETE");
+    assert_eq!(gone.status().as_u16(), 204);
+    w.mock
+        .fault(json!({"endpoint": GET, "kind": "status", "status": 404, "detail": "No such registration", "count": 1}))
+        .await;
+    let pn = w
+        .wait_for("n", "registered again", Duration::from_secs(20), |p| {
+            is_ready(p)
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.phone_number_id.as_deref())
+                    .is_some_and(|id| id != old)
+        })
+        .await;
+    assert_only_registration_is(&w.mock, &pn).await;
+    assert_eq!(count_events(&w, "RegistrationLost").await, 1);
+}
+
+#[tokio::test]
+async fn an_api_error_echoing_the_password_is_scrubbed_from_status_and_events() {
+    let w = World::start("scrub").await;
+    let password = "hunter2-echoed-back-9f3";
+    w.secret("sip", password).await;
+    // OneInbox answers with a detail that echoes the submitted password.
+    w.mock
+        .fault(json!({"endpoint": POST, "kind": "status", "status": 400,
+                      "detail": format!("trunk refused credentials oneinbox:{password}"), "count": 1}))
+        .await;
+    w.apply("s", sip_spec(&number(), "sip")).await;
+    let pn = w.wait_reason("s", "Stalled", "RegistrationRejected").await;
+    let msg = &pn.condition("Stalled").expect("stalled").message;
+    assert!(
+        msg.contains("trunk refused credentials oneinbox:[redacted]"),
+        "{msg}"
+    );
+    w.assert_no_secrets(&[password]).await;
+}
+
+#[tokio::test]
+async fn a_new_credentials_hash_key_is_a_new_baseline_not_a_replacement() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("hash-key");
+    std::fs::write(&key_file, "first hash key").expect("key");
+    let key_path = key_file.to_str().expect("path").to_string();
+    let mut w =
+        World::start_with("hashkey", &[], &["--credentials-hash-key-file", &key_path]).await;
+    w.secret("sip", "pw-stays-the-same").await;
+    w.apply(
+        "h",
+        with(
+            sip_spec(&number(), "sip"),
+            json!({"replacementPolicy": "Replace"}),
+        ),
+    )
+    .await;
+    let pn = w.wait_ready("h").await;
+    let hash = pn
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials_hash.clone())
+        .expect("hash");
+    let id = pn.status.and_then(|s| s.phone_number_id);
+
+    // Restarted with another key: every hash differs, and none of it is a credentials change.
+    w.operator.kill();
+    std::fs::write(&key_file, "second hash key").expect("key");
+    w.operator.spawn();
+    let pn = w
+        .wait_for("h", "a new baseline", Duration::from_secs(20), |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.credentials_hash.as_deref())
+                .is_some_and(|h| h != hash)
+        })
+        .await;
+    assert!(is_ready(&pn));
+    assert_eq!(
+        pn.status.and_then(|s| s.phone_number_id),
+        id,
+        "not re-registered"
+    );
+    assert_eq!(w.mock.count(POST).await, 1);
+    assert_eq!(w.mock.count(DELETE).await, 0);
+    assert_eq!(count_events(&w, "Replacing").await, 0);
+}
