@@ -80,6 +80,17 @@ impl<C> Context<C> {
             .filter_map(|o| o.metadata.uid.as_deref())
             .collect();
         memory.retain_watched(&watched);
+        drop(memory);
+        let referenced: HashSet<(String, &str)> = objects
+            .iter()
+            .flat_map(|o| {
+                let ns = o.metadata.namespace.clone().unwrap_or_default();
+                o.referenced_secrets().map(move |s| (ns.clone(), s))
+            })
+            .collect();
+        lock(&self.secret_versions)
+            .retain(|(ns, name), _| referenced.contains(&(ns.clone(), name.as_str())));
+        let mut memory = lock(&self.memory);
         objects
             .iter()
             .filter_map(|o| {
@@ -300,15 +311,23 @@ pub async fn run<C: OneInboxApi>(
         .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace();
             let name = secret.name_any();
-            if let (Some(ns), Some(rv)) = (ns.clone(), secret.resource_version()) {
-                lock(&seen_secrets).insert((ns, name.clone()), rv);
-            }
-            secret_store
+            let users = secret_store
                 .state()
                 .into_iter()
                 .filter(|pn| pn.namespace() == ns && pn.referenced_secrets().any(|s| s == name))
                 .map(|pn| ObjectRef::from_obj(pn.as_ref()))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            // Only the Secrets some object references are tracked (a read records the others
+            // when an object starts to use them).
+            if let (Some(ns), Some(rv)) = (ns, secret.resource_version()) {
+                let mut versions = lock(&seen_secrets);
+                if users.is_empty() {
+                    versions.remove(&(ns, name));
+                } else {
+                    versions.insert((ns, name), rv);
+                }
+            }
+            users
         })
         .reconcile_on(sibling_stream)
         .reconcile_on(due_checks)

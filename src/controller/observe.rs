@@ -245,6 +245,14 @@ impl<C: OneInboxApi> Reader<'_, C> {
             .as_ref()
             .and_then(|s| s.meta().resource_version.clone())
         {
+            // Track it from now on, unless the watch already knows a newer version.
+            let mut versions = lock(&self.ctx.secret_versions);
+            let key = (namespace.clone(), name.to_owned());
+            let newer = |a: &str, b: &str| a.parse::<u64>().ok() > b.parse::<u64>().ok();
+            if versions.get(&key).is_none_or(|known| newer(&rv, known)) {
+                versions.insert(key, rv.clone());
+            }
+            drop(versions);
             obs.secrets_read.push((name.to_owned(), rv));
         }
         let problem = |kind| SecretProblem {
