@@ -180,7 +180,14 @@ pub enum DoneAfter {
 
 /// The next step of the pass.
 pub fn decide(obs: &Observation, settings: &Settings) -> Step {
-    if obs.obj.metadata.deletion_timestamp.is_some() {
+    let deleting = obs.obj.metadata.deletion_timestamp.is_some();
+    // Deleted while this pass was applying (a write answered with the deleted object): what
+    // the pass did so far (e.g. the DELETE of a replacement) says nothing about the deletion.
+    // A new pass starts from a fresh observation.
+    if deleting != obs.deleting_at_start {
+        return Step::Done(DoneAfter::Requeue(Duration::ZERO));
+    }
+    if deleting {
         decide_deletion(obs)
     } else {
         decide_apply(obs, settings)

@@ -100,6 +100,7 @@ fn obs(o: Value) -> Observation {
     let obj: PhoneNumber = serde_json::from_value(o).expect("object");
     Observation {
         generation: obj.metadata.generation,
+        deleting_at_start: obj.metadata.deletion_timestamp.is_some(),
         obj,
         now: Instant::now(),
         wall: "2026-01-01T00:00:10Z".parse().expect("time"),

@@ -78,6 +78,9 @@ pub struct Observation {
     /// The generation this pass started from: what a successful pass brought the API in line
     /// with (a status write answers with the newest object, which may carry a later spec).
     pub generation: Option<i64>,
+    /// Whether the object was being deleted when the pass started: the results of one kind
+    /// of pass never feed a decision of the other.
+    pub deleting_at_start: bool,
     pub now: Instant,
     pub wall: jiff::Timestamp,
     pub memory: ObjectMemory,
@@ -127,6 +130,7 @@ impl Observation {
         let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
         Observation {
             generation: obj.metadata.generation,
+            deleting_at_start: obj.metadata.deletion_timestamp.is_some(),
             obj,
             now: Instant::now(),
             wall: jiff::Timestamp::now(),

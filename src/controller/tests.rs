@@ -148,6 +148,9 @@ struct ApiServerState {
     /// A user's spec update that lands just before the next status write (merged into the
     /// spec, generation + 1): the write then answers with that newer object.
     spec_update_before_status_write: Option<Value>,
+    /// The user deletes the object just before the status write with this index: the write
+    /// then answers with the object being deleted.
+    delete_before_status_write: Option<usize>,
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -207,6 +210,9 @@ impl ApiServerState {
                         StatusCode::INTERNAL_SERVER_ERROR,
                         status_error(500, "InternalError"),
                     );
+                }
+                if self.delete_before_status_write == Some(n) {
+                    self.obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
                 }
                 if let Some(spec) = self.spec_update_before_status_write.take() {
                     merge(&mut self.obj["spec"], &spec);
@@ -273,6 +279,7 @@ impl Harness {
             metadata_patches: 0,
             events: Vec::new(),
             spec_update_before_status_write: None,
+            delete_before_status_write: None,
         }));
         let server_state = state.clone();
         tokio::spawn(async move {
@@ -575,6 +582,34 @@ async fn a_replacement_interrupted_after_deregistering_is_not_reported_lost() {
         !events.iter().any(|r| r == "RegistrationLost"),
         "{events:?}"
     );
+}
+
+#[tokio::test]
+async fn deleted_during_a_replacement_the_new_registration_is_deregistered_not_leaked() {
+    // Found by the chaos smoke: a replacement's DELETE of the old registration, then the POST
+    // of the new one; the status write after the POST answers with the object being deleted.
+    // The deletion must deregister the new registration, not count the replacement's DELETE.
+    let mut obj = new_object();
+    obj["spec"]["replacementPolicy"] = json!("Replace");
+    let h = Harness::new(obj);
+    h.reconcile().await.expect("create");
+    h.forget_checks();
+    {
+        let mut api = h.api.lock().unwrap();
+        api.obj["spec"]["credentialId"] = json!("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9");
+        api.obj["metadata"]["generation"] = json!(2);
+        // Write 0: create's marker, 1: create's persist; 2: the replacement's marker, 3: its
+        // persist, answered with the object being deleted.
+        api.delete_before_status_write = Some(3);
+    }
+    h.reconcile().await.expect("replace");
+    assert_eq!(h.fake.calls("delete"), 1, "the old registration");
+    assert_eq!(h.fake.regs.lock().unwrap().len(), 1, "the new one");
+    assert!(h.obj()["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()));
+    // The next pass is a deletion pass: it deregisters the new registration.
+    h.reconcile().await.expect("delete");
+    assert_eq!(h.fake.calls("delete"), 2);
+    assert!(h.fake.regs.lock().unwrap().is_empty(), "nothing leaked");
 }
 
 #[tokio::test]
