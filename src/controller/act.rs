@@ -73,7 +73,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             Step::Read(read) => self.read(obs, read).await?,
             Step::Report { data, phase, then } => {
                 self.write_phase(obs, data, phase).await?;
-                return self.then(obs, then);
+                return self.then(obs, then).await;
             }
             Step::Fail(f) => return Err(self.error(obs, &f)),
             Step::Done(after) => return Ok(Next::End(action(after))),
@@ -237,7 +237,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         Ok(())
     }
 
-    fn then(&mut self, obs: &mut Observation, then: Then) -> Result<Next> {
+    async fn then(&mut self, obs: &mut Observation, then: Then) -> Result<Next> {
         Ok(match then {
             Then::AwaitChange => Next::End(Action::await_change()),
             Then::Requeue(d) => Next::End(Action::requeue(d)),
@@ -250,7 +250,17 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 id,
                 patchable,
                 generation,
+                warn_poll_interval,
             } => {
+                if let Some(value) = warn_poll_interval {
+                    let note = format!(
+                        "Annotation oneinbox.ai/poll-interval={value:?} is not a duration (e.g. 90s, 5m, 1h30m, or 0 for no checks); using the default interval {:?}",
+                        self.ctx.settings.poll_interval
+                    );
+                    self.event(obs, EventType::Warning, "InvalidPollInterval", note)
+                        .await;
+                    self.remember(obs, |m| m.invalid_poll_interval = Some(value));
+                }
                 let interval = plan::poll_interval(
                     &obs.obj,
                     self.ctx.settings.poll_interval,

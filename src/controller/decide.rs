@@ -74,6 +74,8 @@ pub enum Then {
         id: String,
         patchable: PatchableDigest,
         generation: Option<i64>,
+        /// An invalid `oneinbox.ai/poll-interval` value not reported yet: say so in a Warning.
+        warn_poll_interval: Option<String>,
     },
 }
 
@@ -355,6 +357,9 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
             id: remote.id.clone(),
             patchable: remote.patchable,
             generation: obs.generation,
+            warn_poll_interval: plan::invalid_poll_interval(obj)
+                .filter(|v| obs.memory.invalid_poll_interval.as_deref() != Some(*v))
+                .map(str::to_owned),
         }
     } else {
         Then::Requeue(settings.provisioning_poll)

@@ -182,6 +182,10 @@ fn summary(step: &Step) -> String {
                 Then::Requeue(_) => "Requeue",
                 Then::Continue => "Continue",
                 Then::Fail(_) => "Fail",
+                Then::Checked {
+                    warn_poll_interval: Some(v),
+                    ..
+                } => return format!("Report {} Checked warn={v}", phase(p)),
                 Then::Checked { .. } => "Checked",
             };
             format!("Report {} {then}", phase(p))

@@ -54,6 +54,8 @@ pub struct ObjectMemory {
     /// Digest of (generation, PATCH body) of an update OneInbox rejected: not sent again until
     /// the spec changes or a reconcile is requested.
     pub refused_patch: Option<u64>,
+    /// An invalid `oneinbox.ai/poll-interval` value already reported with a Warning.
+    pub invalid_poll_interval: Option<String>,
     /// The tenant API key last read for this object: deleting it still works after its
     /// Secret is gone (e.g. its namespace is being deleted and the Secret went first).
     pub tenant_key: Option<SecretString>,

@@ -300,6 +300,13 @@ pub fn poll_interval(obj: &PhoneNumber, default: Duration, floor: Duration) -> O
     }
 }
 
+/// The `oneinbox.ai/poll-interval` value, if it is set and not a duration (then the default
+/// interval applies).
+pub fn invalid_poll_interval(obj: &PhoneNumber) -> Option<&str> {
+    obj.annotation(ANNOTATION_POLL_INTERVAL)
+        .filter(|v| parse_duration(v).is_err())
+}
+
 /// `d` scaled by `factor` in [0.8, 1.2]: spreads a fleet's polls over time.
 pub fn jittered(d: Duration, factor: f64) -> Duration {
     d.mul_f64(factor.clamp(0.8, 1.2))

@@ -605,7 +605,11 @@ async fn deleted_during_a_replacement_the_new_registration_is_deregistered_not_l
     h.reconcile().await.expect("replace");
     assert_eq!(h.fake.calls("delete"), 1, "the old registration");
     assert_eq!(h.fake.regs.lock().unwrap().len(), 1, "the new one");
-    assert!(h.obj()["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()));
+    assert!(
+        h.obj()["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    );
     // The next pass is a deletion pass: it deregisters the new registration.
     h.reconcile().await.expect("delete");
     assert_eq!(h.fake.calls("delete"), 2);

@@ -427,3 +427,34 @@ async fn a_new_credentials_hash_key_is_a_new_baseline_not_a_replacement() {
     assert_eq!(w.mock.count(DELETE).await, 0);
     assert_eq!(count_events(&w, "Replacing").await, 0);
 }
+
+#[tokio::test]
+async fn an_invalid_poll_interval_gets_one_warning_naming_the_value() {
+    let w = World::start("pollwarn").await;
+    let obj = json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+        "metadata": {"name": "p", "annotations": {"oneinbox.ai/poll-interval": "often"}},
+        "spec": credential_spec(&number())
+    });
+    w.apply_full(obj).await.expect("apply");
+    w.wait_ready("p").await;
+    // Reconciles that change nothing do not repeat it.
+    w.annotate("p", "oneinbox.ai/reconcile-requested-at", Some("again"))
+        .await;
+    w.wait_for("p", "the request handled", Duration::from_secs(20), |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref())
+            == Some("again")
+    })
+    .await;
+    let warnings: Vec<String> = w
+        .events()
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "InvalidPollInterval")
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("\"often\""), "{warnings:?}");
+}
