@@ -499,12 +499,19 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
 
     async fn event(&self, obs: &Observation, type_: EventType, reason: &str, note: String) {
         let note = redact::text(&note, &secrets_of(obs), redact::MAX_EVENT_NOTE);
+        // The other object, where there is one: the owner in a duplicate claim.
+        let related = match reason {
+            status::reason::DUPLICATE_PHONE_NUMBER | "NotDeregistered" => {
+                obs.number_owner.as_ref().or(obs.id_owner.as_ref())
+            }
+            _ => None,
+        };
         let ev = Event {
             type_,
             reason: reason.to_string(),
             note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
+            action: status::event_action(reason).into(),
+            secondary: related.map(|o| o.reference()),
         };
         // Events are published on transitions only, so the recorder's 6-minute series cache
         // (one Event kept per publish) buys nothing and at 10,000 objects costs tens of MiB:

@@ -281,6 +281,7 @@ fn decision_table() {
                 ob.number_owner = Some(ObjectName {
                     namespace: "voice".into(),
                     name: "older".into(),
+                    uid: None,
                 })
             }),
             "Report Stalled(DuplicatePhoneNumber) Requeue",
@@ -291,6 +292,7 @@ fn decision_table() {
                 ob.id_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "holder".into(),
+                    uid: None,
                 })
             }),
             "Report Stalled(DuplicatePhoneNumber) Requeue",
@@ -756,6 +758,7 @@ fn decision_table() {
                     ob.id_owner = Some(ObjectName {
                         namespace: "a".into(),
                         name: "holder".into(),
+                        uid: None,
                     });
                 },
             ),

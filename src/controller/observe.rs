@@ -21,6 +21,7 @@ use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretS
 pub struct ObjectName {
     pub namespace: String,
     pub name: String,
+    pub uid: Option<String>,
 }
 
 impl ObjectName {
@@ -28,6 +29,19 @@ impl ObjectName {
         ObjectName {
             namespace: o.namespace().unwrap_or_default(),
             name: o.name_any(),
+            uid: o.uid(),
+        }
+    }
+
+    /// As the `related` object of an event.
+    pub fn reference(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("oneinbox.ai/v1alpha1".into()),
+            kind: Some("PhoneNumber".into()),
+            namespace: Some(self.namespace.clone()),
+            name: Some(self.name.clone()),
+            uid: self.uid.clone(),
+            ..Default::default()
         }
     }
 }

@@ -35,6 +35,28 @@ pub mod reason {
     pub const PAUSED: &str = "Paused";
 }
 
+/// The `action` of an event with this reason: what the operator did or tried (events.k8s.io
+/// `action`, a closed set).
+pub fn event_action(event_reason: &str) -> &'static str {
+    match event_reason {
+        "Registered"
+        | reason::ALREADY_REGISTERED
+        | reason::REGISTRATION_REJECTED
+        | reason::REGISTRATION_FAILED
+        | "RegistrationLost" => "Register",
+        "Adopted" | reason::ID_MISMATCH => "Adopt",
+        "Updated" | "DriftCorrected" | reason::UPDATE_REJECTED => "Update",
+        "Replacing" | reason::REPLACEMENT_REQUIRED => "Replace",
+        "Deregistered" | reason::DELETION_BLOCKED => "Deregister",
+        "Orphaned" | "NotDeregistered" => "Release",
+        reason::DUPLICATE_PHONE_NUMBER => "Claim",
+        reason::SECRET_NOT_FOUND | reason::SECRET_KEY_INVALID => "ReadSecret",
+        reason::API_KEY_REJECTED => "Authenticate",
+        "InvalidPollInterval" => "Schedule",
+        _ => "Reconcile",
+    }
+}
+
 /// Where the object stands, as the conditions will say it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -351,6 +373,29 @@ mod tests {
             time(30),
         );
         assert_eq!(third.conditions[0].last_transition_time, time(30));
+    }
+
+    #[test]
+    fn every_event_reason_the_operator_publishes_has_an_action() {
+        for (event, action) in [
+            ("Registered", "Register"),
+            ("Adopted", "Adopt"),
+            ("Updated", "Update"),
+            ("DriftCorrected", "Update"),
+            ("Replacing", "Replace"),
+            ("Deregistered", "Deregister"),
+            ("Orphaned", "Release"),
+            ("NotDeregistered", "Release"),
+            ("RegistrationLost", "Register"),
+            ("DuplicatePhoneNumber", "Claim"),
+            ("AlreadyRegistered", "Register"),
+            ("APIKeyRejected", "Authenticate"),
+            ("SecretKeyInvalid", "ReadSecret"),
+            ("DeletionBlocked", "Deregister"),
+            ("InvalidPollInterval", "Schedule"),
+        ] {
+            assert_eq!(event_action(event), action, "{event}");
+        }
     }
 
     #[test]

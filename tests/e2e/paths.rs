@@ -159,6 +159,28 @@ async fn an_id_held_by_another_object_is_never_adopted_patched_or_deregistered()
     let msg = &pn.condition("Stalled").expect("stalled").message;
     assert!(msg.contains("owner") && msg.contains(&id), "{msg}");
     assert!(pn.finalizers().is_empty());
+    // Events say what was done, and the duplicate claim names the owner as the related object.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), &w.ns);
+    let events = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items;
+    let of = |reason: &str| {
+        events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .unwrap_or_else(|| panic!("no {reason} event"))
+    };
+    assert_eq!(of("Registered").action.as_deref(), Some("Register"));
+    let claim = of("DuplicatePhoneNumber");
+    assert_eq!(claim.action.as_deref(), Some("Claim"));
+    let related = claim.related.as_ref().expect("related");
+    assert_eq!(
+        (related.name.as_deref(), related.kind.as_deref()),
+        (Some("owner"), Some("PhoneNumber"))
+    );
+    assert_eq!(related.uid, owner.metadata.uid);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(w.mock.count(PATCH).await, 0);
     assert_eq!(
