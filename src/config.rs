@@ -54,6 +54,19 @@ pub struct RunArgs {
     #[arg(long, env = "ONEINBOX_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    /// How referenced Secrets are followed: "watch" (a metadata-only watch of Secrets; needs
+    /// get, list and watch; rotations are picked up within seconds, no read while unchanged) or
+    /// "get" (needs only get: each drift check reads the Secrets an object references, a
+    /// rotation is picked up at the next check, and a missing Secret is looked for again every
+    /// --min-poll-interval).
+    #[arg(
+        long,
+        env = "ONEINBOX_SECRET_ACCESS",
+        value_enum,
+        default_value = "watch"
+    )]
+    pub secret_access: crate::controller::SecretAccess,
+
     /// Only manage PhoneNumbers matching this label selector (for sharding a large fleet).
     #[arg(long, env = "ONEINBOX_LABEL_SELECTOR")]
     pub label_selector: Option<String>,

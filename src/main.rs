@@ -143,6 +143,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         backoff_max: args.backoff_max,
         kube_timeout: args.kube_timeout,
         hash_key,
+        secret_access: args.secret_access,
     };
     let scope = Scope {
         namespace: args.watch_namespace.clone(),

@@ -814,12 +814,13 @@ fn wait_for_secret(obs: &Observation, problem: &SecretProblem, settings: &Settin
         ..StatusData::current(obj)
     };
     if waited >= grace {
-        // The Secret watch brings the object back when the Secret changes.
-        report(
-            data,
-            stalled(reason, format!("{why}. {fix}")),
-            Then::AwaitChange,
-        )
+        // The Secret watch brings the object back when the Secret changes; without it, look
+        // again every shortest poll interval.
+        let then = match settings.secret_access {
+            super::SecretAccess::Watch => Then::AwaitChange,
+            super::SecretAccess::Get => Then::Requeue(settings.min_poll_interval),
+        };
+        report(data, stalled(reason, format!("{why}. {fix}")), then)
     } else {
         let phase = Phase::Progressing {
             reason,

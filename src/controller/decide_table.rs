@@ -25,6 +25,7 @@ fn settings() -> Settings {
         backoff_max: Duration::from_secs(1800),
         kube_timeout: Duration::from_secs(10),
         hash_key: plan::HashKey::derive(b"oi_sk_table"),
+        secret_access: crate::controller::SecretAccess::Watch,
     }
 }
 

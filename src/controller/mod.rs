@@ -34,6 +34,16 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oneinbox::OneInboxApi;
 
+/// How referenced Secrets are followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecretAccess {
+    /// A metadata-only watch of Secrets (get, list, watch).
+    #[default]
+    Watch,
+    /// Reads only (get): each check reads what it needs.
+    Get,
+}
+
 /// Timing settings of the reconciler.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -46,6 +56,7 @@ pub struct Settings {
     pub kube_timeout: Duration,
     /// The key of `status.credentialsHash`.
     pub hash_key: plan::HashKey,
+    pub secret_access: SecretAccess,
 }
 
 /// Shared state of all reconciles.
@@ -287,11 +298,17 @@ pub async fn run<C: OneInboxApi>(
     });
 
     // Metadata only: learn that a referenced Secret changed without caching any Secret data.
+    // With `--secret-access get` there is no watch (and no list/watch permission): the stream
+    // is empty and every check reads the Secrets it needs.
     let secret_store = store.clone();
     let seen_secrets = secret_versions.clone();
-    let secret_events = watcher(secrets, watcher::Config::default())
-        .default_backoff()
-        .touched_objects();
+    let secret_events = match ctx.settings.secret_access {
+        SecretAccess::Watch => watcher(secrets, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .boxed(),
+        SecretAccess::Get => futures::stream::pending().boxed(),
+    };
     let sibling_stream = tokio_stream_from(sibling_rx);
     let sweep_ctx = ctx.clone();
     let sweep_every = sweep_period(sweep_ctx.settings.min_poll_interval);

@@ -263,11 +263,17 @@ impl<C: OneInboxApi> Reader<'_, C> {
             .as_ref()
             .and_then(|s| s.meta().resource_version.clone())
         {
-            // Track it from now on, unless the watch already knows a newer version.
+            // Track it from now on, unless the watch already knows a newer version. Without the
+            // watch nothing would tell of a change: nothing is tracked.
             let mut versions = lock(&self.ctx.secret_versions);
+            if self.ctx.settings.secret_access == super::SecretAccess::Get {
+                versions.clear();
+            }
             let key = (namespace.clone(), name.to_owned());
             let newer = |a: &str, b: &str| a.parse::<u64>().ok() > b.parse::<u64>().ok();
-            if versions.get(&key).is_none_or(|known| newer(&rv, known)) {
+            if self.ctx.settings.secret_access == super::SecretAccess::Watch
+                && versions.get(&key).is_none_or(|known| newer(&rv, known))
+            {
                 versions.insert(key, rv.clone());
             }
             drop(versions);

@@ -316,6 +316,7 @@ impl Harness {
                 backoff_max: Duration::from_secs(60),
                 kube_timeout: Duration::from_secs(5),
                 hash_key: super::plan::HashKey::derive(b"oi_sk_unit"),
+                secret_access: super::SecretAccess::Watch,
             },
             backoff: Backoff::default(),
             memory: Mutex::default(),

@@ -704,3 +704,15 @@ pub fn grant_lease_rbac(ns: &str) {
     std::fs::write(&file, rbac.to_string()).expect("write lease RBAC");
     kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
 }
+
+/// A kubeconfig whose current context is the `nobody` user (no bindings of its own).
+pub fn kubeconfig_as_nobody() -> PathBuf {
+    let text = std::fs::read_to_string(state_dir().join("kubeconfig")).expect("kubeconfig");
+    let path = state_dir().join("kubeconfig-nobody");
+    std::fs::write(
+        &path,
+        text.replace("current-context: admin", "current-context: nobody"),
+    )
+    .expect("write");
+    path
+}

@@ -25,5 +25,6 @@ mod lifecycle;
 mod paths;
 mod process;
 mod rbac;
+mod secret_access;
 mod updates;
 mod validation;
