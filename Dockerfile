@@ -27,7 +27,9 @@ WORKDIR /src
 # Only what the build needs (.dockerignore keeps the rest out of the context).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# Release build without the mock-server feature; --locked: exactly Cargo.lock.
+# The workspace's other member (the test mock): only its manifest and sources, never built here.
+COPY tests/oneinbox-mock ./tests/oneinbox-mock
+# Release build of the operator only (the mock is another crate); --locked: exactly Cargo.lock.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target "$(cat /rust-target)" --bin oneinbox-operator \

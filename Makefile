@@ -32,7 +32,8 @@ fmt:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --all-features --test bench --test soak -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --all-features --test bench --test soak -- -D warnings
 
 ## Regenerate the CRD from the Rust types (and the chart's copy of it).
 crds:
@@ -41,7 +42,7 @@ crds:
 	cp crds/phonenumbers.oneinbox.ai.yaml charts/oneinbox-operator/crds/
 
 unit:
-	$(CARGO) test --all-features --lib --bins
+	$(CARGO) test --workspace --all-features --lib --bins
 
 .PHONY: chaos bench
 

@@ -9,6 +9,3 @@ pub mod leader;
 pub mod metrics;
 pub mod oneinbox;
 pub mod telemetry;
-
-#[cfg(feature = "mock-server")]
-pub mod mock_oneinbox;

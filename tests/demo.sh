@@ -33,7 +33,8 @@ fi
 
 tests/ensure-tools.sh
 say "building the operator and the mock OneInbox API"
-cargo build --quiet --features mock-server --bin oneinbox-operator --bin oneinbox-mock
+cargo build --quiet -p oneinbox-operator --bin oneinbox-operator
+cargo build --quiet -p oneinbox-mock --bin oneinbox-mock
 
 say "starting the control plane (first run builds kube-apiserver, etcd, kubectl from Go modules)"
 kubeconfig=$(TESTENV_CRDS=$PWD/crds tests/cluster/up.sh | tail -n1)

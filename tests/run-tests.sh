@@ -16,7 +16,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 # --all-targets leaves out the harness targets (test = false); name them.
-cargo clippy --all-targets --all-features --test bench --test soak --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+cargo clippy --all-features --test bench --test soak --locked -- -D warnings
 
 step "CRD is generated from the Rust types (verify twin)"
 cargo run --quiet --locked --bin crdgen | diff -u crds/phonenumbers.oneinbox.ai.yaml - \
@@ -51,7 +52,8 @@ tests/static-build.sh
 step "cargo test (unit, mocked apiserver, mock contract, e2e on the real control plane, chart)"
 log=$(mktemp)
 set +e
-cargo test --all-features --locked --no-fail-fast 2>&1 | tee "$log"
+cargo build --quiet --locked -p oneinbox-mock
+cargo test --workspace --all-features --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 read -r passed failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$log")

@@ -142,6 +142,37 @@ impl Drop for Proc {
     }
 }
 
+/// The `oneinbox-mock` binary of this build profile. The mock is its own crate, so cargo does
+/// not build its binary for the operator's tests: build it (once per test binary) when it is
+/// missing or older than its sources' last build, which costs nothing when it is up to date.
+pub fn mock_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // target/<profile>/deps/<test binary>
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>")
+                .to_path_buf();
+            let release = profile_dir.file_name().is_some_and(|p| p == "release");
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args(["build", "--quiet", "--locked", "-p", "oneinbox-mock", "--bin", "oneinbox-mock"])
+                .arg("--manifest-path")
+                .arg(repo().join("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", profile_dir.parent().expect("target dir"));
+            if release {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("run cargo build -p oneinbox-mock");
+            assert!(status.success(), "cargo build -p oneinbox-mock failed");
+            profile_dir.join("oneinbox-mock")
+        })
+        .clone()
+}
+
 /// The mock OneInbox server on a free loopback port.
 pub struct Mock {
     _proc: Proc,
@@ -151,7 +182,7 @@ pub struct Mock {
 
 impl Mock {
     pub fn start(extra: &[&str]) -> Mock {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oneinbox-mock"))
+        let mut child = Command::new(mock_bin())
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())

@@ -1,5 +1,5 @@
 //! `oneinbox-mock`: the mock OneInbox phone-number API for tests and demos. Thin wrapper over
-//! `oneinbox_operator::mock_oneinbox`; prints `listening on http://<addr>` once bound so that a
+//! the `oneinbox_mock` library; prints `listening on http://<addr>` once bound so that a
 //! caller can pass `--listen 127.0.0.1:0` and learn the port.
 
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use oneinbox_operator::mock_oneinbox::{
+use oneinbox_mock::{
     FaultConfig, MockOptions, MockState, ProvisioningOutcome, RetryAfterFormat, serve_with_shutdown,
 };
 use tracing_subscriber::EnvFilter;

@@ -81,8 +81,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock_oneinbox::state::Store;
-    use crate::mock_oneinbox::validate::{CreateInput, Provider, ProviderConfigInput};
+    use crate::state::Store;
+    use crate::validate::{CreateInput, Provider, ProviderConfigInput};
 
     fn store_with_one() -> Store {
         let mut s = Store::default();

@@ -540,7 +540,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock_oneinbox::validate::{
+    use crate::validate::{
         Provider, ProviderConfigInput, RoutingInput, RoutingPatch,
     };
 
