@@ -159,10 +159,21 @@ pub fn mock_bin() -> PathBuf {
             let release = profile_dir.file_name().is_some_and(|p| p == "release");
             let mut cargo = Command::new(env!("CARGO"));
             cargo
-                .args(["build", "--quiet", "--locked", "-p", "oneinbox-mock", "--bin", "oneinbox-mock"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "--locked",
+                    "-p",
+                    "oneinbox-mock",
+                    "--bin",
+                    "oneinbox-mock",
+                ])
                 .arg("--manifest-path")
                 .arg(repo().join("Cargo.toml"))
-                .env("CARGO_TARGET_DIR", profile_dir.parent().expect("target dir"));
+                .env(
+                    "CARGO_TARGET_DIR",
+                    profile_dir.parent().expect("target dir"),
+                );
             if release {
                 cargo.arg("--release");
             }

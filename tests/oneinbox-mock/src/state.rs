@@ -540,9 +540,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::{
-        Provider, ProviderConfigInput, RoutingInput, RoutingPatch,
-    };
+    use crate::validate::{Provider, ProviderConfigInput, RoutingInput, RoutingPatch};
 
     fn uuid(n: u8) -> Uuid {
         Uuid::from_bytes([n; 16])
