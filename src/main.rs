@@ -148,6 +148,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         leader::exit_on_loss(held.leading, stop_rx.clone());
         lease_task = Some(held.task);
     }
+    // From here on this process reconciles: it holds the Lease, or runs alone.
+    metrics.set_leader(true);
+    let leader_metrics = metrics.clone();
 
     let ready_health = health.clone();
     controller::run(
@@ -182,6 +185,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     )
     .await;
     health.set_shutting_down();
+    leader_metrics.set_leader(false);
     if let Some(task) = lease_task {
         // Let the lease task release the Lease so a standby takes over at once.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
