@@ -10,7 +10,7 @@ use oneinbox_operator::controller::{self, Scope, Settings};
 use oneinbox_operator::leader;
 use oneinbox_operator::metrics::Metrics;
 use oneinbox_operator::oneinbox::SecretString;
-use oneinbox_operator::oneinbox::http::{HttpClient, HttpClientConfig};
+use oneinbox_operator::oneinbox::http::{self, HttpClient, HttpClientConfig};
 use oneinbox_operator::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -27,6 +27,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let Command::Run(args) = cli.command;
     telemetry::init(args.log_format);
+    if let Err(msg) = args.validate() {
+        error!("{msg}");
+        eprintln!("oneinbox-operator: {msg}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,6 +67,10 @@ fn api_key(args: &RunArgs) -> Result<SecretString, String> {
 
 async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::new();
+    let extra_roots = match &args.api_ca_file {
+        Some(path) => http::load_ca_file(path)?,
+        None => Vec::new(),
+    };
     let oneinbox = HttpClient::new(
         HttpClientConfig {
             base_url: args.api_url.clone(),
@@ -72,6 +81,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             burst: args.api_burst,
             max_in_flight: args.api_max_in_flight,
             max_retry_after: args.max_retry_after,
+            extra_roots,
         },
         metrics.clone(),
     )
