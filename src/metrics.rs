@@ -56,6 +56,9 @@ type ObjectCounts = Box<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
 
 /// The key of the object count in [`Metrics::set_object_counts`]: every watched object.
 pub const ALL_OBJECTS: &str = "total";
+/// The key of the count of objects whose deletion the API refuses (Stalled `DeletionBlocked`);
+/// it goes to `oneinbox_operator_deletion_blocked_objects`, not to the condition gauge.
+pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 
 /// Scrape-time gauge of objects by condition (from the controller's cache, so it is exact
 /// after deletions too).
@@ -83,11 +86,18 @@ impl Collector for ObjectsCollector {
         };
         let family = Family::<ConditionLabel, Gauge>::default();
         let watched = Gauge::<i64>::default();
+        let deletion_blocked = Gauge::<i64>::default();
         for (condition, n) in counts {
-            if condition == ALL_OBJECTS {
-                watched.set(n);
-            } else {
-                family.get_or_create(&ConditionLabel { condition }).set(n);
+            match condition {
+                ALL_OBJECTS => {
+                    watched.set(n);
+                }
+                DELETION_BLOCKED => {
+                    deletion_blocked.set(n);
+                }
+                _ => {
+                    family.get_or_create(&ConditionLabel { condition }).set(n);
+                }
             }
         }
         let metric = encoder.encode_descriptor(
@@ -103,7 +113,14 @@ impl Collector for ObjectsCollector {
             None,
             watched.metric_type(),
         )?;
-        watched.encode(metric)
+        watched.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "deletion_blocked_objects",
+            "Watched PhoneNumbers being deleted whose deregistration the OneInbox API refuses",
+            None,
+            deletion_blocked.metric_type(),
+        )?;
+        deletion_blocked.encode(metric)
     }
 }
 
@@ -345,6 +362,7 @@ mod tests {
                 ("Ready", 3),
                 ("Reconciling", 1),
                 ("Stalled", 2),
+                (DELETION_BLOCKED, 1),
                 (ALL_OBJECTS, 6),
             ]
         });
@@ -368,5 +386,14 @@ mod tests {
             .filter(|l| l.starts_with("oneinbox_operator_watched_objects"))
             .collect();
         assert_eq!(watched, ["oneinbox_operator_watched_objects 6"], "{text}");
+        let blocked: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("oneinbox_operator_deletion_blocked_objects"))
+            .collect();
+        assert_eq!(
+            blocked,
+            ["oneinbox_operator_deletion_blocked_objects 1"],
+            "{text}"
+        );
     }
 }
