@@ -89,10 +89,11 @@ The ClusterRole (or Role) rules: exactly what the code uses; deploy/rbac.yaml ha
 and tests/chart.rs compares them.
 */}}
 {{- define "oneinbox-operator.rules" -}}
-# Watch PhoneNumbers; patch adds/removes the finalizer and the id annotation.
+# List and watch PhoneNumbers (the controller's cache; no single GET); patch adds/removes
+# the finalizer and the id annotation.
 - apiGroups: ["oneinbox.ai"]
   resources: ["phonenumbers"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Status is written by server-side apply.
 - apiGroups: ["oneinbox.ai"]
   resources: ["phonenumbers/status"]
@@ -102,10 +103,10 @@ and tests/chart.rs compares them.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
-# Events on transitions; the recorder patches repeats into a series.
+# Events on transitions, each a new Event (no series cache, so never a patch).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*
