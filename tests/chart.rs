@@ -815,6 +815,41 @@ fn pod_disruption_budget_only_with_more_than_one_replica() {
     );
 }
 
+/// `prometheusRule.job` for a Prometheus that scrapes the operator some other way, and the
+/// aggregated roles left out.
+#[test]
+fn prometheus_rule_job_override_and_no_aggregated_roles() {
+    let docs = parse_docs(&render(
+        "custom",
+        "ops",
+        &[
+            "--set",
+            "prometheusRule.enabled=true,prometheusRule.job=kubernetes-pods",
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
+        ],
+    ));
+    let rules = only(&docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    assert_eq!(rules.len(), 6, "no leader election: no no-leader alert");
+    for r in &rules {
+        assert!(
+            r["expr"]
+                .as_str()
+                .unwrap()
+                .contains(r#"namespace="ops",job="kubernetes-pods""#),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        docs.iter().filter(|d| kind(d) == "ClusterRole").count(),
+        1,
+        "only the operator's own ClusterRole"
+    );
+}
+
 /// Template-level refusals (beyond the schema), each with the message that says what to do.
 #[test]
 fn conflicting_values_fail_with_a_message() {
