@@ -177,18 +177,26 @@ impl RunArgs {
                     "--api-url {} is plain http: the API key would cross the network \
                      unencrypted; use https, or pass --allow-insecure-http (local mock \
                      servers and tests only)",
-                    self.api_url
+                    without_userinfo(&self.api_url)
                 ));
             }
             other => {
                 return Err(format!(
                     "--api-url {}: unsupported scheme {other:?} (use https)",
-                    self.api_url
+                    without_userinfo(&self.api_url)
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// The URL for a message: never a user name or password that it may carry.
+fn without_userinfo(url: &reqwest::Url) -> reqwest::Url {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
 }
 
 fn show(d: Duration) -> String {
@@ -420,6 +428,8 @@ mod tests {
         assert!(err.contains("--allow-insecure-http"), "{err}");
         assert!(err.contains("http://127.0.0.1:1/"), "{err}");
         assert!(run_args(&["--api-url", "http://127.0.0.1:1", "--allow-insecure-http"]).is_ok());
+        let err = run_args(&["--api-url", "http://user:s3cret@127.0.0.1:1"]).unwrap_err();
+        assert!(!err.contains("s3cret") && !err.contains("user"), "{err}");
         let err = run_args(&["--api-url", "ftp://example.com"]).unwrap_err();
         assert!(err.contains("unsupported scheme"), "{err}");
     }
