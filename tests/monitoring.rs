@@ -373,11 +373,12 @@ async fn scrape(op: &Operator) -> String {
     text
 }
 
+/// Scrape until `/metrics` has this exact line (it may not answer yet at first).
 async fn wait_for_line(op: &Operator, line: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = scrape(op).await;
-        if text.lines().any(|l| l == line) {
+        let (code, text) = op.admin("/metrics").await;
+        if code == 200 && text.lines().any(|l| l == line) {
             return text;
         }
         assert!(
@@ -479,4 +480,65 @@ fn run_refuses_invalid_flags_with_a_clear_message() {
         );
         assert!(!stderr.contains(API_KEY), "the API key leaked: {stderr}");
     }
+}
+
+/// The leader gauge, end to end: 1 on the replica that holds the Lease, 0 on the standby, and
+/// 1 on the standby once it has taken over (the input of the no-leader alert).
+#[tokio::test]
+async fn leader_gauge_follows_the_lease() {
+    let mut w = World::start("leader-gauge").await;
+    // Lease RBAC for the operator identity, in this namespace only.
+    let rbac = json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "oneinbox-operator-leases", "namespace": w.ns},
+             "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "oneinbox-operator-leases", "namespace": w.ns},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "oneinbox-operator-leases"},
+             "subjects": [{"kind": "ServiceAccount", "name": "oneinbox-operator", "namespace": "oneinbox-system"}]}
+        ]
+    });
+    let file = std::env::temp_dir().join(format!("{}-lease-rbac.json", w.ns));
+    std::fs::write(&file, rbac.to_string()).unwrap();
+    kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    w.operator.kill();
+    let args = [
+        "--leader-election",
+        "--lease-namespace",
+        &w.ns,
+        "--lease-duration",
+        "4s",
+        "--lease-grace",
+        "2s",
+    ];
+    let mut a = Operator::start_as(
+        &w.ns,
+        &w.mock.url,
+        &args,
+        &[("POD_NAME", "replica-a")],
+        "-a",
+    );
+    wait_for_line(&a, "oneinbox_operator_leader 1").await;
+    let b = Operator::start_as(
+        &w.ns,
+        &w.mock.url,
+        &args,
+        &[("POD_NAME", "replica-b")],
+        "-b",
+    );
+    let standby = wait_for_line(&b, "oneinbox_operator_leader 0").await;
+    assert!(
+        standby.contains("oneinbox_operator_build_info{"),
+        "a standby is scraped like the leader:\n{standby}"
+    );
+    assert!(
+        scrape(&a)
+            .await
+            .lines()
+            .any(|l| l == "oneinbox_operator_leader 1"),
+        "the leader still leads"
+    );
+    a.kill();
+    wait_for_line(&b, "oneinbox_operator_leader 1").await;
 }
