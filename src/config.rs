@@ -41,6 +41,16 @@ pub struct RunArgs {
     )]
     pub api_url: reqwest::Url,
 
+    /// Allow an `http://` API URL (the API key then crosses the network in clear text): for
+    /// local mock servers and tests only.
+    #[arg(long, env = "ONEINBOX_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
+
+    /// PEM file of CA certificates trusted for the OneInbox API, in addition to the built-in
+    /// roots (a TLS-inspecting proxy, a private endpoint).
+    #[arg(long, env = "ONEINBOX_API_CA_FILE")]
+    pub api_ca_file: Option<PathBuf>,
+
     /// Read the OneInbox API key from this file instead of ONEINBOX_API_KEY (e.g. a mounted Secret).
     #[arg(long, env = "ONEINBOX_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
@@ -156,37 +166,330 @@ pub struct RunArgs {
     pub instance: String,
 }
 
-/// `90s`, `10m`, `1h`, `500ms` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 10m, 1h"))?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
-    };
-    Ok(d)
+impl RunArgs {
+    /// Refuse settings that cannot work, with the flag to change in the message.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1 (0 would never reconcile)".into());
+        }
+        if self.backoff_base > self.backoff_max {
+            return Err(format!(
+                "--backoff-base ({}) must not exceed --backoff-max ({})",
+                show(self.backoff_base),
+                show(self.backoff_max)
+            ));
+        }
+        if self.leader_election && self.lease_grace >= self.lease_duration {
+            return Err(format!(
+                "--lease-grace ({}) must be shorter than --lease-duration ({}): the Lease is \
+                 renewed that long before it expires",
+                show(self.lease_grace),
+                show(self.lease_duration)
+            ));
+        }
+        match self.api_url.scheme() {
+            "https" => {}
+            "http" if self.allow_insecure_http => {}
+            "http" => {
+                return Err(format!(
+                    "--api-url {} is plain http: the API key would cross the network \
+                     unencrypted; use https, or pass --allow-insecure-http (local mock \
+                     servers and tests only)",
+                    without_userinfo(&self.api_url)
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "--api-url {}: unsupported scheme {other:?} (use https)",
+                    without_userinfo(&self.api_url)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The URL for a message: never a user name or password that it may carry.
+fn without_userinfo(url: &reqwest::Url) -> reqwest::Url {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
+}
+
+fn show(d: Duration) -> String {
+    format!("{d:?}")
+}
+
+/// A duration in Go's `time.ParseDuration` syntax, as Kubernetes and Helm values spell them:
+/// `90s`, `1m30s`, `1.5h`, `250ms`, `0`. Units `ns`, `us` (`µs`, `μs`), `ms`, `s`, `m`, `h`;
+/// every number needs a unit except a lone `0`; negative durations are refused.
+///
+/// A port of Go's algorithm rather than a crate: the Go ports on crates.io are unmaintained
+/// (and panic on `1µs`), and `humantime` accepts more than Go (`1 day`, `2 weeks`, spaces)
+/// while refusing some of Go's forms (`.5s`), so the same value would mean different things to
+/// the chart and to the operator.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let invalid = || format!("invalid duration {input:?}: expected e.g. 30s, 1m30s, 1.5h, 250ms");
+    const OVERFLOW: u64 = 1 << 63;
+    let mut s = input.as_bytes();
+    if let Some((&sign, rest)) = s.split_first()
+        && (sign == b'-' || sign == b'+')
+    {
+        s = rest;
+        if sign == b'-' && s != b"0" {
+            return Err(format!("invalid duration {input:?}: negative"));
+        }
+    }
+    if s == b"0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: u64 = 0;
+    while !s.is_empty() {
+        if !(s[0] == b'.' || s[0].is_ascii_digit()) {
+            return Err(invalid());
+        }
+        // [0-9]*
+        let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
+        let mut v: u64 = 0;
+        for &c in &s[..digits] {
+            v = v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(c - b'0')))
+                .filter(|v| *v <= OVERFLOW)
+                .ok_or_else(invalid)?;
+        }
+        let pre = digits > 0;
+        s = &s[digits..];
+        // (\.[0-9]*)?
+        let (mut frac, mut scale, mut post) = (0u64, 1f64, false);
+        if s.first() == Some(&b'.') {
+            s = &s[1..];
+            let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
+            let mut overflowed = false;
+            for &c in &s[..digits] {
+                if overflowed {
+                    continue;
+                }
+                match frac
+                    .checked_mul(10)
+                    .and_then(|f| f.checked_add(u64::from(c - b'0')))
+                    .filter(|f| *f <= OVERFLOW)
+                {
+                    Some(f) => {
+                        frac = f;
+                        scale *= 10.0;
+                    }
+                    None => overflowed = true,
+                }
+            }
+            post = digits > 0;
+            s = &s[digits..];
+        }
+        if !pre && !post {
+            return Err(invalid());
+        }
+        // The unit: everything up to the next number.
+        let len = s
+            .iter()
+            .take_while(|c| !(**c == b'.' || c.is_ascii_digit()))
+            .count();
+        if len == 0 {
+            return Err(format!(
+                "invalid duration {input:?}: missing unit (ns, us, ms, s, m or h)"
+            ));
+        }
+        let unit: u64 = match &s[..len] {
+            b"ns" => 1,
+            // "µs" (micro sign) and "μs" (Greek mu) in UTF-8.
+            b"us" | b"\xc2\xb5s" | b"\xce\xbcs" => 1_000,
+            b"ms" => 1_000_000,
+            b"s" => 1_000_000_000,
+            b"m" => 60_000_000_000,
+            b"h" => 3_600_000_000_000,
+            other => {
+                return Err(format!(
+                    "invalid duration {input:?}: unknown unit {:?} (use ns, us, ms, s, m or h)",
+                    String::from_utf8_lossy(other)
+                ));
+            }
+        };
+        s = &s[len..];
+        let mut part = v
+            .checked_mul(unit)
+            .filter(|p| *p <= OVERFLOW)
+            .ok_or_else(invalid)?;
+        if frac > 0 {
+            // Go does the same float step: exact for every value a flag will hold.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let extra = (frac as f64 * (unit as f64 / scale)) as u64;
+            part = part
+                .checked_add(extra)
+                .filter(|p| *p <= OVERFLOW)
+                .ok_or_else(invalid)?;
+        }
+        total = total
+            .checked_add(part)
+            .filter(|t| *t < OVERFLOW)
+            .ok_or_else(invalid)?;
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Go's own examples and edge cases (`time.ParseDuration`'s test table).
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("5 minutes").is_err());
-        assert!(parse_duration("m").is_err());
+    fn durations_in_go_syntax() {
+        let ms = Duration::from_millis;
+        let ok = [
+            ("0", Duration::ZERO),
+            ("+0", Duration::ZERO),
+            ("-0", Duration::ZERO),
+            ("5s", Duration::from_secs(5)),
+            ("30s", Duration::from_secs(30)),
+            ("1478s", Duration::from_secs(1478)),
+            ("+5s", Duration::from_secs(5)),
+            ("5.0s", Duration::from_secs(5)),
+            ("5.6s", ms(5600)),
+            ("5.s", Duration::from_secs(5)),
+            (".5s", ms(500)),
+            ("1.0s", Duration::from_secs(1)),
+            ("1.00s", Duration::from_secs(1)),
+            ("1.004s", ms(1004)),
+            ("1.0040s", ms(1004)),
+            ("100.00100s", Duration::from_micros(100_001_000)),
+            ("10ns", Duration::from_nanos(10)),
+            ("11us", Duration::from_micros(11)),
+            ("12µs", Duration::from_micros(12)),
+            ("12μs", Duration::from_micros(12)),
+            ("13ms", ms(13)),
+            ("14s", Duration::from_secs(14)),
+            ("15m", Duration::from_secs(15 * 60)),
+            ("16h", Duration::from_secs(16 * 3600)),
+            ("3h30m", Duration::from_secs(3 * 3600 + 30 * 60)),
+            ("1m30s", Duration::from_secs(90)),
+            ("10.5s4m", Duration::from_millis(4 * 60_000 + 10_500)),
+            ("1h2m3s4ms5us6ns", Duration::new(3723, 4_005_006)),
+            ("39h9m14.425s", Duration::from_millis(140_954_425)),
+            ("52763797000ns", Duration::from_nanos(52_763_797_000)),
+            ("0.3333333333333333333h", Duration::from_secs(20 * 60)),
+            ("1.5h", Duration::from_secs(5400)),
+            (
+                "9223372036854775807ns",
+                Duration::from_nanos(i64::MAX as u64),
+            ),
+            (
+                "9223372036s854ms775us807ns",
+                Duration::from_nanos(i64::MAX as u64),
+            ),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "3",
+            "-",
+            "s",
+            ".",
+            "-.",
+            ".s",
+            "+.s",
+            "1d",
+            "1 s",
+            " 1s",
+            "1s ",
+            "1m 30s",
+            "2 weeks",
+            "1min",
+            "30 seconds",
+            "10",
+            "-5s",
+            "-1.5h",
+            "1.5.s",
+            "9223372036854775808ns",
+            "9223372036854775.808us",
+            "3000000h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, String> {
+        let mut argv = vec!["oneinbox-operator", "run"];
+        argv.extend_from_slice(extra);
+        let Command::Run(args) = Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command;
+        args.validate()?;
+        Ok(*args)
+    }
+
+    #[test]
+    fn https_and_the_defaults_are_valid() {
+        let args = run_args(&[]).unwrap();
+        assert_eq!(args.api_url.as_str(), "https://api.oneinbox.ai/");
+        assert!(!args.allow_insecure_http);
+        assert!(run_args(&["--api-url", "https://10.0.0.1:8443"]).is_ok());
+        assert!(run_args(&["--leader-election", "--lease-duration", "1m30s"]).is_ok());
+    }
+
+    #[test]
+    fn plain_http_needs_allow_insecure_http() {
+        let err = run_args(&["--api-url", "http://127.0.0.1:1"]).unwrap_err();
+        assert!(err.contains("--allow-insecure-http"), "{err}");
+        assert!(err.contains("http://127.0.0.1:1/"), "{err}");
+        assert!(run_args(&["--api-url", "http://127.0.0.1:1", "--allow-insecure-http"]).is_ok());
+        let err = run_args(&["--api-url", "http://user:s3cret@127.0.0.1:1"]).unwrap_err();
+        assert!(!err.contains("s3cret") && !err.contains("user"), "{err}");
+        let err = run_args(&["--api-url", "ftp://example.com"]).unwrap_err();
+        assert!(err.contains("unsupported scheme"), "{err}");
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused() {
+        let err = run_args(&["--concurrency", "0"]).unwrap_err();
+        assert!(err.contains("--concurrency must be at least 1"), "{err}");
+        assert!(run_args(&["--concurrency", "1"]).is_ok());
+    }
+
+    #[test]
+    fn backoff_base_above_max_is_refused() {
+        let err = run_args(&["--backoff-base", "2m", "--backoff-max", "1m30s"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--backoff-base (120s) must not exceed --backoff-max (90s)"
+        );
+        assert!(run_args(&["--backoff-base", "90s", "--backoff-max", "1m30s"]).is_ok());
+    }
+
+    #[test]
+    fn lease_grace_not_below_the_duration_is_refused() {
+        for grace in ["15s", "20s"] {
+            let err = run_args(&["--leader-election", "--lease-grace", grace]).unwrap_err();
+            assert!(
+                err.starts_with("--lease-grace (") && err.contains("--lease-duration (15s)"),
+                "{err}"
+            );
+        }
+        assert!(run_args(&["--leader-election", "--lease-grace", "14s"]).is_ok());
+        // Without leader election the lease settings are unused.
+        assert!(run_args(&["--lease-grace", "20s"]).is_ok());
+    }
+
+    #[test]
+    fn duration_flags_take_go_syntax() {
+        let args = run_args(&["--poll-interval", "1m30s", "--api-timeout", "1.5s"]).unwrap();
+        assert_eq!(args.poll_interval, Duration::from_secs(90));
+        assert_eq!(args.api_timeout, Duration::from_millis(1500));
+        let err = run_args(&["--poll-interval", "90"]).unwrap_err();
+        assert!(err.contains("missing unit"), "{err}");
     }
 
     #[test]
@@ -196,6 +499,7 @@ mod tests {
             "run",
             "--api-url",
             "http://127.0.0.1:1",
+            "--allow-insecure-http",
         ])
         .unwrap();
         let Command::Run(args) = cli.command;

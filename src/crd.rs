@@ -25,6 +25,9 @@ pub const ANNOTATION_PAUSED: &str = "oneinbox.ai/paused";
 pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "oneinbox.ai/reconcile-requested-at";
 /// Per-object drift-check interval, e.g. `5m`; `0` turns periodic checks off once Ready.
 pub const ANNOTATION_POLL_INTERVAL: &str = "oneinbox.ai/poll-interval";
+/// Longest `oneinbox.ai/reconcile-requested-at` value that `status.lastHandledReconcileAt`
+/// holds (the schema's maxLength).
+pub const MAX_RECONCILE_TOKEN: usize = 1024;
 
 /// E.164, as OneInbox validates it.
 pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{1,14}$";
@@ -54,6 +57,7 @@ pub const HOST_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Stalled","type":"string","description":"Why the object needs a human (the Stalled condition's reason); empty while it does not","jsonPath":".status.conditions[?(@.type==\"Stalled\")].reason"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"ID","type":"string","priority":1,"jsonPath":".status.phoneNumberId"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -244,28 +248,36 @@ pub struct PhoneNumberStatus {
     pub observed_generation: Option<i64>,
     /// The OneInbox id of the registration. Set once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub phone_number_id: Option<String>,
     /// The registration's status as OneInbox reports it ("active", "provisioning", ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub state: Option<String>,
     /// OneInbox's inbound SIP trunk id (null for outbound-only numbers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub inbound_trunk_id: Option<String>,
     /// OneInbox's outbound SIP trunk id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub outbound_trunk_id: Option<String>,
     /// OneInbox's dispatch rule id (null for outbound-only numbers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub dispatch_rule_id: Option<String>,
     /// When OneInbox created the registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub created_at: Option<String>,
     /// When OneInbox last changed the registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub updated_at: Option<String>,
     /// Keyed hash (HMAC-SHA256 keyed by the object's UID) of the SIP credentials the
     /// registration was made with; never the credentials themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub credentials_hash: Option<String>,
     /// Set while a registration request may be in flight, so that a restarted operator looks
     /// the number up before registering it again.
@@ -273,6 +285,7 @@ pub struct PhoneNumberStatus {
     pub pending_create: Option<PendingCreate>,
     /// The last value of the oneinbox.ai/reconcile-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_RECONCILE_TOKEN))]
     pub last_handled_reconcile_at: Option<String>,
     /// Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -285,8 +298,10 @@ pub struct PhoneNumberStatus {
 #[serde(rename_all = "camelCase")]
 pub struct PendingCreate {
     /// Random token of the attempt.
+    #[schemars(length(max = 128))]
     pub token: String,
     /// When the attempt started (RFC 3339).
+    #[schemars(length(max = 64))]
     pub started_at: String,
 }
 
@@ -296,16 +311,30 @@ fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::S
         "description": "Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them.",
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
+        // The bounds of metav1.Condition (k8s.io/apimachinery/pkg/apis/meta/v1/types.go); three
+        // types are used, and 8 leaves room as in most operators' CRDs.
+        "maxItems": 8,
         "items": {
             "type": "object",
             "required": ["type", "status", "lastTransitionTime", "reason", "message"],
             "properties": {
-                "type": {"type": "string", "description": "Condition type: Ready, Reconciling or Stalled."},
+                "type": {
+                    "type": "string",
+                    "maxLength": 316,
+                    "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+                    "description": "Condition type: Ready, Reconciling or Stalled."
+                },
                 "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "True, False or Unknown."},
-                "reason": {"type": "string", "description": "CamelCase reason, e.g. Available or APIUnavailable."},
-                "message": {"type": "string", "description": "Human-readable detail, with the fix when a human is needed."},
+                "reason": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 1024,
+                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+                    "description": "CamelCase reason, e.g. Available or APIUnavailable."
+                },
+                "message": {"type": "string", "maxLength": 32768, "description": "Human-readable detail, with the fix when a human is needed."},
                 "lastTransitionTime": {"type": "string", "format": "date-time", "description": "When the status last changed."},
-                "observedGeneration": {"type": "integer", "format": "int64", "description": "The metadata.generation the condition was computed for."}
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0, "description": "The metadata.generation the condition was computed for."}
             }
         }
     })
@@ -373,6 +402,86 @@ impl PhoneNumber {
     pub fn is_paused(&self) -> bool {
         self.annotation(ANNOTATION_PAUSED) == Some("true")
     }
+}
+
+/// The CRD as `crdgen` writes it (`make crds`): the derived one, with every description
+/// reflowed for `kubectl explain`, which prints a description as it is: the line breaks of
+/// the doc comments would end its lines mid-sentence.
+pub fn generated_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = <PhoneNumber as kube::CustomResourceExt>::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            reflow_schema(schema);
+        }
+    }
+    crd
+}
+
+fn reflow_schema(
+    schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    };
+    if let Some(d) = schema.description.as_mut() {
+        *d = reflow(d);
+    }
+    for p in schema.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        reflow_schema(p);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => reflow_schema(s),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(reflow_schema),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(s)) = schema.additional_properties.as_mut() {
+        reflow_schema(s);
+    }
+    for list in [
+        schema.all_of.as_mut(),
+        schema.any_of.as_mut(),
+        schema.one_of.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        list.iter_mut().for_each(reflow_schema);
+    }
+}
+
+/// Joins the lines of each paragraph with spaces; blank lines still separate paragraphs, and a
+/// line that starts a list item (`- `, `* `, `1. `) still starts a line.
+pub fn reflow(text: &str) -> String {
+    let starts_item = |line: &str| {
+        line.starts_with("- ")
+            || line.starts_with("* ")
+            || line
+                .split_once(". ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let mut paragraphs = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() {
+            if !current.is_empty() {
+                paragraphs.push(std::mem::take(&mut current));
+            }
+            continue;
+        }
+        if !current.is_empty() {
+            current.push(if starts_item(line) { '\n' } else { ' ' });
+        }
+        current.push_str(line);
+    }
+    if !current.is_empty() {
+        paragraphs.push(current);
+    }
+    paragraphs.join("\n\n")
 }
 
 #[cfg(test)]
@@ -444,5 +553,22 @@ mod tests {
             key: Some("k".into()),
         };
         assert_eq!(s.key_or(DEFAULT_API_KEY_KEY), "k");
+    }
+
+    #[test]
+    fn reflow_joins_lines_but_keeps_paragraphs_and_list_items() {
+        assert_eq!(reflow("one line"), "one line");
+        assert_eq!(
+            reflow("A sentence that\nwraps, and\n  another."),
+            "A sentence that wraps, and another."
+        );
+        assert_eq!(
+            reflow("First\nparagraph.\n\nSecond\nparagraph.\n"),
+            "First paragraph.\n\nSecond paragraph."
+        );
+        assert_eq!(
+            reflow("Values:\n- Delete\n  deregisters\n- Orphan\n1. first\n2. second"),
+            "Values:\n- Delete deregisters\n- Orphan\n1. first\n2. second"
+        );
     }
 }

@@ -11,7 +11,7 @@ use oneinbox_operator::controller::{self, Scope, Settings};
 use oneinbox_operator::leader;
 use oneinbox_operator::metrics::Metrics;
 use oneinbox_operator::oneinbox::SecretString;
-use oneinbox_operator::oneinbox::http::{HttpClient, HttpClientConfig};
+use oneinbox_operator::oneinbox::http::{self, HttpClient, HttpClientConfig};
 use oneinbox_operator::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -28,6 +28,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let Command::Run(args) = cli.command;
     telemetry::init(args.log_format);
+    if let Err(msg) = args.validate() {
+        error!("{msg}");
+        eprintln!("oneinbox-operator: {msg}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,6 +89,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::new();
     let operator_key = api_key(&args)?;
     let hash_key = hash_key(&args, &operator_key)?;
+    let extra_roots = match &args.api_ca_file {
+        Some(path) => http::load_ca_file(path)?,
+        None => Vec::new(),
+    };
     let oneinbox = HttpClient::new(
         HttpClientConfig {
             base_url: args.api_url.clone(),
@@ -95,6 +104,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             burst: args.api_burst,
             max_in_flight: args.api_max_in_flight,
             max_retry_after: args.max_retry_after,
+            extra_roots,
         },
         metrics.clone(),
     )
@@ -173,6 +183,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let guard = leader::Guard::start(client.clone(), &cfg, held.leading);
         lease = Some((guard, held.task));
     }
+    // From here on this process reconciles: it holds the Lease, or runs alone.
+    metrics.set_leader(true);
+    let leader_metrics = metrics.clone();
 
     let ready_health = health.clone();
     controller::run(
@@ -207,6 +220,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     )
     .await;
     health.set_shutting_down();
+    leader_metrics.set_leader(false);
     if let Some((guard, task)) = lease {
         // The in-flight reconciles have ended: only now release the Lease, so that a standby
         // takes over at once and never acts beside them.

@@ -12,6 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,12 +39,26 @@ struct Outcome {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConditionLabel {
     condition: &'static str,
 }
 
-/// Counts of watched objects per condition type that is True, read at scrape time.
+/// Counts of watched objects per condition type that is True, read at scrape time. An entry
+/// named [`ALL_OBJECTS`] is the number of watched objects; it goes to a gauge of its own
+/// (`oneinbox_operator_watched_objects`), so that `sum(oneinbox_operator_objects)` never counts
+/// an object twice over a "total" series.
 type ObjectCounts = Box<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
+
+/// The key of the object count in [`Metrics::set_object_counts`]: every watched object.
+pub const ALL_OBJECTS: &str = "total";
+/// The key of the count of objects whose deletion the API refuses (Stalled `DeletionBlocked`);
+/// it goes to `oneinbox_operator_deletion_blocked_objects`, not to the condition gauge.
+pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 
 /// Scrape-time gauge of objects by condition (from the controller's cache, so it is exact
 /// after deletions too).
@@ -70,16 +85,42 @@ impl Collector for ObjectsCollector {
             None => return Ok(()),
         };
         let family = Family::<ConditionLabel, Gauge>::default();
+        let watched = Gauge::<i64>::default();
+        let deletion_blocked = Gauge::<i64>::default();
         for (condition, n) in counts {
-            family.get_or_create(&ConditionLabel { condition }).set(n);
+            match condition {
+                ALL_OBJECTS => {
+                    watched.set(n);
+                }
+                DELETION_BLOCKED => {
+                    deletion_blocked.set(n);
+                }
+                _ => {
+                    family.get_or_create(&ConditionLabel { condition }).set(n);
+                }
+            }
         }
         let metric = encoder.encode_descriptor(
             "objects",
-            "Watched PhoneNumbers whose condition of this type is True (condition=\"total\": all)",
+            "Watched PhoneNumbers whose condition of this type is True",
             None,
             family.metric_type(),
         )?;
-        family.encode(metric)
+        family.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "watched_objects",
+            "Watched PhoneNumbers (in this operator's namespace and label scope)",
+            None,
+            watched.metric_type(),
+        )?;
+        watched.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "deletion_blocked_objects",
+            "Watched PhoneNumbers being deleted whose deregistration the OneInbox API refuses",
+            None,
+            deletion_blocked.metric_type(),
+        )?;
+        deletion_blocked.encode(metric)
     }
 }
 
@@ -103,6 +144,7 @@ struct Inner {
     api_duration: HistogramFamily<Op>,
     rate_limit_wait: Histogram,
     status_patches: Family<Outcome, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -123,6 +165,19 @@ impl Metrics {
         let status_patches = Family::<Outcome, Counter>::default();
         let objects = Arc::new(ObjectsCollector::default());
         registry.register_collector(Box::new(objects.clone()));
+        let leader = Gauge::default();
+        registry.register(
+            "build",
+            "Build of this operator (value 1)",
+            Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        registry.register(
+            "leader",
+            "1 while this process may reconcile: it holds the Lease, or runs without leader election",
+            leader.clone(),
+        );
         {
             let r = registry.sub_registry_with_prefix("reconcile");
             r.register("runs", "Reconciles started", reconcile_runs.clone());
@@ -174,6 +229,7 @@ impl Metrics {
                 api_duration,
                 rate_limit_wait,
                 status_patches,
+                leader,
             }),
         }
     }
@@ -213,6 +269,11 @@ impl Metrics {
             .status_patches
             .get_or_create(&Outcome { outcome })
             .inc();
+    }
+
+    /// Whether this process is the one that reconciles (holds the Lease, or runs alone).
+    pub fn set_leader(&self, leading: bool) {
+        self.inner.leader.set(i64::from(leading));
     }
 
     /// Where the objects-by-condition gauge reads its counts at scrape time.
@@ -263,6 +324,75 @@ mod tests {
         );
         assert!(
             text.contains("oneinbox_operator_reconcile_runs_total 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn build_info_carries_the_crate_version() {
+        let text = Metrics::new().encode();
+        assert!(
+            text.contains("# TYPE oneinbox_operator_build info"),
+            "{text}"
+        );
+        let line = format!(
+            "oneinbox_operator_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&line), "{text}");
+    }
+
+    #[test]
+    fn leader_gauge_follows_set_leader() {
+        let m = Metrics::new();
+        assert!(m.encode().contains("\noneinbox_operator_leader 0\n"));
+        m.set_leader(true);
+        assert!(m.encode().contains("\noneinbox_operator_leader 1\n"));
+        m.set_leader(false);
+        assert!(m.encode().contains("\noneinbox_operator_leader 0\n"));
+    }
+
+    /// `sum(oneinbox_operator_objects)` adds up conditions only; the number of watched
+    /// objects is its own gauge.
+    #[test]
+    fn object_total_is_its_own_gauge() {
+        let m = Metrics::new();
+        m.set_object_counts(|| {
+            vec![
+                ("Ready", 3),
+                ("Reconciling", 1),
+                ("Stalled", 2),
+                (DELETION_BLOCKED, 1),
+                (ALL_OBJECTS, 6),
+            ]
+        });
+        let text = m.encode();
+        let mut objects: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("oneinbox_operator_objects{"))
+            .collect();
+        objects.sort_unstable();
+        assert_eq!(
+            objects,
+            [
+                "oneinbox_operator_objects{condition=\"Ready\"} 3",
+                "oneinbox_operator_objects{condition=\"Reconciling\"} 1",
+                "oneinbox_operator_objects{condition=\"Stalled\"} 2",
+            ],
+            "{text}"
+        );
+        let watched: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("oneinbox_operator_watched_objects"))
+            .collect();
+        assert_eq!(watched, ["oneinbox_operator_watched_objects 6"], "{text}");
+        let blocked: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("oneinbox_operator_deletion_blocked_objects"))
+            .collect();
+        assert_eq!(
+            blocked,
+            ["oneinbox_operator_deletion_blocked_objects 1"],
             "{text}"
         );
     }

@@ -112,8 +112,10 @@ fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     ok(&format!("kubectl {args:?}"), kubectl(args, stdin))
 }
 
-/// Once per test binary: the control plane answers and the CRD from `crds/` is Established
-/// (applied the way the e2e harness does, so the two never fight over field ownership).
+/// Once per test binary: the control plane answers, the CRD from `crds/` is Established
+/// (applied the way the e2e harness does, so the two never fight over field ownership), and so
+/// are prometheus-operator's ServiceMonitor, PodMonitor and PrometheusRule CRDs (from its Go
+/// module, by `tests/cluster/build.sh`), so that the chart's monitors are validated too.
 fn cluster() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
@@ -137,8 +139,41 @@ fn cluster() {
             ],
             None,
         );
+        // bin/prometheus-operator-crds links to a directory, which `kubectl -f` reads only
+        // file by file.
+        let dir = tool("prometheus-operator-crds");
+        let files: Vec<String> = MONITORING_CRDS
+            .iter()
+            .map(|crd| {
+                let plural = crd.split('.').next().unwrap();
+                let file = dir.join(format!("monitoring.coreos.com_{plural}.yaml"));
+                file.to_string_lossy().into_owned()
+            })
+            .collect();
+        let mut apply = vec!["apply", "--server-side", "--force-conflicts"];
+        for f in &files {
+            apply.extend(["-f", f.as_str()]);
+        }
+        kubectl_ok(&apply, None);
+        for crd in MONITORING_CRDS {
+            kubectl_ok(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    &format!("crd/{crd}"),
+                    "--timeout=60s",
+                ],
+                None,
+            );
+        }
     });
 }
+
+const MONITORING_CRDS: &[&str] = &[
+    "servicemonitors.monitoring.coreos.com",
+    "podmonitors.monitoring.coreos.com",
+    "prometheusrules.monitoring.coreos.com",
+];
 
 fn unique(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -203,8 +238,9 @@ fn assert_access(user: &str, rows: &[(bool, &[&str])]) {
     }
 }
 
-fn service_account(namespace: &str) -> String {
-    format!("system:serviceaccount:{namespace}:oneinbox-operator")
+/// The username of a ServiceAccount.
+fn service_account(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,6 +285,13 @@ fn kinds(docs: &[Value]) -> Vec<String> {
     let mut kinds: Vec<String> = docs.iter().map(|d| kind(d).to_owned()).collect();
     kinds.sort();
     kinds
+}
+
+/// The object of this kind and name; fails if there is none.
+fn named<'a>(docs: &'a [Value], wanted: &str, wanted_name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| kind(d) == wanted && name(d) == wanted_name)
+        .unwrap_or_else(|| panic!("no {wanted} {wanted_name} in {:?}", kinds(docs)))
 }
 
 /// The one object of this kind; fails if there is none or several.
@@ -353,6 +396,18 @@ fn chart_crd_is_the_generated_crd() {
     assert_eq!(files.len(), 1, "the chart ships exactly one CRD: {files:?}");
 }
 
+/// docs/helm.md installs the CRD with `helm show crds`: it prints exactly the generated CRD.
+#[test]
+fn helm_show_crds_prints_the_generated_crd() {
+    let shown = helm_ok(&["show", "crds", &repo_path(CHART)]);
+    assert_eq!(parse_docs(&shown), parse_docs(&read(CRD_FILE)));
+    assert!(
+        read("docs/helm.md").contains(
+            "helm show crds <chart> --version <version> | kubectl apply --server-side -f -"
+        )
+    );
+}
+
 #[test]
 fn helm_lint_is_clean() {
     let chart = repo_path(CHART);
@@ -383,12 +438,16 @@ fn default_render_is_least_privilege_and_locked_down() {
         kinds(&docs),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
             "Service",
             "ServiceAccount"
         ],
-        "default render: no lease RBAC, ServiceMonitor or NetworkPolicy; CRDs come from crds/"
+        "default render: the operator's ClusterRole and the view/edit roles; no lease RBAC, \
+         PodDisruptionBudget (one replica), monitors, rules, dashboard or NetworkPolicy; CRDs \
+         come from crds/"
     );
     let deployment = only(&docs, "Deployment");
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1));
@@ -461,13 +520,18 @@ fn test_values_render_passes_server_dry_run() {
         &["-f", &test_values, "--set", &watch],
     ));
 
-    // Leader election, namespaced RBAC, NetworkPolicy and ServiceMonitor are all rendered.
+    // Every optional template but the PodMonitor (its own test) is rendered.
     assert_eq!(
         kinds(&docs),
         [
+            "ClusterRole",
+            "ClusterRole",
+            "ConfigMap",
             "ConfigMap",
             "Deployment",
             "NetworkPolicy",
+            "PodDisruptionBudget",
+            "PrometheusRule",
             "Role",
             "Role",
             "RoleBinding",
@@ -481,6 +545,9 @@ fn test_values_render_passes_server_dry_run() {
     let fullname = format!("{release}-oneinbox-operator");
     let args = args(&docs);
     for wanted in [
+        "--api-url=http://oneinbox-mock.oneinbox-test.svc:8080".to_owned(),
+        "--allow-insecure-http".to_owned(),
+        "--api-ca-file=/etc/oneinbox/api-ca/ca.crt".to_owned(),
         "--leader-election".to_owned(),
         format!("--lease-name={fullname}"),
         "--lease-duration=20s".to_owned(),
@@ -493,24 +560,120 @@ fn test_values_render_passes_server_dry_run() {
     ] {
         assert!(args.contains(&wanted), "{wanted} missing from {args:?}");
     }
+    let deployment = only(&docs, "Deployment");
     assert_eq!(
-        only(&docs, "Deployment")["spec"]["strategy"]["type"].as_str(),
+        deployment["spec"]["strategy"]["type"].as_str(),
         Some("RollingUpdate")
     );
-    let lease_role = docs
-        .iter()
-        .find(|d| kind(d) == "Role" && name(d) == format!("{fullname}-leader-election"))
-        .expect("lease Role");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"].as_str(), Some(&*fullname));
+    assert_eq!(
+        name(only(&docs, "ServiceAccount")),
+        fullname,
+        "the ServiceAccount follows the release name"
+    );
+
+    // extraEnv, extraVolumes, extraVolumeMounts and the CA bundle from a ConfigMap.
+    let c = container(&docs);
+    let env = c["env"].as_sequence().unwrap();
+    assert!(env.iter().any(|e| e["name"].as_str() == Some("HTTPS_PROXY")
+        && e["value"].as_str() == Some("http://proxy.example.com:3128")));
+    assert!(
+        env.iter()
+            .any(|e| e["name"].as_str() == Some("ONEINBOX_API_TIMEOUT")
+                && e["valueFrom"]["configMapKeyRef"]["name"].as_str() == Some("oneinbox-tuning"))
+    );
+    let mounts = c["volumeMounts"].as_sequence().unwrap();
+    let mount = |n: &str| {
+        mounts
+            .iter()
+            .find(|m| m["name"].as_str() == Some(n))
+            .unwrap_or_else(|| panic!("no mount {n}: {mounts:?}"))
+    };
+    assert_eq!(mount("scratch")["mountPath"].as_str(), Some("/tmp"));
+    assert_eq!(
+        mount("api-ca")["mountPath"].as_str(),
+        Some("/etc/oneinbox/api-ca")
+    );
+    assert_eq!(mount("api-ca")["readOnly"].as_bool(), Some(true));
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let volume = |n: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(n))
+            .unwrap_or_else(|| panic!("no volume {n}: {volumes:?}"))
+    };
+    assert_eq!(
+        volume("scratch")["emptyDir"]["sizeLimit"].as_str(),
+        Some("16Mi")
+    );
+    let ca = &volume("api-ca")["configMap"];
+    assert_eq!(ca["name"].as_str(), Some("oneinbox-api-ca"));
+    assert_eq!(ca["items"][0]["key"].as_str(), Some("bundle.pem"));
+    assert_eq!(ca["items"][0]["path"].as_str(), Some("ca.crt"));
+
+    // Two replicas: at most one evicted at a time.
+    let pdb = only(&docs, "PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"].as_str(), Some("policy/v1"));
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_u64(), Some(1));
+    assert!(pdb["spec"]["minAvailable"].is_null());
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+
+    // Monitoring: the ServiceMonitor scrapes the Service's admin port; the alerts select this
+    // release's job (the Service's name) and carry alertLabels; the dashboard is the file.
+    let monitor = only(&docs, "ServiceMonitor");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"].as_str(),
+        Some("admin")
+    );
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        only(&docs, "Service")["spec"]["selector"]
+    );
+    let rule = only(&docs, "PrometheusRule");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"].as_str(),
+        Some("kube-prometheus-stack")
+    );
+    let rules = rule["spec"]["groups"][0]["rules"].as_sequence().unwrap();
+    assert_eq!(
+        rules.len(),
+        7,
+        "with leader election: the no-leader alert too"
+    );
+    let selector = format!("namespace=\"{}\",job=\"{fullname}\"", ns.0);
+    for r in rules {
+        assert!(
+            r["expr"].as_str().unwrap().contains(&selector),
+            "{selector} not in {r:?}"
+        );
+        assert_eq!(r["labels"]["team"].as_str(), Some("voice"));
+    }
+    let dashboard = named(&docs, "ConfigMap", &format!("{fullname}-dashboard"));
+    assert_eq!(
+        dashboard["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"].as_str(),
+        Some("OneInbox")
+    );
+    assert_eq!(
+        dashboard["data"]["oneinbox-operator.json"].as_str(),
+        Some(read(&format!("{CHART}/files/grafana/oneinbox-operator.json")).trim_end())
+    );
+
+    let lease_role = named(&docs, "Role", &format!("{fullname}-leader-election"));
     assert_eq!(lease_role["metadata"]["namespace"].as_str(), Some(&*ns.0));
     assert_eq!(
         lease_role["rules"][1]["resourceNames"][0].as_str(),
         Some(&*fullname),
         "lease reads and writes are limited to this release's Lease"
     );
-    let watched_role = docs
-        .iter()
-        .find(|d| kind(d) == "Role" && name(d) == fullname)
-        .expect("watched-namespace Role");
+    let watched_role = named(&docs, "Role", &fullname);
     assert_eq!(
         watched_role["metadata"]["namespace"].as_str(),
         Some(&*watched.0)
@@ -518,18 +681,202 @@ fn test_values_render_passes_server_dry_run() {
 
     // The Argo CD health check is the chart's files/argocd/health.lua, verbatim.
     assert_eq!(
-        only(&docs, "ConfigMap")["data"]["resource.customizations.health.oneinbox.ai_PhoneNumber"]
+        named(&docs, "ConfigMap", &format!("{fullname}-argocd-health"))["data"]
+            ["resource.customizations.health.oneinbox.ai_PhoneNumber"]
             .as_str(),
         Some(&*read(&format!("{CHART}/files/argocd/health.lua")))
     );
 
-    // No monitoring.coreos.com CRDs on the test control plane: validate everything else.
-    let docs: Vec<Value> = docs
-        .into_iter()
-        .filter(|d| kind(d) != "ServiceMonitor")
-        .collect();
+    // Everything, the monitors and the PDB included, against the real API server.
     let out = server_dry_run(&docs);
     assert!(out.status.success(), "{}", describe("dry run", &out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for object in [
+        format!("poddisruptionbudget.policy/{fullname}"),
+        format!("servicemonitor.monitoring.coreos.com/{fullname}"),
+        format!("prometheusrule.monitoring.coreos.com/{fullname}"),
+        format!("configmap/{fullname}-dashboard"),
+    ] {
+        assert!(
+            stdout.contains(&object),
+            "{object} not in the dry run:\n{stdout}"
+        );
+    }
+}
+
+/// The other half of the options: a PodMonitor instead of the ServiceMonitor, the CA from a
+/// Secret, minAvailable, the dashboard in Grafana's namespace.
+#[test]
+fn pod_monitor_secret_ca_and_min_available_pass_server_dry_run() {
+    let ns = TempNamespace::new("chart-podmon");
+    let grafana = TempNamespace::new("chart-grafana");
+    let release = unique("chart");
+    let fullname = format!("{release}-oneinbox-operator");
+    let dashboard_ns = format!("grafanaDashboard.namespace={}", grafana.0);
+    let docs = parse_docs(&render(
+        &release,
+        &ns.0,
+        &[
+            "--set",
+            "replicas=3,leaderElection.enabled=true",
+            "--set",
+            "podDisruptionBudget.minAvailable=2",
+            "--set",
+            "podMonitor.enabled=true,podMonitor.interval=15s,podMonitor.labels.release=prom",
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "apiCA.existingSecret=corp-ca",
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            &dashboard_ns,
+        ],
+    ));
+    assert!(!docs.iter().any(|d| kind(d) == "ServiceMonitor"));
+    let monitor = only(&docs, "PodMonitor");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"].as_str(), Some("admin"));
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    assert_eq!(endpoint["interval"].as_str(), Some("15s"));
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"].as_str(),
+        Some("prom")
+    );
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        only(&docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    // A PodMonitor target's job is "<namespace>/<PodMonitor name>".
+    let job = format!("job=\"{}/{fullname}\"", ns.0);
+    for r in only(&docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+    {
+        assert!(
+            r["expr"].as_str().unwrap().contains(&job),
+            "{job} not in {r:?}"
+        );
+    }
+    let pdb = only(&docs, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(2));
+    assert!(pdb["spec"]["maxUnavailable"].is_null());
+    let pod = &only(&docs, "Deployment")["spec"]["template"]["spec"];
+    let ca = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some("api-ca"))
+        .expect("api-ca volume");
+    assert_eq!(ca["secret"]["secretName"].as_str(), Some("corp-ca"));
+    assert_eq!(ca["secret"]["items"][0]["key"].as_str(), Some("ca.crt"));
+    assert!(args(&docs).contains(&"--api-ca-file=/etc/oneinbox/api-ca/ca.crt".to_owned()));
+    assert!(!args(&docs).contains(&"--allow-insecure-http".to_owned()));
+    let dashboard = only(&docs, "ConfigMap");
+    assert_eq!(
+        dashboard["metadata"]["namespace"].as_str(),
+        Some(&*grafana.0)
+    );
+
+    let out = server_dry_run(&docs);
+    assert!(out.status.success(), "{}", describe("dry run", &out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("podmonitor.monitoring.coreos.com/{fullname}")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn pod_disruption_budget_only_with_more_than_one_replica() {
+    let count = |extra: &[&str]| {
+        parse_docs(&render("pdb", "pdb", extra))
+            .iter()
+            .filter(|d| kind(d) == "PodDisruptionBudget")
+            .count()
+    };
+    assert_eq!(count(&[]), 0, "one replica: a PDB would block every drain");
+    assert_eq!(
+        count(&["--set", "leaderElection.enabled=true"]),
+        0,
+        "leader election with one replica"
+    );
+    assert_eq!(
+        count(&["--set", "replicas=2,leaderElection.enabled=true"]),
+        1,
+        "on by default with two replicas"
+    );
+    assert_eq!(
+        count(&[
+            "--set",
+            "replicas=2,leaderElection.enabled=true,podDisruptionBudget.enabled=false"
+        ]),
+        0
+    );
+}
+
+/// `prometheusRule.job` for a Prometheus that scrapes the operator some other way, and the
+/// aggregated roles left out.
+#[test]
+fn prometheus_rule_job_override_and_no_aggregated_roles() {
+    let docs = parse_docs(&render(
+        "custom",
+        "ops",
+        &[
+            "--set",
+            "prometheusRule.enabled=true,prometheusRule.job=kubernetes-pods",
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
+        ],
+    ));
+    let rules = only(&docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    assert_eq!(rules.len(), 6, "no leader election: no no-leader alert");
+    for r in &rules {
+        assert!(
+            r["expr"]
+                .as_str()
+                .unwrap()
+                .contains(r#"namespace="ops",job="kubernetes-pods""#),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        docs.iter().filter(|d| kind(d) == "ClusterRole").count(),
+        1,
+        "only the operator's own ClusterRole"
+    );
+}
+
+/// Template-level refusals (beyond the schema), each with the message that says what to do.
+#[test]
+fn conflicting_values_fail_with_a_message() {
+    let chart = repo_path(CHART);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--set",
+                "serviceMonitor.enabled=true,podMonitor.enabled=true",
+            ],
+            "enable serviceMonitor or podMonitor, not both",
+        ),
+        (
+            &["--set", "apiUrl=http://mock.test:8080"],
+            "apiUrl is http://: the operator refuses it unless allowInsecureHttp=true",
+        ),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["template", "bad", chart.as_str()];
+        args.extend_from_slice(extra);
+        let out = helm(&args);
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(message),
+            "helm template {extra:?} should fail with {message:?}:\n{}",
+            describe("helm", &out)
+        );
+    }
 }
 
 #[test]
@@ -551,6 +898,26 @@ fn bad_values_fail_the_schema() {
         ),
         (&["--set", "apiKey.value=inline-key"], "/apiKey"),
         (&["--set", "replica=1"], "additional properties"),
+        (
+            &["--set", "apiCA.existingConfigMap=a,apiCA.existingSecret=b"],
+            "/apiCA",
+        ),
+        (&["--set", "pollInterval=90"], "/pollInterval"),
+        (
+            &["--set", "podDisruptionBudget.maxUnavailable=half"],
+            "/podDisruptionBudget/maxUnavailable",
+        ),
+        (
+            &["--set", "prometheusRule.stalled.for=soon"],
+            "/prometheusRule/stalled/for",
+        ),
+        (
+            &[
+                "--set-json",
+                r#"grafanaDashboard.labels={"grafana_dashboard":1}"#,
+            ],
+            "/grafanaDashboard/labels",
+        ),
     ];
     for (extra, pointer) in cases {
         let mut args = vec!["template", "bad", chart.as_str()];
@@ -587,7 +954,7 @@ fn helm_install_creates_every_object_and_uninstall_keeps_the_crd() {
     for object in [
         format!("deployment/{fullname}"),
         format!("service/{fullname}"),
-        "serviceaccount/oneinbox-operator".to_owned(),
+        format!("serviceaccount/{fullname}"),
     ] {
         kubectl_ok(&["get", "-n", &ns.0, &object], None);
     }
@@ -602,11 +969,11 @@ fn helm_install_creates_every_object_and_uninstall_keeps_the_crd() {
     let pn = "phonenumbers.oneinbox.ai";
     let ev = "events.events.k8s.io";
     assert_access(
-        &service_account(&ns.0),
+        &service_account(&ns.0, &fullname),
         &[
             (true, &["list", pn, "--all-namespaces"]),
             (true, &["watch", pn, "--all-namespaces"]),
-            (true, &["get", pn, "-n", &elsewhere]),
+            (false, &["get", pn, "-n", &elsewhere]),
             (true, &["patch", pn, "-n", &elsewhere]),
             (
                 true,
@@ -615,7 +982,7 @@ fn helm_install_creates_every_object_and_uninstall_keeps_the_crd() {
             (true, &["get", "secrets", "-n", &elsewhere]),
             (true, &["watch", "secrets", "--all-namespaces"]),
             (true, &["create", ev, "-n", &elsewhere]),
-            (true, &["patch", ev, "-n", &elsewhere]),
+            (false, &["patch", ev, "-n", &elsewhere]),
             (false, &["create", pn, "-n", &elsewhere]),
             (false, &["update", pn, "-n", &elsewhere]),
             (false, &["delete", pn, "-n", &elsewhere]),
@@ -677,7 +1044,7 @@ fn leader_election_install_grants_only_its_own_lease() {
     let own = format!("leases.coordination.k8s.io/{fullname}");
     let other = "leases.coordination.k8s.io/someone-else";
     assert_access(
-        &service_account(&ns.0),
+        &service_account(&ns.0, &fullname),
         &[
             (true, &["create", "leases.coordination.k8s.io", "-n", &ns.0]),
             (true, &["get", &own, "-n", &ns.0]),
@@ -696,6 +1063,203 @@ fn leader_election_install_grants_only_its_own_lease() {
     release.installed = false;
 }
 
+/// Two shards in one namespace: each release has its own ServiceAccount, bound to its own
+/// ClusterRole, and neither install collides with the other.
+#[test]
+fn two_releases_in_one_namespace_have_their_own_service_accounts() {
+    let ns = TempNamespace::new("chart-shards");
+    let chart = repo_path(CHART);
+    let mut releases = Vec::new();
+    for shard in ["a", "b"] {
+        let mut release = Release {
+            name: unique(&format!("shard-{shard}")),
+            namespace: ns.0.clone(),
+            installed: false,
+        };
+        let selector = format!("labelSelector=shard={shard}");
+        helm_ok(&[
+            "install",
+            &release.name,
+            &chart,
+            "-n",
+            &ns.0,
+            "--set",
+            &selector,
+        ]);
+        release.installed = true;
+        releases.push(release);
+    }
+    let accounts = kubectl_ok(&["get", "serviceaccounts", "-n", &ns.0, "-o", "name"], None);
+    let mut accounts: Vec<&str> = accounts.lines().collect();
+    accounts.sort_unstable();
+    let mut expected: Vec<String> = releases
+        .iter()
+        .map(|r| format!("serviceaccount/{}-oneinbox-operator", r.name))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(accounts, expected);
+    for r in &releases {
+        let fullname = format!("{}-oneinbox-operator", r.name);
+        let binding = kubectl_ok(
+            &[
+                "get",
+                &format!("clusterrolebinding/{fullname}"),
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let binding: serde_json::Value = serde_json::from_str(&binding).unwrap();
+        assert_eq!(binding["subjects"][0]["name"].as_str(), Some(&*fullname));
+        assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some(&*ns.0));
+        assert_eq!(binding["roleRef"]["name"].as_str(), Some(&*fullname));
+        assert_access(
+            &service_account(&ns.0, &fullname),
+            &[(
+                true,
+                &["watch", "phonenumbers.oneinbox.ai", "--all-namespaces"],
+            )],
+        );
+    }
+}
+
+/// The chart's view/edit roles reach people through Kubernetes' aggregated roles: a user bound
+/// to "view" reads PhoneNumbers, one bound to "edit" also changes them, "admin" too.
+#[test]
+fn aggregated_roles_grant_view_and_edit_on_phonenumbers() {
+    let ns = TempNamespace::new("chart-aggregate");
+    let mut release = Release {
+        name: unique("chart"),
+        namespace: ns.0.clone(),
+        installed: false,
+    };
+    let chart = repo_path(CHART);
+    helm_ok(&["install", &release.name, &chart, "-n", &ns.0]);
+    release.installed = true;
+    let fullname = format!("{}-oneinbox-operator", release.name);
+    kubectl_ok(&["get", &format!("clusterrole/{fullname}-view")], None);
+    kubectl_ok(&["get", &format!("clusterrole/{fullname}-edit")], None);
+
+    let people = ["viewer", "editor", "administrator"];
+    for (user, role) in people.iter().zip(["view", "edit", "admin"]) {
+        kubectl_ok(
+            &[
+                "create",
+                "rolebinding",
+                &format!("{user}-{role}"),
+                "-n",
+                &ns.0,
+                &format!("--clusterrole={role}"),
+                &format!("--user={user}"),
+            ],
+            None,
+        );
+    }
+    let pn = "phonenumbers.oneinbox.ai";
+    // The clusterrole-aggregation controller copies the rules within seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let can = |user: &str, verb: &str| {
+            String::from_utf8_lossy(
+                &kubectl(
+                    &["auth", "can-i", verb, pn, "-n", &ns.0, "--as", user],
+                    None,
+                )
+                .stdout,
+            )
+            .trim()
+                == "yes"
+        };
+        if people.iter().all(|u| can(u, "list"))
+            && can("editor", "create")
+            && can("administrator", "delete")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the view/edit/admin roles never aggregated the PhoneNumber rules"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let status = "--subresource=status";
+    assert_access(
+        "viewer",
+        &[
+            (true, &["get", pn, "-n", &ns.0]),
+            (true, &["list", pn, "-n", &ns.0]),
+            (true, &["watch", pn, "-n", &ns.0]),
+            (true, &["get", pn, status, "-n", &ns.0]),
+            (false, &["create", pn, "-n", &ns.0]),
+            (false, &["patch", pn, "-n", &ns.0]),
+            (false, &["delete", pn, "-n", &ns.0]),
+            (false, &["list", pn, "-n", "default"]),
+        ],
+    );
+    for user in ["editor", "administrator"] {
+        assert_access(
+            user,
+            &[
+                (true, &["get", pn, "-n", &ns.0]),
+                (true, &["create", pn, "-n", &ns.0]),
+                (true, &["update", pn, "-n", &ns.0]),
+                (true, &["patch", pn, "-n", &ns.0]),
+                (true, &["delete", pn, "-n", &ns.0]),
+                (true, &["deletecollection", pn, "-n", &ns.0]),
+                // Status is the operator's: people never write it.
+                (false, &["patch", pn, status, "-n", &ns.0]),
+                (false, &["update", pn, status, "-n", &ns.0]),
+            ],
+        );
+    }
+}
+
+/// Chart.yaml says where the chart comes from and what it ships, for Artifact Hub; the
+/// annotations agree with the chart (image tag, CRD, license) and the CRD example is valid.
+#[test]
+fn chart_metadata_for_artifact_hub() {
+    let chart: Value = serde_yaml::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
+    assert!(chart["home"].as_str().unwrap().starts_with("https://"));
+    assert!(!chart["sources"].as_sequence().unwrap().is_empty());
+    assert!(chart["maintainers"][0]["name"].as_str().is_some());
+    let notes = &chart["annotations"];
+    assert_eq!(
+        notes["artifacthub.io/license"].as_str(),
+        Some(env!("CARGO_PKG_LICENSE"))
+    );
+    let images: Value =
+        serde_yaml::from_str(notes["artifacthub.io/images"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        images[0]["image"].as_str().unwrap(),
+        container(&parse_docs(&render(
+            DEFAULT_RELEASE,
+            DEFAULT_NAMESPACE,
+            &[]
+        )))["image"]
+            .as_str()
+            .unwrap(),
+        "artifacthub.io/images names the image the chart deploys"
+    );
+    let crds: Value = serde_yaml::from_str(notes["artifacthub.io/crds"].as_str().unwrap()).unwrap();
+    let crd: Value = serde_yaml::from_str(&read(CRD_FILE)).unwrap();
+    assert_eq!(crds.as_sequence().unwrap().len(), 1);
+    assert_eq!(crds[0]["name"].as_str(), Some(CRD_NAME));
+    assert_eq!(crds[0]["kind"], crd["spec"]["names"]["kind"]);
+    assert_eq!(crds[0]["version"], crd["spec"]["versions"][0]["name"]);
+
+    let examples: Value =
+        serde_yaml::from_str(notes["artifacthub.io/crdsExamples"].as_str().unwrap()).unwrap();
+    let examples = examples.as_sequence().unwrap().clone();
+    assert_eq!(examples.len(), 1);
+    let ns = TempNamespace::new("chart-example");
+    let out = server_dry_run(&retarget(&examples, &ns.0));
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("dry run of the CRD example", &out)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // deploy/ = the chart's defaults
 
@@ -704,11 +1268,26 @@ fn deploy_matches_the_chart_defaults() {
     let chart = parse_docs(&render(DEFAULT_RELEASE, DEFAULT_NAMESPACE, &[]));
     let deploy = parse_docs(&kustomize_deploy());
 
-    assert_eq!(
-        only(&chart, "ClusterRole")["rules"],
-        only(&deploy, "ClusterRole")["rules"],
-        "chart and deploy/rbac.yaml must grant the same rules"
-    );
+    for role in [
+        DEFAULT_RELEASE.to_owned(),
+        format!("{DEFAULT_RELEASE}-view"),
+        format!("{DEFAULT_RELEASE}-edit"),
+    ] {
+        let (c, d) = (
+            named(&chart, "ClusterRole", &role),
+            named(&deploy, "ClusterRole", &role),
+        );
+        assert_eq!(
+            c["rules"], d["rules"],
+            "chart and deploy/ must grant the same rules in {role}"
+        );
+        for (key, value) in d["metadata"]["labels"].as_mapping().into_iter().flatten() {
+            assert_eq!(
+                &c["metadata"]["labels"][key], value,
+                "{role}: label {key:?} of deploy/ differs in the chart"
+            );
+        }
+    }
     for field in ["roleRef", "subjects"] {
         assert_eq!(
             only(&chart, "ClusterRoleBinding")[field],
@@ -735,7 +1314,12 @@ fn deploy_matches_the_chart_defaults() {
         only(&deploy, "Service")["spec"],
         "Service spec"
     );
-    for k in ["Deployment", "Service", "ServiceAccount", "ClusterRole"] {
+    for k in [
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ClusterRoleBinding",
+    ] {
         assert_eq!(name(only(&chart, k)), name(only(&deploy, k)), "{k} name");
     }
     assert_eq!(
@@ -751,6 +1335,8 @@ fn deploy_passes_server_dry_run() {
     assert_eq!(
         kinds(&docs),
         [
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",

@@ -57,7 +57,7 @@ for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$mock_port/_mock/config" >/
 say "starting the operator (namespace oneinbox-demo) as system:serviceaccount:oneinbox-system:oneinbox-operator (RBAC from deploy/rbac.yaml)"
 stop_pid "$state/operator.pid"
 KUBECONFIG="$state/kubeconfig-operator" ONEINBOX_API_KEY="$api_key" \
-  setsid target/debug/oneinbox-operator run --api-url "http://127.0.0.1:$mock_port" \
+  setsid target/debug/oneinbox-operator run --api-url "http://127.0.0.1:$mock_port" --allow-insecure-http \
   --admin-addr "127.0.0.1:$admin_port" --secret-grace-period 30s --watch-namespace oneinbox-demo \
   >/dev/null 2>"$state/operator.log" </dev/null &
 echo $! > "$state/operator.pid"

@@ -271,6 +271,17 @@ pub async fn run<C: OneInboxApi>(
             ("Ready", count(status::READY)),
             ("Reconciling", count(status::RECONCILING)),
             ("Stalled", count(status::STALLED)),
+            (
+                crate::metrics::DELETION_BLOCKED,
+                objects
+                    .iter()
+                    .filter(|o| {
+                        o.condition(status::STALLED).is_some_and(|c| {
+                            c.status == "True" && c.reason == status::reason::DELETION_BLOCKED
+                        })
+                    })
+                    .count() as i64,
+            ),
             ("total", objects.len() as i64),
         ]
     });

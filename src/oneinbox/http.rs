@@ -36,6 +36,24 @@ pub struct HttpClientConfig {
     pub max_in_flight: usize,
     /// Longest `Retry-After` honoured (longer values are clamped).
     pub max_retry_after: Duration,
+    /// CA certificates trusted in addition to the built-in roots (`--api-ca-file`).
+    pub extra_roots: Vec<reqwest::Certificate>,
+}
+
+/// The CA certificates of a PEM file (`--api-ca-file`); a file without one is an error, so a
+/// wrong mount fails at start-up instead of at the first call.
+pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read the API CA file {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("the API CA file {} is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "the API CA file {} holds no certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// Page size for list look-ups.
@@ -86,6 +104,7 @@ impl HttpClient {
             // A burst opens up to --api-max-in-flight connections (~70 KiB of buffers each);
             // keep only a few once it is over.
             .pool_max_idle_per_host(IDLE_CONNECTIONS)
+            .tls_certs_merge(cfg.extra_roots.iter().cloned())
             .build()?;
         let limiter =
             RateLimiter::direct(Quota::per_second(cfg.rate_per_second).allow_burst(cfg.burst));
@@ -394,6 +413,134 @@ impl OneInboxApi for HttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+    use std::process::Command;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `openssl`: a CA, and a server certificate for 127.0.0.1 that it signs.
+    fn make_ca_and_server_cert(dir: &Path) {
+        let sh = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+  -keyout ca.key -out ca.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > ext.cnf
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+  -extfile ext.cnf -out server.pem
+"#;
+        let out = Command::new("sh")
+            .args(["-c", sh])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A TLS server on loopback that answers every request with 404 "not found".
+    async fn tls_server(dir: &Path) -> Url {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("https://{}", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0u8; 8192];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = r#"{"detail":"Phone number not found"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        url
+    }
+
+    fn client(base_url: Url, extra_roots: Vec<reqwest::Certificate>) -> HttpClient {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        HttpClient::new(
+            HttpClientConfig {
+                base_url,
+                api_key: SecretString::new("oi_sk_test".into()),
+                api_key_file: None,
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(5),
+                rate_per_second: NonZeroU32::new(100).unwrap(),
+                burst: NonZeroU32::new(100).unwrap(),
+                max_in_flight: 4,
+                max_retry_after: Duration::from_secs(1),
+                extra_roots,
+            },
+            Metrics::new(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn api_ca_file_is_trusted_in_addition_to_the_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        make_ca_and_server_cert(dir.path());
+        let url = tls_server(dir.path()).await;
+
+        // Without the CA: the handshake fails, a retryable connection error.
+        let err = client(url.clone(), Vec::new())
+            .get("pn-1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ApiError::Unavailable { what, .. } if what == "connection"),
+            "{err:?}"
+        );
+
+        // With --api-ca-file: the same server is trusted, and its answer arrives.
+        let roots = load_ca_file(&dir.path().join("ca.pem")).unwrap();
+        assert_eq!(roots.len(), 1);
+        let err = client(url, roots).get("pn-1").await.unwrap_err();
+        assert!(matches!(err, ApiError::NotFound), "{err:?}");
+    }
+
+    #[test]
+    fn api_ca_file_without_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let err = load_ca_file(&empty).unwrap_err();
+        assert!(err.contains("holds no certificate"), "{err}");
+        let err = load_ca_file(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(err.contains("cannot read the API CA file"), "{err}");
+    }
 
     #[test]
     fn retry_after_seconds_and_http_date() {

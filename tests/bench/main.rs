@@ -100,6 +100,8 @@ impl Op {
             "run".into(),
             "--api-url".into(),
             mock_url.into(),
+            // The mock speaks plain http on loopback.
+            "--allow-insecure-http".into(),
             "--watch-namespace".into(),
             ns.into(),
             "--admin-addr".into(),

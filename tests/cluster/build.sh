@@ -2,7 +2,10 @@
 # Build the test control plane's binaries from Go modules into a per-version cache outside the
 # checkout, and print the directory that holds them (last stdout line).
 #
-#   build.sh [k8s] [etcd] [helm] [kstatus]     (default: all four)
+#   build.sh [k8s] [etcd] [helm] [kstatus] [promtool] [prometheus-operator]   (default: all)
+#
+# prometheus-operator is not built: its module holds the monitoring.coreos.com CRDs
+# (ServiceMonitor, PodMonitor, PrometheusRule) that the chart's monitors are validated against.
 #
 # Each component gets its own directory named after its version and a hash of its go.mod, go.sum,
 # this script and the Go version, so any bump builds anew and a hit costs nothing. Builds go to a
@@ -14,6 +17,8 @@ export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0
 K8S_VERSION=v1.36.3
 ETCD_VERSION=v3.6.8
 HELM_VERSION=v4.3.1
+PROMETHEUS_VERSION=v0.315.1            # promtool; go.mod pins the same version
+PROMETHEUS_OPERATOR_VERSION=v0.85.0    # its CRDs; go.mod pins the same version
 BUILD_DATE=2026-11-01T00:00:00Z   # fixed, so builds are reproducible
 
 cache=${TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/oneinbox-operator/testenv}
@@ -21,7 +26,7 @@ bin=$cache/bin
 mkdir -p "$cache" "$bin"
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(k8s etcd helm kstatus)
+[ ${#components[@]} -gt 0 ] || components=(k8s etcd helm kstatus promtool prometheus-operator)
 
 log() { echo "build.sh: $*" >&2; }
 
@@ -36,6 +41,8 @@ dir_for() {
     etcd) echo "$cache/etcd-$ETCD_VERSION-$(hash_of etcd)" ;;
     helm) echo "$cache/helm-$HELM_VERSION-$(hash_of helm)" ;;
     kstatus) echo "$cache/kstatus-$(hash_of kstatus)" ;;
+    promtool) echo "$cache/promtool-$PROMETHEUS_VERSION-$(hash_of promtool)" ;;
+    prometheus-operator) echo "$cache/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-$(hash_of prometheus-operator)" ;;
     *) log "unknown component $1"; exit 2 ;;
   esac
 }
@@ -60,6 +67,22 @@ build_one() { # component out-dir
         -o "$out/helm" helm.sh/helm/v4/cmd/helm) ;;
     kstatus)
       (cd "$here/kstatus" && go build -trimpath -ldflags "-s -w" -o "$out/kstatus" .) ;;
+    promtool)
+      # Only cmd/promtool; the version stamp is what `promtool --version` prints.
+      (cd "$here/promtool" && go build -trimpath \
+        -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" \
+        -o "$out/promtool" github.com/prometheus/prometheus/cmd/promtool) ;;
+    prometheus-operator)
+      # The module zip (checked against go.sum) ships the CRDs as plain YAML.
+      local src
+      src=$(cd "$here/prometheus-operator" &&
+        go mod download -json github.com/prometheus-operator/prometheus-operator |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+      [ -d "$src/example/prometheus-operator-crd" ] || { log "no CRDs in $src"; exit 1; }
+      mkdir -p "$out/prometheus-operator-crds"
+      for k in servicemonitors podmonitors prometheusrules; do
+        cp "$src/example/prometheus-operator-crd/monitoring.coreos.com_$k.yaml" "$out/prometheus-operator-crds/"
+      done ;;
   esac
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the test control plane: etcd, kube-apiserver and a kube-controller-manager limited to the
-# namespace and garbage-collector controllers, all on 127.0.0.1, built from Go modules (build.sh).
+# namespace, garbage-collector and clusterrole-aggregation controllers, all on 127.0.0.1, built from Go modules (build.sh).
 # Prints the admin kubeconfig's absolute path as the last stdout line; logs go to stderr.
 #
 # Idempotent: if the plane recorded in the state dir is running and ready, it is reused.
@@ -61,7 +61,7 @@ if alive etcd && alive kube-apiserver && alive kube-controller-manager \
   exit 0
 fi
 
-bin=$("$here/build.sh" k8s etcd kstatus helm | tail -n1)
+bin=$("$here/build.sh" k8s etcd kstatus helm promtool prometheus-operator | tail -n1)
 
 # A half-started plane from an earlier run is stopped first.
 TESTENV_STATE=$state "$here/down.sh" >&2 || true
@@ -174,9 +174,11 @@ if [ -n "${TESTENV_CRDS:-}" ]; then
   "$bin/kubectl" --kubeconfig "$state/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >&2
 fi
 
-log "starting kube-controller-manager (namespace + garbage-collector controllers)"
+# clusterrole-aggregation fills the default roles (view, edit, admin) from aggregated
+# ClusterRoles, such as the chart's PhoneNumber view/edit roles.
+log "starting kube-controller-manager (namespace, garbage-collector, clusterrole-aggregation controllers)"
 setsid "$bin/kube-controller-manager" --kubeconfig="$state/kubeconfig-kcm" \
-  --controllers=namespace-controller,garbage-collector-controller \
+  --controllers=namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller \
   --leader-elect=false --secure-port=0 \
   >"$state/logs/kube-controller-manager.log" 2>&1 </dev/null &
 echo $! > "$state/kube-controller-manager.pid"

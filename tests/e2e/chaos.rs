@@ -234,6 +234,9 @@ struct Obj {
     voicemail: Option<String>,
     rotations: u32,
     deleted: Option<Deleted>,
+    /// The registration id it was created to adopt (kept in every apply, as a GitOps
+    /// repository keeps the annotation).
+    adopts: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -245,7 +248,7 @@ struct Deleted {
 
 const CTD_POST: &str = "commit_then_delay POST past the client timeout";
 
-const OPS: [&str; 8] = [
+const OPS: [&str; 10] = [
     "create",
     "create_reusing_number",
     "update_agent_routing",
@@ -254,6 +257,8 @@ const OPS: [&str; 8] = [
     "delete_Orphan",
     "pause",
     "resume",
+    "adopt",
+    "claim_another_id",
 ];
 
 struct Chaos<'a> {
@@ -301,6 +306,18 @@ impl Chaos<'_> {
         (0..self.objs.len())
             .filter(|&i| self.objs[i].deleted.is_none())
             .collect()
+    }
+
+    /// Apply the object as the test models it.
+    async fn apply_obj(&self, o: &Obj) {
+        let mut manifest = json!({"metadata": {"name": o.name}, "spec": Self::spec_of(o)});
+        if let Some(id) = &o.adopts {
+            manifest["metadata"]["annotations"] = json!({"oneinbox.ai/phone-number-id": id});
+        }
+        self.w
+            .apply_full(manifest)
+            .await
+            .expect("apply PhoneNumber");
     }
 
     fn spec_of(o: &Obj) -> Value {
@@ -364,6 +381,7 @@ impl Chaos<'_> {
                 .then(|| format!("Sorry ({})", self.rng.random_range(0..1000))),
             rotations: 0,
             deleted: None,
+            adopts: None,
         };
         // Mostly the Secret first; sometimes after the object (SecretNotFound, then the watch).
         let secret_after = self.rng.random_bool(0.15);
@@ -377,6 +395,104 @@ impl Chaos<'_> {
         self.objs.push(obj);
     }
 
+    /// Register a number outside the cluster, then adopt it deliberately with a new object.
+    async fn adopt(&mut self) -> bool {
+        let number = self.fresh_number();
+        let outside = reqwest::Client::new()
+            .post(format!("{}/v1/phone-numbers", self.w.mock.url))
+            .bearer_auth(API_KEY)
+            .json(&json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT, "credential_id": CREDENTIAL}))
+            .send()
+            .await;
+        let id = match outside {
+            Ok(r) if r.status().as_u16() == 201 => {
+                let v: Value = r.json().await.unwrap_or_default();
+                v["id"].as_str().unwrap_or_default().to_string()
+            }
+            // A fault phase may refuse it: nothing was registered (or a retry would be needed).
+            Ok(r) => {
+                self.report
+                    .op_errors
+                    .push(format!("outside POST for adoption: {}", r.status()));
+                return false;
+            }
+            Err(e) => {
+                self.report
+                    .op_errors
+                    .push(format!("outside POST for adoption: {e}"));
+                return false;
+            }
+        };
+        let name = format!("pn-{}", self.next);
+        self.next += 1;
+        let obj = Obj {
+            name: name.clone(),
+            number,
+            secret: None,
+            password: String::new(),
+            replace: false,
+            policy: if self.rng.random_bool(0.3) {
+                Policy::Orphan
+            } else {
+                Policy::Delete
+            },
+            paused: false,
+            agent: if self.rng.random_bool(0.5) {
+                AGENT
+            } else {
+                AGENT2
+            },
+            friendly: format!("line {name}"),
+            voicemail: None,
+            rotations: 0,
+            deleted: None,
+            adopts: Some(id),
+        };
+        self.apply_obj(&obj).await;
+        self.objs.push(obj);
+        true
+    }
+
+    /// A newcomer names a live object's registration id (and number), stays a little, and is
+    /// deleted with policy Delete: it must never touch that registration.
+    async fn claim_id_of(&mut self, i: usize) -> bool {
+        let owner = self.objs[i].clone();
+        let id = match self.w.pns.get_opt(&owner.name).await {
+            Ok(Some(pn)) => pn.status.and_then(|s| s.phone_number_id),
+            _ => None,
+        };
+        let Some(id) = id else {
+            return false;
+        };
+        let name = format!("claim-{}", self.next);
+        self.next += 1;
+        let mut spec = credential_spec(&owner.number);
+        spec["agentId"] = json!(if owner.agent == AGENT { AGENT2 } else { AGENT });
+        spec["deletionPolicy"] = json!("Delete");
+        let manifest = json!({
+            "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+            "metadata": {"name": name, "annotations": {"oneinbox.ai/phone-number-id": id}},
+            "spec": spec,
+        });
+        if let Err(e) = self.w.apply_full(manifest).await {
+            self.report.op_errors.push(format!("claim {name}: {e}"));
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(self.rng.random_range(300..1200))).await;
+        self.w.delete(&name).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.w.pns.get_opt(&name).await, Ok(Some(_))) {
+            if Instant::now() > deadline {
+                self.report.op_errors.push(format!(
+                    "claim {name}: still present 10 s after its deletion"
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        true
+    }
+
     async fn update(&mut self, i: usize) {
         let o = &mut self.objs[i];
         o.agent = if o.agent == AGENT { AGENT2 } else { AGENT };
@@ -385,7 +501,7 @@ impl Chaos<'_> {
             o.voicemail = Some(format!("Sorry ({})", self.rng.random_range(0..10_000)));
         }
         let o = self.objs[i].clone();
-        self.w.apply(&o.name, Self::spec_of(&o)).await;
+        self.apply_obj(&o).await;
     }
 
     async fn rotate(&mut self, i: usize) {
@@ -402,7 +518,7 @@ impl Chaos<'_> {
         if self.objs[i].policy != policy {
             self.objs[i].policy = policy;
             let o = self.objs[i].clone();
-            self.w.apply(&name, Self::spec_of(&o)).await;
+            self.apply_obj(&o).await;
         }
         let id_at_delete = match self.w.pns.get_opt(&name).await {
             Ok(Some(pn)) => pn.status.and_then(|s| s.phone_number_id),
@@ -476,7 +592,12 @@ impl Chaos<'_> {
             .copied()
             .filter(|&i| !self.objs[i].paused)
             .collect();
-        let weights: [f64; 8] = [
+        let with_id: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| !self.objs[i].paused)
+            .collect();
+        let weights: [f64; 10] = [
             if n < target { 3.0 } else { 0.4 },
             if p.reuse_numbers && !self.reusable.is_empty() && n < target * 6 / 5 {
                 0.8
@@ -493,6 +614,8 @@ impl Chaos<'_> {
                 0.7
             },
             if paused.is_empty() { 0.0 } else { 1.5 },
+            if n < target * 6 / 5 { 0.5 } else { 0.0 },
+            if with_id.is_empty() { 0.0 } else { 0.4 },
         ];
         let total: f64 = weights.iter().sum();
         if total <= 0.0 {
@@ -538,6 +661,17 @@ impl Chaos<'_> {
                     return;
                 }
             }
+            8 => {
+                if !self.adopt().await {
+                    return;
+                }
+            }
+            9 => {
+                let i = *with_id.choose(&mut self.rng).unwrap_or(&0);
+                if !self.claim_id_of(i).await {
+                    return;
+                }
+            }
             _ => {
                 let i = *paused.choose(&mut self.rng).unwrap_or(&0);
                 if !self.set_paused(i, false).await {
@@ -551,7 +685,7 @@ impl Chaos<'_> {
     /// A fault phase: a new mock configuration, sometimes with one-shot faults queued.
     async fn fault_phase(&mut self) -> Duration {
         let secs = self.rng.random_range(2..=5);
-        let kind = self.rng.random_range(0..6);
+        let kind = self.rng.random_range(0..7);
         let cfg = match kind {
             0 => {
                 let status = *[500u16, 502, 503].choose(&mut self.rng).unwrap_or(&503);
@@ -573,6 +707,17 @@ impl Chaos<'_> {
             3 => {
                 self.fault_count("latency spike (0.8-3.3 s)".into());
                 json!({"latency_ms": 800, "latency_jitter_ms": 2500})
+            }
+            5 => {
+                // The key is refused for a while (as when it is revoked and restored).
+                for ep in [POST, DELETE, GET, PATCH, LIST] {
+                    self.w
+                        .mock
+                        .fault(json!({"endpoint": ep, "kind": "status", "status": 401, "count": 4}))
+                        .await;
+                }
+                self.fault_count("401 window (4 per endpoint)".into());
+                json!({})
             }
             4 => {
                 let secs = self.rng.random_range(2..=4);
@@ -1230,12 +1375,11 @@ pub async fn run(p: Params) -> Report {
     }
     let acc = |k: &str| report.accepted.get(k).copied().unwrap_or(0);
     let (posts, deletes) = (acc(POST), acc(DELETE));
-    let creates = report.ops.get("create").copied().unwrap_or(0)
-        + report
-            .ops
-            .get("create_reusing_number")
-            .copied()
-            .unwrap_or(0);
+    // An adoption's outside registration is a committed POST too.
+    let creates = ["create", "create_reusing_number", "adopt"]
+        .iter()
+        .map(|op| report.ops.get(op).copied().unwrap_or(0))
+        .sum::<u64>();
     let rotations = report.ops.get("rotate_password").copied().unwrap_or(0);
     let delete_deletes = report.ops.get("delete_Delete").copied().unwrap_or(0);
     // Every committed write is recorded, including a `commit_then_delay` POST whose client gave

@@ -327,6 +327,8 @@ impl Operator {
             "run",
             "--api-url",
             mock_url,
+            // The mock speaks plain http on loopback.
+            "--allow-insecure-http",
             "--watch-namespace",
             ns,
             "--admin-addr",

@@ -36,6 +36,10 @@ async fn probes_and_metrics_without_per_object_labels() {
 
     let (code, text) = w.operator.admin("/metrics").await;
     assert_eq!(code, 200);
+    let build_info = format!(
+        "oneinbox_operator_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     for needle in [
         "oneinbox_operator_reconcile_runs_total",
         "oneinbox_operator_reconcile_duration_seconds_bucket",
@@ -45,10 +49,16 @@ async fn probes_and_metrics_without_per_object_labels() {
         "oneinbox_operator_reconcile_status_patches_total{outcome=\"success\"}",
         "oneinbox_operator_objects{condition=\"Ready\"} 1",
         "oneinbox_operator_objects{condition=\"Stalled\"} 1",
-        "oneinbox_operator_objects{condition=\"total\"} 2",
+        "oneinbox_operator_watched_objects 2",
+        "oneinbox_operator_leader 1",
+        build_info.as_str(),
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
+    assert!(
+        !text.contains("condition=\"total\""),
+        "the object total is its own gauge:\n{text}"
+    );
     for object_label in ["m-one", "m-two", w.ns.as_str()] {
         assert!(
             !text.contains(object_label),

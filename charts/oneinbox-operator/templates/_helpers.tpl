@@ -38,8 +38,9 @@ app.kubernetes.io/part-of: oneinbox-operator
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The ServiceAccount: the full name unless set, so two releases in a namespace never share it. */}}
 {{- define "oneinbox-operator.serviceAccountName" -}}
-{{- .Values.serviceAccount.name }}
+{{- default (include "oneinbox-operator.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
 
 {{- define "oneinbox-operator.image" -}}
@@ -54,6 +55,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "oneinbox-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
+{{/* Where the API CA bundle is mounted (apiCA); the file name is fixed, whatever the key. */}}
+{{- define "oneinbox-operator.apiCADir" -}}
+/etc/oneinbox/api-ca
+{{- end }}
+
+{{/*
+The job label of the operator's series in Prometheus: prometheus-operator names a ServiceMonitor
+target's job after the Service, a PodMonitor target's after "<namespace>/<PodMonitor name>".
+*/}}
+{{- define "oneinbox-operator.job" -}}
+{{- if .Values.prometheusRule.job }}
+{{- .Values.prometheusRule.job }}
+{{- else if .Values.podMonitor.enabled }}
+{{- printf "%s/%s" .Release.Namespace (include "oneinbox-operator.fullname" .) }}
+{{- else }}
+{{- include "oneinbox-operator.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* The label matchers of this release's series in alert expressions. */}}
+{{- define "oneinbox-operator.selector" -}}
+namespace="{{ .Release.Namespace }}",job="{{ include "oneinbox-operator.job" . }}"
+{{- end }}
+
 {{/* Where the API key Secret is mounted; the file name is fixed, whatever the Secret's key. */}}
 {{- define "oneinbox-operator.apiKeyDir" -}}
 /var/run/secrets/oneinbox
@@ -64,10 +89,11 @@ The ClusterRole (or Role) rules: exactly what the code uses; deploy/rbac.yaml ha
 and tests/chart.rs compares them.
 */}}
 {{- define "oneinbox-operator.rules" -}}
-# Watch PhoneNumbers; patch adds/removes the finalizer and the id annotation.
+# List and watch PhoneNumbers (the controller's cache; no single GET); patch adds/removes
+# the finalizer and the id annotation.
 - apiGroups: ["oneinbox.ai"]
   resources: ["phonenumbers"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Status is written by server-side apply.
 - apiGroups: ["oneinbox.ai"]
   resources: ["phonenumbers/status"]
@@ -77,8 +103,24 @@ and tests/chart.rs compares them.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
-# Events on transitions; the recorder patches repeats into a series.
+# Events on transitions, each a new Event (no series cache, so never a patch).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+PhoneNumber rights for people, aggregated into Kubernetes' default roles; deploy/rbac.yaml has
+the same rules and tests/chart.rs compares them.
+*/}}
+{{- define "oneinbox-operator.viewRules" -}}
+- apiGroups: ["oneinbox.ai"]
+  resources: ["phonenumbers", "phonenumbers/status"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{- define "oneinbox-operator.editRules" -}}
+- apiGroups: ["oneinbox.ai"]
+  resources: ["phonenumbers"]
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
 {{- end }}
