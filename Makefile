@@ -43,6 +43,11 @@ crds:
 unit:
 	$(CARGO) test --all-features --lib --bins
 
+## Regenerate charts/oneinbox-operator/files/argocd/argocd-cm.yaml from resource_customizations/.
+.PHONY: argocd-cm
+argocd-cm:
+	cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update
+
 .PHONY: chaos bench
 
 ## make chaos: chaos soak against the real control plane and the faulty mock (release build).

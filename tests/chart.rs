@@ -516,11 +516,11 @@ fn test_values_render_passes_server_dry_run() {
         Some(&*watched.0)
     );
 
-    // The Argo CD health check is the chart's files/argocd/health.lua, verbatim.
+    // The Argo CD health check is the chart's files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua, verbatim.
     assert_eq!(
         only(&docs, "ConfigMap")["data"]["resource.customizations.health.oneinbox.ai_PhoneNumber"]
             .as_str(),
-        Some(&*read(&format!("{CHART}/files/argocd/health.lua")))
+        Some(&*read(&format!("{CHART}/files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua")))
     );
 
     // No monitoring.coreos.com CRDs on the test control plane: validate everything else.
