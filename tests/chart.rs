@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 const CHART: &str = "charts/oneinbox-operator";
 const CHART_TEST_VALUES: &str = "charts/oneinbox-operator/ci/test-values.yaml";
@@ -224,7 +224,7 @@ fn kustomize_deploy() -> String {
 }
 
 fn parse_docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    yaml_serde::Deserializer::from_str(yaml)
         .map(|doc| Value::deserialize(doc).unwrap())
         .filter(|doc| !doc.is_null())
         .collect()
@@ -232,7 +232,7 @@ fn parse_docs(yaml: &str) -> Vec<Value> {
 
 fn to_yaml(docs: &[Value]) -> String {
     docs.iter()
-        .map(|doc| serde_yaml::to_string(doc).unwrap())
+        .map(|doc| yaml_serde::to_string(doc).unwrap())
         .collect::<Vec<_>>()
         .join("---\n")
 }
@@ -331,7 +331,7 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 
 #[test]
 fn chart_app_version_is_the_crate_version() {
-    let chart: Value = serde_yaml::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
+    let chart: Value = yaml_serde::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
     assert_eq!(
         chart["appVersion"].as_str(),
         Some(env!("CARGO_PKG_VERSION")),
@@ -430,7 +430,7 @@ fn default_render_is_least_privilege_and_locked_down() {
     assert!(args.contains(&"--api-key-file=/var/run/secrets/oneinbox/api-key".to_owned()));
     assert!(!args.iter().any(|a| a.starts_with("--leader-election")));
     assert!(
-        !serde_yaml::to_string(&c["env"])
+        !yaml_serde::to_string(&c["env"])
             .unwrap()
             .contains("ONEINBOX_API_KEY")
     );
@@ -520,7 +520,9 @@ fn test_values_render_passes_server_dry_run() {
     assert_eq!(
         only(&docs, "ConfigMap")["data"]["resource.customizations.health.oneinbox.ai_PhoneNumber"]
             .as_str(),
-        Some(&*read(&format!("{CHART}/files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua")))
+        Some(&*read(&format!(
+            "{CHART}/files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua"
+        )))
     );
 
     // No monitoring.coreos.com CRDs on the test control plane: validate everything else.
@@ -874,5 +876,19 @@ fn dockerfile_is_lint_clean_and_non_root() {
         "USER 65532:65532",
     ] {
         assert!(dockerfile.contains(wanted), "Dockerfile lacks {wanted:?}");
+    }
+    // Every base image is pinned by digest: a rebuild uses exactly the same bytes.
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    for from in froms {
+        assert!(
+            from.split_whitespace()
+                .nth(1)
+                .is_some_and(|image| image.contains("@sha256:") && image.len() > 64),
+            "base image not pinned by digest: {from}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use kube::CustomResourceExt;
 use oneinbox_operator::crd::PhoneNumber;
 
-fn main() -> Result<(), serde_yaml::Error> {
-    print!("{}", serde_yaml::to_string(&PhoneNumber::crd())?);
+fn main() -> Result<(), yaml_serde::Error> {
+    print!("{}", yaml_serde::to_string(&PhoneNumber::crd())?);
     Ok(())
 }

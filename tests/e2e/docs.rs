@@ -54,7 +54,7 @@ fn doc_manifests_pass_a_server_side_dry_run() {
     let mut helm_values = 0;
     let mut failures = Vec::new();
     for (file, block) in yaml_blocks() {
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&block)
+        let docs: Vec<Value> = yaml_serde::Deserializer::from_str(&block)
             .filter_map(|d| serde::Deserialize::deserialize(d).ok())
             .collect();
         let is_object = |d: &Value| d.get("apiVersion").is_some() && d.get("kind").is_some();
