@@ -33,7 +33,8 @@ fi
 
 tests/ensure-tools.sh
 say "building the operator and the mock OneInbox API"
-cargo build --quiet --features mock-server --bin oneinbox-operator --bin oneinbox-mock
+# The features `make test` builds the binaries with: after it, this build has nothing to do.
+cargo build --quiet --all-features --bin oneinbox-operator --bin oneinbox-mock
 
 say "starting the control plane (first run builds kube-apiserver, etcd, kubectl from Go modules)"
 kubeconfig=$(TESTENV_CRDS=$PWD/crds tests/cluster/up.sh | tail -n1)
