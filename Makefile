@@ -43,7 +43,7 @@ crds:
 unit:
 	$(CARGO) test --all-features --lib --bins
 
-## Licences, banned crates and sources of every dependency (deny.toml); offline, part of make test.
+## Licences, banned crates and sources of every dependency (.deny.toml); offline, part of make test.
 deny:
 	@tests/ensure-tools.sh
 	$(CARGO) deny --frozen check --hide-inclusion-graph licenses bans sources
