@@ -891,4 +891,15 @@ fn dockerfile_is_lint_clean_and_non_root() {
             "base image not pinned by digest: {from}"
         );
     }
+    // The image builds with the toolchain rust-toolchain.toml pins for make test.
+    let toolchain = read("rust-toolchain.toml");
+    let channel = toolchain
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|c| c.trim_matches('"'))
+        .expect("rust-toolchain.toml: channel");
+    assert!(
+        dockerfile.contains(&format!("FROM rust:{channel}-bookworm@sha256:")),
+        "the Dockerfile's rust image is not rust:{channel}"
+    );
 }
