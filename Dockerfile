@@ -4,7 +4,10 @@
 # distroless "nonroot" user (65532). Build: docker build -t ghcr.io/oneinbox/oneinbox-operator:0.1.0 .
 # Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 ... (each platform builds natively).
 
-FROM rust:1-bookworm AS builder
+# Base images are pinned by digest (the multi-arch index of each tag), so a rebuild uses exactly
+# these bytes; the tag stays for readers. Move the rust tag with rust-toolchain.toml. To refresh a
+# digest: docker buildx imagetools inspect rust:1.95.0-bookworm (or crane digest ...).
+FROM rust:1.95.0-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS builder
 ARG TARGETARCH
 # musl-gcc compiles ring's C and assembly for the musl target.
 # hadolint ignore=DL3008
@@ -36,7 +39,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D -m 0755 "target/$(cat /rust-target)/release/oneinbox-operator" /out/oneinbox-operator
 
 # No shell, no package manager, no libc: CA certificates and /etc/passwd for nonroot only.
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:b7bb25d9f7c31d2bdd1982feb4dafcaf137703c7075dbe2febb41c24212b946f
 LABEL org.opencontainers.image.title="oneinbox-operator" \
       org.opencontainers.image.description="Kubernetes operator that manages OneInbox phone numbers as PhoneNumber custom resources" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 export TESTENV_STATE ?= $(CURDIR)/target/testenv
 
-.PHONY: test demo demo-down cluster-up cluster-down tools lint fmt crds verify-crds unit e2e mock operator
+.PHONY: test demo demo-down cluster-up cluster-down tools lint fmt crds verify-crds unit e2e mock operator deny audit sbom
 
 ## make test: fmt check, clippy -D warnings, unit + contract tests, e2e against the real control plane.
 test:
@@ -43,6 +43,26 @@ crds:
 
 unit:
 	$(CARGO) test --workspace --all-features --lib --bins
+
+## Licences, banned crates and sources of every dependency (.deny.toml); offline, part of make test.
+deny:
+	@tests/ensure-tools.sh
+	$(CARGO) deny --frozen check --hide-inclusion-graph licenses bans sources
+
+## make audit: make deny plus the RustSec advisories; needs the network (fetches the advisory database).
+audit:
+	@tests/ensure-tools.sh
+	$(CARGO) deny --locked check --hide-inclusion-graph advisories licenses bans sources
+
+## make sbom: CycloneDX SBOM of the image's binary (static musl oneinbox-operator, no mock-server)
+## into target/sbom/; see tests/sbom.sh.
+sbom:
+	tests/sbom.sh
+
+## Regenerate charts/oneinbox-operator/files/argocd/argocd-cm.yaml from resource_customizations/.
+.PHONY: argocd-cm
+argocd-cm:
+	cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update
 
 .PHONY: chaos bench
 

@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 const CHART: &str = "charts/oneinbox-operator";
 const CHART_TEST_VALUES: &str = "charts/oneinbox-operator/ci/test-values.yaml";
@@ -260,7 +260,7 @@ fn kustomize_deploy() -> String {
 }
 
 fn parse_docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    yaml_serde::Deserializer::from_str(yaml)
         .map(|doc| Value::deserialize(doc).unwrap())
         .filter(|doc| !doc.is_null())
         .collect()
@@ -268,7 +268,7 @@ fn parse_docs(yaml: &str) -> Vec<Value> {
 
 fn to_yaml(docs: &[Value]) -> String {
     docs.iter()
-        .map(|doc| serde_yaml::to_string(doc).unwrap())
+        .map(|doc| yaml_serde::to_string(doc).unwrap())
         .collect::<Vec<_>>()
         .join("---\n")
 }
@@ -374,7 +374,7 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 
 #[test]
 fn chart_app_version_is_the_crate_version() {
-    let chart: Value = serde_yaml::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
+    let chart: Value = yaml_serde::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
     assert_eq!(
         chart["appVersion"].as_str(),
         Some(env!("CARGO_PKG_VERSION")),
@@ -489,7 +489,7 @@ fn default_render_is_least_privilege_and_locked_down() {
     assert!(args.contains(&"--api-key-file=/var/run/secrets/oneinbox/api-key".to_owned()));
     assert!(!args.iter().any(|a| a.starts_with("--leader-election")));
     assert!(
-        !serde_yaml::to_string(&c["env"])
+        !yaml_serde::to_string(&c["env"])
             .unwrap()
             .contains("ONEINBOX_API_KEY")
     );
@@ -679,12 +679,14 @@ fn test_values_render_passes_server_dry_run() {
         Some(&*watched.0)
     );
 
-    // The Argo CD health check is the chart's files/argocd/health.lua, verbatim.
+    // The Argo CD health check is the chart's files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua, verbatim.
     assert_eq!(
         named(&docs, "ConfigMap", &format!("{fullname}-argocd-health"))["data"]
             ["resource.customizations.health.oneinbox.ai_PhoneNumber"]
             .as_str(),
-        Some(&*read(&format!("{CHART}/files/argocd/health.lua")))
+        Some(&*read(&format!(
+            "{CHART}/files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua"
+        )))
     );
 
     // Everything, the monitors and the PDB included, against the real API server.
@@ -1218,7 +1220,7 @@ fn aggregated_roles_grant_view_and_edit_on_phonenumbers() {
 /// annotations agree with the chart (image tag, CRD, license) and the CRD example is valid.
 #[test]
 fn chart_metadata_for_artifact_hub() {
-    let chart: Value = serde_yaml::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
+    let chart: Value = yaml_serde::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
     assert!(chart["home"].as_str().unwrap().starts_with("https://"));
     assert!(!chart["sources"].as_sequence().unwrap().is_empty());
     assert!(chart["maintainers"][0]["name"].as_str().is_some());
@@ -1228,7 +1230,7 @@ fn chart_metadata_for_artifact_hub() {
         Some(env!("CARGO_PKG_LICENSE"))
     );
     let images: Value =
-        serde_yaml::from_str(notes["artifacthub.io/images"].as_str().unwrap()).unwrap();
+        yaml_serde::from_str(notes["artifacthub.io/images"].as_str().unwrap()).unwrap();
     assert_eq!(
         images[0]["image"].as_str().unwrap(),
         container(&parse_docs(&render(
@@ -1240,15 +1242,15 @@ fn chart_metadata_for_artifact_hub() {
             .unwrap(),
         "artifacthub.io/images names the image the chart deploys"
     );
-    let crds: Value = serde_yaml::from_str(notes["artifacthub.io/crds"].as_str().unwrap()).unwrap();
-    let crd: Value = serde_yaml::from_str(&read(CRD_FILE)).unwrap();
+    let crds: Value = yaml_serde::from_str(notes["artifacthub.io/crds"].as_str().unwrap()).unwrap();
+    let crd: Value = yaml_serde::from_str(&read(CRD_FILE)).unwrap();
     assert_eq!(crds.as_sequence().unwrap().len(), 1);
     assert_eq!(crds[0]["name"].as_str(), Some(CRD_NAME));
     assert_eq!(crds[0]["kind"], crd["spec"]["names"]["kind"]);
     assert_eq!(crds[0]["version"], crd["spec"]["versions"][0]["name"]);
 
     let examples: Value =
-        serde_yaml::from_str(notes["artifacthub.io/crdsExamples"].as_str().unwrap()).unwrap();
+        yaml_serde::from_str(notes["artifacthub.io/crdsExamples"].as_str().unwrap()).unwrap();
     let examples = examples.as_sequence().unwrap().clone();
     assert_eq!(examples.len(), 1);
     let ns = TempNamespace::new("chart-example");
@@ -1461,4 +1463,29 @@ fn dockerfile_is_lint_clean_and_non_root() {
     ] {
         assert!(dockerfile.contains(wanted), "Dockerfile lacks {wanted:?}");
     }
+    // Every base image is pinned by digest: a rebuild uses exactly the same bytes.
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    for from in froms {
+        assert!(
+            from.split_whitespace()
+                .nth(1)
+                .is_some_and(|image| image.contains("@sha256:") && image.len() > 64),
+            "base image not pinned by digest: {from}"
+        );
+    }
+    // The image builds with the toolchain rust-toolchain.toml pins for make test.
+    let toolchain = read("rust-toolchain.toml");
+    let channel = toolchain
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|c| c.trim_matches('"'))
+        .expect("rust-toolchain.toml: channel");
+    assert!(
+        dockerfile.contains(&format!("FROM rust:{channel}-bookworm@sha256:")),
+        "the Dockerfile's rust image is not rust:{channel}"
+    );
 }

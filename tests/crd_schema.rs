@@ -10,7 +10,7 @@ const COMMITTED: &str = include_str!("../crds/phonenumbers.oneinbox.ai.yaml");
 
 #[test]
 fn committed_crd_matches_the_types() {
-    let generated = serde_yaml::to_string(&generated_crd()).expect("yaml");
+    let generated = yaml_serde::to_string(&generated_crd()).expect("yaml");
     assert!(
         generated == COMMITTED,
         "crds/phonenumbers.oneinbox.ai.yaml is stale: run `make crds` and commit the result"
@@ -19,7 +19,7 @@ fn committed_crd_matches_the_types() {
 
 #[test]
 fn schema_has_the_admission_rules() {
-    let crd: serde_json::Value = serde_yaml::from_str(COMMITTED).expect("parse");
+    let crd: serde_json::Value = yaml_serde::from_str(COMMITTED).expect("parse");
     let version = &crd["spec"]["versions"][0];
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let props = &spec["properties"];
@@ -80,7 +80,7 @@ fn schema_has_the_admission_rules() {
 }
 
 fn committed() -> Value {
-    serde_yaml::from_str(COMMITTED).expect("parse")
+    yaml_serde::from_str(COMMITTED).expect("parse")
 }
 
 fn status_schema() -> Value {

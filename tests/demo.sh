@@ -33,7 +33,8 @@ fi
 
 tests/ensure-tools.sh
 say "building the operator and the mock OneInbox API"
-cargo build --quiet -p oneinbox-operator --bin oneinbox-operator
+# The features `make test` builds the binaries with: after it, this build has nothing to do.
+cargo build --quiet --all-features -p oneinbox-operator --bin oneinbox-operator
 cargo build --quiet -p oneinbox-mock --bin oneinbox-mock
 
 say "starting the control plane (first run builds kube-apiserver, etcd, kubectl from Go modules)"

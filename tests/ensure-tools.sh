@@ -14,3 +14,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing tools: ${missing[*]} (install them with apt-get)" >&2; exit 1
   fi
 fi
+# cargo-deny for the licence/bans/sources gate, built from crates.io (about 6 minutes on two busy
+# cores, once per machine). The version is pinned so that every machine checks with the same rules.
+cargo_deny_version=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $cargo_deny_version"; then
+  echo "installing cargo-deny $cargo_deny_version from crates.io" >&2
+  cargo install --locked --quiet "cargo-deny@$cargo_deny_version" >&2
+fi

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::json;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use harness::*;
 
@@ -77,7 +77,7 @@ fn rendered_rule() -> Value {
         .output()
         .unwrap();
     let text = ok("helm template", out);
-    let rule: Value = serde_yaml::from_str(&text).unwrap();
+    let rule: Value = yaml_serde::from_str(&text).unwrap();
     assert_eq!(rule["kind"].as_str(), Some("PrometheusRule"));
     rule
 }
@@ -102,7 +102,7 @@ fn alerts(rule: &Value) -> Vec<(String, String)> {
 fn alert_rules_pass_promtool_check_and_unit_tests() {
     let rule = rendered_rule();
     let dir = tempfile::tempdir().unwrap();
-    let groups = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
+    let groups = yaml_serde::to_string(&yaml_serde::Mapping::from_iter([(
         Value::from("groups"),
         rule["spec"]["groups"].clone(),
     )]))
@@ -149,10 +149,10 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     struct Case {
         alertname: String,
         #[serde(default)]
-        exp_alerts: Vec<serde_yaml::Value>,
+        exp_alerts: Vec<yaml_serde::Value>,
     }
     let tests: Tests =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join(ALERT_TESTS)).unwrap()).unwrap();
+        yaml_serde::from_str(&std::fs::read_to_string(repo().join(ALERT_TESTS)).unwrap()).unwrap();
     let cases: Vec<&Case> = tests
         .tests
         .iter()

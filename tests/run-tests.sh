@@ -23,6 +23,9 @@ step "CRD is generated from the Rust types (verify twin)"
 cargo run --quiet --locked --bin crdgen | diff -u crds/phonenumbers.oneinbox.ai.yaml - \
   || { echo "crds/ is stale: run 'make crds'" >&2; exit 1; }
 
+step "supply chain: licences, banned crates, sources (cargo-deny, offline; advisories: make audit)"
+cargo deny --frozen check --hide-inclusion-graph licenses bans sources
+
 step "control plane"
 started_here=0
 if ! [ -f "$TESTENV_STATE/kube-apiserver.pid" ] || ! kill -0 "$(cat "$TESTENV_STATE/kube-apiserver.pid")" 2>/dev/null; then

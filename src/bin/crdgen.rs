@@ -3,7 +3,7 @@
 
 use oneinbox_operator::crd::generated_crd;
 
-fn main() -> Result<(), serde_yaml::Error> {
-    print!("{}", serde_yaml::to_string(&generated_crd())?);
+fn main() -> Result<(), yaml_serde::Error> {
+    print!("{}", yaml_serde::to_string(&generated_crd())?);
     Ok(())
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -14,7 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-var update = flag.Bool("update", false, "rewrite argocd-cm.yaml from the .lua files")
+var update = flag.Bool("update", false, "rewrite argocd-cm.yaml from resource_customizations/")
 
 const (
 	pausedKey    = "oneinbox.ai/paused"
@@ -23,7 +24,7 @@ const (
 
 func scripts(t *testing.T) Scripts {
 	t.Helper()
-	s, err := LoadScripts(ChartDir)
+	s, err := LoadScripts(KindDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func loadObject(t *testing.T, path string) map[string]any {
 
 func fixture(t *testing.T, name string) map[string]any {
 	t.Helper()
-	return loadObject(t, filepath.Join("testdata", "health", name+".yaml"))
+	return loadObject(t, filepath.Join(KindDir, "testdata", name+".yaml"))
 }
 
 func annotations(obj map[string]any) map[string]any {
@@ -63,70 +64,12 @@ func annotations(obj map[string]any) map[string]any {
 	return a
 }
 
-// Every fixture under testdata/health with the health Argo CD must show for it.
-var healthCases = []struct {
-	fixture  string
-	status   string
-	contains string // a part of the message
-}{
-	{"no-status", "Progressing", "Waiting for the operator"},
-	{"status-without-conditions", "Progressing", "Waiting for the operator"},
-	{"observed-generation-missing", "Progressing", "observe generation 2"},
-	{"generation-lagging", "Progressing", "observe generation 3 (observed: 2)"},
-	{"generation-lagging-stalled", "Progressing", "observe generation 3"},
-	{"creating", "Progressing", "Creating: "},
-	{"updating", "Progressing", "Updating: "},
-	{"provisioning", "Progressing", "Provisioning: "},
-	{"api-unavailable", "Progressing", "APIUnavailable: "},
-	{"secret-not-found-reconciling", "Progressing", "SecretNotFound: "},
-	{"ready-unknown", "Progressing", "Creating: "},
-	{"available", "Healthy", "Available: "},
-	{"paused-annotation-false", "Healthy", "Available: "},
-	{"stalled-registration-rejected", "Degraded", "RegistrationRejected: OneInbox rejected"},
-	{"stalled-update-rejected", "Degraded", "UpdateRejected: "},
-	{"stalled-registration-failed", "Degraded", "RegistrationFailed: "},
-	{"stalled-already-registered", "Degraded", "AlreadyRegistered: "},
-	{"stalled-duplicate-phone-number", "Degraded", "DuplicatePhoneNumber: "},
-	{"stalled-secret-not-found", "Degraded", "SecretNotFound: "},
-	{"stalled-id-mismatch", "Degraded", "IdMismatch: "},
-	{"replacement-required", "Degraded", "ReplacementRequired: "},
-	{"paused", "Suspended", "Paused: "},
-	{"paused-not-yet-acknowledged", "Suspended", pausedKey},
-	{"resuming", "Progressing", "Resuming"},
-	{"deleting", "Progressing", "Deleting: "},
-	{"deleting-not-yet-observed", "Progressing", "deletionPolicy Orphan"},
-	{"deletion-blocked", "Degraded", "DeletionBlocked: "},
-	{"deleting-paused", "Suspended", "Deletion is paused"},
-}
-
-func TestHealth(t *testing.T) {
-	s := scripts(t)
-	for _, tc := range healthCases {
-		t.Run(tc.fixture, func(t *testing.T) {
-			h, err := RunHealth(fixture(t, tc.fixture), s.Health)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: %s", h.Status, h.Message)
-			if h.Status != tc.status {
-				t.Errorf("status = %q, want %q (message %q)", h.Status, tc.status, h.Message)
-			}
-			if strings.TrimSpace(h.Message) == "" {
-				t.Errorf("empty message")
-			}
-			if !strings.Contains(h.Message, tc.contains) {
-				t.Errorf("message %q does not contain %q", h.Message, tc.contains)
-			}
-		})
-	}
-}
-
 // The Stalled message is what a human needs; Degraded must carry it whole.
 func TestHealthDegradedCarriesStalledMessage(t *testing.T) {
 	s := scripts(t)
 	for _, name := range []string{"stalled-already-registered", "replacement-required", "deletion-blocked"} {
 		obj := fixture(t, name)
-		h, err := RunHealth(obj, s.Health)
+		h, err := RunHealth(obj, s.Health, SafeLibs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,42 +85,66 @@ func TestHealthDegradedCarriesStalledMessage(t *testing.T) {
 	}
 }
 
-func TestHealthFixturesAllCovered(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "health", "*.yaml"))
+// The reasons the operator sets, read from its source: the constants of `mod reason` in
+// src/controller/status.rs that some other line of src/ uses as reason::NAME.
+func operatorReasons(t *testing.T) map[string]bool {
+	t.Helper()
+	statusRs, err := os.ReadFile("../../src/controller/status.rs")
 	if err != nil {
 		t.Fatal(err)
 	}
-	covered := map[string]bool{}
-	for _, tc := range healthCases {
-		covered[tc.fixture] = true
+	consts := map[string]string{}
+	for _, m := range regexp.MustCompile(`pub const ([A-Z_]+): &str = "([A-Za-z]+)";`).FindAllStringSubmatch(string(statusRs), -1) {
+		consts[m[1]] = m[2]
 	}
-	for _, f := range files {
-		if name := strings.TrimSuffix(filepath.Base(f), ".yaml"); !covered[name] {
-			t.Errorf("fixture %s has no expectation in healthCases", name)
+	used := map[string]bool{}
+	err = filepath.Walk("../../src", func(path string, _ os.FileInfo, err error) error {
+		if err != nil || !strings.HasSuffix(path, ".rs") {
+			return err
 		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range regexp.MustCompile(`reason::([A-Z_]+)\b`).FindAllStringSubmatch(string(b), -1) {
+			if v, ok := consts[m[1]]; ok {
+				used[v] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(files) != len(healthCases) {
-		t.Errorf("%d fixtures, %d cases", len(files), len(healthCases))
+	if len(used) < 10 {
+		t.Fatalf("found only %d reasons in src/: %v", len(used), used)
 	}
+	return used
 }
 
-// Every condition reason of the status contract appears in some fixture.
-func TestHealthFixturesCoverEveryReason(t *testing.T) {
-	reasons := []string{"Available", "Creating", "Updating", "Provisioning", "SecretNotFound",
-		"APIUnavailable", "RegistrationRejected", "UpdateRejected", "RegistrationFailed",
-		"AlreadyRegistered", "DuplicatePhoneNumber", "IdMismatch", "ReplacementRequired",
-		"Deleting", "DeletionBlocked", "Paused"}
+// Every reason the operator sets appears in a health fixture, and no fixture shows a reason
+// the operator never sets.
+func TestHealthFixturesMatchOperatorReasons(t *testing.T) {
+	reasons := operatorReasons(t)
+	files, err := filepath.Glob(filepath.Join(KindDir, "testdata", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	seen := map[string]bool{}
-	for _, tc := range healthCases {
-		st, _ := fixture(t, tc.fixture)["status"].(map[string]any)
+	for _, f := range files {
+		st, _ := loadObject(t, f)["status"].(map[string]any)
 		conds, _ := st["conditions"].([]any)
 		for _, c := range conds {
-			seen[c.(map[string]any)["reason"].(string)] = true
+			r, _ := c.(map[string]any)["reason"].(string)
+			seen[r] = true
+			if !reasons[r] {
+				t.Errorf("%s: reason %q is never set by the operator", filepath.Base(f), r)
+			}
 		}
 	}
-	for _, r := range reasons {
+	for r := range reasons {
 		if !seen[r] {
-			t.Errorf("no fixture uses reason %s", r)
+			t.Errorf("no health fixture uses reason %s", r)
 		}
 	}
 }
@@ -189,18 +156,18 @@ func TestHealthIntegerGenerations(t *testing.T) {
 	obj := fixture(t, "generation-lagging")
 	obj["metadata"].(map[string]any)["generation"] = int64(3)
 	obj["status"].(map[string]any)["observedGeneration"] = int64(2)
-	if h, err := RunHealth(obj, s.Health); err != nil || h.Status != "Progressing" {
+	if h, err := RunHealth(obj, s.Health, SafeLibs); err != nil || h.Status != "Progressing" {
 		t.Fatalf("lagging with int64: %+v, %v", h, err)
 	}
 	obj["status"].(map[string]any)["observedGeneration"] = int64(3)
-	if h, err := RunHealth(obj, s.Health); err != nil || h.Status != "Healthy" {
+	if h, err := RunHealth(obj, s.Health, SafeLibs); err != nil || h.Status != "Healthy" {
 		t.Fatalf("caught up with int64: %+v, %v", h, err)
 	}
 }
 
 func discover(t *testing.T, s Scripts, obj map[string]any) map[string]Action {
 	t.Helper()
-	actions, err := RunDiscovery(obj, s.Discovery)
+	actions, err := RunDiscovery(obj, s.Discovery, SafeLibs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,41 +187,6 @@ func discover(t *testing.T, s Scripts, obj map[string]any) map[string]Action {
 		}
 	}
 	return actions
-}
-
-func TestDiscovery(t *testing.T) {
-	s := scripts(t)
-	for _, tc := range []struct {
-		fixture string
-		paused  bool
-	}{
-		{"available", false},
-		{"no-status", false},
-		{"paused-annotation-false", false},
-		{"paused", true},
-		{"paused-not-yet-acknowledged", true},
-		{"resuming", false},
-	} {
-		t.Run(tc.fixture, func(t *testing.T) {
-			a := discover(t, s, fixture(t, tc.fixture))
-			if a["pause"].Disabled != tc.paused {
-				t.Errorf("pause disabled = %v, want %v", a["pause"].Disabled, tc.paused)
-			}
-			if a["resume"].Disabled != !tc.paused {
-				t.Errorf("resume disabled = %v, want %v", a["resume"].Disabled, !tc.paused)
-			}
-			if a["reconcile-now"].Disabled != tc.paused {
-				t.Errorf("reconcile-now disabled = %v, want %v (the operator ignores it while paused)", a["reconcile-now"].Disabled, tc.paused)
-			}
-		})
-	}
-	t.Run("no metadata.annotations", func(t *testing.T) {
-		obj := fixture(t, "no-status")
-		delete(obj["metadata"].(map[string]any), "annotations")
-		if a := discover(t, s, obj); a["pause"].Disabled || !a["resume"].Disabled {
-			t.Errorf("unexpected %+v", a)
-		}
-	})
 }
 
 func act(t *testing.T, s Scripts, name string, obj map[string]any) map[string]any {
@@ -341,7 +273,7 @@ func TestPauseResume(t *testing.T) {
 	if len(annotations(paused)) != len(annotations(obj))+1 {
 		t.Errorf("pause changed other annotations: %v", annotations(paused))
 	}
-	if h, _ := RunHealth(paused, s.Health); h.Status != "Suspended" {
+	if h, _ := RunHealth(paused, s.Health, SafeLibs); h.Status != "Suspended" {
 		t.Errorf("health after pause = %+v, want Suspended", h)
 	}
 	if a := discover(t, s, paused); !a["pause"].Disabled || a["resume"].Disabled {
@@ -360,32 +292,8 @@ func TestPauseResume(t *testing.T) {
 		t.Errorf("discovery after resume: %+v", a)
 	}
 
-	t.Run("pause without annotations", func(t *testing.T) {
-		bare := fixture(t, "no-status")
-		delete(bare["metadata"].(map[string]any), "annotations")
-		out := act(t, s, "pause", bare)
-		if annotations(out)[pausedKey] != "true" {
-			t.Errorf("not paused: %v", out["metadata"])
-		}
-	})
-
-	// With oneinbox.ai/paused as the only annotation, the emptied table would encode as [] and
-	// Argo CD would restore the old map, leaving the object paused.
-	t.Run("resume when paused is the only annotation", func(t *testing.T) {
-		only := fixture(t, "paused")
-		only["metadata"].(map[string]any)["annotations"] = map[string]any{pausedKey: "true"}
-		out := act(t, s, "resume", only)
-		if _, ok := annotations(out)[pausedKey]; ok {
-			t.Errorf("still paused: %v", out["metadata"])
-		}
-	})
-
-	t.Run("resume when not paused is harmless", func(t *testing.T) {
-		out := act(t, s, "resume", fixture(t, "available"))
-		if !reflect.DeepEqual(annotations(out), annotations(fixture(t, "available"))) {
-			t.Errorf("annotations changed: %v", annotations(out))
-		}
-	})
+	// pause on an object without annotations, resume of the only annotation and resume of an
+	// object that is not paused: actions/action_test.yaml.
 }
 
 type configMap struct {
@@ -423,6 +331,14 @@ func TestConfigMap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The verify twin: the committed snippet is exactly what the generator writes today.
+	rendered, err := RenderConfigMap(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(raw) != rendered {
+		t.Errorf("%s is stale: regenerate it with `make argocd-cm`", path)
+	}
 	var cm configMap
 	if err := yaml.Unmarshal(raw, &cm); err != nil {
 		t.Fatal(err)
@@ -434,14 +350,14 @@ func TestConfigMap(t *testing.T) {
 		t.Errorf("data keys: want exactly %s and %s, got %d keys", HealthKey, ActionsKey, len(cm.Data))
 	}
 	if cm.Data[HealthKey] != s.Health {
-		t.Errorf("%s differs from health.lua (regenerate with -update)", HealthKey)
+		t.Errorf("%s differs from health.lua (regenerate with `make argocd-cm`)", HealthKey)
 	}
 	var ra resourceActions
 	if err := yaml.Unmarshal([]byte(cm.Data[ActionsKey]), &ra); err != nil {
 		t.Fatalf("%s: %v", ActionsKey, err)
 	}
 	if ra.Discovery != s.Discovery {
-		t.Errorf("discovery.lua differs from actions/discovery.lua (regenerate with -update)")
+		t.Errorf("discovery.lua differs from actions/discovery.lua (regenerate with `make argocd-cm`)")
 	}
 	var names []string
 	for _, d := range ra.Definitions {
@@ -450,7 +366,7 @@ func TestConfigMap(t *testing.T) {
 		if !ok {
 			t.Errorf("definition %q has no actions/%s/action.lua", d.Name, d.Name)
 		} else if d.Action != want {
-			t.Errorf("action %q differs from actions/%s/action.lua (regenerate with -update)", d.Name, d.Name)
+			t.Errorf("action %q differs from actions/%s/action.lua (regenerate with `make argocd-cm`)", d.Name, d.Name)
 		}
 	}
 	if !reflect.DeepEqual(names, ActionNames) {
@@ -458,13 +374,13 @@ func TestConfigMap(t *testing.T) {
 	}
 
 	// The action directories are exactly the defined actions.
-	dirs, err := os.ReadDir(filepath.Join(ChartDir, "actions"))
+	dirs, err := os.ReadDir(filepath.Join(KindDir, "actions"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var found []string
 	for _, d := range dirs {
-		if d.IsDir() {
+		if d.IsDir() && d.Name() != "testdata" {
 			found = append(found, d.Name())
 		}
 	}
@@ -486,15 +402,19 @@ func TestHarnessMatchesArgoLibraries(t *testing.T) {
 		`return {status = os.getenv("HOME")}`,
 		`os.execute("true") return {}`,
 	} {
-		if _, err := RunHealth(obj, script); err == nil {
+		if _, err := RunHealth(obj, script, SafeLibs); err == nil {
 			t.Errorf("script %q ran; Argo CD would not have the library", script)
 		}
 	}
-	h, err := RunHealth(obj, `local os = require("os") return {status = "Healthy", message = os.date("!%Y-%m-%dT%XZ") .. " " .. os.time()}`)
+	h, err := RunHealth(obj, `local os = require("os") return {status = "Healthy", message = os.date("!%Y-%m-%dT%XZ") .. " " .. os.time()}`, SafeLibs)
 	if err != nil || h.Status != "Healthy" || len(h.Message) < len("2006-01-02T15:04:05Z 1") {
 		t.Errorf("os.date/os.time: %+v, %v", h, err)
 	}
-	if h, _ := RunHealth(obj, `return {status = "Fine"}`); h.Status != "Unknown" {
+	if h, _ := RunHealth(obj, `return {status = "Fine"}`, SafeLibs); h.Status != "Unknown" {
 		t.Errorf("an invalid status must become Unknown, got %+v", h)
+	}
+	// A built-in script gets the standard libraries (useOpenLibs), as in Argo CD's own tests.
+	if h, err := RunHealth(obj, `return {status = string.format("%s", "Healthy")}`, OpenLibs); err != nil || h.Status != "Healthy" {
+		t.Errorf("open libraries: %+v, %v", h, err)
 	}
 }

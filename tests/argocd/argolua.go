@@ -1,10 +1,14 @@
-// Package argocd runs the chart's Argo CD resource customizations for oneinbox.ai/PhoneNumber
-// (charts/oneinbox-operator/files/argocd) the way Argo CD runs them, without the argo-cd module:
+// Package argocd runs the Argo CD resource customizations for oneinbox.ai/PhoneNumber
+// (charts/oneinbox-operator/files/argocd/resource_customizations, in Argo CD's own layout) the
+// way Argo CD runs them, without the argo-cd module:
 //
-//   - a gopher-lua state without the standard libraries, then package, base, table and a "safe"
-//     os library that has only os.time and os.date (Argo CD's util/lua runLua and oslib_safe);
+//   - a gopher-lua state with package, base, table and a "safe" os library that has only
+//     os.time and os.date (Argo CD's util/lua runLua and oslib_safe). A script from argocd-cm
+//     gets only these (unless useOpenLibs is set); a built-in script, and Argo CD's own health
+//     tests, get the standard libraries as well (Libs: OpenLibs);
 //   - the live object converted to nested Lua tables and set as the global `obj`
-//     (Argo CD's decodeValue: maps and slices become tables, every number an LNumber);
+//     (Argo CD's decodeValue: maps and slices become tables, every number an LNumber), and
+//     an empty `actionParams` table;
 //   - the script's return value encoded to JSON with layeh.com/gopher-json, as Argo CD does,
 //     then read as a health status, an action list or the patched object. For old-style
 //     actions the patched object goes through Argo CD's cleanReturnedObj (empty Lua tables
@@ -24,19 +28,36 @@ import (
 	luajson "layeh.com/gopher-json"
 )
 
-// Health is what a health.lua returns.
+// Health is what a health.lua returns (gitops-engine's health.HealthStatus).
 type Health struct {
-	Status  string `json:"status"`
-	Message string `json:"message"`
+	Status  string `json:"status,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
-// Action is one entry of what a discovery.lua returns.
-type Action struct {
-	Name        string
-	Disabled    bool
-	IconClass   string
-	DisplayName string
+// ActionParam is Argo CD's ResourceActionParam.
+type ActionParam struct {
+	Name string `json:"name,omitempty"`
 }
+
+// Action is one entry of what a discovery.lua returns (Argo CD's ResourceAction).
+type Action struct {
+	Name        string        `json:"name,omitempty"`
+	Params      []ActionParam `json:"params,omitempty"`
+	Disabled    bool          `json:"disabled,omitempty"`
+	IconClass   string        `json:"iconClass,omitempty"`
+	DisplayName string        `json:"displayName,omitempty"`
+}
+
+// Libs is the Lua library set a script runs with.
+type Libs int
+
+const (
+	// SafeLibs: package, base, table and the safe os; what a script in argocd-cm gets.
+	SafeLibs Libs = iota
+	// OpenLibs: all of gopher-lua's standard libraries, then the safe os over os; what a
+	// built-in script in Argo CD's resource_customizations gets (useOpenLibs).
+	OpenLibs
+)
 
 // validHealth are the statuses Argo CD accepts from a script; anything else becomes Unknown.
 var validHealth = map[string]bool{
@@ -45,8 +66,8 @@ var validHealth = map[string]bool{
 
 // run executes script with obj as the global `obj` and returns the JSON encoding of the
 // value the script returned.
-func run(obj map[string]any, script string) ([]byte, error) {
-	l := lua.NewState(lua.Options{SkipOpenLibs: true})
+func run(obj map[string]any, script string, libs Libs) ([]byte, error) {
+	l := lua.NewState(lua.Options{SkipOpenLibs: libs != OpenLibs})
 	defer l.Close()
 	for _, lib := range []struct {
 		name string
@@ -66,22 +87,30 @@ func run(obj map[string]any, script string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	l.SetContext(ctx)
+	l.SetGlobal("actionParams", l.CreateTable(0, 0))
 	l.SetGlobal("obj", decodeValue(l, obj))
 	if err := l.DoString(script); err != nil {
 		return nil, err
 	}
 	ret := l.Get(-1)
+	if ret.Type() == lua.LTNil {
+		return []byte("null"), nil
+	}
 	if ret.Type() != lua.LTTable {
 		return nil, fmt.Errorf("expect table output from Lua script, not %s", ret.Type())
 	}
 	return luajson.Encode(ret)
 }
 
-// RunHealth runs a health.lua against obj.
-func RunHealth(obj map[string]any, script string) (Health, error) {
-	out, err := run(obj, script)
+// RunHealth runs a health.lua against obj as Argo CD's ExecuteHealthLua does: nil or an
+// empty table is an empty status, an unknown status code becomes Unknown.
+func RunHealth(obj map[string]any, script string, libs Libs) (Health, error) {
+	out, err := run(obj, script, libs)
 	if err != nil {
 		return Health{}, err
+	}
+	if string(out) == "null" || string(out) == "[]" {
+		return Health{}, nil
 	}
 	var h Health
 	if err := json.Unmarshal(out, &h); err != nil {
@@ -94,8 +123,8 @@ func RunHealth(obj map[string]any, script string) (Health, error) {
 }
 
 // RunDiscovery runs a discovery.lua against obj; the result is keyed by action name.
-func RunDiscovery(obj map[string]any, script string) (map[string]Action, error) {
-	out, err := run(obj, script)
+func RunDiscovery(obj map[string]any, script string, libs Libs) (map[string]Action, error) {
+	out, err := run(obj, script, libs)
 	if err != nil {
 		return nil, err
 	}
@@ -110,9 +139,15 @@ func RunDiscovery(obj map[string]any, script string) (map[string]Action, error) 
 	for name, v := range raw {
 		a := Action{Name: name}
 		if m, ok := v.(map[string]any); ok { // an empty table ([]) means an enabled action
+			b, err := json.Marshal(m)
+			if err != nil {
+				return nil, err
+			}
+			if err := json.Unmarshal(b, &a); err != nil {
+				return nil, fmt.Errorf("action %s: %w", name, err)
+			}
+			a.Name = name
 			a.Disabled, _ = m["disabled"].(bool)
-			a.IconClass, _ = m["iconClass"].(string)
-			a.DisplayName, _ = m["displayName"].(string)
 		}
 		actions[name] = a
 	}
@@ -123,7 +158,8 @@ func RunDiscovery(obj map[string]any, script string) (map[string]Action, error) 
 // and returns the object Argo CD would patch the live one to.
 func RunAction(obj map[string]any, script string) (map[string]any, error) {
 	// The script may modify the tables it was given, never obj itself: decodeValue copies.
-	out, err := run(obj, script)
+	// Argo CD runs actions with the safe libraries only, built-in or not.
+	out, err := run(obj, script, SafeLibs)
 	if err != nil {
 		return nil, err
 	}

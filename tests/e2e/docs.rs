@@ -1,8 +1,20 @@
-//! The manifests in the docs are real: every `PhoneNumber` (and its Secret) shown in a ```yaml
-//! block of README.md or docs/*.md passes a server-side dry-run on the real control plane, and
-//! every Helm values block renders the chart.
+//! The docs are real.
+//!
+//! - Every `PhoneNumber` (and its Secret) shown in a ```yaml block of README.md or docs/*.md
+//!   passes a server-side dry-run on the real control plane, and every Helm values block renders
+//!   the chart.
+//! - Every ```sh block of README.md and docs/*.md runs as written, in the order a reader follows
+//!   them (quickstart, install with kubectl and with Helm, day-2, the credentials runbook,
+//!   upgrade, both uninstall paths, the Argo CD patch), against a control plane of its own
+//!   (install and uninstall create and delete cluster-wide objects), and what the docs say
+//!   happens is checked: the numbers are Ready, kept or deregistered in the mock OneInbox API.
+//!   The blocks that cannot run here are listed in `NOT_RUN`, each with the reason; a block that
+//!   is neither run nor listed fails the test.
 
-use std::process::Command;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -54,7 +66,7 @@ fn doc_manifests_pass_a_server_side_dry_run() {
     let mut helm_values = 0;
     let mut failures = Vec::new();
     for (file, block) in yaml_blocks() {
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&block)
+        let docs: Vec<Value> = yaml_serde::Deserializer::from_str(&block)
             .filter_map(|d| serde::Deserialize::deserialize(d).ok())
             .collect();
         let is_object = |d: &Value| d.get("apiVersion").is_some() && d.get("kind").is_some();
@@ -115,4 +127,678 @@ fn doc_manifests_pass_a_server_side_dry_run() {
         helm_values >= 1,
         "no Helm values block found in docs/helm.md"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shell blocks
+
+/// Shell lines of the docs that cannot run here: (file, line, why).
+const NOT_RUN: &[(&str, &str, &str)] = &[
+    (
+        "README.md",
+        "make test",
+        "it is the suite this test is part of",
+    ),
+    (
+        "docs/argocd.md",
+        "argocd admin settings resource-overrides",
+        "the argocd CLI is not installed here; tests/argocd runs the same scripts as Argo CD does",
+    ),
+    (
+        "docs/argocd.md",
+        "argocd app actions run",
+        "needs a running Argo CD; tests/argocd runs the action scripts",
+    ),
+];
+
+/// One ```sh block.
+struct ShBlock {
+    file: String,
+    text: String,
+}
+
+/// The ```sh blocks of README.md and docs/*.md, in file order.
+fn sh_blocks() -> Vec<ShBlock> {
+    let mut files = vec!["README.md".to_string()];
+    let mut docs: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "md"))
+        .map(|e| format!("docs/{}", e.file_name().to_string_lossy()))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut blocks = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(repo().join(&f)).expect("read");
+        let mut current: Option<(String, usize)> = None;
+        for line in text.lines() {
+            let trimmed = line.trim_start();
+            match &mut current {
+                None if trimmed.starts_with("```sh") => {
+                    current = Some((String::new(), line.len() - trimmed.len()));
+                }
+                Some((b, _)) if trimmed.starts_with("```") => {
+                    blocks.push(ShBlock {
+                        file: f.clone(),
+                        text: std::mem::take(b),
+                    });
+                    current = None;
+                }
+                Some((b, indent)) => {
+                    b.push_str(line.get(*indent..).unwrap_or(line.trim_start()));
+                    b.push('\n');
+                }
+                None => {}
+            }
+        }
+    }
+    blocks
+}
+
+/// A block without comments and blank lines: two copies of one command list compare equal.
+fn normalized(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.find("  #") {
+            Some(i) => l[..i].trim_end(),
+            None => l.trim_end(),
+        })
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The blocks, and which of them have run.
+struct Docs {
+    blocks: Vec<ShBlock>,
+    ran: BTreeSet<String>,
+}
+
+impl Docs {
+    fn new() -> Docs {
+        let blocks = sh_blocks();
+        assert!(blocks.len() >= 10, "only {} sh blocks found", blocks.len());
+        Docs {
+            blocks,
+            ran: BTreeSet::new(),
+        }
+    }
+
+    /// The one block of `file` that contains every needle; marked as run.
+    fn take(&mut self, file: &str, needles: &[&str]) -> String {
+        self.take_without(file, needles, &[])
+    }
+
+    /// The one block of `file` that contains every needle and none of `without`.
+    fn take_without(&mut self, file: &str, needles: &[&str], without: &[&str]) -> String {
+        let found: Vec<&ShBlock> = self
+            .blocks
+            .iter()
+            .filter(|b| {
+                b.file == file
+                    && needles.iter().all(|n| b.text.contains(n))
+                    && !without.iter().any(|n| b.text.contains(n))
+            })
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{file}: {} sh blocks contain {needles:?}",
+            found.len()
+        );
+        let text = found[0].text.clone();
+        self.ran.insert(normalized(&text));
+        text
+    }
+
+    /// Every block ran (or a copy of it did), apart from the lines in NOT_RUN.
+    fn assert_all_ran(&self) {
+        let mut missing = Vec::new();
+        for b in &self.blocks {
+            let norm = normalized(&b.text);
+            if self.ran.contains(&norm) {
+                continue;
+            }
+            let rest: Vec<&str> = norm
+                .lines()
+                .filter(|l| {
+                    !NOT_RUN
+                        .iter()
+                        .any(|(f, line, _)| *f == b.file && l.trim_start().starts_with(line))
+                })
+                .collect();
+            if !rest.is_empty() {
+                missing.push(format!("{}:\n{}", b.file, rest.join("\n")));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "sh blocks neither run by this test nor listed in NOT_RUN:\n{}",
+            missing.join("\n---\n")
+        );
+    }
+}
+
+/// The lines of `block` that may run here: NOT_RUN lines are dropped.
+fn runnable(file: &str, block: &str) -> String {
+    block
+        .lines()
+        .filter(|l| {
+            !NOT_RUN
+                .iter()
+                .any(|(f, line, _)| *f == file && l.trim_start().starts_with(line))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A control plane for the docs alone, in target/testenv-docs: its install and uninstall
+/// commands create and delete cluster-wide objects the other e2e tests rely on.
+struct DocsPlane {
+    state: PathBuf,
+}
+
+impl DocsPlane {
+    fn up() -> DocsPlane {
+        let state = repo().join("target/testenv-docs");
+        let plane = DocsPlane { state };
+        plane.down(); // a plane left over by an interrupted run
+        let out = Command::new(repo().join("tests/cluster/up.sh"))
+            .env("TESTENV_STATE", &plane.state)
+            .env_remove("TESTENV_ETCD_PORT")
+            .env_remove("TESTENV_ETCD_PEER_PORT")
+            .env_remove("TESTENV_APISERVER_PORT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("up.sh");
+        assert!(
+            out.status.success(),
+            "docs control plane: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        plane
+    }
+
+    /// `tests/demo.sh down`: the demo's operator and mock (left running when a check after
+    /// `make demo` failed), then the control plane.
+    fn down(&self) {
+        let _ = Command::new(repo().join("tests/demo.sh"))
+            .arg("down")
+            .env("TESTENV_STATE", &self.state)
+            .stdin(Stdio::null())
+            .output();
+    }
+
+    /// Run a script with bash -euo pipefail in `dir`, with this plane's kubectl and helm first
+    /// on PATH and its admin kubeconfig; stdout and stderr together.
+    fn sh(&self, dir: &Path, script: &str, env: &[(&str, &str)]) -> String {
+        let path = format!(
+            "{}:{}",
+            self.state.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        // Ten minutes at most for any block (the runbook waits in a loop of its own).
+        let out = Command::new("timeout")
+            .args(["600", "bash", "-euo", "pipefail", "-c", script])
+            .current_dir(dir)
+            .env("PATH", path)
+            .env("KUBECONFIG", self.state.join("kubeconfig"))
+            .env("TESTENV_STATE", &self.state)
+            // As a reader runs them: not a sub-make of `make test` (no "Entering directory").
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL")
+            .env_remove("MFLAGS")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash");
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "script failed ({}):\n{script}\n--- output:\n{}",
+            out.status,
+            tail(&text, 60)
+        );
+        text
+    }
+
+    fn kubectl(&self, args: &str) -> String {
+        self.sh(&repo(), &format!("kubectl {args}"), &[])
+    }
+
+    /// Poll a shell condition until it holds.
+    fn wait_for(&self, what: &str, script: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = Command::new("bash")
+                .args(["-c", script])
+                .current_dir(repo())
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        self.state.join("bin").display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .env("KUBECONFIG", self.state.join("kubeconfig"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            if Instant::now() > deadline {
+                let diag = Command::new("bash")
+                    .args([
+                        "-c",
+                        "kubectl get namespaces -o yaml; kubectl get crd; tail -n 30 \"$TESTENV_STATE\"/logs/kube-controller-manager.log",
+                    ])
+                    .env(
+                        "PATH",
+                        format!(
+                            "{}:{}",
+                            self.state.join("bin").display(),
+                            std::env::var("PATH").unwrap_or_default()
+                        ),
+                    )
+                    .env("KUBECONFIG", self.state.join("kubeconfig"))
+                    .env("TESTENV_STATE", &self.state)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!("timed out waiting for {what}:\n{}", tail(&diag, 80));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The operator as the Deployment would run it, but as a local process: this control plane
+    /// has no kubelet. Same identity (the ServiceAccount, bound by the RBAC being tested), and
+    /// the API key from the Secret the docs created.
+    fn operator(&self, mock: &Mock) -> Proc {
+        let key = self
+            .kubectl("-n oneinbox-system get secret oneinbox-api-key -o jsonpath={.data.apiKey}");
+        let key = String::from_utf8(
+            Command::new("base64")
+                .arg("-d")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin
+                        .take()
+                        .expect("stdin")
+                        .write_all(key.trim().as_bytes())?;
+                    c.wait_with_output()
+                })
+                .expect("base64")
+                .stdout,
+        )
+        .expect("utf-8 key");
+        let bin = env!("CARGO_BIN_EXE_oneinbox-operator");
+        let help = Command::new(bin)
+            .args(["run", "--help"])
+            .output()
+            .expect("operator --help");
+        let mut args: Vec<String> = [
+            "run",
+            "--api-url",
+            &mock.url,
+            "--admin-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--secret-grace-period",
+            "20s",
+            "--backoff-base",
+            "200ms",
+            "--backoff-max",
+            "2s",
+            "--provisioning-poll",
+            "500ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if String::from_utf8_lossy(&help.stdout).contains("--allow-insecure-http") {
+            args.push("--allow-insecure-http".into()); // the mock speaks plain HTTP
+        }
+        let log =
+            std::fs::File::create(std::env::temp_dir().join("oneinbox-e2e-docs-operator.log"))
+                .expect("log");
+        let child = Command::new(bin)
+            .args(&args)
+            .env("KUBECONFIG", self.state.join("kubeconfig-operator"))
+            .env("ONEINBOX_API_KEY", key.trim())
+            .env("ONEINBOX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn oneinbox-operator");
+        Proc { child }
+    }
+}
+
+impl Drop for DocsPlane {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The first ```yaml block of `file` that contains `needle`.
+fn yaml_block(file: &str, needle: &str) -> String {
+    yaml_blocks()
+        .into_iter()
+        .find(|(f, b)| f.ends_with(file) && b.contains(needle))
+        .map(|(_, b)| b)
+        .unwrap_or_else(|| panic!("{file}: no yaml block with {needle:?}"))
+}
+
+/// Columns of a `kubectl get -o wide` table, without the ones that differ on every run.
+fn stable_columns(table: &str) -> Vec<Vec<String>> {
+    let mut lines = table.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let keep: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !matches!(**h, "ID" | "AGE"))
+        .map(|(i, _)| i)
+        .collect();
+    std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .map(|h| keep.iter().map(|&i| h[i].clone()).collect())
+        .chain(lines.map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            keep.iter()
+                .map(|&i| cells.get(i).copied().unwrap_or_default().to_string())
+                .collect()
+        }))
+        .collect()
+}
+
+/// The README's demo table: the un-tagged ``` block right after the quickstart.
+fn readme_demo_table() -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let start = readme
+        .find("\n```\nNAME ")
+        .expect("README: demo output block")
+        + 5;
+    let end = readme[start..].find("```").expect("end of the demo block") + start;
+    readme[start..end].to_string()
+}
+
+// Multi-threaded: the body blocks on the shell while the mock's client runs on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doc_shell_commands_run_as_written() {
+    let _ = rustls::crypto::ring::default_provider().install_default(); // the mock's client
+    let plane = DocsPlane::up();
+    let mut docs = Docs::new();
+    let work = tempfile::tempdir().expect("tempdir");
+    let oneinbox_system_gone = "! kubectl get namespace oneinbox-system";
+
+    // Argo CD: the argocd-cm patch merges the two keys into an existing argocd-cm.
+    plane.sh(
+        &repo(),
+        "kubectl create namespace argocd && kubectl -n argocd create configmap argocd-cm --from-literal=url=https://argocd.example.com",
+        &[],
+    );
+    plane.sh(
+        &repo(),
+        &docs.take("docs/argocd.md", &["--patch-file"]),
+        &[],
+    );
+    let cm: Value =
+        serde_json::from_str(&plane.kubectl("-n argocd get configmap argocd-cm -o json"))
+            .expect("argocd-cm");
+    let health = std::fs::read_to_string(repo().join(
+        "charts/oneinbox-operator/files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua",
+    ))
+    .expect("health.lua");
+    assert_eq!(cm["data"]["url"], "https://argocd.example.com", "{cm}");
+    assert_eq!(
+        cm["data"]["resource.customizations.health.oneinbox.ai_PhoneNumber"].as_str(),
+        Some(health.as_str())
+    );
+    assert!(
+        cm["data"]["resource.customizations.actions.oneinbox.ai_PhoneNumber"]
+            .as_str()
+            .is_some_and(|a| a.contains("reconcile-now") && a.contains("discovery.lua")),
+        "{cm}"
+    );
+
+    // kubectl install (docs/kubectl.md; the README's copy is the same commands).
+    plane.sh(
+        &repo(),
+        &docs.take(
+            "docs/kubectl.md",
+            &["create secret generic oneinbox-api-key"],
+        ),
+        &[],
+    );
+    plane.kubectl("-n oneinbox-system get deployment/oneinbox-operator serviceaccount/oneinbox-operator service/oneinbox-operator");
+    plane.kubectl("get clusterrole/oneinbox-operator clusterrolebinding/oneinbox-operator crd/phonenumbers.oneinbox.ai");
+    let mock = Mock::start(&[]);
+    let operator = plane.operator(&mock);
+
+    // A phone number, then day-2 operations, in the default namespace as written.
+    std::fs::write(
+        work.path().join("sales-line.yaml"),
+        yaml_block("docs/kubectl.md", "name: sales-line"),
+    )
+    .expect("write");
+    let out = plane.sh(
+        work.path(),
+        &docs.take("docs/kubectl.md", &["kubectl apply -f sales-line.yaml"]),
+        &[],
+    );
+    assert!(
+        out.contains("condition met") && out.contains("Available"),
+        "{out}"
+    );
+    assert!(
+        out.contains("phoneNumber"),
+        "kubectl explain printed no fields: {out}"
+    );
+    assert_eq!(mock.registrations().await.len(), 1);
+    let id = plane.kubectl("get pn sales-line -o jsonpath={.status.phoneNumberId}");
+    let day2 = docs
+        .take("docs/kubectl.md", &["oneinbox.ai/paused-"])
+        .replace("<id>", id.trim());
+    plane.sh(&repo(), &day2, &[]);
+    let pn: Value = serde_json::from_str(&plane.kubectl("get pn sales-line -o json")).expect("pn");
+    assert_eq!(pn["spec"]["deletionPolicy"], "Orphan");
+    assert_eq!(
+        pn["metadata"]["annotations"]["oneinbox.ai/poll-interval"],
+        "2m"
+    );
+    assert!(
+        pn["metadata"]["annotations"]
+            .get("oneinbox.ai/paused")
+            .is_none()
+    );
+    plane.kubectl("wait --for=condition=Ready pn/sales-line --timeout=60s");
+
+    // Upgrade, then uninstall keeping the registrations.
+    plane.sh(
+        &repo(),
+        &docs.take_without(
+            "docs/kubectl.md",
+            &["kubectl apply -k deploy/"],
+            &["create secret"],
+        ),
+        &[],
+    );
+    plane.sh(
+        &repo(),
+        &docs.take("docs/kubectl.md", &["while read -r ns name"]),
+        &[],
+    );
+    assert_eq!(
+        mock.registrations().await.len(),
+        1,
+        "the keep-registered uninstall deregistered a number"
+    );
+    plane.wait_for(
+        "CRD deletion",
+        "! kubectl get crd phonenumbers.oneinbox.ai",
+        Duration::from_secs(60),
+    );
+    drop(operator);
+    plane.wait_for(
+        "oneinbox-system deletion",
+        oneinbox_system_gone,
+        Duration::from_secs(120),
+    );
+
+    // kubectl install again, from the README, and uninstall deregistering everything.
+    plane.sh(
+        &repo(),
+        &docs.take("README.md", &["kubectl apply -k deploy/"]),
+        &[],
+    );
+    let mock = Mock::start(&[]);
+    let operator = plane.operator(&mock);
+    plane.sh(
+        work.path(),
+        "kubectl apply -f sales-line.yaml && kubectl wait --for=condition=Ready pn/sales-line --timeout=2m",
+        &[],
+    );
+    assert_eq!(mock.registrations().await.len(), 1);
+    let deregister = docs.take_without(
+        "docs/kubectl.md",
+        &["kubectl delete pn -A --all", "kubectl delete -k deploy/"],
+        &["while read"],
+    );
+    assert!(!deregister.contains("Orphan"));
+    plane.sh(&repo(), &deregister, &[]);
+    assert!(
+        mock.registrations().await.is_empty(),
+        "the deregistering uninstall left {:?}",
+        mock.registrations().await
+    );
+    drop(operator);
+    plane.wait_for(
+        "oneinbox-system deletion",
+        oneinbox_system_gone,
+        Duration::from_secs(120),
+    );
+
+    // Helm install (docs/helm.md; the README's copy is the same commands).
+    plane.sh(&repo(), &docs.take("docs/helm.md", &["helm install"]), &[]);
+    plane.kubectl(
+        "-n oneinbox-system get deployment/oneinbox-operator crd/phonenumbers.oneinbox.ai",
+    );
+    let mock = Mock::start(&[]);
+    let operator = plane.operator(&mock);
+
+    // The README's resource, in namespace voice; then Flux's commands and the runbook.
+    plane.sh(
+        &repo(),
+        "kubectl create namespace voice && kubectl -n voice create secret generic twilio-sip --from-literal=password=first-password",
+        &[],
+    );
+    std::fs::write(
+        work.path().join("voice.yaml"),
+        yaml_block("README.md", "replacementPolicy: Manual"),
+    )
+    .expect("write");
+    plane.sh(work.path(), "kubectl apply -f voice.yaml", &[]);
+    plane.sh(&repo(), &docs.take("docs/flux.md", &["kubectl wait"]), &[]);
+    let before = plane.kubectl("-n voice get pn sales-line -o jsonpath={.status.phoneNumberId}");
+    plane.sh(
+        &repo(),
+        "kubectl -n voice create secret generic twilio-sip --from-literal=password=second-password --dry-run=client -o yaml | kubectl apply -f -",
+        &[],
+    );
+    plane.wait_for(
+        "ReplacementRequired",
+        r#"kubectl -n voice get pn sales-line -o jsonpath='{.status.conditions[?(@.type=="Stalled")].reason}' | grep -qx ReplacementRequired"#,
+        Duration::from_secs(60),
+    );
+    let list = plane.sh(
+        &repo(),
+        &docs.take("docs/production.md", &["custom-columns"]),
+        &[],
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.contains("sales-line") && l.contains("ReplacementRequired")),
+        "{list}"
+    );
+    let runbook = plane.sh(
+        &repo(),
+        &docs.take("docs/production.md", &["replacementPolicy\":\"Replace"]),
+        &[],
+    );
+    assert!(
+        runbook.contains("Replacing") && runbook.contains("Registered"),
+        "{runbook}"
+    );
+    let after = plane.kubectl("-n voice get pn sales-line -o jsonpath={.status.phoneNumberId}");
+    assert_ne!(before.trim(), after.trim(), "no new registration");
+    let regs = mock.registrations().await;
+    assert_eq!(regs.len(), 1, "{regs:?}");
+    assert_eq!(regs[0]["id"].as_str(), Some(after.trim()));
+
+    // Helm upgrade, then uninstall deregistering every number; Helm keeps the CRD.
+    plane.sh(&repo(), &docs.take("docs/helm.md", &["helm upgrade"]), &[]);
+    let uninstall = docs.take("docs/helm.md", &["helm uninstall"]);
+    let (crd_delete, rest): (Vec<&str>, Vec<&str>) = uninstall
+        .lines()
+        .partition(|l| l.starts_with("kubectl delete -f"));
+    plane.sh(&repo(), &rest.join("\n"), &[]);
+    assert!(
+        mock.registrations().await.is_empty(),
+        "{:?}",
+        mock.registrations().await
+    );
+    plane.kubectl("get crd phonenumbers.oneinbox.ai"); // kept by helm uninstall
+    assert_eq!(crd_delete.len(), 1, "{uninstall}");
+    plane.sh(&repo(), crd_delete[0], &[]);
+    plane.wait_for(
+        "CRD deletion",
+        "! kubectl get crd phonenumbers.oneinbox.ai",
+        Duration::from_secs(60),
+    );
+    drop(operator);
+    plane.wait_for(
+        "oneinbox-system deletion",
+        oneinbox_system_gone,
+        Duration::from_secs(120),
+    );
+
+    // Quickstart last: `make demo`, whose table must be the README's, then `make demo-down`
+    // (which stops this control plane too).
+    let quickstart = runnable("README.md", &docs.take("README.md", &["make demo"]));
+    let demo_env = [
+        ("DEMO_MOCK_PORT", free_port().to_string()),
+        ("DEMO_ADMIN_PORT", free_port().to_string()),
+    ];
+    let demo_env: Vec<(&str, &str)> = demo_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = plane.sh(&repo(), &quickstart, &demo_env);
+    let table_start = out.find("NAME ").expect("make demo printed no table");
+    let printed: String = out[table_start..]
+        .lines()
+        .take_while(|l| {
+            !l.trim().is_empty() && !l.starts_with("Demo running") && !l.starts_with("make")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        stable_columns(&printed),
+        stable_columns(&readme_demo_table()),
+        "README's demo output differs from what make demo prints:\n{printed}"
+    );
+    plane.sh(&repo(), "make demo-down", &demo_env);
+
+    docs.assert_all_ran();
 }

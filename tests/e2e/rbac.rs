@@ -12,7 +12,7 @@ use crate::harness::*;
 /// The ClusterRole's rules from deploy/rbac.yaml.
 fn deployed_rules() -> Vec<Value> {
     let text = std::fs::read_to_string(repo().join("deploy/rbac.yaml")).expect("rbac.yaml");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in yaml_serde::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
         if v["kind"] == "ClusterRole" {
             return v["rules"].as_array().cloned().expect("rules");

@@ -31,7 +31,7 @@ fn get_only_rules() -> Vec<Value> {
 }
 
 fn yaml_to_json(text: &str) -> Value {
-    serde_yaml::from_str(text).expect("yaml")
+    yaml_serde::from_str(text).expect("yaml")
 }
 
 #[tokio::test]

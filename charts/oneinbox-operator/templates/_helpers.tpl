@@ -98,7 +98,8 @@ and tests/chart.rs compares them.
 - apiGroups: ["oneinbox.ai"]
   resources: ["phonenumbers/status"]
   verbs: ["patch"]
-# get: read the one password Secret a PhoneNumber references (only when registering);
+# get: read the Secrets a PhoneNumber references (its SIP password, its apiKeySecretRef) when
+# it registers, when its drift check is due and when one of them changed since the last check;
 # list/watch: a metadata-only watch maps Secret changes to the objects that use them.
 - apiGroups: [""]
   resources: ["secrets"]

@@ -65,8 +65,9 @@ local ready = findCondition(conditions, "Ready")
 local reconciling = findCondition(conditions, "Reconciling")
 local stalled = findCondition(conditions, "Stalled")
 
--- Deletion. (Argo CD releases before argoproj/argo-cd#27596 report every terminating object as
--- Progressing "Pending deletion" without running this script; later ones run it for the message.)
+-- Deletion. (Older Argo CD releases report every terminating object as Progressing "Pending
+-- deletion" without running this script; releases with custom deletion messages run it and show
+-- its message, keeping the status Progressing.)
 if metadata.deletionTimestamp ~= nil then
   local policy = "Delete"
   if obj.spec ~= nil and obj.spec.deletionPolicy ~= nil then

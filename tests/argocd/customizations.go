@@ -7,18 +7,32 @@ import (
 	"strings"
 )
 
-// ChartDir holds health.lua, actions/ and argocd-cm.yaml, relative to this module.
+// ChartDir holds argocd-cm.yaml and resource_customizations/, relative to this module.
 const ChartDir = "../../charts/oneinbox-operator/files/argocd"
+
+// CustomizationsDir is laid out as Argo CD's own resource_customizations/: one directory per
+// <group>/<kind> with health.lua, health_test.yaml and testdata/, and actions/ with
+// discovery.lua, <action>/action.lua, action_test.yaml and testdata/.
+var CustomizationsDir = filepath.Join(ChartDir, "resource_customizations")
+
+// Group and Kind of the one resource this repository customizes.
+const (
+	Group = "oneinbox.ai"
+	Kind  = "PhoneNumber"
+)
+
+// KindDir is resource_customizations/<group>/<kind>, where Argo CD looks a kind's scripts up.
+var KindDir = filepath.Join(CustomizationsDir, Group, Kind)
 
 // ActionNames are the resource actions, in the order argocd-cm.yaml lists them.
 var ActionNames = []string{"reconcile-now", "pause", "resume"}
 
 const (
-	HealthKey  = "resource.customizations.health.oneinbox.ai_PhoneNumber"
-	ActionsKey = "resource.customizations.actions.oneinbox.ai_PhoneNumber"
+	HealthKey  = "resource.customizations.health." + Group + "_" + Kind
+	ActionsKey = "resource.customizations.actions." + Group + "_" + Kind
 )
 
-// Scripts are the Lua sources as files in ChartDir.
+// Scripts are the Lua sources of one <group>/<kind> directory.
 type Scripts struct {
 	Health    string
 	Discovery string
@@ -52,8 +66,9 @@ func LoadScripts(dir string) (Scripts, error) {
 func RenderConfigMap(s Scripts) (string, error) {
 	var b strings.Builder
 	b.WriteString(`# Argo CD resource customizations for oneinbox.ai/PhoneNumber: health check and resource actions.
-# Generated from health.lua and actions/ beside this file; regenerate with
-#   cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update
+# GENERATED from resource_customizations/oneinbox.ai/PhoneNumber/ beside this file (Argo CD's own
+# layout, tested with its health_test.yaml / action_test.yaml fixtures); do not edit. Regenerate:
+#   make argocd-cm   (= cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update)
 # This is a patch for the existing argocd-cm, not a replacement for it (change the namespace if
 # Argo CD runs elsewhere):
 #   kubectl -n argocd patch configmap argocd-cm --type merge --patch-file argocd-cm.yaml
