@@ -817,6 +817,68 @@ fn pod_disruption_budget_only_with_more_than_one_replica() {
     );
 }
 
+/// `secretAccess: get` needs no list or watch of Secrets, cluster-wide or in the watched
+/// namespace, and passes the flag; the default keeps the metadata watch.
+#[test]
+fn secret_access_get_grants_only_get_on_secrets() {
+    let secret_verbs = |docs: &[Value], role_kind: &str| -> Vec<String> {
+        named(docs, role_kind, "sa-oneinbox-operator")["rules"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                r["resources"]
+                    .as_sequence()
+                    .is_some_and(|s| s.len() == 1 && s[0] == "secrets")
+            })
+            .map(|r| {
+                r["verbs"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let default = parse_docs(&render("sa", "sa", &[]));
+    assert_eq!(
+        secret_verbs(&default, "ClusterRole"),
+        ["get", "list", "watch"]
+    );
+    assert!(
+        !args(&default)
+            .iter()
+            .any(|a| a.starts_with("--secret-access")),
+        "the default needs no flag"
+    );
+
+    let get = parse_docs(&render("sa", "sa", &["--set", "secretAccess=get"]));
+    assert_eq!(secret_verbs(&get, "ClusterRole"), ["get"]);
+    assert!(args(&get).contains(&"--secret-access=get".to_string()));
+    let out = server_dry_run(&retarget(&get, "default"));
+    assert!(out.status.success(), "{}", describe("server dry-run", &out));
+
+    let scoped = parse_docs(&render(
+        "sa",
+        "sa",
+        &["--set", "secretAccess=get,watchNamespace=voice"],
+    ));
+    assert_eq!(secret_verbs(&scoped, "Role"), ["get"]);
+
+    let bad = helm(&[
+        "template",
+        "x",
+        &repo_path("charts/oneinbox-operator"),
+        "--set",
+        "secretAccess=list",
+    ]);
+    assert!(
+        !bad.status.success(),
+        "a value outside watch|get is refused"
+    );
+}
+
 /// `prometheusRule.job` for a Prometheus that scrapes the operator some other way, and the
 /// aggregated roles left out.
 #[test]

@@ -100,10 +100,15 @@ and tests/chart.rs compares them.
   verbs: ["patch"]
 # get: read the Secrets a PhoneNumber references (its SIP password, its apiKeySecretRef) when
 # it registers, when its drift check is due and when one of them changed since the last check;
-# list/watch: a metadata-only watch maps Secret changes to the objects that use them.
+# list/watch: a metadata-only watch maps Secret changes to the objects that use them (not with
+# secretAccess: get, where each drift check reads the Secrets instead).
 - apiGroups: [""]
   resources: ["secrets"]
+  {{- if eq .Values.secretAccess "get" }}
+  verbs: ["get"]
+  {{- else }}
   verbs: ["get", "list", "watch"]
+  {{- end }}
 # Events on transitions, each a new Event (no series cache, so never a patch).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
