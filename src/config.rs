@@ -236,9 +236,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         ));
     }
     let nanos = go_parse_duration::parse_duration(&ascii).map_err(|e| {
-        let why = match e {
-            go_parse_duration::Error::ParseError(why) => why,
-        };
+        let go_parse_duration::Error::ParseError(why) = e;
         format!("invalid duration {input:?}: {why}; expected e.g. 30s, 1m30s, 1.5h, 250ms")
     })?;
     u64::try_from(nanos)
