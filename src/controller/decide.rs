@@ -901,18 +901,27 @@ fn reconcile_request_handled(obs: &Observation) -> bool {
     obj.status
         .as_ref()
         .and_then(|s| s.last_handled_reconcile_at.as_deref())
-        == obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
+        == reconcile_token(obj)
+}
+
+/// The reconcile-now token as status can hold it (the CRD bounds the field).
+fn reconcile_token(obj: &crate::crd::PhoneNumber) -> Option<&str> {
+    obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT).map(|t| {
+        let mut end = t.len().min(crate::crd::MAX_RECONCILE_TOKEN);
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        &t[..end]
+    })
 }
 
 /// The reconcile request this pass handles (echoed in status).
 pub fn requested_reconcile(obj: &crate::crd::PhoneNumber) -> Option<String> {
-    obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT)
-        .map(str::to_owned)
-        .or_else(|| {
-            obj.status
-                .as_ref()
-                .and_then(|s| s.last_handled_reconcile_at.clone())
-        })
+    reconcile_token(obj).map(str::to_owned).or_else(|| {
+        obj.status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.clone())
+    })
 }
 
 fn hash_now(obs: &Observation, settings: &Settings) -> Option<String> {

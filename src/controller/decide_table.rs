@@ -799,6 +799,38 @@ fn decision_table() {
 }
 
 #[test]
+fn a_reconcile_token_longer_than_status_holds_is_handled_once() {
+    let token = "t".repeat(2000);
+    let mut o = registered();
+    o["metadata"]["annotations"]["oneinbox.ai/reconcile-requested-at"] = json!(token);
+    // Not handled yet: checked against the API now, and status records it (bounded).
+    let step = decide(&read(o.clone()), &settings());
+    assert!(
+        matches!(step, Step::Read(Read::Registration(_))),
+        "{step:?}"
+    );
+    let step = decide(
+        &with(read(o.clone()), |ob| ob.fetched = Some(Ok(reg("id1")))),
+        &settings(),
+    );
+    let Step::Report { data, .. } = step else {
+        panic!("{step:?}")
+    };
+    let recorded = data.last_handled_reconcile_at.expect("recorded");
+    assert_eq!(recorded.len(), crate::crd::MAX_RECONCILE_TOKEN);
+    // Once recorded, it counts as handled: no call until the next interval.
+    o["status"]["lastHandledReconcileAt"] = json!(recorded);
+    let step = decide(
+        &with(obs(o), |ob| {
+            ob.secrets_unchanged = true;
+            ob.memory.check = Some(check(1));
+        }),
+        &settings(),
+    );
+    assert_eq!(summary(&step), "Done AwaitChange");
+}
+
+#[test]
 fn messages_give_the_fix_that_fits() {
     let s = settings();
     let step = decide(
