@@ -614,8 +614,14 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 Target::Existing(i) => w.api.regs.keys().nth(*i as usize).cloned(),
             };
             let Some(id) = id else { return };
-            // A deliberate adoption, unless another live object holds that registration.
-            if let Some(reg) = w.api.regs.get(&id) {
+            // A deliberate adoption, unless another live object holds that registration (or
+            // it is for another number).
+            let number = w
+                .live_object(&key)
+                .map(|o| o["spec"]["phoneNumber"].clone());
+            if let Some(reg) = w.api.regs.get(&id)
+                && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
+            {
                 let held_by_other_live = reg
                     .owner
                     .as_ref()

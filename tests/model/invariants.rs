@@ -233,12 +233,12 @@ impl World {
         if let Some(a) = annotation
             && held != Some(a)
             && let Some(r) = self.api.regs.get(a)
-            && !self.entitled(uid, a)
         {
-            needs_stall = true;
             if r.reg.phone_number != number {
+                needs_stall = true;
                 excuses.push("IdMismatch");
-            } else {
+            } else if !self.entitled(uid, a) {
+                needs_stall = true;
                 excuses.push("*");
             }
         }

@@ -728,3 +728,185 @@ impl World {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world_with_object() -> (World, (String, String)) {
+        let mut w = World::new();
+        w.user_create(
+            "a",
+            "x",
+            json!({"phoneNumber": "+15550000001", "provider": "twilio",
+                   "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                   "credentialId": "9b2d7c1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e"}),
+        );
+        (w, ("a".to_owned(), "x".to_owned()))
+    }
+
+    fn send(
+        w: &mut World,
+        method: Method,
+        path: &str,
+        query: &str,
+        ct: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let resp = w.handle(&method, path, query, ct, &bytes).unwrap();
+        let code = resp.status().as_u16();
+        let obj = w
+            .objects
+            .get(&("a".to_owned(), "x".to_owned()))
+            .map(|s| s.obj.clone());
+        (code, obj.unwrap_or(Value::Null))
+    }
+
+    const PN: &str = "/apis/oneinbox.ai/v1alpha1/namespaces/a/phonenumbers/x";
+    const MERGE: &str = "application/merge-patch+json";
+    const APPLY: &str = "application/apply-patch+yaml";
+
+    #[test]
+    fn a_stale_resource_version_is_a_conflict_and_changes_nothing() {
+        let (mut w, key) = world_with_object();
+        let rv = w.objects[&key].obj["metadata"]["resourceVersion"].clone();
+        let body = json!({"metadata": {"finalizers": ["f"], "resourceVersion": "1"}});
+        let (code, obj) = send(&mut w, Method::PATCH, PN, "", MERGE, body);
+        assert_eq!(code, 409);
+        assert_eq!(obj["metadata"]["resourceVersion"], rv);
+        let body = json!({"metadata": {"finalizers": ["f"], "resourceVersion": rv}});
+        let (code, obj) = send(&mut w, Method::PATCH, PN, "", MERGE, body);
+        assert_eq!(code, 200);
+        assert_eq!(obj["metadata"]["finalizers"], json!(["f"]));
+        assert_ne!(obj["metadata"]["resourceVersion"], rv);
+        assert_eq!(
+            obj["metadata"]["generation"],
+            json!(1),
+            "metadata is not spec"
+        );
+    }
+
+    #[test]
+    fn status_apply_owns_fields_and_drops_the_ones_no_longer_applied() {
+        let (mut w, key) = world_with_object();
+        let apply = |status: Value| json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber", "status": status});
+        let q = "fieldManager=oneinbox-operator&force=true";
+        let status = PN.to_owned() + "/status";
+        let (code, obj) = send(
+            &mut w,
+            Method::PATCH,
+            &status,
+            q,
+            APPLY,
+            apply(json!({"state": "active", "phoneNumberId": "id1"})),
+        );
+        assert_eq!(code, 200);
+        assert_eq!(obj["status"]["phoneNumberId"], json!("id1"));
+        // Another manager's field survives; ours that we stop applying goes.
+        let (code, _) = send(
+            &mut w,
+            Method::PATCH,
+            &status,
+            "fieldManager=other",
+            APPLY,
+            apply(json!({"note": "x"})),
+        );
+        assert_eq!(code, 200);
+        let (code, obj) = send(
+            &mut w,
+            Method::PATCH,
+            &status,
+            q,
+            APPLY,
+            apply(json!({"state": "active"})),
+        );
+        assert_eq!(code, 200);
+        assert_eq!(obj["status"], json!({"state": "active", "note": "x"}));
+        // A clash with another manager needs force.
+        let (code, _) = send(
+            &mut w,
+            Method::PATCH,
+            &status,
+            "fieldManager=oneinbox-operator",
+            APPLY,
+            apply(json!({"state": "active", "note": "y"})),
+        );
+        assert_eq!(code, 409);
+        // The status subresource never changes the spec or the metadata.
+        let mut body = apply(json!({"state": "active"}));
+        body["spec"] = json!({"agentId": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"});
+        let (code, obj) = send(&mut w, Method::PATCH, &status, q, APPLY, body);
+        assert_eq!(code, 200);
+        assert_eq!(obj["spec"], w.objects[&key].obj["spec"]);
+        assert_eq!(
+            obj["spec"]["agentId"],
+            json!("3c90c3cc-0d44-4b50-8888-8dd25736052a")
+        );
+    }
+
+    #[test]
+    fn deletion_waits_for_the_last_finalizer_and_refuses_new_ones() {
+        let (mut w, key) = world_with_object();
+        let rv = w.objects[&key].obj["metadata"]["resourceVersion"].clone();
+        send(
+            &mut w,
+            Method::PATCH,
+            PN,
+            "",
+            MERGE,
+            json!({"metadata": {"finalizers": ["f"], "resourceVersion": rv}}),
+        );
+        assert!(w.user_delete(&key));
+        assert!(!w.objects[&key].obj["metadata"]["deletionTimestamp"].is_null());
+        let (code, _) = send(
+            &mut w,
+            Method::PATCH,
+            PN,
+            "",
+            MERGE,
+            json!({"metadata": {"finalizers": ["f", "g"]}}),
+        );
+        assert_eq!(code, 422);
+        let patch = json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "f"},
+                           {"op": "remove", "path": "/metadata/finalizers/0"}]);
+        let (code, _) = send(
+            &mut w,
+            Method::PATCH,
+            PN,
+            "",
+            "application/json-patch+json",
+            patch,
+        );
+        assert_eq!(code, 200);
+        assert!(
+            !w.objects.contains_key(&key),
+            "gone with its last finalizer"
+        );
+        assert_eq!(w.removed.len(), 1);
+    }
+
+    #[test]
+    fn a_crash_before_a_write_does_nothing_and_after_it_acts_without_answering() {
+        let (mut w, key) = world_with_object();
+        let rv = w.objects[&key].obj["metadata"]["resourceVersion"].clone();
+        let body = serde_json::to_vec(&json!({"metadata": {"annotations": {"k": "v"}}}))
+            .unwrap_or_default();
+        w.crash = Some(crate::world::Crash {
+            at: w.effects,
+            after: false,
+        });
+        assert!(w.handle(&Method::PATCH, PN, "", MERGE, &body).is_none());
+        assert_eq!(w.objects[&key].obj["metadata"]["resourceVersion"], rv);
+        w.crashed = false;
+        w.crash = Some(crate::world::Crash {
+            at: w.effects,
+            after: true,
+        });
+        assert!(w.handle(&Method::PATCH, PN, "", MERGE, &body).is_none());
+        assert_eq!(
+            w.objects[&key].obj["metadata"]["annotations"]["k"],
+            json!("v")
+        );
+    }
+}

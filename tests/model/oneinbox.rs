@@ -1,5 +1,5 @@
 //! In-memory OneInbox: `OneInboxApi` implemented over the shared world, following the
-//! project's API contract (docs/oneinbox-api.md and docs/model-test.md): a 409 with the existing
+//! project's API contract (as docs/model-test.md summarizes it): a 409 with the existing
 //! id for a number registered twice, 404 for unknown ids, DELETE then forgets the record, PATCH
 //! merges routing (null removes a key), uuids come back in canonical lower case (the API parses
 //! them as uuids), and nothing changes on a 429 or an injected 5xx.
@@ -130,13 +130,9 @@ fn routing_of(r: &Routing) -> Routing {
     }
 }
 
-fn timestamp(ms: u64) -> String {
-    let t = jiff::Timestamp::UNIX_EPOCH
-        .checked_add(jiff::SignedDuration::from_millis(
-            1_790_000_000_000 + ms as i64,
-        ))
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+/// Now on the operator's clock (the wall clock; simulated time moves stored times back).
+fn timestamp() -> String {
+    jiff::Timestamp::now().to_string()
 }
 
 enum Outcome<T> {
@@ -160,7 +156,7 @@ impl World {
             self.effects % 0xffff,
             self.api.next_id
         );
-        let now = timestamp(self.now_ms);
+        let now = timestamp();
         let has_routing = routing.is_some();
         let reg = Registration {
             id: id.clone(),
@@ -311,7 +307,7 @@ impl World {
     }
 
     fn do_patch(&mut self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
-        let now = timestamp(self.now_ms);
+        let now = timestamp();
         let Some(r) = self.api.regs.get_mut(id) else {
             return Err(World::not_found());
         };

@@ -159,7 +159,12 @@ fn slot() -> impl Strategy<Value = u8> {
 }
 
 fn agent() -> impl Strategy<Value = Agent> {
-    (0u8..3, any::<bool>()).prop_map(|(idx, upper)| Agent { idx, upper })
+    // Triage aid: MODEL_AGENTS=lower generates only lower-case spellings.
+    let lower_only = std::env::var("MODEL_AGENTS").is_ok_and(|v| v == "lower");
+    (0u8..3, any::<bool>()).prop_map(move |(idx, upper)| Agent {
+        idx,
+        upper: upper && !lower_only,
+    })
 }
 
 fn creds() -> impl Strategy<Value = Creds> {
@@ -204,7 +209,7 @@ fn fault_kind() -> impl Strategy<Value = FaultKind> {
 
 pub fn op() -> impl Strategy<Value = Op> {
     let user = prop_oneof![
-        6 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), 0u8..3, proptest::bool::weighted(0.25), proptest::bool::weighted(0.3))
+        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), 0u8..3, proptest::bool::weighted(0.25), proptest::bool::weighted(0.3))
             .prop_map(|(slot, number, creds, agent, friendly_name, routing, orphan, replace)| Op::Create {
                 slot, number, creds, agent, friendly_name, routing, orphan, replace
             }),

@@ -141,6 +141,13 @@ impl World {
         for stored in self.objects.values_mut() {
             shift_timestamps(&mut stored.obj, span);
         }
+        for r in self.api.regs.values_mut() {
+            for t in [&mut r.reg.created_at, &mut r.reg.updated_at] {
+                let mut v = Value::String(std::mem::take(t));
+                shift(&mut v, span);
+                *t = v.as_str().unwrap_or_default().to_owned();
+            }
+        }
     }
 
     pub fn live_object(&self, key: &(String, String)) -> Option<&Value> {
@@ -176,7 +183,13 @@ fn shift(v: &mut Value, span: jiff::SignedDuration) {
 
 fn shift_timestamps(obj: &mut Value, span: jiff::SignedDuration) {
     // `pointer_mut`, not indexing: indexing a `&mut Value` inserts nulls for missing keys.
-    for p in ["/metadata/creationTimestamp", "/metadata/deletionTimestamp"] {
+    for p in [
+        "/metadata/creationTimestamp",
+        "/metadata/deletionTimestamp",
+        "/status/createdAt",
+        "/status/updatedAt",
+        "/status/pendingCreate/startedAt",
+    ] {
         if let Some(v) = obj.pointer_mut(p) {
             shift(v, span);
         }
