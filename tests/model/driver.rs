@@ -15,7 +15,7 @@ use oneinbox_operator::crd::PhoneNumber;
 use serde_json::{Value, json};
 
 use crate::operator::{self, Operator};
-use crate::ops::{CREDENTIAL_IDS, Creds, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target};
+use crate::ops::{CREDENTIAL_IDS, Creds, Edit, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target};
 use crate::world::{Crash, Shared, World, lock};
 
 /// Simulated cost of one pass (watch event → reconcile).
@@ -428,6 +428,7 @@ impl Sim {
             let mut w = lock(&self.world);
             w.api.faults.clear();
             w.crash = None;
+            w.concurrent = None;
             let paused: Vec<_> = w
                 .objects
                 .iter()
@@ -540,6 +541,61 @@ fn set_annotation(o: &mut Value, key: &str, value: Option<String>) {
     }
 }
 
+/// A user's edit of one object (also used for edits that land during a pass).
+pub fn apply_edit(w: &mut World, key: &(String, String), edit: Edit) {
+    match edit {
+        Edit::Agent(agent) => {
+            w.user_edit(key, |o| o["spec"]["agentId"] = json!(agent.uuid()));
+        }
+        Edit::FriendlyName(name) => {
+            w.user_edit(key, |o| {
+                set_or_remove(&mut o["spec"], "friendlyName", friendly(name))
+            });
+        }
+        Edit::DeletionPolicy { orphan } => {
+            w.user_edit(key, |o| {
+                o["spec"]["deletionPolicy"] = json!(if orphan { "Orphan" } else { "Delete" })
+            });
+        }
+        Edit::ReconcileNow => {
+            let token = format!("t{}", w.rv);
+            w.user_edit(key, |o| {
+                set_annotation(o, "oneinbox.ai/reconcile-requested-at", Some(token))
+            });
+        }
+        Edit::Delete => {
+            w.user_delete(key);
+        }
+    }
+}
+
+/// A user sets the id annotation: a deliberate adoption, unless another live object holds that
+/// registration or it is for another number.
+fn annotate(w: &mut World, key: &(String, String), id: String) {
+    let Some(uid) = w.uid_of(key) else { return };
+    // A deliberate adoption, unless another live object holds that registration (or
+    // it is for another number).
+    let number = w.live_object(key).map(|o| o["spec"]["phoneNumber"].clone());
+    if let Some(reg) = w.api.regs.get(&id)
+        && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
+    {
+        let held_by_other_live = reg
+            .owner
+            .as_ref()
+            .is_some_and(|o| *o != uid && w.is_live_uid(o))
+            || w.objects.values().any(|s| {
+                s.obj["metadata"]["uid"].as_str() != Some(uid.as_str())
+                    && s.obj["status"]["phoneNumberId"].as_str() == Some(id.as_str())
+            });
+        if !held_by_other_live && let Some(r) = w.api.regs.get_mut(&id) {
+            r.owner = Some(uid.clone());
+        }
+    }
+    w.user_edit(key, |o| {
+        set_annotation(o, "oneinbox.ai/phone-number-id", Some(id))
+    });
+}
+
 /// Apply one step to the world (everything but the passes it causes).
 fn apply(w: &mut World, op: &Op, seed: u64) {
     match op {
@@ -552,6 +608,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             routing: r,
             orphan,
             replace,
+            import,
         } => {
             let (ns, name) = slot_key(*slot);
             let mut spec = json!({
@@ -564,7 +621,13 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             set_or_remove(&mut spec, "friendlyName", friendly(*friendly_name));
             set_or_remove(&mut spec, "inboundRouting", routing(*r));
             set_creds(&mut spec, *creds);
-            w.user_create(&ns, &name, spec);
+            let number = NUMBERS[*number as usize % 2];
+            if w.user_create(&ns, &name, spec)
+                && *import
+                && let Some(id) = w.api.of_number(number).first().map(|r| r.reg.id.clone())
+            {
+                annotate(w, &(ns, name), id);
+            }
         }
         Op::SetAgent { slot, agent } => {
             w.user_edit(&slot_key(*slot), |o| {
@@ -599,7 +662,6 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
         }
         Op::Annotate { slot, target } => {
             let key = slot_key(*slot);
-            let Some(uid) = w.uid_of(&key) else { return };
             let held = |w: &World, k: &(String, String)| -> Option<String> {
                 let o = w.live_object(k)?;
                 o["status"]["phoneNumberId"]
@@ -614,29 +676,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 Target::Existing(i) => w.api.regs.keys().nth(*i as usize).cloned(),
             };
             let Some(id) = id else { return };
-            // A deliberate adoption, unless another live object holds that registration (or
-            // it is for another number).
-            let number = w
-                .live_object(&key)
-                .map(|o| o["spec"]["phoneNumber"].clone());
-            if let Some(reg) = w.api.regs.get(&id)
-                && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
-            {
-                let held_by_other_live = reg
-                    .owner
-                    .as_ref()
-                    .is_some_and(|o| *o != uid && w.is_live_uid(o))
-                    || w.objects.values().any(|s| {
-                        s.obj["metadata"]["uid"].as_str() != Some(uid.as_str())
-                            && s.obj["status"]["phoneNumberId"].as_str() == Some(id.as_str())
-                    });
-                if !held_by_other_live && let Some(r) = w.api.regs.get_mut(&id) {
-                    r.owner = Some(uid.clone());
-                }
-            }
-            w.user_edit(&key, |o| {
-                set_annotation(o, "oneinbox.ai/phone-number-id", Some(id))
-            });
+            annotate(w, &key, id);
         }
         Op::Pause { slot } => {
             w.user_edit(&slot_key(*slot), |o| {
@@ -648,16 +688,14 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 set_annotation(o, "oneinbox.ai/paused", None)
             });
         }
-        Op::ReconcileNow { slot } => {
-            let token = format!("t{}", w.rv);
-            w.user_edit(&slot_key(*slot), |o| {
-                set_annotation(o, "oneinbox.ai/reconcile-requested-at", Some(token))
-            });
-        }
-        Op::SetDeletionPolicy { slot, orphan } => {
-            w.user_edit(&slot_key(*slot), |o| {
-                o["spec"]["deletionPolicy"] = json!(if *orphan { "Orphan" } else { "Delete" })
-            });
+        Op::ReconcileNow { slot } => apply_edit(w, &slot_key(*slot), Edit::ReconcileNow),
+        Op::SetDeletionPolicy { slot, orphan } => apply_edit(
+            w,
+            &slot_key(*slot),
+            Edit::DeletionPolicy { orphan: *orphan },
+        ),
+        Op::Concurrent { in_effects, edit } => {
+            w.concurrent = Some((w.effects + u64::from(*in_effects), *edit));
         }
         Op::Delete { slot } => {
             w.user_delete(&slot_key(*slot));

@@ -29,6 +29,7 @@ static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// Passes and restarts over the whole run (for the summary line).
 static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static RESTARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CONFLICTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Capture;
 
@@ -96,6 +97,12 @@ fn run_case(rt: &tokio::runtime::Runtime, seed: u64, ops: &[ops::Op]) -> Result<
         let healed = sim.heal().await;
         PASSES.fetch_add(sim.passes, std::sync::atomic::Ordering::Relaxed);
         RESTARTS.fetch_add(sim.restarts, std::sync::atomic::Ordering::Relaxed);
+        let conflicts = sim
+            .error_texts
+            .iter()
+            .filter(|e| e.contains("the object has been modified"))
+            .count();
+        CONFLICTS.fetch_add(conflicts as u64, std::sync::atomic::Ordering::Relaxed);
         let logs = take_logs();
         let w = lock(&sim.world);
         let mut v = w.violations.clone();
@@ -204,11 +211,12 @@ fn model_lifecycle() {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "model: {run} cases run in {secs:.1}s ({:.0} per minute), {} failed; {} reconcile passes, {} crash restarts (shrinking included)",
+        "model: {run} cases run in {secs:.1}s ({:.0} per minute), {} failed; {} reconcile passes, {} crash restarts, {} resourceVersion conflicts (shrinking included)",
         run as f64 * 60.0 / secs.max(1e-9),
         failures.len(),
         PASSES.load(std::sync::atomic::Ordering::Relaxed),
         RESTARTS.load(std::sync::atomic::Ordering::Relaxed),
+        CONFLICTS.load(std::sync::atomic::Ordering::Relaxed),
     );
     println!("model: cases run: {run}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

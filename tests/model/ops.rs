@@ -61,6 +61,16 @@ pub enum Target {
     Existing(u8),
 }
 
+/// A user's change that lands while a pass of that object runs (between two of its effects).
+#[derive(Clone, Copy, Debug)]
+pub enum Edit {
+    Agent(Agent),
+    FriendlyName(Option<u8>),
+    DeletionPolicy { orphan: bool },
+    ReconcileNow,
+    Delete,
+}
+
 #[derive(Clone, Debug)]
 pub enum Op {
     // ---- user actions
@@ -73,6 +83,9 @@ pub enum Op {
         routing: u8,
         orphan: bool,
         replace: bool,
+        /// Created with the id annotation of the number's existing registration, if there is
+        /// one (an import).
+        import: bool,
     },
     SetAgent {
         slot: u8,
@@ -122,6 +135,12 @@ pub enum Op {
     DeleteNamespace {
         ns: u8,
         secrets_first: bool,
+    },
+    /// The next pass's object is changed by a user just before its k-th effect from now:
+    /// the write the operator then sends carries a stale resourceVersion.
+    Concurrent {
+        in_effects: u8,
+        edit: Edit,
     },
     // ---- API behaviour
     Fault {
@@ -183,6 +202,16 @@ fn target() -> impl Strategy<Value = Target> {
     ]
 }
 
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        2 => agent().prop_map(Edit::Agent),
+        1 => proptest::option::of(0u8..2).prop_map(Edit::FriendlyName),
+        1 => any::<bool>().prop_map(|orphan| Edit::DeletionPolicy { orphan }),
+        1 => Just(Edit::ReconcileNow),
+        1 => Just(Edit::Delete),
+    ]
+}
+
 fn call() -> impl Strategy<Value = Option<Call>> {
     prop_oneof![
         2 => Just(None),
@@ -209,9 +238,9 @@ fn fault_kind() -> impl Strategy<Value = FaultKind> {
 
 pub fn op() -> impl Strategy<Value = Op> {
     let user = prop_oneof![
-        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), 0u8..3, proptest::bool::weighted(0.25), proptest::bool::weighted(0.3))
-            .prop_map(|(slot, number, creds, agent, friendly_name, routing, orphan, replace)| Op::Create {
-                slot, number, creds, agent, friendly_name, routing, orphan, replace
+        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), 0u8..3, proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2))
+            .prop_map(|(slot, number, creds, agent, friendly_name, routing, orphan, replace, import)| Op::Create {
+                slot, number, creds, agent, friendly_name, routing, orphan, replace, import
             }),
         2 => (slot(), agent()).prop_map(|(slot, agent)| Op::SetAgent { slot, agent }),
         1 => (slot(), proptest::option::of(0u8..2)).prop_map(|(slot, name)| Op::SetFriendlyName { slot, name }),
@@ -226,6 +255,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (slot(), any::<bool>()).prop_map(|(slot, orphan)| Op::SetDeletionPolicy { slot, orphan }),
         3 => slot().prop_map(|slot| Op::Delete { slot }),
         1 => (0u8..2, any::<bool>()).prop_map(|(ns, secrets_first)| Op::DeleteNamespace { ns, secrets_first }),
+        4 => (0u8..6, edit()).prop_map(|(in_effects, edit)| Op::Concurrent { in_effects, edit }),
     ];
     let api = prop_oneof![
         6 => (call(), fault_kind(), 1u8..4).prop_map(|(call, kind, count)| Op::Fault { call, kind, count }),

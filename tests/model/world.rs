@@ -67,6 +67,8 @@ pub struct World {
     pub api: ApiState,
     pub effects: u64,
     pub crash: Option<Crash>,
+    /// A user edit of the object whose pass runs, landing just before effect number `.0`.
+    pub concurrent: Option<(u64, crate::ops::Edit)>,
     pub crashed: bool,
     /// UID of the object whose pass is running (every effect is charged to it).
     pub current: Option<String>,
@@ -106,6 +108,14 @@ impl World {
         }
         let n = self.effects;
         self.effects += 1;
+        if let Some((at, edit)) = self.concurrent
+            && at == n
+        {
+            self.concurrent = None;
+            if let Some(key) = self.current.clone().and_then(|u| self.key_of_uid(&u)) {
+                crate::driver::apply_edit(self, &key, edit);
+            }
+        }
         match self.crash {
             Some(c) if c.at == n => {
                 self.crash = None;
