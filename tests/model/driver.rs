@@ -249,6 +249,10 @@ impl Sim {
                 return;
             };
             let obj = w.objects.get(&key).and_then(|s| parse(&s.obj));
+            w.current_orphan_cleanup = w.objects.get(&key).is_some_and(|s| {
+                !s.obj["metadata"]["deletionTimestamp"].is_null()
+                    && s.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
+            });
             let all: Vec<PhoneNumber> = w.objects.values().filter_map(|s| parse(&s.obj)).collect();
             w.current = Some(uid.to_owned());
             (obj, all)

@@ -323,15 +323,7 @@ impl World {
         if self.api.regs.remove(id).is_none() {
             return Ok(Deregistered::AlreadyGone);
         }
-        let orphan_cleanup = self
-            .current
-            .as_deref()
-            .and_then(|uid| self.key_of_uid(uid))
-            .and_then(|k| self.live_object(&k))
-            .is_some_and(|o| {
-                !o["metadata"]["deletionTimestamp"].is_null()
-                    && o["spec"]["deletionPolicy"].as_str() == Some("Orphan")
-            });
+        let orphan_cleanup = self.current_orphan_cleanup;
         self.api
             .deleted
             .push((id.to_owned(), self.current.clone(), orphan_cleanup));

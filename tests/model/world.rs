@@ -72,6 +72,9 @@ pub struct World {
     pub crashed: bool,
     /// UID of the object whose pass is running (every effect is charged to it).
     pub current: Option<String>,
+    /// That pass's object was being deleted with `deletionPolicy: Orphan` when the pass
+    /// started (a change landing during the pass cannot be honoured by it).
+    pub current_orphan_cleanup: bool,
     pub log: Vec<(u64, String, &'static str)>,
     /// Violations seen while running (invariants c and g, and model gaps).
     pub violations: Vec<String>,
