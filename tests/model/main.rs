@@ -221,3 +221,54 @@ fn model_lifecycle() {
     println!("model: cases run: {run}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Agent, Creds, Op};
+
+    fn create(upper: bool) -> Op {
+        Op::Create {
+            slot: 0,
+            number: 0,
+            creds: Creds::Secret(0),
+            agent: Agent { idx: 0, upper },
+            friendly_name: Some(0),
+            routing: 1,
+            orphan: false,
+            replace: false,
+            import: false,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_create_and_a_delete_heal_without_violations() {
+        let rt = rt();
+        assert_eq!(run_case(&rt, 1, &[create(false)]), Ok(()));
+        assert_eq!(
+            run_case(&rt, 2, &[create(false), Op::Delete { slot: 0 }]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_secret_in_an_event_is_caught() {
+        let mut w = world::World::new();
+        w.secret_values.insert("pw-very-secret".into());
+        w.events
+            .push(serde_json::json!({"note": "password pw-very-secret"}));
+        let v = w.final_checks(&[]);
+        assert!(v.iter().any(|l| l.starts_with("(g)")), "{v:?}");
+        assert!(
+            !v.iter().any(|l| l.contains("pw-very-secret")),
+            "the report shows the value: {v:?}"
+        );
+    }
+}
