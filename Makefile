@@ -48,7 +48,7 @@ unit:
 ## make model: long model-based campaign (docs/model-test.md); prints the count of cases run.
 ## MODEL_CASES=1000000 MODEL_SEED MODEL_STEPS MODEL_KEEP_GOING=1.
 model:
-	MODEL_CASES=$${MODEL_CASES:-1000000} $(CARGO) test --all-features --test model -- --nocapture
+	MODEL_CASES=$${MODEL_CASES:-1000000} $(CARGO) test --profile model --all-features --test model -- --nocapture
 
 ## make chaos: chaos soak against the real control plane and the faulty mock (release build).
 ## CHAOS_OBJECTS=200 CHAOS_MINUTES=5 CHAOS_HA=0|1 CHAOS_KILLS CHAOS_SEED (see tests/soak/main.rs).
