@@ -192,8 +192,12 @@ fn model_lifecycle() {
             Ok(()) => {}
             Err(TestError::Fail(reason, minimal)) => {
                 let sequence: Vec<String> = minimal.iter().map(|op| format!("  {op:?}")).collect();
+                let triage: String = ["MODEL_AGENTS", "MODEL_MATCH"]
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| format!(" {k}='{v}'")))
+                    .collect();
                 let report = format!(
-                    "model: case failed; replay with MODEL_SEED={case_seed} MODEL_CASES=1 MODEL_STEPS={steps}\nviolations:\n{reason}\nshrunk sequence ({} steps):\n{}",
+                    "model: case failed; replay with MODEL_SEED={case_seed} MODEL_CASES=1 MODEL_STEPS={steps}{triage}\nviolations:\n{reason}\nshrunk sequence ({} steps):\n{}",
                     minimal.len(),
                     sequence.join("\n")
                 );
