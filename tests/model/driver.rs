@@ -352,6 +352,14 @@ impl Sim {
                 self.restart();
             }
         }
+        let mut rng = self.rng;
+        self.op.reseed_checks(|| {
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        });
+        self.rng = rng;
         for key in self.op.woken() {
             if let Some(uid) = lock(&self.world).uid_of(&key) {
                 self.sched.entry(uid).or_default().dirty = true;

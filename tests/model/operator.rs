@@ -65,6 +65,8 @@ pub struct Operator {
     pub ctx: Arc<Context<ModelApi>>,
     writer: Writer<PhoneNumber>,
     siblings: mpsc::UnboundedReceiver<ObjectRef<PhoneNumber>>,
+    /// The check records whose jitter was already replaced (uid → time of the check).
+    reseeded: HashMap<String, std::time::Instant>,
 }
 
 impl Operator {
@@ -102,6 +104,7 @@ impl Operator {
             ctx,
             writer,
             siblings: rx,
+            reseeded: HashMap::new(),
         }
     }
 
@@ -172,6 +175,24 @@ impl Operator {
         for check in checked.values_mut() {
             if let Some(i) = check.interval.as_mut() {
                 *i = i.saturating_sub(by);
+            }
+        }
+    }
+
+    /// Replace the jitter of each new drift-check interval (the operator draws it from the
+    /// process's RNG) by one drawn from the case's seed, in the same ±20 % range, so a seed
+    /// replays the same schedule.
+    pub fn reseed_checks(&mut self, mut factor: impl FnMut() -> f64) {
+        let base = self.ctx.settings.poll_interval;
+        let mut checked = self.ctx.checked.lock().unwrap_or_else(|e| e.into_inner());
+        self.reseeded.retain(|uid, _| checked.contains_key(uid));
+        for (uid, check) in checked.iter_mut() {
+            if self.reseeded.get(uid) == Some(&check.at) {
+                continue;
+            }
+            self.reseeded.insert(uid.clone(), check.at);
+            if check.interval.is_some() {
+                check.interval = Some(base.mul_f64(0.8 + 0.4 * factor()));
             }
         }
     }
