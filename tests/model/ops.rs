@@ -8,7 +8,7 @@ use crate::oneinbox::{Call, FaultKind};
 /// Three object slots: two in namespace `a`, one in `b` (the same name as one in `a`).
 pub const SLOTS: [(&str, &str); 3] = [("a", "x"), ("a", "y"), ("b", "x")];
 pub const NAMESPACES: [&str; 2] = ["a", "b"];
-/// Two numbers for three slots: duplicates happen.
+/// Two numbers for three slots: two objects can claim one number.
 pub const NUMBERS: [&str; 2] = ["+15550000001", "+15550000002"];
 pub const AGENTS: [&str; 3] = [
     "3c90c3cc-0d44-4b50-8888-8dd25736052a",
