@@ -33,7 +33,7 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
-	$(CARGO) clippy --all-features --test bench --test soak -- -D warnings
+	$(CARGO) clippy --all-features --test bench --test soak --test model -- -D warnings
 
 ## Regenerate the CRD from the Rust types (and the chart's copy of it).
 crds:
@@ -64,7 +64,12 @@ sbom:
 argocd-cm:
 	cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update
 
-.PHONY: chaos bench
+.PHONY: chaos bench model
+
+## make model: long model-based campaign (docs/model-test.md); prints the count of cases run.
+## MODEL_CASES=1000000 MODEL_SEED MODEL_STEPS MODEL_KEEP_GOING=1.
+model:
+	MODEL_CASES=$${MODEL_CASES:-1000000} $(CARGO) test --profile model --all-features --test model -- --nocapture
 
 ## make chaos: chaos soak against the real control plane and the faulty mock (release build).
 ## CHAOS_OBJECTS=200 CHAOS_MINUTES=5 CHAOS_HA=0|1 CHAOS_KILLS CHAOS_SEED (see tests/soak/main.rs).

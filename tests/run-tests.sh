@@ -17,7 +17,7 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 # --all-targets leaves out the harness targets (test = false); name them.
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-cargo clippy --all-features --test bench --test soak --locked -- -D warnings
+cargo clippy --all-features --test bench --test soak --test model --locked -- -D warnings
 
 step "CRD is generated from the Rust types (verify twin)"
 cargo run --quiet --locked --bin crdgen | diff -u crds/phonenumbers.oneinbox.ai.yaml - \

@@ -490,6 +490,9 @@ fn register(
         Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
             return Err(Box::new(match &obs.fetched {
                 None => Step::Read(Read::Registration(phone_id.clone())),
+                Some(Ok(reg)) if made_before_attempt(reg, marker.as_ref()) => {
+                    already_registered(obs, &reg.id)
+                }
                 Some(Ok(reg)) => Step::Persist {
                     registration: reg.clone(),
                     hash: Some(hash),
@@ -508,22 +511,7 @@ fn register(
             }));
         }
         Some((false, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
-            let msg = format!(
-                "{} is already registered in OneInbox as {phone_id}, outside this cluster. To manage that registration with this object, run: kubectl -n {} annotate phonenumber {} {ANNOTATION_PHONE_NUMBER_ID}={phone_id}",
-                obj.spec.phone_number,
-                obs.namespace(),
-                obj.name_any()
-            );
-            let data = StatusData {
-                pending_create: None,
-                last_handled_reconcile_at: requested_reconcile(&obs.obj),
-                ..StatusData::current(obj)
-            };
-            return Err(Box::new(report(
-                data,
-                stalled(reason::ALREADY_REGISTERED, msg),
-                Then::AwaitChange,
-            )));
+            return Err(Box::new(already_registered(obs, phone_id)));
         }
         Some((_, Err(e @ (ApiError::Rejected { .. } | ApiError::NotFound)))) => {
             let msg = format!(
@@ -574,6 +562,11 @@ fn register(
                     },
                 )));
             }
+            // Registered before this attempt started: someone else's (made outside the
+            // cluster, or left by an object deleted with Orphan), not ours to adopt.
+            Some(Ok(Some(reg))) if made_before_attempt(reg, marker.as_ref()) => {
+                return Err(Box::new(already_registered(obs, &reg.id)));
+            }
             Some(Ok(Some(reg))) => {
                 return Err(Box::new(Step::Persist {
                     registration: reg.clone(),
@@ -611,6 +604,46 @@ fn register(
         hash,
         marker_present: marker.is_some(),
     }))
+}
+
+/// The number is registered as `phone_id` by someone else: Stalled, with the command that
+/// adopts it deliberately; the pending marker goes (nothing of ours is in flight).
+fn already_registered(obs: &Observation, phone_id: &str) -> Step {
+    let obj = &obs.obj;
+    let msg = format!(
+        "{} is already registered in OneInbox as {phone_id}, outside this cluster. To manage that registration with this object, run: kubectl -n {} annotate phonenumber {} {ANNOTATION_PHONE_NUMBER_ID}={phone_id}",
+        obj.spec.phone_number,
+        obs.namespace(),
+        obj.name_any()
+    );
+    let data = StatusData {
+        pending_create: None,
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        ..StatusData::current(obj)
+    };
+    report(
+        data,
+        stalled(reason::ALREADY_REGISTERED, msg),
+        Then::AwaitChange,
+    )
+}
+
+/// How much the OneInbox server's clock may lag ours: a registration made by our own POST
+/// carries a `created_at` after the pending marker's `startedAt`, less at most this.
+const CLOCK_SKEW_ALLOWANCE: jiff::SignedDuration = jiff::SignedDuration::from_secs(1);
+
+/// Whether `reg` was made before the attempt that `marker` records started (so it cannot be
+/// the attempt's own). A time that does not parse proves nothing: then it may be ours.
+fn made_before_attempt(reg: &Registration, marker: Option<&crate::crd::PendingCreate>) -> bool {
+    let (Some(marker), Ok(created)) = (marker, reg.created_at.parse::<jiff::Timestamp>()) else {
+        return false;
+    };
+    let Ok(started) = marker.started_at.parse::<jiff::Timestamp>() else {
+        return false;
+    };
+    started
+        .checked_sub(CLOCK_SKEW_ALLOWANCE)
+        .is_ok_and(|earliest| created < earliest)
 }
 
 fn decide_deletion(obs: &Observation) -> Step {
@@ -669,7 +702,16 @@ fn decide_deletion(obs: &Observation) -> Step {
                         failure: None,
                     };
                 }
-                (found, _) => found.as_ref().map(|r| r.id.clone()),
+                // Registered before the attempt started: not this object's to deregister.
+                (found, _) => found
+                    .as_ref()
+                    .filter(|r| {
+                        !made_before_attempt(
+                            r,
+                            obj.status.as_ref().and_then(|s| s.pending_create.as_ref()),
+                        )
+                    })
+                    .map(|r| r.id.clone()),
             },
         },
         None => None,

@@ -350,6 +350,15 @@ fn decision_table() {
             "Persist Adopted",
         ),
         (
+            "pending marker, found one registered before the attempt: someone else's",
+            with(read(pending.clone()), |ob| {
+                let mut older = reg("id0");
+                older.created_at = "2025-12-31T23:00:00Z".into();
+                ob.lookup = Some(Ok(Some(older)));
+            }),
+            "Report Stalled(AlreadyRegistered) AwaitChange",
+        ),
+        (
             "pending marker, not found",
             with(read(pending.clone()), |ob| ob.lookup = Some(Ok(None))),
             "Register marker=true",

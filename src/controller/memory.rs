@@ -93,6 +93,13 @@ impl Memory {
         self.objects.retain(|uid, _| watched.contains(uid.as_str()));
     }
 
+    /// Every remembered check, by UID (the model test moves its simulated clock through them).
+    pub fn checks_mut(&mut self) -> impl Iterator<Item = (&String, &mut Checked)> {
+        self.objects
+            .iter_mut()
+            .filter_map(|(uid, m)| m.check.as_mut().map(|c| (uid, c)))
+    }
+
     pub fn len(&self) -> usize {
         self.objects.len()
     }

@@ -160,6 +160,40 @@ pub struct Scope {
     pub label_selector: Option<String>,
 }
 
+/// How long to wait before retrying an object whose pass ended with `err` (pure but for
+/// `failed`, which counts this failure in the object's backoff and is called only when the
+/// backoff applies). `jitter` is in [0, 1).
+///
+/// A 429 is the API pacing everyone, not this object failing: wait what it asked (every caller
+/// already waits that long before its next call), spread by a little jitter, and keep the
+/// object's backoff where it was. A rejected key is retried at least every ten minutes (the key
+/// is read again first).
+pub fn retry_delay(
+    err: &Error,
+    failed: impl FnOnce() -> u32,
+    s: &Settings,
+    jitter: f64,
+) -> Duration {
+    if err
+        .api_error()
+        .is_some_and(crate::oneinbox::ApiError::is_throttled)
+    {
+        let base = err.retry_after().unwrap_or(Duration::from_secs(1));
+        return base + Duration::from_millis((jitter.clamp(0.0, 1.0) * 999.0) as u64);
+    }
+    let mut wait = backoff::delay(failed(), s.backoff_base, s.backoff_max, 0.5 + jitter / 2.0);
+    if let Some(ra) = err.retry_after() {
+        wait = wait.max(ra);
+    }
+    if err
+        .api_error()
+        .is_some_and(|e| matches!(e, crate::oneinbox::ApiError::KeyRejected { .. }))
+    {
+        wait = wait.min(KEY_REJECTED_RETRY_MAX);
+    }
+    wait
+}
+
 /// Longest wait between retries of an object whose API key was rejected.
 const KEY_REJECTED_RETRY_MAX: Duration = Duration::from_secs(600);
 
@@ -171,37 +205,16 @@ fn error_policy<C: OneInboxApi>(
     ctx: Arc<Context<C>>,
 ) -> Action {
     let uid = obj.uid().unwrap_or_default();
-    let s = &ctx.settings;
-    // A 429 is the API pacing everyone, not this object failing: wait what it asked (every
-    // caller already waits that long before its next call), spread by a little jitter, and
-    // keep the object's backoff where it was.
-    let throttled = err
-        .api_error()
-        .is_some_and(crate::oneinbox::ApiError::is_throttled);
-    let (failures, wait) = if throttled {
-        let base = err.retry_after().unwrap_or(Duration::from_secs(1));
-        (0, base + Duration::from_millis(rand::random_range(0..1000)))
-    } else {
-        let failures = ctx.backoff.failed(&uid);
-        let mut wait = backoff::delay(
-            failures,
-            s.backoff_base,
-            s.backoff_max,
-            rand::random_range(0.5..=1.0),
-        );
-        if let Some(ra) = err.retry_after() {
-            wait = wait.max(ra);
-        }
-        // A rejected key needs a human, not the spec: look again at least every ten minutes
-        // (the key is read again before the retry).
-        if err
-            .api_error()
-            .is_some_and(|e| matches!(e, crate::oneinbox::ApiError::KeyRejected { .. }))
-        {
-            wait = wait.min(KEY_REJECTED_RETRY_MAX);
-        }
-        (failures, wait)
-    };
+    let mut failures = 0;
+    let wait = retry_delay(
+        err,
+        || {
+            failures = ctx.backoff.failed(&uid);
+            failures
+        },
+        &ctx.settings,
+        rand::random_range(0.0..1.0),
+    );
     warn!(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), error = %err, failures, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }

@@ -55,8 +55,9 @@ fn registration(req: &RegisterRequest) -> Registration {
         inbound_trunk_id: None,
         outbound_trunk_id: Some("ST_out".into()),
         dispatch_rule_id: None,
-        created_at: "2026-01-01T00:00:00Z".into(),
-        updated_at: "2026-01-01T00:00:00Z".into(),
+        // Now, as the API stamps a new registration (after the attempt's marker).
+        created_at: jiff::Timestamp::now().to_string(),
+        updated_at: jiff::Timestamp::now().to_string(),
         inbound_routing: None,
     }
 }

@@ -1,0 +1,764 @@
+//! Drives the real reconcile the way the controller runtime would: an object is reconciled
+//! when it changed (any write, by anyone: the watch), when a Secret it references changed, when
+//! its requeue is due, when its drift check is due, or when another pass woke it; one pass at a
+//! time. A crash drops the pass in flight and starts a fresh process, which lists every object.
+//!
+//! Simulated time moves by requeue delays, `Wait` steps, injected latency, and `PASS_MS` per
+//! pass (the watch round trip), so a pass that triggers itself forever also burns simulated
+//! time and shows up in the per-minute bound.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use oneinbox_operator::crd::PhoneNumber;
+use serde_json::{Value, json};
+
+use crate::operator::{self, Operator};
+use crate::ops::{CREDENTIAL_IDS, Creds, Edit, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target};
+use crate::world::{Crash, Shared, World, lock};
+
+/// Simulated cost of one pass (watch event → reconcile).
+pub const PASS_MS: u64 = 100;
+/// Passes after one step before the run counts as not settling.
+pub const MAX_PASSES_PER_STEP: usize = 80;
+/// Passes in one case before the run counts as a hot loop.
+pub const MAX_PASSES_PER_CASE: u64 = 3_000;
+/// How long a healed world must stay without writes (two drift intervals).
+pub const QUIET_MS: u64 = 25 * 60 * 1000;
+/// The longest healing allowed.
+pub const HEAL_CAP_MS: u64 = 6 * 3600 * 1000;
+
+#[derive(Default, Clone, Debug)]
+struct Sched {
+    dirty: bool,
+    due_ms: Option<u64>,
+    /// The last pass failed (its requeue is the error backoff).
+    failed: bool,
+}
+
+pub struct Sim {
+    pub world: Shared,
+    op: Operator,
+    sched: BTreeMap<String, Sched>,
+    seen_rv: BTreeMap<String, String>,
+    rng: u64,
+    pub passes: u64,
+    pub restarts: u64,
+    /// Display and Debug of every error a pass returned (scanned for secrets).
+    pub error_texts: Vec<String>,
+    last_write_ms: u64,
+    effects_seen: usize,
+    /// A hot loop was found: the case is decided, the rest is skipped.
+    pub aborted: bool,
+}
+
+/// `MODEL_TRACE=1`: print every step and pass (for replaying one seed).
+pub fn trace() -> bool {
+    std::env::var("MODEL_TRACE").is_ok_and(|v| v == "1")
+}
+
+fn parse(obj: &Value) -> Option<PhoneNumber> {
+    serde_json::from_value(obj.clone()).ok()
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Sim {
+        let world = std::sync::Arc::new(std::sync::Mutex::new(World::new()));
+        {
+            let mut w = lock(&world);
+            w.api.api_key = format!("oi_sk_model_{seed:016x}");
+            let key = w.api.api_key.clone();
+            w.secret_values.insert(key);
+            for ns in NAMESPACES {
+                w.user_put_secret(ns, SECRETS[0], "password", &format!("pw-{ns}-0-{seed:x}"));
+            }
+            w.secret_events.clear();
+            w.stimuli.clear();
+        }
+        let op = Operator::start(&world);
+        let mut sim = Sim {
+            world,
+            op,
+            sched: BTreeMap::new(),
+            seen_rv: BTreeMap::new(),
+            rng: seed | 1,
+            passes: 0,
+            restarts: 0,
+            error_texts: Vec::new(),
+            last_write_ms: 0,
+            effects_seen: 0,
+            aborted: false,
+        };
+        sim.feed_secret_versions(true);
+        sim
+    }
+
+    fn rand(&mut self) -> f64 {
+        // xorshift64*: the model's own randomness, seeded by the case.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn now(&self) -> u64 {
+        lock(&self.world).now_ms
+    }
+
+    // ------------------------------------------------------------ feeds
+
+    /// The watches: objects whose resourceVersion moved are queued; Secret events are recorded
+    /// and queue the objects that reference the Secret.
+    fn observe(&mut self) {
+        let w = lock(&self.world);
+        let mut live = BTreeMap::new();
+        for s in w.objects.values() {
+            let uid = s.obj["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let rv = s.obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            live.insert(uid, rv);
+        }
+        let log_len = w.log.len();
+        if log_len > self.effects_seen {
+            if w.log[self.effects_seen..].iter().any(|(_, _, k)| {
+                matches!(*k, "register" | "patch" | "deregister") || k.starts_with("kube:")
+            }) {
+                self.last_write_ms = w.now_ms;
+            }
+            self.effects_seen = log_len;
+        }
+        drop(w);
+        self.sched.retain(|uid, _| live.contains_key(uid));
+        self.seen_rv.retain(|uid, _| live.contains_key(uid));
+        for (uid, rv) in live {
+            if self.seen_rv.get(&uid) != Some(&rv) {
+                self.sched.entry(uid.clone()).or_default().dirty = true;
+                self.seen_rv.insert(uid, rv);
+            }
+        }
+        self.feed_secret_versions(false);
+    }
+
+    fn feed_secret_versions(&mut self, initial_list: bool) {
+        let mut w = lock(&self.world);
+        let events: Vec<(String, String, u64)> = if initial_list {
+            w.secret_events.clear();
+            w.secrets
+                .iter()
+                .map(|((ns, n), (rv, _))| (ns.clone(), n.clone(), *rv))
+                .collect()
+        } else {
+            std::mem::take(&mut w.secret_events)
+        };
+        let mut wake = Vec::new();
+        for (ns, name, rv) in &events {
+            self.op.secret_seen(ns, name, *rv);
+            for s in w.objects.values() {
+                if let Some(pn) = parse(&s.obj)
+                    && pn.namespace().as_deref() == Some(ns.as_str())
+                    && pn.referenced_secrets().any(|r| r == name)
+                {
+                    wake.push(pn.uid().unwrap_or_default());
+                }
+            }
+        }
+        w.secret_events.clear();
+        drop(w);
+        for uid in wake {
+            self.sched.entry(uid).or_default().dirty = true;
+        }
+    }
+
+    /// Bring the operator's memory up to the simulated clock.
+    fn flush_time(&mut self) {
+        let ms = std::mem::take(&mut lock(&self.world).unshifted_ms);
+        if ms > 0 {
+            self.op.advance(Duration::from_millis(ms));
+        }
+    }
+
+    fn restart(&mut self) {
+        self.restarts += 1;
+        lock(&self.world).crashed = false;
+        self.op = Operator::start(&self.world);
+        // The new process lists everything: every object gets a pass.
+        for s in self.sched.values_mut() {
+            *s = Sched {
+                dirty: true,
+                ..Sched::default()
+            };
+        }
+        self.feed_secret_versions(true);
+    }
+
+    // ------------------------------------------------------------ passes
+
+    /// The next object to reconcile at the current time, if any.
+    fn next_due(&mut self) -> Option<String> {
+        let now = self.now();
+        if let Some((uid, _)) = self.sched.iter().find(|(_, s)| s.dirty) {
+            return Some(uid.clone());
+        }
+        let due = self
+            .sched
+            .iter()
+            .filter_map(|(uid, s)| s.due_ms.filter(|d| *d <= now).map(|d| (d, uid.clone())))
+            .min();
+        if let Some((_, uid)) = due {
+            return Some(uid);
+        }
+        self.flush_time();
+        let uids: Vec<String> = self.sched.keys().cloned().collect();
+        uids.into_iter()
+            .find(|uid| {
+                self.op
+                    .drift_check_in(uid)
+                    .is_some_and(|d| d < Duration::from_millis(1))
+            })
+            .inspect(|uid| self.op.take_drift_check(uid))
+    }
+
+    /// When the next timed pass is due (requeue or drift check).
+    fn next_timed(&mut self) -> Option<u64> {
+        self.flush_time();
+        let now = self.now();
+        let requeue = self.sched.values().filter_map(|s| s.due_ms).min();
+        let drift = self
+            .sched
+            .keys()
+            .filter_map(|uid| self.op.drift_check_in(uid))
+            .map(|d| now + d.as_micros().div_ceil(1000) as u64)
+            .min();
+        match (requeue, drift) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn pass(&mut self, uid: &str) {
+        self.flush_time();
+        let (obj, all) = {
+            let mut w = lock(&self.world);
+            let Some(key) = w.key_of_uid(uid) else {
+                return;
+            };
+            let obj = w.objects.get(&key).and_then(|s| parse(&s.obj));
+            w.current_orphan_cleanup = w.objects.get(&key).is_some_and(|s| {
+                !s.obj["metadata"]["deletionTimestamp"].is_null()
+                    && s.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
+            });
+            let all: Vec<PhoneNumber> = w.objects.values().filter_map(|s| parse(&s.obj)).collect();
+            w.current = Some(uid.to_owned());
+            (obj, all)
+        };
+        let Some(obj) = obj else {
+            let mut w = lock(&self.world);
+            let why = w
+                .key_of_uid(uid)
+                .and_then(|k| w.objects.get(&k))
+                .map(|s| {
+                    let e = serde_json::from_value::<PhoneNumber>(s.obj.clone()).err();
+                    format!("{e:?} in {}", s.obj)
+                })
+                .unwrap_or_default();
+            w.violations
+                .push(format!("model gap: object {uid} does not parse: {why}"));
+            return;
+        };
+        if let Some(s) = self.sched.get_mut(uid) {
+            s.dirty = false;
+            s.due_ms = None;
+        }
+        self.op.sync_store(all);
+        self.passes += 1;
+        let world = self.world.clone();
+        let outcome = {
+            let fut = self.op.reconcile(obj.clone());
+            let crashed = async {
+                let mut spins: u64 = 0;
+                loop {
+                    if lock(&world).crashed {
+                        return true;
+                    }
+                    spins += 1;
+                    if spins > 200_000 {
+                        return false;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::select! {
+                biased;
+                r = fut => Some(Ok(r)),
+                c = crashed => Some(Err(c)),
+            }
+        };
+        {
+            let mut w = lock(&self.world);
+            w.current = None;
+            w.flush_deferred_time();
+            w.pass_time(PASS_MS);
+        }
+        let now = self.now();
+        if trace() {
+            let w = lock(&self.world);
+            let calls: Vec<&str> = w.log[self.effects_seen..]
+                .iter()
+                .map(|(_, _, k)| *k)
+                .collect();
+            let res = match &outcome {
+                Some(Ok(Ok(a))) => format!("{a:?}"),
+                Some(Ok(Err(e))) => format!("error: {e}"),
+                Some(Err(true)) => "crashed".into(),
+                _ => "hung".into(),
+            };
+            let name = w
+                .key_of_uid(uid)
+                .map(|(ns, n)| format!("{ns}/{n}"))
+                .unwrap_or(uid.to_owned());
+            eprintln!(
+                "  t={:.1}s pass {name}: {calls:?} → {res}",
+                now as f64 / 1000.0
+            );
+        }
+        match outcome {
+            Some(Ok(Ok(action))) => {
+                self.op.succeeded(&obj);
+                let due = operator::requeue_after(&action).map(|d| now + d.as_millis() as u64);
+                if let Some(s) = self.sched.get_mut(uid) {
+                    s.due_ms = due;
+                    s.failed = false;
+                }
+            }
+            Some(Ok(Err(e))) => {
+                self.error_texts.push(format!("{e} {e:?}"));
+                let jitter = self.rand();
+                let wait = self.op.error_policy(&obj, &e, jitter);
+                if let Some(s) = self.sched.get_mut(uid) {
+                    s.due_ms = Some(now + wait.as_millis() as u64);
+                    s.failed = true;
+                }
+            }
+            Some(Err(true)) => self.restart(),
+            Some(Err(false)) | None => {
+                lock(&self.world)
+                    .violations
+                    .push(format!("model gap: a pass of {uid} hung without a crash"));
+                self.restart();
+            }
+        }
+        let mut rng = self.rng;
+        self.op.reseed_checks(|| {
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        });
+        self.rng = rng;
+        for key in self.op.woken() {
+            if let Some(uid) = lock(&self.world).uid_of(&key) {
+                self.sched.entry(uid).or_default().dirty = true;
+            }
+        }
+        self.observe();
+    }
+
+    /// Run every pass due now (watch events, due requeues and drift checks).
+    pub async fn settle(&mut self) {
+        if self.aborted {
+            return;
+        }
+        self.observe();
+        let mut n = 0;
+        while let Some(uid) = self.next_due() {
+            n += 1;
+            if n > MAX_PASSES_PER_STEP {
+                let name = lock(&self.world)
+                    .key_of_uid(&uid)
+                    .map(|(ns, n)| format!("{ns}/{n}"))
+                    .unwrap_or(uid.clone());
+                lock(&self.world).violations.push(format!(
+                    "(f) no quiet after {MAX_PASSES_PER_STEP} passes without a new stimulus (last: {name}): a hot loop"
+                ));
+                self.aborted = true;
+                return;
+            }
+            self.pass(&uid).await;
+        }
+    }
+
+    fn advance_to(&mut self, t: u64) {
+        let now = self.now();
+        if t > now {
+            lock(&self.world).pass_time(t - now);
+        }
+    }
+
+    /// Let `ms` of simulated time pass, running every timed pass in order.
+    pub async fn wait(&mut self, ms: u64) {
+        let target = self.now() + ms;
+        self.settle().await;
+        while let Some(next) = self.next_timed() {
+            if next > target || self.aborted {
+                break;
+            }
+            // At least a millisecond per round, so nothing due can stall the clock.
+            self.advance_to(next.max(self.now() + 1));
+            self.settle().await;
+        }
+        self.advance_to(target);
+        self.settle().await;
+    }
+
+    // ------------------------------------------------------------ steps
+
+    pub async fn step(&mut self, op: &Op) {
+        if trace() {
+            eprintln!("step {op:?}");
+        }
+        {
+            let mut w = lock(&self.world);
+            apply(&mut w, op, self.rng);
+        }
+        if let Op::Wait { secs } = op {
+            self.wait(u64::from(*secs) * 1000).await;
+        } else {
+            self.settle().await;
+        }
+    }
+
+    /// The API becomes healthy, paused objects are resumed, and time runs until the world has
+    /// been quiet (no Kubernetes write, no OneInbox change) for `QUIET_MS` with no retry
+    /// pending. Returns false if that never happens within `HEAL_CAP_MS`.
+    pub async fn heal(&mut self) -> bool {
+        {
+            let mut w = lock(&self.world);
+            w.api.faults.clear();
+            w.crash = None;
+            w.concurrent = None;
+            let paused: Vec<_> = w
+                .objects
+                .iter()
+                .filter(|(_, s)| !s.obj["metadata"]["annotations"]["oneinbox.ai/paused"].is_null())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in paused {
+                w.user_edit(&key, |o| {
+                    if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
+                        a.remove("oneinbox.ai/paused");
+                    }
+                });
+            }
+        }
+        let start = self.now();
+        self.settle().await;
+        let mut rounds = 0u32;
+        loop {
+            if self.aborted {
+                return true;
+            }
+            rounds += 1;
+            if rounds > 5_000 || self.passes > MAX_PASSES_PER_CASE {
+                lock(&self.world).violations.push(format!(
+                    "(f) healing did not end: {rounds} rounds, {} passes in the case",
+                    self.passes
+                ));
+                return true;
+            }
+            let now = self.now();
+            let retrying = self.sched.values().any(|s| s.failed && s.due_ms.is_some());
+            if !retrying && now >= self.last_write_ms + QUIET_MS {
+                return true;
+            }
+            if now >= start + HEAL_CAP_MS {
+                return false;
+            }
+            let horizon = self.last_write_ms.max(now) + QUIET_MS;
+            let next = self
+                .next_timed()
+                .unwrap_or(horizon)
+                .min(horizon.max(now + 1));
+            self.advance_to(next.max(now + 1));
+            self.settle().await;
+        }
+    }
+}
+
+fn slot_key(slot: u8) -> (String, String) {
+    let (ns, name) = SLOTS[slot as usize % SLOTS.len()];
+    (ns.to_owned(), name.to_owned())
+}
+
+fn routing(r: u8) -> Value {
+    match r % 3 {
+        0 => Value::Null,
+        1 => json!({"fallback": {"agentId": crate::ops::AGENTS[1]}}),
+        _ => json!({"voicemailMessage": "Sorry, we missed your call."}),
+    }
+}
+
+fn set_creds(spec: &mut Value, creds: Creds) {
+    let o = spec.as_object_mut();
+    let Some(o) = o else { return };
+    o.remove("providerConfig");
+    o.remove("credentialId");
+    match creds {
+        Creds::Secret(i) => {
+            o.insert(
+                "providerConfig".into(),
+                json!({"trunkAddress": "example.pstn.twilio.com", "authUsername": "oneinbox",
+                       "authPasswordSecretRef": {"name": SECRETS[i as usize % 2]}}),
+            );
+        }
+        Creds::Stored(i) => {
+            o.insert("credentialId".into(), json!(CREDENTIAL_IDS[i as usize % 2]));
+        }
+    }
+}
+
+fn set_or_remove(o: &mut Value, key: &str, v: Value) {
+    if v.is_null() {
+        if let Some(m) = o.as_object_mut() {
+            m.remove(key);
+        }
+    } else {
+        o[key] = v;
+    }
+}
+
+fn friendly(name: Option<u8>) -> Value {
+    match name {
+        None => Value::Null,
+        Some(0) => json!("Sales line"),
+        Some(_) => json!("Support line"),
+    }
+}
+
+fn set_annotation(o: &mut Value, key: &str, value: Option<String>) {
+    if !o["metadata"]["annotations"].is_object() {
+        o["metadata"]["annotations"] = json!({});
+    }
+    match value {
+        Some(v) => o["metadata"]["annotations"][key] = json!(v),
+        None => {
+            if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
+                a.remove(key);
+            }
+        }
+    }
+}
+
+/// A user's edit of one object (also used for edits that land during a pass).
+pub fn apply_edit(w: &mut World, key: &(String, String), edit: Edit) {
+    match edit {
+        Edit::Agent(agent) => {
+            w.user_edit(key, |o| o["spec"]["agentId"] = json!(agent.uuid()));
+        }
+        Edit::FriendlyName(name) => {
+            w.user_edit(key, |o| {
+                set_or_remove(&mut o["spec"], "friendlyName", friendly(name))
+            });
+        }
+        Edit::DeletionPolicy { orphan } => {
+            w.user_edit(key, |o| {
+                o["spec"]["deletionPolicy"] = json!(if orphan { "Orphan" } else { "Delete" })
+            });
+        }
+        Edit::ReconcileNow => {
+            let token = format!("t{}", w.rv);
+            w.user_edit(key, |o| {
+                set_annotation(o, "oneinbox.ai/reconcile-requested-at", Some(token))
+            });
+        }
+        Edit::Delete => {
+            w.user_delete(key);
+        }
+    }
+}
+
+/// A user sets the id annotation: a deliberate adoption, unless another live object holds that
+/// registration or it is for another number.
+fn annotate(w: &mut World, key: &(String, String), id: String) {
+    let Some(uid) = w.uid_of(key) else { return };
+    // A deliberate adoption, unless another live object holds that registration (or
+    // it is for another number).
+    let number = w.live_object(key).map(|o| o["spec"]["phoneNumber"].clone());
+    if let Some(reg) = w.api.regs.get(&id)
+        && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
+    {
+        let held_by_other_live = reg
+            .owner
+            .as_ref()
+            .is_some_and(|o| *o != uid && w.is_live_uid(o))
+            || w.objects.values().any(|s| {
+                s.obj["metadata"]["uid"].as_str() != Some(uid.as_str())
+                    && s.obj["status"]["phoneNumberId"].as_str() == Some(id.as_str())
+            });
+        if !held_by_other_live && let Some(r) = w.api.regs.get_mut(&id) {
+            r.owner = Some(uid.clone());
+        }
+    }
+    w.user_edit(key, |o| {
+        set_annotation(o, "oneinbox.ai/phone-number-id", Some(id))
+    });
+}
+
+/// Apply one step to the world (everything but the passes it causes).
+fn apply(w: &mut World, op: &Op, seed: u64) {
+    match op {
+        Op::Create {
+            slot,
+            number,
+            creds,
+            agent,
+            friendly_name,
+            routing: r,
+            orphan,
+            replace,
+            import,
+        } => {
+            let (ns, name) = slot_key(*slot);
+            let mut spec = json!({
+                "phoneNumber": NUMBERS[*number as usize % 2],
+                "provider": "twilio",
+                "agentId": agent.uuid(),
+                "deletionPolicy": if *orphan { "Orphan" } else { "Delete" },
+                "replacementPolicy": if *replace { "Replace" } else { "Manual" },
+            });
+            set_or_remove(&mut spec, "friendlyName", friendly(*friendly_name));
+            set_or_remove(&mut spec, "inboundRouting", routing(*r));
+            set_creds(&mut spec, *creds);
+            let number = NUMBERS[*number as usize % 2];
+            if w.user_create(&ns, &name, spec)
+                && *import
+                && let Some(id) = w.api.of_number(number).first().map(|r| r.reg.id.clone())
+            {
+                annotate(w, &(ns, name), id);
+            }
+        }
+        Op::SetAgent { slot, agent } => {
+            w.user_edit(&slot_key(*slot), |o| {
+                o["spec"]["agentId"] = json!(agent.uuid())
+            });
+        }
+        Op::SetFriendlyName { slot, name } => {
+            w.user_edit(&slot_key(*slot), |o| {
+                set_or_remove(&mut o["spec"], "friendlyName", friendly(*name))
+            });
+        }
+        Op::SetRouting { slot, routing: r } => {
+            w.user_edit(&slot_key(*slot), |o| {
+                set_or_remove(&mut o["spec"], "inboundRouting", routing(*r))
+            });
+        }
+        Op::SetCreds { slot, creds } => {
+            w.user_edit(&slot_key(*slot), |o| set_creds(&mut o["spec"], *creds));
+        }
+        Op::RotateSecret { ns, secret } => {
+            let ns = NAMESPACES[*ns as usize % 2];
+            let n = w.rv;
+            w.user_put_secret(
+                ns,
+                SECRETS[*secret as usize % 2],
+                "password",
+                &format!("pw-{ns}-{secret}-{n}-{seed:x}"),
+            );
+        }
+        Op::DeleteSecret { ns, secret } => {
+            w.user_delete_secret(NAMESPACES[*ns as usize % 2], SECRETS[*secret as usize % 2]);
+        }
+        Op::Annotate { slot, target } => {
+            let key = slot_key(*slot);
+            let held = |w: &World, k: &(String, String)| -> Option<String> {
+                let o = w.live_object(k)?;
+                o["status"]["phoneNumberId"]
+                    .as_str()
+                    .or(o["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str())
+                    .map(str::to_owned)
+            };
+            let id = match target {
+                Target::Own => held(w, &key),
+                Target::Other(s) => held(w, &slot_key(*s)),
+                Target::Unknown => Some(format!("deadbeef-0000-4000-8000-{:012x}", w.rv)),
+                Target::Existing(i) => w.api.regs.keys().nth(*i as usize).cloned(),
+            };
+            let Some(id) = id else { return };
+            annotate(w, &key, id);
+        }
+        Op::Pause { slot } => {
+            w.user_edit(&slot_key(*slot), |o| {
+                set_annotation(o, "oneinbox.ai/paused", Some("true".into()))
+            });
+        }
+        Op::Resume { slot } => {
+            w.user_edit(&slot_key(*slot), |o| {
+                set_annotation(o, "oneinbox.ai/paused", None)
+            });
+        }
+        Op::ReconcileNow { slot } => apply_edit(w, &slot_key(*slot), Edit::ReconcileNow),
+        Op::SetDeletionPolicy { slot, orphan } => apply_edit(
+            w,
+            &slot_key(*slot),
+            Edit::DeletionPolicy { orphan: *orphan },
+        ),
+        Op::Concurrent { in_effects, edit } => {
+            w.concurrent = Some((w.effects + u64::from(*in_effects), *edit));
+        }
+        Op::Delete { slot } => {
+            w.user_delete(&slot_key(*slot));
+        }
+        Op::DeleteNamespace { ns, secrets_first } => {
+            w.user_delete_namespace(NAMESPACES[*ns as usize % 2], *secrets_first);
+        }
+        Op::Fault { call, kind, count } => {
+            w.api.faults.push_back(crate::oneinbox::Fault {
+                call: *call,
+                kind: kind.clone(),
+                count: u32::from(*count),
+            });
+            w.stimuli.push((w.now_ms, None));
+        }
+        Op::DeleteOutside { pick } => {
+            let id = w.api.regs.keys().nth(*pick as usize).cloned();
+            if let Some(id) = id {
+                w.api.regs.remove(&id);
+                w.api.deleted.push((id, None, false));
+                w.stimuli.push((w.now_ms, None));
+            }
+        }
+        Op::RegisterOutside { number } => {
+            let number = NUMBERS[*number as usize % 2];
+            if w.api.of_number(number).is_empty() {
+                w.new_registration(
+                    number,
+                    crate::ops::AGENTS[2],
+                    Some("outside".into()),
+                    None,
+                    None,
+                );
+                w.stimuli.push((w.now_ms, None));
+            }
+        }
+        Op::DriftOutside { pick, agent } => {
+            let id = w.api.regs.keys().nth(*pick as usize).cloned();
+            if let Some(r) = id.and_then(|id| w.api.regs.get_mut(&id)) {
+                r.reg.agent_id = agent.uuid().to_ascii_lowercase();
+                w.stimuli.push((w.now_ms, None));
+            }
+        }
+        Op::Crash { in_effects, after } => {
+            w.crash = Some(Crash {
+                at: w.effects + u64::from(*in_effects),
+                after: *after,
+            });
+            w.stimuli.push((w.now_ms, None));
+        }
+        Op::Wait { .. } => {}
+    }
+}

@@ -1,0 +1,278 @@
+//! Model-based lifecycle test: a seeded proptest generator drives the real `reconcile` against
+//! an in-memory Kubernetes and an in-memory OneInbox through sequences of user actions, API
+//! faults and crashes, heals the world, and checks the invariants of `invariants.rs`.
+//!
+//! `MODEL_CASES` (default 10,000), `MODEL_SEED` (default: from the clock; printed),
+//! `MODEL_STEPS` (longest sequence, default 20), `MODEL_KEEP_GOING=1` (report every failing
+//! case instead of stopping at the first), `MODEL_NO_SHRINK=1`, `MODEL_TRACE=1` (print every
+//! step and pass), `MODEL_MATCH=<text>` (triage: only violations containing the text fail, so
+//! a replay shrinks towards that defect). A failure prints `MODEL_SEED=<seed> MODEL_CASES=1`,
+//! which replays that case, and the shrunk sequence. See docs/model-test.md.
+
+mod driver;
+mod invariants;
+mod kube;
+mod oneinbox;
+mod operator;
+mod ops;
+mod world;
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+
+use crate::world::lock;
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Passes and restarts over the whole run (for the summary line).
+static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RESTARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static CONFLICTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line the operator writes goes to `LOGS` (scanned for secrets, invariant g).
+fn capture_logs() {
+    let filter =
+        std::env::var("MODEL_LOG").unwrap_or_else(|_| "oneinbox_operator=debug,warn".into());
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+fn take_logs() -> String {
+    let mut logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&std::mem::take(&mut *logs)).into_owned()
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.replace('_', "").parse().ok(),
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn rng_for(seed: u64) -> TestRng {
+    let mut bytes = [0u8; 32];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&splitmix(seed.wrapping_add(i as u64)).to_le_bytes());
+    }
+    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+}
+
+/// Run one sequence and return the violations, if any.
+fn run_case(rt: &tokio::runtime::Runtime, seed: u64, ops: &[ops::Op]) -> Result<(), String> {
+    take_logs();
+    rt.block_on(async {
+        let mut sim = driver::Sim::new(seed);
+        for op in ops {
+            sim.step(op).await;
+        }
+        let healed = sim.heal().await;
+        PASSES.fetch_add(sim.passes, std::sync::atomic::Ordering::Relaxed);
+        RESTARTS.fetch_add(sim.restarts, std::sync::atomic::Ordering::Relaxed);
+        let conflicts = sim
+            .error_texts
+            .iter()
+            .filter(|e| e.contains("the object has been modified"))
+            .count();
+        CONFLICTS.fetch_add(conflicts as u64, std::sync::atomic::Ordering::Relaxed);
+        let logs = take_logs();
+        let w = lock(&sim.world);
+        let mut v = w.violations.clone();
+        if !healed {
+            v.push(format!(
+                "(f) the healed world never went quiet for {} simulated minutes",
+                driver::QUIET_MS / 60_000
+            ));
+        }
+        let mut texts: Vec<&str> = sim.error_texts.iter().map(String::as_str).collect();
+        texts.push(&logs);
+        if sim.aborted {
+            // A hot loop decided the case; the world never healed, so only (g) applies.
+            v.extend(
+                w.final_checks(&texts)
+                    .into_iter()
+                    .filter(|l| l.starts_with("(g)")),
+            );
+        } else {
+            v.extend(w.final_checks(&texts));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        v.retain(|line| seen.insert(line.clone()));
+        // Triage aid for replays: with MODEL_MATCH, a case counts as failing only when a
+        // violation contains that text, so shrinking keeps to one defect.
+        if let Ok(m) = std::env::var("MODEL_MATCH")
+            && !v.iter().any(|l| l.contains(&m))
+        {
+            return Ok(());
+        }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            v.truncate(12);
+            Err(v.join("\n"))
+        }
+    })
+}
+
+#[test]
+fn model_lifecycle() {
+    capture_logs();
+    let cases = env_u64("MODEL_CASES").unwrap_or(10_000);
+    let seed = env_u64("MODEL_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let steps = env_u64("MODEL_STEPS").unwrap_or(20) as usize;
+    let no_shrink = std::env::var("MODEL_NO_SHRINK").is_ok_and(|v| v == "1");
+    let keep_going = std::env::var("MODEL_KEEP_GOING").is_ok_and(|v| v == "1");
+    eprintln!("model: MODEL_SEED={seed} MODEL_CASES={cases} MODEL_STEPS={steps}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let strategy = ops::sequence(steps);
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut run = 0u64;
+    for i in 0..cases {
+        let case_seed = seed.wrapping_add(i);
+        let config = Config {
+            cases: 1,
+            failure_persistence: None,
+            max_shrink_iters: if no_shrink { 0 } else { 4096 },
+            ..Config::default()
+        };
+        let mut runner = TestRunner::new_with_rng(config, rng_for(case_seed));
+        let case_started = Instant::now();
+        let result = runner.run(&strategy, |ops| {
+            run_case(&rt, case_seed, &ops).map_err(TestCaseError::fail)
+        });
+        run += 1;
+        let took = case_started.elapsed();
+        if took.as_secs_f64() > 2.0 {
+            eprintln!("model: case MODEL_SEED={case_seed} took {took:.1?}");
+        }
+        if run.is_multiple_of(1000) {
+            eprintln!(
+                "model: {run} cases, {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        match result {
+            Ok(()) => {}
+            Err(TestError::Fail(reason, minimal)) => {
+                let sequence: Vec<String> = minimal.iter().map(|op| format!("  {op:?}")).collect();
+                let triage: String = ["MODEL_AGENTS", "MODEL_MATCH"]
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| format!(" {k}='{v}'")))
+                    .collect();
+                let report = format!(
+                    "model: case failed; replay with MODEL_SEED={case_seed} MODEL_CASES=1 MODEL_STEPS={steps}{triage}\nviolations:\n{reason}\nshrunk sequence ({} steps):\n{}",
+                    minimal.len(),
+                    sequence.join("\n")
+                );
+                eprintln!("{report}");
+                failures.push(report);
+                if !keep_going {
+                    break;
+                }
+            }
+            Err(TestError::Abort(why)) => {
+                failures.push(format!("model: case {case_seed} aborted: {why}"));
+                break;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "model: {run} cases run in {secs:.1}s ({:.0} per minute), {} failed; {} reconcile passes, {} crash restarts, {} resourceVersion conflicts (shrinking included)",
+        run as f64 * 60.0 / secs.max(1e-9),
+        failures.len(),
+        PASSES.load(std::sync::atomic::Ordering::Relaxed),
+        RESTARTS.load(std::sync::atomic::Ordering::Relaxed),
+        CONFLICTS.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    println!("model: cases run: {run}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Agent, Creds, Op};
+
+    fn create(upper: bool) -> Op {
+        Op::Create {
+            slot: 0,
+            number: 0,
+            creds: Creds::Secret(0),
+            agent: Agent { idx: 0, upper },
+            friendly_name: Some(0),
+            routing: 1,
+            orphan: false,
+            replace: false,
+            import: false,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_create_and_a_delete_heal_without_violations() {
+        let rt = rt();
+        assert_eq!(run_case(&rt, 1, &[create(false)]), Ok(()));
+        assert_eq!(
+            run_case(&rt, 2, &[create(false), Op::Delete { slot: 0 }]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_secret_in_an_event_is_caught() {
+        let mut w = world::World::new();
+        w.secret_values.insert("pw-very-secret".into());
+        w.events
+            .push(serde_json::json!({"note": "password pw-very-secret"}));
+        let v = w.final_checks(&[]);
+        assert!(v.iter().any(|l| l.starts_with("(g)")), "{v:?}");
+        assert!(
+            !v.iter().any(|l| l.contains("pw-very-secret")),
+            "the report shows the value: {v:?}"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! In-memory OneInbox: `OneInboxApi` implemented over the shared world, following the
+//! project's API contract (as docs/model-test.md summarizes it): a 409 with the existing
+//! id for a number registered twice, 404 for unknown ids, DELETE then forgets the record, PATCH
+//! merges routing (null removes a key), uuids come back in canonical lower case (the API parses
+//! them as uuids), and nothing changes on a 429 or an injected 5xx.
+//!
+//! Faults are one-shot and hit the next matching calls: an HTTP status (5xx, 429 with
+//! Retry-After, 401), latency (past the client timeout it becomes a timeout, performed), a
+//! commit-then-drop (performed, then the connection closes) and a drop (nothing performed).
+//! Every call is charged to the object whose pass made it, and a PATCH or DELETE of a
+//! registration that object neither created nor deliberately adopted is recorded as a
+//! violation of invariant (c).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use oneinbox_operator::oneinbox::{
+    ApiError, Deregistered, OneInboxApi, PatchRequest, RegisterRequest, Registration, Routing,
+    RoutingFallback, SecretString,
+};
+use serde_json::{Value, json};
+
+use crate::operator;
+use crate::world::{Gate, Shared, World, lock};
+
+/// The client's timeout on one call: latency beyond it is a timeout.
+pub const CLIENT_TIMEOUT_MS: u64 = 15_000;
+
+/// Which OneInbox call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    Register,
+    Get,
+    List,
+    Patch,
+    Delete,
+}
+
+impl Call {
+    /// The kind of path the call goes to (a 404 means "gone" only on an item).
+    fn endpoint(self) -> oneinbox_operator::oneinbox::Endpoint {
+        use oneinbox_operator::oneinbox::Endpoint;
+        match self {
+            Call::Register | Call::List => Endpoint::Collection,
+            Call::Get | Call::Patch | Call::Delete => Endpoint::Item,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Call::Register => "register",
+            Call::Get => "get",
+            Call::List => "list",
+            Call::Patch => "patch",
+            Call::Delete => "deregister",
+        }
+    }
+    fn mutating(self) -> bool {
+        matches!(self, Call::Register | Call::Patch | Call::Delete)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer this HTTP status and change nothing (`retry_after` in seconds).
+    Status { code: u16, retry_after: Option<u64> },
+    /// Take this long; at or past the client timeout the client gives up (the server still acts).
+    Latency { ms: u64 },
+    /// Act, then close the connection without an answer.
+    CommitThenDrop,
+    /// Close the connection without acting.
+    Drop,
+}
+
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// `None` = any call.
+    pub call: Option<Call>,
+    pub kind: FaultKind,
+    pub count: u32,
+}
+
+/// One registration and who may touch it.
+#[derive(Clone, Debug)]
+pub struct Reg {
+    pub reg: Registration,
+    /// UID of the object that created it or deliberately adopted it; `None` = made outside.
+    pub owner: Option<String>,
+    /// Objects that held a pending-create marker for its number when it was made outside: the
+    /// design lets them adopt it on look-up, since it is indistinguishable from their own.
+    pub claimants: BTreeSet<String>,
+}
+
+#[derive(Default)]
+pub struct ApiState {
+    pub regs: BTreeMap<String, Reg>,
+    pub next_id: u64,
+    pub faults: VecDeque<Fault>,
+    /// Every registration deleted: its id, the uid of the caller (`None` = outside), and
+    /// whether the caller was being deleted with `deletionPolicy: Orphan` at the time.
+    pub deleted: Vec<(String, Option<String>, bool)>,
+    /// The API key of the operator (a secret value too).
+    pub api_key: String,
+}
+
+impl ApiState {
+    fn take_fault(&mut self, call: Call) -> Option<FaultKind> {
+        let i = self
+            .faults
+            .iter()
+            .position(|f| f.call.is_none_or(|c| c == call))?;
+        let f = &mut self.faults[i];
+        let kind = f.kind.clone();
+        f.count = f.count.saturating_sub(1);
+        if f.count == 0 {
+            self.faults.remove(i);
+        }
+        Some(kind)
+    }
+
+    pub fn of_number(&self, number: &str) -> Vec<&Reg> {
+        self.regs
+            .values()
+            .filter(|r| r.reg.phone_number == number)
+            .collect()
+    }
+}
+
+fn canonical_uuid(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+fn routing_of(r: &Routing) -> Routing {
+    Routing {
+        agent_id: r.agent_id.as_deref().map(canonical_uuid),
+        fallback: r.fallback.as_ref().map(|f| RoutingFallback {
+            agent_id: canonical_uuid(&f.agent_id),
+        }),
+        voicemail_message: r.voicemail_message.clone(),
+    }
+}
+
+/// Now on the operator's clock (the wall clock; simulated time moves stored times back).
+fn timestamp() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+enum Outcome<T> {
+    Answer(T),
+    Hang,
+}
+
+impl World {
+    /// Create a registration directly (outside the cluster, or by an object's POST).
+    pub fn new_registration(
+        &mut self,
+        number: &str,
+        agent: &str,
+        friendly_name: Option<String>,
+        routing: Option<Routing>,
+        owner: Option<String>,
+    ) -> String {
+        self.api.next_id += 1;
+        let id = format!(
+            "5f0c{:04x}-0000-4000-8000-{:012x}",
+            self.effects % 0xffff,
+            self.api.next_id
+        );
+        // A registration made outside the cluster was made a moment before anything the
+        // operator does next: beyond its clock-skew allowance (1 s), as a registration made
+        // by another party at another time is.
+        let now = if owner.is_none() {
+            (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(2)).to_string()
+        } else {
+            timestamp()
+        };
+        let has_routing = routing.is_some();
+        let reg = Registration {
+            id: id.clone(),
+            phone_number: number.to_owned(),
+            friendly_name,
+            provider: "twilio".into(),
+            agent_id: canonical_uuid(agent),
+            status: "active".into(),
+            inbound_trunk_id: has_routing.then(|| format!("ST_in_{}", self.api.next_id)),
+            outbound_trunk_id: Some(format!("ST_out_{}", self.api.next_id)),
+            dispatch_rule_id: has_routing.then(|| format!("SDR_{}", self.api.next_id)),
+            created_at: now.clone(),
+            updated_at: now,
+            inbound_routing: routing.as_ref().map(routing_of),
+        };
+        let claimants = if owner.is_none() {
+            // Objects waiting on an ambiguous POST for this number could take it for theirs.
+            self.objects
+                .values()
+                .filter(|s| {
+                    s.obj["spec"]["phoneNumber"].as_str() == Some(number)
+                        && !s.obj["status"]["pendingCreate"].is_null()
+                })
+                .filter_map(|s| s.obj["metadata"]["uid"].as_str().map(str::to_owned))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        self.api.regs.insert(
+            id.clone(),
+            Reg {
+                reg,
+                owner,
+                claimants,
+            },
+        );
+        id
+    }
+
+    fn api_call<T>(
+        &mut self,
+        call: Call,
+        id: Option<&str>,
+        perform: impl FnOnce(&mut World) -> Result<T, ApiError>,
+    ) -> Outcome<Result<T, ApiError>> {
+        self.record(call.kind());
+        if matches!(call, Call::Patch | Call::Delete)
+            && let Some(id) = id
+        {
+            self.check_entitled(call, id);
+        }
+        match self.gate() {
+            Gate::Hang => return Outcome::Hang,
+            Gate::PerformThenHang => {
+                let _ = perform(self);
+                return Outcome::Hang;
+            }
+            Gate::Go => {}
+        }
+        if let Some(kind) = self.api.take_fault(call) {
+            match kind {
+                FaultKind::Status { code, retry_after } => {
+                    let body = match code {
+                        401 => json!({"detail": "Invalid or missing API key"}),
+                        429 => json!({"detail": "Rate limit exceeded"}),
+                        _ => json!({"detail": "Service Unavailable"}),
+                    };
+                    return Outcome::Answer(Err(operator::api_error(
+                        call.endpoint(),
+                        code,
+                        retry_after.map(std::time::Duration::from_secs),
+                        &body.to_string(),
+                    )));
+                }
+                FaultKind::Latency { ms } => {
+                    self.pass_time_in_call(ms);
+                    if ms >= CLIENT_TIMEOUT_MS {
+                        let _ = perform(self);
+                        return Outcome::Answer(Err(operator::timeout_error()));
+                    }
+                }
+                FaultKind::CommitThenDrop => {
+                    if call.mutating() {
+                        let _ = perform(self);
+                    }
+                    return Outcome::Answer(Err(operator::connection_error()));
+                }
+                FaultKind::Drop => return Outcome::Answer(Err(operator::connection_error())),
+            }
+        }
+        Outcome::Answer(perform(self))
+    }
+
+    /// Invariant (c): the object whose pass runs may PATCH or DELETE only a registration it
+    /// created or deliberately adopted.
+    fn check_entitled(&mut self, call: Call, id: &str) {
+        let Some(reg) = self.api.regs.get(id) else {
+            return;
+        };
+        let uid = self.current.clone().unwrap_or_default();
+        if reg.owner.as_deref() == Some(uid.as_str()) || reg.claimants.contains(&uid) {
+            return;
+        }
+        let who = self
+            .key_of_uid(&uid)
+            .map(|(ns, n)| format!("{ns}/{n}"))
+            .unwrap_or_else(|| format!("(removed {uid})"));
+        let owner = match &reg.owner {
+            None => "made outside the cluster".to_owned(),
+            Some(o) => match self.key_of_uid(o) {
+                Some((ns, n)) => format!("owned by {ns}/{n}"),
+                None => format!("owned by a removed object {o}"),
+            },
+        };
+        self.violations.push(format!(
+            "(c) {who} sent {} for registration {id}, which it neither created nor deliberately adopted ({owner})",
+            call.kind()
+        ));
+    }
+
+    fn not_found() -> ApiError {
+        operator::api_error(
+            oneinbox_operator::oneinbox::Endpoint::Item,
+            404,
+            None,
+            r#"{"detail":"Phone number not found"}"#,
+        )
+    }
+
+    fn do_register(&mut self, req: &RegisterRequest) -> Result<Registration, ApiError> {
+        if let Some(existing) = self.api.of_number(&req.phone_number).first() {
+            let body = json!({"detail": {"code": "PHONE_NUMBER_ALREADY_REGISTERED",
+                "message": "This phone number is already registered", "phone_id": existing.reg.id}});
+            return Err(operator::api_error(
+                oneinbox_operator::oneinbox::Endpoint::Collection,
+                409,
+                None,
+                &body.to_string(),
+            ));
+        }
+        let complete = req.provider_config.as_ref().is_some_and(|p| {
+            !p.trunk_address.is_empty()
+                && !p.auth_username.is_empty()
+                && !p.auth_password.expose().is_empty()
+        });
+        if !complete && req.credential_id.is_none() {
+            let body = json!({"detail": {"code": "SIP_TRUNK_PROVISION_FAILED", "message": "no SIP credentials"}});
+            return Err(operator::api_error(
+                oneinbox_operator::oneinbox::Endpoint::Collection,
+                400,
+                None,
+                &body.to_string(),
+            ));
+        }
+        let owner = self.current.clone();
+        let id = self.new_registration(
+            &req.phone_number,
+            &req.agent_id,
+            req.friendly_name.clone(),
+            req.inbound_routing.clone(),
+            owner,
+        );
+        Ok(self.api.regs[&id].reg.clone())
+    }
+
+    fn do_patch(&mut self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
+        let now = timestamp();
+        let Some(r) = self.api.regs.get_mut(id) else {
+            return Err(World::not_found());
+        };
+        let before = r.reg.clone();
+        apply_patch(&mut r.reg, req);
+        if r.reg != before {
+            r.reg.updated_at = now;
+        }
+        Ok(r.reg.clone())
+    }
+
+    fn do_delete(&mut self, id: &str) -> Result<Deregistered, ApiError> {
+        if self.api.regs.remove(id).is_none() {
+            return Ok(Deregistered::AlreadyGone);
+        }
+        let orphan_cleanup = self.current_orphan_cleanup;
+        self.api
+            .deleted
+            .push((id.to_owned(), self.current.clone(), orphan_cleanup));
+        Ok(Deregistered::Released)
+    }
+}
+
+/// PATCH semantics of the contract: absent = unchanged, `friendly_name: null` clears, routing
+/// keys merge and a null removes one; giving routing to a number without it adds the trunk and
+/// dispatch ids.
+pub fn apply_patch(reg: &mut Registration, req: &PatchRequest) {
+    if let Some(name) = &req.friendly_name {
+        reg.friendly_name = name.clone();
+    }
+    if let Some(agent) = &req.agent_id {
+        reg.agent_id = canonical_uuid(agent);
+    }
+    if let Some(update) = &req.inbound_routing {
+        let mut routing = serde_json::to_value(reg.inbound_routing.clone().unwrap_or_default())
+            .unwrap_or_else(|_| json!({}));
+        for (k, v) in update {
+            if v.is_null() {
+                if let Some(o) = routing.as_object_mut() {
+                    o.remove(k);
+                }
+            } else {
+                routing[k] = v.clone();
+            }
+        }
+        let parsed: Routing = serde_json::from_value(routing).unwrap_or_default();
+        if reg.inbound_routing.is_none() {
+            reg.inbound_trunk_id = Some(format!("ST_in_{}", reg.id));
+            reg.dispatch_rule_id = Some(format!("SDR_{}", reg.id));
+        }
+        reg.inbound_routing = Some(routing_of(&parsed));
+    }
+}
+
+/// The operator's OneInbox client in the model.
+#[derive(Clone)]
+pub struct ModelApi {
+    pub world: Shared,
+}
+
+async fn finish<T>(o: Outcome<T>) -> T {
+    match o {
+        Outcome::Answer(t) => t,
+        Outcome::Hang => std::future::pending().await,
+    }
+}
+
+impl OneInboxApi for ModelApi {
+    fn with_api_key(&self, _: SecretString) -> Self {
+        self.clone()
+    }
+
+    async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
+        let o = lock(&self.world).api_call(Call::Register, None, |w| w.do_register(req));
+        finish(o).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Registration, ApiError> {
+        let o = lock(&self.world).api_call(Call::Get, Some(id), |w| {
+            w.api
+                .regs
+                .get(id)
+                .map(|r| r.reg.clone())
+                .ok_or_else(World::not_found)
+        });
+        finish(o).await
+    }
+
+    async fn find_by_number(&self, number: &str) -> Result<Vec<Registration>, ApiError> {
+        let o = lock(&self.world).api_call(Call::List, None, |w| {
+            Ok(w.api
+                .of_number(number)
+                .into_iter()
+                .map(|r| r.reg.clone())
+                .collect())
+        });
+        finish(o).await
+    }
+
+    async fn patch(&self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
+        let o = lock(&self.world).api_call(Call::Patch, Some(id), |w| w.do_patch(id, req));
+        finish(o).await
+    }
+
+    async fn deregister(&self, id: &str) -> Result<Deregistered, ApiError> {
+        let o = lock(&self.world).api_call(Call::Delete, Some(id), |w| w.do_delete(id));
+        finish(o).await
+    }
+}
+
+/// The PATCHable fields of `reg` in a comparable form (uuids compared case-insensitively).
+pub fn patchable(reg: &Registration) -> Value {
+    json!({
+        "friendly_name": reg.friendly_name,
+        "agent_id": canonical_uuid(&reg.agent_id),
+        "routing": reg.inbound_routing.as_ref().map(routing_of).filter(|r| *r != Routing::default()),
+    })
+}

@@ -1,0 +1,259 @@
+//! The one place that knows the operator's internals: how a process is started (its
+//! `Context`, `Settings`, the reflector `Store`, the Secret versions of the metadata watch), how
+//! a failed pass is requeued (a copy of the controller's error policy), how an `Action` is
+//! read, how the passing of simulated time reaches the operator's memory, and how a HTTP answer
+//! becomes an `ApiError`. After a change of the controller's shape, adapt this file only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use oneinbox_operator::controller::{self, Context, Settings, backoff};
+use oneinbox_operator::crd::PhoneNumber;
+use oneinbox_operator::error::Error;
+use oneinbox_operator::metrics::Metrics;
+use oneinbox_operator::oneinbox::ApiError;
+use tokio::sync::mpsc;
+
+use crate::kube::KubeService;
+use crate::oneinbox::ModelApi;
+use crate::world::Shared;
+
+/// The operator's defaults (src/config.rs).
+pub fn settings() -> Settings {
+    Settings {
+        poll_interval: Duration::from_secs(600),
+        min_poll_interval: Duration::from_secs(30),
+        secret_grace_period: Duration::from_secs(120),
+        provisioning_poll: Duration::from_secs(10),
+        backoff_base: Duration::from_secs(2),
+        backoff_max: Duration::from_secs(1800),
+        kube_timeout: Duration::from_secs(20),
+        hash_key: controller::plan::HashKey::derive(b"oi_sk_model_operator_key"),
+        secret_access: controller::SecretAccess::Watch,
+    }
+}
+
+/// A classified non-success answer, as the HTTP client classifies it.
+pub fn api_error(
+    endpoint: oneinbox_operator::oneinbox::Endpoint,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> ApiError {
+    ApiError::from_response(endpoint, status, retry_after, body)
+}
+
+/// A connection closed before the answer.
+pub fn connection_error() -> ApiError {
+    ApiError::Unavailable {
+        what: "connection".into(),
+        detail: "connection closed before message completed".into(),
+        retry_after: None,
+    }
+}
+
+/// The client's timeout.
+pub fn timeout_error() -> ApiError {
+    ApiError::Unavailable {
+        what: "timeout".into(),
+        detail: "the request timed out".into(),
+        retry_after: None,
+    }
+}
+
+/// One operator process: its context and the feeds the controller runtime would give it.
+pub struct Operator {
+    pub ctx: Arc<Context<ModelApi>>,
+    writer: Writer<PhoneNumber>,
+    siblings: mpsc::UnboundedReceiver<ObjectRef<PhoneNumber>>,
+    /// The check records whose jitter was already replaced (uid → time of the check).
+    reseeded: HashMap<String, std::time::Instant>,
+}
+
+impl Operator {
+    /// A fresh process (nothing in memory) against the world.
+    pub fn start(world: &Shared) -> Operator {
+        let client = Client::new(
+            KubeService {
+                world: world.clone(),
+            },
+            "default",
+        );
+        let (store, writer) = reflector::store::<PhoneNumber>();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Context {
+            client,
+            oneinbox: ModelApi {
+                world: world.clone(),
+            },
+            reporter: Reporter {
+                controller: "oneinbox-operator".into(),
+                instance: Some("model".into()),
+            },
+            metrics: Metrics::new(),
+            settings: settings(),
+            backoff: backoff::Backoff::default(),
+            memory: Mutex::default(),
+            secret_versions: Arc::default(),
+            store,
+            siblings: tx,
+        });
+        Operator {
+            ctx,
+            writer,
+            siblings: rx,
+            reseeded: HashMap::new(),
+        }
+    }
+
+    /// The reflector's view: every PhoneNumber, as the cache keeps it.
+    pub fn sync_store(&mut self, objects: Vec<PhoneNumber>) {
+        self.writer.apply_watcher_event(&watcher::Event::Init);
+        for mut o in objects {
+            controller::slim_for_cache(&mut o);
+            self.writer
+                .apply_watcher_event(&watcher::Event::InitApply(o));
+        }
+        self.writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    /// What the metadata-only Secret watch records for a Secret event.
+    pub fn secret_seen(&self, ns: &str, name: &str, rv: u64) {
+        self.ctx
+            .secret_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.to_owned(), name.to_owned()), rv.to_string());
+    }
+
+    /// One reconcile pass.
+    pub async fn reconcile(&self, obj: PhoneNumber) -> oneinbox_operator::error::Result<Action> {
+        let mut obj = obj;
+        controller::slim_for_cache(&mut obj);
+        controller::reconcile(Arc::new(obj), self.ctx.clone()).await
+    }
+
+    /// The controller's bookkeeping after a pass that succeeded.
+    pub fn succeeded(&self, obj: &PhoneNumber) {
+        self.ctx.backoff.reset(&obj.uid().unwrap_or_default());
+    }
+
+    /// The requeue the controller's error policy gives a failed pass (a copy of
+    /// `controller::error_policy`, with the jitter drawn by the model so a seed replays).
+    pub fn error_policy(&self, obj: &PhoneNumber, err: &Error, jitter: f64) -> Duration {
+        let uid = obj.uid().unwrap_or_default();
+        controller::retry_delay(
+            err,
+            || self.ctx.backoff.failed(&uid),
+            &self.ctx.settings,
+            jitter,
+        )
+    }
+
+    pub fn woken(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.siblings.try_recv() {
+            out.push((r.namespace.unwrap_or_default(), r.name));
+        }
+        out
+    }
+
+    /// Simulated time passed: the operator's record of each check is that much older. The
+    /// record holds a std `Instant`, which cannot be moved back far on a freshly booted machine,
+    /// so what is left of its interval shrinks instead (the same thing to every reader of it).
+    pub fn advance(&self, by: Duration) {
+        let mut memory = self.ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, check) in memory.checks_mut() {
+            if let Some(i) = check.interval.as_mut() {
+                *i = i.saturating_sub(by);
+            }
+        }
+    }
+
+    pub fn reseed_checks(&mut self, mut factor: impl FnMut() -> f64) {
+        let base = self.ctx.settings.poll_interval;
+        let mut memory = self.ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let checked: Vec<(String, &mut controller::memory::Checked)> = memory
+            .checks_mut()
+            .map(|(uid, c)| (uid.clone(), c))
+            .collect();
+        self.reseeded
+            .retain(|uid, _| checked.iter().any(|(u, _)| u == uid));
+        for (uid, check) in checked {
+            if self.reseeded.get(&uid) == Some(&check.at) {
+                continue;
+            }
+            self.reseeded.insert(uid, check.at);
+            if check.interval.is_some() {
+                check.interval = Some(base.mul_f64(0.8 + 0.4 * factor()));
+            }
+        }
+    }
+
+    pub fn drift_check_in(&self, uid: &str) -> Option<Duration> {
+        let memory = self.ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let c = memory.get(uid).check?;
+        if c.dispatched {
+            return None;
+        }
+        let interval = c.interval?;
+        Some(interval.saturating_sub(c.at.elapsed()))
+    }
+
+    pub fn take_drift_check(&self, uid: &str) {
+        let mut memory = self.ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
+        memory.update_existing(uid, |m| {
+            if let Some(c) = m.check.as_mut() {
+                c.dispatched = true;
+            }
+        });
+    }
+}
+
+pub fn requeue_after(action: &Action) -> Option<Duration> {
+    let text = format!("{action:?}");
+    let inner = text.split("Some(").nth(1)?.split(')').next()?;
+    parse_debug_duration(inner)
+}
+
+fn parse_debug_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_requeue_of_an_action() {
+        assert_eq!(requeue_after(&Action::await_change()), None);
+        for d in [
+            Duration::from_millis(200),
+            Duration::from_secs(300),
+            Duration::from_millis(1500),
+            Duration::from_micros(15),
+        ] {
+            let got = requeue_after(&Action::requeue(d)).unwrap();
+            assert!(
+                got.abs_diff(d) < Duration::from_micros(1),
+                "{d:?} → {got:?}"
+            );
+        }
+    }
+}

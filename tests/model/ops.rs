@@ -1,0 +1,280 @@
+//! What a case is made of: user actions, API behaviour, crashes and the passing of time, and
+//! the proptest strategy that generates (and shrinks) sequences of them.
+
+use proptest::prelude::*;
+
+use crate::oneinbox::{Call, FaultKind};
+
+/// Three object slots: two in namespace `a`, one in `b` (the same name as one in `a`).
+pub const SLOTS: [(&str, &str); 3] = [("a", "x"), ("a", "y"), ("b", "x")];
+pub const NAMESPACES: [&str; 2] = ["a", "b"];
+/// Two numbers for three slots: two objects can claim one number.
+pub const NUMBERS: [&str; 2] = ["+15550000001", "+15550000002"];
+pub const AGENTS: [&str; 3] = [
+    "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+    "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+    "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
+];
+pub const CREDENTIAL_IDS: [&str; 2] = [
+    "9b2d7c1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e",
+    "7a6b5c4d-3e2f-4109-8a7b-6c5d4e3f2a1b",
+];
+/// Secret names; `sip-0` exists in both namespaces when a case starts, `sip-1` does not.
+pub const SECRETS: [&str; 2] = ["sip-0", "sip-1"];
+
+/// An agent uuid in one of its two spellings.
+#[derive(Clone, Copy, Debug)]
+pub struct Agent {
+    pub idx: u8,
+    pub upper: bool,
+}
+
+impl Agent {
+    pub fn uuid(self) -> String {
+        let a = AGENTS[self.idx as usize % AGENTS.len()];
+        if self.upper {
+            a.to_ascii_uppercase()
+        } else {
+            a.to_owned()
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Creds {
+    /// `providerConfig` with the password in Secret `SECRETS[i]`.
+    Secret(u8),
+    /// `credentialId` `CREDENTIAL_IDS[i]`.
+    Stored(u8),
+}
+
+/// Whose id a user writes into the `oneinbox.ai/phone-number-id` annotation.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// The id of the registration the object itself holds.
+    Own,
+    /// The id another slot's object holds (possibly in another namespace).
+    Other(u8),
+    /// An id OneInbox never issued.
+    Unknown,
+    /// The n-th registration OneInbox holds, whoever made it.
+    Existing(u8),
+}
+
+/// A user's change that lands while a pass of that object runs (between two of its effects).
+#[derive(Clone, Copy, Debug)]
+pub enum Edit {
+    Agent(Agent),
+    FriendlyName(Option<u8>),
+    DeletionPolicy { orphan: bool },
+    ReconcileNow,
+    Delete,
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    // ---- user actions
+    Create {
+        slot: u8,
+        number: u8,
+        creds: Creds,
+        agent: Agent,
+        friendly_name: Option<u8>,
+        routing: u8,
+        orphan: bool,
+        replace: bool,
+        /// Created with the id annotation of the number's existing registration, if there is
+        /// one (an import).
+        import: bool,
+    },
+    SetAgent {
+        slot: u8,
+        agent: Agent,
+    },
+    SetFriendlyName {
+        slot: u8,
+        name: Option<u8>,
+    },
+    SetRouting {
+        slot: u8,
+        routing: u8,
+    },
+    SetCreds {
+        slot: u8,
+        creds: Creds,
+    },
+    /// Create the Secret or give it a new password.
+    RotateSecret {
+        ns: u8,
+        secret: u8,
+    },
+    DeleteSecret {
+        ns: u8,
+        secret: u8,
+    },
+    Annotate {
+        slot: u8,
+        target: Target,
+    },
+    Pause {
+        slot: u8,
+    },
+    Resume {
+        slot: u8,
+    },
+    ReconcileNow {
+        slot: u8,
+    },
+    SetDeletionPolicy {
+        slot: u8,
+        orphan: bool,
+    },
+    Delete {
+        slot: u8,
+    },
+    DeleteNamespace {
+        ns: u8,
+        secrets_first: bool,
+    },
+    /// The next pass's object is changed by a user just before its k-th effect from now:
+    /// the write the operator then sends carries a stale resourceVersion.
+    Concurrent {
+        in_effects: u8,
+        edit: Edit,
+    },
+    // ---- API behaviour
+    Fault {
+        call: Option<Call>,
+        kind: FaultKind,
+        count: u8,
+    },
+    /// A registration deleted outside the cluster.
+    DeleteOutside {
+        pick: u8,
+    },
+    /// A number registered outside the cluster.
+    RegisterOutside {
+        number: u8,
+    },
+    /// A registration's agent changed outside the cluster.
+    DriftOutside {
+        pick: u8,
+        agent: Agent,
+    },
+    // ---- crashes
+    /// The operator process dies at the k-th effect from now, before or after it.
+    Crash {
+        in_effects: u8,
+        after: bool,
+    },
+    // ---- time
+    Wait {
+        secs: u32,
+    },
+}
+
+fn slot() -> impl Strategy<Value = u8> {
+    0u8..3
+}
+
+fn agent() -> impl Strategy<Value = Agent> {
+    // Triage aid: MODEL_AGENTS=lower generates only lower-case spellings.
+    let lower_only = std::env::var("MODEL_AGENTS").is_ok_and(|v| v == "lower");
+    (0u8..3, any::<bool>()).prop_map(move |(idx, upper)| Agent {
+        idx,
+        upper: upper && !lower_only,
+    })
+}
+
+fn creds() -> impl Strategy<Value = Creds> {
+    prop_oneof![
+        3 => (0u8..2).prop_map(Creds::Secret),
+        2 => (0u8..2).prop_map(Creds::Stored),
+    ]
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        Just(Target::Own),
+        slot().prop_map(Target::Other),
+        Just(Target::Unknown),
+        (0u8..3).prop_map(Target::Existing),
+    ]
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        2 => agent().prop_map(Edit::Agent),
+        1 => proptest::option::of(0u8..2).prop_map(Edit::FriendlyName),
+        1 => any::<bool>().prop_map(|orphan| Edit::DeletionPolicy { orphan }),
+        1 => Just(Edit::ReconcileNow),
+        1 => Just(Edit::Delete),
+    ]
+}
+
+fn call() -> impl Strategy<Value = Option<Call>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => Just(Some(Call::Register)),
+        1 => Just(Some(Call::Get)),
+        1 => Just(Some(Call::List)),
+        1 => Just(Some(Call::Patch)),
+        1 => Just(Some(Call::Delete)),
+    ]
+}
+
+fn fault_kind() -> impl Strategy<Value = FaultKind> {
+    prop_oneof![
+        3 => prop_oneof![Just(500u16), Just(502), Just(503)]
+            .prop_map(|code| FaultKind::Status { code, retry_after: None }),
+        2 => (1u64..120).prop_map(|s| FaultKind::Status { code: 429, retry_after: Some(s) }),
+        1 => Just(FaultKind::Status { code: 429, retry_after: None }),
+        2 => Just(FaultKind::Status { code: 401, retry_after: None }),
+        2 => prop_oneof![100u64..3000, 15_000u64..30_000].prop_map(|ms| FaultKind::Latency { ms }),
+        2 => Just(FaultKind::CommitThenDrop),
+        1 => Just(FaultKind::Drop),
+    ]
+}
+
+pub fn op() -> impl Strategy<Value = Op> {
+    let user = prop_oneof![
+        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), 0u8..3, proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2))
+            .prop_map(|(slot, number, creds, agent, friendly_name, routing, orphan, replace, import)| Op::Create {
+                slot, number, creds, agent, friendly_name, routing, orphan, replace, import
+            }),
+        2 => (slot(), agent()).prop_map(|(slot, agent)| Op::SetAgent { slot, agent }),
+        1 => (slot(), proptest::option::of(0u8..2)).prop_map(|(slot, name)| Op::SetFriendlyName { slot, name }),
+        1 => (slot(), 0u8..3).prop_map(|(slot, routing)| Op::SetRouting { slot, routing }),
+        2 => (slot(), creds()).prop_map(|(slot, creds)| Op::SetCreds { slot, creds }),
+        2 => (0u8..2, 0u8..2).prop_map(|(ns, secret)| Op::RotateSecret { ns, secret }),
+        1 => (0u8..2, 0u8..2).prop_map(|(ns, secret)| Op::DeleteSecret { ns, secret }),
+        2 => (slot(), target()).prop_map(|(slot, target)| Op::Annotate { slot, target }),
+        1 => slot().prop_map(|slot| Op::Pause { slot }),
+        1 => slot().prop_map(|slot| Op::Resume { slot }),
+        1 => slot().prop_map(|slot| Op::ReconcileNow { slot }),
+        1 => (slot(), any::<bool>()).prop_map(|(slot, orphan)| Op::SetDeletionPolicy { slot, orphan }),
+        3 => slot().prop_map(|slot| Op::Delete { slot }),
+        1 => (0u8..2, any::<bool>()).prop_map(|(ns, secrets_first)| Op::DeleteNamespace { ns, secrets_first }),
+        4 => (0u8..6, edit()).prop_map(|(in_effects, edit)| Op::Concurrent { in_effects, edit }),
+    ];
+    let api = prop_oneof![
+        6 => (call(), fault_kind(), 1u8..4).prop_map(|(call, kind, count)| Op::Fault { call, kind, count }),
+        1 => (0u8..3).prop_map(|pick| Op::DeleteOutside { pick }),
+        1 => (0u8..2).prop_map(|number| Op::RegisterOutside { number }),
+        1 => ((0u8..3), agent()).prop_map(|(pick, agent)| Op::DriftOutside { pick, agent }),
+    ];
+    let crash =
+        (0u8..12, any::<bool>()).prop_map(|(in_effects, after)| Op::Crash { in_effects, after });
+    let wait = prop_oneof![1u32..30, 30u32..900].prop_map(|secs| Op::Wait { secs });
+    prop_oneof![
+        10 => user,
+        4 => api,
+        3 => crash,
+        2 => wait,
+    ]
+}
+
+/// A case: up to `max_len` steps.
+pub fn sequence(max_len: usize) -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(op(), 1..=max_len)
+}

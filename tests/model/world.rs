@@ -1,0 +1,241 @@
+//! The simulated world one case runs in: an in-memory Kubernetes (`kube.rs`), an in-memory
+//! OneInbox (`oneinbox.rs`), the simulated clock, the effect counter that places crashes, and
+//! the records the invariants are checked against.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+
+use crate::oneinbox::ApiState;
+
+/// Where the next crash happens: at effect number `at` (counted over Kubernetes writes and
+/// OneInbox calls alike), before or after performing it.
+#[derive(Clone, Copy, Debug)]
+pub struct Crash {
+    pub at: u64,
+    pub after: bool,
+}
+
+/// What an in-memory server does with one request.
+pub enum Gate {
+    /// Perform it and answer.
+    Go,
+    /// Perform it, then never answer (crash after the effect).
+    PerformThenHang,
+    /// Never answer, perform nothing (crash before the effect).
+    Hang,
+}
+
+/// One stored PhoneNumber: its JSON and, per field manager, the status fields it owns (SSA).
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub obj: Value,
+    pub managed: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What we remember of a PhoneNumber that is gone, for invariant (b).
+#[derive(Clone, Debug)]
+pub struct Removed {
+    pub uid: String,
+    pub key: (String, String),
+    pub orphan: bool,
+}
+
+#[derive(Default)]
+pub struct World {
+    /// Simulated milliseconds since the case started.
+    pub now_ms: u64,
+    /// Simulated time that passed since the operator's memory was last shifted (see
+    /// `operator::Operator::advance`).
+    pub unshifted_ms: u64,
+    /// Time that passed inside the pass in flight, not yet applied to the stored timestamps.
+    pub deferred_ms: u64,
+    /// etcd's revision: every write of any object takes the next one.
+    pub rv: u64,
+    pub objects: BTreeMap<(String, String), StoredObject>,
+    /// (namespace, name) → (resourceVersion, key → value).
+    pub secrets: BTreeMap<(String, String), (u64, BTreeMap<String, String>)>,
+    /// Secrets whose watch event the operator has not been handed yet: (ns, name, rv).
+    pub secret_events: Vec<(String, String, u64)>,
+    pub terminating_namespaces: BTreeSet<String>,
+    /// Namespaces whose Secrets go only after their PhoneNumbers are gone.
+    pub secrets_after_objects: BTreeSet<String>,
+    pub removed: Vec<Removed>,
+    /// Every Event body posted.
+    pub events: Vec<Value>,
+    /// Every Kubernetes write body the operator sent (for the secret scan).
+    pub write_bodies: Vec<String>,
+    pub api: ApiState,
+    pub effects: u64,
+    pub crash: Option<Crash>,
+    /// A user edit of the object whose pass runs, landing just before effect number `.0`.
+    pub concurrent: Option<(u64, crate::ops::Edit)>,
+    pub crashed: bool,
+    /// UID of the object whose pass is running (every effect is charged to it).
+    pub current: Option<String>,
+    /// That pass's object was being deleted with `deletionPolicy: Orphan` when the pass
+    /// started (a change landing during the pass cannot be honoured by it).
+    pub current_orphan_cleanup: bool,
+    pub log: Vec<(u64, String, &'static str)>,
+    /// Violations seen while running (invariants c and g, and model gaps).
+    pub violations: Vec<String>,
+    /// Every secret value the case created (passwords, the API key).
+    pub secret_values: BTreeSet<String>,
+    /// Per object UID: simulated times of user actions aimed at it (for the bound of f).
+    pub stimuli: Vec<(u64, Option<String>)>,
+    pub next_uid: u64,
+}
+
+pub type Shared = Arc<Mutex<World>>;
+
+pub fn lock(w: &Shared) -> MutexGuard<'_, World> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl World {
+    pub fn new() -> World {
+        World {
+            rv: 100,
+            ..World::default()
+        }
+    }
+
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    /// Count one effect and decide, from the armed crash, whether it is performed and answered.
+    pub fn gate(&mut self) -> Gate {
+        if self.crashed {
+            return Gate::Hang;
+        }
+        let n = self.effects;
+        self.effects += 1;
+        if let Some((at, edit)) = self.concurrent
+            && at == n
+        {
+            self.concurrent = None;
+            if let Some(key) = self.current.clone().and_then(|u| self.key_of_uid(&u)) {
+                crate::driver::apply_edit(self, &key, edit);
+            }
+        }
+        match self.crash {
+            Some(c) if c.at == n => {
+                self.crash = None;
+                self.crashed = true;
+                if c.after {
+                    Gate::PerformThenHang
+                } else {
+                    Gate::Hang
+                }
+            }
+            _ => Gate::Go,
+        }
+    }
+
+    /// Charge one effect (`kube:...` for Kubernetes writes, else a OneInbox call) to the
+    /// object whose pass is running.
+    pub fn record(&mut self, kind: &'static str) {
+        let uid = self.current.clone().unwrap_or_default();
+        let at_ms = self.now_ms;
+        self.log.push((at_ms, uid, kind));
+    }
+
+    /// Let `ms` of simulated time pass: the clock moves and every wall-clock timestamp stored
+    /// in the objects moves back by as much (the operator reads the wall clock; moving the past
+    /// is the same as moving now).
+    pub fn pass_time(&mut self, ms: u64) {
+        self.now_ms += ms;
+        self.unshifted_ms += ms;
+        self.shift_stored(ms);
+    }
+
+    /// Time that passes inside a call of a pass in flight (latency): the stored timestamps move
+    /// only once the pass is over, since the pass holds copies of the objects it read and may
+    /// write them back (a copy moved by nobody would undo the move).
+    pub fn pass_time_in_call(&mut self, ms: u64) {
+        self.now_ms += ms;
+        self.unshifted_ms += ms;
+        self.deferred_ms += ms;
+    }
+
+    /// Move the stored timestamps by the time that passed inside the pass just over.
+    pub fn flush_deferred_time(&mut self) {
+        let ms = std::mem::take(&mut self.deferred_ms);
+        self.shift_stored(ms);
+    }
+
+    fn shift_stored(&mut self, ms: u64) {
+        if ms == 0 {
+            return;
+        }
+        let span = jiff::SignedDuration::from_millis(ms as i64);
+        for stored in self.objects.values_mut() {
+            shift_timestamps(&mut stored.obj, span);
+        }
+        for r in self.api.regs.values_mut() {
+            for t in [&mut r.reg.created_at, &mut r.reg.updated_at] {
+                let mut v = Value::String(std::mem::take(t));
+                shift(&mut v, span);
+                *t = v.as_str().unwrap_or_default().to_owned();
+            }
+        }
+    }
+
+    pub fn live_object(&self, key: &(String, String)) -> Option<&Value> {
+        self.objects.get(key).map(|s| &s.obj)
+    }
+
+    pub fn uid_of(&self, key: &(String, String)) -> Option<String> {
+        self.objects
+            .get(key)
+            .and_then(|s| s.obj["metadata"]["uid"].as_str().map(str::to_owned))
+    }
+
+    pub fn key_of_uid(&self, uid: &str) -> Option<(String, String)> {
+        self.objects
+            .iter()
+            .find(|(_, s)| s.obj["metadata"]["uid"].as_str() == Some(uid))
+            .map(|(k, _)| k.clone())
+    }
+
+    pub fn is_live_uid(&self, uid: &str) -> bool {
+        self.key_of_uid(uid).is_some()
+    }
+}
+
+fn shift(v: &mut Value, span: jiff::SignedDuration) {
+    if let Some(s) = v.as_str()
+        && let Ok(t) = s.parse::<jiff::Timestamp>()
+        && let Ok(t) = t.checked_sub(span)
+    {
+        *v = Value::String(t.to_string());
+    }
+}
+
+fn shift_timestamps(obj: &mut Value, span: jiff::SignedDuration) {
+    // `pointer_mut`, not indexing: indexing a `&mut Value` inserts nulls for missing keys.
+    for p in [
+        "/metadata/creationTimestamp",
+        "/metadata/deletionTimestamp",
+        "/status/createdAt",
+        "/status/updatedAt",
+        "/status/pendingCreate/startedAt",
+    ] {
+        if let Some(v) = obj.pointer_mut(p) {
+            shift(v, span);
+        }
+    }
+    if let Some(conds) = obj
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    {
+        for c in conds {
+            if let Some(t) = c.get_mut("lastTransitionTime") {
+                shift(t, span);
+            }
+        }
+    }
+}
