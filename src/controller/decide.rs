@@ -202,7 +202,13 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         return report(StatusData::current(obj), Phase::Paused, Then::AwaitChange);
     }
     let known_id = obj.known_id();
-    if let Some(owner) = &obs.number_owner {
+    let attempt_in_flight = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.pending_create.is_some());
+    // With its own attempt in flight, the object looks its registration up first: it may hold
+    // one already (a crash hid its id), and then no other object owns the number.
+    if let (Some(owner), false) = (&obs.number_owner, attempt_in_flight) {
         let msg = format!(
             "PhoneNumber {owner} already manages {}; this object will not register it. Delete this object, or change its phoneNumber",
             obj.spec.phone_number

@@ -288,6 +288,17 @@ fn decision_table() {
             "Report Stalled(DuplicatePhoneNumber) Requeue",
         ),
         (
+            "duplicate by number, but with its own attempt in flight: look up first",
+            with(read(pending.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "voice".into(),
+                    name: "older".into(),
+                    uid: None,
+                })
+            }),
+            "Read LookupByNumber",
+        ),
+        (
             "duplicate by id: another object holds it",
             with(obs(annotated.clone()), |ob| {
                 ob.id_owner = Some(ObjectName {

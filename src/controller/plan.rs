@@ -256,7 +256,8 @@ fn claim_key(o: &PhoneNumber) -> (Option<jiff::Timestamp>, String, String) {
 }
 
 /// The object that owns `obj`'s number, if it is another one: the oldest object claiming the
-/// same number, where one that already holds a remote id always wins.
+/// same number, where one that already holds a remote id, or has an attempt to register it in
+/// flight (a pending-create marker: its registration may exist), always wins.
 pub fn owner_of_number<'a>(
     obj: &PhoneNumber,
     others: impl IntoIterator<Item = &'a PhoneNumber>,
@@ -266,8 +267,14 @@ pub fn owner_of_number<'a>(
     others
         .into_iter()
         .filter(|o| o.uid() != uid && o.spec.phone_number == obj.spec.phone_number)
-        .filter(|o| o.known_id().is_some() || claim_key(o) < mine)
+        .filter(|o| o.known_id().is_some() || has_pending_create(o) || claim_key(o) < mine)
         .min_by_key(|o| claim_key(o))
+}
+
+fn has_pending_create(o: &PhoneNumber) -> bool {
+    o.status
+        .as_ref()
+        .is_some_and(|s| s.pending_create.is_some())
 }
 
 /// The object that holds registration `id`, which `obj` names too, if it is another one. An
@@ -541,6 +548,26 @@ mod tests {
         new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
         new.status = Some(crate::crd::PhoneNumberStatus {
             phone_number_id: Some("id".into()),
+            ..Default::default()
+        });
+        let all = [old.clone(), new.clone()];
+        assert_eq!(
+            owner_of_number(&old, all.iter()).map(|o| o.name_any()),
+            Some("new".into())
+        );
+    }
+
+    #[test]
+    fn a_claim_with_an_attempt_in_flight_wins_over_an_older_one() {
+        let mut old = pn("old");
+        old.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(100).unwrap()));
+        let mut new = pn("new");
+        new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
+        new.status = Some(crate::crd::PhoneNumberStatus {
+            pending_create: Some(crate::crd::PendingCreate {
+                token: "t".into(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+            }),
             ..Default::default()
         });
         let all = [old.clone(), new.clone()];
