@@ -749,6 +749,32 @@ pub fn grant_lease_rbac(ns: &str) {
     kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
 }
 
+/// Replace `w`'s operator by one running as the `nobody` user, bound in `w`'s namespace to a
+/// ClusterRole with exactly `rules`; returns that ClusterRole's name (delete it when done).
+pub fn operator_as_nobody(w: &mut World, rules: Vec<Value>, args: &[&str], suffix: &str) -> String {
+    w.operator.kill();
+    let role = format!("e2e-{}", w.ns);
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "nobody", "namespace": w.ns},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nobody"}]}
+    ]});
+    let file = std::env::temp_dir().join(format!("{}-rbac.json", w.ns));
+    std::fs::write(&file, objects.to_string()).expect("write");
+    kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
+    let kc = kubeconfig_as_nobody();
+    let kc = kc.to_str().expect("path").to_string();
+    w.operator = Operator::start_as(
+        &w.ns,
+        &w.mock.url,
+        args,
+        &[("KUBECONFIG", kc.as_str())],
+        suffix,
+    );
+    role
+}
+
 /// A kubeconfig whose current context is the `nobody` user (no bindings of its own).
 pub fn kubeconfig_as_nobody() -> PathBuf {
     let text = std::fs::read_to_string(state_dir().join("kubeconfig")).expect("kubeconfig");

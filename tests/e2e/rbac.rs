@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::harness::*;
 
@@ -19,18 +19,6 @@ fn deployed_rules() -> Vec<Value> {
         }
     }
     panic!("no ClusterRole in deploy/rbac.yaml");
-}
-
-/// A kubeconfig whose current context is the `nobody` user (no bindings of its own).
-fn nobody_kubeconfig() -> std::path::PathBuf {
-    let text = std::fs::read_to_string(state_dir().join("kubeconfig")).expect("kubeconfig");
-    let path = state_dir().join("kubeconfig-nobody");
-    std::fs::write(
-        &path,
-        text.replace("current-context: admin", "current-context: nobody"),
-    )
-    .expect("write");
-    path
 }
 
 /// Every (resource, verb) the rules grant, in order.
@@ -108,27 +96,7 @@ struct Run {
 /// watch until `done` says so or the deadline passes.
 async fn run_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool) -> Run {
     let mut w = World::start(&format!("rbac-{label}")).await;
-    w.operator.kill();
-    let role = format!("e2e-{}", w.ns);
-    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role}, "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "nobody", "namespace": w.ns},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nobody"}]}
-    ]});
-    let file = std::env::temp_dir().join(format!("{}-rbac.json", w.ns));
-    std::fs::write(&file, objects.to_string()).expect("write");
-    kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
-
-    let kc = nobody_kubeconfig();
-    let kc = kc.to_str().expect("path").to_string();
-    w.operator = Operator::start_as(
-        &w.ns,
-        &w.mock.url,
-        &[],
-        &[("KUBECONFIG", kc.as_str())],
-        "-nobody",
-    );
+    let role = operator_as_nobody(&mut w, rules, &[], "-nobody");
     w.secret("sip", "pw-rbac-0c1e").await;
     w.apply("r", sip_spec(&number(), "sip")).await;
 

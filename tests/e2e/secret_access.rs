@@ -37,22 +37,9 @@ fn yaml_to_json(text: &str) -> Value {
 #[tokio::test]
 async fn with_get_only_secret_access_rotations_and_late_secrets_are_picked_up() {
     let mut w = World::start("secretget").await;
-    w.operator.kill();
-    let role = format!("e2e-{}", w.ns);
-    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role}, "rules": get_only_rules()},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "nobody", "namespace": w.ns},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nobody"}]}
-    ]});
-    let file = std::env::temp_dir().join(format!("{}-rbac.json", w.ns));
-    std::fs::write(&file, objects.to_string()).expect("write");
-    kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
-    let kc = kubeconfig_as_nobody();
-    let kc = kc.to_str().expect("path").to_string();
-    w.operator = Operator::start_as(
-        &w.ns,
-        &w.mock.url,
+    let role = operator_as_nobody(
+        &mut w,
+        get_only_rules(),
         &[
             "--secret-access",
             "get",
@@ -61,7 +48,6 @@ async fn with_get_only_secret_access_rotations_and_late_secrets_are_picked_up() 
             "--min-poll-interval",
             "1s",
         ],
-        &[("KUBECONFIG", kc.as_str())],
         "-get",
     );
 
