@@ -140,6 +140,21 @@ const NOT_RUN: &[(&str, &str, &str)] = &[
         "it is the suite this test is part of",
     ),
     (
+        "docs/model-test.md",
+        "cargo test --all-features --test model",
+        "the model test is a test target of its own, not a command to repeat inside the e2e suite",
+    ),
+    (
+        "docs/model-test.md",
+        "make model",
+        "the long model campaign (about an hour at 1,000,000 cases)",
+    ),
+    (
+        "docs/model-test.md",
+        "MODEL_SEED=",
+        "replays one model case: a test target of its own",
+    ),
+    (
         "docs/helm.md",
         "helm show crds <chart> --version <version>",
         "a template with placeholders; its runnable form (the local chart) is the upgrade block, which runs",
