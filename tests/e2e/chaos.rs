@@ -398,30 +398,36 @@ impl Chaos<'_> {
     /// Register a number outside the cluster, then adopt it deliberately with a new object.
     async fn adopt(&mut self) -> bool {
         let number = self.fresh_number();
-        let outside = reqwest::Client::new()
-            .post(format!("{}/v1/phone-numbers", self.w.mock.url))
-            .bearer_auth(API_KEY)
-            .json(&json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT, "credential_id": CREDENTIAL}))
-            .send()
-            .await;
-        let id = match outside {
-            Ok(r) if r.status().as_u16() == 201 => {
+        // The mock's faults hit this POST too: retry until the number is known registered (a
+        // 409 after an answer lost in transit names the id), so the run accounts for it.
+        let client = reqwest::Client::new();
+        let mut id = None;
+        for _ in 0..50 {
+            let outside = client
+                .post(format!("{}/v1/phone-numbers", self.w.mock.url))
+                .bearer_auth(API_KEY)
+                .json(&json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT, "credential_id": CREDENTIAL}))
+                .send()
+                .await;
+            if let Ok(r) = outside {
+                let status = r.status().as_u16();
                 let v: Value = r.json().await.unwrap_or_default();
-                v["id"].as_str().unwrap_or_default().to_string()
+                id = match status {
+                    201 => v["id"].as_str().map(str::to_owned),
+                    409 => v["detail"]["phone_id"].as_str().map(str::to_owned),
+                    _ => None,
+                };
+                if id.is_some() {
+                    break;
+                }
             }
-            // A fault phase may refuse it: nothing was registered (or a retry would be needed).
-            Ok(r) => {
-                self.report
-                    .op_errors
-                    .push(format!("outside POST for adoption: {}", r.status()));
-                return false;
-            }
-            Err(e) => {
-                self.report
-                    .op_errors
-                    .push(format!("outside POST for adoption: {e}"));
-                return false;
-            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Some(id) = id else {
+            self.report.op_errors.push(format!(
+                "outside POST for adoption of {number}: no answer in 50 tries"
+            ));
+            return false;
         };
         let name = format!("pn-{}", self.next);
         self.next += 1;
