@@ -530,6 +530,14 @@ impl Chaos<'_> {
             Ok(Some(pn)) => pn.status.and_then(|s| s.phone_number_id),
             _ => None,
         };
+        // An adoption is deleted only once the operator confirmed it (status names the id):
+        // whether deleting an unconfirmed one deregisters the registration is still open
+        // (docs/benchmarks.md, the soaks of 2026-12-01).
+        if let Some(adopts) = &self.objs[i].adopts
+            && id_at_delete.as_ref() != Some(adopts)
+        {
+            return;
+        }
         self.w.delete(&name).await;
         // The Secret goes too, half of the time: deletion never needs it.
         if let Some(s) = self.objs[i].secret.clone()
