@@ -734,7 +734,9 @@ fn decide_deletion(obs: &Observation) -> Step {
         .as_ref()
         .and_then(|s| s.phone_number_id.as_deref())
         == Some(id.as_str());
-    if let (Some(owner), false) = (&obs.id_owner, holds) {
+    // Named only in the annotation while an older claim holds the number (its attempt in
+    // flight may have made this registration): not this object's to deregister.
+    if let (Some(owner), false) = (obs.id_owner.as_ref().or(obs.number_owner.as_ref()), holds) {
         return Step::Release {
             released: None,
             event: Some((

@@ -310,6 +310,17 @@ fn decision_table() {
             "Report Stalled(DuplicatePhoneNumber) Requeue",
         ),
         (
+            "names an id, but an older claim holds the number: yield before adopting",
+            with(obs(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "attempting".into(),
+                    uid: None,
+                })
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
             "checked recently, Secrets unchanged: no read, no call",
             with(obs(registered()), |ob| {
                 ob.secrets_unchanged = true;
@@ -779,6 +790,26 @@ fn decision_table() {
                     ob.id_owner = Some(ObjectName {
                         namespace: "a".into(),
                         name: "holder".into(),
+                        uid: None,
+                    });
+                },
+            ),
+            "Release released=false event=NotDeregistered",
+        ),
+        (
+            "deleting, named only in the annotation, an older claim holds the number: leave it",
+            with(
+                obs({
+                    let mut o = deleting(annotated.clone());
+                    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+                    o["status"] = json!({"conditions": [condition("Ready", "False", "Deleting")]});
+                    o
+                }),
+                |ob| {
+                    ob.api_key = Some(ApiKey::OperatorWide);
+                    ob.number_owner = Some(ObjectName {
+                        namespace: "a".into(),
+                        name: "attempting".into(),
                         uid: None,
                     });
                 },
