@@ -90,6 +90,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 self.event(obs, EventType::Warning, "RegistrationLost", note)
                     .await;
                 obs.lost_reported = true;
+                self.remember(obs, |m| m.lost = Some(id));
             }
             Step::Replace { id } => {
                 let note = format!(

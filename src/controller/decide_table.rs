@@ -378,7 +378,7 @@ fn decision_table() {
                 older.created_at = "2025-12-31T23:00:00Z".into();
                 ob.lookup = Some(Ok(Some(older)));
             }),
-            "Report Stalled(AlreadyRegistered) AwaitChange",
+            "Report Stalled(AlreadyRegistered) Checked",
         ),
         (
             "pending marker, not found",
@@ -410,7 +410,7 @@ fn decision_table() {
                     }),
                 ))
             }),
-            "Report Stalled(AlreadyRegistered) AwaitChange",
+            "Report Stalled(AlreadyRegistered) Checked",
         ),
         (
             "409 after an earlier attempt's marker: ours, GET it",
@@ -427,9 +427,42 @@ fn decision_table() {
             "Read Registration(\"idX\")",
         ),
         (
-            "AlreadyRegistered for this input: no POST",
-            read(stalled_for("AlreadyRegistered")),
+            "names an id this process already found gone: no GET, no second event, register",
+            with(read(annotated.clone()), |ob| ob.memory.lost = Some("id9".into())),
+            "Register marker=false",
+        ),
+        (
+            "AlreadyRegistered for this input, number looked up within the interval: nothing",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.memory.check = Some(check(1))
+            }),
             "Done AwaitChange",
+        ),
+        (
+            "AlreadyRegistered for this input, interval over (or restarted): look the number up",
+            read(stalled_for("AlreadyRegistered")),
+            "Read LookupByNumber",
+        ),
+        (
+            "AlreadyRegistered, still registered elsewhere: no POST, next look in one interval",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.lookup = Some(Ok(Some(reg("id7"))))
+            }),
+            "Report Stalled(AlreadyRegistered) Checked",
+        ),
+        (
+            "AlreadyRegistered, the number is free now: register",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.lookup = Some(Ok(None))
+            }),
+            "Register marker=false",
+        ),
+        (
+            "AlreadyRegistered, the look-up failed: retried by the backoff, no write",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.lookup = Some(Err(unavailable(503)))
+            }),
+            "Fail Lookup",
         ),
         (
             "AlreadyRegistered, then reconcile-now: POST again",
@@ -919,4 +952,40 @@ fn messages_give_the_fix_that_fits() {
     };
     assert!(!message.contains("Fix the spec"), "{message}");
     assert!(message.contains("operator's API key"), "{message}");
+}
+
+#[test]
+fn a_registration_found_gone_while_the_secret_is_missing_leaves_status_naming_nothing() {
+    let step = decide(
+        &with(read(registered()), |ob| {
+            ob.fetched = Some(Err(ApiError::NotFound));
+            ob.lost_reported = true;
+            ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+        }),
+        &settings(),
+    );
+    let Step::Report { data, phase, .. } = &step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(summary(&step), "Report Progressing(SecretNotFound) Requeue");
+    assert!(matches!(phase, Phase::Progressing { .. }));
+    assert_eq!(
+        data.remote.phone_number_id, None,
+        "status must not name a registration that is gone"
+    );
+    // A Secret missing while the registration exists leaves the id where it is.
+    let step = decide(
+        &with(read(registered()), |ob| {
+            ob.fetched = Some(Ok(reg("id1")));
+            ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+        }),
+        &settings(),
+    );
+    if let Step::Report { data, .. } = &step {
+        assert_eq!(
+            data.remote.phone_number_id.as_deref(),
+            Some("id1"),
+            "{step:?}"
+        );
+    }
 }

@@ -83,6 +83,18 @@ pub struct PatchableDigest {
 }
 
 impl PatchableDigest {
+    /// A registration whose fields were not read (one that is not this object's: its
+    /// digest is never compared with a spec).
+    pub fn unread() -> PatchableDigest {
+        PatchableDigest {
+            friendly_name: 0,
+            agent_id: 0,
+            routing_agent_id: 0,
+            fallback: 0,
+            voicemail_message: 0,
+        }
+    }
+
     /// The digest of a registration as the API returned it.
     pub fn of_registration(r: &Registration) -> PatchableDigest {
         PatchableDigest::of(
