@@ -99,7 +99,9 @@ pub enum Step {
     /// by the resourceVersion), then an `Adopted` event.
     Adopt { id: String },
     /// The registration is gone from OneInbox: a `RegistrationLost` Warning, then register again.
-    ReportLost { id: String },
+    /// `unmirror`: the id annotation is the operator's mirror of the status id: it goes too,
+    /// so no object keeps claiming the number with an id that no longer exists.
+    ReportLost { id: String, unmirror: bool },
     /// The credentials changed and `replacementPolicy: Replace`: `Replacing` event, DELETE.
     Replace { id: String },
     /// Register: finalizer and pending marker (guarded) unless a marker is there, then POST.
@@ -453,7 +455,15 @@ fn remote(
         Some(Err(ApiError::NotFound))
             if !obs.lost_reported && obs.memory.lost.as_deref() != Some(id) =>
         {
-            Err(Box::new(Step::ReportLost { id: id.to_owned() }))
+            let status_id = obj
+                .status
+                .as_ref()
+                .and_then(|s| s.phone_number_id.as_deref());
+            Err(Box::new(Step::ReportLost {
+                id: id.to_owned(),
+                unmirror: status_id == Some(id)
+                    && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id),
+            }))
         }
         Some(Err(ApiError::NotFound)) => Ok(None),
         Some(Err(e)) => Err(Box::new(api_failure(

@@ -195,7 +195,7 @@ fn summary(step: &Step) -> String {
         Step::Done(DoneAfter::AwaitChange) => "Done AwaitChange".into(),
         Step::Done(DoneAfter::Requeue(_)) => "Done Requeue".into(),
         Step::Adopt { id } => format!("Adopt {id}"),
-        Step::ReportLost { id } => format!("ReportLost {id}"),
+        Step::ReportLost { id, unmirror } => format!("ReportLost {id} unmirror={unmirror}"),
         Step::Replace { id } => format!("Replace {id}"),
         Step::Register { marker_present, .. } => format!("Register marker={marker_present}"),
         Step::Persist { event, .. } => format!("Persist {}", event.0),
@@ -428,7 +428,9 @@ fn decision_table() {
         ),
         (
             "names an id this process already found gone: no GET, no second event, register",
-            with(read(annotated.clone()), |ob| ob.memory.lost = Some("id9".into())),
+            with(read(annotated.clone()), |ob| {
+                ob.memory.lost = Some("id9".into())
+            }),
             "Register marker=false",
         ),
         (
@@ -559,11 +561,18 @@ fn decision_table() {
             "Report Available Checked",
         ),
         (
-            "registration gone",
+            "registration gone: reported, and the operator's mirror in the annotation goes",
             with(read(registered()), |ob| {
                 ob.fetched = Some(Err(ApiError::NotFound))
             }),
-            "ReportLost id1",
+            "ReportLost id1 unmirror=true",
+        ),
+        (
+            "an annotated id not found (never held): reported, the user's annotation stays",
+            with(read(annotated.clone()), |ob| {
+                ob.fetched = Some(Err(ApiError::NotFound))
+            }),
+            "ReportLost id9 unmirror=false",
         ),
         (
             "registration gone, reported: register again",

@@ -104,7 +104,7 @@ impl World {
         }
         // (b), Delete half.
         for r in &self.removed {
-            if r.orphan {
+            if r.orphan || !r.finalized {
                 continue;
             }
             for reg in self.api.regs.values() {
