@@ -615,13 +615,24 @@ impl World {
             .collect();
         for id in held {
             let number = self.api.regs.get(&id).map(|r| r.reg.phone_number.clone());
-            let heir = self.objects.values().find_map(|s| {
-                (s.obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str()
-                    == Some(id.as_str())
-                    && s.obj["spec"]["phoneNumber"].as_str() == number.as_deref())
-                .then(|| s.obj["metadata"]["uid"].as_str().map(str::to_owned))
-                .flatten()
-            });
+            // Several may name it: the oldest claim (creation time, then namespace and name).
+            let heir = self
+                .objects
+                .iter()
+                .filter(|(_, s)| {
+                    s.obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str()
+                        == Some(id.as_str())
+                        && s.obj["spec"]["phoneNumber"].as_str() == number.as_deref()
+                })
+                .min_by_key(|(k, s)| {
+                    (
+                        s.obj["metadata"]["creationTimestamp"]
+                            .as_str()
+                            .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+                        (*k).clone(),
+                    )
+                })
+                .and_then(|(_, s)| s.obj["metadata"]["uid"].as_str().map(str::to_owned));
             if let (Some(heir), Some(r)) = (heir, self.api.regs.get_mut(&id)) {
                 r.owner = Some(heir);
             }
