@@ -175,7 +175,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 return Ok(Next::Step(then));
             }
             Step::Orphan { what } => {
-                self.remove_finalizer(obs).await?;
+                self.remove_finalizer(obs, true).await?;
                 let note = format!("deletionPolicy is Orphan: left {what} registered in OneInbox");
                 self.event(obs, EventType::Normal, "Orphaned", note).await;
                 self.finish(obs);
@@ -189,7 +189,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     // If removing the finalizer fails now, the retry's 404 is known to be ours.
                     self.remember(obs, |m| m.released = Some(id));
                 }
-                self.remove_finalizer(obs).await?;
+                self.remove_finalizer(obs, false).await?;
                 if let Some((reason, note)) = event {
                     self.event(obs, EventType::Normal, reason, note).await;
                 }
@@ -436,16 +436,20 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
 
     /// Remove our finalizer with a JSON patch that tests it is still at its index: no
     /// resourceVersion precondition, so unrelated changes to the object cannot make it fail.
-    async fn remove_finalizer(&mut self, obs: &mut Observation) -> Result<()> {
+    /// Remove the finalizer; `orphaning`: only while the object still says `Orphan` (a user
+    /// may switch the policy to Delete during the pass: then the next pass deregisters).
+    async fn remove_finalizer(&mut self, obs: &mut Observation, orphaning: bool) -> Result<()> {
         let Some(index) = obs.obj.finalizers().iter().position(|f| f == FINALIZER) else {
             return Ok(());
         };
         let path = format!("/metadata/finalizers/{index}");
-        let patch: json_patch::Patch = serde_json::from_value(json!([
-            { "op": "test", "path": path, "value": FINALIZER },
-            { "op": "remove", "path": path },
-        ]))
-        .map_err(|_| Error::InvalidObject("finalizer patch"))?;
+        let mut ops = vec![json!({ "op": "test", "path": path, "value": FINALIZER })];
+        if orphaning {
+            ops.push(json!({ "op": "test", "path": "/spec/deletionPolicy", "value": "Orphan" }));
+        }
+        ops.push(json!({ "op": "remove", "path": path }));
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+            .map_err(|_| Error::InvalidObject("finalizer patch"))?;
         let name = obs.obj.name_any();
         let res = self
             .ctx

@@ -279,6 +279,15 @@ impl Sim {
             s.dirty = false;
             s.due_ms = None;
         }
+        if trace() {
+            eprintln!(
+                "  (pass of rv {:?}: deletionPolicy {:?}, deleting {}, annotations {:?})",
+                obj.metadata.resource_version,
+                obj.spec.deletion_policy,
+                obj.metadata.deletion_timestamp.is_some(),
+                obj.metadata.annotations
+            );
+        }
         self.op.sync_store(all);
         self.passes += 1;
         let world = self.world.clone();
@@ -477,13 +486,16 @@ impl Sim {
             }
             let now = self.now();
             let retrying = self.sched.values().any(|s| s.failed && s.due_ms.is_some());
-            if !retrying && now >= self.last_write_ms + QUIET_MS {
+            // Quiet since the healing began too: changes made outside the cluster (drift, a
+            // deletion) write nothing, and every object must have had a drift check after them.
+            let quiet_since = self.last_write_ms.max(start);
+            if !retrying && now >= quiet_since + QUIET_MS {
                 return true;
             }
             if now >= start + HEAL_CAP_MS {
                 return false;
             }
-            let horizon = self.last_write_ms.max(now) + QUIET_MS;
+            let horizon = self.last_write_ms.max(start).max(now) + QUIET_MS;
             let next = self
                 .next_timed()
                 .unwrap_or(horizon)
