@@ -208,6 +208,19 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         .status
         .as_ref()
         .is_some_and(|s| s.pending_create.is_some());
+    // An id another object holds: the most specific reason, so it goes first.
+    if let (Some(id), Some(owner)) = (&known_id, &obs.id_owner) {
+        let msg = format!(
+            "PhoneNumber {owner} already manages OneInbox registration {id}; this object will not adopt or change it, and deleting it leaves the registration alone. Remove the {ANNOTATION_PHONE_NUMBER_ID} annotation, or delete this object"
+        );
+        return stall(
+            obs,
+            reason::DUPLICATE_PHONE_NUMBER,
+            msg,
+            Then::Requeue(DUPLICATE_RECHECK),
+        );
+    }
+
     // With its own attempt in flight, the object looks its registration up first: it may hold
     // one already (a crash hid its id), and then no other object owns the number.
     if let (Some(owner), false) = (&obs.number_owner, attempt_in_flight) {
@@ -222,18 +235,6 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
             Then::Requeue(DUPLICATE_RECHECK),
         );
     }
-    if let (Some(id), Some(owner)) = (&known_id, &obs.id_owner) {
-        let msg = format!(
-            "PhoneNumber {owner} already manages OneInbox registration {id}; this object will not adopt or change it, and deleting it leaves the registration alone. Remove the {ANNOTATION_PHONE_NUMBER_ID} annotation, or delete this object"
-        );
-        return stall(
-            obs,
-            reason::DUPLICATE_PHONE_NUMBER,
-            msg,
-            Then::Requeue(DUPLICATE_RECHECK),
-        );
-    }
-
     // Checked recently and no referenced Secret changed since: nothing to read or call.
     if let Some(id) = &known_id
         && obs.secrets_unchanged
