@@ -98,6 +98,40 @@ async fn a_number_registered_elsewhere_is_stalled_once_and_not_posted_again_unti
 }
 
 #[tokio::test]
+async fn a_number_freed_outside_is_registered_after_one_look_up_and_no_blind_post() {
+    // One look-up per poll interval while stalled (3 s here).
+    let w = World::start_with(
+        "freed409",
+        &[],
+        &["--poll-interval", "3s", "--min-poll-interval", "1s"],
+    )
+    .await;
+    let num = number();
+    let outside = register_outside(&w, &num).await;
+    w.apply("claim", credential_spec(&num)).await;
+    w.wait_reason("claim", "Stalled", "AlreadyRegistered").await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Looked up meanwhile (a GET by number), never posted blindly.
+    assert_eq!(w.mock.count(POST).await, 2, "the outside POST and one 409");
+    assert!(w.mock.count(LIST).await >= 1, "the number was looked up");
+
+    // The outside registration goes: the next look-up finds the number free, one POST.
+    let status = reqwest::Client::new()
+        .delete(format!("{}/v1/phone-numbers/{outside}", w.mock.url))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("direct DELETE")
+        .status();
+    assert!(status.is_success(), "{status}");
+    let pn = w.wait_ready("claim").await;
+    assert_eq!(w.mock.count(POST).await, 3, "exactly one more POST");
+    let regs = assert_only_registration_is(&w.mock, &pn).await;
+    assert_ne!(regs[0]["id"].as_str(), Some(outside.as_str()));
+    assert_eq!(count_events(&w, "AlreadyRegistered").await, 1);
+}
+
+#[tokio::test]
 async fn a_rejected_key_is_retried_and_a_rotated_key_file_is_used_without_a_restart() {
     const GOOD: &str = "oi_sk_rotated_good_key_71ab";
     let dir = tempfile::tempdir().expect("tempdir");
