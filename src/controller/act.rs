@@ -77,9 +77,15 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             }
             Step::Fail(f) => return Err(self.error(obs, &f)),
             Step::Done(after) => return Ok(Next::End(action(after))),
-            Step::Adopt { id } => {
+            Step::Adopt { id, takeover } => {
                 self.add_finalizer(obs).await?;
-                let note = format!("Adopted the existing OneInbox registration {id}");
+                let note = if takeover {
+                    format!(
+                        "managementPolicy is Full: took over the OneInbox registration {id} (finalizer added; the operator now keeps it in line with the spec)"
+                    )
+                } else {
+                    format!("Adopted the existing OneInbox registration {id}")
+                };
                 self.event(obs, EventType::Normal, "Adopted", note).await;
                 obs.adopted = true;
             }
@@ -158,6 +164,19 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 obs.patched = Some(res);
             }
             Step::Annotate { id } => self.ensure_annotation(obs, &id).await?,
+            Step::Disown => {
+                self.remove_finalizer(obs).await?;
+                let what = obs
+                    .obj
+                    .known_id()
+                    .map(|id| format!("registration {id}"))
+                    .unwrap_or_else(|| "the number".into());
+                let note = format!(
+                    "managementPolicy is Observe: removed the finalizer {FINALIZER}; the operator makes no OneInbox writes, and deleting this object leaves {what} registered"
+                );
+                self.event(obs, EventType::Normal, "ObserveOnly", note)
+                    .await;
+            }
             Step::RememberCleanRefusal { token, then } => {
                 self.remember(obs, |m| m.clean_refusal = Some(token));
                 return Ok(Next::Step(then));
@@ -166,9 +185,9 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 self.remember(obs, |m| m.check = None);
                 return Ok(Next::Step(then));
             }
-            Step::Orphan { what } => {
+            Step::Orphan { what, because } => {
                 self.remove_finalizer(obs).await?;
-                let note = format!("deletionPolicy is Orphan: left {what} registered in OneInbox");
+                let note = format!("{because}: left {what} registered in OneInbox");
                 self.event(obs, EventType::Normal, "Orphaned", note).await;
                 self.finish(obs);
                 return Ok(Next::End(Action::await_change()));
