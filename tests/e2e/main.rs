@@ -22,6 +22,7 @@ mod faults;
 mod fencing;
 mod gitops;
 mod lifecycle;
+mod observe;
 mod paths;
 mod process;
 mod rbac;
