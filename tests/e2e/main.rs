@@ -21,6 +21,7 @@ mod errors;
 mod faults;
 mod fencing;
 mod gitops;
+mod import;
 mod lifecycle;
 mod observe;
 mod paths;
