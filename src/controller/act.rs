@@ -89,13 +89,21 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 self.event(obs, EventType::Normal, "Adopted", note).await;
                 obs.adopted = true;
             }
-            Step::ReportLost { id } => {
+            Step::ReportLost { id, unmirror } => {
+                if unmirror {
+                    self.patch_metadata(
+                        obs,
+                        json!({"annotations": {ANNOTATION_PHONE_NUMBER_ID: null}}),
+                    )
+                    .await?;
+                }
                 let note = format!(
                     "OneInbox registration {id} no longer exists (removed outside the cluster); registering the number again"
                 );
                 self.event(obs, EventType::Warning, "RegistrationLost", note)
                     .await;
                 obs.lost_reported = true;
+                self.remember(obs, |m| m.lost = Some(id));
             }
             Step::Replace { id } => {
                 let note = format!(

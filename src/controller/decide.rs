@@ -100,7 +100,9 @@ pub enum Step {
     /// mirrored it under `managementPolicy: Observe` and is now switched to Full.
     Adopt { id: String, takeover: bool },
     /// The registration is gone from OneInbox: a `RegistrationLost` Warning, then register again.
-    ReportLost { id: String },
+    /// `unmirror`: the id annotation is the operator's mirror of the status id: it goes too,
+    /// so no object keeps claiming the number with an id that no longer exists.
+    ReportLost { id: String, unmirror: bool },
     /// The credentials changed and `replacementPolicy: Replace`: `Replacing` event, DELETE.
     Replace { id: String },
     /// Register: finalizer and pending marker (guarded) unless a marker is there, then POST.
@@ -555,6 +557,8 @@ fn remote(
     }
     let obj = &obs.obj;
     match &obs.fetched {
+        // Reported gone already by this process: ids are never issued again.
+        None if obs.memory.lost.as_deref() == Some(id) => Ok(None),
         None => Err(Box::new(Step::Read(Read::Registration(id.to_owned())))),
         Some(Ok(reg)) if reg.phone_number != obj.spec.phone_number => {
             let msg = format!(
@@ -589,8 +593,18 @@ fn remote(
         Some(Err(ApiError::NotFound)) if matches!(replacement(obs, id, hash), Replacement::Now) => {
             Ok(None)
         }
-        Some(Err(ApiError::NotFound)) if !obs.lost_reported => {
-            Err(Box::new(Step::ReportLost { id: id.to_owned() }))
+        Some(Err(ApiError::NotFound))
+            if !obs.lost_reported && obs.memory.lost.as_deref() != Some(id) =>
+        {
+            let status_id = obj
+                .status
+                .as_ref()
+                .and_then(|s| s.phone_number_id.as_deref());
+            Err(Box::new(Step::ReportLost {
+                id: id.to_owned(),
+                unmirror: status_id == Some(id)
+                    && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id),
+            }))
         }
         Some(Err(ApiError::NotFound)) => Ok(None),
         Some(Err(e)) => Err(Box::new(api_failure(
@@ -638,7 +652,7 @@ fn register(
             return Err(Box::new(match &obs.fetched {
                 None => Step::Read(Read::Registration(phone_id.clone())),
                 Some(Ok(reg)) if made_before_attempt(reg, marker.as_ref()) => {
-                    already_registered(obs, &reg.id)
+                    already_registered(obs, &reg.id, PatchableDigest::of_registration(reg))
                 }
                 Some(Ok(reg)) => Step::Persist {
                     registration: reg.clone(),
@@ -658,7 +672,11 @@ fn register(
             }));
         }
         Some((false, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
-            return Err(Box::new(already_registered(obs, phone_id)));
+            return Err(Box::new(already_registered(
+                obs,
+                phone_id,
+                PatchableDigest::unread(),
+            )));
         }
         Some((_, Err(e @ (ApiError::Rejected { .. } | ApiError::NotFound)))) => {
             let msg = format!(
@@ -668,7 +686,7 @@ fn register(
                 pending_create: None,
                 credentials_hash: Some(hash),
                 last_handled_reconcile_at: requested_reconcile(&obs.obj),
-                ..StatusData::current(obj)
+                ..status_data(obs)
             };
             return Err(Box::new(report(
                 data,
@@ -712,7 +730,11 @@ fn register(
             // Registered before this attempt started: someone else's (made outside the
             // cluster, or left by an object deleted with Orphan), not ours to adopt.
             Some(Ok(Some(reg))) if made_before_attempt(reg, marker.as_ref()) => {
-                return Err(Box::new(already_registered(obs, &reg.id)));
+                return Err(Box::new(already_registered(
+                    obs,
+                    &reg.id,
+                    PatchableDigest::of_registration(reg),
+                )));
             }
             Some(Ok(Some(reg))) => {
                 return Err(Box::new(Step::Persist {
@@ -741,10 +763,37 @@ fn register(
                 .and_then(|s| s.credentials_hash.as_deref())
                 == Some(hash.as_str())
     };
-    if refused_for_this_input(reason::REGISTRATION_REJECTED)
-        || refused_for_this_input(reason::ALREADY_REGISTERED)
-    {
+    if refused_for_this_input(reason::REGISTRATION_REJECTED) {
         return Err(Box::new(Step::Done(DoneAfter::AwaitChange)));
+    }
+    // The registration in the way may be removed outside the cluster: look the number up once
+    // per poll interval (a GET, never a POST), and register only once it is free.
+    if refused_for_this_input(reason::ALREADY_REGISTERED) {
+        let looked_recently = obs.memory.check.as_ref().is_some_and(|c| {
+            c.generation == obs.generation
+                && c.interval
+                    .is_none_or(|i| obs.now.saturating_duration_since(c.at) < i)
+        });
+        if looked_recently {
+            return Err(Box::new(Step::Done(DoneAfter::AwaitChange)));
+        }
+        match &obs.lookup {
+            None => return Err(Box::new(Step::Read(Read::LookupByNumber))),
+            Some(Err(e)) => {
+                return Err(Box::new(Step::Fail(Failure {
+                    op: Op::Lookup,
+                    error: e.clone(),
+                })));
+            }
+            Some(Ok(Some(reg))) => {
+                return Err(Box::new(already_registered(
+                    obs,
+                    &reg.id,
+                    PatchableDigest::of_registration(reg),
+                )));
+            }
+            Some(Ok(None)) => {}
+        }
     }
     Err(Box::new(Step::Register {
         credentials: credentials.clone(),
@@ -753,9 +802,24 @@ fn register(
     }))
 }
 
+/// The status data to keep: what status carries now, less a registration known to be gone
+/// (removed outside the cluster), so status never names an id OneInbox no longer holds.
+fn status_data(obs: &Observation) -> StatusData {
+    let mut data = StatusData::current(&obs.obj);
+    let gone = |id: &str| {
+        obs.memory.lost.as_deref() == Some(id)
+            || (matches!(obs.fetched, Some(Err(ApiError::NotFound)))
+                && obs.obj.known_id().as_deref() == Some(id))
+    };
+    if data.remote.phone_number_id.as_deref().is_some_and(gone) {
+        data.remote = Default::default();
+    }
+    data
+}
+
 /// The number is registered as `phone_id` by someone else: Stalled, with the command that
 /// adopts it deliberately; the pending marker goes (nothing of ours is in flight).
-fn already_registered(obs: &Observation, phone_id: &str) -> Step {
+fn already_registered(obs: &Observation, phone_id: &str, patchable: PatchableDigest) -> Step {
     let obj = &obs.obj;
     let msg = format!(
         "{} is already registered in OneInbox as {phone_id}, outside this cluster. To manage that registration with this object, run: kubectl -n {} annotate phonenumber {} {ANNOTATION_PHONE_NUMBER_ID}={phone_id}",
@@ -766,12 +830,19 @@ fn already_registered(obs: &Observation, phone_id: &str) -> Step {
     let data = StatusData {
         pending_create: None,
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
-        ..StatusData::current(obj)
+        ..status_data(obs)
     };
+    // Remembered as a check of the number: the drift sweep brings the object back after one
+    // poll interval, to see whether the number is free by then.
     report(
         data,
         stalled(reason::ALREADY_REGISTERED, msg),
-        Then::AwaitChange,
+        Then::Checked {
+            id: phone_id.to_owned(),
+            patchable,
+            generation: obs.generation,
+            warn_poll_interval: None,
+        },
     )
 }
 
@@ -882,7 +953,9 @@ fn decide_deletion(obs: &Observation) -> Step {
         .as_ref()
         .and_then(|s| s.phone_number_id.as_deref())
         == Some(id.as_str());
-    if let (Some(owner), false) = (&obs.id_owner, holds) {
+    // Named only in the annotation while an older claim holds the number (its attempt in
+    // flight may have made this registration): not this object's to deregister.
+    if let (Some(owner), false) = (obs.id_owner.as_ref().or(obs.number_owner.as_ref()), holds) {
         return Step::Release {
             released: None,
             event: Some((
@@ -947,7 +1020,7 @@ fn api_failure(obs: &Observation, failure: Failure) -> Step {
     }
     let data = StatusData {
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
-        ..StatusData::current(obj)
+        ..status_data(obs)
     };
     let message = super::act::error_of(&failure).to_string();
     match &failure.error {
@@ -1007,7 +1080,7 @@ fn wait_for_secret(obs: &Observation, problem: &SecretProblem, settings: &Settin
     };
     let data = StatusData {
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
-        ..StatusData::current(obj)
+        ..status_data(obs)
     };
     if waited >= grace {
         // The Secret watch brings the object back when the Secret changes; without it, look

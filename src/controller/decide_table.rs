@@ -196,7 +196,7 @@ fn summary(step: &Step) -> String {
         Step::Done(DoneAfter::AwaitChange) => "Done AwaitChange".into(),
         Step::Done(DoneAfter::Requeue(_)) => "Done Requeue".into(),
         Step::Adopt { id, takeover } => format!("Adopt {id} takeover={takeover}"),
-        Step::ReportLost { id } => format!("ReportLost {id}"),
+        Step::ReportLost { id, unmirror } => format!("ReportLost {id} unmirror={unmirror}"),
         Step::Replace { id } => format!("Replace {id}"),
         Step::Register { marker_present, .. } => format!("Register marker={marker_present}"),
         Step::Persist { event, .. } => format!("Persist {}", event.0),
@@ -526,6 +526,17 @@ fn decision_table() {
             "Report Stalled(DuplicatePhoneNumber) Requeue",
         ),
         (
+            "names an id, but an older claim holds the number: yield before adopting",
+            with(obs(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "attempting".into(),
+                    uid: None,
+                })
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
             "checked recently, Secrets unchanged: no read, no call",
             with(obs(registered()), |ob| {
                 ob.secrets_unchanged = true;
@@ -583,7 +594,7 @@ fn decision_table() {
                 older.created_at = "2025-12-31T23:00:00Z".into();
                 ob.lookup = Some(Ok(Some(older)));
             }),
-            "Report Stalled(AlreadyRegistered) AwaitChange",
+            "Report Stalled(AlreadyRegistered) Checked",
         ),
         (
             "pending marker, not found",
@@ -615,7 +626,7 @@ fn decision_table() {
                     }),
                 ))
             }),
-            "Report Stalled(AlreadyRegistered) AwaitChange",
+            "Report Stalled(AlreadyRegistered) Checked",
         ),
         (
             "409 after an earlier attempt's marker: ours, GET it",
@@ -632,9 +643,44 @@ fn decision_table() {
             "Read Registration(\"idX\")",
         ),
         (
-            "AlreadyRegistered for this input: no POST",
-            read(stalled_for("AlreadyRegistered")),
+            "names an id this process already found gone: no GET, no second event, register",
+            with(read(annotated.clone()), |ob| {
+                ob.memory.lost = Some("id9".into())
+            }),
+            "Register marker=false",
+        ),
+        (
+            "AlreadyRegistered for this input, number looked up within the interval: nothing",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.memory.check = Some(check(1))
+            }),
             "Done AwaitChange",
+        ),
+        (
+            "AlreadyRegistered for this input, interval over (or restarted): look the number up",
+            read(stalled_for("AlreadyRegistered")),
+            "Read LookupByNumber",
+        ),
+        (
+            "AlreadyRegistered, still registered elsewhere: no POST, next look in one interval",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.lookup = Some(Ok(Some(reg("id7"))))
+            }),
+            "Report Stalled(AlreadyRegistered) Checked",
+        ),
+        (
+            "AlreadyRegistered, the number is free now: register",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.lookup = Some(Ok(None))
+            }),
+            "Register marker=false",
+        ),
+        (
+            "AlreadyRegistered, the look-up failed: retried by the backoff, no write",
+            with(read(stalled_for("AlreadyRegistered")), |ob| {
+                ob.lookup = Some(Err(unavailable(503)))
+            }),
+            "Fail Lookup",
         ),
         (
             "AlreadyRegistered, then reconcile-now: POST again",
@@ -731,11 +777,18 @@ fn decision_table() {
             "Report Available Checked",
         ),
         (
-            "registration gone",
+            "registration gone: reported, and the operator's mirror in the annotation goes",
             with(read(registered()), |ob| {
                 ob.fetched = Some(Err(ApiError::NotFound))
             }),
-            "ReportLost id1",
+            "ReportLost id1 unmirror=true",
+        ),
+        (
+            "an annotated id not found (never held): reported, the user's annotation stays",
+            with(read(annotated.clone()), |ob| {
+                ob.fetched = Some(Err(ApiError::NotFound))
+            }),
+            "ReportLost id9 unmirror=false",
         ),
         (
             "registration gone, reported: register again",
@@ -1002,6 +1055,26 @@ fn decision_table() {
             "Release released=false event=NotDeregistered",
         ),
         (
+            "deleting, named only in the annotation, an older claim holds the number: leave it",
+            with(
+                obs({
+                    let mut o = deleting(annotated.clone());
+                    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+                    o["status"] = json!({"conditions": [condition("Ready", "False", "Deleting")]});
+                    o
+                }),
+                |ob| {
+                    ob.api_key = Some(ApiKey::OperatorWide);
+                    ob.number_owner = Some(ObjectName {
+                        namespace: "a".into(),
+                        name: "attempting".into(),
+                        uid: None,
+                    });
+                },
+            ),
+            "Release released=false event=NotDeregistered",
+        ),
+        (
             "deleting with a pending marker: look up",
             with(obs(said_deleting(pending.clone())), |ob| {
                 ob.api_key = Some(ApiKey::OperatorWide)
@@ -1104,4 +1177,40 @@ fn messages_give_the_fix_that_fits() {
     };
     assert!(!message.contains("Fix the spec"), "{message}");
     assert!(message.contains("operator's API key"), "{message}");
+}
+
+#[test]
+fn a_registration_found_gone_while_the_secret_is_missing_leaves_status_naming_nothing() {
+    let step = decide(
+        &with(read(registered()), |ob| {
+            ob.fetched = Some(Err(ApiError::NotFound));
+            ob.lost_reported = true;
+            ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+        }),
+        &settings(),
+    );
+    let Step::Report { data, phase, .. } = &step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(summary(&step), "Report Progressing(SecretNotFound) Requeue");
+    assert!(matches!(phase, Phase::Progressing { .. }));
+    assert_eq!(
+        data.remote.phone_number_id, None,
+        "status must not name a registration that is gone"
+    );
+    // A Secret missing while the registration exists leaves the id where it is.
+    let step = decide(
+        &with(read(registered()), |ob| {
+            ob.fetched = Some(Ok(reg("id1")));
+            ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+        }),
+        &settings(),
+    );
+    if let Step::Report { data, .. } = &step {
+        assert_eq!(
+            data.remote.phone_number_id.as_deref(),
+            Some("id1"),
+            "{step:?}"
+        );
+    }
 }

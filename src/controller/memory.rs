@@ -56,6 +56,9 @@ pub struct ObjectMemory {
     pub refused_patch: Option<u64>,
     /// An invalid `oneinbox.ai/poll-interval` value already reported with a Warning.
     pub invalid_poll_interval: Option<String>,
+    /// A registration this object named that OneInbox no longer holds, reported once with
+    /// an Event (not fetched again: ids are never issued twice).
+    pub lost: Option<String>,
     /// The tenant API key last read for this object: deleting it still works after its
     /// Secret is gone (e.g. its namespace is being deleted and the Secret went first).
     pub tenant_key: Option<SecretString>,

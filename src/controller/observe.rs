@@ -132,11 +132,12 @@ impl Observation {
         let memory = lock(&ctx.memory).get(&uid);
         let others = ctx.store.state();
         let known_id = obj.known_id();
-        let number_owner = match &known_id {
-            None => plan::owner_of_number(&obj, others.iter().map(|o| o.as_ref())),
-            Some(_) => None,
-        }
-        .map(ObjectName::of);
+        // An object that holds its registration keeps it; one that only names an id yields
+        // the number to an older claim (an attempt in flight may have made that registration).
+        let number_owner = (!plan::holds_id(&obj))
+            .then(|| plan::owner_of_number(&obj, others.iter().map(|o| o.as_ref())))
+            .flatten()
+            .map(ObjectName::of);
         let id_owner = known_id
             .as_deref()
             .and_then(|id| plan::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))

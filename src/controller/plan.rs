@@ -83,6 +83,18 @@ pub struct PatchableDigest {
 }
 
 impl PatchableDigest {
+    /// A registration whose fields were not read (one that is not this object's: its
+    /// digest is never compared with a spec).
+    pub fn unread() -> PatchableDigest {
+        PatchableDigest {
+            friendly_name: 0,
+            agent_id: 0,
+            routing_agent_id: 0,
+            fallback: 0,
+            voicemail_message: 0,
+        }
+    }
+
     /// The digest of a registration as the API returned it.
     pub fn of_registration(r: &Registration) -> PatchableDigest {
         PatchableDigest::of(
@@ -289,19 +301,38 @@ fn claim_key(o: &PhoneNumber) -> (Option<jiff::Timestamp>, String, String) {
 }
 
 /// The object that owns `obj`'s number, if it is another one: the oldest object claiming the
-/// same number, where one that already holds a remote id, or has an attempt to register it in
-/// flight (a pending-create marker: its registration may exist), always wins.
+/// same number, where one that holds a registration (its id in status) wins over one that names
+/// an id only in the annotation or has an attempt to register it in flight (a pending-create
+/// marker: its registration may exist), and those win over one that has neither. The order is
+/// total, so two claimants never both yield (or both win).
 pub fn owner_of_number<'a>(
     obj: &PhoneNumber,
     others: impl IntoIterator<Item = &'a PhoneNumber>,
 ) -> Option<&'a PhoneNumber> {
     let uid = obj.uid();
-    let mine = claim_key(obj);
+    let rank = |o: &PhoneNumber| {
+        let claim = if holds_id(o) {
+            0
+        } else if o.known_id().is_some() || has_pending_create(o) {
+            1
+        } else {
+            2
+        };
+        (claim, claim_key(o))
+    };
+    let mine = rank(obj);
     others
         .into_iter()
         .filter(|o| o.uid() != uid && o.spec.phone_number == obj.spec.phone_number)
-        .filter(|o| o.known_id().is_some() || has_pending_create(o) || claim_key(o) < mine)
-        .min_by_key(|o| claim_key(o))
+        .filter(|o| rank(o) < mine)
+        .min_by_key(|o| rank(o))
+}
+
+/// The object's status names its registration (it registered or adopted it).
+pub fn holds_id(o: &PhoneNumber) -> bool {
+    o.status
+        .as_ref()
+        .is_some_and(|s| s.phone_number_id.is_some())
 }
 
 fn has_pending_create(o: &PhoneNumber) -> bool {
@@ -632,6 +663,71 @@ mod tests {
             owner_of_number(&old, all.iter()).map(|o| o.name_any()),
             Some("new".into())
         );
+    }
+
+    #[test]
+    fn two_claimants_never_both_yield_or_both_win() {
+        #[derive(Clone, Copy, Debug)]
+        enum Claim {
+            Nothing,
+            Annotation,
+            Attempt,
+            Holds,
+        }
+        let make = |name: &str, secs: i64, claim: Claim| {
+            let mut o = pn(name);
+            o.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(secs).unwrap()));
+            let mut status = crate::crd::PhoneNumberStatus::default();
+            match claim {
+                Claim::Nothing => {}
+                Claim::Annotation => {
+                    o.metadata.annotations = Some(
+                        [(
+                            crate::crd::ANNOTATION_PHONE_NUMBER_ID.to_string(),
+                            "id".to_string(),
+                        )]
+                        .into(),
+                    )
+                }
+                Claim::Attempt => {
+                    status.pending_create = Some(crate::crd::PendingCreate {
+                        token: "t".into(),
+                        started_at: "2026-01-01T00:00:00Z".into(),
+                    })
+                }
+                Claim::Holds => status.phone_number_id = Some("id".into()),
+            }
+            o.status = Some(status);
+            o
+        };
+        use Claim::*;
+        // (older's claim, newer's claim, the owner)
+        let cases = [
+            (Nothing, Nothing, "older"),
+            (Attempt, Annotation, "older"),
+            (Annotation, Attempt, "older"),
+            (Nothing, Attempt, "newer"),
+            (Nothing, Annotation, "newer"),
+            (Nothing, Holds, "newer"),
+            (Attempt, Holds, "newer"),
+            (Annotation, Holds, "newer"),
+            (Holds, Attempt, "older"),
+        ];
+        for (a, b, owner) in cases {
+            let older = make("older", 100, a);
+            let newer = make("newer", 200, b);
+            let all = [older.clone(), newer.clone()];
+            let got = (
+                owner_of_number(&older, all.iter()).map(|o| o.name_any()),
+                owner_of_number(&newer, all.iter()).map(|o| o.name_any()),
+            );
+            let want = if owner == "older" {
+                (None, Some("older".to_string()))
+            } else {
+                (Some("newer".to_string()), None)
+            };
+            assert_eq!(got, want, "older {a:?}, newer {b:?}");
+        }
     }
 
     #[test]

@@ -53,9 +53,13 @@ pub struct Sim {
     pub aborted: bool,
 }
 
+/// Set while the shrunk sequence of a failure is replayed with `MODEL_TRACE=shrunk`.
+pub static TRACE_SHRUNK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `MODEL_TRACE=1`: print every step and pass (for replaying one seed).
 pub fn trace() -> bool {
-    std::env::var("MODEL_TRACE").is_ok_and(|v| v == "1")
+    TRACE_SHRUNK.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var("MODEL_TRACE").is_ok_and(|v| v == "1")
 }
 
 fn parse(obj: &Value) -> Option<PhoneNumber> {

@@ -104,7 +104,7 @@ impl World {
         }
         // (b), Delete half.
         for r in &self.removed {
-            if r.orphan {
+            if r.orphan || !r.finalized {
                 continue;
             }
             for reg in self.api.regs.values() {
@@ -234,6 +234,14 @@ impl World {
             && held != Some(a)
             && let Some(r) = self.api.regs.get(a)
         {
+            // Held by another live object: refused by id before it is ever fetched.
+            let held_elsewhere = self
+                .objects
+                .iter()
+                .any(|(k, o)| k != key && o.obj["status"]["phoneNumberId"].as_str() == Some(a));
+            if held_elsewhere {
+                excuses.push("DuplicatePhoneNumber");
+            }
             if r.reg.phone_number != number {
                 needs_stall = true;
                 excuses.push("IdMismatch");
@@ -243,7 +251,7 @@ impl World {
             }
         }
         // Two objects claim the number: the one entitled to its registration, else the
-        // oldest, owns it.
+        // one with the strongest claim, else the oldest, owns it.
         let claimants: Vec<(&(String, String), &Value)> = self
             .objects
             .iter()
@@ -251,15 +259,33 @@ impl World {
             .map(|(k, s)| (k, &s.obj))
             .collect();
         if claimants.len() > 1 {
-            let holder = claimants.iter().find(|(_, o)| {
-                let u = o["metadata"]["uid"].as_str().unwrap_or_default();
-                regs.iter().any(|r| self.entitled(u, &r.reg.id))
+            // The one whose status names a registration of the number it is entitled to;
+            // else the one that created or deliberately adopted one (merely claimable ones,
+            // made near its attempt, do not count until it takes them).
+            let uid_of = |o: &Value| o["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+            let holding = claimants.iter().find(|(_, o)| {
+                o["status"]["phoneNumberId"].as_str().is_some_and(|h| {
+                    regs.iter()
+                        .any(|r| r.reg.id == h && self.entitled(&uid_of(o), h))
+                })
             });
+            let holder = holding.or_else(|| {
+                claimants.iter().find(|(_, o)| {
+                    regs.iter()
+                        .any(|r| r.owner.as_deref() == Some(uid_of(o).as_str()))
+                })
+            });
+            // Else the documented order: one that names an id (the annotation) or has an
+            // attempt in flight wins over one that has neither, and then the oldest.
             let owner = holder.map(|(k, _)| (*k).clone()).or_else(|| {
                 claimants
                     .iter()
                     .min_by_key(|(k, o)| {
+                        let claims = !o["metadata"]["annotations"]["oneinbox.ai/phone-number-id"]
+                            .is_null()
+                            || !o["status"]["pendingCreate"].is_null();
                         (
+                            !claims,
                             o["metadata"]["creationTimestamp"]
                                 .as_str()
                                 .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
@@ -271,7 +297,7 @@ impl World {
             if owner.as_ref() != Some(key) {
                 needs_stall = true;
                 excuses.extend(["DuplicatePhoneNumber", "AlreadyRegistered"]);
-                if !mine.is_empty() {
+                if held.is_some_and(|h| regs.iter().any(|r| r.reg.id == h)) {
                     v.push(format!(
                         "(a) {who} is not the owner of {number} but holds a registration of it"
                     ));
@@ -281,10 +307,14 @@ impl World {
         if !regs.is_empty() && mine.is_empty() {
             needs_stall = true;
             excuses.push("AlreadyRegistered");
-        } else if !regs.is_empty() && !regs.iter().any(|r| r.owner.as_deref() == Some(uid)) {
+        } else if !regs.is_empty()
+            && !regs.iter().any(|r| r.owner.as_deref() == Some(uid))
+            && !held.is_some_and(|h| mine.iter().any(|r| r.reg.id == h))
+        {
             // Only claimable (made outside while this object's attempt was pending): adopting
             // it and refusing it as registered elsewhere are both right (the operator refuses
-            // one made before its attempt started, within its clock-skew allowance).
+            // one made before its attempt started, within its clock-skew allowance). Once
+            // adopted, it is the object's like any other.
             excuses.push("AlreadyRegistered");
         }
 

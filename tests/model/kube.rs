@@ -626,10 +626,14 @@ impl World {
                 r.owner = Some(heir);
             }
         }
+        let finalized = finalizers(&stored.obj)
+            .iter()
+            .any(|f| f == oneinbox_operator::crd::FINALIZER);
         self.removed.push(Removed {
             uid,
             key: key.clone(),
             orphan,
+            finalized,
         });
         self.maybe_finish_namespace(&key.0);
     }

@@ -202,6 +202,12 @@ fn model_lifecycle() {
                     sequence.join("\n")
                 );
                 eprintln!("{report}");
+                if std::env::var("MODEL_TRACE").is_ok_and(|v| v == "shrunk") {
+                    eprintln!("model: the shrunk sequence, pass by pass:");
+                    driver::TRACE_SHRUNK.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = run_case(&rt, case_seed, &minimal);
+                    driver::TRACE_SHRUNK.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 failures.push(report);
                 if !keep_going {
                     break;

@@ -40,6 +40,10 @@ pub struct Removed {
     pub uid: String,
     pub key: (String, String),
     pub orphan: bool,
+    /// It carried the operator's finalizer when it went. Without it the object went before
+    /// the operator could act on it (deleted before its first pass): an adoption named only
+    /// in its annotation was never carried out, and there was nothing to deregister.
+    pub finalized: bool,
 }
 
 #[derive(Default)]
