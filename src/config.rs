@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::oneinbox::SecretString;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "oneinbox-operator",
@@ -22,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(Box<RunArgs>),
+    /// Write a PhoneNumber manifest (managementPolicy: Observe) for every registration of the
+    /// OneInbox workspace, to stdout or a directory (docs/migrating.md).
+    Import(Box<ImportArgs>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -187,23 +192,121 @@ impl RunArgs {
                 show(self.lease_duration)
             ));
         }
-        match self.api_url.scheme() {
-            "https" => {}
-            "http" if self.allow_insecure_http => {}
-            "http" => {
-                return Err(format!(
-                    "--api-url {} is plain http: the API key would cross the network \
-                     unencrypted; use https, or pass --allow-insecure-http (local mock \
-                     servers and tests only)",
-                    without_userinfo(&self.api_url)
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "--api-url {}: unsupported scheme {other:?} (use https)",
-                    without_userinfo(&self.api_url)
-                ));
-            }
+        check_api_url(&self.api_url, self.allow_insecure_http)
+    }
+}
+
+/// Refuse an `--api-url` the key must not be sent to: anything but https, unless plain http
+/// is allowed explicitly.
+pub fn check_api_url(url: &reqwest::Url, allow_insecure_http: bool) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => Err(format!(
+            "--api-url {} is plain http: the API key would cross the network \
+             unencrypted; use https, or pass --allow-insecure-http (local mock \
+             servers and tests only)",
+            without_userinfo(url)
+        )),
+        other => Err(format!(
+            "--api-url {}: unsupported scheme {other:?} (use https)",
+            without_userinfo(url)
+        )),
+    }
+}
+
+/// The OneInbox API key: from `--api-key-file` if given, else `ONEINBOX_API_KEY`; trimmed,
+/// never empty.
+pub fn read_api_key(file: Option<&std::path::Path>) -> Result<SecretString, String> {
+    let key = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?,
+        None => std::env::var("ONEINBOX_API_KEY")
+            .map_err(|_| "set ONEINBOX_API_KEY or --api-key-file".to_string())?,
+    };
+    let key = key.trim().to_owned();
+    if key.is_empty() {
+        return Err("the OneInbox API key is empty".into());
+    }
+    Ok(SecretString::new(key))
+}
+
+/// Settings of `oneinbox-operator import`.
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// Base URL of the OneInbox API.
+    #[arg(
+        long,
+        env = "ONEINBOX_API_URL",
+        default_value = "https://api.oneinbox.ai"
+    )]
+    pub api_url: reqwest::Url,
+
+    /// Allow an `http://` API URL (local mock servers and tests only).
+    #[arg(long, env = "ONEINBOX_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
+
+    /// PEM file of CA certificates trusted for the OneInbox API, in addition to the built-in
+    /// roots.
+    #[arg(long, env = "ONEINBOX_API_CA_FILE")]
+    pub api_ca_file: Option<PathBuf>,
+
+    /// Read the OneInbox API key from this file instead of ONEINBOX_API_KEY.
+    #[arg(long, env = "ONEINBOX_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Timeout of each OneInbox request.
+    #[arg(long, env = "ONEINBOX_API_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+
+    /// Registrations per list request (1–100).
+    #[arg(long, default_value = "100", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub page_size: u32,
+
+    /// metadata.namespace of every manifest.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+
+    /// metadata.name of each manifest. Placeholders: {number} (the E.164 number without its
+    /// "+", e.g. 15551234567), {id} (the OneInbox registration id), {provider} (twilio or
+    /// telnyx). The result must be a valid Kubernetes name (lower case, digits, "-", ".").
+    #[arg(long, default_value = "pn-{number}")]
+    pub name_template: String,
+
+    /// Write one file per number (<name>.yaml) into this directory instead of stdout. It must
+    /// be empty or missing, unless --force.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+
+    /// Write into a non-empty --output-dir: files of the same name are replaced, others kept.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Skip numbers a PhoneNumber in this cluster already manages (by number or id), using
+    /// this kubeconfig (its current context).
+    #[arg(long, conflicts_with = "check_cluster")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Skip numbers a PhoneNumber in the cluster already manages, using the ambient
+    /// Kubernetes configuration (KUBECONFIG, ~/.kube/config, or the in-cluster service
+    /// account).
+    #[arg(long)]
+    pub check_cluster: bool,
+}
+
+impl ImportArgs {
+    /// Refuse settings that cannot work, with the flag to change in the message.
+    pub fn validate(&self) -> Result<(), String> {
+        check_api_url(&self.api_url, self.allow_insecure_http)?;
+        crate::import::check_template(&self.name_template)?;
+        if !crate::import::is_dns_subdomain(&self.namespace) || self.namespace.contains('.') {
+            return Err(format!(
+                "--namespace {:?} is not a valid namespace name (lower case letters, digits and \"-\")",
+                self.namespace
+            ));
+        }
+        if let Some(dir) = &self.output_dir {
+            crate::import::check_output_dir(dir, self.force)?;
         }
         Ok(())
     }
@@ -325,7 +428,10 @@ mod tests {
         argv.extend_from_slice(extra);
         let Command::Run(args) = Cli::try_parse_from(argv)
             .map_err(|e| e.to_string())?
-            .command;
+            .command
+        else {
+            return Err("not run".into());
+        };
         args.validate()?;
         Ok(*args)
     }
@@ -401,7 +507,9 @@ mod tests {
             "--allow-insecure-http",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(args.poll_interval, Duration::from_secs(600));
         assert_eq!(args.log_format, LogFormat::Plain);
     }

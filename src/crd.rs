@@ -63,8 +63,8 @@ pub const HOST_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.providerConfig) != has(self.credentialId)").message(
-    "exactly one of spec.providerConfig (SIP credentials) or spec.credentialId (a stored OneInbox integration) must be set"
+#[x_kube(validation = Rule::new("has(self.managementPolicy) && self.managementPolicy == 'Observe' ? !(has(self.providerConfig) && has(self.credentialId)) : has(self.providerConfig) != has(self.credentialId)").message(
+    "exactly one of spec.providerConfig (SIP credentials) or spec.credentialId (a stored OneInbox integration) must be set when managementPolicy is Full (the default); under Observe both may be left out, but not both set"
 ))]
 #[x_kube(validation = Rule::new("has(self.apiKeySecretRef) == has(oldSelf.apiKeySecretRef) && (!has(self.apiKeySecretRef) || self.apiKeySecretRef == oldSelf.apiKeySecretRef)").message(
     "apiKeySecretRef is immutable: another key may be another OneInbox workspace. Create a new PhoneNumber (set deletionPolicy: Orphan on this one to keep its registration); the key inside the Secret may be rotated freely"
@@ -117,6 +117,16 @@ pub struct PhoneNumberSpec {
     #[serde(default)]
     pub replacement_policy: ReplacementPolicy,
 
+    /// How far the operator manages the registration: "Full" (default) registers, updates and
+    /// deregisters it; "Observe" only mirrors an existing registration (found by the
+    /// oneinbox.ai/phone-number-id annotation, or else by number) into status and reports
+    /// fields that differ from the spec as the Drifted condition. Observe never registers,
+    /// updates or deregisters, adds no finalizer, and deleting the object leaves the
+    /// registration; providerConfig and credentialId are optional under it. Switching to Full
+    /// adopts the registration (finalizer first) and corrects any drift with one update.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
+
     /// OneInbox API key for this object (a Secret in the same namespace), for clusters where
     /// teams use different OneInbox workspaces. Defaults to the operator-wide key. Immutable
     /// (set, changed or removed only by creating a new PhoneNumber); the value inside the
@@ -168,6 +178,18 @@ pub enum ReplacementPolicy {
     Manual,
     /// Deregister and register again with the new credentials.
     Replace,
+}
+
+/// Whether the operator writes to OneInbox for the object.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum ManagementPolicy {
+    /// Register, update and deregister the number.
+    #[default]
+    Full,
+    /// Mirror an existing registration into status; never write to OneInbox.
+    Observe,
 }
 
 /// SIP digest credentials for the outbound trunk.
@@ -396,6 +418,11 @@ impl PhoneNumber {
             .as_ref()
             .map(|r| r.name.as_str());
         password.into_iter().chain(api_key)
+    }
+
+    /// Whether the object only observes its registration (`managementPolicy: Observe`).
+    pub fn is_observe_only(&self) -> bool {
+        self.spec.management_policy == ManagementPolicy::Observe
     }
 
     /// Whether the object is paused by annotation.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod oneinbox;

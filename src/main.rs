@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use oneinbox_operator::admin::{self, Health};
-use oneinbox_operator::config::{Cli, Command, RunArgs};
+use oneinbox_operator::config::{self, Cli, Command, ImportArgs, RunArgs};
 use oneinbox_operator::controller::plan::HashKey;
 use oneinbox_operator::controller::{self, Scope, Settings};
 use oneinbox_operator::leader;
@@ -26,7 +26,10 @@ fn main() -> ExitCode {
     // Both kube and reqwest use rustls; pick the provider once, before any client exists.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Import(args) => return import(*args),
+    };
     telemetry::init(args.log_format);
     if let Err(msg) = args.validate() {
         error!("{msg}");
@@ -52,18 +55,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn api_key(args: &RunArgs) -> Result<SecretString, String> {
-    let key = match &args.api_key_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?,
-        None => std::env::var("ONEINBOX_API_KEY")
-            .map_err(|_| "set ONEINBOX_API_KEY or --api-key-file".to_string())?,
-    };
-    let key = key.trim().to_owned();
-    if key.is_empty() {
-        return Err("the OneInbox API key is empty".into());
+/// `oneinbox-operator import`: progress and errors on stderr, manifests on stdout or in files.
+fn import(args: ImportArgs) -> ExitCode {
+    if let Err(msg) = args.validate() {
+        eprintln!("oneinbox-operator import: {msg}");
+        return ExitCode::from(2);
     }
-    Ok(SecretString::new(key))
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oneinbox-operator import: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(oneinbox_operator::import::run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oneinbox-operator import: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// The key of the credentials hash: its own file, or derived from the operator's API key.
@@ -87,7 +101,7 @@ fn hash_key(args: &RunArgs, api_key: &SecretString) -> Result<HashKey, String> {
 
 async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::new();
-    let operator_key = api_key(&args)?;
+    let operator_key = config::read_api_key(args.api_key_file.as_deref())?;
     let hash_key = hash_key(&args, &operator_key)?;
     let extra_roots = match &args.api_ca_file {
         Some(path) => http::load_ca_file(path)?,

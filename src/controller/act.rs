@@ -77,9 +77,15 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             }
             Step::Fail(f) => return Err(self.error(obs, &f)),
             Step::Done(after) => return Ok(Next::End(action(after))),
-            Step::Adopt { id } => {
+            Step::Adopt { id, takeover } => {
                 self.add_finalizer(obs).await?;
-                let note = format!("Adopted the existing OneInbox registration {id}");
+                let note = if takeover {
+                    format!(
+                        "managementPolicy is Full: took over the OneInbox registration {id} (finalizer added; the operator now keeps it in line with the spec)"
+                    )
+                } else {
+                    format!("Adopted the existing OneInbox registration {id}")
+                };
                 self.event(obs, EventType::Normal, "Adopted", note).await;
                 obs.adopted = true;
             }
@@ -166,6 +172,19 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 obs.patched = Some(res);
             }
             Step::Annotate { id } => self.ensure_annotation(obs, &id).await?,
+            Step::Disown => {
+                self.remove_finalizer(obs, None).await?;
+                let what = obs
+                    .obj
+                    .known_id()
+                    .map(|id| format!("registration {id}"))
+                    .unwrap_or_else(|| "the number".into());
+                let note = format!(
+                    "managementPolicy is Observe: removed the finalizer {FINALIZER}; the operator makes no OneInbox writes, and deleting this object leaves {what} registered"
+                );
+                self.event(obs, EventType::Normal, "ObserveOnly", note)
+                    .await;
+            }
             Step::RememberCleanRefusal { token, then } => {
                 self.remember(obs, |m| m.clean_refusal = Some(token));
                 return Ok(Next::Step(then));
@@ -174,9 +193,13 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 self.remember(obs, |m| m.check = None);
                 return Ok(Next::Step(then));
             }
-            Step::Orphan { what } => {
-                self.remove_finalizer(obs, true).await?;
-                let note = format!("deletionPolicy is Orphan: left {what} registered in OneInbox");
+            Step::Orphan {
+                what,
+                because,
+                unless_changed,
+            } => {
+                self.remove_finalizer(obs, Some(unless_changed)).await?;
+                let note = format!("{because}: left {what} registered in OneInbox");
                 self.event(obs, EventType::Normal, "Orphaned", note).await;
                 self.finish(obs);
                 return Ok(Next::End(Action::await_change()));
@@ -189,7 +212,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     // If removing the finalizer fails now, the retry's 404 is known to be ours.
                     self.remember(obs, |m| m.released = Some(id));
                 }
-                self.remove_finalizer(obs, false).await?;
+                self.remove_finalizer(obs, None).await?;
                 if let Some((reason, note)) = event {
                     self.event(obs, EventType::Normal, reason, note).await;
                 }
@@ -436,16 +459,21 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
 
     /// Remove our finalizer with a JSON patch that tests it is still at its index: no
     /// resourceVersion precondition, so unrelated changes to the object cannot make it fail.
-    /// Remove the finalizer; `orphaning`: only while the object still says `Orphan` (a user
-    /// may switch the policy to Delete during the pass: then the next pass deregisters).
-    async fn remove_finalizer(&mut self, obs: &mut Observation, orphaning: bool) -> Result<()> {
+    /// Remove the finalizer; with `unless_changed` (a spec field and the value the decision
+    /// read), only while the object still says so: a user may switch the policy during the
+    /// pass, and then the next pass decides again.
+    async fn remove_finalizer(
+        &mut self,
+        obs: &mut Observation,
+        unless_changed: Option<(&str, &str)>,
+    ) -> Result<()> {
         let Some(index) = obs.obj.finalizers().iter().position(|f| f == FINALIZER) else {
             return Ok(());
         };
         let path = format!("/metadata/finalizers/{index}");
         let mut ops = vec![json!({ "op": "test", "path": path, "value": FINALIZER })];
-        if orphaning {
-            ops.push(json!({ "op": "test", "path": "/spec/deletionPolicy", "value": "Orphan" }));
+        if let Some((field, value)) = unless_changed {
+            ops.push(json!({ "op": "test", "path": field, "value": value }));
         }
         ops.push(json!({ "op": "remove", "path": path }));
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))

@@ -96,8 +96,9 @@ pub enum Step {
     /// End the pass and write nothing.
     Done(DoneAfter),
     /// Deliberate adoption of the registration the annotation names: finalizer first (guarded
-    /// by the resourceVersion), then an `Adopted` event.
-    Adopt { id: String },
+    /// by the resourceVersion), then an `Adopted` event. `takeover`: the object already
+    /// mirrored it under `managementPolicy: Observe` and is now switched to Full.
+    Adopt { id: String, takeover: bool },
     /// The registration is gone from OneInbox: a `RegistrationLost` Warning, then register again.
     /// `unmirror`: the id annotation is the operator's mirror of the status id: it goes too,
     /// so no object keeps claiming the number with an id that no longer exists.
@@ -124,14 +125,24 @@ pub enum Step {
     },
     /// Mirror the id into the annotation (the durable copy).
     Annotate { id: String },
+    /// `managementPolicy: Observe` on an object with the finalizer (switched from Full):
+    /// remove it, so that deleting the object never deregisters, with an `ObserveOnly` event.
+    Disown,
     /// Remember that a clean 429 refused this pending attempt (the next attempt posts without
     /// a look-up), then take `then`.
     RememberCleanRefusal { token: String, then: Box<Step> },
     /// Forget the last check (what the API holds is no longer known), then take `then`.
     ForgetCheck { then: Box<Step> },
     // ---- deletion
-    /// `deletionPolicy: Orphan`: remove the finalizer, `Orphaned` event.
-    Orphan { what: String },
+    /// `deletionPolicy: Orphan` (or `managementPolicy: Observe`, named in `because`): remove
+    /// the finalizer, `Orphaned` event.
+    Orphan {
+        what: String,
+        because: &'static str,
+        /// The spec field and value this decision rests on: the finalizer goes only while the
+        /// object still says so.
+        unless_changed: (&'static str, &'static str),
+    },
     /// `DELETE /v1/phone-numbers/{id}`.
     Deregister { id: String },
     /// Remove the finalizer, with an event if there is one. `released` is the registration
@@ -165,6 +176,7 @@ impl Step {
             Step::Persist { .. } => "persist",
             Step::Patch { .. } => "patch",
             Step::Annotate { .. } => "annotate",
+            Step::Disown => "disown",
             Step::RememberCleanRefusal { .. } => "remember clean refusal",
             Step::ForgetCheck { .. } => "forget check",
             Step::Orphan { .. } => "orphan",
@@ -203,6 +215,11 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     if obj.is_paused() {
         return report(StatusData::current(obj), Phase::Paused, Then::AwaitChange);
     }
+    // Switched from Full to Observe: the finalizer goes before anything else, so that from now
+    // on deleting the object never deregisters the number.
+    if obj.is_observe_only() && obj.has_finalizer() {
+        return Step::Disown;
+    }
     let known_id = obj.known_id();
     let attempt_in_flight = obj
         .status
@@ -235,6 +252,10 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
             Then::Requeue(DUPLICATE_RECHECK),
         );
     }
+    if obj.is_observe_only() {
+        return decide_observe(obs, settings);
+    }
+
     // Checked recently and no referenced Secret changed since: nothing to read or call.
     if let Some(id) = &known_id
         && obs.secrets_unchanged
@@ -382,6 +403,127 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     report(data, phase, then)
 }
 
+/// `managementPolicy: Observe`: find the registration (by the id the object names, or else by
+/// number), mirror it into status, and report where it differs from the spec. No OneInbox
+/// write, and no Secret but a tenant API key is read.
+fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
+    let obj = &obs.obj;
+    let known_id = obj.known_id();
+    if let Some(id) = &known_id
+        && fresh(obs, id, None)
+    {
+        return Step::Done(DoneAfter::AwaitChange);
+    }
+    match &obs.api_key {
+        None => return Step::Read(Read::ApiKey),
+        Some(ApiKey::Missing(problem)) => return wait_for_secret(obs, problem, settings),
+        Some(_) => {}
+    }
+    let fix = "managementPolicy is Observe, so the operator will not register it";
+    let reg = match &known_id {
+        Some(id) => match (&obs.fetched, &obs.lookup) {
+            // Found by number earlier in this pass; the annotation names it since.
+            (_, Some(Ok(Some(found)))) if &found.id == id => found,
+            (None, _) => return Step::Read(Read::Registration(id.clone())),
+            (Some(Ok(reg)), _) if reg.phone_number != obj.spec.phone_number => {
+                let msg = format!(
+                    "OneInbox registration {id} is for {}, not {}. Fix or remove the {ANNOTATION_PHONE_NUMBER_ID} annotation",
+                    reg.phone_number, obj.spec.phone_number
+                );
+                return stall(obs, reason::ID_MISMATCH, msg, Then::AwaitChange);
+            }
+            (Some(Ok(reg)), _) => reg,
+            (Some(Err(ApiError::NotFound)), _) => {
+                let msg = format!(
+                    "OneInbox has no registration {id} (named by the {ANNOTATION_PHONE_NUMBER_ID} annotation or the status); {fix}. Fix the annotation, or register the number outside the cluster and annotate this object with its id, or set managementPolicy: Full (with providerConfig or credentialId) to register it"
+                );
+                return stall(obs, reason::REGISTRATION_NOT_FOUND, msg, Then::AwaitChange);
+            }
+            (Some(Err(e)), _) => {
+                return api_failure(
+                    obs,
+                    Failure {
+                        op: Op::Get,
+                        error: e.clone(),
+                    },
+                );
+            }
+        },
+        None => match &obs.lookup {
+            None => return Step::Read(Read::LookupByNumber),
+            Some(Ok(Some(reg))) => reg,
+            // It may be registered outside the cluster later: looked for again every interval.
+            Some(Ok(None)) => {
+                let msg = format!(
+                    "{} is not registered in OneInbox; {fix}. Register it outside the cluster (it is looked for again every poll interval), or set managementPolicy: Full (with providerConfig or credentialId) to register it",
+                    obj.spec.phone_number
+                );
+                let every =
+                    plan::poll_interval(obj, settings.poll_interval, settings.min_poll_interval)
+                        .unwrap_or(settings.poll_interval);
+                return stall(
+                    obs,
+                    reason::REGISTRATION_NOT_FOUND,
+                    msg,
+                    Then::Requeue(every),
+                );
+            }
+            Some(Err(e)) => {
+                return api_failure(
+                    obs,
+                    Failure {
+                        op: Op::Lookup,
+                        error: e.clone(),
+                    },
+                );
+            }
+        },
+    };
+    if obj.annotation(ANNOTATION_PHONE_NUMBER_ID) != Some(reg.id.as_str()) {
+        return Step::Annotate { id: reg.id.clone() };
+    }
+    let phase = if reg.status == "failed" {
+        Phase::Stalled {
+            reason: reason::REGISTRATION_FAILED,
+            message: format!(
+                "OneInbox reports provisioning of {} failed. Contact OneInbox support, or register the number again outside the cluster",
+                reg.id
+            ),
+        }
+    } else if !reg.is_active() {
+        Phase::Progressing {
+            reason: reason::PROVISIONING,
+            message: format!(
+                "OneInbox reports state {:?}; waiting for \"active\"",
+                reg.status
+            ),
+        }
+    } else {
+        Phase::Observed {
+            drift: plan::drifted_fields(obj, reg),
+        }
+    };
+    let then = if reg.is_active() {
+        Then::Checked {
+            id: reg.id.clone(),
+            patchable: PatchableDigest::of_registration(reg),
+            generation: obs.generation,
+            warn_poll_interval: plan::invalid_poll_interval(obj)
+                .filter(|v| obs.memory.invalid_poll_interval.as_deref() != Some(*v))
+                .map(str::to_owned),
+        }
+    } else {
+        Then::Requeue(settings.provisioning_poll)
+    };
+    let data = StatusData {
+        remote: RemoteFacts::from_registration(reg),
+        pending_create: None,
+        last_handled_reconcile_at: requested_reconcile(obj),
+        ..StatusData::current(obj)
+    };
+    report(data, phase, then)
+}
+
 /// What the pass knows of the registration the object names, or `Ok(None)` when there is none
 /// (never was, gone, or released by a replacement in this pass) and the number is to be
 /// registered. `Err` is the step to take first.
@@ -438,13 +580,18 @@ fn remote(
             )))
         }
         Some(Ok(reg)) => {
-            let adopting = obj
+            let holds = obj
                 .status
                 .as_ref()
                 .and_then(|s| s.phone_number_id.as_deref())
-                != Some(reg.id.as_str());
-            if adopting && !obs.adopted {
-                return Err(Box::new(Step::Adopt { id: reg.id.clone() }));
+                == Some(reg.id.as_str());
+            // Held without the finalizer: mirrored under managementPolicy: Observe, and now
+            // taken over.
+            if (!holds || !obj.has_finalizer()) && !obs.adopted {
+                return Err(Box::new(Step::Adopt {
+                    id: reg.id.clone(),
+                    takeover: holds,
+                }));
             }
             Ok(Some(Remote::of(reg)))
         }
@@ -729,12 +876,29 @@ fn decide_deletion(obs: &Observation) -> Step {
     if !obj.has_finalizer() {
         return Step::Done(DoneAfter::AwaitChange);
     }
-    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+    let orphan_because = if obj.is_observe_only() {
+        Some((
+            "managementPolicy is Observe",
+            ("/spec/managementPolicy", "Observe"),
+        ))
+    } else if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        Some((
+            "deletionPolicy is Orphan",
+            ("/spec/deletionPolicy", "Orphan"),
+        ))
+    } else {
+        None
+    };
+    if let Some((because, unless_changed)) = orphan_because {
         let what = obj
             .known_id()
             .map(|id| format!("registration {id}"))
             .unwrap_or_else(|| "the number".into());
-        return Step::Orphan { what };
+        return Step::Orphan {
+            what,
+            because,
+            unless_changed,
+        };
     }
     if obj.is_paused() {
         return report(StatusData::current(obj), Phase::Paused, Then::AwaitChange);
@@ -1088,7 +1252,10 @@ fn fresh(obs: &Observation, id: &str, current_hash: Option<&str>) -> bool {
 /// against (no reconcile was requested since, same id, within the interval).
 fn cached_remote(obs: &Observation, id: &str) -> Option<Remote> {
     let status = obs.obj.status.as_ref()?;
+    // Without the finalizer the registration is not taken over yet (an object switched from
+    // Observe): it is read and adopted first.
     if status.phone_number_id.as_deref() != Some(id)
+        || !obs.obj.has_finalizer()
         || !reconcile_request_handled(obs)
         || status.state.is_none()
     {

@@ -173,6 +173,7 @@ fn summary(step: &Step) -> String {
             Phase::AvailableButStalled { reason, .. } => format!("AvailableButStalled({reason})"),
             Phase::DeletionBlocked { .. } => "DeletionBlocked".into(),
             Phase::Paused => "Paused".into(),
+            Phase::Observed { drift } => format!("Observed{drift:?}"),
         }
     }
     match step {
@@ -194,16 +195,17 @@ fn summary(step: &Step) -> String {
         Step::Fail(f) => format!("Fail {:?}", f.op),
         Step::Done(DoneAfter::AwaitChange) => "Done AwaitChange".into(),
         Step::Done(DoneAfter::Requeue(_)) => "Done Requeue".into(),
-        Step::Adopt { id } => format!("Adopt {id}"),
+        Step::Adopt { id, takeover } => format!("Adopt {id} takeover={takeover}"),
         Step::ReportLost { id, unmirror } => format!("ReportLost {id} unmirror={unmirror}"),
         Step::Replace { id } => format!("Replace {id}"),
         Step::Register { marker_present, .. } => format!("Register marker={marker_present}"),
         Step::Persist { event, .. } => format!("Persist {}", event.0),
         Step::Patch { event, .. } => format!("Patch {event}"),
         Step::Annotate { id } => format!("Annotate {id}"),
+        Step::Disown => "Disown".into(),
         Step::RememberCleanRefusal { .. } => "RememberCleanRefusal".into(),
         Step::ForgetCheck { then } => format!("ForgetCheck then {}", summary(then)),
-        Step::Orphan { .. } => "Orphan".into(),
+        Step::Orphan { because, .. } => format!("Orphan ({because})"),
         Step::Deregister { id } => format!("Deregister {id}"),
         Step::Release { released, event } => format!(
             "Release released={} event={}",
@@ -265,7 +267,221 @@ fn decision_table() {
         o
     };
 
+    // managementPolicy: Observe, no credentials (optional under Observe).
+    let observing = |o: Value| {
+        let mut o = o;
+        o["spec"]["managementPolicy"] = json!("Observe");
+        if let Some(spec) = o["spec"].as_object_mut() {
+            spec.remove("credentialId");
+        }
+        o
+    };
+    // Mirrored under Observe: status holds id1, the annotation too, no finalizer.
+    let mirrored = {
+        let mut o = observing(registered());
+        o["metadata"]["finalizers"] = json!([]);
+        o["status"] = json!({
+            "observedGeneration": 1, "phoneNumberId": "id1", "state": "active",
+            "conditions": [condition("Ready", "True", "Observed")]
+        });
+        o
+    };
+    // The mirrored object switched to Full (a new generation), credentials added.
+    let taken_over = {
+        let mut o = mirrored.clone();
+        o["spec"]["managementPolicy"] = json!("Full");
+        o["spec"]["credentialId"] = json!(CRED);
+        o["metadata"]["generation"] = json!(2);
+        o
+    };
+    let observe_read = |o: Value| with(obs(o), |ob| ob.api_key = Some(ApiKey::OperatorWide));
+
     let rows: Vec<(&str, Observation, &str)> = vec![
+        // ---- managementPolicy: Observe
+        (
+            "observe, nothing read: the key first, never the credentials",
+            obs(observing(object())),
+            "Read ApiKey",
+        ),
+        (
+            "observe, no id: look the number up",
+            observe_read(observing(object())),
+            "Read LookupByNumber",
+        ),
+        (
+            "observe, found by number: record the id in the annotation",
+            with(observe_read(observing(object())), |ob| {
+                ob.lookup = Some(Ok(Some(reg("id1"))))
+            }),
+            "Annotate id1",
+        ),
+        (
+            "observe, found by number and annotated in this pass: mirror it, no GET",
+            with(
+                observe_read({
+                    let mut o = observing(object());
+                    o["metadata"]["annotations"] = json!({ANNOTATION_PHONE_NUMBER_ID: "id1"});
+                    o
+                }),
+                |ob| ob.lookup = Some(Ok(Some(reg("id1")))),
+            ),
+            "Report Observed[] Checked",
+        ),
+        (
+            "observe, not registered: Stalled, looked for again at the poll interval",
+            with(observe_read(observing(object())), |ob| {
+                ob.lookup = Some(Ok(None))
+            }),
+            "Report Stalled(RegistrationNotFound) Requeue",
+        ),
+        (
+            "observe, a pending attempt of its Full days (finalizer gone): looked up by number",
+            observe_read({
+                let mut o = observing(pending.clone());
+                o["metadata"]["finalizers"] = json!([]);
+                o
+            }),
+            "Read LookupByNumber",
+        ),
+        (
+            "observe, annotated id: GET it",
+            observe_read(observing(annotated.clone())),
+            "Read Registration(\"id9\")",
+        ),
+        (
+            "observe, annotated id gone: Stalled, never registered",
+            with(observe_read(observing(annotated.clone())), |ob| {
+                ob.fetched = Some(Err(ApiError::NotFound))
+            }),
+            "Report Stalled(RegistrationNotFound) AwaitChange",
+        ),
+        (
+            "observe, annotated id of another number",
+            with(observe_read(observing(annotated.clone())), |ob| {
+                let mut other = reg("id9");
+                other.phone_number = "+15550000000".into();
+                ob.fetched = Some(Ok(other));
+            }),
+            "Report Stalled(IdMismatch) AwaitChange",
+        ),
+        (
+            "observe, in line: Ready Observed, no drift",
+            with(observe_read(mirrored.clone()), |ob| {
+                ob.fetched = Some(Ok(reg("id1")))
+            }),
+            "Report Observed[] Checked",
+        ),
+        (
+            "observe, drift: named by spec field, not corrected",
+            with(observe_read(mirrored.clone()), |ob| {
+                let mut changed = reg("id1");
+                changed.agent_id = OTHER_AGENT.into();
+                changed.friendly_name = Some("renamed outside".into());
+                ob.fetched = Some(Ok(changed));
+            }),
+            "Report Observed[\"agentId\", \"friendlyName\"] Checked",
+        ),
+        (
+            "observe, provisioning",
+            with(observe_read(mirrored.clone()), |ob| {
+                let mut r = reg("id1");
+                r.status = "provisioning".into();
+                ob.fetched = Some(Ok(r));
+            }),
+            "Report Progressing(Provisioning) Requeue",
+        ),
+        (
+            "observe, key rejected",
+            with(observe_read(mirrored.clone()), |ob| {
+                ob.fetched = Some(Err(key_rejected()))
+            }),
+            "Report Stalled(APIKeyRejected) Fail",
+        ),
+        (
+            "observe, checked recently: no call",
+            with(obs(mirrored.clone()), |ob| {
+                ob.memory.check = Some(check(1));
+            }),
+            "Done AwaitChange",
+        ),
+        (
+            "observe, paused",
+            obs({
+                let mut o = mirrored.clone();
+                o["metadata"]["annotations"]["oneinbox.ai/paused"] = json!("true");
+                o
+            }),
+            "Report Paused AwaitChange",
+        ),
+        (
+            "observe, switched from Full: the finalizer goes first",
+            obs(observing(registered())),
+            "Disown",
+        ),
+        (
+            "observe, duplicate by number: never adopted",
+            with(observe_read(observing(object())), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "voice".into(),
+                    name: "older".into(),
+                    uid: None,
+                })
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
+            "observe, duplicate by id: never mirrored",
+            with(observe_read(observing(annotated.clone())), |ob| {
+                ob.id_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "holder".into(),
+                    uid: None,
+                })
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
+            "observe, deleted while the finalizer is still on: never deregistered",
+            obs(deleting(observing(registered()))),
+            "Orphan (managementPolicy is Observe)",
+        ),
+        (
+            "observe, deleted without the finalizer: nothing to do",
+            obs(deleting(mirrored.clone())),
+            "Done AwaitChange",
+        ),
+        (
+            "switched to Full: the last check is no cached view, GET it",
+            with(read(taken_over.clone()), |ob| {
+                ob.memory.check = Some(check(1));
+            }),
+            "Read Registration(\"id1\")",
+        ),
+        (
+            "switched to Full: take over deliberately, finalizer first",
+            with(read(taken_over.clone()), |ob| {
+                ob.fetched = Some(Ok(reg("id1")))
+            }),
+            "Adopt id1 takeover=true",
+        ),
+        (
+            "switched to Full, taken over, spec differs: one PATCH",
+            with(read(taken_over.clone()), |ob| {
+                let mut changed = reg("id1");
+                changed.agent_id = OTHER_AGENT.into();
+                ob.fetched = Some(Ok(changed));
+                ob.adopted = true;
+            }),
+            "Patch Updated",
+        ),
+        (
+            "switched to Full, taken over, in line: Available, the credentials a new baseline",
+            with(read(taken_over.clone()), |ob| {
+                ob.fetched = Some(Ok(reg("id1")));
+                ob.adopted = true;
+            }),
+            "Report Available Checked",
+        ),
         // ---- guards before any read
         (
             "paused",
@@ -536,7 +752,7 @@ fn decision_table() {
             with(read(annotated.clone()), |ob| {
                 ob.fetched = Some(Ok(reg("id9")))
             }),
-            "Adopt id9",
+            "Adopt id9 takeover=false",
         ),
         (
             "adopted: record it",
@@ -767,7 +983,7 @@ fn decision_table() {
                 o["spec"]["deletionPolicy"] = json!("Orphan");
                 o
             }),
-            "Orphan",
+            "Orphan (deletionPolicy is Orphan)",
         ),
         (
             "deleted: say Deleting first",

@@ -184,6 +184,39 @@ pub fn patch_for(obj: &PhoneNumber, remote: &PatchableDigest) -> PatchRequest {
     patch
 }
 
+/// The spec fields (their names in the spec, never their values) in which the registration
+/// `remote` differs from the spec: what `managementPolicy: Observe` reports as drift. The
+/// credentials are write-only in the API and never compared.
+pub fn drifted_fields(obj: &PhoneNumber, remote: &Registration) -> Vec<&'static str> {
+    let want = PatchableDigest::of_spec(obj);
+    let have = PatchableDigest::of_registration(remote);
+    let mut out = Vec::new();
+    if !remote
+        .provider
+        .eq_ignore_ascii_case(obj.spec.provider.as_str())
+    {
+        out.push("provider");
+    }
+    for (name, differs) in [
+        ("agentId", want.agent_id != have.agent_id),
+        ("friendlyName", want.friendly_name != have.friendly_name),
+        (
+            "inboundRouting.agentId",
+            want.routing_agent_id != have.routing_agent_id,
+        ),
+        ("inboundRouting.fallback", want.fallback != have.fallback),
+        (
+            "inboundRouting.voicemailMessage",
+            want.voicemail_message != have.voicemail_message,
+        ),
+    ] {
+        if differs {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// The key of the credentials hash: derived from a secret only the operator holds (never from
 /// anything a reader of the object sees), with a short id stored in each hash. A hash made
 /// with another key id is a new baseline, never a credentials change.
@@ -380,6 +413,7 @@ mod tests {
                 }),
                 deletion_policy: DeletionPolicy::Delete,
                 replacement_policy: ReplacementPolicy::Manual,
+                management_policy: Default::default(),
                 api_key_secret_ref: None,
             },
         );
@@ -403,6 +437,29 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             inbound_routing: spec_routing(p),
         }
+    }
+
+    #[test]
+    fn drift_is_reported_by_spec_field_name() {
+        let p = pn("a");
+        let mut remote = remote_of(&p);
+        assert!(drifted_fields(&p, &remote).is_empty());
+        remote.agent_id = AGENT.to_ascii_uppercase();
+        assert!(drifted_fields(&p, &remote).is_empty(), "uuid spelling");
+        remote.agent_id = OTHER.into();
+        remote.friendly_name = None;
+        remote.provider = "telnyx".into();
+        remote.inbound_routing = None;
+        assert_eq!(
+            drifted_fields(&p, &remote),
+            [
+                "provider",
+                "agentId",
+                "friendlyName",
+                "inboundRouting.fallback",
+                "inboundRouting.voicemailMessage"
+            ]
+        );
     }
 
     #[test]

@@ -86,7 +86,8 @@ pub fn phase(phase: Phase, secrets: &[String]) -> Phase {
         Phase::DeletionBlocked { message } => Phase::DeletionBlocked {
             message: clean(message),
         },
-        p @ (Phase::Available | Phase::Paused) => p,
+        // Spec field names only: nothing to scrub.
+        p @ (Phase::Available | Phase::Paused | Phase::Observed { .. }) => p,
     }
 }
 

@@ -10,6 +10,9 @@ use crate::oneinbox::Registration;
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+/// `managementPolicy: Observe` only: fields of the registration that differ from the spec
+/// (present only while some do).
+pub const DRIFTED: &str = "Drifted";
 
 /// Condition reasons (PascalCase, closed set).
 pub mod reason {
@@ -33,6 +36,13 @@ pub mod reason {
     pub const DELETING: &str = "Deleting";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     pub const PAUSED: &str = "Paused";
+    /// `managementPolicy: Observe`: the registration is mirrored and active.
+    pub const OBSERVED: &str = "Observed";
+    /// `managementPolicy: Observe`: the registration differs from the spec (the Drifted
+    /// condition's reason).
+    pub const SPEC_DRIFT: &str = "SpecDrift";
+    /// `managementPolicy: Observe`: there is no registration to observe.
+    pub const REGISTRATION_NOT_FOUND: &str = "RegistrationNotFound";
 }
 
 /// The `action` of an event with this reason: what the operator did or tried (events.k8s.io
@@ -48,7 +58,7 @@ pub fn event_action(event_reason: &str) -> &'static str {
         "Updated" | "DriftCorrected" | reason::UPDATE_REJECTED => "Update",
         "Replacing" | reason::REPLACEMENT_REQUIRED => "Replace",
         "Deregistered" | reason::DELETION_BLOCKED => "Deregister",
-        "Orphaned" | "NotDeregistered" => "Release",
+        "Orphaned" | "NotDeregistered" | "ObserveOnly" => "Release",
         reason::DUPLICATE_PHONE_NUMBER => "Claim",
         reason::SECRET_NOT_FOUND | reason::SECRET_KEY_INVALID => "ReadSecret",
         reason::API_KEY_REJECTED => "Authenticate",
@@ -83,6 +93,9 @@ pub enum Phase {
     DeletionBlocked { message: String },
     /// `oneinbox.ai/paused`: Ready=False Paused, nothing else.
     Paused,
+    /// `managementPolicy: Observe`, the registration active: Ready=True Observed, and
+    /// Drifted=True SpecDrift naming the spec fields that differ (names only), if any.
+    Observed { drift: Vec<&'static str> },
 }
 
 /// The remote facts mirrored in status.
@@ -205,6 +218,26 @@ fn wanted(phase: &Phase) -> Vec<(&'static str, bool, &'static str, String)> {
             reason::PAUSED,
             "Reconciliation is paused by the oneinbox.ai/paused annotation; no OneInbox calls are made".into(),
         )],
+        Phase::Observed { drift } => {
+            let mut out = vec![(
+                READY,
+                true,
+                reason::OBSERVED,
+                "The number is registered with OneInbox and active; managementPolicy is Observe: the operator mirrors the registration and never changes it".into(),
+            )];
+            if !drift.is_empty() {
+                out.push((
+                    DRIFTED,
+                    true,
+                    reason::SPEC_DRIFT,
+                    format!(
+                        "The registration differs from the spec in {}. managementPolicy is Observe, so the operator does not correct it: change the spec to match, or set managementPolicy: Full to correct it with one update",
+                        drift.join(", ")
+                    ),
+                ));
+            }
+            out
+        }
     }
 }
 
@@ -263,6 +296,7 @@ mod tests {
                 inbound_routing: None,
                 deletion_policy: DeletionPolicy::Delete,
                 replacement_policy: ReplacementPolicy::Manual,
+                management_policy: Default::default(),
                 api_key_secret_ref: None,
             },
         );
@@ -276,6 +310,42 @@ mod tests {
             .iter()
             .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
             .collect()
+    }
+
+    #[test]
+    fn observed_is_ready_and_names_drifted_fields_only_while_some_differ() {
+        let s = desired_status(
+            &obj(1, None),
+            StatusData::default(),
+            &Phase::Observed { drift: vec![] },
+            time(10),
+        );
+        assert_eq!(
+            types(&s),
+            vec![("Ready".into(), "True".into(), "Observed".into())]
+        );
+        let s = desired_status(
+            &obj(1, None),
+            StatusData::default(),
+            &Phase::Observed {
+                drift: vec!["agentId", "friendlyName"],
+            },
+            time(10),
+        );
+        assert_eq!(
+            types(&s),
+            vec![
+                ("Ready".into(), "True".into(), "Observed".into()),
+                ("Drifted".into(), "True".into(), "SpecDrift".into())
+            ]
+        );
+        assert!(
+            s.conditions[1]
+                .message
+                .starts_with("The registration differs from the spec in agentId, friendlyName."),
+            "{}",
+            s.conditions[1].message
+        );
     }
 
     #[test]

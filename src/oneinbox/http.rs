@@ -56,8 +56,8 @@ pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>,
     Ok(certs)
 }
 
-/// Page size for list look-ups.
-const PAGE_LIMIT: u32 = 100;
+/// Page size for list look-ups (the API's largest).
+pub const PAGE_LIMIT: u32 = 100;
 
 /// The reqwest-backed `OneInboxApi`.
 #[derive(Clone)]
@@ -259,6 +259,54 @@ impl HttpClient {
         }
     }
 
+    /// Every registration of the workspace (`oneinbox-operator import`), `page_size` (1–100)
+    /// at a time.
+    pub async fn list_all(&self, page_size: u32) -> Result<Vec<Registration>, ApiError> {
+        self.list_pages(None, page_size.clamp(1, PAGE_LIMIT)).await
+    }
+
+    /// `GET /v1/phone-numbers`, optionally filtered by number, paged until
+    /// `offset + len(items) >= total` (contract: List); a bare array is the complete result.
+    async fn list_pages(
+        &self,
+        number: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Registration>, ApiError> {
+        let mut found = Vec::new();
+        let mut offset: u64 = 0;
+        loop {
+            let mut url = self.url("/v1/phone-numbers")?;
+            {
+                // query_pairs_mut percent-encodes '+' as %2B.
+                let mut query = url.query_pairs_mut();
+                if let Some(number) = number {
+                    query.append_pair("phone_number", number);
+                }
+                query
+                    .append_pair("limit", &limit.to_string())
+                    .append_pair("offset", &offset.to_string());
+            }
+            let (_, text) = self
+                .call("list", Endpoint::Collection, Method::GET, url, None)
+                .await?;
+            match Self::decode::<ListBody>(&text)? {
+                ListBody::Bare(items) => {
+                    found.extend(items);
+                    break;
+                }
+                ListBody::Page { items, total } => {
+                    let n = items.len() as u64;
+                    found.extend(items);
+                    offset += n;
+                    if n == 0 || offset >= total {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
         serde_json::from_str(text)
             .map_err(|e| unavailable("decode", format!("unexpected response body: {e}")))
@@ -345,33 +393,7 @@ impl OneInboxApi for HttpClient {
     }
 
     async fn find_by_number(&self, number: &str) -> Result<Vec<Registration>, ApiError> {
-        let mut found = Vec::new();
-        let mut offset: u64 = 0;
-        loop {
-            let mut url = self.url("/v1/phone-numbers")?;
-            // query_pairs_mut percent-encodes '+' as %2B.
-            url.query_pairs_mut()
-                .append_pair("phone_number", number)
-                .append_pair("limit", &PAGE_LIMIT.to_string())
-                .append_pair("offset", &offset.to_string());
-            let (_, text) = self
-                .call("list", Endpoint::Collection, Method::GET, url, None)
-                .await?;
-            match Self::decode::<ListBody>(&text)? {
-                ListBody::Bare(items) => {
-                    found.extend(items);
-                    break;
-                }
-                ListBody::Page { items, total } => {
-                    let n = items.len() as u64;
-                    found.extend(items);
-                    offset += n;
-                    if n == 0 || offset >= total {
-                        break;
-                    }
-                }
-            }
-        }
+        let mut found = self.list_pages(Some(number), PAGE_LIMIT).await?;
         // The filter is exact on the server; re-check so a lenient server cannot mislead us.
         found.retain(|r| r.phone_number == number);
         Ok(found)

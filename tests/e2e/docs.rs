@@ -169,6 +169,31 @@ const NOT_RUN: &[(&str, &str, &str)] = &[
         "argocd app actions run",
         "needs a running Argo CD; tests/argocd runs the action scripts",
     ),
+    (
+        "docs/migrating.md",
+        "export ONEINBOX_API_KEY=oi_sk_...",
+        "the migration path (import, apply, switch to Full with a Secret) runs in tests/e2e/import.rs against the mock, with the counts the guide promises",
+    ),
+    (
+        "docs/migrating.md",
+        "oneinbox-operator import",
+        "the migration path (import, apply, switch to Full with a Secret) runs in tests/e2e/import.rs against the mock, with the counts the guide promises",
+    ),
+    (
+        "docs/migrating.md",
+        "kubectl apply -f numbers/",
+        "the migration path (import, apply, switch to Full with a Secret) runs in tests/e2e/import.rs against the mock, with the counts the guide promises",
+    ),
+    (
+        "docs/migrating.md",
+        "kubectl -n voice get pn",
+        "the migration path (import, apply, switch to Full with a Secret) runs in tests/e2e/import.rs against the mock, with the counts the guide promises",
+    ),
+    (
+        "docs/migrating.md",
+        "kubectl -n voice create secret generic twilio-sip",
+        "the migration path (import, apply, switch to Full with a Secret) runs in tests/e2e/import.rs against the mock, with the counts the guide promises",
+    ),
 ];
 
 /// One ```sh block.

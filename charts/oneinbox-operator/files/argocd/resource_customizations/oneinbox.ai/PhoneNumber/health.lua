@@ -12,7 +12,7 @@
 --   no status, or observedGeneration < generation -> Progressing
 --   Ready reason Paused, annotation removed       -> Progressing (resuming)
 --   Stalled=True (incl. ReplacementRequired)      -> Degraded
---   Ready=True                                    -> Healthy
+--   Ready=True (also Observed, with Drifted=True)  -> Healthy
 --   Reconciling=True, Ready False/Unknown         -> Progressing
 --   no conditions                                 -> Progressing
 
@@ -64,6 +64,7 @@ end
 local ready = findCondition(conditions, "Ready")
 local reconciling = findCondition(conditions, "Reconciling")
 local stalled = findCondition(conditions, "Stalled")
+local drifted = findCondition(conditions, "Drifted")
 
 -- Deletion. (Older Argo CD releases report every terminating object as Progressing "Pending
 -- deletion" without running this script; releases with custom deletion messages run it and show
@@ -125,7 +126,13 @@ if isTrue(stalled) then
 end
 
 if isTrue(ready) then
-  return result("Healthy", describe(ready, "The number is registered and active"))
+  local message = describe(ready, "The number is registered and active")
+  if isTrue(drifted) then
+    -- managementPolicy: Observe reports drift without correcting it. The number works as it is
+    -- registered, so it stays Healthy; the message names the fields that differ.
+    message = message .. ". " .. describe(drifted, "The registration differs from the spec")
+  end
+  return result("Healthy", message)
 end
 
 if isTrue(reconciling) then
