@@ -233,6 +233,8 @@ impl World {
             Gate::Go => {}
         }
         if let Some(kind) = self.api.take_fault(call) {
+            // A fault is a stimulus when it fires (it may have been armed long before).
+            self.stimuli.push((self.now_ms, None));
             match kind {
                 FaultKind::Status { code, retry_after } => {
                     let body = match code {

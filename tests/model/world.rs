@@ -128,6 +128,7 @@ impl World {
         match self.crash {
             Some(c) if c.at == n => {
                 self.crash = None;
+                self.stimuli.push((self.now_ms, None));
                 self.crashed = true;
                 if c.after {
                     Gate::PerformThenHang
