@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use oneinbox_operator::controller::plan::{Credentials, HashKey, credentials_hash};
-use oneinbox_operator::crd::PhoneNumber;
+use oneinbox_operator::crd::{FINALIZER, PhoneNumber};
 use oneinbox_operator::oneinbox::SecretString;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -49,6 +49,17 @@ pub struct Params {
     pub converge_timeout: Duration,
     /// Operator drift-check interval (and its floor), so GETs run under faults too.
     pub poll_interval: &'static str,
+    /// A second namespace whose newcomers claim the numbers and ids of the first one's objects
+    /// (the operator then watches every namespace, selecting the run's objects by label).
+    pub cross_namespace: bool,
+    /// HA only: times the leader is cut off the API server (its proxy stopped) for 3 lease
+    /// durations, then reconnected.
+    pub partitions: usize,
+    /// A kube-apiserver restart and an etcd outage (SIGSTOP) during the churn. Only where the
+    /// run has the control plane to itself (`make chaos`), never in `make test`.
+    pub plane_faults: bool,
+    /// How long the etcd outage lasts.
+    pub etcd_outage: Duration,
 }
 
 impl Params {
@@ -66,6 +77,10 @@ impl Params {
             reuse_numbers: true,
             converge_timeout: Duration::from_secs(60),
             poll_interval: "10s",
+            cross_namespace: true,
+            partitions: 0,
+            plane_faults: false,
+            etcd_outage: Duration::from_secs(30),
         }
     }
 }
@@ -87,6 +102,10 @@ pub struct Report {
     pub op_errors: Vec<String>,
     pub faults: BTreeMap<String, u64>,
     pub kills: u64,
+    /// Leader partitions, kube-apiserver restarts and etcd outages, with how long each took.
+    pub plane_events: Vec<String>,
+    /// Cross-namespace claimants that were not refused as they must be.
+    pub cross_namespace_faults: Vec<String>,
     pub churn_took: Duration,
     /// From healing until every convergence condition held; `None` if never.
     pub converged_after: Option<Duration>,
@@ -155,6 +174,9 @@ impl Report {
             let _ = writeln!(s, "  {k:<40} {v}");
         }
         let _ = writeln!(s, "operator kills (SIGKILL): {}", self.kills);
+        for e in &self.plane_events {
+            let _ = writeln!(s, "  {e}");
+        }
         let _ = writeln!(s, "OneInbox requests by endpoint (all received):");
         for (k, v) in &self.calls {
             let _ = writeln!(s, "  {k:<40} {v}");
@@ -246,9 +268,12 @@ struct Deleted {
     id_at_delete: Option<String>,
 }
 
+/// The label of the run's PhoneNumbers (the operator selects them by it).
+const RUN_LABEL: &str = "oneinbox.ai/chaos-run";
+
 const CTD_POST: &str = "commit_then_delay POST past the client timeout";
 
-const OPS: [&str; 10] = [
+const OPS: [&str; 11] = [
     "create",
     "create_reusing_number",
     "update_agent_routing",
@@ -259,10 +284,13 @@ const OPS: [&str; 10] = [
     "resume",
     "adopt",
     "claim_another_id",
+    "claim_across_namespaces",
 ];
 
 struct Chaos<'a> {
     w: &'a World,
+    /// The second namespace (cross-namespace claims), if any.
+    other: Option<Api<PhoneNumber>>,
     rng: StdRng,
     objs: Vec<Obj>,
     numbers: HashSet<String>,
@@ -315,9 +343,15 @@ impl Chaos<'_> {
             manifest["metadata"]["annotations"] = json!({"oneinbox.ai/phone-number-id": id});
         }
         self.w
-            .apply_full(manifest)
+            .apply_full(self.labelled(manifest))
             .await
             .expect("apply PhoneNumber");
+    }
+
+    /// Every apply carries the run's label (server-side apply would drop one left out).
+    fn labelled(&self, mut manifest: Value) -> Value {
+        manifest["metadata"]["labels"] = json!({ RUN_LABEL: self.w.ns });
+        manifest
     }
 
     fn spec_of(o: &Obj) -> Value {
@@ -388,7 +422,7 @@ impl Chaos<'_> {
         if let (Some(s), false) = (&obj.secret, secret_after) {
             self.w.secret(s, &password).await;
         }
-        self.w.apply(&name, Self::spec_of(&obj)).await;
+        self.apply_obj(&obj).await;
         if let (Some(s), true) = (&obj.secret, secret_after) {
             self.w.secret(s, &password).await;
         }
@@ -480,7 +514,7 @@ impl Chaos<'_> {
             "metadata": {"name": name, "annotations": {"oneinbox.ai/phone-number-id": id}},
             "spec": spec,
         });
-        if let Err(e) = self.w.apply_full(manifest).await {
+        if let Err(e) = self.w.apply_full(self.labelled(manifest)).await {
             self.report.op_errors.push(format!("claim {name}: {e}"));
             return false;
         }
@@ -492,6 +526,95 @@ impl Chaos<'_> {
                 self.report.op_errors.push(format!(
                     "claim {name}: still present 10 s after its deletion"
                 ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        true
+    }
+
+    /// A newcomer in the other namespace claims a live object's number, half of the time with
+    /// its registration id as well: it must be Stalled without a finalizer and never act (the
+    /// run's end checks that the other namespace saw no Registered, Adopted, Updated,
+    /// DriftCorrected or Deregistered event). Then it is deleted.
+    async fn claim_across(&mut self, i: usize) -> bool {
+        let Some(other) = self.other.clone() else {
+            return false;
+        };
+        let owner = self.objs[i].clone();
+        let id = match self.w.pns.get_opt(&owner.name).await {
+            Ok(Some(pn)) => pn.status.and_then(|s| s.phone_number_id),
+            _ => None,
+        };
+        let Some(id) = id else {
+            return false;
+        };
+        let name = format!("across-{}", self.next);
+        self.next += 1;
+        let mut spec = credential_spec(&owner.number);
+        spec["agentId"] = json!(if owner.agent == AGENT { AGENT2 } else { AGENT });
+        spec["deletionPolicy"] = json!("Delete");
+        let mut manifest = json!({
+            "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        if self.rng.random_bool(0.5) {
+            manifest["metadata"]["annotations"] = json!({"oneinbox.ai/phone-number-id": id});
+        }
+        let manifest = self.labelled(manifest);
+        if let Err(e) = other
+            .patch(
+                &name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+        {
+            self.report
+                .op_errors
+                .push(format!("claim across {name}: {e}"));
+            return false;
+        }
+        // Stalled (a decision from the watch alone: no API call needed), never finalized.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match other.get_opt(&name).await {
+                Ok(Some(pn)) if pn.condition("Stalled").is_some() => {
+                    if !pn.finalizers().is_empty() {
+                        self.report.cross_namespace_faults.push(format!(
+                            "{name} claiming {} got finalizers {:?}",
+                            owner.number,
+                            pn.finalizers()
+                        ));
+                    }
+                    break;
+                }
+                got if Instant::now() > deadline => {
+                    let state = match got {
+                        Ok(Some(pn)) => format!(
+                            "labels {:?}, conditions {:?}",
+                            pn.metadata.labels,
+                            pn.status.map(|s| s.conditions)
+                        ),
+                        other => format!("{other:?}"),
+                    };
+                    self.report.cross_namespace_faults.push(format!(
+                        "{name} claiming {}: not Stalled in 15 s ({state})",
+                        owner.number
+                    ));
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let _ = other.delete(&name, &DeleteParams::default()).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while matches!(other.get_opt(&name).await, Ok(Some(_))) {
+            if Instant::now() > deadline {
+                self.report
+                    .cross_namespace_faults
+                    .push(format!("{name}: still present 15 s after its deletion"));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -526,19 +649,35 @@ impl Chaos<'_> {
             let o = self.objs[i].clone();
             self.apply_obj(&o).await;
         }
-        let id_at_delete = match self.w.pns.get_opt(&name).await {
-            Ok(Some(pn)) => pn.status.and_then(|s| s.phone_number_id),
-            _ => None,
+        let Ok(Some(pn)) = self.w.pns.get_opt(&name).await else {
+            return;
         };
-        // An adoption is deleted only once the operator confirmed it (status names the id):
-        // whether deleting an unconfirmed one deregisters the registration is still open
-        // (docs/benchmarks.md, the soaks of 2026-12-01).
-        if let Some(adopts) = &self.objs[i].adopts
-            && id_at_delete.as_ref() != Some(adopts)
-        {
+        let id_at_delete = pn.status.as_ref().and_then(|s| s.phone_number_id.clone());
+        // An object deleted before the operator's first pass never got its finalizer: it goes
+        // at once, and an adoption named only in its annotation was never carried out (the
+        // registration stays, as with Orphan). The delete is conditional on the version read,
+        // so that is known exactly.
+        let finalized = pn.finalizers().iter().any(|f| f == FINALIZER);
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: pn.resource_version(),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        if let Err(e) = self.w.pns.delete(&name, &dp).await {
+            // Changed since it was read (the operator wrote): tried again by a later step.
+            if !matches!(&e, kube::Error::Api(a) if a.code == 409) {
+                self.report.op_errors.push(format!("delete {name}: {e}"));
+            }
             return;
         }
-        self.w.delete(&name).await;
+        let policy = if !finalized && self.objs[i].adopts.is_some() {
+            self.count("delete_adoption_before_first_pass");
+            Policy::Orphan
+        } else {
+            policy
+        };
         // The Secret goes too, half of the time: deletion never needs it.
         if let Some(s) = self.objs[i].secret.clone()
             && self.rng.random_bool(0.5)
@@ -589,7 +728,9 @@ impl Chaos<'_> {
     }
 
     /// One random churn operation.
-    async fn step(&mut self, p: &Params) {
+    /// One random churn operation; `operator_up`: no killed operator is waiting to be
+    /// restarted (a cross-namespace claim waits for the operator's answer).
+    async fn step(&mut self, p: &Params, operator_up: bool) {
         let live = self.live();
         let n = live.len();
         let target = p.objects.max(1);
@@ -611,7 +752,7 @@ impl Chaos<'_> {
             .copied()
             .filter(|&i| !self.objs[i].paused)
             .collect();
-        let weights: [f64; 10] = [
+        let weights: [f64; 11] = [
             if n < target { 3.0 } else { 0.4 },
             if p.reuse_numbers && !self.reusable.is_empty() && n < target * 6 / 5 {
                 0.8
@@ -630,6 +771,11 @@ impl Chaos<'_> {
             if paused.is_empty() { 0.0 } else { 1.5 },
             if n < target * 6 / 5 { 0.5 } else { 0.0 },
             if with_id.is_empty() { 0.0 } else { 0.4 },
+            if with_id.is_empty() || !p.cross_namespace || !operator_up {
+                0.0
+            } else {
+                0.4
+            },
         ];
         let total: f64 = weights.iter().sum();
         if total <= 0.0 {
@@ -683,6 +829,12 @@ impl Chaos<'_> {
             9 => {
                 let i = *with_id.choose(&mut self.rng).unwrap_or(&0);
                 if !self.claim_id_of(i).await {
+                    return;
+                }
+            }
+            10 => {
+                let i = *with_id.choose(&mut self.rng).unwrap_or(&0);
+                if !self.claim_across(i).await {
                     return;
                 }
             }
@@ -981,6 +1133,12 @@ pub async fn run(p: Params) -> Report {
     // killing and restarting them never needs the World mutably while the churn borrows it.
     w.operator.kill();
     let w = w;
+    let selector = format!("{RUN_LABEL}={}", w.ns);
+    let other_ns = if p.cross_namespace {
+        Some(create_namespace(&w.client, "chaos-other").await)
+    } else {
+        None
+    };
     let mut ops = Operators {
         replicas: Vec::new(),
         ha: p.ha,
@@ -988,6 +1146,9 @@ pub async fn run(p: Params) -> Report {
     };
     let ns = w.ns.clone();
     let mut args: Vec<&str> = operator_args.to_vec();
+    if p.cross_namespace {
+        args.extend(["--label-selector", &selector]);
+    }
     if p.ha {
         grant_lease_rbac(&w.ns);
         args.extend([
@@ -1000,18 +1161,32 @@ pub async fn run(p: Params) -> Report {
             "2s",
         ]);
     }
+    // With partitions, each replica reaches the API server through a proxy of its own.
+    let mut proxies = Vec::new();
     for r in if p.ha { &["a", "b"][..] } else { &["a"][..] } {
         let pod = format!("chaos-{r}");
+        let mut env = vec![("POD_NAME".to_string(), pod.clone())];
+        if p.ha && p.partitions > 0 {
+            let (_, server) = kubeconfig_through(0, &pod);
+            let proxy = Proxy::start(server).await;
+            let (kc, _) = kubeconfig_through(proxy.port, &format!("{}-{pod}", w.ns));
+            env.push(("KUBECONFIG".into(), kc.display().to_string()));
+            proxies.push(proxy);
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         ops.replicas.push(Operator::start_as(
             &w.ns,
             &w.mock.url,
             &args,
-            &[("POD_NAME", pod.as_str())],
+            &env,
             &format!("-{r}"),
         ));
     }
     let mut c = Chaos {
         w: &w,
+        other: other_ns
+            .as_ref()
+            .map(|n| Api::namespaced(w.client.clone(), n)),
         rng: StdRng::seed_from_u64(p.seed),
         objs: Vec::new(),
         numbers: HashSet::new(),
@@ -1020,7 +1195,7 @@ pub async fn run(p: Params) -> Report {
         report: Report {
             seed: p.seed,
             summary: format!(
-                "objects {}, churn {:?}, max ops {}, kills {}, HA {}, faults {}, reuse numbers {}, poll {}, namespace {}",
+                "objects {}, churn {:?}, max ops {}, kills {}, HA {}, faults {}, reuse numbers {}, poll {}, namespace {}, cross-namespace {:?}, partitions {}, plane faults {} (etcd outage {:?})",
                 p.objects,
                 p.churn,
                 p.max_ops,
@@ -1029,7 +1204,11 @@ pub async fn run(p: Params) -> Report {
                 p.faults,
                 p.reuse_numbers,
                 p.poll_interval,
-                w.ns
+                w.ns,
+                other_ns,
+                p.partitions,
+                p.plane_faults,
+                p.etcd_outage,
             ),
             ..Report::default()
         },
@@ -1051,6 +1230,26 @@ pub async fn run(p: Params) -> Report {
     kill_at.sort();
     kill_at.reverse();
     let mut respawn: Option<(usize, Instant)> = None;
+    let mut partition_at: Vec<Instant> = if p.ha && !proxies.is_empty() {
+        (0..p.partitions)
+            .map(|_| churn_start + p.churn.mul_f64(c.rng.random_range(0.1..0.8)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    partition_at.sort();
+    partition_at.reverse();
+    // (replica, since, reconnect at)
+    let mut partitioned: Option<(usize, Instant, Instant)> = None;
+    // The plane faults, at a third and two thirds of the churn.
+    let mut plane_at: Vec<(Instant, &str)> = if p.plane_faults {
+        vec![
+            (churn_start + p.churn.mul_f64(2.0 / 3.0), "etcd"),
+            (churn_start + p.churn.mul_f64(1.0 / 3.0), "apiserver"),
+        ]
+    } else {
+        Vec::new()
+    };
     let mut next_fault = churn_start + Duration::from_secs(1);
     let mut next_sample = churn_start;
     let mut sampled_dups = Vec::new();
@@ -1076,6 +1275,36 @@ pub async fn run(p: Params) -> Report {
                 respawn = Some((idx, now + delay));
             }
         }
+        if partitioned.is_none()
+            && partition_at.last().is_some_and(|t| now >= *t)
+            && let Some(idx) = ops.leader(&w.client).await
+        {
+            partition_at.pop();
+            proxies[idx].stop();
+            // Three lease durations (4 s each): the other replica takes over meanwhile.
+            partitioned = Some((idx, now, now + Duration::from_secs(12)));
+        }
+        if let Some((idx, since, until)) = partitioned
+            && now >= until
+        {
+            proxies[idx].restart().await;
+            let leader = ops.leader(&w.client).await;
+            c.report.plane_events.push(format!(
+                "leader partition: replica {idx} cut off the API server for {:.1} s (leader now {leader:?})",
+                since.elapsed().as_secs_f64()
+            ));
+            partitioned = None;
+        }
+        if let Some((at, what)) = plane_at.last().copied()
+            && now >= at
+        {
+            plane_at.pop();
+            let event = match what {
+                "apiserver" => restart_apiserver(&w.client).await,
+                _ => etcd_outage(&w.client, p.etcd_outage).await,
+            };
+            c.report.plane_events.push(event);
+        }
         if now >= next_sample {
             next_sample = now + Duration::from_secs(2);
             let regs = w.mock.registrations().await;
@@ -1085,7 +1314,7 @@ pub async fn run(p: Params) -> Report {
                 }
             }
         }
-        c.step(&p).await;
+        c.step(&p, respawn.is_none()).await;
         ops_done += 1;
         let gap = c.rng.random_range(p.op_gap_ms.0..=p.op_gap_ms.1);
         tokio::time::sleep(Duration::from_millis(gap)).await;
@@ -1105,6 +1334,9 @@ pub async fn run(p: Params) -> Report {
     }
     if let Some((idx, _)) = respawn {
         ops.replicas[idx].spawn();
+    }
+    if let Some((idx, _, _)) = partitioned {
+        proxies[idx].restart().await;
     }
     let objs = std::mem::take(&mut c.objs);
     let passwords = std::mem::take(&mut c.passwords);
@@ -1462,6 +1694,51 @@ pub async fn run(p: Params) -> Report {
     );
     report.operator_logs = logs;
 
+    // Cross-namespace claimants were refused and never acted on the registration they named.
+    if let Some(other) = &other_ns {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(w.client.clone(), other);
+        let acted: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.reason.as_deref(),
+                    Some(
+                        "Registered"
+                            | "Adopted"
+                            | "Updated"
+                            | "DriftCorrected"
+                            | "Deregistered"
+                            | "Replacing"
+                    )
+                )
+            })
+            .map(|e| format!("{:?}: {:?}", e.reason, e.message))
+            .collect();
+        let claims = report
+            .ops
+            .get("claim_across_namespaces")
+            .copied()
+            .unwrap_or(0);
+        let faults = [report.cross_namespace_faults.clone(), acted].concat();
+        check(
+            &mut report,
+            "cross-namespace claims refused",
+            faults.is_empty(),
+            if faults.is_empty() {
+                format!("{claims} claimants in {other}: each Stalled, no finalizer, no action")
+            } else {
+                faults.join("; ")
+            },
+        );
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+        let _ = namespaces.delete(other, &DeleteParams::default()).await;
+    }
+
     // Leave nothing behind: delete what is left while the operator still runs (best effort,
     // bounded); World's drop releases whatever remains.
     let _ = w
@@ -1511,4 +1788,89 @@ async fn chaos_smoke_loses_nothing_under_faults_and_a_kill() {
         report.seed,
         report.failures()
     );
+}
+
+/// Restart kube-apiserver with the command line it runs with (the control plane of `make chaos`
+/// is this run's alone); returns what happened, with the time until it was ready again.
+async fn restart_apiserver(client: &kube::Client) -> String {
+    let pid_file = state_dir().join("kube-apiserver.pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("kube-apiserver.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let started = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = started.elapsed();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir().join("logs/kube-apiserver.log"))
+        .expect("log");
+    let child = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            // Its own process group: it outlives this run, as up.sh started it.
+            .process_group(0)
+            .spawn()
+            .expect("start kube-apiserver")
+    };
+    std::fs::write(&pid_file, format!("{}\n", child.id())).expect("pid file");
+    let ready = wait_apiserver(client).await;
+    format!(
+        "kube-apiserver restarted: stopped in {:.1} s, ready {:.1} s after the stop began",
+        stopped.as_secs_f64(),
+        ready.duration_since(started).as_secs_f64()
+    )
+}
+
+/// Freeze etcd (SIGSTOP) for `outage`, then let it go on; the API server hangs meanwhile.
+async fn etcd_outage(client: &kube::Client, outage: Duration) -> String {
+    let pid = std::fs::read_to_string(state_dir().join("etcd.pid"))
+        .expect("etcd.pid")
+        .trim()
+        .to_string();
+    let started = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status();
+    tokio::time::sleep(outage).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let ready = wait_apiserver(client).await;
+    format!(
+        "etcd outage: stopped for {:.1} s, the API server answered {:.1} s after it resumed",
+        outage.as_secs_f64(),
+        ready.duration_since(started + outage).as_secs_f64()
+    )
+}
+
+/// Until the API server answers a read again (bounded: 120 s).
+async fn wait_apiserver(client: &kube::Client) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        if ns.get_opt("default").await.is_ok_and(|n| n.is_some()) || Instant::now() > deadline {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

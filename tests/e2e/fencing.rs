@@ -5,68 +5,16 @@
 //! the in-flight reconcile has ended.
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 
 use crate::harness::*;
 
 const KEY_A: &str = "oi_sk_replica_a_key_1111";
 const KEY_B: &str = "oi_sk_replica_b_key_2222";
-
-/// A TCP proxy on loopback; `stop` closes the listener and every connection through it.
-struct Proxy {
-    port: u16,
-    tasks: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let conns = tasks.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = target.clone();
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                conns.lock().unwrap().push(conn.abort_handle());
-            }
-        });
-        tasks.lock().unwrap().push(accept.abort_handle());
-        Proxy { port, tasks }
-    }
-
-    fn stop(&self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-}
-
-/// The operator's kubeconfig with the API server reached through `port`; its path.
-fn kubeconfig_through(port: u16, ns: &str) -> (std::path::PathBuf, String) {
-    let text =
-        std::fs::read_to_string(state_dir().join("kubeconfig-operator")).expect("kubeconfig");
-    let server = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: https://"))
-        .expect("server line")
-        .to_string();
-    let path = std::env::temp_dir().join(format!("{ns}-kubeconfig-proxied"));
-    std::fs::write(&path, text.replace(&server, &format!("127.0.0.1:{port}")))
-        .expect("write kubeconfig");
-    (path, server)
-}
 
 async fn lease(w: &World) -> Option<Lease> {
     let leases: Api<Lease> = Api::namespaced(w.client.clone(), &w.ns);

@@ -329,8 +329,6 @@ impl Operator {
             mock_url,
             // The mock speaks plain http on loopback.
             "--allow-insecure-http",
-            "--watch-namespace",
-            ns,
             "--admin-addr",
             &admin_addr,
             "--secret-grace-period",
@@ -347,6 +345,11 @@ impl Operator {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Scoped to the test's namespace, unless it selects its objects by label (then it
+        // watches every namespace, as a cross-namespace test needs).
+        if !extra.contains(&"--label-selector") {
+            args.extend(["--watch-namespace".to_string(), ns.to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut op = Operator {
             proc: None,
@@ -785,4 +788,79 @@ pub fn kubeconfig_as_nobody() -> PathBuf {
     )
     .expect("write");
     path
+}
+
+/// A TCP proxy on loopback; `stop` closes the listener and every connection through it, and
+/// `restart` listens on the same port again (a network partition that heals).
+pub struct Proxy {
+    pub port: u16,
+    target: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let proxy = Proxy {
+            port,
+            target,
+            tasks: Default::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let conns = self.tasks.clone();
+        let target = self.target.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        self.tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Listen on the same port again (retried while the old listener's port is released).
+    pub async fn restart(&self) {
+        for _ in 0..50 {
+            if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                self.serve(l);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("proxy: port {} not free again", self.port);
+    }
+}
+
+/// The operator's kubeconfig with the API server reached through `port`, written under a
+/// name of `tag`; its path, and the API server's real `host:port`.
+pub fn kubeconfig_through(port: u16, tag: &str) -> (PathBuf, String) {
+    let text =
+        std::fs::read_to_string(state_dir().join("kubeconfig-operator")).expect("kubeconfig");
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("server line")
+        .to_string();
+    let path = std::env::temp_dir().join(format!("{tag}-kubeconfig-proxied"));
+    std::fs::write(&path, text.replace(&server, &format!("127.0.0.1:{port}")))
+        .expect("write kubeconfig");
+    (path, server)
 }

@@ -5,7 +5,11 @@
 //! (2 per minute), `CHAOS_HA` (0; 1 = two replicas with leader election, the leader killed),
 //! `CHAOS_SEED` (random, printed), `CHAOS_MAX_OPS` (20,000), `CHAOS_GAP_MS` ("50-250", pause
 //! between operations), `CHAOS_POLL` ("30s", drift-check interval), `CHAOS_CONVERGE_SECS`
-//! (300, bound on the wait after healing), `CHAOS_REUSE_NUMBERS` (1).
+//! (300, bound on the wait after healing), `CHAOS_REUSE_NUMBERS` (1), `CHAOS_CROSS_NAMESPACE`
+//! (1: newcomers in a second namespace claim numbers and ids), `CHAOS_PARTITIONS` (1, HA only:
+//! the leader cut off the API server for 12 s), `CHAOS_PLANE_FAULTS` (1: a kube-apiserver
+//! restart at a third of the churn and an etcd outage at two thirds; the soak must have the
+//! control plane to itself), `CHAOS_ETCD_OUTAGE_SECS` (30).
 //! The report is printed and written to `target/chaos/report-<seed>.txt`; exit status 1 when
 //! an invariant fails.
 
@@ -49,6 +53,10 @@ fn main() {
         reuse_numbers: env("CHAOS_REUSE_NUMBERS", 1u8) == 1,
         converge_timeout: Duration::from_secs(env("CHAOS_CONVERGE_SECS", 300)),
         poll_interval: Box::leak(poll.into_boxed_str()),
+        cross_namespace: env("CHAOS_CROSS_NAMESPACE", 1u8) == 1,
+        partitions: env("CHAOS_PARTITIONS", 1),
+        plane_faults: env("CHAOS_PLANE_FAULTS", 1u8) == 1,
+        etcd_outage: Duration::from_secs(env("CHAOS_ETCD_OUTAGE_SECS", 30)),
     };
     println!("chaos soak: {params:?}");
     let rt = tokio::runtime::Builder::new_multi_thread()
