@@ -727,7 +727,6 @@ impl Chaos<'_> {
         }
     }
 
-    /// One random churn operation.
     /// One random churn operation; `operator_up`: no killed operator is waiting to be
     /// restarted (a cross-namespace claim waits for the operator's answer).
     async fn step(&mut self, p: &Params, operator_up: bool) {
