@@ -1280,6 +1280,10 @@ pub async fn run(p: Params) -> Report {
         {
             partition_at.pop();
             proxies[idx].stop();
+            c.report.plane_events.push(format!(
+                "leader partition: replica {idx} (the leader) cut off the API server at {:.1} s of the churn",
+                churn_start.elapsed().as_secs_f64()
+            ));
             // Three lease durations (4 s each): the other replica takes over meanwhile.
             partitioned = Some((idx, now, now + Duration::from_secs(12)));
         }
@@ -1289,7 +1293,7 @@ pub async fn run(p: Params) -> Report {
             proxies[idx].restart().await;
             let leader = ops.leader(&w.client).await;
             c.report.plane_events.push(format!(
-                "leader partition: replica {idx} cut off the API server for {:.1} s (leader now {leader:?})",
+                "leader partition healed: replica {idx} reconnected after {:.1} s (leader now {leader:?})",
                 since.elapsed().as_secs_f64()
             ));
             partitioned = None;
@@ -1808,9 +1812,17 @@ async fn restart_apiserver(client: &kube::Client) -> String {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && started.elapsed() < Duration::from_secs(60)
-    {
+    // Gone, or a zombie (its parent, up.sh, is long gone; nobody may reap it).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_string())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    };
+    while running() && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stopped = started.elapsed();
