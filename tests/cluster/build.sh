@@ -2,10 +2,14 @@
 # Build the test control plane's binaries from Go modules into a per-version cache outside the
 # checkout, and print the directory that holds them (last stdout line).
 #
-#   build.sh [k8s] [etcd] [helm] [kstatus] [promtool] [prometheus-operator]   (default: all)
+#   build.sh [k8s] [etcd] [helm] [kstatus] [promtool] [prometheus-operator]
+#            [source-controller] [kustomize-controller] [gittestserver]   (default: all)
 #
 # prometheus-operator is not built: its module holds the monitoring.coreos.com CRDs
 # (ServiceMonitor, PodMonitor, PrometheusRule) that the chart's monitors are validated against.
+# source-controller and kustomize-controller are Flux's controllers; each also brings its CRDs
+# (GitRepository, Kustomization, ...) out of its module zip. gittestserver is our small git
+# server over smart HTTP, on Flux's gittestserver package.
 #
 # Each component gets its own directory named after its version and a hash of its go.mod, go.sum,
 # this script and the Go version, so any bump builds anew and a hit costs nothing. Builds go to a
@@ -19,6 +23,10 @@ ETCD_VERSION=v3.6.8
 HELM_VERSION=v4.3.1
 PROMETHEUS_VERSION=v0.315.1            # promtool; go.mod pins the same version
 PROMETHEUS_OPERATOR_VERSION=v0.85.0    # its CRDs; go.mod pins the same version
+# Flux: the newest releases whose go.mod builds with Go 1.26 (1.10.x needs Go 1.27); go.mod pins
+# the same versions.
+SOURCE_CONTROLLER_VERSION=v1.9.6
+KUSTOMIZE_CONTROLLER_VERSION=v1.9.6
 BUILD_DATE=2026-11-01T00:00:00Z   # fixed, so builds are reproducible
 
 cache=${TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/oneinbox-operator/testenv}
@@ -26,11 +34,13 @@ bin=$cache/bin
 mkdir -p "$cache" "$bin"
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(k8s etcd helm kstatus promtool prometheus-operator)
+[ ${#components[@]} -gt 0 ] || components=(k8s etcd helm kstatus promtool prometheus-operator
+  source-controller kustomize-controller gittestserver)
 
 log() { echo "build.sh: $*" >&2; }
 
-hash_of() { # module dir: go.mod, go.sum, our own Go sources (kstatus), this script, the Go version
+hash_of() { # module dir: go.mod, go.sum, our own Go sources (kstatus, gittestserver), this script,
+  # the Go version
   { cat "$here/$1/go.mod" "$here/$1/go.sum" "$here/build.sh"; cat "$here/$1"/*.go 2>/dev/null; go env GOVERSION; } |
     sha256sum | cut -c1-12
 }
@@ -43,6 +53,9 @@ dir_for() {
     kstatus) echo "$cache/kstatus-$(hash_of kstatus)" ;;
     promtool) echo "$cache/promtool-$PROMETHEUS_VERSION-$(hash_of promtool)" ;;
     prometheus-operator) echo "$cache/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-$(hash_of prometheus-operator)" ;;
+    source-controller) echo "$cache/source-controller-$SOURCE_CONTROLLER_VERSION-$(hash_of source-controller)" ;;
+    kustomize-controller) echo "$cache/kustomize-controller-$KUSTOMIZE_CONTROLLER_VERSION-$(hash_of kustomize-controller)" ;;
+    gittestserver) echo "$cache/gittestserver-$(hash_of gittestserver)" ;;
     *) log "unknown component $1"; exit 2 ;;
   esac
 }
@@ -83,6 +96,18 @@ build_one() { # component out-dir
       for k in servicemonitors podmonitors prometheusrules; do
         cp "$src/example/prometheus-operator-crd/monitoring.coreos.com_$k.yaml" "$out/prometheus-operator-crds/"
       done ;;
+    source-controller | kustomize-controller)
+      # The controller, and its CRDs from the module zip (checked against go.sum). The
+      # source-controller runs a reconciler for each of its kinds, so it needs all of them.
+      (cd "$here/$c" && go build -trimpath -ldflags "-s -w" -o "$out/$c" "github.com/fluxcd/$c")
+      local src
+      src=$(cd "$here/$c" && go mod download -json "github.com/fluxcd/$c" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+      [ -d "$src/config/crd/bases" ] || { log "no CRDs in $src"; exit 1; }
+      mkdir -p "$out/$c-crds"
+      cp "$src"/config/crd/bases/*.yaml "$out/$c-crds/" ;;
+    gittestserver)
+      (cd "$here/gittestserver" && go build -trimpath -ldflags "-s -w" -o "$out/gittestserver" .) ;;
   esac
 }
 

@@ -61,7 +61,8 @@ if alive etcd && alive kube-apiserver && alive kube-controller-manager \
   exit 0
 fi
 
-bin=$("$here/build.sh" k8s etcd kstatus helm promtool prometheus-operator | tail -n1)
+bin=$("$here/build.sh" k8s etcd kstatus helm promtool prometheus-operator \
+  source-controller kustomize-controller gittestserver | tail -n1)
 
 # A half-started plane from an earlier run is stopped first.
 TESTENV_STATE=$state "$here/down.sh" >&2 || true

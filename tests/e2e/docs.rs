@@ -1,8 +1,8 @@
 //! The docs are real.
 //!
-//! - Every `PhoneNumber` (and its Secret) shown in a ```yaml block of README.md or docs/*.md
-//!   passes a server-side dry-run on the real control plane, and every Helm values block renders
-//!   the chart.
+//! - Every `PhoneNumber` (and its Secret) and every Flux `Kustomization` or `GitRepository`
+//!   shown in a ```yaml block of README.md or docs/*.md passes a server-side dry-run on the real
+//!   control plane (against Flux's CRDs), and every Helm values block renders the chart.
 //! - Every ```sh block of README.md and docs/*.md runs as written, in the order a reader follows
 //!   them (quickstart, install with kubectl and with Helm, day-2, the credentials runbook,
 //!   upgrade, both uninstall paths, the Argo CD patch), against a control plane of its own
@@ -93,8 +93,12 @@ fn doc_manifests_pass_a_server_side_dry_run() {
         for mut doc in docs.into_iter().filter(is_object) {
             let api = doc["apiVersion"].as_str().unwrap_or_default().to_string();
             let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-            if !(api.starts_with("oneinbox.ai/") || (api == "v1" && kind == "Secret")) {
-                continue; // Argo CD / Flux kinds: their CRDs are not installed here.
+            let flux = api.starts_with("kustomize.toolkit.fluxcd.io/")
+                || api.starts_with("source.toolkit.fluxcd.io/");
+            if flux {
+                crate::flux::flux_crds();
+            } else if !(api.starts_with("oneinbox.ai/") || (api == "v1" && kind == "Secret")) {
+                continue; // Argo CD kinds: their CRDs are not installed here.
             }
             doc["metadata"]["namespace"] = Value::String(ns.clone());
             let path = std::env::temp_dir().join(format!("{ns}-{applied}.json"));

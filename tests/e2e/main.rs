@@ -20,6 +20,7 @@ mod docs;
 mod errors;
 mod faults;
 mod fencing;
+mod flux;
 mod gitops;
 mod import;
 mod lifecycle;
