@@ -444,6 +444,17 @@ pub fn generated_crd()
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             reflow_schema(schema);
+            // Until the operator's first status write, an object reads as
+            // `status: {observedGeneration: 0}` (defaulted on every read; nothing is stored):
+            // kstatus, and so Flux's `wait`, sees generation 1 not yet observed (InProgress)
+            // instead of a resource without status, which it would call Current.
+            if let Some(status) = schema.properties.as_mut().and_then(|p| p.get_mut("status")) {
+                status.default = Some(
+                    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                        serde_json::json!({"observedGeneration": 0}),
+                    ),
+                );
+            }
         }
     }
     crd

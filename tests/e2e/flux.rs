@@ -983,7 +983,7 @@ async fn commits_update_fail_and_prune_phone_numbers() {
 }
 
 #[tokio::test]
-async fn kstatus_alone_passes_numbers_the_operator_has_not_seen() {
+async fn wait_alone_waits_for_numbers_the_operator_has_not_seen() {
     let mut w = World::start("flux-kstatus").await;
     // No operator: nothing is registered and no status is written until it starts again.
     w.operator.kill();
@@ -1004,31 +1004,37 @@ async fn kstatus_alone_passes_numbers_the_operator_has_not_seen() {
     flux.apply_sync_of(&[("plain", "plain", false), ("cel", "cel", true)])
         .await;
 
-    // kstatus alone calls a PhoneNumber without status Current: the health check passes,
-    // though nothing was registered.
-    flux.wait_ks_named("plain", "Ready", |ks| ks_ready_at(ks, &rev))
+    // Before the operator's first write the number reads as generation 1 not yet observed
+    // (the CRD's status default), which kstatus calls InProgress: both Kustomizations wait,
+    // over more than one of Flux's health-check polls (every 5 s).
+    for name in ["plain", "cel"] {
+        flux.wait_ks_named(name, "running its health checks", |ks| {
+            condition(ks, "Healthy").is_some_and(|c| c["reason"] == "Progressing")
+        })
         .await;
-    let plain = w.pns.get("plain").await.expect("get");
-    assert!(plain.status.is_none(), "{:?}", plain.status);
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for name in ["plain", "cel"] {
+        let ks = flux.wait_ks_named(name, "read", |_| true).await;
+        assert_ne!(condition_status(&ks, "Ready"), "True", "{name}: {ks}");
+        let pn = w.pns.get(name).await.expect("get");
+        let status = pn.status.expect("the defaulted status");
+        assert_eq!(status.observed_generation, Some(0), "{name}");
+        assert!(
+            status.conditions.is_empty(),
+            "{name}: {:?}",
+            status.conditions
+        );
+    }
     assert_eq!(w.mock.total_calls().await, 0);
 
-    // With the expressions, Flux waits. Give it time for more than one of its health-check
-    // polls (every 5 s): still not Ready, and the number still has no status.
-    flux.wait_ks_named("cel", "running its health checks", |ks| {
-        condition(ks, "Healthy").is_some_and(|c| c["reason"] == "Progressing")
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let ks = flux.wait_ks_named("cel", "read", |_| true).await;
-    assert_ne!(condition_status(&ks, "Ready"), "True", "{ks}");
-    assert!(w.pns.get("cel").await.expect("get").status.is_none());
-
-    // The operator registers both numbers; now the second Kustomization turns Ready too.
+    // The operator registers both numbers; both Kustomizations turn Ready.
     w.operator.spawn();
-    flux.wait_ks_named("cel", "Ready", |ks| ks_ready_at(ks, &rev))
-        .await;
-    assert!(is_ready(&w.pns.get("cel").await.expect("get")));
-    w.wait_ready("plain").await;
+    for name in ["plain", "cel"] {
+        flux.wait_ks_named(name, "Ready", |ks| ks_ready_at(ks, &rev))
+            .await;
+        assert!(is_ready(&w.pns.get(name).await.expect("get")));
+    }
 }
 
 #[test]
