@@ -145,6 +145,11 @@ const NOT_RUN: &[(&str, &str, &str)] = &[
     ),
     (
         "docs/model-test.md",
+        "make test",
+        "it is the suite this test is part of",
+    ),
+    (
+        "docs/model-test.md",
         "cargo test --all-features --test model",
         "the model test is a test target of its own, not a command to repeat inside the e2e suite",
     ),
