@@ -1874,12 +1874,14 @@ async fn etcd_outage(client: &kube::Client, outage: Duration) -> String {
     )
 }
 
-/// Until the API server answers a read again (bounded: 120 s).
+/// Until the API server serves PhoneNumbers again (bounded: 120 s). A restarted server answers
+/// built-in paths before it has installed those of the CRDs (503 meanwhile).
 async fn wait_apiserver(client: &kube::Client) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let pns: Api<PhoneNumber> = Api::all(client.clone());
     loop {
-        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        if ns.get_opt("default").await.is_ok_and(|n| n.is_some()) || Instant::now() > deadline {
+        let lp = ListParams::default().limit(1);
+        if pns.list(&lp).await.is_ok() || Instant::now() > deadline {
             return Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
