@@ -240,7 +240,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
 
     // With its own attempt in flight, the object looks its registration up first: it may hold
     // one already (a crash hid its id), and then no other object owns the number.
-    if let (Some(owner), false) = (&obs.number_owner, attempt_in_flight) {
+    if let (Some(owner), false, true) = (&obs.number_owner, attempt_in_flight, yields(obs)) {
         let msg = format!(
             "PhoneNumber {owner} already manages {}; this object will not register it. Delete this object, or change its phoneNumber",
             obj.spec.phone_number
@@ -522,6 +522,22 @@ fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
         ..StatusData::current(obj)
     };
     report(data, phase, then)
+}
+
+/// Whether the object yields its number to `obs.number_owner`. An owner whose only claim is
+/// an annotation naming another id holds the number only until this object's own id is read:
+/// a number is registered once, so if the id this object names is a registration of its number,
+/// the owner's id is not, and this object adopts it (a transient error is retried first).
+fn yields(obs: &Observation) -> bool {
+    if !obs.number_owner_names_another_id {
+        return true;
+    }
+    match &obs.fetched {
+        // Read it first (below).
+        None => false,
+        Some(Ok(reg)) => reg.phone_number != obs.obj.spec.phone_number,
+        Some(Err(e)) => matches!(e, ApiError::NotFound) || !e.is_retryable(),
+    }
 }
 
 /// What the pass knows of the registration the object names, or `Ok(None)` when there is none
@@ -1012,7 +1028,13 @@ fn decide_deletion(obs: &Observation) -> Step {
         == Some(id.as_str());
     // Named only in the annotation while an older claim holds the number (its attempt in
     // flight may have made this registration): not this object's to deregister.
-    if let (Some(owner), false) = (obs.id_owner.as_ref().or(obs.number_owner.as_ref()), holds) {
+    // An owner that only names another id does not hold this number's registration (a number
+    // is registered once): the one this object names goes with it, as it would without one.
+    let number_owner = obs
+        .number_owner
+        .as_ref()
+        .filter(|_| !obs.number_owner_names_another_id);
+    if let (Some(owner), false) = (obs.id_owner.as_ref().or(number_owner), holds) {
         return Step::Release {
             released: None,
             event: Some((

@@ -108,6 +108,7 @@ fn obs(o: Value) -> Observation {
         memory: ObjectMemory::default(),
         secrets_unchanged: false,
         number_owner: None,
+        number_owner_names_another_id: false,
         id_owner: None,
         secrets_read: Vec::new(),
         api_key: None,
@@ -535,6 +536,57 @@ fn decision_table() {
                 })
             }),
             "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
+            "names an id, the older claim only names another id: read its own first",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+            }),
+            "Read Registration(\"id9\")",
+        ),
+        (
+            "names a registration of its number, the older claim only names another id: adopt",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+                ob.fetched = Some(Ok(reg("id9")));
+            }),
+            "Adopt id9 takeover=false",
+        ),
+        (
+            "names an id OneInbox does not hold, the older claim only names another: yield",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+                ob.fetched = Some(Err(ApiError::NotFound));
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
+            "names an id, the older claim only names another, the GET failed: retried",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+                ob.fetched = Some(Err(unavailable(503)));
+            }),
+            "Report Progressing(APIUnavailable) Fail",
         ),
         (
             "checked recently, Secrets unchanged: no read, no call",
@@ -1114,6 +1166,27 @@ fn decision_table() {
                 },
             ),
             "Release released=false event=NotDeregistered",
+        ),
+        (
+            "deleting, named only in the annotation, the older claim only names another id",
+            with(
+                obs({
+                    let mut o = deleting(annotated.clone());
+                    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+                    o["status"] = json!({"conditions": [condition("Ready", "False", "Deleting")]});
+                    o
+                }),
+                |ob| {
+                    ob.api_key = Some(ApiKey::OperatorWide);
+                    ob.number_owner = Some(ObjectName {
+                        namespace: "a".into(),
+                        name: "naming".into(),
+                        uid: None,
+                    });
+                    ob.number_owner_names_another_id = true;
+                },
+            ),
+            "Deregister id9",
         ),
         (
             "deleting with a pending marker: look up",

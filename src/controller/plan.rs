@@ -335,6 +335,12 @@ pub fn holds_id(o: &PhoneNumber) -> bool {
         .is_some_and(|s| s.phone_number_id.is_some())
 }
 
+/// The object claims its number only by naming an id in the annotation: it holds no
+/// registration and has no attempt to register it in flight.
+pub fn claims_only_by_naming(o: &PhoneNumber) -> bool {
+    !holds_id(o) && !has_pending_create(o) && o.known_id().is_some()
+}
+
 fn has_pending_create(o: &PhoneNumber) -> bool {
     o.status
         .as_ref()
@@ -728,6 +734,33 @@ mod tests {
             };
             assert_eq!(got, want, "older {a:?}, newer {b:?}");
         }
+    }
+
+    #[test]
+    fn only_an_annotation_without_a_registration_or_an_attempt_is_a_claim_by_naming() {
+        let mut o = pn("a");
+        assert!(!claims_only_by_naming(&o));
+        o.metadata.annotations = Some(
+            [(
+                crate::crd::ANNOTATION_PHONE_NUMBER_ID.to_string(),
+                "id1".to_string(),
+            )]
+            .into(),
+        );
+        assert!(claims_only_by_naming(&o));
+        o.status = Some(crate::crd::PhoneNumberStatus {
+            pending_create: Some(crate::crd::PendingCreate {
+                token: "t".into(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+            }),
+            ..Default::default()
+        });
+        assert!(!claims_only_by_naming(&o), "an attempt in flight");
+        o.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        assert!(!claims_only_by_naming(&o), "holds it");
     }
 
     #[test]
