@@ -350,7 +350,9 @@ fn has_pending_create(o: &PhoneNumber) -> bool {
 /// The object that holds registration `id`, which `obj` names too, if it is another one. An
 /// object that has the id in its status (it registered or adopted it) wins over one that only
 /// names it in the annotation; between equals, the oldest claim wins. The loser never touches
-/// the registration.
+/// the registration. One that only names it for another number is no claim on it: a
+/// registration is for one number, and `phoneNumber` is immutable, so at most one of the two
+/// can be right, and each finds out by reading it (the other one's is an id mismatch).
 pub fn owner_of_id<'a>(
     obj: &PhoneNumber,
     id: &str,
@@ -363,6 +365,7 @@ pub fn owner_of_id<'a>(
     others
         .into_iter()
         .filter(|o| o.uid() != uid && o.known_id().as_deref() == Some(id))
+        .filter(|o| holds(o) || o.spec.phone_number == obj.spec.phone_number)
         .filter(|o| (!holds(o), claim_key(o)) < mine)
         .min_by_key(|o| (!holds(o), claim_key(o)))
 }
@@ -802,6 +805,23 @@ mod tests {
             Some("newcomer".into())
         );
         assert!(owner_of_id(&newcomer, "id1", &all).is_none());
+        // An older one that only names it for another number is no claim on it; one that
+        // holds it is, whatever the number.
+        let mut elsewhere = newcomer.clone();
+        elsewhere.metadata.uid = Some("uid-elsewhere".into());
+        elsewhere.metadata.name = Some("elsewhere".into());
+        elsewhere.spec.phone_number = "+15550000000".into();
+        let all = [elsewhere.clone(), younger.clone()];
+        assert!(owner_of_id(&younger, "id1", &all).is_none());
+        elsewhere.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        let all = [elsewhere.clone(), younger.clone()];
+        assert_eq!(
+            owner_of_id(&younger, "id1", &all).map(|o| o.name_any()),
+            Some("elsewhere".into())
+        );
     }
 
     #[test]
