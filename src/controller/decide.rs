@@ -240,7 +240,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
 
     // With its own attempt in flight, the object looks its registration up first: it may hold
     // one already (a crash hid its id), and then no other object owns the number.
-    if let (Some(owner), false) = (&obs.number_owner, attempt_in_flight) {
+    if let (Some(owner), false, true) = (&obs.number_owner, attempt_in_flight, yields(obs)) {
         let msg = format!(
             "PhoneNumber {owner} already manages {}; this object will not register it. Delete this object, or change its phoneNumber",
             obj.spec.phone_number
@@ -524,6 +524,22 @@ fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
     report(data, phase, then)
 }
 
+/// Whether the object yields its number to `obs.number_owner`. An owner whose only claim is
+/// an annotation naming another id holds the number only until this object's own id is read:
+/// a number is registered once, so if the id this object names is a registration of its number,
+/// the owner's id is not, and this object adopts it (a transient error is retried first).
+fn yields(obs: &Observation) -> bool {
+    if !obs.number_owner_names_another_id {
+        return true;
+    }
+    match &obs.fetched {
+        // Read it first (below).
+        None => false,
+        Some(Ok(reg)) => reg.phone_number != obs.obj.spec.phone_number,
+        Some(Err(e)) => matches!(e, ApiError::NotFound) || !e.is_retryable(),
+    }
+}
+
 /// What the pass knows of the registration the object names, or `Ok(None)` when there is none
 /// (never was, gone, or released by a replacement in this pass) and the number is to be
 /// registered. `Err` is the step to take first.
@@ -633,12 +649,31 @@ fn register(
     settings: &Settings,
 ) -> Result<Remote, Box<Step>> {
     let obj = &obs.obj;
+    let marker = obj.status.as_ref().and_then(|s| s.pending_create.clone());
+    // After a clean 429 nothing can have been registered: the next attempt posts directly.
+    let refused_cleanly = marker
+        .as_ref()
+        .is_some_and(|m| obs.memory.clean_refusal.as_deref() == Some(m.token.as_str()));
+    let in_doubt = marker.is_some() && !refused_cleanly;
     let credentials = match credentials {
         Ok(c) => c,
-        Err(problem) => return Err(Box::new(wait_for_secret(obs, problem, settings))),
+        Err(problem) => {
+            // The look-up needs no Secret: an attempt in flight is settled first, so that it
+            // neither hides a registration it made nor keeps claiming the number (against an
+            // object annotated with the number's registration) while the Secret is missing.
+            if in_doubt {
+                let registered = obj.status.as_ref().and_then(|s| s.credentials_hash.clone());
+                if let Some(step) = settle_attempt(obs, marker.as_ref(), registered) {
+                    return Err(Box::new(step));
+                }
+            }
+            // Nothing is in flight (any more): the marker goes while the object waits.
+            return Err(Box::new(without_marker(wait_for_secret(
+                obs, problem, settings,
+            ))));
+        }
     };
     let hash = hash.map(str::to_owned).unwrap_or_default();
-    let marker = obj.status.as_ref().and_then(|s| s.pending_create.clone());
     match &obs.posted {
         None => {}
         Some((_, Ok(reg))) => {
@@ -719,45 +754,8 @@ fn register(
     }
 
     // An earlier attempt may have registered it: look before posting again.
-    let refused_cleanly = marker
-        .as_ref()
-        .is_some_and(|m| obs.memory.clean_refusal.as_deref() == Some(m.token.as_str()));
-    if marker.is_some() && !refused_cleanly {
-        match &obs.lookup {
-            None => return Err(Box::new(Step::Read(Read::LookupByNumber))),
-            Some(Err(e)) => {
-                return Err(Box::new(api_failure(
-                    obs,
-                    Failure {
-                        op: Op::Lookup,
-                        error: e.clone(),
-                    },
-                )));
-            }
-            // Registered before this attempt started: someone else's (made outside the
-            // cluster, or left by an object deleted with Orphan), not ours to adopt.
-            Some(Ok(Some(reg))) if made_before_attempt(reg, marker.as_ref()) => {
-                return Err(Box::new(already_registered(
-                    obs,
-                    &reg.id,
-                    PatchableDigest::of_registration(reg),
-                )));
-            }
-            Some(Ok(Some(reg))) => {
-                return Err(Box::new(Step::Persist {
-                    registration: reg.clone(),
-                    hash: Some(hash),
-                    event: (
-                        "Adopted",
-                        format!(
-                            "Found registration {} from an interrupted attempt and adopted it",
-                            reg.id
-                        ),
-                    ),
-                }));
-            }
-            Some(Ok(None)) => {}
-        }
+    if in_doubt && let Some(step) = settle_attempt(obs, marker.as_ref(), Some(hash.clone())) {
+        return Err(Box::new(step));
     }
 
     // A request OneInbox refused is not repeated until the spec, the credentials or the
@@ -807,6 +805,60 @@ fn register(
         hash,
         marker_present: marker.is_some(),
     }))
+}
+
+/// The look-up that settles an attempt in flight (its POST may have landed): the step to take,
+/// or `None` when the number is not registered (nothing of the attempt exists). `hash` is the
+/// credentials hash a registration it made is recorded with.
+fn settle_attempt(
+    obs: &Observation,
+    marker: Option<&crate::crd::PendingCreate>,
+    hash: Option<String>,
+) -> Option<Step> {
+    match &obs.lookup {
+        None => Some(Step::Read(Read::LookupByNumber)),
+        Some(Err(e)) => Some(api_failure(
+            obs,
+            Failure {
+                op: Op::Lookup,
+                error: e.clone(),
+            },
+        )),
+        // Registered before this attempt started: someone else's (made outside the
+        // cluster, or left by an object deleted with Orphan), not ours to adopt.
+        Some(Ok(Some(reg))) if made_before_attempt(reg, marker) => Some(already_registered(
+            obs,
+            &reg.id,
+            PatchableDigest::of_registration(reg),
+        )),
+        Some(Ok(Some(reg))) => Some(Step::Persist {
+            registration: reg.clone(),
+            hash,
+            event: (
+                "Adopted",
+                format!(
+                    "Found registration {} from an interrupted attempt and adopted it",
+                    reg.id
+                ),
+            ),
+        }),
+        Some(Ok(None)) => None,
+    }
+}
+
+/// `step`, reporting no pending-create marker.
+fn without_marker(step: Step) -> Step {
+    match step {
+        Step::Report {
+            mut data,
+            phase,
+            then,
+        } => {
+            data.pending_create = None;
+            Step::Report { data, phase, then }
+        }
+        other => other,
+    }
 }
 
 /// The status data to keep: what status carries now, less a registration known to be gone
@@ -944,14 +996,18 @@ fn decide_deletion(obs: &Observation) -> Step {
                         failure: None,
                     };
                 }
-                // Registered before the attempt started: not this object's to deregister.
+                // Registered before the attempt started: not this object's to deregister,
+                // unless the user named it in the id annotation meanwhile (a deliberate
+                // adoption, which the attempt only held back: the annotation of an id the
+                // object released itself never names a registration that still exists).
                 (found, _) => found
                     .as_ref()
                     .filter(|r| {
-                        !made_before_attempt(
-                            r,
-                            obj.status.as_ref().and_then(|s| s.pending_create.as_ref()),
-                        )
+                        obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(r.id.as_str())
+                            || !made_before_attempt(
+                                r,
+                                obj.status.as_ref().and_then(|s| s.pending_create.as_ref()),
+                            )
                     })
                     .map(|r| r.id.clone()),
             },
@@ -972,7 +1028,13 @@ fn decide_deletion(obs: &Observation) -> Step {
         == Some(id.as_str());
     // Named only in the annotation while an older claim holds the number (its attempt in
     // flight may have made this registration): not this object's to deregister.
-    if let (Some(owner), false) = (obs.id_owner.as_ref().or(obs.number_owner.as_ref()), holds) {
+    // An owner that only names another id does not hold this number's registration (a number
+    // is registered once): the one this object names goes with it, as it would without one.
+    let number_owner = obs
+        .number_owner
+        .as_ref()
+        .filter(|_| !obs.number_owner_names_another_id);
+    if let (Some(owner), false) = (obs.id_owner.as_ref().or(number_owner), holds) {
         return Step::Release {
             released: None,
             event: Some((

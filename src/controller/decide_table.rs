@@ -108,6 +108,7 @@ fn obs(o: Value) -> Observation {
         memory: ObjectMemory::default(),
         secrets_unchanged: false,
         number_owner: None,
+        number_owner_names_another_id: false,
         id_owner: None,
         secrets_read: Vec::new(),
         api_key: None,
@@ -537,6 +538,57 @@ fn decision_table() {
             "Report Stalled(DuplicatePhoneNumber) Requeue",
         ),
         (
+            "names an id, the older claim only names another id: read its own first",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+            }),
+            "Read Registration(\"id9\")",
+        ),
+        (
+            "names a registration of its number, the older claim only names another id: adopt",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+                ob.fetched = Some(Ok(reg("id9")));
+            }),
+            "Adopt id9 takeover=false",
+        ),
+        (
+            "names an id OneInbox does not hold, the older claim only names another: yield",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+                ob.fetched = Some(Err(ApiError::NotFound));
+            }),
+            "Report Stalled(DuplicatePhoneNumber) Requeue",
+        ),
+        (
+            "names an id, the older claim only names another, the GET failed: retried",
+            with(read(annotated.clone()), |ob| {
+                ob.number_owner = Some(ObjectName {
+                    namespace: "a".into(),
+                    name: "naming".into(),
+                    uid: None,
+                });
+                ob.number_owner_names_another_id = true;
+                ob.fetched = Some(Err(unavailable(503)));
+            }),
+            "Report Progressing(APIUnavailable) Fail",
+        ),
+        (
             "checked recently, Secrets unchanged: no read, no call",
             with(obs(registered()), |ob| {
                 ob.secrets_unchanged = true;
@@ -600,6 +652,47 @@ fn decision_table() {
             "pending marker, not found",
             with(read(pending.clone()), |ob| ob.lookup = Some(Ok(None))),
             "Register marker=true",
+        ),
+        (
+            "pending marker, Secret missing: the look-up needs no Secret, so it goes first",
+            with(read(pending.clone()), |ob| {
+                ob.credentials = Some(Err(problem(SecretProblemKind::Absent)))
+            }),
+            "Read LookupByNumber",
+        ),
+        (
+            "pending marker, Secret missing, found by number: ours, adopted while waiting",
+            with(read(pending.clone()), |ob| {
+                ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+                ob.lookup = Some(Ok(Some(reg("id1"))));
+            }),
+            "Persist Adopted",
+        ),
+        (
+            "pending marker, Secret missing, registered before the attempt: someone else's",
+            with(read(pending.clone()), |ob| {
+                ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+                let mut older = reg("id0");
+                older.created_at = "2025-12-31T23:00:00Z".into();
+                ob.lookup = Some(Ok(Some(older)));
+            }),
+            "Report Stalled(AlreadyRegistered) Checked",
+        ),
+        (
+            "pending marker, Secret missing, look-up failed: retried",
+            with(read(pending.clone()), |ob| {
+                ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+                ob.lookup = Some(Err(unavailable(503)));
+            }),
+            "Report Progressing(APIUnavailable) Fail",
+        ),
+        (
+            "pending marker, Secret missing, not registered: wait for the Secret",
+            with(read(pending.clone()), |ob| {
+                ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+                ob.lookup = Some(Ok(None));
+            }),
+            "Report Progressing(SecretNotFound) Requeue",
         ),
         (
             "pending marker refused by a clean 429: post again without a look-up",
@@ -1075,11 +1168,59 @@ fn decision_table() {
             "Release released=false event=NotDeregistered",
         ),
         (
+            "deleting, named only in the annotation, the older claim only names another id",
+            with(
+                obs({
+                    let mut o = deleting(annotated.clone());
+                    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+                    o["status"] = json!({"conditions": [condition("Ready", "False", "Deleting")]});
+                    o
+                }),
+                |ob| {
+                    ob.api_key = Some(ApiKey::OperatorWide);
+                    ob.number_owner = Some(ObjectName {
+                        namespace: "a".into(),
+                        name: "naming".into(),
+                        uid: None,
+                    });
+                    ob.number_owner_names_another_id = true;
+                },
+            ),
+            "Deregister id9",
+        ),
+        (
             "deleting with a pending marker: look up",
             with(obs(said_deleting(pending.clone())), |ob| {
                 ob.api_key = Some(ApiKey::OperatorWide)
             }),
             "Read LookupByNumber",
+        ),
+        (
+            "deleting with a pending marker, found one registered before the attempt: not ours",
+            with(obs(said_deleting(pending.clone())), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                let mut older = reg("id0");
+                older.created_at = "2025-12-31T23:00:00Z".into();
+                ob.lookup = Some(Ok(Some(older)));
+            }),
+            "Release released=false event=-",
+        ),
+        (
+            "deleting with a pending marker, the user annotated the registration found: adopted",
+            with(
+                obs(said_deleting({
+                    let mut o = pending.clone();
+                    o["metadata"]["annotations"] = json!({ANNOTATION_PHONE_NUMBER_ID: "id0"});
+                    o
+                })),
+                |ob| {
+                    ob.api_key = Some(ApiKey::OperatorWide);
+                    let mut older = reg("id0");
+                    older.created_at = "2025-12-31T23:00:00Z".into();
+                    ob.lookup = Some(Ok(Some(older)));
+                },
+            ),
+            "Deregister id0",
         ),
         (
             "deleting with a pending marker, nothing registered",
@@ -1213,4 +1354,40 @@ fn a_registration_found_gone_while_the_secret_is_missing_leaves_status_naming_no
             "{step:?}"
         );
     }
+}
+
+#[test]
+fn an_attempt_settled_while_the_secret_is_missing_drops_its_marker() {
+    let mut o = object();
+    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+    o["status"] = json!({"pendingCreate": {"token": "t1", "startedAt": "2026-01-01T00:00:00Z"},
+                         "credentialsHash": hash_of(CRED),
+                         "conditions": [condition("Ready", "False", "Creating")]});
+    let waiting = |lookup: Option<Result<Option<Registration>, ApiError>>, refused: bool| {
+        decide(
+            &with(read(o.clone()), |ob| {
+                ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+                ob.lookup = lookup;
+                if refused {
+                    ob.memory.clean_refusal = Some("t1".into());
+                }
+            }),
+            &settings(),
+        )
+    };
+    // Nothing registered, or refused by a clean 429: nothing is in flight, so the object no
+    // longer claims the number with an attempt while it waits for its Secret.
+    for step in [waiting(Some(Ok(None)), false), waiting(None, true)] {
+        let Step::Report { data, .. } = &step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(summary(&step), "Report Progressing(SecretNotFound) Requeue");
+        assert_eq!(data.pending_create, None, "{step:?}");
+    }
+    // Found its own: recorded with the hash of the credentials it posted.
+    let step = waiting(Some(Ok(Some(reg("id1")))), false);
+    let Step::Persist { hash, .. } = &step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(hash.as_deref(), Some(hash_of(CRED).as_str()));
 }

@@ -102,6 +102,9 @@ pub struct Observation {
     pub secrets_unchanged: bool,
     /// The older object that manages this object's number, if another one.
     pub number_owner: Option<ObjectName>,
+    /// That owner's only claim is an id annotation naming another id than this object names
+    /// (it holds no registration and has no attempt in flight).
+    pub number_owner_names_another_id: bool,
     /// Another watched object that holds the id this object names.
     pub id_owner: Option<ObjectName>,
     /// (name, resourceVersion) of each Secret read in this pass.
@@ -134,10 +137,13 @@ impl Observation {
         let known_id = obj.known_id();
         // An object that holds its registration keeps it; one that only names an id yields
         // the number to an older claim (an attempt in flight may have made that registration).
-        let number_owner = (!plan::holds_id(&obj))
+        let owner = (!plan::holds_id(&obj))
             .then(|| plan::owner_of_number(&obj, others.iter().map(|o| o.as_ref())))
-            .flatten()
-            .map(ObjectName::of);
+            .flatten();
+        let number_owner_names_another_id = owner.is_some_and(|o| {
+            plan::claims_only_by_naming(o) && known_id.is_some() && o.known_id() != known_id
+        });
+        let number_owner = owner.map(ObjectName::of);
         let id_owner = known_id
             .as_deref()
             .and_then(|id| plan::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))
@@ -152,6 +158,7 @@ impl Observation {
             memory,
             secrets_unchanged,
             number_owner,
+            number_owner_names_another_id,
             id_owner,
             secrets_read: Vec::new(),
             api_key: None,

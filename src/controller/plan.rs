@@ -335,6 +335,12 @@ pub fn holds_id(o: &PhoneNumber) -> bool {
         .is_some_and(|s| s.phone_number_id.is_some())
 }
 
+/// The object claims its number only by naming an id in the annotation: it holds no
+/// registration and has no attempt to register it in flight.
+pub fn claims_only_by_naming(o: &PhoneNumber) -> bool {
+    !holds_id(o) && !has_pending_create(o) && o.known_id().is_some()
+}
+
 fn has_pending_create(o: &PhoneNumber) -> bool {
     o.status
         .as_ref()
@@ -344,7 +350,9 @@ fn has_pending_create(o: &PhoneNumber) -> bool {
 /// The object that holds registration `id`, which `obj` names too, if it is another one. An
 /// object that has the id in its status (it registered or adopted it) wins over one that only
 /// names it in the annotation; between equals, the oldest claim wins. The loser never touches
-/// the registration.
+/// the registration. One that only names it for another number is no claim on it: a
+/// registration is for one number, and `phoneNumber` is immutable, so at most one of the two
+/// can be right, and each finds out by reading it (the other one's is an id mismatch).
 pub fn owner_of_id<'a>(
     obj: &PhoneNumber,
     id: &str,
@@ -357,6 +365,7 @@ pub fn owner_of_id<'a>(
     others
         .into_iter()
         .filter(|o| o.uid() != uid && o.known_id().as_deref() == Some(id))
+        .filter(|o| holds(o) || o.spec.phone_number == obj.spec.phone_number)
         .filter(|o| (!holds(o), claim_key(o)) < mine)
         .min_by_key(|o| (!holds(o), claim_key(o)))
 }
@@ -731,6 +740,33 @@ mod tests {
     }
 
     #[test]
+    fn only_an_annotation_without_a_registration_or_an_attempt_is_a_claim_by_naming() {
+        let mut o = pn("a");
+        assert!(!claims_only_by_naming(&o));
+        o.metadata.annotations = Some(
+            [(
+                crate::crd::ANNOTATION_PHONE_NUMBER_ID.to_string(),
+                "id1".to_string(),
+            )]
+            .into(),
+        );
+        assert!(claims_only_by_naming(&o));
+        o.status = Some(crate::crd::PhoneNumberStatus {
+            pending_create: Some(crate::crd::PendingCreate {
+                token: "t".into(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+            }),
+            ..Default::default()
+        });
+        assert!(!claims_only_by_naming(&o), "an attempt in flight");
+        o.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        assert!(!claims_only_by_naming(&o), "holds it");
+    }
+
+    #[test]
     fn the_holder_of_an_id_owns_it_against_a_newcomer_naming_it() {
         let mut holder = pn("holder");
         holder.metadata.creation_timestamp =
@@ -769,6 +805,23 @@ mod tests {
             Some("newcomer".into())
         );
         assert!(owner_of_id(&newcomer, "id1", &all).is_none());
+        // An older one that only names it for another number is no claim on it; one that
+        // holds it is, whatever the number.
+        let mut elsewhere = newcomer.clone();
+        elsewhere.metadata.uid = Some("uid-elsewhere".into());
+        elsewhere.metadata.name = Some("elsewhere".into());
+        elsewhere.spec.phone_number = "+15550000000".into();
+        let all = [elsewhere.clone(), younger.clone()];
+        assert!(owner_of_id(&younger, "id1", &all).is_none());
+        elsewhere.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        let all = [elsewhere.clone(), younger.clone()];
+        assert_eq!(
+            owner_of_id(&younger, "id1", &all).map(|o| o.name_any()),
+            Some("elsewhere".into())
+        );
     }
 
     #[test]

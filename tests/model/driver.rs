@@ -605,6 +605,27 @@ fn annotate(w: &mut World, key: &(String, String), id: String) {
     // A deliberate adoption, unless another live object holds that registration (or
     // it is for another number).
     let number = w.live_object(key).map(|o| o["spec"]["phoneNumber"].clone());
+    // Pointing the annotation elsewhere withdraws an adoption by annotation that the operator
+    // never took over (the status does not name it): the operator acts on the annotation as it
+    // is now, and leaves the registration the old one named alone.
+    let named_before = w.live_object(key).and_then(|o| {
+        o["metadata"]["annotations"]["oneinbox.ai/phone-number-id"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let status_names = w
+        .live_object(key)
+        .and_then(|o| o["status"]["phoneNumberId"].as_str().map(str::to_owned));
+    if let Some(before) = named_before
+        && before != id
+        && status_names.as_deref() != Some(before.as_str())
+        && let Some(r) = w.api.regs.get_mut(&before)
+        && r.owner.as_deref() == Some(uid.as_str())
+        && r.by_annotation
+    {
+        r.owner = None;
+        r.by_annotation = false;
+    }
     if let Some(reg) = w.api.regs.get(&id)
         && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
     {
@@ -617,6 +638,7 @@ fn annotate(w: &mut World, key: &(String, String), id: String) {
                     && s.obj["status"]["phoneNumberId"].as_str() == Some(id.as_str())
             });
         if !held_by_other_live && let Some(r) = w.api.regs.get_mut(&id) {
+            r.by_annotation = r.owner.as_deref() != Some(uid.as_str()) || r.by_annotation;
             r.owner = Some(uid.clone());
         }
     }

@@ -635,6 +635,7 @@ impl World {
                 .and_then(|(_, s)| s.obj["metadata"]["uid"].as_str().map(str::to_owned));
             if let (Some(heir), Some(r)) = (heir, self.api.regs.get_mut(&id)) {
                 r.owner = Some(heir);
+                r.by_annotation = true;
             }
         }
         let finalized = finalizers(&stored.obj)

@@ -88,6 +88,8 @@ pub struct Reg {
     /// Objects that held a pending-create marker for its number when it was made outside: the
     /// design lets them adopt it on look-up, since it is indistinguishable from their own.
     pub claimants: BTreeSet<String>,
+    /// The owner adopted it by naming it in the id annotation (not by its own POST).
+    pub by_annotation: bool,
 }
 
 #[derive(Default)]
@@ -207,6 +209,7 @@ impl World {
                 reg,
                 owner,
                 claimants,
+                by_annotation: false,
             },
         );
         id
