@@ -107,6 +107,10 @@ fn obs(o: Value) -> Observation {
         wall: "2026-01-01T00:00:10Z".parse().expect("time"),
         memory: ObjectMemory::default(),
         secrets_unchanged: false,
+        // As after a change of a Secret the object references (or one it stopped knowing):
+        // decided at once. The rows of a restart set what the watch reports.
+        secret_versions: None,
+        secrets_listed: true,
         number_owner: None,
         id_owner: None,
         secrets_read: Vec::new(),
@@ -205,6 +209,11 @@ fn summary(step: &Step) -> String {
         Step::Disown => "Disown".into(),
         Step::RememberCleanRefusal { .. } => "RememberCleanRefusal".into(),
         Step::ForgetCheck { then } => format!("ForgetCheck then {}", summary(then)),
+        Step::Resume {
+            first_check_in: Some(d),
+            ..
+        } => format!("Resume first check in {}s", d.as_secs()),
+        Step::Resume { .. } => "Resume no checks".into(),
         Step::Orphan { because, .. } => format!("Orphan ({because})"),
         Step::Deregister { id } => format!("Deregister {id}"),
         Step::Release { released, event } => format!(

@@ -2,13 +2,14 @@
 //! a registration in line, the credentials hash, who owns a number claimed twice, and the poll
 //! interval. No IO; everything here is unit-tested.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use kube::ResourceExt;
 use serde_json::{Map, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::config::parse_duration;
 use crate::crd::{ANNOTATION_POLL_INTERVAL, PhoneNumber};
@@ -104,8 +105,8 @@ impl PatchableDigest {
         )
     }
 
-    /// The digest of what the spec asks for.
-    fn of_spec(obj: &PhoneNumber) -> PatchableDigest {
+    /// The digest of what the spec asks for (what a registration in line with it holds).
+    pub fn of_spec(obj: &PhoneNumber) -> PatchableDigest {
         PatchableDigest::of(
             obj.spec.friendly_name.as_deref(),
             &obj.spec.agent_id,
@@ -142,6 +143,36 @@ pub fn secret_versions_digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a 
     pairs.dedup();
     digest(pairs)
 }
+
+/// The `status.secretVersions` a check records: the versions `recorded` before, updated with
+/// the (name, resourceVersion) pairs read in this pass, for the Secrets the object references.
+pub fn secret_versions_used(
+    obj: &PhoneNumber,
+    recorded: &BTreeMap<String, String>,
+    read: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut out = recorded.clone();
+    out.extend(read.iter().cloned());
+    out.retain(|name, _| obj.referenced_secrets().any(|r| r == name));
+    out
+}
+
+/// After a restart, when the first drift check of an object whose status this process trusts
+/// is due: a fixed point of `(FIRST_CHECK_QUIET, 1]` of its interval, by a stable hash of its
+/// UID. The fleet's first checks spread evenly over one interval (at most 1.25 × the steady
+/// rate), and none falls in the first fifth of it: a restart, or a crash loop, costs no call
+/// at once. The same object gets the same point after every restart.
+pub fn first_check_in(uid: &str, interval: Duration) -> Duration {
+    let h = Sha256::digest(uid.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    // 53 bits are all an f64 holds: a point of [0, 1).
+    let point = (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64;
+    interval.mul_f64(FIRST_CHECK_QUIET + (1.0 - FIRST_CHECK_QUIET) * point)
+}
+
+/// The part of the interval after a restart in which no first check falls.
+pub const FIRST_CHECK_QUIET: f64 = 0.2;
 
 /// The PATCH that makes the registration `remote` digests match the spec: only changed fields,
 /// with explicit nulls for removed routing keys (contract: PATCH details). Empty when nothing differs.
