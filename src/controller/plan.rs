@@ -585,6 +585,63 @@ mod tests {
     }
 
     #[test]
+    fn first_checks_after_a_restart_spread_evenly_past_a_quiet_fifth() {
+        let interval = Duration::from_secs(600);
+        // Stable: the same object gets the same point after every restart.
+        assert_eq!(
+            first_check_in("uid-1", interval),
+            first_check_in("uid-1", interval)
+        );
+        assert_ne!(
+            first_check_in("uid-1", interval),
+            first_check_in("uid-2", interval)
+        );
+        // 1,000 objects: none in the first 2 minutes, all within the interval, and each of the
+        // eight minutes after the quiet part holds about an eighth of them.
+        let mut per_minute = [0u32; 10];
+        for i in 0..1000 {
+            let d = first_check_in(&format!("0b9c2f3e-uid-{i}"), interval);
+            assert!(d >= Duration::from_secs(120) && d < interval, "{d:?}");
+            per_minute[(d.as_secs() / 60) as usize] += 1;
+        }
+        assert_eq!(per_minute[..2], [0, 0]);
+        for (minute, n) in per_minute.iter().enumerate().skip(2) {
+            assert!((95..=155).contains(n), "minute {minute}: {n} of 1000");
+        }
+        // Scales with the interval (a per-object poll-interval annotation).
+        let short = first_check_in("uid-1", Duration::from_secs(20));
+        assert!(short >= Duration::from_secs(4) && short < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_recorded_secret_versions_are_those_read_now_over_those_recorded() {
+        let mut p = pn("a");
+        p.spec.credential_id = None;
+        p.spec.provider_config = Some(crate::crd::ProviderConfig {
+            trunk_address: "t.example".into(),
+            auth_username: "u".into(),
+            auth_password_secret_ref: crate::crd::SecretKeySelector {
+                name: "sip".into(),
+                key: None,
+            },
+        });
+        let recorded: BTreeMap<String, String> = [
+            ("sip".to_string(), "7".to_string()),
+            ("old".into(), "3".into()),
+        ]
+        .into();
+        // Unread: the recorded version stays; a Secret no longer referenced goes.
+        assert_eq!(
+            secret_versions_used(&p, &recorded, &[]),
+            [("sip".to_string(), "7".to_string())].into()
+        );
+        assert_eq!(
+            secret_versions_used(&p, &recorded, &[("sip".into(), "9".into())]),
+            [("sip".to_string(), "9".to_string())].into()
+        );
+    }
+
+    #[test]
     fn secret_versions_digest_ignores_order_but_not_versions() {
         let a = secret_versions_digest([("pw", "1"), ("key", "7")]);
         assert_eq!(a, secret_versions_digest([("key", "7"), ("pw", "1")]));
