@@ -461,7 +461,14 @@ fn credentials_as_recorded(obs: &Observation, settings: &Settings) -> bool {
 /// burst of calls. `None`: decide as usual (reconciled now).
 fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
     let obj = &obs.obj;
-    if obs.memory.check.is_some() {
+    // Only at the start of a pass: one that registered, adopted or wrote ends as a check.
+    let acted = obs.posted.is_some()
+        || obs.persisted.is_some()
+        || obs.patched.is_some()
+        || obs.fetched.is_some()
+        || obs.deregistered.is_some()
+        || obs.adopted;
+    if obs.memory.check.is_some() || acted {
         return None;
     }
     let st = obj.status.as_ref()?;

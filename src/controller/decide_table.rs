@@ -636,6 +636,16 @@ fn decision_table() {
             "Resume no checks",
         ),
         (
+            "registered in this pass (status and annotation written): a check, not a resume",
+            with(restarted(sip_registered("pw-1", "7"), "7"), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                ob.credentials = Some(Ok(sip_credentials("pw-1")));
+                ob.secrets_read = vec![("sip".into(), "7".into())];
+                ob.persisted = Some(reg("id1"));
+            }),
+            "Report Available Checked",
+        ),
+        (
             "restart, the password Secret changed while down: reconciled now",
             restarted(sip_registered("pw-1", "7"), "8"),
             "Read ApiKey",

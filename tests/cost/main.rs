@@ -180,9 +180,9 @@ async fn a_restart_costs_no_call_at_once_and_every_object_is_checked_within_an_i
     );
     // Every object is checked within one interval (plus slack for the loaded machine).
     let deadline = restarted + interval + Duration::from_secs(10);
-    for i in 0..OBJECTS {
+    for (i, before) in checks.iter().enumerate() {
         let name = format!("c{i}");
-        while checks_of(&w, &name) <= checks[i] {
+        while checks_of(&w, &name) <= *before {
             assert!(
                 Instant::now() < deadline,
                 "{name} not checked within the interval after the restart\n{}",

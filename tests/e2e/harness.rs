@@ -868,6 +868,7 @@ pub fn kubeconfig_through(port: u16, tag: &str) -> (PathBuf, String) {
 /// kube-apiserver's `apiserver_request_total` for one resource and verb (e.g. `secrets`,
 /// `GET`), summed over its other labels: read from `/metrics` with the admin client. It counts
 /// every client of the API server, cluster-wide.
+#[allow(dead_code)] // used by tests/cost, which shares this harness
 pub async fn apiserver_requests(client: &Client, resource: &str, verb: &str) -> u64 {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
