@@ -456,7 +456,8 @@ fn credentials_as_recorded(obs: &Observation, settings: &Settings) -> bool {
 }
 
 /// After a restart (no check in memory), a Ready object whose status records this very input
-/// (the generation, the id, a credentials hash, the Secret versions the watch reports) is not
+/// (the generation, the id, a credentials hash made with the current key, the Secret versions
+/// the watch reports) is not
 /// checked at once: its first check is spread over the poll interval, so a restart costs no
 /// burst of calls. `None`: decide as usual (reconciled now).
 fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
@@ -486,7 +487,9 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
             .state
             .as_deref()
             .is_some_and(crate::oneinbox::is_active_state)
-        && st.credentials_hash.is_some()
+        // Made with another key: the new baseline is written at once.
+        && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
+            == Some(settings.hash_key.id())
         && reconcile_request_handled(obs)
         && obs.memory.lost.as_deref() != Some(id);
     if !trusted {

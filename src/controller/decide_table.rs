@@ -713,6 +713,22 @@ fn decision_table() {
             ),
             "Read ApiKey",
         ),
+        (
+            "restart with another credentials hash key: reconciled now (a new baseline)",
+            restarted(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["status"]["credentialsHash"] = json!(plan::credentials_hash(
+                        &plan::HashKey::derive(b"the key before the restart"),
+                        "uid-1",
+                        &sip_credentials("pw-1")
+                    ));
+                    o
+                },
+                "7",
+            ),
+            "Read ApiKey",
+        ),
         // ---- drift checks and Secret versions
         (
             "drift check, the password Secret at the recorded version: no Secret read, GET",
