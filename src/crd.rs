@@ -4,6 +4,8 @@
 //! The schema carries the admission-time validation (patterns, enums, lengths, CEL rules), so the
 //! API server rejects bad input before the operator sees it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::json_schema;
@@ -305,6 +307,12 @@ pub struct PhoneNumberStatus {
     /// the number up before registering it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_create: Option<PendingCreate>,
+    /// The resourceVersion of each referenced Secret (by name) that the last successful check
+    /// used; never any Secret data. While the Secret watch reports the same versions, a check
+    /// needs no Secret read, also after a restart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "secret_versions_schema")]
+    pub secret_versions: BTreeMap<String, String>,
     /// The last value of the oneinbox.ai/reconcile-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_RECONCILE_TOKEN))]
@@ -325,6 +333,16 @@ pub struct PendingCreate {
     /// When the attempt started (RFC 3339).
     #[schemars(length(max = 64))]
     pub started_at: String,
+}
+
+fn secret_versions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+    json_schema!({
+        "type": "object",
+        "description": "The resourceVersion of each referenced Secret (by name) that the last successful check used; never any Secret data. While the Secret watch reports the same versions, a check needs no Secret read, also after a restart.",
+        // The SIP password Secret and the tenant API key Secret.
+        "maxProperties": 2,
+        "additionalProperties": {"type": "string", "maxLength": 64}
+    })
 }
 
 fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::decide::{DoneAfter, Failure, Op, Read, Step, Then, requested_reconcile};
+use super::decide::{DoneAfter, Failure, Op, Read, Step, Then, requested_reconcile, versions_used};
 use super::memory::Checked;
 use super::observe::{ApiKey, Observation, Reader};
 use super::plan;
@@ -139,6 +139,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     credentials_hash: hash,
                     pending_create: None,
                     last_handled_reconcile_at: requested_reconcile(&obs.obj),
+                    secret_versions: versions_used(obs),
                 };
                 let phase = if registration.is_active() {
                     Phase::Available
@@ -188,6 +189,25 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             Step::RememberCleanRefusal { token, then } => {
                 self.remember(obs, |m| m.clean_refusal = Some(token));
                 return Ok(Next::Step(then));
+            }
+            Step::Resume {
+                id,
+                generation,
+                first_check_in,
+                remote,
+            } => {
+                let check = Checked {
+                    generation,
+                    id,
+                    at: std::time::Instant::now(),
+                    interval: first_check_in,
+                    remote,
+                    secrets: versions_digest(obs),
+                    dispatched: false,
+                };
+                self.remember(obs, |m| m.check = Some(check));
+                // The drift-check sweep brings it back at its point of the interval.
+                return Ok(Next::End(Action::await_change()));
             }
             Step::ForgetCheck { then } => {
                 self.remember(obs, |m| m.check = None);
@@ -304,11 +324,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     at: std::time::Instant::now(),
                     interval,
                     remote: patchable,
-                    secrets: plan::secret_versions_digest(
-                        obs.secrets_read
-                            .iter()
-                            .map(|(n, rv)| (n.as_str(), rv.as_str())),
-                    ),
+                    secrets: versions_digest(obs),
                     dispatched: false,
                 };
                 self.remember(obs, |m| m.check = Some(check));
@@ -410,6 +426,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             credentials_hash: Some(hash),
             pending_create: Some(marker),
             last_handled_reconcile_at: requested_reconcile(&obs.obj),
+            secret_versions: versions_used(obs),
         };
         let phase = Phase::Progressing {
             reason: status::reason::CREATING,
@@ -587,6 +604,14 @@ fn secrets_of(obs: &Observation) -> Vec<String> {
         out.push(k.expose().to_owned());
     }
     out
+}
+
+fn versions_digest(obs: &Observation) -> u64 {
+    plan::secret_versions_digest(
+        versions_used(obs)
+            .iter()
+            .map(|(n, rv)| (n.as_str(), rv.as_str())),
+    )
 }
 
 /// "agent_id and inbound_routing", for events.

@@ -24,6 +24,8 @@ use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
 /// How often an object that waits on another (a duplicate claim) looks again, as a fallback to
 /// the direct trigger when the owner goes away.
 pub const DUPLICATE_RECHECK: Duration = Duration::from_secs(300);
+/// After a restart, while the Secret watch has not listed the Secrets yet: look again soon.
+const SECRETS_UNLISTED_RECHECK: Duration = Duration::from_secs(1);
 /// After a PATCH found the registration gone: look again soon (the next pass GETs, sees the
 /// 404 and registers again).
 const GONE_RECHECK: Duration = Duration::from_millis(200);
@@ -131,6 +133,14 @@ pub enum Step {
     /// Remember that a clean 429 refused this pending attempt (the next attempt posts without
     /// a look-up), then take `then`.
     RememberCleanRefusal { token: String, then: Box<Step> },
+    /// After a restart, the status records this very input: trust it as the last check, with
+    /// the first drift check in `first_check_in` (spread over the interval), and end the pass.
+    Resume {
+        id: String,
+        generation: Option<i64>,
+        first_check_in: Option<Duration>,
+        remote: PatchableDigest,
+    },
     /// Forget the last check (what the API holds is no longer known), then take `then`.
     ForgetCheck { then: Box<Step> },
     // ---- deletion
@@ -179,6 +189,7 @@ impl Step {
             Step::Disown => "disown",
             Step::RememberCleanRefusal { .. } => "remember clean refusal",
             Step::ForgetCheck { .. } => "forget check",
+            Step::Resume { .. } => "resume",
             Step::Orphan { .. } => "orphan",
             Step::Deregister { .. } => "deregister",
             Step::Release { .. } => "release",
@@ -256,6 +267,9 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         return decide_observe(obs, settings);
     }
 
+    if let Some(step) = resume(obs, settings) {
+        return step;
+    }
     // Checked recently and no referenced Secret changed since: nothing to read or call.
     if let Some(id) = &known_id
         && obs.secrets_unchanged
@@ -269,13 +283,18 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         Some(ApiKey::Missing(problem)) => return wait_for_secret(obs, problem, settings),
         Some(_) => {}
     }
-    let Some(credentials) = &obs.credentials else {
-        return Step::Read(Read::Credentials);
+    // The password Secret is at the version the last check used: its hash is the one status
+    // records, and it is read only if the number is to be registered.
+    let hash = match &obs.credentials {
+        None if credentials_as_recorded(obs, settings) => {
+            obj.status.as_ref().and_then(|s| s.credentials_hash.clone())
+        }
+        None => return Step::Read(Read::Credentials),
+        Some(c) => c
+            .as_ref()
+            .ok()
+            .map(|c| plan::credentials_hash(&settings.hash_key, &obs.uid(), c)),
     };
-    let hash = credentials
-        .as_ref()
-        .ok()
-        .map(|c| plan::credentials_hash(&settings.hash_key, &obs.uid(), c));
 
     let remote = match remote(obs, known_id.as_deref(), hash.as_deref()) {
         Ok(remote) => remote,
@@ -291,10 +310,15 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
             // Deregistered in this pass: `remote` is then `None`, see below.
             Replacement::Now => return Step::Replace { id: r.id },
         },
-        None => match register(obs, credentials, hash.as_deref(), settings) {
-            Ok(r) => (r, hash),
-            Err(step) => return *step,
-        },
+        None => {
+            let Some(credentials) = &obs.credentials else {
+                return Step::Read(Read::Credentials);
+            };
+            match register(obs, credentials, hash.as_deref(), settings) {
+                Ok(r) => (r, hash),
+                Err(step) => return *step,
+            }
+        }
     };
 
     // Bring the PATCHable fields in line (one PATCH, changed fields only).
@@ -399,8 +423,99 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         credentials_hash: hash,
         pending_create: None,
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        secret_versions: versions_used(obs),
     };
     report(data, phase, then)
+}
+
+/// The Secret versions this pass relied on: those read now, the recorded ones for the rest.
+pub fn versions_used(obs: &Observation) -> std::collections::BTreeMap<String, String> {
+    let recorded = obs.obj.status.as_ref().map(|s| &s.secret_versions);
+    plan::secret_versions_used(
+        &obs.obj,
+        &recorded.cloned().unwrap_or_default(),
+        &obs.secrets_read,
+    )
+}
+
+/// Whether the password need not be read: the spec is the one status describes, nothing is
+/// Stalled (a pending replacement compares the new credentials), the recorded hash is made
+/// with the current key, and the Secret watch reports the very versions status records.
+fn credentials_as_recorded(obs: &Observation, settings: &Settings) -> bool {
+    let obj = &obs.obj;
+    let Some(st) = obj.status.as_ref() else {
+        return false;
+    };
+    obj.spec.provider_config.is_some()
+        && settings.secret_access == super::SecretAccess::Watch
+        && st.observed_generation == obj.metadata.generation
+        && obj.condition(status::STALLED).is_none()
+        && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
+            == Some(settings.hash_key.id())
+        && obs.secret_versions.as_ref() == Some(&st.secret_versions)
+}
+
+/// After a restart (no check in memory), a Ready object whose status records this very input
+/// (the generation, the id, a credentials hash made with the current key, the Secret versions
+/// the watch reports) is not
+/// checked at once: its first check is spread over the poll interval, so a restart costs no
+/// burst of calls. `None`: decide as usual (reconciled now).
+fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
+    let obj = &obs.obj;
+    // Only at the start of a pass: one that registered, adopted or wrote ends as a check.
+    let acted = obs.posted.is_some()
+        || obs.persisted.is_some()
+        || obs.patched.is_some()
+        || obs.fetched.is_some()
+        || obs.deregistered.is_some()
+        || obs.adopted;
+    if obs.memory.check.is_some() || acted {
+        return None;
+    }
+    let st = obj.status.as_ref()?;
+    let id = st.phone_number_id.as_deref()?;
+    let generation = obj.metadata.generation;
+    let trusted = obj.condition(status::READY).is_some_and(|c| {
+        c.status == "True" && c.reason == reason::AVAILABLE && c.observed_generation == generation
+    }) && obj.condition(status::STALLED).is_none()
+        && obj.condition(status::RECONCILING).is_none()
+        && st.observed_generation == generation
+        && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id)
+        && obj.has_finalizer()
+        && st.pending_create.is_none()
+        && st
+            .state
+            .as_deref()
+            .is_some_and(crate::oneinbox::is_active_state)
+        // Made with another key: the new baseline is written at once.
+        && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
+            == Some(settings.hash_key.id())
+        && reconcile_request_handled(obs)
+        && obs.memory.lost.as_deref() != Some(id);
+    if !trusted {
+        return None;
+    }
+    // Without the watch a Secret change is seen at the next check anyway.
+    if settings.secret_access == super::SecretAccess::Watch {
+        match &obs.secret_versions {
+            Some(v) if *v == st.secret_versions => {}
+            None if !obs.secrets_listed => {
+                return Some(Step::Done(DoneAfter::Requeue(SECRETS_UNLISTED_RECHECK)));
+            }
+            _ => return None,
+        }
+    }
+    Some(Step::Resume {
+        id: id.to_owned(),
+        generation: obs.generation,
+        first_check_in: plan::poll_interval(
+            obj,
+            settings.poll_interval,
+            settings.min_poll_interval,
+        )
+        .map(|i| plan::first_check_in(&obs.uid(), i)),
+        remote: PatchableDigest::of_spec(obj),
+    })
 }
 
 /// `managementPolicy: Observe`: find the registration (by the id the object names, or else by

@@ -97,6 +97,50 @@ fn check(generation: i64) -> Checked {
     }
 }
 
+/// Registered as `id1` with a SIP password in Secret `sip` (password `pw`), Ready, status
+/// recording the Secret's resourceVersion `rv`.
+fn sip_registered(pw: &str, rv: &str) -> Value {
+    let mut o = registered();
+    if let Some(spec) = o["spec"].as_object_mut() {
+        spec.remove("credentialId");
+    }
+    o["spec"]["providerConfig"] = json!({"trunkAddress": "example.pstn.twilio.com",
+        "authUsername": "oneinbox", "authPasswordSecretRef": {"name": "sip"}});
+    o["status"]["credentialsHash"] = json!(sip_hash(pw));
+    o["status"]["secretVersions"] = json!({"sip": rv});
+    o
+}
+
+fn sip_credentials(pw: &str) -> Credentials {
+    Credentials::Sip {
+        trunk_address: "example.pstn.twilio.com".into(),
+        auth_username: "oneinbox".into(),
+        auth_password: SecretString::new(pw.into()),
+    }
+}
+
+fn sip_hash(pw: &str) -> String {
+    plan::credentials_hash(&settings().hash_key, "uid-1", &sip_credentials(pw))
+}
+
+/// What the Secret watch reports: (name, resourceVersion) of each referenced Secret.
+fn watched(pairs: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(n, rv)| (n.to_string(), rv.to_string()))
+            .collect(),
+    )
+}
+
+/// A check whose interval is over: the drift check is due.
+fn due_check() -> Checked {
+    Checked {
+        interval: Some(Duration::ZERO),
+        ..check(1)
+    }
+}
+
 fn obs(o: Value) -> Observation {
     let obj: PhoneNumber = serde_json::from_value(o).expect("object");
     Observation {
@@ -107,6 +151,10 @@ fn obs(o: Value) -> Observation {
         wall: "2026-01-01T00:00:10Z".parse().expect("time"),
         memory: ObjectMemory::default(),
         secrets_unchanged: false,
+        // As after a change of a Secret the object references (or one it stopped knowing):
+        // decided at once. The rows of a restart set what the watch reports.
+        secret_versions: None,
+        secrets_listed: true,
         number_owner: None,
         number_owner_names_another_id: false,
         id_owner: None,
@@ -206,6 +254,11 @@ fn summary(step: &Step) -> String {
         Step::Disown => "Disown".into(),
         Step::RememberCleanRefusal { .. } => "RememberCleanRefusal".into(),
         Step::ForgetCheck { then } => format!("ForgetCheck then {}", summary(then)),
+        Step::Resume {
+            first_check_in: Some(d),
+            ..
+        } => format!("Resume first check in {}s", d.as_secs()),
+        Step::Resume { .. } => "Resume no checks".into(),
         Step::Orphan { because, .. } => format!("Orphan ({because})"),
         Step::Deregister { id } => format!("Deregister {id}"),
         Step::Release { released, event } => format!(
@@ -296,6 +349,21 @@ fn decision_table() {
         o
     };
     let observe_read = |o: Value| with(obs(o), |ob| ob.api_key = Some(ApiKey::OperatorWide));
+    // After a restart: nothing in memory, the Secret watch reports `rv` for Secret `sip`.
+    let restarted =
+        |o: Value, rv: &str| with(obs(o), |ob| ob.secret_versions = watched(&[("sip", rv)]));
+    let resumed = format!(
+        "Resume first check in {}s",
+        plan::first_check_in("uid-1", Duration::from_secs(600)).as_secs()
+    );
+    // A due drift check of a SIP object, the key known, the watch reporting `rv`.
+    let drift_check = |o: Value, rv: &str| {
+        with(obs(o), |ob| {
+            ob.api_key = Some(ApiKey::OperatorWide);
+            ob.memory.check = Some(due_check());
+            ob.secret_versions = watched(&[("sip", rv)]);
+        })
+    };
 
     let rows: Vec<(&str, Observation, &str)> = vec![
         // ---- managementPolicy: Observe
@@ -595,6 +663,173 @@ fn decision_table() {
                 ob.memory.check = Some(check(1));
             }),
             "Done AwaitChange",
+        ),
+        // ---- after a restart (nothing in memory): trust a status that records this input
+        (
+            "restart, status records the generation, id, hash and Secret versions: first check spread over the interval",
+            restarted(sip_registered("pw-1", "7"), "7"),
+            resumed.as_str(),
+        ),
+        (
+            "restart, stored credential (no Secret): first check spread over the interval",
+            with(obs(registered()), |ob| ob.secret_versions = watched(&[])),
+            resumed.as_str(),
+        ),
+        (
+            "restart, poll-interval 0: trusted, never checked",
+            restarted(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["metadata"]["annotations"]["oneinbox.ai/poll-interval"] = json!("0");
+                    o
+                },
+                "7",
+            ),
+            "Resume no checks",
+        ),
+        (
+            "registered in this pass (status and annotation written): a check, not a resume",
+            with(restarted(sip_registered("pw-1", "7"), "7"), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                ob.credentials = Some(Ok(sip_credentials("pw-1")));
+                ob.secrets_read = vec![("sip".into(), "7".into())];
+                ob.persisted = Some(reg("id1"));
+            }),
+            "Report Available Checked",
+        ),
+        (
+            "restart, the password Secret changed while down: reconciled now",
+            restarted(sip_registered("pw-1", "7"), "8"),
+            "Read ApiKey",
+        ),
+        (
+            "restart, the Secret watch has not listed yet: look again soon, no read",
+            with(obs(sip_registered("pw-1", "7")), |ob| {
+                ob.secrets_listed = false
+            }),
+            "Done Requeue",
+        ),
+        (
+            "restart, the Secret is gone (listed, unknown to the watch): reconciled now",
+            obs(sip_registered("pw-1", "7")),
+            "Read ApiKey",
+        ),
+        (
+            "restart, a spec change while down: reconciled now",
+            restarted(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["metadata"]["generation"] = json!(2);
+                    o
+                },
+                "7",
+            ),
+            "Read ApiKey",
+        ),
+        (
+            "restart, a reconcile requested: reconciled now",
+            restarted(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["metadata"]["annotations"][ANNOTATION_RECONCILE_REQUESTED_AT] = json!("t1");
+                    o
+                },
+                "7",
+            ),
+            "Read ApiKey",
+        ),
+        (
+            "restart, a replacement pending (Stalled): reconciled now",
+            restarted(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["status"]["conditions"] = json!([
+                        condition("Ready", "True", "Available"),
+                        condition("Stalled", "True", "ReplacementRequired")
+                    ]);
+                    o
+                },
+                "7",
+            ),
+            "Read ApiKey",
+        ),
+        (
+            "restart, status without a credentials hash: reconciled now",
+            restarted(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["status"]["credentialsHash"] = Value::Null;
+                    o
+                },
+                "7",
+            ),
+            "Read ApiKey",
+        ),
+        (
+            "restart with another credentials hash key: reconciled now (a new baseline)",
+            restarted(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["status"]["credentialsHash"] = json!(plan::credentials_hash(
+                        &plan::HashKey::derive(b"the key before the restart"),
+                        "uid-1",
+                        &sip_credentials("pw-1")
+                    ));
+                    o
+                },
+                "7",
+            ),
+            "Read ApiKey",
+        ),
+        // ---- drift checks and Secret versions
+        (
+            "drift check, the password Secret at the recorded version: no Secret read, GET",
+            drift_check(sip_registered("pw-1", "7"), "7"),
+            "Read Registration(\"id1\")",
+        ),
+        (
+            "drift check, the password Secret rotated: read it",
+            drift_check(sip_registered("pw-1", "7"), "8"),
+            "Read Credentials",
+        ),
+        (
+            "drift check, the Secret as recorded, the registration gone: read it to register",
+            with(drift_check(sip_registered("pw-1", "7"), "7"), |ob| {
+                ob.fetched = Some(Err(ApiError::NotFound));
+                ob.lost_reported = true;
+            }),
+            "Read Credentials",
+        ),
+        (
+            "drift check, the Secret as recorded, a replacement pending (Stalled): read it",
+            drift_check(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["status"]["conditions"] = json!([
+                        condition("Ready", "True", "Available"),
+                        condition("Stalled", "True", "ReplacementRequired")
+                    ]);
+                    o
+                },
+                "7",
+            ),
+            "Read Credentials",
+        ),
+        (
+            "drift check, the Secret as recorded, the hash made with another key: read it",
+            drift_check(
+                {
+                    let mut o = sip_registered("pw-1", "7");
+                    o["status"]["credentialsHash"] = json!(plan::credentials_hash(
+                        &plan::HashKey::derive(b"another key"),
+                        "uid-1",
+                        &sip_credentials("pw-1")
+                    ));
+                    o
+                },
+                "7",
+            ),
+            "Read Credentials",
         ),
         // ---- reads
         ("nothing read yet", obs(object()), "Read ApiKey"),
@@ -1390,4 +1625,76 @@ fn an_attempt_settled_while_the_secret_is_missing_drops_its_marker() {
         panic!("{step:?}")
     };
     assert_eq!(hash.as_deref(), Some(hash_of(CRED).as_str()));
+}
+
+#[test]
+fn a_check_records_the_secret_versions_it_used() {
+    // Not read (as recorded): the hash and the versions stay, so the status is unchanged.
+    let ob = with(
+        {
+            let mut ob = obs(sip_registered("pw-1", "7"));
+            ob.api_key = Some(ApiKey::OperatorWide);
+            ob.memory.check = Some(due_check());
+            ob.secret_versions = watched(&[("sip", "7")]);
+            ob
+        },
+        |ob| ob.fetched = Some(Ok(reg("id1"))),
+    );
+    let Step::Report { data, phase, then } = decide(&ob, &settings()) else {
+        panic!("a report")
+    };
+    assert_eq!(phase, Phase::Available);
+    assert!(matches!(then, Then::Checked { .. }), "{then:?}");
+    assert_eq!(data.credentials_hash, Some(sip_hash("pw-1")));
+    assert_eq!(
+        data.secret_versions,
+        watched(&[("sip", "7")]).unwrap_or_default()
+    );
+
+    // Rotated and read: the new version is recorded, the registered hash kept, and the
+    // replacement reported (Manual).
+    let ob = with(obs(sip_registered("pw-1", "7")), |ob| {
+        ob.api_key = Some(ApiKey::OperatorWide);
+        ob.memory.check = Some(due_check());
+        ob.secret_versions = watched(&[("sip", "8")]);
+        ob.secrets_read = vec![("sip".into(), "8".into())];
+        ob.credentials = Some(Ok(sip_credentials("pw-2")));
+        ob.fetched = Some(Ok(reg("id1")));
+    });
+    let Step::Report { data, phase, .. } = decide(&ob, &settings()) else {
+        panic!("a report")
+    };
+    assert!(
+        matches!(phase, Phase::AvailableButStalled { reason, .. } if reason == reason::REPLACEMENT_REQUIRED),
+        "{phase:?}"
+    );
+    assert_eq!(data.credentials_hash, Some(sip_hash("pw-1")));
+    assert_eq!(
+        data.secret_versions,
+        watched(&[("sip", "8")]).unwrap_or_default()
+    );
+}
+
+#[test]
+fn without_the_secret_watch_every_check_reads_and_a_restart_trusts_the_status() {
+    let get_only = Settings {
+        secret_access: crate::controller::SecretAccess::Get,
+        ..settings()
+    };
+    // Nothing reports a rotation: the check reads the password.
+    let ob = with(obs(sip_registered("pw-1", "7")), |ob| {
+        ob.api_key = Some(ApiKey::OperatorWide);
+        ob.memory.check = Some(due_check());
+        ob.secret_versions = watched(&[("sip", "7")]);
+    });
+    assert_eq!(summary(&decide(&ob, &get_only)), "Read Credentials");
+    // After a restart the first check is spread all the same (a change is seen at a check).
+    let ob = obs(sip_registered("pw-1", "7"));
+    assert_eq!(
+        summary(&decide(&ob, &get_only)),
+        format!(
+            "Resume first check in {}s",
+            plan::first_check_in("uid-1", Duration::from_secs(600)).as_secs()
+        )
+    );
 }

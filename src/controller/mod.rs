@@ -13,10 +13,11 @@ pub mod status;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -72,6 +73,8 @@ pub struct Context<C> {
     pub memory: Mutex<memory::Memory>,
     /// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
     pub secret_versions: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// The Secret watch has listed every Secret once (`secret_versions` is complete).
+    pub secrets_listed: Arc<AtomicBool>,
     /// Every watched PhoneNumber (for duplicate claims and Secret mapping).
     pub store: Store<PhoneNumber>,
     /// Objects to reconcile now because a number they wait for was released.
@@ -99,8 +102,12 @@ impl<C> Context<C> {
                 o.referenced_secrets().map(move |s| (ns.clone(), s))
             })
             .collect();
-        lock(&self.secret_versions)
-            .retain(|(ns, name), _| referenced.contains(&(ns.clone(), name.as_str())));
+        // Before the first list of PhoneNumbers nothing seems referenced: keep what the Secret
+        // watch reported until then (a restart needs those versions to trust the status).
+        if listed(&self.store) {
+            lock(&self.secret_versions)
+                .retain(|(ns, name), _| referenced.contains(&(ns.clone(), name.as_str())));
+        }
         let mut memory = lock(&self.memory);
         objects
             .iter()
@@ -130,6 +137,11 @@ impl<C> Context<C> {
             .await
             .map_err(|_| Error::KubeTimeout(limit))
     }
+}
+
+/// Whether the PhoneNumber cache has its first list.
+fn listed(store: &Store<PhoneNumber>) -> bool {
+    store.wait_until_ready().now_or_never().is_some()
 }
 
 /// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
@@ -317,6 +329,7 @@ pub async fn run<C: OneInboxApi>(
         backoff: backoff::Backoff::default(),
         memory: Mutex::default(),
         secret_versions: secret_versions.clone(),
+        secrets_listed: Arc::default(),
         store: store.clone(),
         siblings,
     });
@@ -326,9 +339,15 @@ pub async fn run<C: OneInboxApi>(
     // is empty and every check reads the Secrets it needs.
     let secret_store = store.clone();
     let seen_secrets = secret_versions.clone();
+    let secrets_listed = ctx.secrets_listed.clone();
     let secret_events = match ctx.settings.secret_access {
         SecretAccess::Watch => watcher(secrets, watcher::Config::default())
             .default_backoff()
+            .inspect_ok(move |e| {
+                if matches!(e, watcher::Event::InitDone) {
+                    secrets_listed.store(true, Ordering::Relaxed);
+                }
+            })
             .touched_objects()
             .boxed(),
         SecretAccess::Get => futures::stream::pending().boxed(),
@@ -359,10 +378,10 @@ pub async fn run<C: OneInboxApi>(
                 .map(|pn| ObjectRef::from_obj(pn.as_ref()))
                 .collect::<Vec<_>>();
             // Only the Secrets some object references are tracked (a read records the others
-            // when an object starts to use them).
+            // when an object starts to use them); all of them until the PhoneNumbers are listed.
             if let (Some(ns), Some(rv)) = (ns, secret.resource_version()) {
                 let mut versions = lock(&seen_secrets);
-                if users.is_empty() {
+                if users.is_empty() && listed(&secret_store) {
                     versions.remove(&(ns, name));
                 } else {
                     versions.insert((ns, name), rv);

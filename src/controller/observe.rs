@@ -3,6 +3,8 @@
 //! far; `decide` looks only at it. The reads themselves (Secrets, the registration, the
 //! look-up by number) are here; which of them a pass needs is decided by `decide`.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -100,6 +102,12 @@ pub struct Observation {
     pub memory: ObjectMemory,
     /// Every referenced Secret is at the resourceVersion the last check read.
     pub secrets_unchanged: bool,
+    /// The resourceVersion of every referenced Secret (by name) as the metadata-only Secret
+    /// watch reports it; `None` while one of them is not known to it.
+    pub secret_versions: Option<BTreeMap<String, String>>,
+    /// The Secret watch has listed every Secret once: a referenced Secret it does not know is
+    /// then absent (or unreadable), not merely not seen yet.
+    pub secrets_listed: bool,
     /// The older object that manages this object's number, if another one.
     pub number_owner: Option<ObjectName>,
     /// That owner's only claim is an id annotation naming another id than this object names
@@ -149,6 +157,7 @@ impl Observation {
             .and_then(|id| plan::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))
             .map(ObjectName::of);
         let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
+        let secret_versions = watched_secret_versions(ctx, &obj);
         Observation {
             generation: obj.metadata.generation,
             deleting_at_start: obj.metadata.deletion_timestamp.is_some(),
@@ -157,6 +166,8 @@ impl Observation {
             wall: jiff::Timestamp::now(),
             memory,
             secrets_unchanged,
+            secret_versions,
+            secrets_listed: ctx.secrets_listed.load(Ordering::Relaxed),
             number_owner,
             number_owner_names_another_id,
             id_owner,
@@ -200,6 +211,23 @@ fn secrets_unchanged<C>(ctx: &Context<C>, obj: &PhoneNumber, memory: &ObjectMemo
         }
     }
     plan::secret_versions_digest(current) == check.secrets
+}
+
+/// The resourceVersion of every Secret the object references, as the Secret watch reports it;
+/// `None` if one is not known to it.
+fn watched_secret_versions<C>(
+    ctx: &Context<C>,
+    obj: &PhoneNumber,
+) -> Option<BTreeMap<String, String>> {
+    let ns = obj.namespace().unwrap_or_default();
+    let versions = lock(&ctx.secret_versions);
+    obj.referenced_secrets()
+        .map(|name| {
+            versions
+                .get(&(ns.clone(), name.to_owned()))
+                .map(|rv| (name.to_owned(), rv.clone()))
+        })
+        .collect()
 }
 
 /// The reads a pass can make.

@@ -2,13 +2,14 @@
 //! a registration in line, the credentials hash, who owns a number claimed twice, and the poll
 //! interval. No IO; everything here is unit-tested.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use kube::ResourceExt;
 use serde_json::{Map, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::config::parse_duration;
 use crate::crd::{ANNOTATION_POLL_INTERVAL, PhoneNumber};
@@ -104,8 +105,8 @@ impl PatchableDigest {
         )
     }
 
-    /// The digest of what the spec asks for.
-    fn of_spec(obj: &PhoneNumber) -> PatchableDigest {
+    /// The digest of what the spec asks for (what a registration in line with it holds).
+    pub fn of_spec(obj: &PhoneNumber) -> PatchableDigest {
         PatchableDigest::of(
             obj.spec.friendly_name.as_deref(),
             &obj.spec.agent_id,
@@ -142,6 +143,36 @@ pub fn secret_versions_digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a 
     pairs.dedup();
     digest(pairs)
 }
+
+/// The `status.secretVersions` a check records: the versions `recorded` before, updated with
+/// the (name, resourceVersion) pairs read in this pass, for the Secrets the object references.
+pub fn secret_versions_used(
+    obj: &PhoneNumber,
+    recorded: &BTreeMap<String, String>,
+    read: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut out = recorded.clone();
+    out.extend(read.iter().cloned());
+    out.retain(|name, _| obj.referenced_secrets().any(|r| r == name));
+    out
+}
+
+/// After a restart, when the first drift check of an object whose status this process trusts
+/// is due: a fixed point of `(FIRST_CHECK_QUIET, 1]` of its interval, by a stable hash of its
+/// UID. The fleet's first checks spread evenly over one interval (at most 1.25 × the steady
+/// rate), and none falls in the first fifth of it: a restart, or a crash loop, costs no call
+/// at once. The same object gets the same point after every restart.
+pub fn first_check_in(uid: &str, interval: Duration) -> Duration {
+    let h = Sha256::digest(uid.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    // 53 bits are all an f64 holds: a point of [0, 1).
+    let point = (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64;
+    interval.mul_f64(FIRST_CHECK_QUIET + (1.0 - FIRST_CHECK_QUIET) * point)
+}
+
+/// The part of the interval after a restart in which no first check falls.
+pub const FIRST_CHECK_QUIET: f64 = 0.2;
 
 /// The PATCH that makes the registration `remote` digests match the spec: only changed fields,
 /// with explicit nulls for removed routing keys (contract: PATCH details). Empty when nothing differs.
@@ -560,6 +591,63 @@ mod tests {
         let mut remote = remote_of(&p);
         remote.inbound_routing = Some(Routing::default());
         assert!(patch_for(&p, &PatchableDigest::of_registration(&remote)).is_empty());
+    }
+
+    #[test]
+    fn first_checks_after_a_restart_spread_evenly_past_a_quiet_fifth() {
+        let interval = Duration::from_secs(600);
+        // Stable: the same object gets the same point after every restart.
+        assert_eq!(
+            first_check_in("uid-1", interval),
+            first_check_in("uid-1", interval)
+        );
+        assert_ne!(
+            first_check_in("uid-1", interval),
+            first_check_in("uid-2", interval)
+        );
+        // 1,000 objects: none in the first 2 minutes, all within the interval, and each of the
+        // eight minutes after the quiet part holds about an eighth of them.
+        let mut per_minute = [0u32; 10];
+        for i in 0..1000 {
+            let d = first_check_in(&format!("0b9c2f3e-uid-{i}"), interval);
+            assert!(d >= Duration::from_secs(120) && d < interval, "{d:?}");
+            per_minute[(d.as_secs() / 60) as usize] += 1;
+        }
+        assert_eq!(per_minute[..2], [0, 0]);
+        for (minute, n) in per_minute.iter().enumerate().skip(2) {
+            assert!((95..=155).contains(n), "minute {minute}: {n} of 1000");
+        }
+        // Scales with the interval (a per-object poll-interval annotation).
+        let short = first_check_in("uid-1", Duration::from_secs(20));
+        assert!(short >= Duration::from_secs(4) && short < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_recorded_secret_versions_are_those_read_now_over_those_recorded() {
+        let mut p = pn("a");
+        p.spec.credential_id = None;
+        p.spec.provider_config = Some(crate::crd::ProviderConfig {
+            trunk_address: "t.example".into(),
+            auth_username: "u".into(),
+            auth_password_secret_ref: crate::crd::SecretKeySelector {
+                name: "sip".into(),
+                key: None,
+            },
+        });
+        let recorded: BTreeMap<String, String> = [
+            ("sip".to_string(), "7".to_string()),
+            ("old".into(), "3".into()),
+        ]
+        .into();
+        // Unread: the recorded version stays; a Secret no longer referenced goes.
+        assert_eq!(
+            secret_versions_used(&p, &recorded, &[]),
+            [("sip".to_string(), "7".to_string())].into()
+        );
+        assert_eq!(
+            secret_versions_used(&p, &recorded, &[("sip".into(), "9".into())]),
+            [("sip".to_string(), "9".to_string())].into()
+        );
     }
 
     #[test]

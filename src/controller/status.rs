@@ -2,6 +2,8 @@
 //! reconciler learned, and `now`. Deterministic, so an unchanged object yields an identical
 //! status and costs no write (README, status and conditions).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{PendingCreate, PhoneNumber, PhoneNumberStatus};
@@ -144,6 +146,8 @@ pub struct StatusData {
     pub credentials_hash: Option<String>,
     pub pending_create: Option<PendingCreate>,
     pub last_handled_reconcile_at: Option<String>,
+    /// `status.secretVersions`: the Secret versions the last successful check used.
+    pub secret_versions: BTreeMap<String, String>,
 }
 
 impl StatusData {
@@ -155,6 +159,7 @@ impl StatusData {
             credentials_hash: s.credentials_hash.clone(),
             pending_create: s.pending_create.clone(),
             last_handled_reconcile_at: s.last_handled_reconcile_at.clone(),
+            secret_versions: s.secret_versions.clone(),
         }
     }
 }
@@ -183,6 +188,7 @@ pub fn desired_status(
         updated_at: data.remote.updated_at,
         credentials_hash: data.credentials_hash,
         pending_create: data.pending_create,
+        secret_versions: data.secret_versions,
         last_handled_reconcile_at: data.last_handled_reconcile_at,
         conditions: conditions(previous, phase, generation, now),
     }

@@ -322,6 +322,7 @@ impl Harness {
             backoff: Backoff::default(),
             memory: Mutex::default(),
             secret_versions: Default::default(),
+            secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
             siblings,
         });
@@ -507,9 +508,30 @@ async fn steady_ready_object_costs_zero_writes() {
         0,
         "checked again within the poll interval"
     );
-    // After a restart (no memory of the last check): one GET, still no write.
+    // After a restart (no memory of the last check): the status records this input, so no
+    // GET and no write yet; the first check waits for its point of the poll interval.
     h.forget_checks();
     h.reconcile().await.expect("after restart");
+    assert_eq!(h.fake.calls("get"), 0);
+    assert!(h.seen().is_empty(), "{:#?}", h.seen());
+    let uid = "uid-1";
+    let check = h
+        .ctx
+        .memory
+        .lock()
+        .unwrap()
+        .get(uid)
+        .check
+        .expect("resumed");
+    assert_eq!(
+        check.interval,
+        Some(super::plan::first_check_in(uid, Duration::from_secs(600)))
+    );
+    // When that check is due: one GET, still no write.
+    h.ctx.memory.lock().unwrap().update(uid, |m| {
+        m.check.as_mut().expect("check").interval = Some(Duration::ZERO)
+    });
+    h.reconcile().await.expect("first check after restart");
     assert_eq!(h.fake.calls("get"), 1);
     assert!(h.seen().is_empty(), "{:#?}", h.seen());
 }

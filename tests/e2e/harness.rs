@@ -864,3 +864,30 @@ pub fn kubeconfig_through(port: u16, tag: &str) -> (PathBuf, String) {
         .expect("write kubeconfig");
     (path, server)
 }
+
+/// kube-apiserver's `apiserver_request_total` for one resource and verb (e.g. `secrets`,
+/// `GET`), summed over its other labels: read from `/metrics` with the admin client. It counts
+/// every client of the API server, cluster-wide.
+#[allow(dead_code)] // used by tests/cost, which shares this harness
+pub async fn apiserver_requests(client: &Client, resource: &str, verb: &str) -> u64 {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client
+        .request_text(req)
+        .await
+        .expect("kube-apiserver /metrics");
+    let (want_resource, want_verb) = (
+        format!("resource=\"{resource}\""),
+        format!("verb=\"{verb}\""),
+    );
+    text.lines()
+        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
+        .filter_map(|rest| rest.split_once("} "))
+        .filter(|(labels, _)| {
+            let labels: Vec<&str> = labels.split(',').collect();
+            labels.contains(&want_resource.as_str()) && labels.contains(&want_verb.as_str())
+        })
+        .map(|(_, value)| value.trim().parse::<f64>().unwrap_or(0.0) as u64)
+        .sum()
+}

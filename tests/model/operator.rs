@@ -101,6 +101,8 @@ impl Operator {
             backoff: backoff::Backoff::default(),
             memory: Mutex::default(),
             secret_versions: Arc::default(),
+            // The driver feeds the initial list of Secrets before the first pass.
+            secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
             siblings: tx,
         });
