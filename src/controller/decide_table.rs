@@ -143,34 +143,14 @@ fn due_check() -> Checked {
 
 fn obs(o: Value) -> Observation {
     let obj: PhoneNumber = serde_json::from_value(o).expect("object");
-    Observation {
-        generation: obj.metadata.generation,
-        deleting_at_start: obj.metadata.deletion_timestamp.is_some(),
+    // Secrets as after a change of one the object references (or one it stopped knowing):
+    // decided at once. The rows of a restart set what the watch reports.
+    Observation::of(
         obj,
-        now: Instant::now(),
-        wall: "2026-01-01T00:00:10Z".parse().expect("time"),
-        memory: ObjectMemory::default(),
-        secrets_unchanged: false,
-        // As after a change of a Secret the object references (or one it stopped knowing):
-        // decided at once. The rows of a restart set what the watch reports.
-        secret_versions: None,
-        secrets_listed: true,
-        number_owner: None,
-        number_owner_names_another_id: false,
-        id_owner: None,
-        secrets_read: Vec::new(),
-        api_key: None,
-        credentials: None,
-        fetched: None,
-        lookup: None,
-        adopted: false,
-        lost_reported: false,
-        continued: false,
-        deregistered: None,
-        posted: None,
-        persisted: None,
-        patched: None,
-    }
+        ObjectMemory::default(),
+        Instant::now(),
+        "2026-01-01T00:00:10Z".parse().expect("time"),
+    )
 }
 
 /// Keys and credentials read, as every pass past the first reads does.

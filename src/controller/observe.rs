@@ -158,19 +158,39 @@ impl Observation {
             .map(ObjectName::of);
         let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
         let secret_versions = watched_secret_versions(ctx, &obj);
+        let secrets_listed = ctx.secrets_listed.load(Ordering::Relaxed);
+        Observation {
+            secrets_unchanged,
+            secret_versions,
+            secrets_listed,
+            number_owner,
+            number_owner_names_another_id,
+            id_owner,
+            ..Observation::of(obj, memory, Instant::now(), jiff::Timestamp::now())
+        }
+    }
+
+    /// An observation of `obj` with nothing read or done yet in the pass, no claim of another
+    /// object, and Secrets as after a change (the start of a pass fills in the rest).
+    pub fn of(
+        obj: PhoneNumber,
+        memory: ObjectMemory,
+        now: Instant,
+        wall: jiff::Timestamp,
+    ) -> Observation {
         Observation {
             generation: obj.metadata.generation,
             deleting_at_start: obj.metadata.deletion_timestamp.is_some(),
             obj,
-            now: Instant::now(),
-            wall: jiff::Timestamp::now(),
+            now,
+            wall,
             memory,
-            secrets_unchanged,
-            secret_versions,
-            secrets_listed: ctx.secrets_listed.load(Ordering::Relaxed),
-            number_owner,
-            number_owner_names_another_id,
-            id_owner,
+            secrets_unchanged: false,
+            secret_versions: None,
+            secrets_listed: true,
+            number_owner: None,
+            number_owner_names_another_id: false,
+            id_owner: None,
             secrets_read: Vec::new(),
             api_key: None,
             credentials: None,
