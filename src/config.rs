@@ -35,9 +35,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings of `oneinbox-operator run`.
+/// Where the OneInbox API is and how to reach it: shared by `run` and `import`.
 #[derive(Args, Debug, Clone)]
-pub struct RunArgs {
+pub struct ApiArgs {
     /// Base URL of the OneInbox API.
     #[arg(
         long,
@@ -59,6 +59,13 @@ pub struct RunArgs {
     /// Read the OneInbox API key from this file instead of ONEINBOX_API_KEY (e.g. a mounted Secret).
     #[arg(long, env = "ONEINBOX_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+}
+
+/// Settings of `oneinbox-operator run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
 
     /// Key of status.credentialsHash, from this file (default: derived from the API key; a new
     /// key makes every hash a new baseline, never a replacement).
@@ -192,7 +199,7 @@ impl RunArgs {
                 show(self.lease_duration)
             ));
         }
-        check_api_url(&self.api_url, self.allow_insecure_http)
+        check_api_url(&self.api.api_url, self.api.allow_insecure_http)
     }
 }
 
@@ -234,26 +241,8 @@ pub fn read_api_key(file: Option<&std::path::Path>) -> Result<SecretString, Stri
 /// Settings of `oneinbox-operator import`.
 #[derive(Args, Debug, Clone)]
 pub struct ImportArgs {
-    /// Base URL of the OneInbox API.
-    #[arg(
-        long,
-        env = "ONEINBOX_API_URL",
-        default_value = "https://api.oneinbox.ai"
-    )]
-    pub api_url: reqwest::Url,
-
-    /// Allow an `http://` API URL (local mock servers and tests only).
-    #[arg(long, env = "ONEINBOX_ALLOW_INSECURE_HTTP")]
-    pub allow_insecure_http: bool,
-
-    /// PEM file of CA certificates trusted for the OneInbox API, in addition to the built-in
-    /// roots.
-    #[arg(long, env = "ONEINBOX_API_CA_FILE")]
-    pub api_ca_file: Option<PathBuf>,
-
-    /// Read the OneInbox API key from this file instead of ONEINBOX_API_KEY.
-    #[arg(long, env = "ONEINBOX_API_KEY_FILE")]
-    pub api_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 
     /// Timeout of each OneInbox request.
     #[arg(long, env = "ONEINBOX_API_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
@@ -297,7 +286,7 @@ pub struct ImportArgs {
 impl ImportArgs {
     /// Refuse settings that cannot work, with the flag to change in the message.
     pub fn validate(&self) -> Result<(), String> {
-        check_api_url(&self.api_url, self.allow_insecure_http)?;
+        check_api_url(&self.api.api_url, self.api.allow_insecure_http)?;
         crate::import::check_template(&self.name_template)?;
         if !crate::import::is_dns_subdomain(&self.namespace) || self.namespace.contains('.') {
             return Err(format!(
@@ -439,8 +428,8 @@ mod tests {
     #[test]
     fn https_and_the_defaults_are_valid() {
         let args = run_args(&[]).unwrap();
-        assert_eq!(args.api_url.as_str(), "https://api.oneinbox.ai/");
-        assert!(!args.allow_insecure_http);
+        assert_eq!(args.api.api_url.as_str(), "https://api.oneinbox.ai/");
+        assert!(!args.api.allow_insecure_http);
         assert!(run_args(&["--api-url", "https://10.0.0.1:8443"]).is_ok());
         assert!(run_args(&["--leader-election", "--lease-duration", "1m30s"]).is_ok());
     }

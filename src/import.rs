@@ -399,15 +399,15 @@ async fn cluster_objects(args: &ImportArgs) -> Result<Option<Vec<PhoneNumber>>, 
 
 /// The whole import: gather, plan, then write.
 pub async fn run(args: &ImportArgs) -> Result<(), ImportError> {
-    let key = read_api_key(args.api_key_file.as_deref()).map_err(ImportError::Usage)?;
-    let extra_roots = match &args.api_ca_file {
+    let key = read_api_key(args.api.api_key_file.as_deref()).map_err(ImportError::Usage)?;
+    let extra_roots = match &args.api.api_ca_file {
         Some(path) => crate::oneinbox::http::load_ca_file(path).map_err(ImportError::Usage)?,
         None => Vec::new(),
     };
     let one = std::num::NonZeroU32::MIN;
     let client = crate::oneinbox::http::HttpClient::new(
         crate::oneinbox::http::HttpClientConfig {
-            base_url: args.api_url.clone(),
+            base_url: args.api.api_url.clone(),
             api_key: key,
             api_key_file: None,
             timeout: args.api_timeout,
@@ -426,7 +426,7 @@ pub async fn run(args: &ImportArgs) -> Result<(), ImportError> {
     let regs = client
         .list_all(args.page_size)
         .await
-        .map_err(|e| api_failure(e, &args.api_url))?;
+        .map_err(|e| api_failure(e, &args.api.api_url))?;
     eprintln!("found {} registrations", regs.len());
 
     let claims = match cluster_objects(args).await? {

@@ -101,17 +101,17 @@ fn hash_key(args: &RunArgs, api_key: &SecretString) -> Result<HashKey, String> {
 
 async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::new();
-    let operator_key = config::read_api_key(args.api_key_file.as_deref())?;
+    let operator_key = config::read_api_key(args.api.api_key_file.as_deref())?;
     let hash_key = hash_key(&args, &operator_key)?;
-    let extra_roots = match &args.api_ca_file {
+    let extra_roots = match &args.api.api_ca_file {
         Some(path) => http::load_ca_file(path)?,
         None => Vec::new(),
     };
     let oneinbox = HttpClient::new(
         HttpClientConfig {
-            base_url: args.api_url.clone(),
+            base_url: args.api.api_url.clone(),
             api_key: operator_key,
-            api_key_file: args.api_key_file.clone(),
+            api_key_file: args.api.api_key_file.clone(),
             timeout: args.api_timeout,
             connect_timeout: args.api_timeout.min(std::time::Duration::from_secs(5)),
             rate_per_second: args.api_rps,
@@ -173,7 +173,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         namespace: args.watch_namespace.clone(),
         label_selector: args.label_selector.clone(),
     };
-    info!(api_url = %args.api_url, namespace = ?scope.namespace, "starting oneinbox-operator");
+    info!(api_url = %args.api.api_url, namespace = ?scope.namespace, "starting oneinbox-operator");
 
     let mut lease = None;
     if args.leader_election {
