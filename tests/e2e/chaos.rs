@@ -493,22 +493,28 @@ impl Chaos<'_> {
         true
     }
 
-    /// A newcomer names a live object's registration id (and number), stays a little, and is
-    /// deleted with policy Delete: it must never touch that registration.
-    async fn claim_id_of(&mut self, i: usize) -> bool {
+    /// A newcomer's claim on live object `i`: the owner, its registration id (`None` while
+    /// status names none), a fresh name, and a spec for the owner's number with another agent.
+    async fn claimant(&mut self, i: usize, prefix: &str) -> Option<(Obj, String, String, Value)> {
         let owner = self.objs[i].clone();
         let id = match self.w.pns.get_opt(&owner.name).await {
             Ok(Some(pn)) => pn.status.and_then(|s| s.phone_number_id),
             _ => None,
-        };
-        let Some(id) = id else {
-            return false;
-        };
-        let name = format!("claim-{}", self.next);
+        }?;
+        let name = format!("{prefix}-{}", self.next);
         self.next += 1;
         let mut spec = credential_spec(&owner.number);
         spec["agentId"] = json!(if owner.agent == AGENT { AGENT2 } else { AGENT });
         spec["deletionPolicy"] = json!("Delete");
+        Some((owner, id, name, spec))
+    }
+
+    /// A newcomer names a live object's registration id (and number), stays a little, and is
+    /// deleted with policy Delete: it must never touch that registration.
+    async fn claim_id_of(&mut self, i: usize) -> bool {
+        let Some((_, id, name, spec)) = self.claimant(i, "claim").await else {
+            return false;
+        };
         let manifest = json!({
             "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
             "metadata": {"name": name, "annotations": {"oneinbox.ai/phone-number-id": id}},
@@ -541,19 +547,9 @@ impl Chaos<'_> {
         let Some(other) = self.other.clone() else {
             return false;
         };
-        let owner = self.objs[i].clone();
-        let id = match self.w.pns.get_opt(&owner.name).await {
-            Ok(Some(pn)) => pn.status.and_then(|s| s.phone_number_id),
-            _ => None,
-        };
-        let Some(id) = id else {
+        let Some((owner, id, name, spec)) = self.claimant(i, "across").await else {
             return false;
         };
-        let name = format!("across-{}", self.next);
-        self.next += 1;
-        let mut spec = credential_spec(&owner.number);
-        spec["agentId"] = json!(if owner.agent == AGENT { AGENT2 } else { AGENT });
-        spec["deletionPolicy"] = json!("Delete");
         let mut manifest = json!({
             "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
             "metadata": {"name": name},
