@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
@@ -73,10 +74,29 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
     /// No call starts before this instant (set from `Retry-After`).
-    cooldown_until: Mutex<Option<Instant>>,
+    cooldown: Mutex<Cooldown>,
     /// The operator-wide key, replaced when its file is read again.
     operator_key: std::sync::RwLock<SecretString>,
     metrics: Metrics,
+}
+
+/// The `Retry-After` wait every caller honours.
+#[derive(Default)]
+struct Cooldown {
+    until: Option<Instant>,
+    /// The bucket was emptied once the wait ended.
+    drained: bool,
+}
+
+/// Take every token the bucket holds. After a `Retry-After` wait the calls that waited then go
+/// out at the budget's pace, the bucket refilling from empty, instead of as one burst of all of
+/// them (which a server that just said 429 answers with more 429s).
+fn drain<C, MW>(limiter: &RateLimiter<NotKeyed, InMemoryState, C, MW>)
+where
+    C: governor::clock::Clock,
+    MW: governor::middleware::RateLimitingMiddleware<C::Instant>,
+{
+    while limiter.check().is_ok() {}
 }
 
 /// `GET /v1/phone-numbers` page; a bare array is also accepted (contract: List).
@@ -117,7 +137,7 @@ impl HttpClient {
                 cfg,
                 limiter,
                 in_flight,
-                cooldown_until: Mutex::new(None),
+                cooldown: Mutex::new(Cooldown::default()),
                 metrics,
             }),
         })
@@ -147,9 +167,18 @@ impl HttpClient {
         let inner = &self.inner;
         let waited = Instant::now();
         loop {
-            let until = *inner.cooldown_until.lock().await;
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+            let mut cd = inner.cooldown.lock().await;
+            match cd.until {
+                Some(t) if t > Instant::now() => {
+                    drop(cd);
+                    tokio::time::sleep_until(t).await;
+                }
+                Some(_) if !cd.drained => {
+                    // The first call after the wait: the bucket starts empty.
+                    drain(&inner.limiter);
+                    cd.drained = true;
+                    break;
+                }
                 _ => break,
             }
         }
@@ -212,10 +241,13 @@ impl HttpClient {
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         // Every caller waits, not only this object.
                         let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                        let mut cd = inner.cooldown_until.lock().await;
+                        let mut cd = inner.cooldown.lock().await;
                         let t = Instant::now() + wait;
-                        if cd.is_none_or(|c| c < t) {
-                            *cd = Some(t);
+                        if cd.until.is_none_or(|c| c < t) {
+                            *cd = Cooldown {
+                                until: Some(t),
+                                drained: false,
+                            };
                         }
                     }
                     Err(ApiError::from_response(
@@ -528,6 +560,24 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
             Metrics::new(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn after_a_retry_after_wait_the_bucket_refills_from_empty() {
+        use governor::clock::FakeRelativeClock;
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::per_second(NonZeroU32::new(5).unwrap())
+            .allow_burst(NonZeroU32::new(10).unwrap());
+        let limiter = RateLimiter::direct_with_clock(quota, clock.clone());
+        // A full bucket would let 10 calls out at once.
+        drain(&limiter);
+        assert!(limiter.check().is_err(), "nothing left at once");
+        // Then one call per 200 ms, the budget's pace.
+        for _ in 0..10 {
+            clock.advance(Duration::from_millis(200));
+            assert!(limiter.check().is_ok());
+            assert!(limiter.check().is_err());
+        }
     }
 
     #[tokio::test]
