@@ -1260,6 +1260,17 @@ pub async fn run(p: Params) -> Report {
             ops.replicas[idx].spawn();
             respawn = None;
         }
+        // A replica that exited on its own (a fenced leader does) is restarted, as its pod
+        // would be.
+        for (idx, r) in ops.replicas.iter_mut().enumerate() {
+            if respawn.is_none_or(|(k, _)| k != idx) && r.exited() {
+                r.spawn();
+                c.report.plane_events.push(format!(
+                    "replica {idx} exited on its own at {:.1} s of the churn; restarted",
+                    churn_start.elapsed().as_secs_f64()
+                ));
+            }
+        }
         if respawn.is_none() && kill_at.last().is_some_and(|t| now >= *t) {
             // In HA mode nobody may hold the Lease for a moment: the kill then waits for one.
             if let Some(idx) = ops.leader(&w.client).await {

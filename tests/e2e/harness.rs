@@ -388,6 +388,13 @@ impl Operator {
         self.proc = Some(Proc { child });
     }
 
+    /// Whether the process ended on its own (it was started and has not been killed).
+    pub fn exited(&mut self) -> bool {
+        self.proc
+            .as_mut()
+            .is_some_and(|p| p.child.try_wait().ok().flatten().is_some())
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
