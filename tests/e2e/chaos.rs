@@ -575,7 +575,8 @@ impl Chaos<'_> {
                 .push(format!("claim across {name}: {e}"));
             return false;
         }
-        // Stalled (a decision from the watch alone: no API call needed), never finalized.
+        // Stalled (a decision from the watch alone: no API call needed), never finalized; the
+        // claim is deleted after 15 s at the latest.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match other.get_opt(&name).await {
@@ -1728,6 +1729,7 @@ pub async fn run(p: Params) -> Report {
             .get("claim_across_namespaces")
             .copied()
             .unwrap_or(0);
+        let unseen = report.cross_namespace_unseen;
         let faults = [report.cross_namespace_faults.clone(), acted].concat();
         check(
             &mut report,
@@ -1735,8 +1737,7 @@ pub async fn run(p: Params) -> Report {
             faults.is_empty(),
             if faults.is_empty() {
                 format!(
-                    "{claims} claimants in {other}: none got a finalizer or acted ({} deleted before the operator reached them)",
-                    report.cross_namespace_unseen
+                    "{claims} claimants in {other}: none got a finalizer or acted ({unseen} deleted before the operator reached them)"
                 )
             } else {
                 faults.join("; ")
