@@ -644,8 +644,8 @@ impl Chaos<'_> {
             return;
         };
         let id_at_delete = pn.status.as_ref().and_then(|s| s.phone_number_id.clone());
-        // An object deleted before the operator's first pass never got its finalizer: it goes
-        // at once, and an adoption named only in its annotation was never carried out (the
+        // An adoption deleted before the operator confirmed it (a GET, then the finalizer)
+        // has no finalizer: it goes at once, and the adoption was never carried out (the
         // registration stays, as with Orphan). The delete is conditional on the version read,
         // so that is known exactly.
         let finalized = pn.finalizers().iter().any(|f| f == FINALIZER);
@@ -664,7 +664,7 @@ impl Chaos<'_> {
             return;
         }
         let policy = if !finalized && self.objs[i].adopts.is_some() {
-            self.count("delete_adoption_before_first_pass");
+            self.count("delete_adoption_unconfirmed");
             Policy::Orphan
         } else {
             policy

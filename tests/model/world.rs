@@ -41,8 +41,9 @@ pub struct Removed {
     pub key: (String, String),
     pub orphan: bool,
     /// It carried the operator's finalizer when it went. Without it the object went before
-    /// the operator could act on it (deleted before its first pass): an adoption named only
-    /// in its annotation was never carried out, and there was nothing to deregister.
+    /// the operator acted on it (an adoption is finalized once its GET confirmed it): an
+    /// adoption named only in its annotation was never carried out, and there was nothing to
+    /// deregister.
     pub finalized: bool,
 }
 
