@@ -1827,8 +1827,18 @@ async fn restart_apiserver(client: &kube::Client) -> String {
             })
             .is_some_and(|rest| !rest.starts_with('Z'))
     };
-    while running() && started.elapsed() < Duration::from_secs(60) {
+    // It stops listening at once but drains long-running requests for up to a minute: after a
+    // 10 s grace, SIGKILL (the restart is the point, not the drain).
+    while running() && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if running() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        while running() && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let stopped = started.elapsed();
     let log = std::fs::OpenOptions::new()
