@@ -407,14 +407,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     };
     let active = matches!(phase, Phase::Available | Phase::AvailableButStalled { .. });
     let then = if active {
-        Then::Checked {
-            id: remote.id.clone(),
-            patchable: remote.patchable,
-            generation: obs.generation,
-            warn_poll_interval: plan::invalid_poll_interval(obj)
-                .filter(|v| obs.memory.invalid_poll_interval.as_deref() != Some(*v))
-                .map(str::to_owned),
-        }
+        checked(obs, &remote.id, remote.patchable)
     } else {
         Then::Requeue(settings.provisioning_poll)
     };
@@ -619,14 +612,7 @@ fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
         }
     };
     let then = if reg.is_active() {
-        Then::Checked {
-            id: reg.id.clone(),
-            patchable: PatchableDigest::of_registration(reg),
-            generation: obs.generation,
-            warn_poll_interval: plan::invalid_poll_interval(obj)
-                .filter(|v| obs.memory.invalid_poll_interval.as_deref() != Some(*v))
-                .map(str::to_owned),
-        }
+        checked(obs, &reg.id, PatchableDigest::of_registration(reg))
     } else {
         Then::Requeue(settings.provisioning_poll)
     };
@@ -973,6 +959,19 @@ fn without_marker(step: Step) -> Step {
             Step::Report { data, phase, then }
         }
         other => other,
+    }
+}
+
+/// A successful check of registration `id`: remembered, so the next one comes after the poll
+/// interval; an invalid poll-interval annotation is reported once.
+fn checked(obs: &Observation, id: &str, patchable: PatchableDigest) -> Then {
+    Then::Checked {
+        id: id.to_owned(),
+        patchable,
+        generation: obs.generation,
+        warn_poll_interval: plan::invalid_poll_interval(&obs.obj)
+            .filter(|v| obs.memory.invalid_poll_interval.as_deref() != Some(*v))
+            .map(str::to_owned),
     }
 }
 

@@ -271,6 +271,24 @@ impl Mock {
             .unwrap_or(0)
     }
 
+    /// Register `number` directly (outside the cluster, with the operator's key); its id.
+    pub async fn register_outside(&self, number: &str, friendly_name: Option<&str>) -> String {
+        let reg: Value = reqwest::Client::new()
+            .post(format!("{}/v1/phone-numbers", self.url))
+            .bearer_auth(API_KEY)
+            .json(
+                &json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT,
+                          "friendly_name": friendly_name, "credential_id": CREDENTIAL}),
+            )
+            .send()
+            .await
+            .expect("direct POST")
+            .json()
+            .await
+            .expect("json");
+        reg["id"].as_str().expect("id").to_string()
+    }
+
     pub async fn fault(&self, fault: Value) {
         self.send(reqwest::Method::POST, "/_mock/faults", fault)
             .await;

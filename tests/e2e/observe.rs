@@ -10,24 +10,6 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-/// Register `number` directly in the mock (outside the cluster); its id.
-pub async fn register_outside(mock: &Mock, number: &str, friendly_name: Option<&str>) -> String {
-    let reg: Value = reqwest::Client::new()
-        .post(format!("{}/v1/phone-numbers", mock.url))
-        .bearer_auth(API_KEY)
-        .json(
-            &json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT,
-                      "friendly_name": friendly_name, "credential_id": CREDENTIAL}),
-        )
-        .send()
-        .await
-        .expect("direct POST")
-        .json()
-        .await
-        .expect("json");
-    reg["id"].as_str().expect("id").to_string()
-}
-
 /// An Observe spec for `number` (no credentials), as the outside registration has it.
 fn observe_spec(number: &str) -> Value {
     json!({"phoneNumber": number, "provider": "telnyx", "agentId": AGENT,
@@ -67,8 +49,8 @@ async fn wait_observed(w: &World, name: &str) -> kube::api::ObjectMeta {
 async fn observe_mirrors_status_with_no_writes_and_deleting_leaves_the_registration() {
     let w = World::start("observe").await;
     let (by_id, by_number) = (number(), number());
-    let id = register_outside(&w.mock, &by_id, None).await;
-    let id2 = register_outside(&w.mock, &by_number, None).await;
+    let id = w.mock.register_outside(&by_id, None).await;
+    let id2 = w.mock.register_outside(&by_number, None).await;
     w.apply_full(json!({
         "metadata": {"name": "by-id", "annotations": {"oneinbox.ai/phone-number-id": id}},
         "spec": observe_spec(&by_id)
@@ -117,7 +99,7 @@ async fn observe_mirrors_status_with_no_writes_and_deleting_leaves_the_registrat
 async fn drift_is_a_condition_naming_the_fields_and_full_corrects_it_with_one_patch() {
     let w = World::start("observe-drift").await;
     let num = number();
-    let id = register_outside(&w.mock, &num, Some("Named outside")).await;
+    let id = w.mock.register_outside(&num, Some("Named outside")).await;
     let spec = with(
         observe_spec(&num),
         json!({"agentId": AGENT2, "friendlyName": "Sales line"}),
@@ -175,7 +157,7 @@ async fn drift_is_a_condition_naming_the_fields_and_full_corrects_it_with_one_pa
 async fn observe_to_full_in_line_sends_no_patch_and_back_to_observe_stops_writes() {
     let w = World::start("observe-switch").await;
     let num = number();
-    let id = register_outside(&w.mock, &num, None).await;
+    let id = w.mock.register_outside(&num, None).await;
     w.apply_full(json!({
         "metadata": {"name": "switch", "annotations": {"oneinbox.ai/phone-number-id": id}},
         "spec": observe_spec(&num)

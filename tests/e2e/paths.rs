@@ -7,24 +7,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::*;
-
-/// Register `number` directly in the mock (outside the cluster); its id.
-async fn register_outside(w: &World, number: &str) -> String {
-    let reg: Value = reqwest::Client::new()
-        .post(format!("{}/v1/phone-numbers", w.mock.url))
-        .bearer_auth(API_KEY)
-        .json(&json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT, "credential_id": CREDENTIAL}))
-        .send()
-        .await
-        .expect("direct POST")
-        .json()
-        .await
-        .expect("json");
-    reg["id"].as_str().expect("id").to_string()
-}
 
 /// Warning events of `reason` in the namespace.
 async fn count_events(w: &World, reason: &str) -> usize {
@@ -35,7 +20,7 @@ async fn count_events(w: &World, reason: &str) -> usize {
 async fn an_adopted_registration_gets_the_finalizer_and_is_deregistered_on_delete() {
     let w = World::start("adopt").await;
     let num = number();
-    let id = register_outside(&w, &num).await;
+    let id = w.mock.register_outside(&num, None).await;
     let obj = json!({
         "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
         "metadata": {"name": "adopted", "annotations": {"oneinbox.ai/phone-number-id": id}},
@@ -67,7 +52,7 @@ async fn an_adopted_registration_gets_the_finalizer_and_is_deregistered_on_delet
 async fn a_number_registered_elsewhere_is_stalled_once_and_not_posted_again_until_asked() {
     let w = World::start("conflict409").await;
     let num = number();
-    register_outside(&w, &num).await;
+    w.mock.register_outside(&num, None).await;
     w.apply("claim", credential_spec(&num)).await;
     let pn = w.wait_reason("claim", "Stalled", "AlreadyRegistered").await;
     let rv = pn.metadata.resource_version.clone();
@@ -107,7 +92,7 @@ async fn a_number_freed_outside_is_registered_after_one_look_up_and_no_blind_pos
     )
     .await;
     let num = number();
-    let outside = register_outside(&w, &num).await;
+    let outside = w.mock.register_outside(&num, None).await;
     w.apply("claim", credential_spec(&num)).await;
     w.wait_reason("claim", "Stalled", "AlreadyRegistered").await;
     tokio::time::sleep(Duration::from_secs(7)).await;
