@@ -330,12 +330,11 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
             }
             None => {
                 // Drift only if this spec was already in line at the last check; after a
-                // restart (no record) a difference is reported as an update.
-                let spec_changed = obs
-                    .memory
-                    .check
-                    .as_ref()
-                    .is_none_or(|c| c.generation != obs.generation);
+                // restart (no record) a difference is reported as an update, and so is a spec
+                // edited while this pass ran (its writes brought the newer generation back).
+                let spec_changed = obs.memory.check.as_ref().is_none_or(|c| {
+                    c.generation != obs.generation || c.generation != obj.metadata.generation
+                });
                 let event = if spec_changed {
                     "Updated"
                 } else {

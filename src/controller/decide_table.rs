@@ -1131,6 +1131,21 @@ fn decision_table() {
             "Register marker=false",
         ),
         (
+            "a spec edited during the pass (the object came back newer): an update, not drift",
+            with(read(registered()), |ob| {
+                let mut r = reg("id1");
+                r.agent_id = OTHER_AGENT.into();
+                ob.fetched = Some(Ok(r));
+                ob.memory.check = Some(Checked {
+                    interval: Some(Duration::ZERO),
+                    ..check(1)
+                });
+                // The pass began at generation 1; a write's answer carried generation 2.
+                ob.obj.metadata.generation = Some(2);
+            }),
+            "Patch Updated",
+        ),
+        (
             "drift outside the cluster",
             with(read(registered()), |ob| {
                 let mut r = reg("id1");
