@@ -278,10 +278,8 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         return Step::Done(DoneAfter::AwaitChange);
     }
 
-    match &obs.api_key {
-        None => return Step::Read(Read::ApiKey),
-        Some(ApiKey::Missing(problem)) => return wait_for_secret(obs, problem, settings),
-        Some(_) => {}
+    if let Some(step) = api_key_step(obs, settings) {
+        return step;
     }
     // The password Secret is at the version the last check used: its hash is the one status
     // records, and it is read only if the number is to be registered.
@@ -521,10 +519,8 @@ fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
     {
         return Step::Done(DoneAfter::AwaitChange);
     }
-    match &obs.api_key {
-        None => return Step::Read(Read::ApiKey),
-        Some(ApiKey::Missing(problem)) => return wait_for_secret(obs, problem, settings),
-        Some(_) => {}
+    if let Some(step) = api_key_step(obs, settings) {
+        return step;
     }
     let fix = "managementPolicy is Observe, so the operator will not register it";
     let reg = match &known_id {
@@ -971,6 +967,15 @@ fn checked(obs: &Observation, id: &str, patchable: PatchableDigest) -> Then {
         warn_poll_interval: plan::invalid_poll_interval(&obs.obj)
             .filter(|v| obs.memory.invalid_poll_interval.as_deref() != Some(*v))
             .map(str::to_owned),
+    }
+}
+
+/// The API key still to read, or a tenant key Secret to wait for; `None` once a key is known.
+fn api_key_step(obs: &Observation, settings: &Settings) -> Option<Step> {
+    match &obs.api_key {
+        None => Some(Step::Read(Read::ApiKey)),
+        Some(ApiKey::Missing(problem)) => Some(wait_for_secret(obs, problem, settings)),
+        Some(_) => None,
     }
 }
 

@@ -8,7 +8,6 @@
 //! PhoneNumbers' resourceVersions) and from the kustomize-controller's log, which names every
 //! object of every apply with what the apply did to it (`created`, `configured`, `unchanged`, ...).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,16 +184,7 @@ impl Flux {
             .spawn()
             .expect("spawn gittestserver");
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("gittestserver listen line");
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected gittestserver output {line:?}"))
-            .to_string();
+        let base = listen_address(&mut child, "gittestserver");
         let url = format!("{base}/{}.git", w.ns);
 
         let work = tempfile::tempdir().expect("tempdir");

@@ -200,16 +200,7 @@ impl Mock {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn oneinbox-mock");
-        let stdout = child.stdout.take().expect("mock stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("mock listen line");
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected mock output {line:?}"))
-            .to_string();
+        let url = listen_address(&mut child, "oneinbox-mock");
         Mock {
             _proc: Proc { child },
             url,
@@ -915,4 +906,17 @@ pub async fn apiserver_requests(client: &Client, resource: &str, verb: &str) -> 
         })
         .map(|(_, value)| value.trim().parse::<f64>().unwrap_or(0.0) as u64)
         .sum()
+}
+
+/// The address a test server prints first on stdout (`listening on <address>`).
+pub fn listen_address(child: &mut Child, what: &str) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("{what} listen line: {e}"));
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected {what} output {line:?}"))
+        .to_string()
 }
