@@ -89,6 +89,29 @@ async fn imported_numbers_are_observed_with_no_writes_and_full_patches_only_what
         text(&bad.stderr)
     );
     assert!(!out.exists(), "nothing written after a 401");
+    // An API nobody answers at (a loopback port that was free a moment ago).
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_oneinbox-operator"))
+        .args(["import", "--allow-insecure-http", "--api-timeout", "2s"])
+        .args(["--api-url", &format!("http://127.0.0.1:{}", free_port())])
+        .args(["--namespace", &w.ns, "--output-dir", out.to_str().unwrap()])
+        .env("ONEINBOX_API_KEY", API_KEY)
+        .env_remove("ONEINBOX_API_KEY_FILE")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run import");
+    assert_eq!(
+        unreachable.status.code(),
+        Some(1),
+        "{}",
+        text(&unreachable.stderr)
+    );
+    let said = text(&unreachable.stderr);
+    assert!(
+        said.contains("check --api-url") && said.contains("Nothing was written"),
+        "{said}"
+    );
+    assert!(!said.contains(API_KEY), "{said}");
+    assert!(!out.exists(), "nothing written when the API is unreachable");
     let full_dir = tmp.path().join("full");
     std::fs::create_dir(&full_dir).expect("mkdir");
     std::fs::write(full_dir.join("README"), "kept").expect("write");
