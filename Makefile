@@ -36,10 +36,14 @@ lint:
 	$(CARGO) clippy --all-features --test bench --test soak --test model -- -D warnings
 
 ## Regenerate the CRD from the Rust types (and the chart's copy of it).
+CRD_PLURALS := phonenumbers oneinboxaccounts clusteroneinboxaccounts
+
 crds:
-	$(CARGO) run --quiet --bin crdgen > crds/phonenumbers.oneinbox.ai.yaml
 	mkdir -p charts/oneinbox-operator/crds
-	cp crds/phonenumbers.oneinbox.ai.yaml charts/oneinbox-operator/crds/
+	for p in $(CRD_PLURALS); do \
+	  $(CARGO) run --quiet --bin crdgen $$p > crds/$$p.oneinbox.ai.yaml && \
+	  cp crds/$$p.oneinbox.ai.yaml charts/oneinbox-operator/crds/ || exit 1; \
+	done
 
 unit:
 	$(CARGO) test --workspace --all-features --lib --bins

@@ -129,9 +129,27 @@ pub struct RunArgs {
     #[arg(long, env = "ONEINBOX_MAX_RETRY_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub max_retry_after: Duration,
 
-    /// Most reconciles running at once.
+    /// Most reconciles running at once per account (each account has its own places, so one
+    /// account's backlog never delays another's work).
     #[arg(long, env = "ONEINBOX_CONCURRENCY", default_value = "16")]
     pub concurrency: u16,
+
+    /// The ClusterOneInboxAccount of PhoneNumbers without spec.accountRef (its
+    /// allowedNamespaces decide who may use it). Without it they use the operator-wide key,
+    /// which every watched namespace may use.
+    #[arg(long, env = "ONEINBOX_DEFAULT_ACCOUNT")]
+    pub default_account: Option<String>,
+
+    /// Watch ClusterOneInboxAccounts and Namespace labels (needs cluster-wide list/watch of
+    /// both). Default: on, unless --watch-namespace is given.
+    #[arg(long, env = "ONEINBOX_CLUSTER_ACCOUNTS")]
+    pub cluster_accounts: Option<bool>,
+
+    /// Only use accounts (both kinds) matching this label selector: sharding by account, each
+    /// account's budget enforced by exactly one process. PhoneNumbers of other accounts, and
+    /// those on the operator-wide key, are left to other processes.
+    #[arg(long, env = "ONEINBOX_ACCOUNT_SELECTOR")]
+    pub account_selector: Option<String>,
 
     /// First retry delay after an error (doubles per failure, with jitter).
     #[arg(long, env = "ONEINBOX_BACKOFF_BASE", default_value = "2s", value_parser = parse_duration)]
@@ -179,10 +197,21 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether ClusterOneInboxAccounts are watched.
+    pub fn cluster_accounts_enabled(&self) -> bool {
+        self.cluster_accounts
+            .unwrap_or(self.watch_namespace.is_none())
+    }
+
     /// Refuse settings that cannot work, with the flag to change in the message.
     pub fn validate(&self) -> Result<(), String> {
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1 (0 would never reconcile)".into());
+        }
+        if self.default_account.is_some() && !self.cluster_accounts_enabled() {
+            return Err(
+                "--default-account names a ClusterOneInboxAccount, but cluster accounts are off (--watch-namespace without --cluster-accounts=true)".into(),
+            );
         }
         if self.backoff_base > self.backoff_max {
             return Err(format!(

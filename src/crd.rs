@@ -68,8 +68,8 @@ pub const HOST_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.
 #[x_kube(validation = Rule::new("has(self.managementPolicy) && self.managementPolicy == 'Observe' ? !(has(self.providerConfig) && has(self.credentialId)) : has(self.providerConfig) != has(self.credentialId)").message(
     "exactly one of spec.providerConfig (SIP credentials) or spec.credentialId (a stored OneInbox integration) must be set when managementPolicy is Full (the default); under Observe both may be left out, but not both set"
 ))]
-#[x_kube(validation = Rule::new("has(self.apiKeySecretRef) == has(oldSelf.apiKeySecretRef) && (!has(self.apiKeySecretRef) || self.apiKeySecretRef == oldSelf.apiKeySecretRef)").message(
-    "apiKeySecretRef is immutable: another key may be another OneInbox workspace. Create a new PhoneNumber (set deletionPolicy: Orphan on this one to keep its registration); the key inside the Secret may be rotated freely"
+#[x_kube(validation = Rule::new("has(self.accountRef) == has(oldSelf.accountRef) && (!has(self.accountRef) || self.accountRef == oldSelf.accountRef)").message(
+    "accountRef is immutable: another account may be another OneInbox workspace. Create a new PhoneNumber (set deletionPolicy: Orphan on this one to keep its registration); the key inside the account's Secret may be rotated freely"
 ))]
 pub struct PhoneNumberSpec {
     /// The number in E.164 form, e.g. "+15739693824". Immutable: a new number is a new
@@ -129,13 +129,48 @@ pub struct PhoneNumberSpec {
     #[serde(default)]
     pub management_policy: ManagementPolicy,
 
-    /// OneInbox API key for this object (a Secret in the same namespace), for clusters where
-    /// teams use different OneInbox workspaces. Defaults to the operator-wide key. Immutable
-    /// (set, changed or removed only by creating a new PhoneNumber); the value inside the
-    /// Secret may be rotated.
+    /// The account whose API key, API URL and request budget this object uses: a
+    /// OneInboxAccount of this namespace, or a ClusterOneInboxAccount that allows this
+    /// namespace. Defaults to the operator's default account. Immutable (another account may
+    /// be another OneInbox workspace): set, changed or removed only by creating a new
+    /// PhoneNumber.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// The key defaults to "apiKey".
-    pub api_key_secret_ref: Option<SecretKeySelector>,
+    pub account_ref: Option<AccountRef>,
+}
+
+/// A reference to the account a PhoneNumber uses.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountRef {
+    /// "OneInboxAccount" (in this namespace) or "ClusterOneInboxAccount".
+    pub kind: AccountKind,
+    /// Name of the account.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+}
+
+/// The kind of an account.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
+pub enum AccountKind {
+    /// A OneInboxAccount in the PhoneNumber's namespace.
+    OneInboxAccount,
+    /// A ClusterOneInboxAccount that allows the PhoneNumber's namespace.
+    ClusterOneInboxAccount,
 }
 
 /// Carrier of the number.
@@ -234,7 +269,7 @@ impl SecretKeySelector {
 
 /// Default key of the SIP password in its Secret.
 pub const DEFAULT_PASSWORD_KEY: &str = "password";
-/// Default key of a tenant API key in its Secret.
+/// Default key of an account's API key in its Secret.
 pub const DEFAULT_API_KEY_KEY: &str = "apiKey";
 
 /// Per-number inbound routing.
@@ -339,13 +374,13 @@ fn secret_versions_schema(_: &mut schemars::generate::SchemaGenerator) -> schema
     json_schema!({
         "type": "object",
         "description": "The resourceVersion of each referenced Secret (by name) that the last successful check used; never any Secret data. While the Secret watch reports the same versions, a check needs no Secret read, also after a restart.",
-        // The SIP password Secret and the tenant API key Secret.
-        "maxProperties": 2,
+        // The SIP password Secret (an account's key Secret is the account's to follow).
+        "maxProperties": 1,
         "additionalProperties": {"type": "string", "maxLength": 64}
     })
 }
 
-fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
     json_schema!({
         "type": "array",
         "description": "Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them.",
@@ -430,12 +465,7 @@ impl PhoneNumber {
             .provider_config
             .as_ref()
             .map(|p| p.auth_password_secret_ref.name.as_str());
-        let api_key = self
-            .spec
-            .api_key_secret_ref
-            .as_ref()
-            .map(|r| r.name.as_str());
-        password.into_iter().chain(api_key)
+        password.into_iter()
     }
 
     /// Whether the object only observes its registration (`managementPolicy: Observe`).
@@ -449,19 +479,32 @@ impl PhoneNumber {
     }
 }
 
+/// Every CRD of the operator as `crdgen` writes them (`make crds`): PhoneNumber first, then
+/// the two account kinds.
+pub fn generated_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
+    use kube::CustomResourceExt;
+    vec![
+        generated_crd(),
+        reflowed(OneInboxAccount::crd()),
+        reflowed(ClusterOneInboxAccount::crd()),
+    ]
+}
+
 /// The CRD as `crdgen` writes it (`make crds`): the derived one, with every description
 /// reflowed for `kubectl explain`, which prints a description as it is: the line breaks of
 /// the doc comments would end its lines mid-sentence.
 pub fn generated_crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    let mut crd = <PhoneNumber as kube::CustomResourceExt>::crd();
+    let mut crd = reflowed(<PhoneNumber as kube::CustomResourceExt>::crd());
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
             .schema
             .as_mut()
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
-            reflow_schema(schema);
             // Until the operator's first status write, an object reads as
             // `status: {observedGeneration: 0}` (defaulted on every read; nothing is stored):
             // kstatus, and so Flux's `wait`, sees generation 1 not yet observed (InProgress)
@@ -473,6 +516,22 @@ pub fn generated_crd()
                     ),
                 );
             }
+        }
+    }
+    crd
+}
+
+/// `crd` with every description of every version reflowed.
+fn reflowed(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            reflow_schema(schema);
         }
     }
     crd

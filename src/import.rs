@@ -195,7 +195,7 @@ pub fn manifest(reg: &Registration, namespace: &str, name: &str) -> Option<Phone
             deletion_policy: Default::default(),
             replacement_policy: Default::default(),
             management_policy: ManagementPolicy::Observe,
-            api_key_secret_ref: None,
+            account_ref: None,
         },
     );
     pn.metadata.namespace = Some(namespace.to_owned());

@@ -1,5 +1,6 @@
 //! oneinbox-operator: manages OneInbox phone numbers as `PhoneNumber` custom resources.
 
+pub mod accounts;
 pub mod admin;
 pub mod config;
 pub mod controller;

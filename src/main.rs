@@ -1,6 +1,8 @@
 //! Wiring only: TLS provider, configuration, telemetry, clients, admin server, controller,
 //! shutdown.
 
+use oneinbox_operator::accounts::registry::RegistrySettings;
+use oneinbox_operator::oneinbox::Budget;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -101,7 +103,15 @@ fn hash_key(args: &RunArgs, api_key: &SecretString) -> Result<HashKey, String> {
 
 async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::new();
-    let operator_key = config::read_api_key(args.api.api_key_file.as_deref())?;
+    // With a default account and a hash key of its own, the operator-wide key is not needed:
+    // no object uses it.
+    let operator_key = match config::read_api_key(args.api.api_key_file.as_deref()) {
+        Ok(key) => key,
+        Err(_) if args.default_account.is_some() && args.credentials_hash_key_file.is_some() => {
+            SecretString::new(String::new())
+        }
+        Err(e) => return Err(e),
+    };
     let hash_key = hash_key(&args, &operator_key)?;
     let extra_roots = match &args.api.api_ca_file {
         Some(path) => http::load_ca_file(path)?,
@@ -210,7 +220,19 @@ async fn run(args: RunArgs) -> Result<(), String> {
             settings,
             scope,
             instance: args.instance.clone(),
-            concurrency: args.concurrency,
+            accounts: RegistrySettings {
+                default_account: args.default_account.clone(),
+                default_budget: Budget {
+                    rate_per_second: args.api_rps,
+                    burst: args.api_burst,
+                    max_in_flight: args.api_max_in_flight,
+                },
+                passes_per_account: usize::from(args.concurrency),
+                reread_after: (args.secret_access == controller::SecretAccess::Get)
+                    .then_some(args.min_poll_interval),
+                cluster_accounts: args.cluster_accounts_enabled(),
+                account_selector: args.account_selector.clone(),
+            },
         },
         move |readiness| {
             tokio::spawn(async move {

@@ -17,13 +17,22 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpOutcome {
+    account: String,
     op: &'static str,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Op {
+    account: String,
     op: &'static str,
+}
+
+/// An account's budget: `operator`, `OneInboxAccount ns/name` or `ClusterOneInboxAccount
+/// name`. Accounts are made by administrators, so the set stays small.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,7 +151,7 @@ struct Inner {
     reconcile_duration: Histogram,
     api_requests: Family<OpOutcome, Counter>,
     api_duration: HistogramFamily<Op>,
-    rate_limit_wait: Histogram,
+    rate_limit_wait: HistogramFamily<AccountLabel>,
     status_patches: Family<Outcome, Counter>,
     leader: Gauge,
 }
@@ -161,7 +170,8 @@ impl Metrics {
         let reconcile_duration = latency_histogram();
         let api_requests = Family::<OpOutcome, Counter>::default();
         let api_duration: HistogramFamily<Op> = Family::new_with_constructor(latency_histogram);
-        let rate_limit_wait = latency_histogram();
+        let rate_limit_wait: HistogramFamily<AccountLabel> =
+            Family::new_with_constructor(latency_histogram);
         let status_patches = Family::<Outcome, Counter>::default();
         let objects = Arc::new(ObjectsCollector::default());
         registry.register_collector(Box::new(objects.clone()));
@@ -234,19 +244,37 @@ impl Metrics {
         }
     }
 
-    pub fn observe_api_request(&self, op: &'static str, outcome: &'static str, took: Duration) {
+    pub fn observe_api_request(
+        &self,
+        account: &str,
+        op: &'static str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
         self.inner
             .api_requests
-            .get_or_create(&OpOutcome { op, outcome })
+            .get_or_create(&OpOutcome {
+                account: account.to_owned(),
+                op,
+                outcome,
+            })
             .inc();
         self.inner
             .api_duration
-            .get_or_create(&Op { op })
+            .get_or_create(&Op {
+                account: account.to_owned(),
+                op,
+            })
             .observe(took.as_secs_f64());
     }
 
-    pub fn observe_rate_limit_wait(&self, waited: Duration) {
-        self.inner.rate_limit_wait.observe(waited.as_secs_f64());
+    pub fn observe_rate_limit_wait(&self, account: &str, waited: Duration) {
+        self.inner
+            .rate_limit_wait
+            .get_or_create(&AccountLabel {
+                account: account.to_owned(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     pub fn reconcile_started(&self) {
@@ -306,13 +334,13 @@ mod tests {
     #[test]
     fn encodes_prefixed_names_without_object_labels() {
         let m = Metrics::new();
-        m.observe_api_request("register", "success", Duration::from_millis(5));
+        m.observe_api_request("operator", "register", "success", Duration::from_millis(5));
         m.reconcile_started();
         m.reconcile_finished(Duration::from_millis(2), Some("register_number"));
         let text = m.encode();
         assert!(
             text.contains(
-                "oneinbox_operator_api_requests_total{op=\"register\",outcome=\"success\"} 1"
+                "oneinbox_operator_api_requests_total{account=\"operator\",op=\"register\",outcome=\"success\"} 1"
             ),
             "{text}"
         );

@@ -258,18 +258,15 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         let reader = Reader { ctx: self.ctx };
         match read {
             Read::ApiKey => {
-                let key = reader.api_key(obs).await?;
-                match &key {
-                    ApiKey::Tenant(k) => {
-                        self.oneinbox = self.ctx.oneinbox.with_api_key(k.clone());
-                        let k = k.clone();
-                        self.remember(obs, |m| m.tenant_key = Some(k));
-                    }
-                    // Deleting after the tenant Secret went: the key this process last read.
-                    ApiKey::Missing(_) if obs.obj.metadata.deletion_timestamp.is_some() => {
-                        if let Some(k) = &obs.memory.tenant_key {
-                            self.oneinbox = self.ctx.oneinbox.with_api_key(k.clone());
-                        }
+                let (key, client) = reader.api_key(obs).await?;
+                match (&key, client) {
+                    (ApiKey::Account(_), Some(c)) => self.oneinbox = c,
+                    // Deleting after the account's key Secret went: the key this process
+                    // last read.
+                    (ApiKey::Missing { .. }, Some(c))
+                        if obs.obj.metadata.deletion_timestamp.is_some() =>
+                    {
+                        self.oneinbox = c
                     }
                     _ => {}
                 }
@@ -596,12 +593,6 @@ fn secrets_of(obs: &Observation) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(Ok(plan::Credentials::Sip { auth_password, .. })) = &obs.credentials {
         out.push(auth_password.expose().to_owned());
-    }
-    if let Some(ApiKey::Tenant(k)) = &obs.api_key {
-        out.push(k.expose().to_owned());
-    }
-    if let Some(k) = &obs.memory.tenant_key {
-        out.push(k.expose().to_owned());
     }
     out
 }

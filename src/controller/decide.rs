@@ -12,7 +12,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::Settings;
-use super::observe::{ApiKey, Observation, SecretProblem, SecretProblemKind};
+use super::observe::{AccountProblem, ApiKey, Observation, SecretProblem, SecretProblemKind};
 use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use crate::crd::{
@@ -970,12 +970,83 @@ fn checked(obs: &Observation, id: &str, patchable: PatchableDigest) -> Then {
     }
 }
 
-/// The API key still to read, or a tenant key Secret to wait for; `None` once a key is known.
+/// The API key still to read, an account's key Secret to wait for, or an account the object
+/// cannot use; `None` once a key is known.
 fn api_key_step(obs: &Observation, settings: &Settings) -> Option<Step> {
     match &obs.api_key {
         None => Some(Step::Read(Read::ApiKey)),
-        Some(ApiKey::Missing(problem)) => Some(wait_for_secret(obs, problem, settings)),
+        Some(ApiKey::Missing { problem, .. }) => Some(wait_for_secret(obs, problem, settings)),
+        Some(ApiKey::Unusable(problem)) => Some(account_unusable(obs, problem, settings)),
         Some(_) => None,
+    }
+}
+
+/// The account cannot be used: a missing account is waited for like a missing Secret (it
+/// may be applied with the object), a refused one is Stalled at once. The account and
+/// Namespace watches bring the object back when that changes.
+fn account_unusable(obs: &Observation, problem: &AccountProblem, settings: &Settings) -> Step {
+    let data = StatusData {
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        ..status_data(obs)
+    };
+    let message = account_problem_text(problem);
+    match problem {
+        AccountProblem::NotFound(_) => {
+            let not_ready_since = obs
+                .obj
+                .condition(status::READY)
+                .filter(|c| c.status == "False")
+                .map(|c| c.last_transition_time.0)
+                .unwrap_or(obs.wall);
+            let waited = Duration::try_from(obs.wall.duration_since(not_ready_since))
+                .unwrap_or(Duration::ZERO);
+            let grace = settings.secret_grace_period;
+            if waited >= grace {
+                report(
+                    data,
+                    stalled(reason::ACCOUNT_NOT_FOUND, message),
+                    Then::AwaitChange,
+                )
+            } else {
+                let phase = Phase::Progressing {
+                    reason: reason::ACCOUNT_NOT_FOUND,
+                    message: format!("{message}; waiting up to {}s for it", grace.as_secs()),
+                };
+                report(
+                    data,
+                    phase,
+                    Then::Requeue(grace - waited + Duration::from_millis(500)),
+                )
+            }
+        }
+        AccountProblem::NotAllowed { .. } => report(
+            data,
+            stalled(reason::ACCOUNT_NOT_ALLOWED, message),
+            Then::AwaitChange,
+        ),
+        AccountProblem::ClusterAccountsOff(_) | AccountProblem::Invalid { .. } => report(
+            data,
+            stalled(reason::ACCOUNT_NOT_READY, message),
+            Then::AwaitChange,
+        ),
+    }
+}
+
+/// Why the account cannot be used, with the fix.
+pub fn account_problem_text(p: &AccountProblem) -> String {
+    match p {
+        AccountProblem::NotFound(account) => format!(
+            "{account} does not exist. Create it (docs/tenancy.md), or name an existing account in spec.accountRef of a new PhoneNumber"
+        ),
+        AccountProblem::NotAllowed { account, rule } => format!(
+            "{account} does not allow this namespace: it allows {rule}. Ask the cluster administrator to allow the namespace in its spec.allowedNamespaces (or to label the namespace to match), or use another account"
+        ),
+        AccountProblem::ClusterAccountsOff(account) => format!(
+            "{account} cannot be used: this operator watches one namespace and not ClusterOneInboxAccounts (run it with --cluster-accounts, or use a OneInboxAccount of this namespace)"
+        ),
+        AccountProblem::Invalid { account, why } => {
+            format!("{account} cannot be used: {why}. Fix the account's spec")
+        }
     }
 }
 
@@ -1087,14 +1158,22 @@ fn decide_deletion(obs: &Observation) -> Step {
 
     let tenant_missing = match &obs.api_key {
         None => return Step::Read(Read::ApiKey),
-        Some(ApiKey::Missing(p)) if obs.memory.tenant_key.is_none() => Some(problem_text(p)),
+        Some(ApiKey::Missing {
+            account,
+            problem,
+            last_known: false,
+        }) => Some(format!(
+            "the API key of {account} cannot be read ({}) and this process never read it",
+            problem_text(problem)
+        )),
+        Some(ApiKey::Unusable(p)) => Some(account_problem_text(p)),
         Some(_) => None,
     };
     // The tenant Secret is gone and this process never read it: the operator-wide key's 404
     // proves nothing (another workspace's number is a 404 too).
     let unverifiable = |what: &str| {
         tenant_missing.as_ref().map(|why| {
-            format!("{why}, and with the operator-wide API key OneInbox reports {what}, which cannot prove the registration is gone from the tenant's workspace. Restore the Secret")
+            format!("{why}, and with the operator-wide API key OneInbox reports {what}, which cannot prove the registration is gone from the account's workspace. Make the account usable again (or set deletionPolicy: Orphan)")
         })
     };
     let pending = obj
@@ -1185,7 +1264,7 @@ fn decide_deletion(obs: &Observation) -> Step {
         },
         Some(Err(e)) if tenant_missing.is_some() => Step::Blocked {
             cause: format!(
-                "{}, and the operator-wide API key could not deregister {id}: {e}. Restore the Secret",
+                "{}, and the operator-wide API key could not deregister {id}: {e}. Make the account usable again (or set deletionPolicy: Orphan)",
                 tenant_missing.unwrap_or_default()
             ),
             failure: None,
@@ -1222,14 +1301,11 @@ fn api_failure(obs: &Observation, failure: Failure) -> Step {
     let message = super::act::error_of(&failure).to_string();
     match &failure.error {
         ApiError::KeyRejected { .. } => {
-            let whose = match &obj.spec.api_key_secret_ref {
-                Some(r) => format!(
-                    "the key in Secret {}/{} (key {:?})",
-                    obs.namespace(),
-                    r.name,
-                    r.key_or(crate::crd::DEFAULT_API_KEY_KEY)
-                ),
-                None => "the operator's API key (Helm value apiKey.existingSecret, or ONEINBOX_API_KEY / --api-key-file)".into(),
+            let whose = match &obs.api_key {
+                Some(ApiKey::Account(account) | ApiKey::Missing { account, .. }) => {
+                    format!("the API key of {account} (its status says more)")
+                }
+                _ => "the operator's API key (Helm value apiKey.existingSecret, or ONEINBOX_API_KEY / --api-key-file)".into(),
             };
             let phase = stalled(
                 reason::API_KEY_REJECTED,
@@ -1319,7 +1395,7 @@ pub fn problem_text(p: &SecretProblem) -> String {
 }
 
 /// The command that fixes it: create a missing Secret, or set the key of an existing one.
-fn problem_fix(p: &SecretProblem) -> String {
+pub fn problem_fix(p: &SecretProblem) -> String {
     let SecretProblem {
         namespace: ns,
         name,

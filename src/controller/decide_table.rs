@@ -295,9 +295,17 @@ fn decision_table() {
             ob.fetched = Some(Ok(reg("id1")));
         })
     };
+    let missing_key = |last_known: bool| ApiKey::Missing {
+        account: crate::accounts::AccountId::Namespaced {
+            namespace: "ns".into(),
+            name: "team".into(),
+        },
+        problem: problem(SecretProblemKind::Absent),
+        last_known,
+    };
     let tenant = |o: Value| {
         let mut o = o;
-        o["spec"]["apiKeySecretRef"] = json!({"name": "tenant-key"});
+        o["spec"]["accountRef"] = json!({"kind": "OneInboxAccount", "name": "team"});
         o
     };
 
@@ -819,9 +827,9 @@ fn decision_table() {
             "Read Credentials",
         ),
         (
-            "tenant key Secret missing, within the grace period",
+            "account key Secret missing, within the grace period",
             with(obs(tenant(object())), |ob| {
-                ob.api_key = Some(ApiKey::Missing(problem(SecretProblemKind::Absent)))
+                ob.api_key = Some(missing_key(false))
             }),
             "Report Progressing(SecretNotFound) Requeue",
         ),
@@ -1342,17 +1350,16 @@ fn decision_table() {
             "Blocked",
         ),
         (
-            "tenant Secret gone, key remembered: DELETE with it",
+            "account key Secret gone, key remembered: DELETE with it",
             with(obs(said_deleting(tenant(registered()))), |ob| {
-                ob.api_key = Some(ApiKey::Missing(problem(SecretProblemKind::Absent)));
-                ob.memory.tenant_key = Some(SecretString::new("oi_sk_tenant".into()));
+                ob.api_key = Some(missing_key(true));
             }),
             "Deregister id1",
         ),
         (
-            "tenant Secret gone, never read: a 404 proves nothing",
+            "account key Secret gone, never read: a 404 proves nothing",
             with(obs(said_deleting(tenant(registered()))), |ob| {
-                ob.api_key = Some(ApiKey::Missing(problem(SecretProblemKind::Absent)));
+                ob.api_key = Some(missing_key(false));
                 ob.deregistered = Some(Ok(Deregistered::AlreadyGone));
             }),
             "Blocked",

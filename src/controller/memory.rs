@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::plan::PatchableDigest;
-use crate::oneinbox::SecretString;
 
 /// The last successful check of a registration against the API.
 #[derive(Clone, Debug)]
@@ -59,9 +58,6 @@ pub struct ObjectMemory {
     /// A registration this object named that OneInbox no longer holds, reported once with
     /// an Event (not fetched again: ids are never issued twice).
     pub lost: Option<String>,
-    /// The tenant API key last read for this object: deleting it still works after its
-    /// Secret is gone (e.g. its namespace is being deleted and the Secret went first).
-    pub tenant_key: Option<SecretString>,
 }
 
 /// Per-object memory by UID.

@@ -30,10 +30,64 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use reconcile::reconcile;
 
+use k8s_openapi::api::core::v1::Namespace;
+
+use crate::accounts::AccountId;
+use crate::accounts::controller::{self as account_controller, AccountContext};
+use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
+use crate::accounts::registry::{AccountView, Registry, RegistrySettings};
 use crate::crd::{ANNOTATION_PREFIX, PhoneNumber};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oneinbox::OneInboxApi;
+
+/// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
+pub type SecretVersions = Arc<Mutex<HashMap<(String, String), String>>>;
+
+/// The accounts and namespaces as the watches report them.
+#[derive(Clone)]
+pub struct AccountStores {
+    pub namespaced: Store<OneInboxAccount>,
+    pub cluster: Store<ClusterOneInboxAccount>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// ClusterOneInboxAccounts and Namespaces are watched.
+    pub cluster_enabled: bool,
+}
+
+impl AccountStores {
+    /// Every account of both kinds.
+    pub fn views(&self) -> Vec<AccountView> {
+        let mut out: Vec<AccountView> = self
+            .namespaced
+            .state()
+            .iter()
+            .map(|a| AccountView::namespaced(a))
+            .collect();
+        out.extend(self.cluster.state().iter().map(|a| AccountView::cluster(a)));
+        out
+    }
+
+    /// Whether the account is one this process watches (its shard's).
+    pub fn has(&self, id: &AccountId) -> bool {
+        match id {
+            AccountId::Operator => true,
+            AccountId::Namespaced { namespace, name } => self
+                .namespaced
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some(),
+            AccountId::Cluster { name } => self.cluster.get(&ObjectRef::new(name)).is_some(),
+        }
+    }
+
+    /// Until the watches have listed once, no account is known to be missing.
+    async fn ready(&self) {
+        let _ = self.namespaced.wait_until_ready().await;
+        if self.cluster_enabled {
+            let _ = self.cluster.wait_until_ready().await;
+            let _ = self.namespaces.wait_until_ready().await;
+        }
+    }
+}
 
 /// How referenced Secrets are followed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +118,9 @@ pub struct Settings {
 pub struct Context<C> {
     pub client: Client,
     pub oneinbox: C,
+    /// Every account's client, key and gate.
+    pub accounts: Arc<Registry<C>>,
+    pub account_stores: AccountStores,
     /// Who publishes events (controller name and instance).
     pub reporter: Reporter,
     pub metrics: Metrics,
@@ -72,7 +129,7 @@ pub struct Context<C> {
     /// What this process remembers of each object, by UID.
     pub memory: Mutex<memory::Memory>,
     /// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
-    pub secret_versions: Arc<Mutex<HashMap<(String, String), String>>>,
+    pub secret_versions: SecretVersions,
     /// The Secret watch has listed every Secret once (`secret_versions` is complete).
     pub secrets_listed: Arc<AtomicBool>,
     /// Every watched PhoneNumber (for duplicate claims and Secret mapping).
@@ -95,12 +152,18 @@ impl<C> Context<C> {
             .collect();
         memory.retain_watched(&watched);
         drop(memory);
+        let accounts = self.account_stores.views();
         let referenced: HashSet<(String, &str)> = objects
             .iter()
             .flat_map(|o| {
                 let ns = o.metadata.namespace.clone().unwrap_or_default();
                 o.referenced_secrets().map(move |s| (ns.clone(), s))
             })
+            .chain(
+                accounts
+                    .iter()
+                    .flat_map(|a| a.secrets().map(|s| (s.namespace.clone(), s.name.as_str()))),
+            )
             .collect();
         // Before the first list of PhoneNumbers nothing seems referenced: keep what the Secret
         // watch reported until then (a restart needs those versions to trust the status).
@@ -206,6 +269,15 @@ pub fn retry_delay(
     wait
 }
 
+/// Requeue delay after a failed account pass (a Kubernetes call failed).
+fn account_error_policy<K, C>(obj: Arc<K>, err: &kube::Error, _: Arc<AccountContext<C>>) -> Action
+where
+    K: kube::Resource,
+{
+    warn!(account = obj.meta().name.as_deref().unwrap_or_default(), error = %err, "account reconcile failed");
+    Action::requeue(Duration::from_secs(5) + Duration::from_millis(rand::random_range(0..1000)))
+}
+
 /// Longest wait between retries of an object whose API key was rejected.
 const KEY_REJECTED_RETRY_MAX: Duration = Duration::from_secs(600);
 
@@ -244,8 +316,8 @@ pub struct Options {
     pub scope: Scope,
     /// Event reporter instance (the pod name).
     pub instance: String,
-    /// Most reconciles at once.
-    pub concurrency: u16,
+    /// The accounts: default account, budgets, passes at once per account, sharding.
+    pub accounts: RegistrySettings,
 }
 
 /// Run the controller until `shutdown` resolves, then drain in-flight reconciles.
@@ -261,7 +333,7 @@ pub async fn run<C: OneInboxApi>(
         settings,
         scope,
         instance,
-        concurrency,
+        accounts: account_settings,
     } = options;
     let (pns, secrets): (Api<PhoneNumber>, Api<PartialObjectMeta<Secret>>) = match &scope.namespace
     {
@@ -276,13 +348,48 @@ pub async fn run<C: OneInboxApi>(
         wc = wc.labels(sel);
     }
     let (store, writer) = reflector::store();
+    // Accounts count their PhoneNumbers: a new or deleted object asks its account to count.
+    let (ns_account_tx, ns_account_rx) = mpsc::unbounded_channel::<ObjectRef<OneInboxAccount>>();
+    let (cl_account_tx, cl_account_rx) =
+        mpsc::unbounded_channel::<ObjectRef<ClusterOneInboxAccount>>();
+    let poke_accounts = {
+        let (ns_tx, cl_tx) = (ns_account_tx.clone(), cl_account_tx.clone());
+        move |id: AccountId| match id {
+            AccountId::Namespaced { namespace, name } => {
+                let _ = ns_tx.send(ObjectRef::new(&name).within(&namespace));
+            }
+            AccountId::Cluster { name } => {
+                let _ = cl_tx.send(ObjectRef::new(&name));
+            }
+            AccountId::Operator => {}
+        }
+    };
+    let default_account = account_settings.default_account.clone();
+    let known = store.clone();
+    let poke = poke_accounts.clone();
     let objects = reflector::reflector(
         writer,
-        watcher(pns, wc).default_backoff().modify(slim_for_cache),
+        watcher(pns, wc)
+            .default_backoff()
+            .modify(slim_for_cache)
+            .inspect_ok(move |event| {
+                let (obj, new) = match event {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        (o, known.get(&ObjectRef::from_obj(o)).is_none())
+                    }
+                    watcher::Event::Delete(o) => (o, true),
+                    _ => return,
+                };
+                if new {
+                    poke(AccountId::of(obj, default_account.as_deref()));
+                }
+            }),
     )
     .applied_objects();
+    // Passes are bounded per account (its gate), not here: one account's backlog never
+    // holds the places of another account's work.
     let controller = Controller::for_stream(objects, store.clone())
-        .with_config(ControllerConfig::default().concurrency(concurrency));
+        .with_config(ControllerConfig::default().concurrency(0));
     let counted = store.clone();
     metrics.set_object_counts(move || {
         let objects = counted.state();
@@ -315,14 +422,63 @@ pub async fn run<C: OneInboxApi>(
     });
 
     let (siblings, sibling_rx) = mpsc::unbounded_channel();
-    let secret_versions: Arc<Mutex<HashMap<(String, String), String>>> = Arc::default();
+    let secret_versions: SecretVersions = Arc::default();
+
+    // The accounts: both kinds (cluster ones unless scoped to a namespace without them), and
+    // Namespace labels for the cluster accounts' allowedNamespaces.
+    let mut account_wc = watcher::Config::default().any_semantic();
+    if let Some(sel) = &account_settings.account_selector {
+        account_wc = account_wc.labels(sel);
+    }
+    let ns_accounts: Api<OneInboxAccount> = match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (ns_account_store, ns_account_writer) = reflector::store();
+    let ns_account_objects = reflector::reflector(
+        ns_account_writer,
+        watcher(ns_accounts, account_wc.clone()).default_backoff(),
+    )
+    .applied_objects();
+    let cluster_enabled = account_settings.cluster_accounts;
+    let (cl_account_store, cl_account_writer) = reflector::store();
+    let (namespace_store, namespace_writer) = reflector::store();
+    let (cl_account_objects, namespace_events) = if cluster_enabled {
+        let cl: Api<ClusterOneInboxAccount> = Api::all(client.clone());
+        let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+        (
+            reflector::reflector(cl_account_writer, watcher(cl, account_wc).default_backoff())
+                .applied_objects()
+                .boxed(),
+            reflector::reflector(
+                namespace_writer,
+                watcher(namespaces, watcher::Config::default()).default_backoff(),
+            )
+            .applied_objects()
+            .boxed(),
+        )
+    } else {
+        (
+            futures::stream::pending().boxed(),
+            futures::stream::pending().boxed(),
+        )
+    };
+    let account_stores = AccountStores {
+        namespaced: ns_account_store.clone(),
+        cluster: cl_account_store.clone(),
+        namespaces: namespace_store.clone(),
+        cluster_enabled,
+    };
+    let registry = Arc::new(Registry::new(oneinbox.clone(), account_settings));
     let reporter = Reporter {
         controller: "oneinbox-operator".into(),
         instance: Some(instance),
     };
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         oneinbox,
+        accounts: registry.clone(),
+        account_stores: account_stores.clone(),
         reporter,
         metrics: metrics.clone(),
         settings,
@@ -367,7 +523,55 @@ pub async fn run<C: OneInboxApi>(
         .flatten();
 
     let reconcile_metrics = metrics.clone();
-    controller
+    let secret_accounts = account_stores.clone();
+    let poke = poke_accounts.clone();
+    let account_ctx = Arc::new(AccountContext {
+        client: client.clone(),
+        registry: registry.clone(),
+        phone_numbers: store.clone(),
+        secret_versions: secret_versions.clone(),
+        secrets_listed: ctx.secrets_listed.clone(),
+        poke: ctx.siblings.clone(),
+    });
+    let ns_account_controller = Controller::for_stream(ns_account_objects, ns_account_store)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .reconcile_on(tokio_stream_from(ns_account_rx))
+        .run(
+            account_controller::reconcile::<OneInboxAccount, C>,
+            account_error_policy,
+            account_ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let cl_account_controller = Controller::for_stream(cl_account_objects, cl_account_store)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .reconcile_on(tokio_stream_from(cl_account_rx))
+        .run(
+            account_controller::reconcile::<ClusterOneInboxAccount, C>,
+            account_error_policy,
+            account_ctx,
+        )
+        .for_each(|_| async {});
+    let namespace_store_pns = store.clone();
+    let pn_controller = controller
+        .watches_stream(
+            namespace_events,
+            move |ns: PartialObjectMeta<Namespace>| {
+                // A namespace's labels may grant or revoke a cluster account: objects not
+                // Ready there look again.
+                let name = ns.name_any();
+                namespace_store_pns
+                    .state()
+                    .into_iter()
+                    .filter(|pn| {
+                        pn.namespace().as_deref() == Some(name.as_str())
+                            && pn
+                                .condition(status::READY)
+                                .is_none_or(|c| c.status != "True")
+                    })
+                    .map(|pn| ObjectRef::from_obj(pn.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace();
             let name = secret.name_any();
@@ -377,11 +581,19 @@ pub async fn run<C: OneInboxApi>(
                 .filter(|pn| pn.namespace() == ns && pn.referenced_secrets().any(|s| s == name))
                 .map(|pn| ObjectRef::from_obj(pn.as_ref()))
                 .collect::<Vec<_>>();
-            // Only the Secrets some object references are tracked (a read records the others
-            // when an object starts to use them); all of them until the PhoneNumbers are listed.
+            let accounts = account_controller::accounts_of_secret(
+                ns.as_deref().unwrap_or_default(),
+                &name,
+                &secret_accounts.views(),
+            );
+            let account_secret = !accounts.is_empty();
+            accounts.into_iter().for_each(&poke);
+            // Only the Secrets some object or account references are tracked (a read records
+            // the others when an object starts to use them); all of them until the
+            // PhoneNumbers are listed.
             if let (Some(ns), Some(rv)) = (ns, secret.resource_version()) {
                 let mut versions = lock(&seen_secrets);
-                if users.is_empty() && listed(&secret_store) {
+                if users.is_empty() && !account_secret && listed(&secret_store) {
                     versions.remove(&(ns, name));
                 } else {
                     versions.insert((ns, name), rv);
@@ -397,6 +609,16 @@ pub async fn run<C: OneInboxApi>(
                 let span = info_span!("reconcile", namespace = obj.namespace().unwrap_or_default(), object = %obj.name_any());
                 let metrics = reconcile_metrics.clone();
                 async move {
+                    ctx.account_stores.ready().await;
+                    let account = AccountId::of(&obj, ctx.accounts.settings.default_account.as_deref());
+                    // Sharded by account: another process's account is not this one's work.
+                    if ctx.accounts.settings.account_selector.is_some()
+                        && (account == AccountId::Operator || !ctx.account_stores.has(&account))
+                    {
+                        return Ok(Action::await_change());
+                    }
+                    let gate = ctx.accounts.gate(&account);
+                    let _pass = gate.acquire_owned().await;
                     metrics.reconcile_started();
                     let started = Instant::now();
                     let uid = obj.uid().unwrap_or_default();
@@ -418,8 +640,16 @@ pub async fn run<C: OneInboxApi>(
                 Ok((obj, action)) => debug!(name = %obj.name, namespace = obj.namespace.as_deref().unwrap_or(""), ?action, "reconciled"),
                 Err(e) => debug!(error = %e, "reconcile did not complete"),
             }
-        })
-        .await;
+        });
+    // The account controllers stop with the PhoneNumber controller (its shutdown).
+    futures::future::select(
+        Box::pin(pn_controller),
+        Box::pin(futures::future::join(
+            ns_account_controller,
+            cl_account_controller,
+        )),
+    )
+    .await;
     info!("controller stopped");
 }
 

@@ -14,7 +14,11 @@ use kube::{Resource, ResourceExt};
 use super::memory::ObjectMemory;
 use super::plan::{self, Credentials};
 use super::{Context, lock};
-use crate::crd::{DEFAULT_API_KEY_KEY, DEFAULT_PASSWORD_KEY, PhoneNumber};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::accounts::AccountId;
+use crate::accounts::registry::{AccountView, SecretKeyRef};
+use crate::crd::{DEFAULT_PASSWORD_KEY, PhoneNumber};
 use crate::error::{Error, Result};
 use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
 
@@ -75,15 +79,35 @@ pub enum SecretProblemKind {
     NotText,
 }
 
-/// The API key an object uses.
+/// The API key an object uses: its account's.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApiKey {
-    /// No `apiKeySecretRef`: the operator-wide key.
+    /// No account: the operator-wide key.
     OperatorWide,
-    /// The tenant key, read now.
-    Tenant(SecretString),
-    /// The tenant Secret cannot be used.
-    Missing(SecretProblem),
+    /// The account's key, known to this process.
+    Account(AccountId),
+    /// The account's key Secret cannot be used; `last_known` if this process still holds the
+    /// key it read before (deletions go on with it).
+    Missing {
+        account: AccountId,
+        problem: SecretProblem,
+        last_known: bool,
+    },
+    /// The account cannot be used by this object.
+    Unusable(AccountProblem),
+}
+
+/// Why an object cannot use the account it names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccountProblem {
+    /// No account of that kind and name (yet).
+    NotFound(AccountId),
+    /// A ClusterOneInboxAccount that does not allow the object's namespace.
+    NotAllowed { account: AccountId, rule: String },
+    /// This operator does not watch ClusterOneInboxAccounts (it watches one namespace).
+    ClusterAccountsOff(AccountId),
+    /// The account's API URL or CA bundle is unusable.
+    Invalid { account: AccountId, why: String },
 }
 
 /// Everything one pass knows so far.
@@ -256,20 +280,89 @@ pub struct Reader<'a, C> {
 }
 
 impl<C: OneInboxApi> Reader<'_, C> {
-    /// The API key the object uses.
-    pub async fn api_key(&self, obs: &mut Observation) -> Result<ApiKey> {
-        let Some(r) = obs.obj.spec.api_key_secret_ref.clone() else {
-            return Ok(ApiKey::OperatorWide);
+    /// The account the object uses, and its client when the account may be used now (the
+    /// last known key's while its Secret is missing). Reads the key Secret only if its
+    /// version changed since this process last read it.
+    pub async fn api_key(&self, obs: &Observation) -> Result<(ApiKey, Option<C>)> {
+        let accounts = &self.ctx.accounts;
+        let id = AccountId::of(&obs.obj, accounts.settings.default_account.as_deref());
+        let view = match &id {
+            AccountId::Operator => return Ok((ApiKey::OperatorWide, None)),
+            AccountId::Cluster { .. } if !accounts.settings.cluster_accounts => {
+                return Ok((
+                    ApiKey::Unusable(AccountProblem::ClusterAccountsOff(id)),
+                    None,
+                ));
+            }
+            AccountId::Cluster { name } => {
+                let Some(account) = self.ctx.account_stores.cluster.get(&ObjectRef::new(name))
+                else {
+                    return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None));
+                };
+                let ns = obs.namespace();
+                let labels = self
+                    .ctx
+                    .account_stores
+                    .namespaces
+                    .get(&ObjectRef::new(&ns))
+                    .map(|n| n.metadata.labels.clone().unwrap_or_default());
+                if let Err(rule) =
+                    crate::accounts::allows(&account.spec.allowed_namespaces, &ns, labels.as_ref())
+                {
+                    return Ok((
+                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
+                        None,
+                    ));
+                }
+                AccountView::cluster(&account)
+            }
+            AccountId::Namespaced { namespace, name } => {
+                match self
+                    .ctx
+                    .account_stores
+                    .namespaced
+                    .get(&ObjectRef::new(name).within(namespace))
+                {
+                    Some(account) => AccountView::namespaced(&account),
+                    None => return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None)),
+                }
+            }
         };
-        Ok(
-            match self
-                .secret_value(obs, &r.name, r.key_or(DEFAULT_API_KEY_KEY))
-                .await?
-            {
-                Ok(key) => ApiKey::Tenant(key),
-                Err(problem) => ApiKey::Missing(problem),
+        let versions = self.ctx.secret_versions.clone();
+        let watched = |r: &SecretKeyRef| {
+            lock(&versions)
+                .get(&(r.namespace.clone(), r.name.clone()))
+                .cloned()
+        };
+        let listed = self.ctx.secrets_listed.load(Ordering::Relaxed);
+        let state = self
+            .ctx
+            .kube_call(accounts.state(&self.ctx.client, &view, watched, listed))
+            .await?
+            .map_err(|source| Error::ReadSecret {
+                name: view.api_key.name.clone(),
+                source,
+            })?;
+        if let Some(why) = state.invalid {
+            return Ok((
+                ApiKey::Unusable(AccountProblem::Invalid { account: id, why }),
+                None,
+            ));
+        }
+        Ok(match state.problem {
+            Some(problem) => (
+                ApiKey::Missing {
+                    account: id,
+                    problem,
+                    last_known: state.client.is_some(),
+                },
+                state.client,
+            ),
+            None => match state.client {
+                Some(c) => (ApiKey::Account(id), Some(c)),
+                None => (ApiKey::Unusable(AccountProblem::NotFound(id)), None),
             },
-        )
+        })
     }
 
     /// `providerConfig` with its password, or `credentialId`.

@@ -454,7 +454,7 @@ mod tests {
                 deletion_policy: DeletionPolicy::Delete,
                 replacement_policy: ReplacementPolicy::Manual,
                 management_policy: Default::default(),
-                api_key_secret_ref: None,
+                account_ref: None,
             },
         );
         p.metadata.namespace = Some("ns".into());

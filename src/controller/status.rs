@@ -38,6 +38,12 @@ pub mod reason {
     pub const DELETING: &str = "Deleting";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     pub const PAUSED: &str = "Paused";
+    /// The account named (or the default account) does not exist.
+    pub const ACCOUNT_NOT_FOUND: &str = "AccountNotFound";
+    /// A ClusterOneInboxAccount that does not allow the object's namespace.
+    pub const ACCOUNT_NOT_ALLOWED: &str = "AccountNotAllowed";
+    /// The account exists but cannot be used (its endpoint, or cluster accounts are off).
+    pub const ACCOUNT_NOT_READY: &str = "AccountNotReady";
     /// `managementPolicy: Observe`: the registration is mirrored and active.
     pub const OBSERVED: &str = "Observed";
     /// `managementPolicy: Observe`: the registration differs from the spec (the Drifted
@@ -254,7 +260,18 @@ pub fn conditions(
     generation: Option<i64>,
     now: Time,
 ) -> Vec<Condition> {
-    wanted(phase)
+    conditions_of(previous, wanted(phase), generation, now)
+}
+
+/// The conditions `(type, true?, reason, message)`, with `lastTransitionTime` kept unless the
+/// condition's status flips (or it appears).
+pub fn conditions_of(
+    previous: &[Condition],
+    wanted: Vec<(&str, bool, &str, String)>,
+    generation: Option<i64>,
+    now: Time,
+) -> Vec<Condition> {
+    wanted
         .into_iter()
         .map(|(type_, ok, reason, message)| {
             let status = if ok { "True" } else { "False" }.to_string();
@@ -303,7 +320,7 @@ mod tests {
                 deletion_policy: DeletionPolicy::Delete,
                 replacement_policy: ReplacementPolicy::Manual,
                 management_policy: Default::default(),
-                api_key_secret_ref: None,
+                account_ref: None,
             },
         );
         pn.metadata.generation = Some(generation);

@@ -63,8 +63,11 @@ fn registration(req: &RegisterRequest) -> Registration {
 }
 
 impl OneInboxApi for Arc<FakeOneInbox> {
-    fn with_api_key(&self, _: crate::oneinbox::SecretString) -> Self {
-        self.clone()
+    fn for_account(&self, _: &crate::oneinbox::AccountEndpoint) -> Result<Self, String> {
+        Ok(self.clone())
+    }
+    async fn verify(&self) -> Result<(), ApiError> {
+        Ok(())
     }
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
         self.record("register");
@@ -300,9 +303,32 @@ impl Harness {
         let fake = Arc::new(FakeOneInbox::default());
         let (store, _writer) = reflector::store::<PhoneNumber>();
         let (siblings, _rx) = mpsc::unbounded_channel();
+        let account_stores = super::AccountStores {
+            namespaced: reflector::store().0,
+            cluster: reflector::store().0,
+            namespaces: reflector::store().0,
+            cluster_enabled: false,
+        };
+        let accounts = Arc::new(crate::accounts::registry::Registry::new(
+            fake.clone(),
+            crate::accounts::registry::RegistrySettings {
+                default_account: None,
+                default_budget: crate::oneinbox::Budget {
+                    rate_per_second: std::num::NonZeroU32::new(100).unwrap(),
+                    burst: std::num::NonZeroU32::new(100).unwrap(),
+                    max_in_flight: 16,
+                },
+                passes_per_account: 16,
+                reread_after: None,
+                cluster_accounts: false,
+                account_selector: None,
+            },
+        ));
         let ctx = Arc::new(Context {
             client: client.clone(),
             oneinbox: fake.clone(),
+            accounts,
+            account_stores,
             reporter: Reporter {
                 controller: "oneinbox-operator".into(),
                 instance: Some("test".into()),

@@ -1,5 +1,6 @@
-//! The real OneInbox client over HTTP (reqwest): bearer auth, explicit timeouts, one shared
-//! request budget (token bucket + concurrency cap), `Retry-After` honoured for every caller.
+//! The real OneInbox client over HTTP (reqwest): bearer auth, explicit timeouts, one request
+//! budget per account (token bucket + concurrency cap), `Retry-After` honoured for every caller
+//! of that account, and no other.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
 use super::{
-    ApiError, Deregistered, Endpoint, OneInboxApi, PatchRequest, RegisterRequest, Registration,
-    SecretString,
+    AccountEndpoint, ApiError, Budget, Deregistered, Endpoint, KeyCell, OneInboxApi, PatchRequest,
+    RegisterRequest, Registration, SecretString,
 };
 use crate::metrics::Metrics;
 
@@ -60,24 +61,61 @@ pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>,
 /// Page size for list look-ups (the API's largest).
 pub const PAGE_LIMIT: u32 = 100;
 
-/// The reqwest-backed `OneInboxApi`.
+/// The reqwest-backed `OneInboxApi`: one account's budget (the operator-wide one, or an
+/// account's, made by `for_account`).
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Arc<Inner>,
-    /// The key of this handle: a tenant's, or `None` for the operator-wide one.
-    api_key: Option<SecretString>,
 }
 
 struct Inner {
     http: reqwest::Client,
     cfg: HttpClientConfig,
+    /// The account's API URL (the operator's --api-url unless the account names another).
+    base_url: Url,
     limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
     /// No call starts before this instant (set from `Retry-After`).
     cooldown: Mutex<Cooldown>,
-    /// The operator-wide key, replaced when its file is read again.
-    operator_key: std::sync::RwLock<SecretString>,
+    /// The key, replaced when its file (operator-wide) or Secret (an account's) changes.
+    key: KeyCell,
+    /// Only the operator-wide client reads a key file again after a rejection.
+    key_file: Option<std::path::PathBuf>,
+    /// The account, as metrics label it.
+    account: Arc<str>,
     metrics: Metrics,
+}
+
+/// The metrics label of the operator-wide key's budget.
+pub const OPERATOR_ACCOUNT: &str = "operator";
+
+impl Inner {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        http: reqwest::Client,
+        base_url: Url,
+        budget: &Budget,
+        key: KeyCell,
+        key_file: Option<std::path::PathBuf>,
+        account: Arc<str>,
+        cfg: HttpClientConfig,
+        metrics: Metrics,
+    ) -> Inner {
+        Inner {
+            http,
+            base_url,
+            limiter: RateLimiter::direct(
+                Quota::per_second(budget.rate_per_second).allow_burst(budget.burst),
+            ),
+            in_flight: Semaphore::new(budget.max_in_flight.max(1)),
+            cooldown: Mutex::new(Cooldown::default()),
+            key,
+            key_file,
+            account,
+            cfg,
+            metrics,
+        }
+    }
 }
 
 /// The `Retry-After` wait every caller honours.
@@ -126,26 +164,61 @@ impl HttpClient {
             .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .tls_certs_merge(cfg.extra_roots.iter().cloned())
             .build()?;
-        let limiter =
-            RateLimiter::direct(Quota::per_second(cfg.rate_per_second).allow_burst(cfg.burst));
-        let in_flight = Semaphore::new(cfg.max_in_flight.max(1));
+        let budget = Budget {
+            rate_per_second: cfg.rate_per_second,
+            burst: cfg.burst,
+            max_in_flight: cfg.max_in_flight,
+        };
         Ok(HttpClient {
-            api_key: None,
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::new(
                 http,
-                operator_key: std::sync::RwLock::new(cfg.api_key.clone()),
+                cfg.base_url.clone(),
+                &budget,
+                KeyCell::new(cfg.api_key.clone()),
+                cfg.api_key_file.clone(),
+                OPERATOR_ACCOUNT.into(),
                 cfg,
-                limiter,
-                in_flight,
-                cooldown: Mutex::new(Cooldown::default()),
                 metrics,
-            }),
+            )),
+        })
+    }
+
+    /// A client with its own budget, key and (for a CA bundle) connection pool: an account's.
+    fn account_client(&self, account: &AccountEndpoint) -> Result<HttpClient, String> {
+        let cfg = &self.inner.cfg;
+        let http = if account.extra_roots.is_empty() {
+            self.inner.http.clone()
+        } else {
+            #[allow(clippy::disallowed_methods)] // an account's own CA bundle needs its own pool
+            reqwest::Client::builder()
+                .timeout(cfg.timeout)
+                .connect_timeout(cfg.connect_timeout)
+                .user_agent(concat!("oneinbox-operator/", env!("CARGO_PKG_VERSION")))
+                .pool_max_idle_per_host(IDLE_CONNECTIONS)
+                .tls_certs_merge(cfg.extra_roots.iter().chain(&account.extra_roots).cloned())
+                .build()
+                .map_err(|e| format!("cannot build an HTTP client with the CA bundle: {e}"))?
+        };
+        let base_url = match &account.base_url {
+            Some(u) => Url::parse(u).map_err(|e| format!("apiUrl {u:?} is not a URL: {e}"))?,
+            None => cfg.base_url.clone(),
+        };
+        Ok(HttpClient {
+            inner: Arc::new(Inner::new(
+                http,
+                base_url,
+                &account.budget,
+                account.key.clone(),
+                None,
+                account.label.as_str().into(),
+                cfg.clone(),
+                self.inner.metrics.clone(),
+            )),
         })
     }
 
     fn url(&self, path: &str) -> Result<Url, ApiError> {
         self.inner
-            .cfg
             .base_url
             .join(path)
             .map_err(|e| ApiError::Rejected {
@@ -192,16 +265,11 @@ impl HttpClient {
                 detail: "client closed".into(),
                 retry_after: None,
             })?;
-        inner.metrics.observe_rate_limit_wait(waited.elapsed());
+        inner
+            .metrics
+            .observe_rate_limit_wait(&inner.account, waited.elapsed());
 
-        let key = match &self.api_key {
-            Some(k) => k.clone(),
-            None => inner
-                .operator_key
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        };
+        let key = inner.key.get();
         let mut req = inner
             .http
             .request(method, url)
@@ -259,10 +327,13 @@ impl HttpClient {
                 }
             }
         };
-        inner
-            .metrics
-            .observe_api_request(op, outcome_label(&outcome), started.elapsed());
-        if matches!(outcome, Err(ApiError::KeyRejected { .. })) && self.api_key.is_none() {
+        inner.metrics.observe_api_request(
+            &inner.account,
+            op,
+            outcome_label(&outcome),
+            started.elapsed(),
+        );
+        if matches!(outcome, Err(ApiError::KeyRejected { .. })) {
             self.reload_operator_key();
         }
         outcome
@@ -271,16 +342,14 @@ impl HttpClient {
     /// Read the operator-wide key file again (after a rejection): the next call uses what it
     /// holds now. An unreadable or empty file keeps the key we have.
     fn reload_operator_key(&self) {
-        let Some(path) = &self.inner.cfg.api_key_file else {
+        let Some(path) = &self.inner.key_file else {
             return;
         };
         match std::fs::read_to_string(path) {
             Ok(text) if !text.trim().is_empty() => {
-                *self
-                    .inner
-                    .operator_key
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = SecretString::new(text.trim().to_owned());
+                self.inner
+                    .key
+                    .set(SecretString::new(text.trim().to_owned()));
             }
             Ok(_) => {
                 tracing::warn!(path = %path.display(), "the API key file is empty; keeping the key in use")
@@ -389,11 +458,16 @@ fn item_path(id: &str) -> String {
 }
 
 impl OneInboxApi for HttpClient {
-    fn with_api_key(&self, key: SecretString) -> Self {
-        HttpClient {
-            inner: self.inner.clone(),
-            api_key: Some(key),
-        }
+    fn for_account(&self, account: &AccountEndpoint) -> Result<Self, String> {
+        self.account_client(account)
+    }
+
+    async fn verify(&self) -> Result<(), ApiError> {
+        let mut url = self.url("/v1/phone-numbers")?;
+        url.query_pairs_mut().append_pair("limit", "1");
+        self.call("verify", Endpoint::Collection, Method::GET, url, None)
+            .await
+            .map(|_| ())
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {

@@ -318,10 +318,54 @@ fn truncate(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
+/// A key that can be replaced while clients hold it (a rotated Secret, a re-read key file).
+#[derive(Clone, Debug)]
+pub struct KeyCell(std::sync::Arc<std::sync::RwLock<SecretString>>);
+
+impl KeyCell {
+    pub fn new(key: SecretString) -> KeyCell {
+        KeyCell(std::sync::Arc::new(std::sync::RwLock::new(key)))
+    }
+
+    pub fn get(&self) -> SecretString {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, key: SecretString) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+}
+
+/// A request budget: token bucket and concurrency cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub rate_per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
+    pub max_in_flight: usize,
+}
+
+/// Everything a client of one account needs.
+#[derive(Clone, Debug)]
+pub struct AccountEndpoint {
+    /// The metrics label (`OneInboxAccount ns/name`, `ClusterOneInboxAccount name`).
+    pub label: String,
+    /// The account's API URL; the operator's when `None`.
+    pub base_url: Option<String>,
+    /// CA certificates of the account's bundle.
+    pub extra_roots: Vec<reqwest::Certificate>,
+    pub budget: Budget,
+    pub key: KeyCell,
+}
+
 /// What the reconciler needs from OneInbox.
 pub trait OneInboxApi: Clone + Send + Sync + 'static {
-    /// The same client (shared budget) authenticating with another key: a tenant's workspace.
-    fn with_api_key(&self, key: SecretString) -> Self;
+    /// A client for an account: its own budget, 429 cooldown and key (shared through the
+    /// cell, so a rotated key reaches every call at once).
+    fn for_account(&self, account: &AccountEndpoint) -> Result<Self, String>;
+
+    /// One cheap authenticated call (the first registration of a list): `Ok` if the key is
+    /// accepted.
+    fn verify(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     /// `POST /v1/phone-numbers`. Not idempotent: callers guard it with the pending marker.
     fn register(

@@ -67,18 +67,20 @@ pub fn cluster() {
             "no test control plane at {} — run `make cluster-up` (or `make test`, which starts it)",
             kc.display()
         );
-        let crd = repo().join("crds/phonenumbers.oneinbox.ai.yaml");
+        let crds = repo().join("crds");
         kubectl_ok(&[
             "apply",
             "--server-side",
             "--force-conflicts",
             "-f",
-            crd.to_str().unwrap_or_default(),
+            crds.to_str().unwrap_or_default(),
         ]);
         kubectl_ok(&[
             "wait",
             "--for=condition=Established",
             "crd/phonenumbers.oneinbox.ai",
+            "crd/oneinboxaccounts.oneinbox.ai",
+            "crd/clusteroneinboxaccounts.oneinbox.ai",
             "--timeout=60s",
         ]);
         for f in ["deploy/namespace.yaml", "deploy/rbac.yaml"] {

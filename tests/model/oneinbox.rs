@@ -413,8 +413,14 @@ async fn finish<T>(o: Outcome<T>) -> T {
 }
 
 impl OneInboxApi for ModelApi {
-    fn with_api_key(&self, _: SecretString) -> Self {
-        self.clone()
+    fn for_account(
+        &self,
+        _: &oneinbox_operator::oneinbox::AccountEndpoint,
+    ) -> Result<Self, String> {
+        Ok(self.clone())
+    }
+    async fn verify(&self) -> Result<(), ApiError> {
+        Ok(())
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {

@@ -1,0 +1,347 @@
+//! The accounts' reconciler: the in-use finalizer, the key's one authenticated check, and a
+//! status that says whether the account works and how many PhoneNumbers use it.
+//!
+//! A pass reads nothing it already knows: the key Secret only when its version changed (the
+//! registry), the API only when the key or endpoint is new, and it writes status only when
+//! it differs.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::AccountId;
+use super::crd::{ACCOUNT_FINALIZER, AccountStatus, ClusterOneInboxAccount, OneInboxAccount};
+use super::registry::{AccountView, Registry, SecretKeyRef};
+use crate::controller::decide::{problem_fix, problem_text};
+use crate::controller::status::{self, conditions_of};
+use crate::controller::{SecretVersions, lock};
+use crate::crd::{FIELD_MANAGER, PhoneNumber};
+use crate::oneinbox::{ApiError, OneInboxApi};
+
+/// Condition reasons of an account.
+pub mod reason {
+    pub const VERIFIED: &str = "Verified";
+    pub const VERIFYING: &str = "Verifying";
+    pub const KEY_REJECTED: &str = "APIKeyRejected";
+    pub const API_UNAVAILABLE: &str = "APIUnavailable";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_KEY_INVALID: &str = "SecretKeyInvalid";
+    pub const INVALID: &str = "InvalidEndpoint";
+    pub const IN_USE: &str = "InUse";
+}
+
+/// Either account kind.
+pub trait AccountResource:
+    Resource<DynamicType = ()>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + serde::Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    fn view(&self) -> AccountView;
+    /// The API of this object (its namespace's, for the namespaced kind).
+    fn api(&self, client: Client) -> Api<Self>;
+    fn account_status(&self) -> Option<&AccountStatus>;
+}
+
+impl AccountResource for OneInboxAccount {
+    const KIND: &'static str = "OneInboxAccount";
+    fn view(&self) -> AccountView {
+        AccountView::namespaced(self)
+    }
+    fn api(&self, client: Client) -> Api<Self> {
+        Api::namespaced(client, self.meta().namespace.as_deref().unwrap_or_default())
+    }
+    fn account_status(&self) -> Option<&AccountStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl AccountResource for ClusterOneInboxAccount {
+    const KIND: &'static str = "ClusterOneInboxAccount";
+    fn view(&self) -> AccountView {
+        AccountView::cluster(self)
+    }
+    fn api(&self, client: Client) -> Api<Self> {
+        Api::all(client)
+    }
+    fn account_status(&self) -> Option<&AccountStatus> {
+        self.status.as_ref()
+    }
+}
+
+/// What the accounts' reconciler shares.
+pub struct AccountContext<C> {
+    pub client: Client,
+    pub registry: Arc<Registry<C>>,
+    pub phone_numbers: Store<PhoneNumber>,
+    pub secret_versions: SecretVersions,
+    pub secrets_listed: Arc<std::sync::atomic::AtomicBool>,
+    /// PhoneNumbers to reconcile now (their account changed).
+    pub poke: mpsc::UnboundedSender<ObjectRef<PhoneNumber>>,
+}
+
+impl<C> AccountContext<C> {
+    /// The PhoneNumbers that use `id`.
+    pub fn users(&self, id: &AccountId) -> Vec<Arc<PhoneNumber>> {
+        let default = self.registry.settings.default_account.as_deref();
+        self.phone_numbers
+            .state()
+            .into_iter()
+            .filter(|pn| AccountId::of(pn, default) == *id)
+            .collect()
+    }
+}
+
+/// What one pass learned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Verified,
+    KeyProblem {
+        reason: &'static str,
+        message: String,
+    },
+    KeyRejected(String),
+    Unavailable(String),
+    Invalid(String),
+}
+
+/// The account's conditions: Ready, and Reconciling or Stalled while it is not (pure).
+pub fn account_conditions(
+    previous: &[Condition],
+    outcome: &Outcome,
+    users_while_deleting: Option<usize>,
+    generation: Option<i64>,
+    now: Time,
+) -> Vec<Condition> {
+    use status::{READY, RECONCILING, STALLED};
+    let mut wanted = match outcome {
+        Outcome::Verified => vec![(
+            READY,
+            true,
+            reason::VERIFIED,
+            "The API key was accepted by OneInbox".to_owned(),
+        )],
+        Outcome::KeyProblem { reason, message } => vec![
+            (READY, false, *reason, message.clone()),
+            (STALLED, true, *reason, message.clone()),
+        ],
+        Outcome::Invalid(message) => vec![
+            (READY, false, reason::INVALID, message.clone()),
+            (STALLED, true, reason::INVALID, message.clone()),
+        ],
+        Outcome::KeyRejected(message) => vec![
+            (READY, false, reason::KEY_REJECTED, message.clone()),
+            (STALLED, true, reason::KEY_REJECTED, message.clone()),
+        ],
+        Outcome::Unavailable(message) => vec![
+            (READY, false, reason::API_UNAVAILABLE, message.clone()),
+            (RECONCILING, true, reason::API_UNAVAILABLE, message.clone()),
+        ],
+    };
+    if let Some(n) = users_while_deleting {
+        // Terminating: kstatus and Argo CD show it in progress until the last user is gone.
+        wanted.retain(|(t, ..)| *t != RECONCILING);
+        wanted.push((
+            RECONCILING,
+            true,
+            reason::IN_USE,
+            format!("Deletion waits until the {n} PhoneNumber(s) that use the account are deleted"),
+        ));
+    }
+    conditions_of(previous, wanted, generation, now)
+}
+
+/// Reconcile one account.
+pub async fn reconcile<K: AccountResource, C: OneInboxApi>(
+    account: Arc<K>,
+    ctx: Arc<AccountContext<C>>,
+) -> Result<Action, kube::Error> {
+    let view = account.view();
+    let api = account.api(ctx.client.clone());
+    let name = account.name_any();
+    let users = ctx.users(&view.id);
+    let deleting = account.meta().deletion_timestamp.is_some();
+    let has_finalizer = account.finalizers().iter().any(|f| f == ACCOUNT_FINALIZER);
+
+    if deleting {
+        if users.is_empty() {
+            if let Some(index) = account
+                .finalizers()
+                .iter()
+                .position(|f| f == ACCOUNT_FINALIZER)
+            {
+                let path = format!("/metadata/finalizers/{index}");
+                let patch: json_patch::Patch = serde_json::from_value(json!([
+                    {"op": "test", "path": path, "value": ACCOUNT_FINALIZER},
+                    {"op": "remove", "path": path},
+                ]))
+                .map_err(kube::Error::SerdeError)?;
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                    .await
+                {
+                    Ok(_) => info!(account = %view.id, "account released: no PhoneNumber uses it"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            ctx.registry.forget(&view.id);
+            return Ok(Action::await_change());
+        }
+    } else if !has_finalizer {
+        let mut finalizers = account.finalizers().to_vec();
+        finalizers.push(ACCOUNT_FINALIZER.to_owned());
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await?;
+    }
+
+    let outcome = check(&ctx, &view).await?;
+    let retry = match &outcome {
+        Outcome::Unavailable(_) => Some(Duration::from_secs(10)),
+        _ => None,
+    };
+    let previous = account
+        .account_status()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let desired = AccountStatus {
+        observed_generation: view.generation,
+        phone_numbers: Some(users.len() as u32),
+        conditions: account_conditions(
+            &previous,
+            &outcome,
+            deleting.then_some(users.len()),
+            view.generation,
+            Time(jiff::Timestamp::now()),
+        ),
+    };
+    if account.account_status() != Some(&desired) {
+        let body = json!({
+            "apiVersion": "oneinbox.ai/v1alpha1",
+            "kind": K::KIND,
+            "status": desired,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        debug!(account = %view.id, ?outcome, "account status written");
+    }
+    // Objects waiting for the account (not Ready) try again now.
+    for pn in users.iter().filter(|pn| {
+        pn.condition(status::READY)
+            .is_none_or(|c| c.status != "True")
+    }) {
+        let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
+    }
+    Ok(retry.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The key as the registry holds it, checked once with an authenticated call.
+async fn check<C: OneInboxApi>(
+    ctx: &AccountContext<C>,
+    view: &AccountView,
+) -> Result<Outcome, kube::Error> {
+    let versions = ctx.secret_versions.clone();
+    let watched = |r: &SecretKeyRef| {
+        lock(&versions)
+            .get(&(r.namespace.clone(), r.name.clone()))
+            .cloned()
+    };
+    let listed = ctx
+        .secrets_listed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let state = ctx
+        .registry
+        .state(&ctx.client, view, watched, listed)
+        .await?;
+    if let Some(why) = state.invalid {
+        return Ok(Outcome::Invalid(format!("{why}. Fix the account's spec")));
+    }
+    if let Some(p) = &state.problem {
+        let reason = match p.kind {
+            crate::controller::observe::SecretProblemKind::Absent => reason::SECRET_NOT_FOUND,
+            _ => reason::SECRET_KEY_INVALID,
+        };
+        let last = if state.client.is_some() {
+            " (PhoneNumbers being deleted still use the last key this operator read)"
+        } else {
+            ""
+        };
+        return Ok(Outcome::KeyProblem {
+            reason,
+            message: format!(
+                "The API key cannot be read: {}{last}. {}",
+                problem_text(p),
+                problem_fix(p)
+            ),
+        });
+    }
+    let Some(client) = state.client else {
+        return Ok(Outcome::Unavailable("the API key is not read yet".into()));
+    };
+    if !ctx.registry.needs_verification(&view.id).await {
+        return Ok(Outcome::Verified);
+    }
+    match client.verify().await {
+        Ok(()) => {
+            ctx.registry.verified(&view.id, true).await;
+            Ok(Outcome::Verified)
+        }
+        Err(ApiError::KeyRejected { status, .. }) => {
+            ctx.registry.verified(&view.id, false).await;
+            let r = &view.api_key;
+            Ok(Outcome::KeyRejected(format!(
+                "OneInbox rejected the API key in Secret {}/{} (key {:?}) with HTTP {status}: put a valid key of the workspace there; it is checked again within seconds of the change",
+                r.namespace, r.name, r.key
+            )))
+        }
+        Err(e) => {
+            warn!(account = %view.id, error = %e, "account check failed");
+            Ok(Outcome::Unavailable(format!(
+                "The API key could not be checked yet: {e}"
+            )))
+        }
+    }
+}
+
+/// The accounts whose key or CA Secret is `namespace/name`.
+pub fn accounts_of_secret<'a>(
+    namespace: &str,
+    name: &str,
+    views: impl IntoIterator<Item = &'a AccountView>,
+) -> Vec<AccountId> {
+    views
+        .into_iter()
+        .filter(|v| {
+            v.secrets()
+                .any(|s| s.namespace == namespace && s.name == name)
+        })
+        .map(|v| v.id.clone())
+        .collect()
+}
+
+/// Labels by namespace, from the metadata-only Namespace watch.
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;

@@ -1,0 +1,182 @@
+//! The account resources (`oneinbox.ai/v1alpha1`): `OneInboxAccount`, usable by the
+//! PhoneNumbers of its own namespace, and `ClusterOneInboxAccount`, usable by the namespaces it
+//! allows. Each names an API key Secret, optionally another API URL and CA bundle, and the
+//! request budget that its PhoneNumbers share (docs/tenancy.md).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::crd::SecretKeySelector;
+
+/// Finalizer that keeps an account while PhoneNumbers use it.
+pub const ACCOUNT_FINALIZER: &str = "oneinbox.ai/account-in-use";
+/// Default key of the CA bundle in its Secret.
+pub const DEFAULT_CA_KEY: &str = "ca.crt";
+/// A DNS subdomain name (namespaces and Secrets).
+const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
+
+/// OneInbox credentials for the PhoneNumbers of this namespace: an API key Secret, the API to
+/// reach, and the request budget they share. A PhoneNumber uses it through
+/// `spec.accountRef: {kind: OneInboxAccount, name: ...}`. While PhoneNumbers use it, deleting
+/// it waits (finalizer) until they are gone.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "oneinbox.ai",
+    version = "v1alpha1",
+    kind = "OneInboxAccount",
+    plural = "oneinboxaccounts",
+    shortname = "oia",
+    category = "oneinbox",
+    namespaced,
+    status = "AccountStatus",
+    derive = "PartialEq",
+    doc = "OneInbox credentials and request budget for the PhoneNumbers of one namespace.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"PhoneNumbers","type":"integer","description":"PhoneNumbers that use the account","jsonPath":".status.phoneNumbers"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".spec.apiUrl"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OneInboxAccountSpec {
+    /// The Secret in this namespace that holds the OneInbox API key (its workspace). The key
+    /// defaults to "apiKey". A new value in the Secret takes effect within seconds.
+    pub api_key_secret_ref: SecretKeySelector,
+
+    /// Base URL of the OneInbox API, e.g. "https://api.oneinbox.ai". Defaults to the
+    /// operator's --api-url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub api_url: Option<String>,
+
+    /// A Secret in this namespace with PEM CA certificates trusted for the API, in addition
+    /// to the built-in roots (a private endpoint, a TLS-inspecting proxy). The key defaults
+    /// to "ca.crt".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeySelector>,
+
+    /// The request budget of the account's PhoneNumbers, enforced by the operator; each
+    /// field defaults to the operator's flag of the same meaning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// OneInbox credentials and a request budget that an administrator grants to namespaces.
+/// PhoneNumbers of an allowed namespace use it through
+/// `spec.accountRef: {kind: ClusterOneInboxAccount, name: ...}` (or as the operator's default
+/// account); any other namespace gets Stalled with reason AccountNotAllowed. While
+/// PhoneNumbers use it, deleting it waits (finalizer) until they are gone.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "oneinbox.ai",
+    version = "v1alpha1",
+    kind = "ClusterOneInboxAccount",
+    plural = "clusteroneinboxaccounts",
+    shortname = "coia",
+    category = "oneinbox",
+    status = "AccountStatus",
+    derive = "PartialEq",
+    doc = "OneInbox credentials and request budget granted to the namespaces it allows.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"PhoneNumbers","type":"integer","description":"PhoneNumbers that use the account","jsonPath":".status.phoneNumbers"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".spec.apiUrl"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterOneInboxAccountSpec {
+    /// The Secret (with its namespace) that holds the OneInbox API key. The key defaults to
+    /// "apiKey". A new value in the Secret takes effect within seconds.
+    pub api_key_secret_ref: NamespacedSecretKeySelector,
+
+    /// Base URL of the OneInbox API, e.g. "https://api.oneinbox.ai". Defaults to the
+    /// operator's --api-url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
+    pub api_url: Option<String>,
+
+    /// A Secret with PEM CA certificates trusted for the API, in addition to the built-in
+    /// roots. The key defaults to "ca.crt".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<NamespacedSecretKeySelector>,
+
+    /// The request budget of the account's PhoneNumbers, enforced by the operator; each
+    /// field defaults to the operator's flag of the same meaning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+
+    /// The namespaces whose PhoneNumbers may use the account: those matching the selector,
+    /// and those named. At least one of the two must be given; the selector `{}` allows every
+    /// namespace.
+    pub allowed_namespaces: AllowedNamespaces,
+}
+
+/// A key of a Secret in a given namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedSecretKeySelector {
+    /// Namespace of the Secret.
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the Secret.
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data; defaults to "apiKey" for an API key and to "ca.crt" for
+    /// a CA bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// Which namespaces may use a ClusterOneInboxAccount.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.selector) || (has(self.names) && size(self.names) > 0)").message(
+    "allowedNamespaces needs a selector or at least one name (the selector {} allows every namespace)"
+))]
+pub struct AllowedNamespaces {
+    /// Namespaces whose labels match (matchLabels and matchExpressions, as in a Deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Namespaces allowed by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub names: Vec<String>,
+}
+
+/// The request budget of an account: what its PhoneNumbers together may ask of OneInbox.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// Requests per second, sustained (the token bucket's rate). Default: --api-rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub requests_per_second: Option<u32>,
+    /// Requests that may go at once after a quiet period (the bucket's size). Default:
+    /// --api-burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub burst: Option<u32>,
+    /// Requests in flight at most. Default: --api-max-in-flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_in_flight: Option<u32>,
+}
+
+/// Observed state of an account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// How many PhoneNumbers (that this operator watches) use the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_numbers: Option<u32>,
+    /// Ready (the key was verified by one authenticated call), Reconciling and Stalled, as
+    /// kstatus, Flux and Argo CD read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::crd::conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,278 @@
+//! Accounts: which OneInbox credentials and request budget a PhoneNumber uses, and whether its
+//! namespace may use them (docs/tenancy.md).
+//!
+//! `crd` holds the two resources, `registry` what this process knows of each account (its key,
+//! its budget's client, its gate), `controller` the accounts' own reconciler. The decisions
+//! here are pure: which account an object names, and whether an account allows a namespace.
+
+pub mod controller;
+pub mod crd;
+pub mod registry;
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use crate::crd::{AccountKind, PhoneNumber};
+use crd::AllowedNamespaces;
+
+/// An account as the operator tells them apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AccountId {
+    /// The operator-wide key (`--api-key-file`), for objects without an account when no
+    /// default account is named.
+    Operator,
+    /// A OneInboxAccount.
+    Namespaced { namespace: String, name: String },
+    /// A ClusterOneInboxAccount.
+    Cluster { name: String },
+}
+
+impl AccountId {
+    /// The account `obj` uses: its `accountRef`, else the default account, else the
+    /// operator-wide key.
+    pub fn of(obj: &PhoneNumber, default_account: Option<&str>) -> AccountId {
+        match (&obj.spec.account_ref, default_account) {
+            (Some(r), _) => match r.kind {
+                AccountKind::OneInboxAccount => AccountId::Namespaced {
+                    namespace: obj.namespace().unwrap_or_default(),
+                    name: r.name.clone(),
+                },
+                AccountKind::ClusterOneInboxAccount => AccountId::Cluster {
+                    name: r.name.clone(),
+                },
+            },
+            (None, Some(name)) => AccountId::Cluster {
+                name: name.to_owned(),
+            },
+            (None, None) => AccountId::Operator,
+        }
+    }
+
+    /// The label of the account's metrics and the name in messages.
+    pub fn label(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for AccountId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccountId::Operator => f.write_str("operator"),
+            AccountId::Namespaced { namespace, name } => {
+                write!(f, "OneInboxAccount {namespace}/{name}")
+            }
+            AccountId::Cluster { name } => write!(f, "ClusterOneInboxAccount {name}"),
+        }
+    }
+}
+
+/// Whether `allowed` lets namespace `name` (with `labels`) use a ClusterOneInboxAccount.
+/// `Err` is the rule in words, for the AccountNotAllowed message.
+pub fn allows(
+    allowed: &AllowedNamespaces,
+    name: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), String> {
+    if allowed.names.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let selector = allowed.selector.clone().map(Selector::try_from).transpose();
+    let matched = match (&selector, labels) {
+        (Ok(Some(s)), Some(labels)) => s.matches(labels),
+        (Ok(Some(s)), None) => s.selects_all(),
+        _ => false,
+    };
+    if matched {
+        return Ok(());
+    }
+    Err(rule_text(allowed, selector.ok().flatten()))
+}
+
+/// "namespaces labelled team=voice, or named a, b".
+fn rule_text(allowed: &AllowedNamespaces, selector: Option<Selector>) -> String {
+    let mut parts = Vec::new();
+    match (&allowed.selector, selector) {
+        (Some(_), Some(s)) if s.selects_all() => parts.push("every namespace".to_owned()),
+        (Some(_), Some(s)) => parts.push(format!("namespaces labelled {s}")),
+        (Some(_), None) => parts.push("no namespace (its selector is invalid)".to_owned()),
+        (None, _) => {}
+    }
+    if !allowed.names.is_empty() {
+        parts.push(format!("namespaces named {}", allowed.names.join(", ")));
+    }
+    if parts.is_empty() {
+        return "no namespace".to_owned();
+    }
+    parts.join(", or ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn by_label(k: &str, v: &str) -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_labels: Some(labels(&[(k, v)])),
+            match_expressions: None,
+        })
+    }
+
+    #[test]
+    fn namespace_rules() {
+        let voice = AllowedNamespaces {
+            selector: by_label("team", "voice"),
+            names: vec![],
+        };
+        let named = AllowedNamespaces {
+            selector: None,
+            names: vec!["a".into(), "b".into()],
+        };
+        let both = AllowedNamespaces {
+            selector: by_label("team", "voice"),
+            names: vec!["ops".into()],
+        };
+        let everyone = AllowedNamespaces {
+            selector: Some(LabelSelector::default()),
+            names: vec![],
+        };
+        let not_in = AllowedNamespaces {
+            selector: Some(LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "NotIn".into(),
+                    values: Some(vec!["restricted".into()]),
+                }]),
+            }),
+            names: vec![],
+        };
+        let voice_labels = labels(&[("team", "voice"), ("x", "y")]);
+        let other_labels = labels(&[("team", "data")]);
+        let restricted = labels(&[("tier", "restricted")]);
+        let rows: Vec<(
+            &str,
+            &AllowedNamespaces,
+            &str,
+            Option<&BTreeMap<_, _>>,
+            Result<(), &str>,
+        )> = vec![
+            ("label matches", &voice, "n", Some(&voice_labels), Ok(())),
+            (
+                "label differs",
+                &voice,
+                "n",
+                Some(&other_labels),
+                Err("namespaces labelled team=voice"),
+            ),
+            (
+                "namespace not known yet",
+                &voice,
+                "n",
+                None,
+                Err("namespaces labelled team=voice"),
+            ),
+            ("named", &named, "b", None, Ok(())),
+            (
+                "not named",
+                &named,
+                "c",
+                Some(&voice_labels),
+                Err("namespaces named a, b"),
+            ),
+            (
+                "named though not labelled",
+                &both,
+                "ops",
+                Some(&other_labels),
+                Ok(()),
+            ),
+            (
+                "neither",
+                &both,
+                "x",
+                Some(&other_labels),
+                Err("namespaces labelled team=voice, or namespaces named ops"),
+            ),
+            (
+                "empty selector",
+                &everyone,
+                "any",
+                Some(&other_labels),
+                Ok(()),
+            ),
+            (
+                "empty selector, labels unknown",
+                &everyone,
+                "any",
+                None,
+                Ok(()),
+            ),
+            (
+                "NotIn, label absent",
+                &not_in,
+                "n",
+                Some(&other_labels),
+                Ok(()),
+            ),
+            (
+                "NotIn, label excluded",
+                &not_in,
+                "n",
+                Some(&restricted),
+                Err("namespaces labelled tier notin (restricted)"),
+            ),
+        ];
+        for (what, allowed, ns, labels, want) in rows {
+            assert_eq!(
+                allows(allowed, ns, labels),
+                want.map_err(str::to_owned),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn account_of_an_object() {
+        let pn = |account: serde_json::Value| -> PhoneNumber {
+            let mut spec = serde_json::json!({"phoneNumber": "+15551234567", "provider": "twilio",
+                     "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                     "credentialId": "3c90c3cc-0d44-4b50-8888-8dd25736052a"});
+            if !account.is_null() {
+                spec["accountRef"] = account;
+            }
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+                "metadata": {"name": "x", "namespace": "team-a"}, "spec": spec}))
+            .unwrap()
+        };
+        let own = serde_json::json!({"kind": "OneInboxAccount", "name": "a"});
+        let cluster = serde_json::json!({"kind": "ClusterOneInboxAccount", "name": "shared"});
+        let ns = |n: &str| AccountId::Namespaced {
+            namespace: "team-a".into(),
+            name: n.into(),
+        };
+        let cl = |n: &str| AccountId::Cluster { name: n.into() };
+        assert_eq!(AccountId::of(&pn(own.clone()), None), ns("a"));
+        assert_eq!(AccountId::of(&pn(own), Some("dflt")), ns("a"));
+        assert_eq!(AccountId::of(&pn(cluster), Some("dflt")), cl("shared"));
+        assert_eq!(
+            AccountId::of(&pn(serde_json::Value::Null), Some("dflt")),
+            cl("dflt")
+        );
+        assert_eq!(
+            AccountId::of(&pn(serde_json::Value::Null), None),
+            AccountId::Operator
+        );
+        assert_eq!(ns("a").label(), "OneInboxAccount team-a/a");
+    }
+}

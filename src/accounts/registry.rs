@@ -1,0 +1,407 @@
+//! What this process knows of each account: the account's OneInbox client (its own token
+//! bucket, in-flight cap and 429 cooldown), the key it holds and the Secret version that key
+//! came from, and the gate that bounds the account's passes at once. Reading a key is single
+//! flight per account, and a key whose Secret version is unchanged is never read again.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::{Client, Resource};
+use tokio::sync::Semaphore;
+
+use super::AccountId;
+use super::crd::{Budget as BudgetSpec, ClusterOneInboxAccount, DEFAULT_CA_KEY, OneInboxAccount};
+use crate::controller::lock;
+use crate::controller::observe::{SecretProblem, SecretProblemKind};
+use crate::crd::DEFAULT_API_KEY_KEY;
+use crate::oneinbox::{AccountEndpoint, Budget, KeyCell, OneInboxApi, SecretString};
+
+/// A Secret key by namespace, name and key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretKeyRef {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+/// Both account kinds, as the operator uses them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub generation: Option<i64>,
+    pub api_key: SecretKeyRef,
+    pub api_url: Option<String>,
+    pub ca_bundle: Option<SecretKeyRef>,
+    pub budget: Option<BudgetSpec>,
+}
+
+impl AccountView {
+    pub fn namespaced(a: &OneInboxAccount) -> AccountView {
+        let namespace = a.meta().namespace.clone().unwrap_or_default();
+        let r = &a.spec.api_key_secret_ref;
+        AccountView {
+            id: AccountId::Namespaced {
+                namespace: namespace.clone(),
+                name: a.meta().name.clone().unwrap_or_default(),
+            },
+            generation: a.meta().generation,
+            api_key: SecretKeyRef {
+                namespace: namespace.clone(),
+                name: r.name.clone(),
+                key: r.key_or(DEFAULT_API_KEY_KEY).to_owned(),
+            },
+            api_url: a.spec.api_url.clone(),
+            ca_bundle: a.spec.ca_bundle_secret_ref.as_ref().map(|c| SecretKeyRef {
+                namespace,
+                name: c.name.clone(),
+                key: c.key_or(DEFAULT_CA_KEY).to_owned(),
+            }),
+            budget: a.spec.budget.clone(),
+        }
+    }
+
+    pub fn cluster(a: &ClusterOneInboxAccount) -> AccountView {
+        let r = &a.spec.api_key_secret_ref;
+        AccountView {
+            id: AccountId::Cluster {
+                name: a.meta().name.clone().unwrap_or_default(),
+            },
+            generation: a.meta().generation,
+            api_key: SecretKeyRef {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                key: r.key.clone().unwrap_or_else(|| DEFAULT_API_KEY_KEY.into()),
+            },
+            api_url: a.spec.api_url.clone(),
+            ca_bundle: a.spec.ca_bundle_secret_ref.as_ref().map(|c| SecretKeyRef {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                key: c.key.clone().unwrap_or_else(|| DEFAULT_CA_KEY.into()),
+            }),
+            budget: a.spec.budget.clone(),
+        }
+    }
+
+    /// The Secrets the account reads.
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretKeyRef> {
+        std::iter::once(&self.api_key).chain(self.ca_bundle.as_ref())
+    }
+}
+
+/// The budget of an account: its spec, each field defaulting to the operator's flags.
+pub fn budget_of(spec: Option<&BudgetSpec>, defaults: &Budget) -> Budget {
+    let nz = |v: Option<u32>, d: NonZeroU32| v.and_then(NonZeroU32::new).unwrap_or(d);
+    Budget {
+        rate_per_second: nz(
+            spec.and_then(|b| b.requests_per_second),
+            defaults.rate_per_second,
+        ),
+        burst: nz(spec.and_then(|b| b.burst), defaults.burst),
+        max_in_flight: spec
+            .and_then(|b| b.max_in_flight)
+            .map_or(defaults.max_in_flight, |v| v as usize),
+    }
+}
+
+/// What a pass or the account's reconcile may use of an account now.
+#[derive(Clone)]
+pub struct AccountState<C> {
+    /// The account's client with the newest key read, or the last known key when the Secret
+    /// cannot be used now.
+    pub client: Option<C>,
+    /// Why the key Secret cannot be used now.
+    pub problem: Option<SecretProblem>,
+    /// The account cannot be used at all (an invalid API URL or CA bundle).
+    pub invalid: Option<String>,
+}
+
+struct Loaded<C> {
+    client: C,
+    key: KeyCell,
+    /// What the client was built from (URL, budget, CA bundle version).
+    endpoint: String,
+    key_ref: SecretKeyRef,
+    /// resourceVersion of the key's Secret when the key was read.
+    key_version: Option<String>,
+    read_at: Instant,
+}
+
+struct Entry<C> {
+    loaded: Option<Loaded<C>>,
+    problem: Option<(SecretProblem, Option<String>)>,
+    invalid: Option<String>,
+    /// The (key version, endpoint) last verified with an authenticated call.
+    verified: Option<(Option<String>, String)>,
+}
+
+impl<C> Default for Entry<C> {
+    fn default() -> Self {
+        Entry {
+            loaded: None,
+            problem: None,
+            invalid: None,
+            verified: None,
+        }
+    }
+}
+
+/// Settings of the registry.
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    /// The ClusterOneInboxAccount of objects without an `accountRef`; else the operator-wide
+    /// key.
+    pub default_account: Option<String>,
+    /// The budget of an account that does not set one (the --api-* flags).
+    pub default_budget: Budget,
+    /// Passes at once per account (--concurrency).
+    pub passes_per_account: usize,
+    /// Without a Secret watch a key is read again after this long.
+    pub reread_after: Option<Duration>,
+    /// ClusterOneInboxAccounts are watched (not with --watch-namespace unless asked).
+    pub cluster_accounts: bool,
+    /// Only accounts with these labels are this process's (sharding by account).
+    pub account_selector: Option<String>,
+}
+
+/// Every account this process uses.
+pub struct Registry<C> {
+    operator: C,
+    pub settings: RegistrySettings,
+    entries: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<Entry<C>>>>>,
+    gates: Mutex<HashMap<AccountId, Arc<Semaphore>>>,
+}
+
+impl<C: OneInboxApi> Registry<C> {
+    pub fn new(operator: C, settings: RegistrySettings) -> Registry<C> {
+        Registry {
+            operator,
+            settings,
+            entries: Mutex::default(),
+            gates: Mutex::default(),
+        }
+    }
+
+    /// The operator-wide client.
+    pub fn operator(&self) -> &C {
+        &self.operator
+    }
+
+    /// The account's gate: a pass holds one of its permits, so one account's backlog never
+    /// takes the places of another account's work.
+    pub fn gate(&self, id: &AccountId) -> Arc<Semaphore> {
+        lock(&self.gates)
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.passes_per_account.max(1))))
+            .clone()
+    }
+
+    /// Forget an account (deleted): its key and client go.
+    pub fn forget(&self, id: &AccountId) {
+        lock(&self.entries).remove(id);
+        lock(&self.gates).remove(id);
+    }
+
+    fn entry(&self, id: &AccountId) -> Arc<tokio::sync::Mutex<Entry<C>>> {
+        lock(&self.entries).entry(id.clone()).or_default().clone()
+    }
+
+    /// The account's client, reading its key Secret only if the key's Secret changed since
+    /// the last read (`watched` is the version the Secret watch reports; `None` without a
+    /// watch, or while it does not know the Secret).
+    pub async fn state(
+        &self,
+        client: &Client,
+        account: &AccountView,
+        watched: impl Fn(&SecretKeyRef) -> Option<String>,
+        secrets_listed: bool,
+    ) -> Result<AccountState<C>, kube::Error> {
+        let entry = self.entry(&account.id);
+        let mut e = entry.lock().await;
+        let budget = budget_of(account.budget.as_ref(), &self.settings.default_budget);
+        let ca_version = account.ca_bundle.as_ref().map(&watched);
+        let endpoint = format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            account.api_url, budget, account.ca_bundle, ca_version
+        );
+        let key_version = watched(&account.api_key);
+        let fresh = |l: &Loaded<C>| {
+            l.endpoint == endpoint
+                && l.key_ref == account.api_key
+                && match (&key_version, self.settings.reread_after) {
+                    (Some(v), _) => l.key_version.as_ref() == Some(v),
+                    (None, Some(after)) => l.read_at.elapsed() < after,
+                    (None, None) => false,
+                }
+        };
+        let problem_current = |p: &(SecretProblem, Option<String>)| {
+            // A Secret known absent stays absent until the watch reports it.
+            p.1 == key_version && (key_version.is_some() || secrets_listed)
+        };
+        let up_to_date = e.loaded.as_ref().is_some_and(fresh)
+            || (e.problem.as_ref().is_some_and(problem_current) && e.invalid.is_none());
+        if !up_to_date {
+            self.load(client, account, &budget, endpoint, &mut e)
+                .await?;
+        }
+        Ok(AccountState {
+            client: e.loaded.as_ref().map(|l| l.client.clone()),
+            problem: e.problem.as_ref().map(|p| p.0.clone()),
+            invalid: e.invalid.clone(),
+        })
+    }
+
+    async fn load(
+        &self,
+        client: &Client,
+        account: &AccountView,
+        budget: &Budget,
+        endpoint: String,
+        e: &mut Entry<C>,
+    ) -> Result<(), kube::Error> {
+        let (value, version) = read_secret_value(client, &account.api_key).await?;
+        let key = match value {
+            Ok(key) => key,
+            Err(problem) => {
+                e.problem = Some((problem, version));
+                return Ok(());
+            }
+        };
+        e.problem = None;
+        if let Some(l) = e.loaded.as_mut().filter(|l| l.endpoint == endpoint) {
+            // A rotation: every client of the account sees the new key at its next call.
+            l.key.set(key);
+            l.key_ref = account.api_key.clone();
+            l.key_version = version;
+            l.read_at = Instant::now();
+            return Ok(());
+        }
+        let mut extra_roots = Vec::new();
+        if let Some(ca) = &account.ca_bundle {
+            let (pem, _) = read_secret_value(client, ca).await?;
+            match pem.map(|p| reqwest::Certificate::from_pem_bundle(p.expose().as_bytes())) {
+                Ok(Ok(certs)) if !certs.is_empty() => extra_roots = certs,
+                Ok(_) => {
+                    e.invalid = Some(format!(
+                        "the CA bundle in Secret {}/{} (key {}) holds no PEM certificate",
+                        ca.namespace, ca.name, ca.key
+                    ));
+                    return Ok(());
+                }
+                Err(p) => {
+                    e.invalid = Some(format!(
+                        "the CA bundle cannot be read: {}",
+                        crate::controller::decide::problem_text(&p)
+                    ));
+                    return Ok(());
+                }
+            }
+        }
+        let cell = KeyCell::new(key);
+        let built = self.operator.for_account(&AccountEndpoint {
+            label: account.id.label(),
+            base_url: account.api_url.clone(),
+            extra_roots,
+            budget: budget.clone(),
+            key: cell.clone(),
+        });
+        match built {
+            Ok(c) => {
+                e.invalid = None;
+                e.loaded = Some(Loaded {
+                    client: c,
+                    key: cell,
+                    endpoint,
+                    key_ref: account.api_key.clone(),
+                    key_version: version,
+                    read_at: Instant::now(),
+                });
+            }
+            Err(why) => e.invalid = Some(why),
+        }
+        Ok(())
+    }
+
+    /// Whether the account's key, as loaded now, still needs its authenticated check.
+    pub async fn needs_verification(&self, id: &AccountId) -> bool {
+        let entry = self.entry(id);
+        let e = entry.lock().await;
+        match &e.loaded {
+            Some(l) => e.verified != Some((l.key_version.clone(), l.endpoint.clone())),
+            None => false,
+        }
+    }
+
+    /// The loaded key passed (or failed: `ok` false) its authenticated check.
+    pub async fn verified(&self, id: &AccountId, ok: bool) {
+        let entry = self.entry(id);
+        let mut e = entry.lock().await;
+        e.verified = match (&e.loaded, ok) {
+            (Some(l), true) => Some((l.key_version.clone(), l.endpoint.clone())),
+            _ => None,
+        };
+    }
+}
+
+/// One non-empty UTF-8 value of a Secret, and the Secret's resourceVersion.
+pub async fn read_secret_value(
+    client: &Client,
+    r: &SecretKeyRef,
+) -> Result<(Result<SecretString, SecretProblem>, Option<String>), kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+    let secret = secrets.get_opt(&r.name).await?;
+    let version = secret
+        .as_ref()
+        .and_then(|s| s.meta().resource_version.clone());
+    let problem = |kind| SecretProblem {
+        kind,
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        key: r.key.clone(),
+    };
+    let value = match secret {
+        None => Err(problem(SecretProblemKind::Absent)),
+        Some(s) => match s.data.as_ref().and_then(|d| d.get(&r.key)) {
+            None => Err(problem(SecretProblemKind::NoKey)),
+            Some(bytes) => match std::str::from_utf8(&bytes.0) {
+                Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(
+                    v.trim_end_matches(['\n', '\r']).to_owned(),
+                )),
+                Ok(_) => Err(problem(SecretProblemKind::Empty)),
+                Err(_) => Err(problem(SecretProblemKind::NotText)),
+            },
+        },
+    };
+    Ok((value, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_defaults_field_by_field_to_the_flags() {
+        let flags = Budget {
+            rate_per_second: NonZeroU32::new(20).unwrap(),
+            burst: NonZeroU32::new(20).unwrap(),
+            max_in_flight: 16,
+        };
+        assert_eq!(budget_of(None, &flags), flags);
+        let spec = BudgetSpec {
+            requests_per_second: Some(5),
+            burst: None,
+            max_in_flight: Some(2),
+        };
+        assert_eq!(
+            budget_of(Some(&spec), &flags),
+            Budget {
+                rate_per_second: NonZeroU32::new(5).unwrap(),
+                burst: NonZeroU32::new(20).unwrap(),
+                max_in_flight: 2,
+            }
+        );
+    }
+}
