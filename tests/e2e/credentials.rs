@@ -1,4 +1,4 @@
-//! Credentials OneInbox cannot PATCH (rotation, replacementPolicy) and per-tenant API keys.
+//! Credentials OneInbox cannot PATCH (rotation, replacementPolicy) and accounts' API keys.
 
 use std::time::Duration;
 
@@ -85,14 +85,23 @@ async fn create_tenant_secret(secrets: &Api<Secret>) {
         .expect("create tenant Secret");
 }
 
-/// PhoneNumber `name` using the tenant's key, Ready.
+/// The tenant's OneInboxAccount `tenant` (key Secret `tenant-key`, created by the caller).
+async fn create_tenant_account(w: &World) {
+    let body = json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "OneInboxAccount",
+        "metadata": {"name": "tenant"}, "spec": {"apiKeySecretRef": {"name": "tenant-key"}},
+    });
+    w.accounts()
+        .patch("tenant", &kube::api::PatchParams::apply("e2e").force(), &kube::api::Patch::Apply(&body))
+        .await
+        .expect("apply OneInboxAccount");
+}
+
+/// PhoneNumber `name` using the tenant's account, Ready.
 async fn apply_tenant_object(w: &World, name: &str) {
     w.apply(
         name,
-        with(
-            credential_spec(&number()),
-            json!({"apiKeySecretRef": {"name": "tenant-key"}}),
-        ),
+        with(credential_spec(&number()), account_ref("tenant")),
     )
     .await;
     w.wait_ready(name).await;
@@ -104,6 +113,7 @@ async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number
     let mut w = World::start_with("tenant", &["--api-key", TENANT_KEY], &[]).await;
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
     create_tenant_secret(&secrets).await;
+    create_tenant_account(&w).await;
     apply_tenant_object(&w, "t").await;
     // Without the tenant key the operator-wide key is refused: the key's fault, not the spec's.
     w.apply("no-tenant", credential_spec(&number())).await;
@@ -141,7 +151,7 @@ async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number
     let pn = w.wait_reason("t2", "Stalled", "DeletionBlocked").await;
     let msg = &pn.condition("Stalled").expect("stalled").message;
     assert!(
-        msg.contains("tenant-key") && msg.contains("Restore the Secret") && msg.contains("Orphan"),
+        msg.contains("tenant-key") && msg.contains("OneInboxAccount") && msg.contains("Orphan"),
         "{msg}"
     );
     assert_eq!(w.mock.registrations().await.len(), 1);
@@ -163,6 +173,7 @@ async fn deletion_falls_back_to_the_operator_key_when_it_can_do_it() {
     .await;
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
     create_tenant_secret(&secrets).await;
+    create_tenant_account(&w).await;
     apply_tenant_object(&w, "t").await;
     secrets
         .delete("tenant-key", &DeleteParams::default())

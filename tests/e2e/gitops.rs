@@ -68,7 +68,7 @@ fn kubectl_explain_documents_the_spec() {
         "inboundRouting",
         "deletionPolicy",
         "replacementPolicy",
-        "apiKeySecretRef",
+        "accountRef",
     ] {
         assert!(
             out.contains(field),

@@ -922,3 +922,108 @@ pub fn listen_address(child: &mut Child, what: &str) -> String {
         .unwrap_or_else(|| panic!("unexpected {what} output {line:?}"))
         .to_string()
 }
+
+/// `spec.accountRef` of a PhoneNumber using the OneInboxAccount `name`.
+pub fn account_ref(name: &str) -> Value {
+    json!({"accountRef": {"kind": "OneInboxAccount", "name": name}})
+}
+
+/// `spec.accountRef` of a PhoneNumber using the ClusterOneInboxAccount `name`.
+pub fn cluster_account_ref(name: &str) -> Value {
+    json!({"accountRef": {"kind": "ClusterOneInboxAccount", "name": name}})
+}
+
+/// The Ready condition's (status, reason) of an account object, as JSON.
+pub fn account_ready(account: &Value) -> (String, String) {
+    account["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+impl World {
+    /// Create or replace Secret `name` holding `key` under "apiKey".
+    pub async fn api_key_secret(&self, name: &str, key: &str) {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+        let body = json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"apiKey": key}
+        });
+        secrets
+            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&body))
+            .await
+            .expect("apply key Secret");
+    }
+
+    /// A OneInboxAccount `name` in the test namespace whose key is Secret `<name>-key`
+    /// (created with `key`); `extra` is merged into its spec.
+    pub async fn account(&self, name: &str, key: &str, extra: Value) {
+        self.api_key_secret(&format!("{name}-key"), key).await;
+        let spec = with(
+            json!({"apiKeySecretRef": {"name": format!("{name}-key")}}),
+            extra,
+        );
+        let body = json!({
+            "apiVersion": "oneinbox.ai/v1alpha1", "kind": "OneInboxAccount",
+            "metadata": {"name": name}, "spec": spec,
+        });
+        self.accounts()
+            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&body))
+            .await
+            .expect("apply OneInboxAccount");
+    }
+
+    /// The OneInboxAccounts of the test namespace (as JSON).
+    pub fn accounts(&self) -> Api<kube::core::DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.ns, &account_resource("OneInboxAccount"))
+    }
+
+    /// Poll until the account's JSON satisfies `pred`.
+    pub async fn wait_account(
+        &self,
+        api: &Api<kube::core::DynamicObject>,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(Some(a)) = api.get_opt(name).await {
+                let v = serde_json::to_value(&a).unwrap_or_default();
+                if pred(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        panic!(
+            "timed out waiting for {what} on account {name}; last: {last:#}\n--- operator log tail ---\n{}",
+            tail(&self.operator.log_text(), 40)
+        );
+    }
+}
+
+/// The API resource of an account kind.
+pub fn account_resource(kind: &str) -> kube::core::ApiResource {
+    let plural = format!("{}s", kind.to_lowercase());
+    kube::core::ApiResource {
+        group: "oneinbox.ai".into(),
+        version: "v1alpha1".into(),
+        api_version: "oneinbox.ai/v1alpha1".into(),
+        kind: kind.into(),
+        plural,
+    }
+}
+
+/// The ClusterOneInboxAccounts (as JSON).
+pub fn cluster_accounts(client: &Client) -> Api<kube::core::DynamicObject> {
+    Api::all_with(client.clone(), &account_resource("ClusterOneInboxAccount"))
+}

@@ -331,13 +331,21 @@ async fn a_namespace_deleted_with_its_tenant_key_does_not_block() {
         .create(&PostParams::default(), &s)
         .await
         .expect("create secret");
+    w.accounts()
+        .patch(
+            "tenant",
+            &kube::api::PatchParams::apply("e2e").force(),
+            &kube::api::Patch::Apply(&json!({
+                "apiVersion": "oneinbox.ai/v1alpha1", "kind": "OneInboxAccount",
+                "metadata": {"name": "tenant"}, "spec": {"apiKeySecretRef": {"name": "tenant-key"}},
+            })),
+        )
+        .await
+        .expect("apply OneInboxAccount");
     for name in ["n1", "n2", "n3"] {
         w.apply(
             name,
-            with(
-                credential_spec(&number()),
-                json!({"apiKeySecretRef": {"name": "tenant-key"}}),
-            ),
+            with(credential_spec(&number()), account_ref("tenant")),
         )
         .await;
     }

@@ -256,31 +256,40 @@ async fn invalid_manifests_are_rejected_with_the_field_named() {
             "{msg}"
         );
     }
-    // apiKeySecretRef cannot be added, changed or removed: that could move the object to
-    // another workspace.
+    // accountRef cannot be added, changed or removed: that could move the object to another
+    // workspace.
     let mut tenant = valid();
-    tenant["apiKeySecretRef"] = json!({"name": "tenant-a"});
+    tenant["accountRef"] = json!({"kind": "OneInboxAccount", "name": "tenant-a"});
     create(&api, "tenant", &tenant).await.expect("valid object");
     for (name, patch) in [
         (
             "fixed",
-            json!({"spec": {"apiKeySecretRef": {"name": "tenant-b"}}}),
+            json!({"spec": {"accountRef": {"kind": "OneInboxAccount", "name": "tenant-b"}}}),
         ),
         (
             "tenant",
-            json!({"spec": {"apiKeySecretRef": {"name": "tenant-b"}}}),
+            json!({"spec": {"accountRef": {"kind": "OneInboxAccount", "name": "tenant-b"}}}),
         ),
-        ("tenant", json!({"spec": {"apiKeySecretRef": null}})),
+        (
+            "tenant",
+            json!({"spec": {"accountRef": {"kind": "ClusterOneInboxAccount", "name": "tenant-a"}}}),
+        ),
+        ("tenant", json!({"spec": {"accountRef": null}})),
     ] {
         let res = api
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await;
         let msg = rejection(res);
         assert!(
-            msg.contains("apiKeySecretRef is immutable"),
+            msg.contains("accountRef is immutable"),
             "{name} {patch}: {msg}"
         );
     }
+    // The kind is one of the two account kinds.
+    let mut other = valid();
+    other["accountRef"] = json!({"kind": "Secret", "name": "x"});
+    let msg = rejection(create(&api, "other-kind", &other).await);
+    assert!(msg.contains("spec.accountRef.kind"), "{msg}");
     // Unrelated changes still pass.
     api.patch(
         "tenant",

@@ -98,9 +98,17 @@ and tests/chart.rs compares them.
 - apiGroups: ["oneinbox.ai"]
   resources: ["phonenumbers/status"]
   verbs: ["patch"]
-# get: read the Secrets a PhoneNumber references (its SIP password, its apiKeySecretRef) when
-# it registers, when its drift check is due and when one of them changed since the last check;
-# list/watch: a metadata-only watch maps Secret changes to the objects that use them (not with
+# The accounts of a namespace: list/watch (the cache), patch (the in-use finalizer).
+- apiGroups: ["oneinbox.ai"]
+  resources: ["oneinboxaccounts"]
+  verbs: ["list", "watch", "patch"]
+# Account status is written by server-side apply.
+- apiGroups: ["oneinbox.ai"]
+  resources: ["oneinboxaccounts/status"]
+  verbs: ["patch"]
+# get: read the Secrets a PhoneNumber references (its SIP password) and the accounts' API key
+# Secrets, when they are new or changed (never while unchanged); list/watch: a metadata-only
+# watch maps Secret changes to the objects and accounts that use them (not with
 # secretAccess: get, where each drift check reads the Secrets instead).
 - apiGroups: [""]
   resources: ["secrets"]
@@ -116,12 +124,30 @@ and tests/chart.rs compares them.
 {{- end }}
 
 {{/*
+Cluster-wide only (not with watchNamespace, where the operator uses no cluster accounts): the
+ClusterOneInboxAccounts, and Namespace labels for their allowedNamespaces.
+*/}}
+{{- define "oneinbox-operator.clusterRules" -}}
+# The cluster accounts: list/watch (the cache), patch (the in-use finalizer).
+- apiGroups: ["oneinbox.ai"]
+  resources: ["clusteroneinboxaccounts"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["oneinbox.ai"]
+  resources: ["clusteroneinboxaccounts/status"]
+  verbs: ["patch"]
+# Namespace labels (metadata only) decide which namespaces a cluster account allows.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
 PhoneNumber rights for people, aggregated into Kubernetes' default roles; deploy/rbac.yaml has
 the same rules and tests/chart.rs compares them.
 */}}
 {{- define "oneinbox-operator.viewRules" -}}
 - apiGroups: ["oneinbox.ai"]
-  resources: ["phonenumbers", "phonenumbers/status"]
+  resources: ["phonenumbers", "phonenumbers/status", "oneinboxaccounts", "oneinboxaccounts/status"]
   verbs: ["get", "list", "watch"]
 {{- end }}
 
