@@ -261,7 +261,7 @@ impl FaultConfig {
     }
 }
 
-/// A token bucket shared by all counted requests: one workspace, one budget.
+/// A token bucket shared by all counted requests of one workspace: one workspace, one budget.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     rps: f64,
