@@ -54,7 +54,7 @@ impl FromStr for WorkspaceSpec {
         let Some((name, keys)) = s.split_once('=') else {
             return Err("--workspace takes NAME=KEY[,KEY...]".to_owned());
         };
-        check_name(name)?;
+        check_name(name).map_err(|e| format!("--workspace: {e}"))?;
         if name == DEFAULT {
             return Err(
                 "--workspace cannot define \"default\" (its keys are --api-key)".to_owned(),
