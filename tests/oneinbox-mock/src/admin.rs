@@ -1,4 +1,5 @@
-//! `/_mock/` test support (contract: Mock test support): no auth, not counted. Errors are `400 {"detail": "<text>"}`.
+//! `/_mock/` test support (contract: Mock test support): no auth, not counted. Errors are `400 {"detail": "<text>"}`,
+//! an unknown workspace `404 {"detail": "workspace <name> not found"}`.
 //!
 //! - `GET`/`PUT /config`: the `FaultConfig` (PUT replaces it whole and refills the bucket).
 //! - `GET`/`POST`/`DELETE /faults`: `{"pending": [FaultSpec…]}`; POST takes one spec or a list.
