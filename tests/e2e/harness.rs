@@ -186,11 +186,15 @@ pub fn mock_bin() -> PathBuf {
         .clone()
 }
 
-/// The mock OneInbox server on a free loopback port.
+/// The mock OneInbox server on a free loopback port. `workspace(name)` is a view of one of its
+/// workspaces: the same process, with every `/_mock/` call scoped to that workspace.
 pub struct Mock {
-    _proc: Proc,
+    /// Shared by the views; the process ends with the last of them.
+    process: std::sync::Arc<Proc>,
     pub url: String,
     http: reqwest::Client,
+    /// `/_mock/workspaces/<name>` in a workspace view; empty for `default`.
+    prefix: String,
 }
 
 impl Mock {
@@ -204,16 +208,39 @@ impl Mock {
             .expect("spawn oneinbox-mock");
         let url = listen_address(&mut child, "oneinbox-mock");
         Mock {
-            _proc: Proc { child },
+            process: std::sync::Arc::new(Proc { child }),
             url,
             http: reqwest::Client::new(),
+            prefix: String::new(),
+        }
+    }
+
+    /// The workspace `name` of this mock (`"default"` is the unprefixed one): `get`, `send`,
+    /// `registrations`, `calls`, `count`, `total_calls`, `fault` and `config` act on it.
+    #[allow(dead_code)] // for tests that address a workspace; none does yet
+    pub fn workspace(&self, name: &str) -> Mock {
+        Mock {
+            process: std::sync::Arc::clone(&self.process),
+            url: self.url.clone(),
+            http: self.http.clone(),
+            prefix: format!("/_mock/workspaces/{name}"),
+        }
+    }
+
+    /// `path` in this view: `/_mock/<x>` becomes `/_mock/workspaces/<name>/<x>`.
+    fn scoped(&self, path: &str) -> String {
+        match path.strip_prefix("/_mock") {
+            Some(rest) if !self.prefix.is_empty() && rest.starts_with('/') => {
+                format!("{}{rest}", self.prefix)
+            }
+            _ => path.to_owned(),
         }
     }
 
     pub async fn get(&self, path: &str) -> Value {
         let r = self
             .http
-            .get(format!("{}{path}", self.url))
+            .get(format!("{}{}", self.url, self.scoped(path)))
             .send()
             .await
             .expect("mock admin GET");
@@ -221,6 +248,10 @@ impl Mock {
     }
 
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Value) {
+        self.send_unscoped(method, &self.scoped(path), body).await;
+    }
+
+    async fn send_unscoped(&self, method: reqwest::Method, path: &str, body: Value) {
         let r = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -229,6 +260,29 @@ impl Mock {
             .await
             .expect("mock admin call");
         assert!(r.status().is_success(), "mock admin {path}: {}", r.status());
+    }
+
+    /// Creates workspace `name` reached by `api_keys`, with fault `config` (`Value::Null` or
+    /// `{}`: none); global, whichever view it is called on.
+    #[allow(dead_code)] // for tests that address a workspace; none does yet
+    pub async fn create_workspace(&self, name: &str, api_keys: &[&str], config: Value) {
+        self.send_unscoped(
+            reqwest::Method::POST,
+            "/_mock/workspaces",
+            json!({"name": name, "api_keys": api_keys, "config": config}),
+        )
+        .await;
+    }
+
+    /// Replaces the keys of workspace `name` (rotation: an old key then reaches `default`).
+    #[allow(dead_code)] // for tests that address a workspace; none does yet
+    pub async fn set_workspace_keys(&self, name: &str, api_keys: &[&str]) {
+        self.send_unscoped(
+            reqwest::Method::PUT,
+            &format!("/_mock/workspaces/{name}/api_keys"),
+            json!({ "api_keys": api_keys }),
+        )
+        .await;
     }
 
     /// Stored registrations (internal view).
@@ -266,9 +320,20 @@ impl Mock {
 
     /// Register `number` directly (outside the cluster, with the operator's key); its id.
     pub async fn register_outside(&self, number: &str, friendly_name: Option<&str>) -> String {
+        self.register_outside_as(API_KEY, number, friendly_name)
+            .await
+    }
+
+    /// Register `number` directly with `api_key` (which selects the workspace); its id.
+    pub async fn register_outside_as(
+        &self,
+        api_key: &str,
+        number: &str,
+        friendly_name: Option<&str>,
+    ) -> String {
         let reg: Value = reqwest::Client::new()
             .post(format!("{}/v1/phone-numbers", self.url))
-            .bearer_auth(API_KEY)
+            .bearer_auth(api_key)
             .json(
                 &json!({"phone_number": number, "provider": "telnyx", "agent_id": AGENT,
                           "friendly_name": friendly_name, "credential_id": CREDENTIAL}),

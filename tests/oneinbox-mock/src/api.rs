@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use super::faults::{self, FaultAction};
 use super::state::{CreateError, PatchError, PhoneNumberView};
 use super::validate::{self, ErrorItem};
-use super::{LOG_CAPACITY, LogEntry, MockState, admin};
+use super::workspace::{self, Handle, Resolved};
+use super::{MockState, admin};
 
 /// Larger bodies are refused; registrations are tiny.
 pub(super) const MAX_BODY: usize = 1024 * 1024;
@@ -31,13 +32,25 @@ pub(super) async fn handle(
     if path == "/_mock" || path.starts_with("/_mock/") {
         return admin::handle(state, req).await;
     }
-    let caller = state.caller(req.headers());
-    CALLER.scope(caller, v1(state, kill, req)).await
+    // Resolved once: a key rotated while the request runs does not move it.
+    let resolved = state.registry().resolve(bearer_token(req.headers()));
+    let ctx = Ctx { state, resolved };
+    v1(ctx, kill, req).await
 }
 
-tokio::task_local! {
-    /// Which configured key the request in progress carries (for the call log).
-    static CALLER: Option<usize>;
+/// The token of `Authorization: Bearer <token>`.
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// One `/v1` request: the mock and the workspace its key selects.
+struct Ctx {
+    state: MockState,
+    resolved: Resolved,
 }
 
 /// What a path and method resolve to.
@@ -164,94 +177,40 @@ pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<
         })
 }
 
-impl MockState {
+impl Ctx {
+    fn ws(&self) -> &Handle {
+        &self.resolved.ws
+    }
+
     /// Step 1: count, and hand back the settings that apply to this endpoint.
     fn count(&self, key: &str) -> faults::Effective {
-        let mut sh = self.lock();
-        *sh.calls.entry(key.to_owned()).or_insert(0) += 1;
-        sh.config.effective(key)
+        let mut ws = workspace::lock(self.ws());
+        *ws.calls.entry(key.to_owned()).or_insert(0) += 1;
+        ws.config.effective(key)
     }
 
     fn take_fault(&self, key: &str) -> Option<FaultAction> {
-        self.lock().faults.take(key)
+        workspace::lock(self.ws()).faults.take(key)
     }
 
     /// Step 4: takes one token; when there is none, the `Retry-After` value of the 429.
     fn rate_limited(&self) -> Option<String> {
-        let mut sh = self.lock();
-        let format = sh.config.retry_after_format;
-        let secs = sh.limiter.as_mut()?.try_acquire(Instant::now()).err()?;
+        let mut ws = workspace::lock(self.ws());
+        let format = ws.config.retry_after_format;
+        let secs = ws.limiter.as_mut()?.try_acquire(Instant::now()).err()?;
         Some(faults::retry_after_value(format, secs, SystemTime::now()))
     }
 
-    /// Step 6: `Bearer oi_sk_<non-empty>`, or one of the configured keys.
-    fn authorized(&self, headers: &http::HeaderMap) -> bool {
-        let Some(value) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
-        let Some((scheme, token)) = value.trim().split_once(' ') else {
-            return false;
-        };
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return false;
-        }
-        let token = token.trim();
-        if self.inner.api_keys.is_empty() {
-            token
-                .strip_prefix("oi_sk_")
-                .is_some_and(|rest| !rest.is_empty())
-        } else {
-            self.inner.api_keys.contains(token)
-        }
-    }
-
-    /// The position of the request's bearer key among the keys given at start-up (never the
-    /// key itself); `None` without configured keys or for an unknown key.
-    fn caller(&self, headers: &http::HeaderMap) -> Option<usize> {
-        let token = headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .trim()
-            .split_once(' ')?
-            .1
-            .trim();
-        self.inner.key_order.iter().position(|k| k == token)
-    }
-
-    /// Records the outcome in the log (and as accepted, for a committed write).
+    /// Records the outcome in the workspace's log (and as accepted, for a committed write).
     fn record(&self, key: &str, status: Option<u16>, dropped: bool, accepted: bool) {
-        let mut sh = self.lock();
-        sh.seq += 1;
-        let seq = sh.seq;
-        if sh.log.len() >= LOG_CAPACITY {
-            sh.log.pop_front();
-        }
-        let at_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        sh.log.push_back(LogEntry {
-            seq,
-            endpoint: key.to_owned(),
-            status,
-            dropped,
-            at_ms,
-            caller: CALLER.try_with(|c| *c).ok().flatten(),
-        });
-        if accepted {
-            *sh.accepted.entry(key.to_owned()).or_insert(0) += 1;
-        }
+        workspace::lock(self.ws()).record(key, status, dropped, accepted, self.resolved.caller);
     }
 }
 
 /// Logs and records a response; only the method, route, status (never a body or a header).
-fn finish(state: &MockState, key: &str, resp: Response<Body>, accepted: bool) -> Response<Body> {
+fn finish(ctx: &Ctx, key: &str, resp: Response<Body>, accepted: bool) -> Response<Body> {
     let status = resp.status().as_u16();
-    state.record(key, Some(status), false, accepted);
+    ctx.record(key, Some(status), false, accepted);
     let (method, route) = key.split_once(' ').unwrap_or((key, ""));
     tracing::info!(method, route, status, "request");
     resp
@@ -260,13 +219,13 @@ fn finish(state: &MockState, key: &str, resp: Response<Body>, accepted: bool) ->
 /// Closes the connection instead of answering: the handler never completes and the
 /// connection task drops the socket.
 async fn drop_connection(
-    state: &MockState,
+    ctx: &Ctx,
     key: &str,
     status: Option<u16>,
     accepted: bool,
     kill: &Notify,
 ) -> Response<Body> {
-    state.record(key, status, true, accepted);
+    ctx.record(key, status, true, accepted);
     let (method, route) = key.split_once(' ').unwrap_or((key, ""));
     tracing::info!(
         method,
@@ -278,10 +237,10 @@ async fn drop_connection(
     std::future::pending().await
 }
 
-async fn v1(state: MockState, kill: Arc<Notify>, req: Request<Incoming>) -> Response<Body> {
+async fn v1(ctx: Ctx, kill: Arc<Notify>, req: Request<Incoming>) -> Response<Body> {
     let (key, target) = route(req.method(), req.uri().path());
 
-    let effective = state.count(&key);
+    let effective = ctx.count(&key);
 
     let latency = effective.latency(&mut rand::rng());
     if !latency.is_zero() {
@@ -290,7 +249,7 @@ async fn v1(state: MockState, kill: Arc<Notify>, req: Request<Incoming>) -> Resp
 
     let mut commit_then_drop = false;
     let mut hold_answer = None;
-    match state.take_fault(&key) {
+    match ctx.take_fault(&key) {
         Some(FaultAction::Status {
             status,
             retry_after,
@@ -302,32 +261,32 @@ async fn v1(state: MockState, kill: Arc<Notify>, req: Request<Incoming>) -> Resp
             if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
-            return finish(&state, &key, resp, false);
+            return finish(&ctx, &key, resp, false);
         }
-        Some(FaultAction::Drop) => return drop_connection(&state, &key, None, false, &kill).await,
+        Some(FaultAction::Drop) => return drop_connection(&ctx, &key, None, false, &kill).await,
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
         Some(FaultAction::CommitThenDrop) => commit_then_drop = true,
         Some(FaultAction::CommitThenDelay(d)) => hold_answer = Some(d),
         None => {}
     }
 
-    if let Some(retry_after) = state.rate_limited() {
+    if let Some(retry_after) = ctx.rate_limited() {
         let mut resp = detail(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
         if let Ok(v) = HeaderValue::from_str(&retry_after) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return finish(&state, &key, resp, false);
+        return finish(&ctx, &key, resp, false);
     }
 
     if effective.draws_error(&mut rand::rng()) {
         let code = status_code(effective.error_status);
-        return finish(&state, &key, detail(code, reason(code)), false);
+        return finish(&ctx, &key, detail(code, reason(code)), false);
     }
 
     match target {
         Target::NotFound => {
             return finish(
-                &state,
+                &ctx,
                 &key,
                 detail(StatusCode::NOT_FOUND, "Not Found"),
                 false,
@@ -337,30 +296,30 @@ async fn v1(state: MockState, kill: Arc<Notify>, req: Request<Incoming>) -> Resp
             let mut resp = detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
-            return finish(&state, &key, resp, false);
+            return finish(&ctx, &key, resp, false);
         }
         _ => {}
     }
 
-    if !state.authorized(req.headers()) {
+    if !ctx.resolved.authorized {
         let mut resp = detail(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return finish(&state, &key, resp, false);
+        return finish(&ctx, &key, resp, false);
     }
 
     let (resp, accepted) = match target {
         Target::Create => match read_body(req).await {
-            Ok(body) => create(&state, &body).await,
+            Ok(body) => create(&ctx, &body).await,
             Err(resp) => (resp, false),
         },
-        Target::List => (list(&state, req.uri()), false),
-        Target::Get(id) => (get(&state, &id), false),
+        Target::List => (list(&ctx, req.uri()), false),
+        Target::Get(id) => (get(&ctx, &id), false),
         Target::Patch(id) => match read_body(req).await {
-            Ok(body) => patch(&state, &id, &body).await,
+            Ok(body) => patch(&ctx, &id, &body).await,
             Err(resp) => (resp, false),
         },
-        Target::Delete(id) => delete(&state, &id).await,
+        Target::Delete(id) => delete(&ctx, &id).await,
         Target::NotFound | Target::NotAllowed(_) => {
             (detail(StatusCode::NOT_FOUND, "Not Found"), false)
         }
@@ -368,25 +327,25 @@ async fn v1(state: MockState, kill: Arc<Notify>, req: Request<Incoming>) -> Resp
 
     if commit_then_drop {
         let status = Some(resp.status().as_u16());
-        return drop_connection(&state, &key, status, accepted, &kill).await;
+        return drop_connection(&ctx, &key, status, accepted, &kill).await;
     }
     if let Some(d) = hold_answer {
         // Record the committed outcome before holding the answer: a client that gives up
         // drops this future, and the commit must still be counted.
-        let resp = finish(&state, &key, resp, accepted);
+        let resp = finish(&ctx, &key, resp, accepted);
         tokio::time::sleep(d).await;
         return resp;
     }
-    finish(&state, &key, resp, accepted)
+    finish(&ctx, &key, resp, accepted)
 }
 
-async fn create(state: &MockState, body: &[u8]) -> (Response<Body>, bool) {
+async fn create(ctx: &Ctx, body: &[u8]) -> (Response<Body>, bool) {
     let input = match validate::parse_body(body).and_then(|v| validate::validate_create(&v)) {
         Ok(input) => input,
         Err(items) => return (unprocessable(items), false),
     };
     let result = {
-        let mut sh = state.lock();
+        let mut sh = workspace::lock(ctx.ws());
         let provisioning = (sh.config.provisioning_ms > 0).then(|| {
             let ms = i64::try_from(sh.config.provisioning_ms).unwrap_or(i64::MAX);
             (
@@ -400,7 +359,7 @@ async fn create(state: &MockState, body: &[u8]) -> (Response<Body>, bool) {
     };
     match result {
         Ok(view) => {
-            state.persist().await;
+            ctx.state.persist().await;
             (json_response(StatusCode::CREATED, &view), true)
         }
         Err(CreateError::Reference(text)) => (detail(StatusCode::NOT_FOUND, text), false),
@@ -433,7 +392,7 @@ async fn create(state: &MockState, body: &[u8]) -> (Response<Body>, bool) {
     }
 }
 
-fn list(state: &MockState, uri: &http::Uri) -> Response<Body> {
+fn list(ctx: &Ctx, uri: &http::Uri) -> Response<Body> {
     // A query that is not even form-encoded is treated as having no parameters.
     let pairs = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|q| q.0)
@@ -442,7 +401,7 @@ fn list(state: &MockState, uri: &http::Uri) -> Response<Body> {
         Ok(q) => q,
         Err(items) => return unprocessable(items),
     };
-    let sh = state.lock();
+    let sh = workspace::lock(ctx.ws());
     let (page, total) = sh
         .store
         .list(query.phone_number.as_deref(), query.limit, query.offset);
@@ -457,19 +416,19 @@ fn list(state: &MockState, uri: &http::Uri) -> Response<Body> {
     )
 }
 
-fn get(state: &MockState, raw_id: &str) -> Response<Body> {
+fn get(ctx: &Ctx, raw_id: &str) -> Response<Body> {
     let id = match validate::validate_phone_id(raw_id) {
         Ok(id) => id,
         Err(items) => return unprocessable(items),
     };
-    let view = state.lock().store.get(&id).map(|r| r.view());
+    let view = workspace::lock(ctx.ws()).store.get(&id).map(|r| r.view());
     match view {
         Some(view) => json_response(StatusCode::OK, &view),
         None => phone_not_found(),
     }
 }
 
-async fn patch(state: &MockState, raw_id: &str, body: &[u8]) -> (Response<Body>, bool) {
+async fn patch(ctx: &Ctx, raw_id: &str, body: &[u8]) -> (Response<Body>, bool) {
     let id = validate::validate_phone_id(raw_id);
     let input = validate::parse_body(body).and_then(|v| validate::validate_patch(&v));
     let (id, input) = match (id, input) {
@@ -480,15 +439,14 @@ async fn patch(state: &MockState, raw_id: &str, body: &[u8]) -> (Response<Body>,
             return (unprocessable(items), false);
         }
     };
-    let result = state
-        .lock()
+    let result = workspace::lock(ctx.ws())
         .store
         .patch(&id, input, jiff::Timestamp::now())
         .map(|(rec, changed)| (rec.view(), changed));
     match result {
         Ok((view, changed)) => {
             if changed {
-                state.persist().await;
+                ctx.state.persist().await;
             }
             (json_response(StatusCode::OK, &view), true)
         }
@@ -497,16 +455,16 @@ async fn patch(state: &MockState, raw_id: &str, body: &[u8]) -> (Response<Body>,
     }
 }
 
-async fn delete(state: &MockState, raw_id: &str) -> (Response<Body>, bool) {
+async fn delete(ctx: &Ctx, raw_id: &str) -> (Response<Body>, bool) {
     let id = match validate::validate_phone_id(raw_id) {
         Ok(id) => id,
         Err(items) => return (unprocessable(items), false),
     };
-    let removed = state.lock().store.delete(&id);
+    let removed = workspace::lock(ctx.ws()).store.delete(&id);
     if !removed {
         return (phone_not_found(), false);
     }
-    state.persist().await;
+    ctx.state.persist().await;
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     (resp, true)

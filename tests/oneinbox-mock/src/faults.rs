@@ -261,7 +261,8 @@ impl FaultConfig {
     }
 }
 
-/// A token bucket shared by all counted requests: one workspace, one budget.
+/// A token bucket shared by all counted requests of one workspace: one workspace, one budget
+/// (each workspace has its own).
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     rps: f64,

@@ -6,7 +6,8 @@
 //! close a connection without writing a single byte, which a framework server cannot do.
 //!
 //! Endpoint keys are `"<METHOD> <route template>"`; a request whose path matches no route is
-//! counted as `"<METHOD> <unmatched>"`.
+//! counted as `"<METHOD> <unmatched>"`. A request's bearer key selects its workspace
+//! (`workspace`); without any workspace defined the mock is the one workspace `default`.
 
 mod admin;
 mod api;
@@ -14,15 +15,15 @@ pub mod faults;
 mod persist;
 pub mod state;
 pub mod validate;
+pub mod workspace;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,20 +32,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 pub use faults::{FaultConfig, ProvisioningOutcome, RetryAfterFormat};
+pub use workspace::WorkspaceSpec;
 
-use faults::{FaultQueue, RateLimiter};
-use state::Store;
-
-/// How many outcomes `/_mock/calls/log` keeps; the oldest go first.
-const LOG_CAPACITY: usize = 10_000;
+use workspace::Registry;
 
 /// Start-up options of the mock.
 #[derive(Clone, Default)]
 pub struct MockOptions {
-    /// When non-empty, only these bearer tokens are accepted; otherwise any `oi_sk_<non-empty>`.
+    /// The `default` workspace's keys: when non-empty, only these bearer tokens (and the named
+    /// workspaces' keys) are accepted; otherwise any `oi_sk_<non-empty>`.
     pub api_keys: Vec<String>,
-    /// Initial fault configuration; `POST /_mock/reset` returns to it.
+    /// The `default` workspace's initial fault configuration; a reset returns to it.
     pub config: FaultConfig,
+    /// Named workspaces that exist from the start (with the default fault configuration).
+    pub workspaces: Vec<WorkspaceSpec>,
     /// Registrations are loaded from and saved to this JSON file (never with a password).
     pub state_file: Option<PathBuf>,
 }
@@ -58,6 +59,7 @@ impl fmt::Debug for MockOptions {
                 &format_args!("[{} redacted]", self.api_keys.len()),
             )
             .field("config", &self.config)
+            .field("workspaces", &self.workspaces)
             .field("state_file", &self.state_file)
             .finish()
     }
@@ -85,6 +87,9 @@ pub enum MockError {
     /// The initial fault configuration is invalid.
     #[error("invalid fault configuration: {0}")]
     Config(String),
+    /// A start-up workspace cannot be created (the text names no key).
+    #[error("invalid workspace: {0}")]
+    Workspace(String),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -109,29 +114,15 @@ pub struct LogEntry {
     pub dropped: bool,
     /// When the outcome was decided, in milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// Which of the keys given at start-up the request carried (its position, never the key).
+    /// Which of its workspace's keys the request carried (its position, never the key); for
+    /// `default`, among the `--api-key` keys.
     pub caller: Option<usize>,
 }
 
-/// Everything mutable, behind one lock so that check-then-commit is atomic.
-struct Shared {
-    store: Store,
-    config: FaultConfig,
-    limiter: Option<RateLimiter>,
-    faults: FaultQueue,
-    calls: BTreeMap<String, u64>,
-    accepted: BTreeMap<String, u64>,
-    log: VecDeque<LogEntry>,
-    seq: u64,
-}
-
 struct Inner {
-    api_keys: BTreeSet<String>,
-    /// The same keys in the order given, for `LogEntry::caller`.
-    key_order: Vec<String>,
-    initial_config: FaultConfig,
+    /// Every workspace; see `workspace` for the lock order.
+    registry: Mutex<Registry>,
     state_file: Option<PathBuf>,
-    shared: Mutex<Shared>,
     /// Serialises state-file writes so that the last write is the newest state.
     persist_lock: tokio::sync::Mutex<()>,
 }
@@ -152,63 +143,39 @@ impl MockState {
     /// Builds the state, loading registrations from the state file if it exists.
     pub fn new(options: MockOptions) -> Result<Self, MockError> {
         options.config.check().map_err(MockError::Config)?;
-        let records = match &options.state_file {
+        let loaded = match &options.state_file {
             Some(path) => persist::load(path)?,
-            None => Vec::new(),
+            None => persist::Snapshot::new(),
         };
-        let shared = Shared {
-            store: Store::with_records(records),
-            limiter: options.config.limiter(Instant::now()),
-            config: options.config.clone(),
-            faults: FaultQueue::default(),
-            calls: BTreeMap::new(),
-            accepted: BTreeMap::new(),
-            log: VecDeque::new(),
-            seq: 0,
-        };
+        let registry = Registry::new(options.api_keys, options.config, options.workspaces, loaded)
+            .map_err(MockError::Workspace)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                key_order: options
-                    .api_keys
-                    .iter()
-                    .filter(|k| !k.is_empty())
-                    .cloned()
-                    .collect(),
-                api_keys: options
-                    .api_keys
-                    .into_iter()
-                    .filter(|k| !k.is_empty())
-                    .collect(),
-                initial_config: options.config,
+                registry: Mutex::new(registry),
                 state_file: options.state_file,
-                shared: Mutex::new(shared),
                 persist_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
-    /// The lock, with provisioning delays that are over already settled. A poisoned lock is
-    /// still usable: every mutation leaves the state consistent before it can panic.
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        let mut guard = self
-            .inner
-            .shared
+    /// The registry's lock. A poisoned lock is still usable: every mutation leaves the state
+    /// consistent before it can panic.
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner
+            .registry
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.store.settle(jiff::Timestamp::now());
-        guard
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes the registrations to the state file, if one is configured. Failures are logged,
-    /// not answered: the in-memory state stays authoritative.
+    /// Writes every workspace's registrations to the state file, if one is configured.
+    /// Failures are logged, not answered: the in-memory state stays authoritative.
     async fn persist(&self) {
         let Some(path) = &self.inner.state_file else {
             return;
         };
         let _order = self.inner.persist_lock.lock().await;
-        let records: Vec<state::Registration> =
-            self.lock().store.ordered().into_iter().cloned().collect();
-        if let Err(e) = persist::save(path, &records).await {
+        let snapshot = self.registry().snapshot();
+        if let Err(e) = persist::save(path, &snapshot).await {
             tracing::warn!(path = %path.display(), error = %e, "cannot write state file");
         }
     }
@@ -319,5 +286,12 @@ mod tests {
         let text = format!("{opts:?}");
         assert!(!text.contains("oi_sk_secret"));
         assert!(text.contains("1 redacted"));
+        let opts = MockOptions {
+            workspaces: vec!["team-a=oi_sk_ws_secret".parse().unwrap()],
+            ..MockOptions::default()
+        };
+        let text = format!("{opts:?}");
+        assert!(!text.contains("oi_sk_ws_secret"), "{text}");
+        assert!(text.contains("team-a"));
     }
 }

@@ -9,11 +9,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use oneinbox_mock::{
-    FaultConfig, MockOptions, MockState, ProvisioningOutcome, RetryAfterFormat, serve_with_shutdown,
+    FaultConfig, MockOptions, MockState, ProvisioningOutcome, RetryAfterFormat, WorkspaceSpec,
+    serve_with_shutdown,
 };
 use tracing_subscriber::EnvFilter;
 
-/// Mock OneInbox phone-number API. Every flag has an ONEINBOX_MOCK_* environment fallback.
+/// Mock OneInbox phone-number API. Every flag but --workspace has an ONEINBOX_MOCK_* environment
+/// fallback.
 #[derive(Debug, Parser)]
 #[command(name = "oneinbox-mock", version)]
 struct Cli {
@@ -30,6 +32,12 @@ struct Cli {
         hide_env_values = true
     )]
     api_keys: Vec<String>,
+
+    /// A workspace NAME reached by the keys KEY,... (repeatable): its own registrations,
+    /// configuration, rate limit and counts under /_mock/workspaces/NAME/. The fault flags below
+    /// configure only the default workspace.
+    #[arg(long = "workspace", value_name = "NAME=KEY[,KEY...]")]
+    workspaces: Vec<String>,
 
     /// Added delay per request, in milliseconds.
     #[arg(long, env = "ONEINBOX_MOCK_LATENCY_MS", default_value_t = 0)]
@@ -73,8 +81,15 @@ struct Cli {
 }
 
 impl Cli {
-    fn options(self) -> MockOptions {
-        MockOptions {
+    /// The library's options. Parsed here rather than by clap, whose error would repeat the
+    /// value, keys included.
+    fn options(self) -> Result<MockOptions, String> {
+        let workspaces = self
+            .workspaces
+            .iter()
+            .map(|s| s.parse::<WorkspaceSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MockOptions {
             api_keys: self.api_keys,
             config: FaultConfig {
                 latency_ms: self.latency_ms,
@@ -88,8 +103,9 @@ impl Cli {
                 provisioning_ms: self.provisioning_ms,
                 provisioning_outcome: self.provisioning_outcome,
             },
+            workspaces,
             state_file: self.state_file,
-        }
+        })
     }
 }
 
@@ -128,7 +144,14 @@ async fn main() -> ExitCode {
 
     let cli = Cli::parse();
     let listen = cli.listen;
-    let state = match MockState::new(cli.options()) {
+    let options = match cli.options() {
+        Ok(options) => options,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = match MockState::new(options) {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

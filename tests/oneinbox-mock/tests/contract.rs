@@ -191,6 +191,22 @@ impl Mock {
         }
     }
 
+    /// A `/v1` call with `key`.
+    async fn call_as(&self, key: &str, method: Method, path: &str, body: Option<&Value>) -> Reply {
+        let auth = format!("Bearer {key}");
+        let text = body.map(Value::to_string);
+        self.send(method, path, Some(&auth), text.as_deref()).await
+    }
+
+    /// Registers with `key`; the 201 body.
+    async fn register_as(&self, key: &str, b: &Value) -> Value {
+        let r = self
+            .call_as(key, Method::POST, "/v1/phone-numbers", Some(b))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json
+    }
+
     async fn register(&self, b: &Value) -> Value {
         let r = self.call(Method::POST, "/v1/phone-numbers", Some(b)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -223,6 +239,18 @@ impl Mock {
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// `GET /_mock{prefix}/config`, e.g. with prefix `/workspaces/team-a`.
+    async fn config_at(&self, prefix: &str) -> Value {
+        self.admin_ok(Method::GET, &format!("{prefix}/config"), None)
+            .await
+    }
+
+    /// `GET /_mock{prefix}/calls`.
+    async fn calls_at(&self, prefix: &str) -> Value {
+        self.admin_ok(Method::GET, &format!("{prefix}/calls"), None)
+            .await
     }
 
     async fn calls_log(&self) -> Value {
@@ -1910,4 +1938,735 @@ async fn state_file_survives_a_restart_without_the_password() {
         assert!(!log.contains(KEY), "API key in the mock's log");
     }
     assert!(log1.contains("/v1/phone-numbers"), "requests are logged");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspaces
+
+const KEY_A: &str = "oi_sk_workspace_a_7c21";
+const KEY_B: &str = "oi_sk_workspace_b_93fe";
+
+/// A mock with `team-a` (from the command line, key `KEY_A`) and `team-b` (created through
+/// `/_mock/workspaces`, key `KEY_B`, with `config_b`).
+async fn two_workspaces(extra: &[&str], config_b: Value) -> Mock {
+    let mut args = vec!["--workspace", "team-a=oi_sk_workspace_a_7c21"];
+    args.extend_from_slice(extra);
+    let mock = Mock::start(&args).await;
+    let r = mock
+        .admin(
+            Method::POST,
+            "/workspaces",
+            Some(json!({"name": "team-b", "api_keys": [KEY_B], "config": config_b})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        r.json,
+        json!({"name": "team-b", "keys": 1, "registrations": 0})
+    );
+    mock
+}
+
+#[tokio::test]
+async fn registrations_are_visible_only_inside_their_workspace() {
+    let mock = two_workspaces(&[], json!({})).await;
+    let a = mock.register_as(KEY_A, &body("+15553000001")).await;
+    let path = format!("/v1/phone-numbers/{}", a["id"].as_str().unwrap());
+    let not_found = json!({"detail": "Phone number not found"});
+
+    // Another workspace's id is exactly an unknown id, for B and for default alike.
+    for key in [KEY_B, KEY] {
+        let r = mock.call_as(key, Method::GET, &path, None).await;
+        assert_eq!((r.status, &r.json), (StatusCode::NOT_FOUND, &not_found));
+        let r = mock
+            .call_as(
+                key,
+                Method::PATCH,
+                &path,
+                Some(&json!({"friendly_name": "taken over"})),
+            )
+            .await;
+        assert_eq!((r.status, &r.json), (StatusCode::NOT_FOUND, &not_found));
+        let r = mock.call_as(key, Method::DELETE, &path, None).await;
+        assert_eq!((r.status, &r.json), (StatusCode::NOT_FOUND, &not_found));
+        for list in [
+            "/v1/phone-numbers",
+            "/v1/phone-numbers?phone_number=%2B15553000001",
+        ] {
+            let r = mock.call_as(key, Method::GET, list, None).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(r.json["items"], json!([]), "{list}");
+            assert_eq!(r.json["total"], 0, "{list}");
+        }
+    }
+
+    // A still has it, unchanged.
+    let r = mock.call_as(KEY_A, Method::GET, &path, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json, a);
+    let r = mock
+        .call_as(
+            KEY_A,
+            Method::GET,
+            "/v1/phone-numbers?phone_number=%2B15553000001",
+            None,
+        )
+        .await;
+    assert_eq!(r.json["total"], 1);
+    assert_eq!(r.json["items"][0]["id"], a["id"]);
+
+    // The internal views are per workspace too.
+    let id = a["id"].as_str().unwrap();
+    let views = mock
+        .admin_ok(Method::GET, "/workspaces/team-a/phone-numbers", None)
+        .await;
+    assert_eq!(views.as_array().unwrap().len(), 1);
+    assert_eq!(views[0]["friendly_name"], "Sales line");
+    let one = format!("/workspaces/team-a/phone-numbers/{id}");
+    assert_eq!(mock.admin_ok(Method::GET, &one, None).await["id"], a["id"]);
+    for other in ["/workspaces/team-b", "/workspaces/default", ""] {
+        let r = mock
+            .admin(Method::GET, &format!("{other}/phone-numbers/{id}"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{other}");
+        let all = mock
+            .admin_ok(Method::GET, &format!("{other}/phone-numbers"), None)
+            .await;
+        assert_eq!(all, json!([]), "{other}");
+    }
+}
+
+#[tokio::test]
+async fn the_same_number_registers_in_two_workspaces() {
+    let mock = two_workspaces(&[], json!({})).await;
+    let a = mock.register_as(KEY_A, &body("+15553100001")).await;
+    let b = mock.register_as(KEY_B, &body("+15553100001")).await;
+    let d = mock.register_as(KEY, &body("+15553100001")).await;
+    assert_ne!(a["id"], b["id"]);
+    assert_ne!(a["id"], d["id"]);
+    // A duplicate only within one workspace, naming that workspace's id.
+    for (key, existing) in [(KEY_A, &a), (KEY_B, &b), (KEY, &d)] {
+        let r = mock
+            .call_as(
+                key,
+                Method::POST,
+                "/v1/phone-numbers",
+                Some(&body("+15553100001")),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        assert_eq!(r.json["detail"]["phone_id"], existing["id"]);
+    }
+    // Deleting it in one workspace leaves the others.
+    let path = format!("/v1/phone-numbers/{}", a["id"].as_str().unwrap());
+    assert_eq!(
+        mock.call_as(KEY_A, Method::DELETE, &path, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let workspaces = mock.admin_ok(Method::GET, "/workspaces", None).await;
+    assert_eq!(
+        workspaces,
+        json!([
+            {"name": "default", "keys": 0, "registrations": 1},
+            {"name": "team-a", "keys": 1, "registrations": 0},
+            {"name": "team-b", "keys": 1, "registrations": 1},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_is_per_workspace() {
+    // One token per 100 s in team-b: its second request is refused however slow the machine is.
+    let mock = two_workspaces(&[], json!({"rate_limit_rps": 0.01, "rate_limit_burst": 1})).await;
+    let list = "/v1/phone-numbers";
+    assert_eq!(
+        mock.call_as(KEY_B, Method::GET, list, None).await.status,
+        StatusCode::OK
+    );
+    for n in 0..3 {
+        let r = mock
+            .call_as(
+                KEY_B,
+                Method::POST,
+                list,
+                Some(&body(&format!("+1555320000{n}"))),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers.contains_key("retry-after"));
+        // The other workspaces are not limited at all.
+        let number = format!("+1555320000{n}");
+        mock.register_as(KEY_A, &body(&number)).await;
+        mock.register_as(KEY, &body(&number)).await;
+    }
+
+    assert_eq!(
+        mock.config_at("/workspaces/team-b").await["rate_limit_rps"],
+        json!(0.01)
+    );
+    assert_eq!(
+        mock.config_at("/workspaces/team-a").await["rate_limit_rps"],
+        Value::Null
+    );
+    assert_eq!(mock.config_at("").await["rate_limit_rps"], Value::Null);
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-b/calls", None)
+            .await,
+        json!({"GET /v1/phone-numbers": 1, "POST /v1/phone-numbers": 3})
+    );
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-b/phone-numbers", None)
+            .await,
+        json!([])
+    );
+    for ws in ["/workspaces/team-a", "/workspaces/default", ""] {
+        assert_eq!(
+            mock.admin_ok(Method::GET, &format!("{ws}/calls"), None)
+                .await,
+            json!({"POST /v1/phone-numbers": 3}),
+            "{ws}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mock_views_faults_and_call_counts_are_per_workspace() {
+    let mock = Mock::start(&[
+        "--workspace",
+        "team-a=oi_sk_workspace_a_7c21,oi_sk_workspace_a2_41d0",
+        "--workspace",
+        "team-b=oi_sk_workspace_b_93fe",
+    ])
+    .await;
+    let list = "/v1/phone-numbers";
+
+    // A fault queued for team-a hits only team-a.
+    mock.admin_ok(
+        Method::POST,
+        "/workspaces/team-a/faults",
+        Some(json!({"endpoint": "GET /v1/phone-numbers", "kind": "status", "status": 502})),
+    )
+    .await;
+    assert_eq!(
+        mock.call_as(KEY_B, Method::GET, list, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        mock.call(Method::GET, list, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-a/faults", None)
+            .await["pending"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        mock.call_as(KEY_A, Method::GET, list, None).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-a/faults", None)
+            .await,
+        json!({"pending": []})
+    );
+
+    // Seeds and configuration are per workspace.
+    mock.admin_ok(
+        Method::PUT,
+        "/workspaces/team-b/agents",
+        Some(json!({"ids": [AGENT2]})),
+    )
+    .await;
+    let r = mock
+        .call_as(KEY_B, Method::POST, list, Some(&body("+15553300001")))
+        .await;
+    assert_eq!(r.json, json!({"detail": "agent_id not found"}));
+    mock.register_as("oi_sk_workspace_a2_41d0", &body("+15553300001"))
+        .await;
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/agents", None).await,
+        json!({"ids": null})
+    );
+    mock.admin_ok(
+        Method::PUT,
+        "/workspaces/team-b/config",
+        Some(json!({"latency_ms": 1})),
+    )
+    .await;
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-a/config", None)
+            .await["latency_ms"],
+        0
+    );
+
+    // A request without a valid key is counted in default.
+    mock.send(Method::GET, list, None, None).await;
+    mock.send(
+        Method::GET,
+        list,
+        Some("Basic oi_sk_workspace_a_7c21"),
+        None,
+    )
+    .await;
+
+    assert_eq!(
+        mock.calls_at("/workspaces/team-a").await,
+        json!({"GET /v1/phone-numbers": 1, "POST /v1/phone-numbers": 1})
+    );
+    assert_eq!(
+        mock.calls_at("/workspaces/team-b").await,
+        json!({"GET /v1/phone-numbers": 1, "POST /v1/phone-numbers": 1})
+    );
+    assert_eq!(mock.calls_at("").await, json!({"GET /v1/phone-numbers": 3}));
+    assert_eq!(
+        mock.calls_at("/workspaces/default").await,
+        json!({"GET /v1/phone-numbers": 3})
+    );
+
+    // Each workspace's log counts from 1 and names the caller's position among its own keys.
+    let log = mock
+        .admin_ok(Method::GET, "/workspaces/team-a/calls/log", None)
+        .await;
+    let entries: Vec<(u64, u64, u64)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["status"].as_u64().unwrap(),
+                e["caller"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(entries, [(1, 502, 0), (2, 201, 1)]);
+    assert_eq!(log["accepted"], json!({"POST /v1/phone-numbers": 1}));
+    let default_log = mock.calls_log().await;
+    let statuses: Vec<&Value> = default_log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["status"])
+        .collect();
+    assert_eq!(statuses, [&json!(200), &json!(401), &json!(401)]);
+    assert_eq!(default_log["accepted"], json!({}));
+
+    // A scoped reset touches only its workspace (and keeps its keys).
+    mock.admin_ok(Method::POST, "/workspaces/team-a/reset", None)
+        .await;
+    assert_eq!(mock.calls_at("/workspaces/team-a").await, json!({}));
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces", None).await,
+        json!([
+            {"name": "default", "keys": 0, "registrations": 0},
+            {"name": "team-a", "keys": 2, "registrations": 0},
+            {"name": "team-b", "keys": 1, "registrations": 0},
+        ])
+    );
+    assert_eq!(
+        mock.calls_at("/workspaces/team-b").await,
+        json!({"GET /v1/phone-numbers": 1, "POST /v1/phone-numbers": 1})
+    );
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-b/agents", None)
+            .await,
+        json!({"ids": [AGENT2]})
+    );
+    assert_eq!(
+        mock.call_as(KEY_A, Method::GET, list, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        mock.calls_at("/workspaces/team-a").await,
+        json!({"GET /v1/phone-numbers": 1})
+    );
+
+    let log = mock.stop().await;
+    for key in [KEY_A, KEY_B, "oi_sk_workspace_a2_41d0"] {
+        assert!(!log.contains(key), "API key in the mock's log");
+    }
+}
+
+#[tokio::test]
+async fn rotated_keys_reach_the_workspace_and_the_old_key_no_longer_does() {
+    // default accepts only KEY, so a key of no workspace is a 401.
+    let mock = Mock::start(&[
+        "--api-key",
+        KEY,
+        "--workspace",
+        "team-a=oi_sk_workspace_a_7c21",
+    ])
+    .await;
+    let a = mock.register_as(KEY_A, &body("+15553400001")).await;
+    let path = format!("/v1/phone-numbers/{}", a["id"].as_str().unwrap());
+
+    let r = mock
+        .admin(
+            Method::PUT,
+            "/workspaces/team-a/api_keys",
+            Some(json!({"api_keys": ["oi_sk_rotated_5e0b"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json, json!({"name": "team-a", "keys": 1}));
+    assert!(!r.text.contains("oi_sk_"));
+
+    let r = mock.call_as(KEY_A, Method::GET, &path, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = mock
+        .call_as("oi_sk_rotated_5e0b", Method::GET, &path, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json, a);
+    // The old key's request was default's 401; the new key's is team-a's.
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/calls", None).await,
+        json!({"GET /v1/phone-numbers/{phone_id}": 1})
+    );
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-a/calls", None)
+            .await,
+        json!({"POST /v1/phone-numbers": 1, "GET /v1/phone-numbers/{phone_id}": 1})
+    );
+
+    // A key of another workspace (default's included) is refused; no key at all is allowed.
+    for keys in [json!([KEY]), json!([""])] {
+        let r = mock
+            .admin(
+                Method::PUT,
+                "/workspaces/team-a/api_keys",
+                Some(json!({ "api_keys": keys })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{keys}");
+    }
+    let r = mock
+        .admin(
+            Method::PUT,
+            "/workspaces/default/api_keys",
+            Some(json!({"api_keys": ["oi_sk_x"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    mock.admin_ok(
+        Method::PUT,
+        "/workspaces/team-a/api_keys",
+        Some(json!({"api_keys": []})),
+    )
+    .await;
+    let r = mock
+        .call_as("oi_sk_rotated_5e0b", Method::GET, &path, None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Without --api-key, a rotated-out key falls to default's rules: accepted, in default.
+    let mock = Mock::start(&["--workspace", "team-a=oi_sk_workspace_a_7c21"]).await;
+    let a = mock.register_as(KEY_A, &body("+15553400001")).await;
+    mock.admin_ok(
+        Method::PUT,
+        "/workspaces/team-a/api_keys",
+        Some(json!({"api_keys": ["oi_sk_rotated_5e0b"]})),
+    )
+    .await;
+    let path = format!("/v1/phone-numbers/{}", a["id"].as_str().unwrap());
+    let r = mock.call_as(KEY_A, Method::GET, &path, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = mock
+        .call_as(
+            KEY_A,
+            Method::POST,
+            "/v1/phone-numbers",
+            Some(&body("+15553400001")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces", None).await,
+        json!([
+            {"name": "default", "keys": 0, "registrations": 1},
+            {"name": "team-a", "keys": 1, "registrations": 1},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn workspaces_from_the_command_line() {
+    let mock = Mock::start(&[
+        "--api-key",
+        KEY,
+        "--workspace",
+        "team-a=oi_sk_workspace_a_7c21",
+        "--workspace",
+        "b2=oi_sk_workspace_b_93fe,oi_sk_workspace_b2_c5a8",
+    ])
+    .await;
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces", None).await,
+        json!([
+            {"name": "default", "keys": 1, "registrations": 0},
+            {"name": "b2", "keys": 2, "registrations": 0},
+            {"name": "team-a", "keys": 1, "registrations": 0},
+        ])
+    );
+    // b2's two keys reach one store: the second key's number is its second registration.
+    for (key, n) in [
+        (KEY, 1),
+        (KEY_A, 1),
+        (KEY_B, 1),
+        ("oi_sk_workspace_b2_c5a8", 2),
+    ] {
+        mock.register_as(key, &body(&format!("+1555350000{n}")))
+            .await;
+    }
+    let r = mock
+        .call_as(
+            "oi_sk_workspace_b2_c5a8",
+            Method::POST,
+            "/v1/phone-numbers",
+            Some(&body("+15553500001")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/b2/calls", None)
+            .await,
+        json!({"POST /v1/phone-numbers": 3})
+    );
+    let log = mock.stop().await;
+    for key in [KEY, KEY_A, KEY_B, "oi_sk_workspace_b2_c5a8"] {
+        assert!(!log.contains(key), "API key in the mock's log");
+    }
+
+    // A bad --workspace stops the start, and the message never repeats a key.
+    for args in [
+        &["--workspace", "Team=oi_sk_secret_cli_key"][..],
+        &["--workspace", "oi_sk_secret_cli_key"],
+        &["--workspace", "default=oi_sk_secret_cli_key"],
+        &[
+            "--workspace",
+            "a=oi_sk_secret_cli_key",
+            "--workspace",
+            "b=oi_sk_secret_cli_key",
+        ],
+        &[
+            "--api-key",
+            "oi_sk_secret_cli_key",
+            "--workspace",
+            "a=oi_sk_secret_cli_key",
+        ],
+        &[
+            "--workspace",
+            "a=oi_sk_secret_cli_key",
+            "--workspace",
+            "a=oi_sk_other",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_oneinbox-mock"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("workspace"), "{args:?}: {text}");
+        assert!(!text.contains("oi_sk_secret_cli_key"), "{args:?}: {text}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_workspaces_are_404_and_bad_definitions_400() {
+    let mock = Mock::start(&["--workspace", "team-a=oi_sk_workspace_a_7c21"]).await;
+    let gone = json!({"detail": "workspace nope not found"});
+    for (method, path) in [
+        (Method::GET, "/workspaces/nope/calls"),
+        (Method::GET, "/workspaces/nope/phone-numbers"),
+        (Method::PUT, "/workspaces/nope/config"),
+        (Method::POST, "/workspaces/nope/reset"),
+        (Method::PUT, "/workspaces/nope/api_keys"),
+    ] {
+        let r = mock
+            .admin(method, path, Some(json!({"api_keys": []})))
+            .await;
+        assert_eq!(
+            (r.status, &r.json),
+            (StatusCode::NOT_FOUND, &gone),
+            "{path}"
+        );
+    }
+    for bad in [
+        json!({"name": "team-a", "api_keys": ["oi_sk_new"]}),
+        json!({"name": "default", "api_keys": ["oi_sk_new"]}),
+        json!({"name": "Team-B", "api_keys": ["oi_sk_new"]}),
+        json!({"name": "-b", "api_keys": ["oi_sk_new"]}),
+        json!({"name": "b", "api_keys": [KEY_A]}),
+        json!({"name": "b", "api_keys": [""]}),
+        json!({"name": "b", "config": {"error_rate": 2.0}}),
+        json!({"name": "b", "api_key": ["oi_sk_new"]}),
+    ] {
+        let r = mock
+            .admin(Method::POST, "/workspaces", Some(bad.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(r.json["detail"].is_string(), "{bad}");
+        assert!(!r.text.contains("oi_sk_"), "{}", r.text);
+    }
+    let r = mock.admin(Method::DELETE, "/workspaces", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = mock
+        .admin(Method::GET, "/workspaces/team-a/api_keys", None)
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces", None).await,
+        json!([
+            {"name": "default", "keys": 0, "registrations": 0},
+            {"name": "team-a", "keys": 1, "registrations": 0},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn reset_without_prefix_returns_to_the_startup_workspaces() {
+    let mock = two_workspaces(&[], json!({})).await;
+    mock.register_as(KEY_A, &body("+15553600001")).await;
+    mock.register_as(KEY_B, &body("+15553600001")).await;
+    mock.register(&body("+15553600001")).await;
+    mock.admin_ok(
+        Method::PUT,
+        "/workspaces/team-a/api_keys",
+        Some(json!({"api_keys": ["oi_sk_rotated_5e0b"]})),
+    )
+    .await;
+    mock.admin_ok(
+        Method::PUT,
+        "/workspaces/team-a/config",
+        Some(json!({"latency_ms": 5000})),
+    )
+    .await;
+
+    mock.admin_ok(Method::POST, "/reset", None).await;
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces", None).await,
+        json!([
+            {"name": "default", "keys": 0, "registrations": 0},
+            {"name": "team-a", "keys": 1, "registrations": 0},
+        ])
+    );
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-a/config", None)
+            .await["latency_ms"],
+        0
+    );
+    // The start-up key reaches team-a again.
+    mock.register_as(KEY_A, &body("+15553600001")).await;
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-a/calls", None)
+            .await,
+        json!({"POST /v1/phone-numbers": 1})
+    );
+    assert_eq!(mock.admin_ok(Method::GET, "/calls", None).await, json!({}));
+}
+
+#[tokio::test]
+async fn state_file_keeps_every_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mock-state.json");
+    let file_arg = file.to_str().unwrap().to_owned();
+
+    let mock = two_workspaces(&["--state-file", &file_arg], json!({})).await;
+    let a1 = mock.register_as(KEY_A, &with_routing("+15553700001")).await;
+    let a2 = mock.register_as(KEY_A, &body("+15553700002")).await;
+    let d = mock.register(&body("+15553700001")).await;
+    let b = mock.register_as(KEY_B, &body("+15553700003")).await;
+    let views_a = mock
+        .admin_ok(Method::GET, "/workspaces/team-a/phone-numbers", None)
+        .await;
+    let views_b = mock
+        .admin_ok(Method::GET, "/workspaces/team-b/phone-numbers", None)
+        .await;
+    mock.stop().await;
+
+    let content = std::fs::read_to_string(&file).unwrap();
+    assert!(!content.contains(PASSWORD), "password in the state file");
+    assert!(!content.contains("\"auth_password\""));
+    for key in [KEY, KEY_A, KEY_B] {
+        assert!(!content.contains(key), "API key in the state file");
+    }
+    let saved: Value = serde_json::from_str(&content).unwrap();
+    assert_eq!(saved["version"], 2);
+    let names: Vec<&String> = saved["workspaces"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["default", "team-a", "team-b"]);
+
+    // team-a is defined again at start-up, team-b only later: both get their registrations.
+    let mock = Mock::start(&[
+        "--state-file",
+        &file_arg,
+        "--workspace",
+        "team-a=oi_sk_workspace_a_7c21",
+    ])
+    .await;
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-a/phone-numbers", None)
+            .await,
+        views_a
+    );
+    let path_a1 = format!("/v1/phone-numbers/{}", a1["id"].as_str().unwrap());
+    assert_eq!(
+        mock.call_as(KEY_A, Method::GET, &path_a1, None).await.json,
+        a1
+    );
+    assert_eq!(
+        mock.call_as(KEY, Method::GET, &path_a1, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = mock
+        .call_as(
+            KEY_A,
+            Method::POST,
+            "/v1/phone-numbers",
+            Some(&body("+15553700002")),
+        )
+        .await;
+    assert_eq!(r.json["detail"]["phone_id"], a2["id"]);
+    let stored = mock.stored().await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["id"], d["id"]);
+    let r = mock
+        .admin(
+            Method::POST,
+            "/workspaces",
+            Some(json!({"name": "team-b", "api_keys": [KEY_B]})),
+        )
+        .await;
+    assert_eq!(
+        r.json,
+        json!({"name": "team-b", "keys": 1, "registrations": 1})
+    );
+    assert_eq!(
+        mock.admin_ok(Method::GET, "/workspaces/team-b/phone-numbers", None)
+            .await,
+        views_b
+    );
+    let path_b = format!("/v1/phone-numbers/{}", b["id"].as_str().unwrap());
+    assert_eq!(
+        mock.call_as(KEY_B, Method::GET, &path_b, None).await.json,
+        b
+    );
+    mock.stop().await;
+
+    // A file of the single-store layout loads as default.
+    let v1 = json!({"version": 1, "registrations": saved["workspaces"]["team-a"]});
+    std::fs::write(&file, v1.to_string()).unwrap();
+    let mock = Mock::start(&["--state-file", &file_arg]).await;
+    assert_eq!(mock.stored().await, views_a.as_array().unwrap().clone());
+    assert_eq!(mock.call(Method::GET, &path_a1, None).await.json, a1);
 }
