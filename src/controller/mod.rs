@@ -52,6 +52,8 @@ pub struct AccountStores {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// ClusterOneInboxAccounts and Namespaces are watched.
     pub cluster_enabled: bool,
+    /// Each watch (namespaced accounts, cluster accounts, Namespaces) has listed once.
+    pub listed: [Arc<AtomicBool>; 3],
 }
 
 impl AccountStores {
@@ -79,14 +81,28 @@ impl AccountStores {
         }
     }
 
-    /// Until the watches have listed once, no account is known to be missing.
+    /// Until the watches have listed once, no account is known to be missing. Polled from
+    /// the watches' own flags: a kube store's readiness future wakes only its most recent
+    /// waiter, and the controllers wait on it.
     async fn ready(&self) {
-        let _ = self.namespaced.wait_until_ready().await;
-        if self.cluster_enabled {
-            let _ = self.cluster.wait_until_ready().await;
-            let _ = self.namespaces.wait_until_ready().await;
+        let [namespaced, cluster, namespaces] = &self.listed;
+        let is = |f: &AtomicBool| f.load(Ordering::Relaxed);
+        while !(is(namespaced) && (!self.cluster_enabled || (is(cluster) && is(namespaces)))) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A watch's events, setting `listed` once it has listed everything.
+fn flag_listed<K, S>(events: S, listed: Arc<AtomicBool>) -> impl futures::Stream<Item = S::Item>
+where
+    S: futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>>,
+{
+    events.inspect_ok(move |e| {
+        if matches!(e, watcher::Event::InitDone) {
+            listed.store(true, Ordering::Relaxed);
+        }
+    })
 }
 
 /// How referenced Secrets are followed.
@@ -134,6 +150,9 @@ pub struct Context<C> {
     pub secrets_listed: Arc<AtomicBool>,
     /// Every watched PhoneNumber (for duplicate claims and Secret mapping).
     pub store: Store<PhoneNumber>,
+    /// The PhoneNumber watch has listed once (never the store's readiness future: polling it
+    /// here would take the controller's wake-up).
+    pub pns_listed: Arc<AtomicBool>,
     /// Objects to reconcile now because a number they wait for was released.
     pub siblings: mpsc::UnboundedSender<ObjectRef<PhoneNumber>>,
 }
@@ -167,7 +186,7 @@ impl<C> Context<C> {
             .collect();
         // Before the first list of PhoneNumbers nothing seems referenced: keep what the Secret
         // watch reported until then (a restart needs those versions to trust the status).
-        if listed(&self.store) {
+        if self.pns_listed.load(Ordering::Relaxed) {
             lock(&self.secret_versions)
                 .retain(|(ns, name), _| referenced.contains(&(ns.clone(), name.as_str())));
         }
@@ -200,11 +219,6 @@ impl<C> Context<C> {
             .await
             .map_err(|_| Error::KubeTimeout(limit))
     }
-}
-
-/// Whether the PhoneNumber cache has its first list.
-fn listed(store: &Store<PhoneNumber>) -> bool {
-    store.wait_until_ready().now_or_never().is_some()
 }
 
 /// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
@@ -367,9 +381,10 @@ pub async fn run<C: OneInboxApi>(
     let default_account = account_settings.default_account.clone();
     let known = store.clone();
     let poke = poke_accounts.clone();
+    let pns_listed = Arc::new(AtomicBool::new(false));
     let objects = reflector::reflector(
         writer,
-        watcher(pns, wc)
+        flag_listed(watcher(pns, wc), pns_listed.clone())
             .default_backoff()
             .modify(slim_for_cache)
             .inspect_ok(move |event| {
@@ -435,9 +450,14 @@ pub async fn run<C: OneInboxApi>(
         None => Api::all(client.clone()),
     };
     let (ns_account_store, ns_account_writer) = reflector::store();
+    let account_listed: [Arc<AtomicBool>; 3] = Default::default();
     let ns_account_objects = reflector::reflector(
         ns_account_writer,
-        watcher(ns_accounts, account_wc.clone()).default_backoff(),
+        flag_listed(
+            watcher(ns_accounts, account_wc.clone()),
+            account_listed[0].clone(),
+        )
+        .default_backoff(),
     )
     .applied_objects();
     let cluster_enabled = account_settings.cluster_accounts;
@@ -447,12 +467,19 @@ pub async fn run<C: OneInboxApi>(
         let cl: Api<ClusterOneInboxAccount> = Api::all(client.clone());
         let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
         (
-            reflector::reflector(cl_account_writer, watcher(cl, account_wc).default_backoff())
-                .applied_objects()
-                .boxed(),
+            reflector::reflector(
+                cl_account_writer,
+                flag_listed(watcher(cl, account_wc), account_listed[1].clone()).default_backoff(),
+            )
+            .applied_objects()
+            .boxed(),
             reflector::reflector(
                 namespace_writer,
-                watcher(namespaces, watcher::Config::default()).default_backoff(),
+                flag_listed(
+                    watcher(namespaces, watcher::Config::default()),
+                    account_listed[2].clone(),
+                )
+                .default_backoff(),
             )
             .applied_objects()
             .boxed(),
@@ -468,6 +495,7 @@ pub async fn run<C: OneInboxApi>(
         cluster: cl_account_store.clone(),
         namespaces: namespace_store.clone(),
         cluster_enabled,
+        listed: account_listed,
     };
     let registry = Arc::new(Registry::new(oneinbox.clone(), account_settings));
     let reporter = Reporter {
@@ -487,6 +515,7 @@ pub async fn run<C: OneInboxApi>(
         secret_versions: secret_versions.clone(),
         secrets_listed: Arc::default(),
         store: store.clone(),
+        pns_listed: pns_listed.clone(),
         siblings,
     });
 
@@ -524,6 +553,7 @@ pub async fn run<C: OneInboxApi>(
 
     let reconcile_metrics = metrics.clone();
     let secret_accounts = account_stores.clone();
+    let secret_pns_listed = pns_listed.clone();
     let poke = poke_accounts.clone();
     let account_ctx = Arc::new(AccountContext {
         client: client.clone(),
@@ -593,7 +623,7 @@ pub async fn run<C: OneInboxApi>(
             // PhoneNumbers are listed.
             if let (Some(ns), Some(rv)) = (ns, secret.resource_version()) {
                 let mut versions = lock(&seen_secrets);
-                if users.is_empty() && !account_secret && listed(&secret_store) {
+                if users.is_empty() && !account_secret && secret_pns_listed.load(Ordering::Relaxed) {
                     versions.remove(&(ns, name));
                 } else {
                     versions.insert((ns, name), rv);

@@ -308,6 +308,7 @@ impl Harness {
             cluster: reflector::store().0,
             namespaces: reflector::store().0,
             cluster_enabled: false,
+            listed: Default::default(),
         };
         let accounts = Arc::new(crate::accounts::registry::Registry::new(
             fake.clone(),
@@ -350,6 +351,7 @@ impl Harness {
             secret_versions: Default::default(),
             secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
+            pns_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             siblings,
         });
         Harness {

@@ -239,6 +239,17 @@ impl HttpClient {
     ) -> Result<(StatusCode, String), ApiError> {
         let inner = &self.inner;
         let waited = Instant::now();
+        // The in-flight place first, then the cooldown: a call that waited for its place
+        // while another one drew a 429 honours that 429's wait too.
+        let _permit = inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable {
+                what: "shutdown".into(),
+                detail: "client closed".into(),
+                retry_after: None,
+            })?;
         loop {
             let mut cd = inner.cooldown.lock().await;
             match cd.until {
@@ -256,15 +267,6 @@ impl HttpClient {
             }
         }
         inner.limiter.until_ready().await;
-        let _permit = inner
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Unavailable {
-                what: "shutdown".into(),
-                detail: "client closed".into(),
-                retry_after: None,
-            })?;
         inner
             .metrics
             .observe_rate_limit_wait(&inner.account, waited.elapsed());

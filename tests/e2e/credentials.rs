@@ -92,7 +92,11 @@ async fn create_tenant_account(w: &World) {
         "metadata": {"name": "tenant"}, "spec": {"apiKeySecretRef": {"name": "tenant-key"}},
     });
     w.accounts()
-        .patch("tenant", &kube::api::PatchParams::apply("e2e").force(), &kube::api::Patch::Apply(&body))
+        .patch(
+            "tenant",
+            &kube::api::PatchParams::apply("e2e").force(),
+            &kube::api::Patch::Apply(&body),
+        )
         .await
         .expect("apply OneInboxAccount");
 }

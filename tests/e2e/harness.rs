@@ -217,7 +217,6 @@ impl Mock {
 
     /// The workspace `name` of this mock (`"default"` is the unprefixed one): `get`, `send`,
     /// `registrations`, `calls`, `count`, `total_calls`, `fault` and `config` act on it.
-    #[allow(dead_code)] // for tests that address a workspace; none does yet
     pub fn workspace(&self, name: &str) -> Mock {
         Mock {
             process: std::sync::Arc::clone(&self.process),
@@ -264,7 +263,6 @@ impl Mock {
 
     /// Creates workspace `name` reached by `api_keys`, with fault `config` (`Value::Null` or
     /// `{}`: none); global, whichever view it is called on.
-    #[allow(dead_code)] // for tests that address a workspace; none does yet
     pub async fn create_workspace(&self, name: &str, api_keys: &[&str], config: Value) {
         self.send_unscoped(
             reqwest::Method::POST,
@@ -275,7 +273,6 @@ impl Mock {
     }
 
     /// Replaces the keys of workspace `name` (rotation: an old key then reaches `default`).
-    #[allow(dead_code)] // for tests that address a workspace; none does yet
     pub async fn set_workspace_keys(&self, name: &str, api_keys: &[&str]) {
         self.send_unscoped(
             reqwest::Method::PUT,
@@ -1021,7 +1018,11 @@ impl World {
             "stringData": {"apiKey": key}
         });
         secrets
-            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&body))
+            .patch(
+                name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&body),
+            )
             .await
             .expect("apply key Secret");
     }
@@ -1039,14 +1040,22 @@ impl World {
             "metadata": {"name": name}, "spec": spec,
         });
         self.accounts()
-            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&body))
+            .patch(
+                name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&body),
+            )
             .await
             .expect("apply OneInboxAccount");
     }
 
     /// The OneInboxAccounts of the test namespace (as JSON).
     pub fn accounts(&self) -> Api<kube::core::DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.ns, &account_resource("OneInboxAccount"))
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &account_resource("OneInboxAccount"),
+        )
     }
 
     /// Poll until the account's JSON satisfies `pred`.

@@ -11,6 +11,7 @@
 
 mod harness;
 
+mod accounts;
 mod chaos;
 mod cluster;
 mod crash;
