@@ -46,8 +46,8 @@ async fn the_same_number_is_ready_in_two_accounts_each_in_its_own_workspace() {
         w.mock.workspace("a").registrations().await,
         w.mock.workspace("b").registrations().await,
     );
-    assert_eq!(numbers_of(&ra), [n.clone()]);
-    assert_eq!(numbers_of(&rb), [n.clone()]);
+    assert_eq!(numbers_of(&ra), std::slice::from_ref(&n));
+    assert_eq!(numbers_of(&rb), std::slice::from_ref(&n));
     assert!(
         w.mock.registrations().await.is_empty(),
         "nothing in the operator's workspace"

@@ -693,7 +693,12 @@ impl World {
 
     /// `kubectl get pn NAME -o json | kstatus` → (status word, exit code).
     pub fn kstatus(&self, name: &str) -> (String, i32) {
-        let json = kubectl_ok(&["-n", &self.ns, "get", "phonenumber", name, "-o", "json"]);
+        self.kstatus_of_kind("phonenumber", name)
+    }
+
+    /// kstatus of an object of `kind` (e.g. `oneinboxaccount`) in the test namespace.
+    pub fn kstatus_of_kind(&self, kind: &str, name: &str) -> (String, i32) {
+        let json = kubectl_ok(&["-n", &self.ns, "get", kind, name, "-o", "json"]);
         kstatus_of(&json)
     }
 }
@@ -703,7 +708,14 @@ impl Drop for World {
         self.operator.kill();
         // With the operator gone nobody would release the finalizers, and the namespace would
         // stay Terminating: release them (test clean-up only), then let KCM remove the rest.
-        let out = kubectl(&["-n", &self.ns, "get", "phonenumbers", "-o", "name"]);
+        let out = kubectl(&[
+            "-n",
+            &self.ns,
+            "get",
+            "phonenumbers,oneinboxaccounts",
+            "-o",
+            "name",
+        ]);
         for obj in String::from_utf8_lossy(&out.stdout).lines() {
             let _ = kubectl(&[
                 "-n",
@@ -867,6 +879,33 @@ pub fn kubeconfig_as_nobody() -> PathBuf {
         text.replace("current-context: admin", "current-context: nobody"),
     )
     .expect("write");
+    path
+}
+
+/// A kubeconfig that authenticates as the admin but acts as `user` (impersonation): a user of
+/// its own per test, with only the bindings the test gives it.
+pub fn kubeconfig_impersonating(user: &str) -> PathBuf {
+    let text = std::fs::read_to_string(state_dir().join("kubeconfig")).expect("kubeconfig");
+    let mut kc: Value = yaml_serde::from_str(&text).expect("kubeconfig yaml");
+    let current = kc["current-context"].as_str().expect("context").to_owned();
+    let contexts = kc["contexts"].as_array_mut().expect("contexts");
+    let ctx = contexts
+        .iter_mut()
+        .find(|c| c["name"] == current.as_str())
+        .expect("current context");
+    let admin_user = ctx["context"]["user"].as_str().expect("user").to_owned();
+    ctx["context"]["user"] = json!(user);
+    let users = kc["users"].as_array_mut().expect("users");
+    let mut admin = users
+        .iter()
+        .find(|u| u["name"] == admin_user.as_str())
+        .cloned()
+        .expect("admin user");
+    admin["name"] = json!(user);
+    admin["user"]["as"] = json!(user);
+    users.push(admin);
+    let path = state_dir().join(format!("kubeconfig-{user}"));
+    std::fs::write(&path, kc.to_string()).expect("write");
     path
 }
 

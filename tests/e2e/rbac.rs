@@ -1,6 +1,8 @@
 //! Least privilege, proven verb by verb: the ClusterRole of deploy/rbac.yaml is enough for the
 //! whole lifecycle without a single refusal, and without any one of its verbs the API server
-//! refuses a call that the operator makes.
+//! refuses a call that the operator makes: its namespaced rules for an operator scoped to a
+//! namespace (its PhoneNumber on a OneInboxAccount), all of them for one that uses cluster
+//! accounts (its PhoneNumber on a ClusterOneInboxAccount).
 
 use std::time::{Duration, Instant};
 
@@ -91,14 +93,40 @@ struct Run {
     log: String,
 }
 
+/// Resources of the cluster (not of a namespace): only an operator that uses cluster accounts
+/// needs them.
+const CLUSTER_RESOURCES: [&str; 3] = [
+    "clusteroneinboxaccounts",
+    "clusteroneinboxaccounts/status",
+    "namespaces",
+];
+
+/// The rules about namespaced resources, or (`cluster`) about cluster resources.
+fn scoped(rules: &[Value], cluster: bool) -> Vec<Value> {
+    rules
+        .iter()
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .expect("resources")
+                .iter()
+                .all(|res| CLUSTER_RESOURCES.contains(&res.as_str().unwrap_or_default()) == cluster)
+        })
+        .cloned()
+        .collect()
+}
+
 /// Run the operator as `nobody`, bound (in a fresh namespace) to `rules`, apply a PhoneNumber
-/// that needs every permission (a SIP password Secret, events, status, the finalizer), and
-/// watch until `done` says so or the deadline passes.
+/// that needs every permission (a SIP password Secret, events, status, the finalizer, a
+/// OneInboxAccount with its key Secret), and watch until `done` says so or the deadline
+/// passes.
 async fn run_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool) -> Run {
     let mut w = World::start(&format!("rbac-{label}")).await;
     let role = operator_as_nobody(&mut w, rules, &[], "-nobody");
     w.secret("sip", "pw-rbac-0c1e").await;
-    w.apply("r", sip_spec(&number(), "sip")).await;
+    w.account("acct", API_KEY, serde_json::json!({})).await;
+    w.apply("r", with(sip_spec(&number(), "sip"), account_ref("acct")))
+        .await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut run = Run {
@@ -122,7 +150,7 @@ async fn run_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool)
 #[tokio::test]
 async fn deployed_rbac_is_sufficient_and_every_verb_is_needed() {
     cluster();
-    let rules = deployed_rules();
+    let rules = scoped(&deployed_rules(), false);
     let grants = grants(&rules);
     assert_eq!(
         grants,
@@ -131,6 +159,10 @@ async fn deployed_rbac_is_sufficient_and_every_verb_is_needed() {
             ("phonenumbers", "watch"),
             ("phonenumbers", "patch"),
             ("phonenumbers/status", "patch"),
+            ("oneinboxaccounts", "list"),
+            ("oneinboxaccounts", "watch"),
+            ("oneinboxaccounts", "patch"),
+            ("oneinboxaccounts/status", "patch"),
             ("secrets", "get"),
             ("secrets", "list"),
             ("secrets", "watch"),
@@ -164,6 +196,139 @@ async fn deployed_rbac_is_sufficient_and_every_verb_is_needed() {
         !unquoted(&all.log).contains("cannot "),
         "a call was refused under the deployed rules:\n{}",
         all.log
+    );
+    for ((resource, verb), run) in grants.iter().zip(&runs[1..]) {
+        assert!(
+            unquoted(&run.log).contains(&refusal(verb, resource)),
+            "without {verb} on {resource} the operator made no call that was refused, so the \
+             verb is not needed (ready {}, event {}):\n{}",
+            run.ready,
+            run.event,
+            tail(&run.log, 10)
+        );
+    }
+}
+
+/// As `run_with`, for an operator that uses cluster accounts: bound cluster-wide (as user
+/// `user`, so that parallel runs never share a binding) to `rules`, its PhoneNumber using a
+/// ClusterOneInboxAccount of its own that allows its namespace by name.
+async fn run_cluster_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool) -> Run {
+    let mut w = World::start(&format!("rbac-{label}")).await;
+    w.operator.kill();
+    let user = format!("e2e-{}", w.ns);
+    let objects = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": user}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": user},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}
+    ]});
+    let file = std::env::temp_dir().join(format!("{}-rbac.json", w.ns));
+    std::fs::write(&file, objects.to_string()).expect("write");
+    kubectl_ok(&["apply", "-f", file.to_str().expect("path")]);
+    let kc = kubeconfig_impersonating(&user);
+    let shard = format!("oneinbox.ai/e2e={}", w.ns);
+    w.operator = Operator::start_as(
+        &w.ns,
+        &w.mock.url,
+        &["--cluster-accounts=true", "--account-selector", &shard],
+        &[("KUBECONFIG", kc.to_str().expect("path"))],
+        "-impersonated",
+    );
+    w.secret("sip", "pw-rbac-0c1e").await;
+    w.api_key_secret("cluster-key", API_KEY).await;
+    let account = format!("rbac-{}", w.ns);
+    let body = serde_json::json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "ClusterOneInboxAccount",
+        "metadata": {"name": account, "labels": {"oneinbox.ai/e2e": w.ns}},
+        "spec": {
+            "apiKeySecretRef": {"namespace": w.ns, "name": "cluster-key"},
+            "allowedNamespaces": {"names": [w.ns]},
+        },
+    });
+    cluster_accounts(&w.client)
+        .patch(
+            &account,
+            &kube::api::PatchParams::apply("e2e").force(),
+            &kube::api::Patch::Apply(&body),
+        )
+        .await
+        .expect("apply ClusterOneInboxAccount");
+    w.apply(
+        "r",
+        with(sip_spec(&number(), "sip"), cluster_account_ref(&account)),
+    )
+    .await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut run = Run {
+        ready: false,
+        event: false,
+        log: String::new(),
+    };
+    while Instant::now() < deadline {
+        run.ready = w.pns.get("r").await.map(|p| is_ready(&p)).unwrap_or(false);
+        run.event = w.events().await.iter().any(|(r, _)| r == "Registered");
+        run.log = w.operator.log_text();
+        if done(&run) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    w.operator.kill();
+    // The account's finalizer goes with the test (nobody would release it now).
+    let _ = kubectl(&[
+        "patch",
+        "clusteroneinboxaccount",
+        &account,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let _ = kubectl(&["delete", "clusteroneinboxaccount", &account, "--wait=false"]);
+    let _ = kubectl(&["delete", "clusterrolebinding", &user]);
+    let _ = kubectl(&["delete", "clusterrole", &user]);
+    run
+}
+
+#[tokio::test]
+async fn cluster_account_rbac_is_sufficient_and_every_verb_is_needed() {
+    cluster();
+    let all = deployed_rules();
+    let cluster_rules = scoped(&all, true);
+    let grants = grants(&cluster_rules);
+    assert_eq!(
+        grants,
+        [
+            ("clusteroneinboxaccounts", "list"),
+            ("clusteroneinboxaccounts", "watch"),
+            ("clusteroneinboxaccounts", "patch"),
+            ("clusteroneinboxaccounts/status", "patch"),
+            ("namespaces", "list"),
+            ("namespaces", "watch"),
+        ]
+        .map(|(r, v)| (r.to_owned(), v.to_owned())),
+        "update this test when the rules change"
+    );
+    let mut runs = vec![run_cluster_with(all.clone(), "call".into(), |r| r.ready && r.event).await];
+    let reduced = grants.iter().enumerate().map(|(i, (resource, verb))| {
+        let wanted = refusal(verb, resource);
+        run_cluster_with(without(&all, resource, verb), format!("cno{i}"), move |r| {
+            unquoted(&r.log).contains(&wanted)
+        })
+    });
+    runs.extend(join_all(reduced).await);
+    let first = &runs[0];
+    assert!(
+        first.ready && first.event,
+        "the deployed rules are not enough for cluster accounts (ready {}, event {}):\n{}",
+        first.ready,
+        first.event,
+        tail(&first.log, 10)
+    );
+    assert!(
+        !unquoted(&first.log).contains("cannot "),
+        "a call was refused under the deployed rules:\n{}",
+        first.log
     );
     for ((resource, verb), run) in grants.iter().zip(&runs[1..]) {
         assert!(
