@@ -159,13 +159,14 @@ mod tests {
         let voice_labels = labels(&[("team", "voice"), ("x", "y")]);
         let other_labels = labels(&[("team", "data")]);
         let restricted = labels(&[("tier", "restricted")]);
-        let rows: Vec<(
-            &str,
-            &AllowedNamespaces,
-            &str,
-            Option<&BTreeMap<_, _>>,
-            Result<(), &str>,
-        )> = vec![
+        type Row<'a> = (
+            &'a str,
+            &'a AllowedNamespaces,
+            &'a str,
+            Option<&'a BTreeMap<String, String>>,
+            Result<(), &'a str>,
+        );
+        let rows: Vec<Row<'_>> = vec![
             ("label matches", &voice, "n", Some(&voice_labels), Ok(())),
             (
                 "label differs",

@@ -167,6 +167,21 @@ pub struct RegistrySettings {
     pub account_selector: Option<String>,
 }
 
+impl RegistrySettings {
+    /// No default account, no cluster accounts, no sharding: only the operator-wide key (and
+    /// namespaced accounts, if any are watched).
+    pub fn operator_only(default_budget: Budget, passes_per_account: usize) -> RegistrySettings {
+        RegistrySettings {
+            default_account: None,
+            default_budget,
+            passes_per_account,
+            reread_after: None,
+            cluster_accounts: false,
+            account_selector: None,
+        }
+    }
+}
+
 /// Every account this process uses.
 pub struct Registry<C> {
     operator: C,

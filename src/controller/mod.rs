@@ -57,6 +57,18 @@ pub struct AccountStores {
 }
 
 impl AccountStores {
+    /// Stores that no watch fills, ready at once: for a process (or test) that uses only the
+    /// operator-wide key.
+    pub fn unwatched() -> AccountStores {
+        AccountStores {
+            namespaced: reflector::store().0,
+            cluster: reflector::store().0,
+            namespaces: reflector::store().0,
+            cluster_enabled: false,
+            listed: std::array::from_fn(|_| Arc::new(AtomicBool::new(true))),
+        }
+    }
+
     /// Every account of both kinds.
     pub fn views(&self) -> Vec<AccountView> {
         let mut out: Vec<AccountView> = self

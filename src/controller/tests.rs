@@ -303,27 +303,17 @@ impl Harness {
         let fake = Arc::new(FakeOneInbox::default());
         let (store, _writer) = reflector::store::<PhoneNumber>();
         let (siblings, _rx) = mpsc::unbounded_channel();
-        let account_stores = super::AccountStores {
-            namespaced: reflector::store().0,
-            cluster: reflector::store().0,
-            namespaces: reflector::store().0,
-            cluster_enabled: false,
-            listed: Default::default(),
-        };
+        let account_stores = super::AccountStores::unwatched();
         let accounts = Arc::new(crate::accounts::registry::Registry::new(
             fake.clone(),
-            crate::accounts::registry::RegistrySettings {
-                default_account: None,
-                default_budget: crate::oneinbox::Budget {
+            crate::accounts::registry::RegistrySettings::operator_only(
+                crate::oneinbox::Budget {
                     rate_per_second: std::num::NonZeroU32::new(100).unwrap(),
                     burst: std::num::NonZeroU32::new(100).unwrap(),
                     max_in_flight: 16,
                 },
-                passes_per_account: 16,
-                reread_after: None,
-                cluster_accounts: false,
-                account_selector: None,
-            },
+                16,
+            ),
         ));
         let ctx = Arc::new(Context {
             client: client.clone(),

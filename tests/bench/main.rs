@@ -11,8 +11,12 @@
 //! 3. latency: one apply → Ready, sequentially, at mock latency 0 and 100 ms.
 //! 4. footprint: operator RSS (peak = VmHWM, steady = VmRSS after idling) and CPU seconds at
 //!    N (from the burst) and at BENCH_FOOTPRINT_N (10,000).
+//! 5. fairness: account A has BENCH_FAIR_BACKLOG (2,000) creates queued at 20 req/s (its
+//!    budget and its workspace's limit); account B applies BENCH_FAIR_B (20) objects while the
+//!    backlog runs. B's time to all Ready against B alone on the idle operator.
 //!
-//! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, footprint; default all),
+//! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, fairness, footprint;
+//! default all),
 //! `BENCH_N` (1000), `BENCH_REPEATS` (3), `BENCH_RATE` (50), `BENCH_LATENCY_MS` (100),
 //! `BENCH_STEADY_SECS` (600; 0 = skip), `BENCH_LATENCY_RUNS` (50), `BENCH_FOOTPRINT_N` (10000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_OVER_BUDGET` (1: also run the rate-limited burst with a client
@@ -576,6 +580,23 @@ impl Bed {
                 .collect::<Vec<()>>()
                 .await;
         }
+        // Accounts keep their in-use finalizer without an operator.
+        let accounts: Api<kube::core::DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &account_resource("OneInboxAccount"),
+        );
+        if let Ok(list) = accounts.list(&ListParams::default()).await {
+            for a in list.items {
+                let _ = accounts
+                    .patch(
+                        &a.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+            }
+        }
         let nss: Api<Namespace> = Api::all(self.client.clone());
         let _ = nss.delete(&self.ns, &DeleteParams::default()).await;
     }
@@ -869,6 +890,159 @@ async fn latency(latency_ms: u64, runs: usize, rep: usize) -> Value {
     result
 }
 
+// ------------------------------------------------------------------ 5: fairness across accounts
+
+/// A key Secret and a OneInboxAccount in the bed's namespace.
+async fn bench_account(bed: &Bed, name: &str, key: &str, budget: Value) {
+    let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-key")},
+        "stringData": {"apiKey": key}});
+    bed.secrets
+        .patch(
+            &format!("{name}-key"),
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("key Secret");
+    let accounts: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        bed.client.clone(),
+        &bed.ns,
+        &account_resource("OneInboxAccount"),
+    );
+    let body = json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "OneInboxAccount",
+        "metadata": {"name": name},
+        "spec": {"apiKeySecretRef": {"name": format!("{name}-key")}, "budget": budget}});
+    accounts
+        .patch(
+            name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("OneInboxAccount");
+}
+
+/// Apply `names` on account `account` (numbers from `base`), at once.
+async fn apply_on_account(bed: &Bed, names: &[String], account: &str, base: u64) {
+    futures::stream::iter(names.iter().enumerate())
+        .map(|(i, name)| {
+            let pns = bed.pns.clone();
+            let account = account.to_owned();
+            async move {
+                let spec = with(
+                    credential_spec(&format!("+1{}", base + i as u64)),
+                    json!({"accountRef": {"kind": "OneInboxAccount", "name": account}}),
+                );
+                let obj = json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+                    "metadata": {"name": name}, "spec": spec});
+                pns.patch(
+                    name,
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(&obj),
+                )
+                .await
+                .expect("apply PhoneNumber");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Time until every one of `names` is Ready.
+async fn time_to_ready(tracker: &Tracker, names: &[String], t0: Instant) -> f64 {
+    let wanted: Vec<String> = names.to_vec();
+    let w = wanted.clone();
+    tracker
+        .wait("all Ready", Duration::from_secs(300), move |s| {
+            w.iter().all(|n| s.ready.contains_key(n))
+        })
+        .await;
+    wanted
+        .iter()
+        .filter_map(|n| tracker.ready_at(n))
+        .max()
+        .map_or(f64::NAN, |t| (t - t0).as_secs_f64())
+}
+
+/// Account A has `backlog` creates queued at `rate` req/s (its budget and its workspace's limit);
+/// account B applies `b` objects while the backlog runs. B's time to all Ready, against B alone
+/// on an idle operator (operator at default flags, mock latency `latency_ms`).
+async fn fairness(backlog: usize, b: usize, rate: u32, latency_ms: u64, rep: usize) -> Value {
+    log(&format!(
+        "fairness rep {rep}: A {backlog} creates at {rate} req/s, B {b} objects, latency {latency_ms} ms, operator defaults"
+    ));
+    let bed = Bed::new("fair", json!({"latency_ms": latency_ms}), &[]).await;
+    let limited =
+        json!({"latency_ms": latency_ms, "rate_limit_rps": rate, "rate_limit_burst": rate});
+    bed.mock
+        .create_workspace("a", &["oi_sk_bench_account_a"], limited)
+        .await;
+    bed.mock
+        .create_workspace(
+            "b",
+            &["oi_sk_bench_account_b"],
+            json!({"latency_ms": latency_ms}),
+        )
+        .await;
+    bench_account(
+        &bed,
+        "a",
+        "oi_sk_bench_account_a",
+        json!({"requestsPerSecond": rate, "burst": rate}),
+    )
+    .await;
+    bench_account(&bed, "b", "oi_sk_bench_account_b", json!({})).await;
+    let tracker = Tracker::start(bed.pns.clone()).await;
+
+    // B alone on the idle operator.
+    let alone = names("b-alone", b);
+    let t0 = Instant::now();
+    apply_on_account(&bed, &alone, "b", 4_000_000_000).await;
+    let alone_secs = time_to_ready(&tracker, &alone, t0).await;
+
+    // A's backlog, running at its limit; then B again.
+    let backlog_names = names("a", backlog);
+    let ta = Instant::now();
+    apply_on_account(&bed, &backlog_names, "a", 5_000_000_000).await;
+    let quarter = backlog / 4;
+    tracker
+        .wait("a quarter of A Ready", Duration::from_secs(600), move |s| {
+            s.ready.keys().filter(|k| k.starts_with("a-")).count() >= quarter
+        })
+        .await;
+    let busy = names("b-busy", b);
+    let t1 = Instant::now();
+    apply_on_account(&bed, &busy, "b", 6_000_000_000).await;
+    let busy_secs = time_to_ready(&tracker, &busy, t1).await;
+    let a_ready_when_b_done = tracker
+        .state
+        .lock()
+        .unwrap()
+        .ready
+        .keys()
+        .filter(|k| k.starts_with("a-"))
+        .count();
+    let backlog_secs = time_to_ready(&tracker, &backlog_names, ta).await;
+    let a_calls = calls_map(&bed.mock.workspace("a").calls().await);
+    let b_calls = calls_map(&bed.mock.workspace("b").calls().await);
+    let a_429 = outcomes(&bed.mock.workspace("a")).await;
+    let ratio = busy_secs / alone_secs;
+    log(&format!(
+        "  B alone {alone_secs:.2} s; B beside A's backlog {busy_secs:.2} s (ratio {ratio:.3}, goal ≤ 1.2); A's {backlog} Ready in {backlog_secs:.1} s (floor {:.1} s), {a_ready_when_b_done} of them when B was done; A calls {a_calls:?} outcomes {a_429:?}; B calls {b_calls:?}",
+        backlog as f64 / rate as f64
+    ));
+    let result = json!({"rep": rep, "backlog": backlog, "b": b, "rate": rate, "latency_ms": latency_ms,
+        "b_alone_secs": alone_secs, "b_busy_secs": busy_secs, "ratio": ratio,
+        "a_backlog_secs": backlog_secs, "a_ready_when_b_done": a_ready_when_b_done,
+        "a_calls": a_calls, "a_outcomes": a_429, "b_calls": b_calls});
+    record("fairness", result.clone());
+    bed.delete_all(&tracker, Duration::from_secs(600)).await;
+    drop(tracker);
+    bed.teardown().await;
+    result
+}
+
 // ------------------------------------------------------------------ 4: footprint at 10,000
 
 /// Every 15 s until dropped: how many are Ready, and the operator's memory and CPU.
@@ -998,7 +1172,10 @@ fn machine() -> String {
 }
 
 fn main() {
-    let only: String = env("BENCH_ONLY", "burst,nolimit,latency,footprint".to_string());
+    let only: String = env(
+        "BENCH_ONLY",
+        "burst,nolimit,latency,fairness,footprint".to_string(),
+    );
     let only: Vec<&str> = only.split(',').map(str::trim).collect();
     let n: usize = env("BENCH_N", 1000);
     let repeats: usize = env("BENCH_REPEATS", 3);
@@ -1108,6 +1285,25 @@ fn main() {
                     median(&mut p99.clone())
                 ));
             }
+        }
+        if only.contains(&"fairness") {
+            let backlog: usize = env("BENCH_FAIR_BACKLOG", 2000);
+            let b: usize = env("BENCH_FAIR_B", 20);
+            let mut ratios = Vec::new();
+            let mut alone = Vec::new();
+            let mut busy = Vec::new();
+            for rep in 0..repeats {
+                let r = fairness(backlog, b, 20, latency_ms, rep).await;
+                ratios.push(r["ratio"].as_f64().unwrap_or(f64::NAN));
+                alone.push(r["b_alone_secs"].as_f64().unwrap_or(f64::NAN));
+                busy.push(r["b_busy_secs"].as_f64().unwrap_or(f64::NAN));
+            }
+            summary.push(format!(
+                "fairness: B's {b} objects beside A's {backlog} creates at 20 req/s: median {:.2} s against {:.2} s alone, ratio {:.3} (goal ≤ 1.2); runs alone {alone:?} busy {busy:?}",
+                median(&mut busy.clone()),
+                median(&mut alone.clone()),
+                median(&mut ratios.clone())
+            ));
         }
         if only.contains(&"footprint") {
             let r = footprint(footprint_n, idle).await;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use oneinbox_operator::oneinbox::{
     ApiError, Deregistered, OneInboxApi, PatchRequest, RegisterRequest, Registration, Routing,
-    RoutingFallback, SecretString,
+    RoutingFallback,
 };
 use serde_json::{Value, json};
 

@@ -4,6 +4,9 @@
 //! read, how the passing of simulated time reaches the operator's memory, and how a HTTP answer
 //! becomes an `ApiError`. After a change of the controller's shape, adapt this file only.
 
+use oneinbox_operator::accounts::registry::{Registry, RegistrySettings};
+use oneinbox_operator::controller::AccountStores;
+use oneinbox_operator::oneinbox::Budget;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,11 +90,26 @@ impl Operator {
         );
         let (store, writer) = reflector::store::<PhoneNumber>();
         let (tx, rx) = mpsc::unbounded_channel();
+        let oneinbox = ModelApi {
+            world: world.clone(),
+        };
+        let accounts = Arc::new(Registry::new(
+            oneinbox.clone(),
+            RegistrySettings::operator_only(
+                Budget {
+                    rate_per_second: std::num::NonZeroU32::MAX,
+                    burst: std::num::NonZeroU32::MAX,
+                    max_in_flight: 1024,
+                },
+                1024,
+            ),
+        ));
         let ctx = Arc::new(Context {
             client,
-            oneinbox: ModelApi {
-                world: world.clone(),
-            },
+            oneinbox,
+            accounts,
+            account_stores: AccountStores::unwatched(),
+            pns_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             reporter: Reporter {
                 controller: "oneinbox-operator".into(),
                 instance: Some("model".into()),
