@@ -679,15 +679,18 @@ fn test_values_render_passes_server_dry_run() {
         Some(&*watched.0)
     );
 
-    // The Argo CD health check is the chart's files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua, verbatim.
-    assert_eq!(
-        named(&docs, "ConfigMap", &format!("{fullname}-argocd-health"))["data"]
-            ["resource.customizations.health.oneinbox.ai_PhoneNumber"]
-            .as_str(),
-        Some(&*read(&format!(
-            "{CHART}/files/argocd/resource_customizations/oneinbox.ai/PhoneNumber/health.lua"
-        )))
-    );
+    // Each Argo CD health check is the chart's files/argocd/resource_customizations/oneinbox.ai/<Kind>/health.lua, verbatim.
+    let health = named(&docs, "ConfigMap", &format!("{fullname}-argocd-health"));
+    for kind in ["PhoneNumber", "OneInboxAccount", "ClusterOneInboxAccount"] {
+        assert_eq!(
+            health["data"][format!("resource.customizations.health.oneinbox.ai_{kind}")].as_str(),
+            Some(&*read(&format!(
+                "{CHART}/files/argocd/resource_customizations/oneinbox.ai/{kind}/health.lua"
+            ))),
+            "{kind}"
+        );
+    }
+    assert_eq!(health["data"].as_mapping().map(|d| d.len()), Some(3));
 
     // Everything, the monitors and the PDB included, against the real API server.
     let out = server_dry_run(&docs);

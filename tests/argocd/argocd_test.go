@@ -22,13 +22,26 @@ const (
 	reconcileKey = "oneinbox.ai/reconcile-requested-at"
 )
 
-func scripts(t *testing.T) Scripts {
+func scripts(t *testing.T, kind string) Scripts {
 	t.Helper()
-	s, err := LoadScripts(KindDir)
+	c, ok := Lookup(kind)
+	if !ok {
+		t.Fatalf("no customization for %s", kind)
+	}
+	s, err := LoadScripts(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+func allScripts(t *testing.T) []Scripts {
+	t.Helper()
+	all, err := LoadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
 }
 
 // loadObject reads a YAML fixture into the JSON-shaped map a Kubernetes client hands Argo CD.
@@ -53,9 +66,16 @@ func loadObject(t *testing.T, path string) map[string]any {
 	return obj
 }
 
+func fixtureOf(t *testing.T, kind, name string) map[string]any {
+	t.Helper()
+	c, _ := Lookup(kind)
+	return loadObject(t, filepath.Join(c.Dir(), "testdata", name+".yaml"))
+}
+
+// fixture is a PhoneNumber fixture (the actions' tests).
 func fixture(t *testing.T, name string) map[string]any {
 	t.Helper()
-	return loadObject(t, filepath.Join(KindDir, "testdata", name+".yaml"))
+	return fixtureOf(t, "PhoneNumber", name)
 }
 
 func annotations(obj map[string]any) map[string]any {
@@ -66,9 +86,18 @@ func annotations(obj map[string]any) map[string]any {
 
 // The Stalled message is what a human needs; Degraded must carry it whole.
 func TestHealthDegradedCarriesStalledMessage(t *testing.T) {
-	s := scripts(t)
-	for _, name := range []string{"stalled-already-registered", "replacement-required", "deletion-blocked"} {
-		obj := fixture(t, name)
+	cases := []struct{ kind, name string }{
+		{"PhoneNumber", "stalled-already-registered"},
+		{"PhoneNumber", "replacement-required"},
+		{"PhoneNumber", "deletion-blocked"},
+	}
+	for _, kind := range AccountKinds {
+		cases = append(cases, struct{ kind, name string }{kind, "stalled-api-key-rejected"},
+			struct{ kind, name string }{kind, "deleting-in-use-stalled"})
+	}
+	for _, tc := range cases {
+		s, name := scripts(t, tc.kind), tc.kind+"/"+tc.name
+		obj := fixtureOf(t, tc.kind, tc.name)
 		h, err := RunHealth(obj, s.Health, SafeLibs)
 		if err != nil {
 			t.Fatal(err)
@@ -85,20 +114,39 @@ func TestHealthDegradedCarriesStalledMessage(t *testing.T) {
 	}
 }
 
-// The reasons the operator sets, read from its source: the constants of `mod reason` in
-// src/controller/status.rs that some other line of src/ uses as reason::NAME.
-func operatorReasons(t *testing.T) map[string]bool {
+// reasonSource says where the reasons of a kind's conditions are: the `pub const NAME: &str =
+// "Value";` lines of consts (within its `pub mod reason` block when it has one), as used by some
+// line of a .rs file under uses as reason::NAME.
+type reasonSource struct{ consts, uses string }
+
+var reasonSources = map[string]reasonSource{
+	"PhoneNumber":            {"../../src/controller/status.rs", "../../src"},
+	"OneInboxAccount":        {"../../src/accounts/controller.rs", "../../src/accounts"},
+	"ClusterOneInboxAccount": {"../../src/accounts/controller.rs", "../../src/accounts"},
+}
+
+// The reasons the operator sets for kind, read from its source.
+func operatorReasons(t *testing.T, kind string) map[string]bool {
 	t.Helper()
-	statusRs, err := os.ReadFile("../../src/controller/status.rs")
+	src, ok := reasonSources[kind]
+	if !ok {
+		t.Fatalf("no reason source for %s", kind)
+	}
+	raw, err := os.ReadFile(src.consts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	text := string(raw)
+	// Only the reason module: the same file may hold other string constants.
+	if m := regexp.MustCompile(`(?s)pub mod reason \{.*?\n\}`).FindString(text); m != "" {
+		text = m
+	}
 	consts := map[string]string{}
-	for _, m := range regexp.MustCompile(`pub const ([A-Z_]+): &str = "([A-Za-z]+)";`).FindAllStringSubmatch(string(statusRs), -1) {
+	for _, m := range regexp.MustCompile(`pub const ([A-Z_]+): &str = "([A-Za-z]+)";`).FindAllStringSubmatch(text, -1) {
 		consts[m[1]] = m[2]
 	}
 	used := map[string]bool{}
-	err = filepath.Walk("../../src", func(path string, _ os.FileInfo, err error) error {
+	err = filepath.Walk(src.uses, func(path string, _ os.FileInfo, err error) error {
 		if err != nil || !strings.HasSuffix(path, ".rs") {
 			return err
 		}
@@ -116,52 +164,122 @@ func operatorReasons(t *testing.T) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(used) < 10 {
-		t.Fatalf("found only %d reasons in src/: %v", len(used), used)
+	if len(used) < 5 {
+		t.Fatalf("%s: found only %d reasons in %s: %v", kind, len(used), src.uses, used)
 	}
 	return used
 }
 
-// Every reason the operator sets appears in a health fixture, and no fixture shows a reason
-// the operator never sets.
+// Every reason the operator sets appears in a health fixture of each kind, and no fixture shows
+// a reason the operator never sets for that kind.
 func TestHealthFixturesMatchOperatorReasons(t *testing.T) {
-	reasons := operatorReasons(t)
-	files, err := filepath.Glob(filepath.Join(KindDir, "testdata", "*.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for _, f := range files {
-		st, _ := loadObject(t, f)["status"].(map[string]any)
-		conds, _ := st["conditions"].([]any)
-		for _, c := range conds {
-			r, _ := c.(map[string]any)["reason"].(string)
-			seen[r] = true
-			if !reasons[r] {
-				t.Errorf("%s: reason %q is never set by the operator", filepath.Base(f), r)
+	for _, c := range Customizations {
+		t.Run(c.Kind, func(t *testing.T) {
+			reasons := operatorReasons(t, c.Kind)
+			files, err := filepath.Glob(filepath.Join(c.Dir(), "testdata", "*.yaml"))
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	}
-	for r := range reasons {
-		if !seen[r] {
-			t.Errorf("no health fixture uses reason %s", r)
-		}
+			seen := map[string]bool{}
+			for _, f := range files {
+				st, _ := loadObject(t, f)["status"].(map[string]any)
+				conds, _ := st["conditions"].([]any)
+				for _, cond := range conds {
+					r, _ := cond.(map[string]any)["reason"].(string)
+					seen[r] = true
+					if !reasons[r] {
+						t.Errorf("%s: reason %q is never set by the operator", filepath.Base(f), r)
+					}
+				}
+			}
+			for r := range reasons {
+				if !seen[r] {
+					t.Errorf("no health fixture uses reason %s", r)
+				}
+			}
+		})
 	}
 }
 
 // Argo CD hands the script integers as Lua numbers whatever their Go type (int64 from a live
 // object); the generation comparison must hold for both.
 func TestHealthIntegerGenerations(t *testing.T) {
-	s := scripts(t)
-	obj := fixture(t, "generation-lagging")
-	obj["metadata"].(map[string]any)["generation"] = int64(3)
-	obj["status"].(map[string]any)["observedGeneration"] = int64(2)
-	if h, err := RunHealth(obj, s.Health, SafeLibs); err != nil || h.Status != "Progressing" {
-		t.Fatalf("lagging with int64: %+v, %v", h, err)
+	for _, c := range Customizations {
+		s := scripts(t, c.Kind)
+		obj := fixtureOf(t, c.Kind, "generation-lagging")
+		obj["metadata"].(map[string]any)["generation"] = int64(3)
+		obj["status"].(map[string]any)["observedGeneration"] = int64(2)
+		if h, err := RunHealth(obj, s.Health, SafeLibs); err != nil || h.Status != "Progressing" {
+			t.Fatalf("%s lagging with int64: %+v, %v", c.Kind, h, err)
+		}
+		obj["status"].(map[string]any)["observedGeneration"] = int64(3)
+		if h, err := RunHealth(obj, s.Health, SafeLibs); err != nil || h.Status != "Healthy" {
+			t.Fatalf("%s caught up with int64: %+v, %v", c.Kind, h, err)
+		}
 	}
-	obj["status"].(map[string]any)["observedGeneration"] = int64(3)
-	if h, err := RunHealth(obj, s.Health, SafeLibs); err != nil || h.Status != "Healthy" {
-		t.Fatalf("caught up with int64: %+v, %v", h, err)
+}
+
+// The account kinds have the same status, so they share one script: Argo CD looks a script up
+// by kind, hence one copy per kind directory, and the copies must not drift apart.
+func TestAccountHealthScriptsIdentical(t *testing.T) {
+	first := scripts(t, AccountKinds[0])
+	for _, kind := range AccountKinds[1:] {
+		if scripts(t, kind).Health != first.Health {
+			t.Errorf("%s/health.lua differs from %s/health.lua: copy one over the other", kind, AccountKinds[0])
+		}
+	}
+}
+
+// The directories under resource_customizations/oneinbox.ai are exactly the customized kinds
+// (a new directory must be listed to reach argocd-cm.yaml), only kinds with actions have an
+// actions/ directory, and every kind of the operator's CRDs has a customization.
+func TestCustomizationsCoverKinds(t *testing.T) {
+	entries, err := os.ReadDir(filepath.Join(CustomizationsDir, Group))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirs, kinds []string
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, e.Name())
+		}
+	}
+	for _, c := range Customizations {
+		kinds = append(kinds, c.Kind)
+		_, err := os.Stat(filepath.Join(c.Dir(), "actions"))
+		if has := err == nil; has != (len(c.ActionNames) > 0) {
+			t.Errorf("%s: actions/ present %v, actions listed %v", c.Kind, has, c.ActionNames)
+		}
+	}
+	sort.Strings(dirs)
+	sort.Strings(kinds)
+	if !reflect.DeepEqual(dirs, kinds) {
+		t.Errorf("directories %v, customized kinds %v", dirs, kinds)
+	}
+
+	crds, err := filepath.Glob("../../crds/*.yaml")
+	if err != nil || len(crds) == 0 {
+		t.Fatalf("no CRDs in ../../crds: %v", err)
+	}
+	for _, f := range crds {
+		var crd struct {
+			Spec struct {
+				Group string `yaml:"group"`
+				Names struct {
+					Kind string `yaml:"kind"`
+				} `yaml:"names"`
+			} `yaml:"spec"`
+		}
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(raw, &crd); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if _, ok := Lookup(crd.Spec.Names.Kind); crd.Spec.Group != Group || !ok {
+			t.Errorf("%s: %s/%s has no health check", filepath.Base(f), crd.Spec.Group, crd.Spec.Names.Kind)
+		}
 	}
 }
 
@@ -176,7 +294,7 @@ func discover(t *testing.T, s Scripts, obj map[string]any) map[string]Action {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	want := append([]string(nil), ActionNames...)
+	want := append([]string(nil), s.ActionNames...)
 	sort.Strings(want)
 	if !reflect.DeepEqual(names, want) {
 		t.Fatalf("discovered %v, want %v", names, want)
@@ -225,7 +343,7 @@ func assertOnlyAnnotationsChanged(t *testing.T, before, after map[string]any) {
 }
 
 func TestReconcileNow(t *testing.T) {
-	s := scripts(t)
+	s := scripts(t, "PhoneNumber")
 	obj := fixture(t, "available")
 	obj["spec"].(map[string]any)["inboundRouting"] = map[string]any{} // an empty map must survive
 
@@ -262,7 +380,7 @@ func TestReconcileNow(t *testing.T) {
 }
 
 func TestPauseResume(t *testing.T) {
-	s := scripts(t)
+	s := scripts(t, "PhoneNumber")
 	obj := fixture(t, "available")
 
 	paused := act(t, s, "pause", obj)
@@ -314,12 +432,13 @@ type resourceActions struct {
 	} `yaml:"definitions"`
 }
 
-// argocd-cm.yaml carries exactly the .lua files, in Argo CD's format.
+// argocd-cm.yaml carries exactly the .lua files, in Argo CD's format: a health key per kind,
+// an actions key per kind with actions.
 func TestConfigMap(t *testing.T) {
-	s := scripts(t)
+	all := allScripts(t)
 	path := filepath.Join(ChartDir, "argocd-cm.yaml")
 	if *update {
-		text, err := RenderConfigMap(s)
+		text, err := RenderConfigMap(all)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -332,7 +451,7 @@ func TestConfigMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The verify twin: the committed snippet is exactly what the generator writes today.
-	rendered, err := RenderConfigMap(s)
+	rendered, err := RenderConfigMap(all)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,35 +465,58 @@ func TestConfigMap(t *testing.T) {
 	if cm.APIVersion != "v1" || cm.Kind != "ConfigMap" || cm.Metadata.Name != "argocd-cm" {
 		t.Errorf("not the argocd-cm ConfigMap: %s %s %s", cm.APIVersion, cm.Kind, cm.Metadata.Name)
 	}
-	if len(cm.Data) != 2 {
-		t.Errorf("data keys: want exactly %s and %s, got %d keys", HealthKey, ActionsKey, len(cm.Data))
+	var keys []string
+	for _, s := range all {
+		keys = append(keys, s.HealthKey())
+		if len(s.ActionNames) > 0 {
+			keys = append(keys, s.ActionsKey())
+		}
 	}
-	if cm.Data[HealthKey] != s.Health {
-		t.Errorf("%s differs from health.lua (regenerate with `make argocd-cm`)", HealthKey)
+	var got []string
+	for k := range cm.Data {
+		got = append(got, k)
 	}
+	sort.Strings(got)
+	sort.Strings(keys)
+	if !reflect.DeepEqual(got, keys) {
+		t.Errorf("data keys %v, want exactly %v", got, keys)
+	}
+	for _, s := range all {
+		if cm.Data[s.HealthKey()] != s.Health {
+			t.Errorf("%s differs from %s/health.lua (regenerate with `make argocd-cm`)", s.HealthKey(), s.Kind)
+		}
+		if len(s.ActionNames) > 0 {
+			checkActions(t, s, cm.Data[s.ActionsKey()])
+		}
+	}
+}
+
+// checkActions compares an actions key with the kind's actions/ directory.
+func checkActions(t *testing.T, s Scripts, key string) {
+	t.Helper()
 	var ra resourceActions
-	if err := yaml.Unmarshal([]byte(cm.Data[ActionsKey]), &ra); err != nil {
-		t.Fatalf("%s: %v", ActionsKey, err)
+	if err := yaml.Unmarshal([]byte(key), &ra); err != nil {
+		t.Fatalf("%s: %v", s.ActionsKey(), err)
 	}
 	if ra.Discovery != s.Discovery {
-		t.Errorf("discovery.lua differs from actions/discovery.lua (regenerate with `make argocd-cm`)")
+		t.Errorf("%s: discovery.lua differs from actions/discovery.lua (regenerate with `make argocd-cm`)", s.Kind)
 	}
 	var names []string
 	for _, d := range ra.Definitions {
 		names = append(names, d.Name)
 		want, ok := s.Actions[d.Name]
 		if !ok {
-			t.Errorf("definition %q has no actions/%s/action.lua", d.Name, d.Name)
+			t.Errorf("%s: definition %q has no actions/%s/action.lua", s.Kind, d.Name, d.Name)
 		} else if d.Action != want {
-			t.Errorf("action %q differs from actions/%s/action.lua (regenerate with `make argocd-cm`)", d.Name, d.Name)
+			t.Errorf("%s: action %q differs from actions/%s/action.lua (regenerate with `make argocd-cm`)", s.Kind, d.Name, d.Name)
 		}
 	}
-	if !reflect.DeepEqual(names, ActionNames) {
-		t.Errorf("definitions %v, want %v", names, ActionNames)
+	if !reflect.DeepEqual(names, s.ActionNames) {
+		t.Errorf("%s: definitions %v, want %v", s.Kind, names, s.ActionNames)
 	}
 
 	// The action directories are exactly the defined actions.
-	dirs, err := os.ReadDir(filepath.Join(KindDir, "actions"))
+	dirs, err := os.ReadDir(filepath.Join(s.Dir(), "actions"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,11 +526,11 @@ func TestConfigMap(t *testing.T) {
 			found = append(found, d.Name())
 		}
 	}
-	want := append([]string(nil), ActionNames...)
+	want := append([]string(nil), s.ActionNames...)
 	sort.Strings(want)
 	sort.Strings(found)
 	if !reflect.DeepEqual(found, want) {
-		t.Errorf("action directories %v, want %v", found, want)
+		t.Errorf("%s: action directories %v, want %v", s.Kind, found, want)
 	}
 }
 

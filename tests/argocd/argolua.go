@@ -1,6 +1,6 @@
-// Package argocd runs the Argo CD resource customizations for oneinbox.ai/PhoneNumber
-// (charts/oneinbox-operator/files/argocd/resource_customizations, in Argo CD's own layout) the
-// way Argo CD runs them, without the argo-cd module:
+// Package argocd runs the Argo CD resource customizations for oneinbox.ai (PhoneNumber and the two
+// account kinds; charts/oneinbox-operator/files/argocd/resource_customizations, in Argo CD's own
+// layout) the way Argo CD runs them, without the argo-cd module:
 //
 //   - a gopher-lua state with package, base, table and a "safe" os library that has only
 //     os.time and os.date (Argo CD's util/lua runLua and oslib_safe). A script from argocd-cm

@@ -86,7 +86,11 @@ func scriptsFor(t *testing.T, obj map[string]any) Scripts {
 	if i := strings.LastIndex(apiVersion, "/"); i >= 0 {
 		group = apiVersion[:i]
 	}
-	s, err := LoadScripts(filepath.Join(CustomizationsDir, group, kind))
+	c, ok := Lookup(kind)
+	if group != Group || !ok {
+		t.Fatalf("no customization for %s %s", apiVersion, kind)
+	}
+	s, err := LoadScripts(c)
 	if err != nil {
 		t.Fatalf("no customization for %s %s: %v", apiVersion, kind, err)
 	}
@@ -140,6 +144,10 @@ func TestLuaHealthScript(t *testing.T) {
 			name := filepath.Join(strings.TrimPrefix(dir, CustomizationsDir+"/"), tc.InputPath)
 			t.Run(name, func(t *testing.T) {
 				obj := loadObject(t, filepath.Join(dir, tc.InputPath))
+				// A fixture copied from the other account kind would test the wrong script.
+				if kind, _ := obj["kind"].(string); kind != filepath.Base(dir) {
+					t.Fatalf("kind %s in the directory of %s", kind, filepath.Base(dir))
+				}
 				script := scriptsFor(t, obj).Health
 				for _, libs := range []Libs{OpenLibs, SafeLibs} {
 					got, err := RunHealth(obj, script, libs)

@@ -606,7 +606,7 @@ async fn doc_shell_commands_run_as_written() {
     let work = tempfile::tempdir().expect("tempdir");
     let oneinbox_system_gone = "! kubectl get namespace oneinbox-system";
 
-    // Argo CD: the argocd-cm patch merges the two keys into an existing argocd-cm.
+    // Argo CD: the argocd-cm patch merges its keys into an existing argocd-cm.
     plane.sh(
         &repo(),
         "kubectl create namespace argocd && kubectl -n argocd create configmap argocd-cm --from-literal=url=https://argocd.example.com",
@@ -629,6 +629,17 @@ async fn doc_shell_commands_run_as_written() {
         cm["data"]["resource.customizations.health.oneinbox.ai_PhoneNumber"].as_str(),
         Some(health.as_str())
     );
+    for kind in ["OneInboxAccount", "ClusterOneInboxAccount"] {
+        let script = std::fs::read_to_string(repo().join(format!(
+            "charts/oneinbox-operator/files/argocd/resource_customizations/oneinbox.ai/{kind}/health.lua"
+        )))
+        .expect("health.lua");
+        assert_eq!(
+            cm["data"][format!("resource.customizations.health.oneinbox.ai_{kind}")].as_str(),
+            Some(script.as_str()),
+            "{kind}"
+        );
+    }
     assert!(
         cm["data"]["resource.customizations.actions.oneinbox.ai_PhoneNumber"]
             .as_str()
