@@ -82,7 +82,7 @@ chaos:
 	$(CARGO) test --release --features e2e --test soak
 
 ## make bench: benchmarks; figures go to docs/benchmarks.md (BENCH_N=1000 BENCH_REPEATS=3
-## BENCH_STEADY_SECS=600 BENCH_FOOTPRINT_N=10000 BENCH_ONLY=burst,nolimit,latency,footprint).
+## BENCH_STEADY_SECS=600 BENCH_FOOTPRINT_N=10000 BENCH_ONLY=burst,nolimit,latency,fairness,footprint).
 bench:
 	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
 	$(CARGO) test --release --features e2e --test bench

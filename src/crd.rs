@@ -498,13 +498,20 @@ pub fn generated_crds()
 /// the doc comments would end its lines mid-sentence.
 pub fn generated_crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    let mut crd = reflowed(<PhoneNumber as kube::CustomResourceExt>::crd());
+    reflowed(<PhoneNumber as kube::CustomResourceExt>::crd())
+}
+
+/// `crd` with every description of every version reflowed, and its status defaulted.
+fn reflowed(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
             .schema
             .as_mut()
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
+            reflow_schema(schema);
             // Until the operator's first status write, an object reads as
             // `status: {observedGeneration: 0}` (defaulted on every read; nothing is stored):
             // kstatus, and so Flux's `wait`, sees generation 1 not yet observed (InProgress)
@@ -516,22 +523,6 @@ pub fn generated_crd()
                     ),
                 );
             }
-        }
-    }
-    crd
-}
-
-/// `crd` with every description of every version reflowed.
-fn reflowed(
-    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    for version in &mut crd.spec.versions {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
-            reflow_schema(schema);
         }
     }
     crd

@@ -232,6 +232,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                     .then_some(args.min_poll_interval),
                 cluster_accounts: args.cluster_accounts_enabled(),
                 account_selector: args.account_selector.clone(),
+                allow_insecure_http: args.api.allow_insecure_http,
             },
         },
         move |readiness| {

@@ -20,6 +20,12 @@ use yaml_serde::Value;
 const CHART: &str = "charts/oneinbox-operator";
 const CHART_TEST_VALUES: &str = "charts/oneinbox-operator/ci/test-values.yaml";
 const CRD_FILE: &str = "crds/phonenumbers.oneinbox.ai.yaml";
+/// Every CRD the operator defines (`make crds`).
+const CRD_FILES: [&str; 3] = [
+    CRD_FILE,
+    "crds/oneinboxaccounts.oneinbox.ai.yaml",
+    "crds/clusteroneinboxaccounts.oneinbox.ai.yaml",
+];
 const CRD_NAME: &str = "phonenumbers.oneinbox.ai";
 /// Release name and namespace whose chart render `deploy/` reproduces.
 const DEFAULT_RELEASE: &str = "oneinbox-operator";
@@ -125,11 +131,12 @@ fn cluster() {
             kubeconfig().display()
         );
         kubectl_ok(&["get", "--raw", "/readyz"], None);
-        let crd = repo_path(CRD_FILE);
-        kubectl_ok(
-            &["apply", "--server-side", "--force-conflicts", "-f", &crd],
-            None,
-        );
+        for file in CRD_FILES {
+            kubectl_ok(
+                &["apply", "--server-side", "--force-conflicts", "-f", &repo_path(file)],
+                None,
+            );
+        }
         kubectl_ok(
             &[
                 "wait",
@@ -385,22 +392,33 @@ fn chart_app_version_is_the_crate_version() {
 }
 
 #[test]
-fn chart_crd_is_the_generated_crd() {
-    let generated = std::fs::read(repo().join(CRD_FILE)).unwrap();
-    let shipped = std::fs::read(repo().join(CHART).join(CRD_FILE)).unwrap();
-    assert!(
-        generated == shipped,
-        "{CHART}/{CRD_FILE} differs from {CRD_FILE}: run `cp {CRD_FILE} {CHART}/crds/`"
-    );
+fn chart_crds_are_the_generated_crds() {
+    for file in CRD_FILES {
+        let generated = std::fs::read(repo().join(file)).unwrap();
+        let shipped = std::fs::read(repo().join(CHART).join(file)).unwrap();
+        assert!(
+            generated == shipped,
+            "{CHART}/{file} differs from {file}: run `make crds`"
+        );
+    }
     let files = yaml_files(&format!("{CHART}/crds"));
-    assert_eq!(files.len(), 1, "the chart ships exactly one CRD: {files:?}");
+    assert_eq!(
+        files.len(),
+        CRD_FILES.len(),
+        "the chart ships exactly the generated CRDs: {files:?}"
+    );
 }
 
 /// docs/helm.md installs the CRD with `helm show crds`: it prints exactly the generated CRD.
 #[test]
 fn helm_show_crds_prints_the_generated_crd() {
     let shown = helm_ok(&["show", "crds", &repo_path(CHART)]);
-    assert_eq!(parse_docs(&shown), parse_docs(&read(CRD_FILE)));
+    let mut shown = parse_docs(&shown);
+    let mut generated: Vec<Value> = CRD_FILES.iter().flat_map(|f| parse_docs(&read(f))).collect();
+    let by_name = |d: &Value| d["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    shown.sort_by_key(by_name);
+    generated.sort_by_key(by_name);
+    assert_eq!(shown, generated);
     assert!(
         read("docs/helm.md").contains(
             "helm show crds <chart> --version <version> | kubectl apply --server-side -f -"
@@ -933,6 +951,13 @@ fn conflicting_values_fail_with_a_message() {
             &["--set", "apiUrl=http://mock.test:8080"],
             "apiUrl is http://: the operator refuses it unless allowInsecureHttp=true",
         ),
+        (
+            &[
+                "--set",
+                "defaultAccount.enabled=true,watchNamespace=team-a",
+            ],
+            "defaultAccount.enabled needs cluster accounts",
+        ),
     ];
     for (extra, message) in cases {
         let mut args = vec!["template", "bad", chart.as_str()];
@@ -1437,9 +1462,17 @@ fn samples_pass_server_dry_run() {
         .flat_map(|f| parse_docs(&std::fs::read_to_string(f).unwrap()))
         .collect();
     assert_eq!(name(only(&docs, "Namespace")), SAMPLES_NAMESPACE);
-    assert_eq!(only(&docs, "Secret")["type"].as_str(), Some("Opaque"));
+    let secrets: Vec<&Value> = docs.iter().filter(|d| kind(d) == "Secret").collect();
+    assert_eq!(secrets.len(), 2, "the SIP password and the account's key");
+    assert!(secrets.iter().all(|s| s["type"].as_str() == Some("Opaque")));
     let numbers: Vec<&Value> = docs.iter().filter(|d| kind(d) == "PhoneNumber").collect();
-    assert_eq!(numbers.len(), 2, "two valid samples");
+    assert_eq!(numbers.len(), 3, "three valid samples");
+    // One of them through the account the samples define.
+    let account = only(&docs, "OneInboxAccount");
+    assert!(numbers.iter().any(|n| {
+        n["spec"]["accountRef"]["kind"].as_str() == Some("OneInboxAccount")
+            && n["spec"]["accountRef"]["name"] == account["metadata"]["name"]
+    }));
     assert!(
         numbers
             .iter()
@@ -1458,9 +1491,10 @@ fn samples_pass_server_dry_run() {
     assert!(out.status.success(), "{}", describe("dry run", &out));
     assert_eq!(
         stdout.matches("phonenumber.oneinbox.ai/").count(),
-        2,
+        3,
         "{stdout}"
     );
+    assert_eq!(stdout.matches("oneinboxaccount.oneinbox.ai/").count(), 1, "{stdout}");
 }
 
 #[test]
@@ -1553,4 +1587,47 @@ fn dockerfile_is_lint_clean_and_non_root() {
         dockerfile.contains(&format!("FROM rust:{channel}-bookworm@sha256:")),
         "the Dockerfile's rust image is not rust:{channel}"
     );
+}
+
+/// The optional default account: a ClusterOneInboxAccount from the operator's key Secret, named
+/// by --default-account, with the namespaces and budget the values give; accepted by the API
+/// server.
+#[test]
+fn default_account_renders_a_cluster_account_and_passes_server_dry_run() {
+    cluster();
+    let ns = unique("chart-acct");
+    let yaml = render(
+        "acct",
+        &ns,
+        &[
+            "--set",
+            "defaultAccount.enabled=true,defaultAccount.name=voice",
+            "--set-json",
+            r#"defaultAccount.allowedNamespaces={"selector":{"matchLabels":{"team":"voice"}},"names":["ops"]}"#,
+            "--set-json",
+            r#"defaultAccount.budget={"requestsPerSecond":5,"maxInFlight":2}"#,
+        ],
+    );
+    let docs = parse_docs(&yaml);
+    let account = only(&docs, "ClusterOneInboxAccount");
+    assert_eq!(name(account), "voice");
+    assert_eq!(
+        serde_json::to_value(&account["spec"]).unwrap(),
+        serde_json::json!({
+            "apiKeySecretRef": {"namespace": ns, "name": "oneinbox-api-key", "key": "apiKey"},
+            "allowedNamespaces": {"selector": {"matchLabels": {"team": "voice"}}, "names": ["ops"]},
+            "budget": {"requestsPerSecond": 5, "maxInFlight": 2},
+        })
+    );
+    assert!(
+        args(&docs).contains(&"--default-account=voice".to_string()),
+        "{:?}",
+        args(&docs)
+    );
+    // Off by default: no account, no flag.
+    let plain = parse_docs(&render("plain", &ns, &[]));
+    assert!(!kinds(&plain).contains(&"ClusterOneInboxAccount".to_string()));
+    assert!(!args(&plain).iter().any(|a| a.starts_with("--default-account")));
+    let out = server_dry_run(&[account.clone()]);
+    assert!(out.status.success(), "{}", describe("kubectl", &out));
 }

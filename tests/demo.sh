@@ -41,15 +41,18 @@ say "starting the control plane (first run builds kube-apiserver, etcd, kubectl 
 kubeconfig=$(TESTENV_CRDS=$PWD/crds tests/cluster/up.sh | tail -n1)
 kubectl() { "$state/bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
-say "installing the CRD and the operator's RBAC"
-kubectl apply --server-side -f crds/phonenumbers.oneinbox.ai.yaml >/dev/null
-kubectl wait --for=condition=Established crd/phonenumbers.oneinbox.ai --timeout=60s >/dev/null
+say "installing the CRDs and the operator's RBAC"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd/phonenumbers.oneinbox.ai crd/oneinboxaccounts.oneinbox.ai \
+  crd/clusteroneinboxaccounts.oneinbox.ai --timeout=60s >/dev/null
 kubectl apply --server-side -f deploy/namespace.yaml -f deploy/rbac.yaml >/dev/null
 
 api_key="oi_sk_demo_$(openssl rand -hex 12)"
 say "starting the mock OneInbox API on http://127.0.0.1:$mock_port"
 stop_pid "$state/mock.pid"
+# A second workspace for the support team's account (deploy/samples/30-account.yaml).
 setsid target/debug/oneinbox-mock --listen "127.0.0.1:$mock_port" --latency-ms 150 \
+  --workspace support=oi_sk_demo_support_workspace \
   >"$state/mock.out" 2>"$state/mock.log" </dev/null &
 echo $! > "$state/mock.pid"
 for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$mock_port/_mock/config" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -74,6 +77,9 @@ fi
 say "waiting for the samples to be Ready"
 kubectl wait --for=condition=Ready phonenumbers --all -n oneinbox-demo --timeout=120s >/dev/null
 kubectl get pn -n oneinbox-demo -o wide
+kubectl wait --for=condition=Ready oneinboxaccounts --all -n oneinbox-demo --timeout=60s >/dev/null
+echo
+kubectl get oneinboxaccounts -n oneinbox-demo
 
 cat >&2 <<MSG
 
@@ -83,6 +89,8 @@ Demo running. Try:
   kubectl get pn -n oneinbox-demo -o wide                     # Ready, with the OneInbox ids
   kubectl -n oneinbox-demo describe pn                        # conditions and events
   curl -s http://127.0.0.1:$mock_port/_mock/phone-numbers     # what the mock OneInbox holds
+  curl -s http://127.0.0.1:$mock_port/_mock/workspaces/support/phone-numbers   # the support account's workspace
+  kubectl get oia -n oneinbox-demo                            # the account: Ready, PhoneNumbers
   curl -s http://127.0.0.1:$mock_port/_mock/calls             # API calls by endpoint
   curl -s http://127.0.0.1:$admin_port/metrics                 # operator metrics
   tail -f $state/operator.log

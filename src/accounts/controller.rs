@@ -32,7 +32,6 @@ use crate::oneinbox::{ApiError, OneInboxApi};
 /// Condition reasons of an account.
 pub mod reason {
     pub const VERIFIED: &str = "Verified";
-    pub const VERIFYING: &str = "Verifying";
     pub const KEY_REJECTED: &str = "APIKeyRejected";
     pub const API_UNAVAILABLE: &str = "APIUnavailable";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
@@ -226,7 +225,7 @@ pub async fn reconcile<K: AccountResource, C: OneInboxApi>(
         .unwrap_or_default();
     let desired = AccountStatus {
         observed_generation: view.generation,
-        phone_numbers: Some(users.len() as u32),
+        phone_numbers: Some(i32::try_from(users.len()).unwrap_or(i32::MAX)),
         conditions: account_conditions(
             &previous,
             &outcome,

@@ -152,16 +152,16 @@ pub struct Budget {
     /// Requests per second, sustained (the token bucket's rate). Default: --api-rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
-    pub requests_per_second: Option<u32>,
+    pub requests_per_second: Option<i32>,
     /// Requests that may go at once after a quiet period (the bucket's size). Default:
     /// --api-burst.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
-    pub burst: Option<u32>,
+    pub burst: Option<i32>,
     /// Requests in flight at most. Default: --api-max-in-flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
-    pub max_in_flight: Option<u32>,
+    pub max_in_flight: Option<i32>,
 }
 
 /// Observed state of an account.
@@ -173,7 +173,7 @@ pub struct AccountStatus {
     pub observed_generation: Option<i64>,
     /// How many PhoneNumbers (that this operator watches) use the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phone_numbers: Option<u32>,
+    pub phone_numbers: Option<i32>,
     /// Ready (the key was verified by one authenticated call), Reconciling and Stalled, as
     /// kstatus, Flux and Argo CD read them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -94,7 +94,11 @@ impl AccountView {
 
 /// The budget of an account: its spec, each field defaulting to the operator's flags.
 pub fn budget_of(spec: Option<&BudgetSpec>, defaults: &Budget) -> Budget {
-    let nz = |v: Option<u32>, d: NonZeroU32| v.and_then(NonZeroU32::new).unwrap_or(d);
+    let nz = |v: Option<i32>, d: NonZeroU32| {
+        v.and_then(|v| u32::try_from(v).ok())
+            .and_then(NonZeroU32::new)
+            .unwrap_or(d)
+    };
     Budget {
         rate_per_second: nz(
             spec.and_then(|b| b.requests_per_second),
@@ -103,7 +107,9 @@ pub fn budget_of(spec: Option<&BudgetSpec>, defaults: &Budget) -> Budget {
         burst: nz(spec.and_then(|b| b.burst), defaults.burst),
         max_in_flight: spec
             .and_then(|b| b.max_in_flight)
-            .map_or(defaults.max_in_flight, |v| v as usize),
+            .and_then(|v| usize::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(defaults.max_in_flight),
     }
 }
 
@@ -165,6 +171,8 @@ pub struct RegistrySettings {
     pub cluster_accounts: bool,
     /// Only accounts with these labels are this process's (sharding by account).
     pub account_selector: Option<String>,
+    /// An account's `http://` apiUrl is accepted (--allow-insecure-http).
+    pub allow_insecure_http: bool,
 }
 
 impl RegistrySettings {
@@ -178,6 +186,7 @@ impl RegistrySettings {
             reread_after: None,
             cluster_accounts: false,
             account_selector: None,
+            allow_insecure_http: false,
         }
     }
 }
@@ -315,6 +324,12 @@ impl<C: OneInboxApi> Registry<C> {
                 }
             }
         }
+        if let Some(url) = &account.api_url
+            && let Err(why) = endpoint_allowed(url, self.settings.allow_insecure_http)
+        {
+            e.invalid = Some(why);
+            return Ok(());
+        }
         let cell = KeyCell::new(key);
         let built = self.operator.for_account(&AccountEndpoint {
             label: account.id.label(),
@@ -361,6 +376,14 @@ impl<C: OneInboxApi> Registry<C> {
     }
 }
 
+/// An account's `apiUrl` the key may be sent to: https, or http only with
+/// --allow-insecure-http (the key would cross the network in clear text).
+fn endpoint_allowed(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("apiUrl is not a URL: {e}"))?;
+    crate::config::check_api_url(&parsed, allow_insecure_http)
+        .map_err(|e| e.replace("--api-url", "apiUrl"))
+}
+
 /// One non-empty UTF-8 value of a Secret, and the Secret's resourceVersion.
 pub async fn read_secret_value(
     client: &Client,
@@ -396,6 +419,15 @@ pub async fn read_secret_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_url_must_be_https_unless_http_is_allowed() {
+        assert!(endpoint_allowed("https://api.example", false).is_ok());
+        let err = endpoint_allowed("http://api.example", false).unwrap_err();
+        assert!(err.contains("apiUrl") && err.contains("plain http"), "{err}");
+        assert!(endpoint_allowed("http://127.0.0.1:1", true).is_ok());
+        assert!(endpoint_allowed("ftp://x", true).is_err());
+    }
 
     #[test]
     fn a_budget_defaults_field_by_field_to_the_flags() {

@@ -295,6 +295,16 @@ pub fn retry_delay(
     wait
 }
 
+/// A failed account watch stops every PhoneNumber on an account (they wait for the accounts to
+/// be listed): say so, with the likely fix.
+async fn report_account_watch_error<T, E: std::fmt::Display>(
+    res: std::result::Result<T, kube::runtime::controller::Error<E, watcher::Error>>,
+) {
+    if let Err(kube::runtime::controller::Error::QueueError(e)) = res {
+        warn!(error = %e, "cannot watch accounts; PhoneNumbers wait until they are listed (are the account CRDs installed? kubectl apply --server-side -f crds/)");
+    }
+}
+
 /// Requeue delay after a failed account pass (a Kubernetes call failed).
 fn account_error_policy<K, C>(obj: Arc<K>, err: &kube::Error, _: Arc<AccountContext<C>>) -> Action
 where
@@ -583,7 +593,7 @@ pub async fn run<C: OneInboxApi>(
             account_error_policy,
             account_ctx.clone(),
         )
-        .for_each(|_| async {});
+        .for_each(report_account_watch_error);
     let cl_account_controller = Controller::for_stream(cl_account_objects, cl_account_store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
         .reconcile_on(tokio_stream_from(cl_account_rx))
@@ -592,7 +602,7 @@ pub async fn run<C: OneInboxApi>(
             account_error_policy,
             account_ctx,
         )
-        .for_each(|_| async {});
+        .for_each(report_account_watch_error);
     let namespace_store_pns = store.clone();
     let pn_controller = controller
         .watches_stream(

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -343,4 +344,45 @@ async fn one_accounts_429_pauses_only_that_account() {
             .all(|e| e["status"] != 429),
         "B never saw a 429: {b_log:#}"
     );
+}
+
+#[tokio::test]
+async fn a_replica_sharded_by_account_leaves_other_accounts_alone() {
+    // This replica's accounts carry the label; account `b` does not.
+    let mut w = two_workspaces("acct-shard", &[]).await;
+    let shard = format!("oneinbox.ai/e2e={}", w.ns);
+    w.operator.kill();
+    let mut op = Operator::start(&w.ns, &w.mock.url, &["--account-selector", &shard]);
+    std::mem::swap(&mut w.operator, &mut op);
+    drop(op);
+    w.account("a", KEY_A, json!({})).await;
+    w.accounts()
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"oneinbox.ai/e2e": w.ns}}})),
+        )
+        .await
+        .expect("label account a");
+    w.account("b", KEY_B, json!({})).await;
+    w.apply("mine", with(credential_spec(&number()), account_ref("a")))
+        .await;
+    w.apply("theirs", with(credential_spec(&number()), account_ref("b")))
+        .await;
+    // Nor an object on the operator-wide key: that is a replica without a selector's work.
+    w.apply("operator-wide", credential_spec(&number())).await;
+    w.wait_ready("mine").await;
+    // By the time this replica's object is Ready it has seen the others; it left them alone:
+    // no status, no finalizer, no call in their workspaces, and account b untouched.
+    for name in ["theirs", "operator-wide"] {
+        let pn = w.pns.get(name).await.expect("get");
+        assert!(pn.condition("Ready").is_none(), "{name}: {:?}", pn.status);
+        assert!(pn.finalizers().is_empty(), "{name}");
+    }
+    assert_eq!(w.mock.workspace("b").total_calls().await, 0);
+    assert_eq!(w.mock.total_calls().await, 0, "nothing in the operator's workspace");
+    let b = w.accounts().get("b").await.expect("account b");
+    let b = serde_json::to_value(&b).unwrap();
+    assert!(b["metadata"]["finalizers"].is_null(), "{b:#}");
+    assert_eq!(b["status"], json!({"observedGeneration": 0}), "never written: {b:#}");
 }

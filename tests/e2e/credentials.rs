@@ -132,11 +132,25 @@ async fn tenant_api_key_is_used_and_deletion_needs_a_key_that_can_see_the_number
     assert!(!msg.contains("Fix the spec"), "{msg}");
 
     // The tenant Secret goes first, then the object (as when the namespace is deleted): the
-    // operator deregisters with the key it last read.
+    // account says its key is gone, and the operator deregisters with the key it last read.
     secrets
         .delete("tenant-key", &DeleteParams::default())
         .await
         .expect("delete secret");
+    let acct = w
+        .wait_account(&w.accounts(), "tenant", "Ready=False SecretNotFound", |v| {
+            account_ready(v) == ("False".to_string(), "SecretNotFound".to_string())
+        })
+        .await;
+    let msg = acct["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Stalled"))
+        .map(|c| c["message"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("tenant-key") && msg.contains("last key"),
+        "{msg}"
+    );
     w.delete("t").await;
     w.wait_gone("t", Duration::from_secs(20)).await;
     assert!(w.mock.registrations().await.is_empty());

@@ -43,7 +43,7 @@ async fn probes_and_metrics_without_per_object_labels() {
     for needle in [
         "oneinbox_operator_reconcile_runs_total",
         "oneinbox_operator_reconcile_duration_seconds_bucket",
-        "oneinbox_operator_api_requests_total{op=\"register\",outcome=\"success\"} 1",
+        "oneinbox_operator_api_requests_total{account=\"operator\",op=\"register\",outcome=\"success\"} 1",
         "oneinbox_operator_api_request_duration_seconds_bucket{",
         "oneinbox_operator_api_rate_limiter_wait_seconds_count",
         "oneinbox_operator_reconcile_status_patches_total{outcome=\"success\"}",
