@@ -133,7 +133,13 @@ fn cluster() {
         kubectl_ok(&["get", "--raw", "/readyz"], None);
         for file in CRD_FILES {
             kubectl_ok(
-                &["apply", "--server-side", "--force-conflicts", "-f", &repo_path(file)],
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "-f",
+                    &repo_path(file),
+                ],
                 None,
             );
         }
@@ -414,8 +420,16 @@ fn chart_crds_are_the_generated_crds() {
 fn helm_show_crds_prints_the_generated_crd() {
     let shown = helm_ok(&["show", "crds", &repo_path(CHART)]);
     let mut shown = parse_docs(&shown);
-    let mut generated: Vec<Value> = CRD_FILES.iter().flat_map(|f| parse_docs(&read(f))).collect();
-    let by_name = |d: &Value| d["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let mut generated: Vec<Value> = CRD_FILES
+        .iter()
+        .flat_map(|f| parse_docs(&read(f)))
+        .collect();
+    let by_name = |d: &Value| {
+        d["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
     shown.sort_by_key(by_name);
     generated.sort_by_key(by_name);
     assert_eq!(shown, generated);
@@ -952,10 +966,7 @@ fn conflicting_values_fail_with_a_message() {
             "apiUrl is http://: the operator refuses it unless allowInsecureHttp=true",
         ),
         (
-            &[
-                "--set",
-                "defaultAccount.enabled=true,watchNamespace=team-a",
-            ],
+            &["--set", "defaultAccount.enabled=true,watchNamespace=team-a"],
             "defaultAccount.enabled needs cluster accounts",
         ),
     ];
@@ -1494,7 +1505,11 @@ fn samples_pass_server_dry_run() {
         3,
         "{stdout}"
     );
-    assert_eq!(stdout.matches("oneinboxaccount.oneinbox.ai/").count(), 1, "{stdout}");
+    assert_eq!(
+        stdout.matches("oneinboxaccount.oneinbox.ai/").count(),
+        1,
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -1627,7 +1642,11 @@ fn default_account_renders_a_cluster_account_and_passes_server_dry_run() {
     // Off by default: no account, no flag.
     let plain = parse_docs(&render("plain", &ns, &[]));
     assert!(!kinds(&plain).contains(&"ClusterOneInboxAccount".to_string()));
-    assert!(!args(&plain).iter().any(|a| a.starts_with("--default-account")));
+    assert!(
+        !args(&plain)
+            .iter()
+            .any(|a| a.starts_with("--default-account"))
+    );
     let out = server_dry_run(&[account.clone()]);
     assert!(out.status.success(), "{}", describe("kubectl", &out));
 }

@@ -424,7 +424,10 @@ mod tests {
     fn an_account_url_must_be_https_unless_http_is_allowed() {
         assert!(endpoint_allowed("https://api.example", false).is_ok());
         let err = endpoint_allowed("http://api.example", false).unwrap_err();
-        assert!(err.contains("apiUrl") && err.contains("plain http"), "{err}");
+        assert!(
+            err.contains("apiUrl") && err.contains("plain http"),
+            "{err}"
+        );
         assert!(endpoint_allowed("http://127.0.0.1:1", true).is_ok());
         assert!(endpoint_allowed("ftp://x", true).is_err());
     }

@@ -380,9 +380,17 @@ async fn a_replica_sharded_by_account_leaves_other_accounts_alone() {
         assert!(pn.finalizers().is_empty(), "{name}");
     }
     assert_eq!(w.mock.workspace("b").total_calls().await, 0);
-    assert_eq!(w.mock.total_calls().await, 0, "nothing in the operator's workspace");
+    assert_eq!(
+        w.mock.total_calls().await,
+        0,
+        "nothing in the operator's workspace"
+    );
     let b = w.accounts().get("b").await.expect("account b");
     let b = serde_json::to_value(&b).unwrap();
     assert!(b["metadata"]["finalizers"].is_null(), "{b:#}");
-    assert_eq!(b["status"], json!({"observedGeneration": 0}), "never written: {b:#}");
+    assert_eq!(
+        b["status"],
+        json!({"observedGeneration": 0}),
+        "never written: {b:#}"
+    );
 }
