@@ -1647,6 +1647,6 @@ fn default_account_renders_a_cluster_account_and_passes_server_dry_run() {
             .iter()
             .any(|a| a.starts_with("--default-account"))
     );
-    let out = server_dry_run(&[account.clone()]);
+    let out = server_dry_run(std::slice::from_ref(account));
     assert!(out.status.success(), "{}", describe("kubectl", &out));
 }
