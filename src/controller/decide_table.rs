@@ -295,11 +295,12 @@ fn decision_table() {
             ob.fetched = Some(Ok(reg("id1")));
         })
     };
+    let team = || crate::accounts::AccountId::Namespaced {
+        namespace: "ns".into(),
+        name: "team".into(),
+    };
     let missing_key = |last_known: bool| ApiKey::Missing {
-        account: crate::accounts::AccountId::Namespaced {
-            namespace: "ns".into(),
-            name: "team".into(),
-        },
+        account: team(),
         problem: problem(SecretProblemKind::Absent),
         last_known,
     };
@@ -834,6 +835,51 @@ fn decision_table() {
             "Report Progressing(SecretNotFound) Requeue",
         ),
         (
+            "account not found, within the grace period: wait for it",
+            with(obs(tenant(object())), |ob| {
+                ob.api_key = Some(ApiKey::Unusable(AccountProblem::NotFound(team())))
+            }),
+            "Report Progressing(AccountNotFound) Requeue",
+        ),
+        (
+            "account not found, past the grace period",
+            with(obs(tenant(stalled_for("AccountNotFound"))), |ob| {
+                ob.wall = "2026-01-01T01:00:00Z".parse().expect("time");
+                ob.api_key = Some(ApiKey::Unusable(AccountProblem::NotFound(team())));
+            }),
+            "Report Stalled(AccountNotFound) AwaitChange",
+        ),
+        (
+            "cluster account that does not allow the namespace: Stalled at once",
+            with(obs(tenant(object())), |ob| {
+                ob.api_key = Some(ApiKey::Unusable(AccountProblem::NotAllowed {
+                    account: crate::accounts::AccountId::Cluster {
+                        name: "voice".into(),
+                    },
+                    rule: "namespaces labelled team=voice".into(),
+                }))
+            }),
+            "Report Stalled(AccountNotAllowed) AwaitChange",
+        ),
+        (
+            "cluster accounts not watched",
+            with(obs(tenant(object())), |ob| {
+                ob.api_key = Some(ApiKey::Unusable(AccountProblem::ClusterAccountsOff(
+                    crate::accounts::AccountId::Cluster {
+                        name: "voice".into(),
+                    },
+                )))
+            }),
+            "Report Stalled(AccountNotReady) AwaitChange",
+        ),
+        (
+            "account's key known: go on",
+            with(obs(tenant(object())), |ob| {
+                ob.api_key = Some(ApiKey::Account(team()))
+            }),
+            "Read Credentials",
+        ),
+        (
             "password key missing in an existing Secret, past the grace period",
             with(read(stalled_for("Creating")), |ob| {
                 ob.wall = "2026-01-01T01:00:00Z".parse().expect("time");
@@ -1355,6 +1401,17 @@ fn decision_table() {
                 ob.api_key = Some(missing_key(true));
             }),
             "Deregister id1",
+        ),
+        (
+            "deleting with an account that no longer allows the namespace: a 404 of the operator-wide key proves nothing",
+            with(obs(said_deleting(tenant(registered()))), |ob| {
+                ob.api_key = Some(ApiKey::Unusable(AccountProblem::NotAllowed {
+                    account: team(),
+                    rule: "namespaces named other".into(),
+                }));
+                ob.deregistered = Some(Ok(Deregistered::AlreadyGone));
+            }),
+            "Blocked",
         ),
         (
             "account key Secret gone, never read: a 404 proves nothing",

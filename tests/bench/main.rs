@@ -668,6 +668,9 @@ struct BurstCfg {
     client_burst: u32,
     steady: Duration,
     idle: Duration,
+    /// Run the operator at its default flags (the client budget and concurrency fields are
+    /// then unused).
+    defaults: bool,
 }
 
 async fn burst(c: &BurstCfg, rep: usize) -> Value {
@@ -691,6 +694,7 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let args = if c.defaults { Vec::new() } else { args };
     log(&format!(
         "burst[{}] rep {rep}: N={} mock latency {} ms, rate limit {:?}, operator {}",
         c.label,
@@ -1207,6 +1211,7 @@ fn main() {
                 client_burst: rate,
                 steady: Duration::ZERO,
                 idle,
+                defaults: false,
             };
             let mut ready = Vec::new();
             let mut del = Vec::new();
@@ -1237,6 +1242,7 @@ fn main() {
                     client_burst: 1000,
                     steady: Duration::ZERO,
                     idle: Duration::ZERO,
+                    defaults: false,
                 };
                 let r = burst(&c, 0).await;
                 summary.push(format!(
@@ -1259,6 +1265,7 @@ fn main() {
                     client_burst: 1000,
                     steady: Duration::ZERO,
                     idle: if rep == 0 { idle } else { Duration::ZERO },
+                    defaults: false,
                 };
                 let r = burst(&c, rep).await;
                 ready.push(r["ready_secs"].as_f64().unwrap_or(f64::NAN));
@@ -1285,6 +1292,42 @@ fn main() {
                     median(&mut p99.clone())
                 ));
             }
+        }
+        if only.contains(&"defaults") {
+            // The operator at its default flags (20 req/s, burst 40, 16 in flight, 16 passes)
+            // against a mock limited to the same 20 req/s: time against N/R, and the 429s.
+            let mut ready = Vec::new();
+            let mut throttled = Vec::new();
+            for rep in 0..repeats {
+                let c = BurstCfg {
+                    label: "operator defaults, server limit 20 req/s",
+                    n,
+                    latency_ms,
+                    rate: Some(20),
+                    client_rps: 20,
+                    client_burst: 40,
+                    steady: Duration::ZERO,
+                    idle: Duration::ZERO,
+                    defaults: true,
+                };
+                let r = burst(&c, rep).await;
+                ready.push(r["ready_secs"].as_f64().unwrap_or(f64::NAN));
+                let t: u64 = r["outcomes"]
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(k, _)| k.ends_with(" 429"))
+                            .filter_map(|(_, v)| v.as_u64())
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                throttled.push(t as f64 * 1000.0 / n as f64);
+            }
+            summary.push(format!(
+                "burst {n} at the defaults against a 20 req/s server: median Ready {:.2} s = {:.3} × N/R (goal ≤ 1.10); 429s per 1,000 creates {throttled:?} (goal ≤ 1); runs {ready:?}",
+                median(&mut ready.clone()),
+                median(&mut ready.clone()) / (n as f64 / 20.0)
+            ));
         }
         if only.contains(&"fairness") {
             let backlog: usize = env("BENCH_FAIR_BACKLOG", 2000);

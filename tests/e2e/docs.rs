@@ -606,6 +606,31 @@ async fn doc_shell_commands_run_as_written() {
     let work = tempfile::tempdir().expect("tempdir");
     let oneinbox_system_gone = "! kubectl get namespace oneinbox-system";
 
+    // docs/tenancy.md: a cluster account's key Secret, then its rotation, as written.
+    plane.sh(&repo(), "kubectl create namespace oneinbox-system", &[]);
+    plane.sh(
+        &repo(),
+        &docs.take_without(
+            "docs/tenancy.md",
+            &["create secret generic voice-oneinbox"],
+            &["oi_sk_new"],
+        ),
+        &[],
+    );
+    plane.sh(&repo(), &docs.take("docs/tenancy.md", &["oi_sk_new"]), &[]);
+    let key =
+        plane.kubectl("-n oneinbox-system get secret voice-oneinbox -o jsonpath={.data.apiKey}");
+    assert_eq!(
+        key.trim(),
+        "b2lfc2tfbmV3",
+        "the rotated key (oi_sk_new, base64)"
+    );
+    plane.sh(
+        &repo(),
+        "kubectl delete namespace oneinbox-system --wait --timeout=60s",
+        &[],
+    );
+
     // Argo CD: the argocd-cm patch merges its keys into an existing argocd-cm.
     plane.sh(
         &repo(),
