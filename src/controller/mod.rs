@@ -54,6 +54,8 @@ pub struct AccountStores {
     pub cluster_enabled: bool,
     /// Each watch (namespaced accounts, cluster accounts, Namespaces) has listed once.
     pub listed: [Arc<AtomicBool>; 3],
+    /// Woken when one of them has.
+    pub listed_changed: Arc<tokio::sync::Notify>,
 }
 
 impl AccountStores {
@@ -66,6 +68,7 @@ impl AccountStores {
             namespaces: reflector::store().0,
             cluster_enabled: false,
             listed: std::array::from_fn(|_| Arc::new(AtomicBool::new(true))),
+            listed_changed: Arc::default(),
         }
     }
 
@@ -93,26 +96,36 @@ impl AccountStores {
         }
     }
 
-    /// Until the watches have listed once, no account is known to be missing. Polled from
-    /// the watches' own flags: a kube store's readiness future wakes only its most recent
-    /// waiter, and the controllers wait on it.
+    /// Until the watches have listed once, no account is known to be missing. From the
+    /// watches' own flags: a kube store's readiness future wakes only its most recent waiter,
+    /// and the controllers wait on it.
     async fn ready(&self) {
         let [namespaced, cluster, namespaces] = &self.listed;
-        let is = |f: &AtomicBool| f.load(Ordering::Relaxed);
-        while !(is(namespaced) && (!self.cluster_enabled || (is(cluster) && is(namespaces)))) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let is = |f: &AtomicBool| f.load(Ordering::Acquire);
+        loop {
+            // Registered before the check, so a flag set in between still wakes this waiter.
+            let changed = self.listed_changed.notified();
+            if is(namespaced) && (!self.cluster_enabled || (is(cluster) && is(namespaces))) {
+                return;
+            }
+            changed.await;
         }
     }
 }
 
-/// A watch's events, setting `listed` once it has listed everything.
-fn flag_listed<K, S>(events: S, listed: Arc<AtomicBool>) -> impl futures::Stream<Item = S::Item>
+/// A watch's events, setting `listed` (and waking `changed`) once it has listed everything.
+fn flag_listed<K, S>(
+    events: S,
+    listed: Arc<AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
+) -> impl futures::Stream<Item = S::Item>
 where
     S: futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>>,
 {
     events.inspect_ok(move |e| {
         if matches!(e, watcher::Event::InitDone) {
-            listed.store(true, Ordering::Relaxed);
+            listed.store(true, Ordering::Release);
+            changed.notify_waiters();
         }
     })
 }
@@ -406,7 +419,7 @@ pub async fn run<C: OneInboxApi>(
     let pns_listed = Arc::new(AtomicBool::new(false));
     let objects = reflector::reflector(
         writer,
-        flag_listed(watcher(pns, wc), pns_listed.clone())
+        flag_listed(watcher(pns, wc), pns_listed.clone(), Arc::default())
             .default_backoff()
             .modify(slim_for_cache)
             .inspect_ok(move |event| {
@@ -473,11 +486,13 @@ pub async fn run<C: OneInboxApi>(
     };
     let (ns_account_store, ns_account_writer) = reflector::store();
     let account_listed: [Arc<AtomicBool>; 3] = Default::default();
+    let listed_changed: Arc<tokio::sync::Notify> = Arc::default();
     let ns_account_objects = reflector::reflector(
         ns_account_writer,
         flag_listed(
             watcher(ns_accounts, account_wc.clone()),
             account_listed[0].clone(),
+            listed_changed.clone(),
         )
         .default_backoff(),
     )
@@ -491,7 +506,12 @@ pub async fn run<C: OneInboxApi>(
         (
             reflector::reflector(
                 cl_account_writer,
-                flag_listed(watcher(cl, account_wc), account_listed[1].clone()).default_backoff(),
+                flag_listed(
+                    watcher(cl, account_wc),
+                    account_listed[1].clone(),
+                    listed_changed.clone(),
+                )
+                .default_backoff(),
             )
             .applied_objects()
             .boxed(),
@@ -500,6 +520,7 @@ pub async fn run<C: OneInboxApi>(
                 flag_listed(
                     watcher(namespaces, watcher::Config::default()),
                     account_listed[2].clone(),
+                    listed_changed.clone(),
                 )
                 .default_backoff(),
             )
@@ -518,6 +539,7 @@ pub async fn run<C: OneInboxApi>(
         namespaces: namespace_store.clone(),
         cluster_enabled,
         listed: account_listed,
+        listed_changed,
     };
     let registry = Arc::new(Registry::new(oneinbox.clone(), account_settings));
     let reporter = Reporter {
