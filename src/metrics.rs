@@ -28,8 +28,8 @@ struct Op {
     op: &'static str,
 }
 
-/// An account's budget: `operator`, `OneInboxAccount ns/name` or `ClusterOneInboxAccount
-/// name`. Accounts are made by administrators, so the set stays small.
+/// An account's budget: `operator`, `OneInboxAccount/<ns>/<name>` or
+/// `ClusterOneInboxAccount/<name>`. Accounts are made by administrators, so the set stays small.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AccountLabel {
     account: String,

@@ -344,3 +344,156 @@ pub fn accounts_of_secret<'a>(
 
 /// Labels by namespace, from the metadata-only Namespace watch.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(s: i64) -> Time {
+        Time(jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    /// (type, status, reason) of each condition.
+    fn summary(cs: &[Condition]) -> Vec<(String, String, String)> {
+        cs.iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    fn row(t: &str, s: &str, r: &str) -> (String, String, String) {
+        (t.into(), s.into(), r.into())
+    }
+
+    #[test]
+    fn account_conditions_by_outcome() {
+        let key_missing = Outcome::KeyProblem {
+            reason: reason::SECRET_NOT_FOUND,
+            message: "gone".into(),
+        };
+        let rows: Vec<(&str, Outcome, Option<usize>, Vec<(String, String, String)>)> = vec![
+            (
+                "verified",
+                Outcome::Verified,
+                None,
+                vec![row("Ready", "True", "Verified")],
+            ),
+            (
+                "key Secret missing",
+                key_missing.clone(),
+                None,
+                vec![
+                    row("Ready", "False", "SecretNotFound"),
+                    row("Stalled", "True", "SecretNotFound"),
+                ],
+            ),
+            (
+                "key rejected",
+                Outcome::KeyRejected("401".into()),
+                None,
+                vec![
+                    row("Ready", "False", "APIKeyRejected"),
+                    row("Stalled", "True", "APIKeyRejected"),
+                ],
+            ),
+            (
+                "API unavailable",
+                Outcome::Unavailable("503".into()),
+                None,
+                vec![
+                    row("Ready", "False", "APIUnavailable"),
+                    row("Reconciling", "True", "APIUnavailable"),
+                ],
+            ),
+            (
+                "invalid endpoint",
+                Outcome::Invalid("bad".into()),
+                None,
+                vec![
+                    row("Ready", "False", "InvalidEndpoint"),
+                    row("Stalled", "True", "InvalidEndpoint"),
+                ],
+            ),
+            (
+                "deleting while in use: Ready stays, Reconciling InUse",
+                Outcome::Verified,
+                Some(2),
+                vec![
+                    row("Ready", "True", "Verified"),
+                    row("Reconciling", "True", "InUse"),
+                ],
+            ),
+            (
+                "deleting while in use and unavailable: one Reconciling, InUse",
+                Outcome::Unavailable("503".into()),
+                Some(1),
+                vec![
+                    row("Ready", "False", "APIUnavailable"),
+                    row("Reconciling", "True", "InUse"),
+                ],
+            ),
+        ];
+        for (what, outcome, users, want) in rows {
+            let got = account_conditions(&[], &outcome, users, Some(3), time(10));
+            assert_eq!(summary(&got), want, "{what}");
+            assert!(
+                got.iter().all(|c| c.observed_generation == Some(3)),
+                "{what}"
+            );
+        }
+        let deleting = account_conditions(&[], &Outcome::Verified, Some(2), Some(3), time(10));
+        assert!(
+            deleting[1].message.contains("the 2 PhoneNumber(s)"),
+            "{deleting:?}"
+        );
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_stays() {
+        let first = account_conditions(&[], &Outcome::Verified, None, Some(1), time(10));
+        let again = account_conditions(&first, &Outcome::Verified, None, Some(2), time(20));
+        assert_eq!(again[0].last_transition_time, time(10));
+        let rejected = account_conditions(
+            &again,
+            &Outcome::KeyRejected("x".into()),
+            None,
+            Some(2),
+            time(30),
+        );
+        assert_eq!(rejected[0].last_transition_time, time(30), "Ready flipped");
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_accounts_that_read_it() {
+        let view = |name: &str, key_ns: &str, key: &str, ca: Option<&str>| AccountView {
+            id: AccountId::Cluster { name: name.into() },
+            generation: Some(1),
+            api_key: SecretKeyRef {
+                namespace: key_ns.into(),
+                name: key.into(),
+                key: "apiKey".into(),
+            },
+            api_url: None,
+            ca_bundle: ca.map(|c| SecretKeyRef {
+                namespace: key_ns.into(),
+                name: c.into(),
+                key: "ca.crt".into(),
+            }),
+            budget: None,
+        };
+        let views = [
+            view("a", "sys", "key-a", Some("ca")),
+            view("b", "sys", "key-b", Some("ca")),
+            view("c", "other", "key-a", None),
+        ];
+        let names = |ids: Vec<AccountId>| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(accounts_of_secret("sys", "key-a", &views)),
+            ["ClusterOneInboxAccount a"]
+        );
+        assert_eq!(
+            names(accounts_of_secret("sys", "ca", &views)),
+            ["ClusterOneInboxAccount a", "ClusterOneInboxAccount b"]
+        );
+        assert!(accounts_of_secret("sys", "unrelated", &views).is_empty());
+    }
+}

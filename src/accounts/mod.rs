@@ -50,9 +50,16 @@ impl AccountId {
         }
     }
 
-    /// The label of the account's metrics and the name in messages.
+    /// The label of the account's metrics: `operator`, `OneInboxAccount/<ns>/<name>`,
+    /// `ClusterOneInboxAccount/<name>`.
     pub fn label(&self) -> String {
-        self.to_string()
+        match self {
+            AccountId::Operator => crate::oneinbox::http::OPERATOR_ACCOUNT.to_owned(),
+            AccountId::Namespaced { namespace, name } => {
+                format!("OneInboxAccount/{namespace}/{name}")
+            }
+            AccountId::Cluster { name } => format!("ClusterOneInboxAccount/{name}"),
+        }
     }
 }
 
@@ -274,6 +281,9 @@ mod tests {
             AccountId::of(&pn(serde_json::Value::Null), None),
             AccountId::Operator
         );
-        assert_eq!(ns("a").label(), "OneInboxAccount team-a/a");
+        assert_eq!(ns("a").label(), "OneInboxAccount/team-a/a");
+        assert_eq!(ns("a").to_string(), "OneInboxAccount team-a/a");
+        assert_eq!(cl("x").label(), "ClusterOneInboxAccount/x");
+        assert_eq!(AccountId::Operator.label(), "operator");
     }
 }

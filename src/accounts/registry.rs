@@ -196,7 +196,43 @@ pub struct Registry<C> {
     operator: C,
     pub settings: RegistrySettings,
     entries: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<Entry<C>>>>>,
-    gates: Mutex<HashMap<AccountId, Arc<Semaphore>>>,
+    gates: Mutex<HashMap<AccountId, AccountGate>>,
+}
+
+/// The places of one account's passes: any pass takes one of `all`; a background drift check
+/// first takes one of `background` (half of them), so user work always finds places free.
+#[derive(Clone)]
+pub struct AccountGate {
+    all: Arc<Semaphore>,
+    background: Arc<Semaphore>,
+}
+
+/// The places a pass holds until it ends.
+pub struct GatePass {
+    _background: Option<tokio::sync::OwnedSemaphorePermit>,
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl AccountGate {
+    fn new(places: usize) -> AccountGate {
+        AccountGate {
+            all: Arc::new(Semaphore::new(places.max(1))),
+            background: Arc::new(Semaphore::new((places / 2).max(1))),
+        }
+    }
+
+    /// Wait for a place (a background check also for one of its own).
+    pub async fn enter(&self, background: bool) -> GatePass {
+        let first = if background {
+            self.background.clone().acquire_owned().await.ok()
+        } else {
+            None
+        };
+        GatePass {
+            _background: first,
+            _place: self.all.clone().acquire_owned().await.ok(),
+        }
+    }
 }
 
 impl<C: OneInboxApi> Registry<C> {
@@ -214,12 +250,12 @@ impl<C: OneInboxApi> Registry<C> {
         &self.operator
     }
 
-    /// The account's gate: a pass holds one of its permits, so one account's backlog never
-    /// takes the places of another account's work.
-    pub fn gate(&self, id: &AccountId) -> Arc<Semaphore> {
+    /// The account's gate: a pass holds one of its places, so one account's backlog never
+    /// takes the places of another account's work, and drift checks never all of them.
+    pub fn gate(&self, id: &AccountId) -> AccountGate {
         lock(&self.gates)
             .entry(id.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.passes_per_account.max(1))))
+            .or_insert_with(|| AccountGate::new(self.settings.passes_per_account))
             .clone()
     }
 

@@ -270,6 +270,14 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     }
                     _ => {}
                 }
+                // A drift check that asks for nothing else goes behind user work for the
+                // account's budget.
+                if plan::is_background_check(
+                    &obs.obj,
+                    obs.memory.check.as_ref().is_some_and(|c| c.dispatched),
+                ) {
+                    self.oneinbox = self.oneinbox.in_background();
+                }
                 obs.api_key = Some(key);
             }
             Read::Credentials => obs.credentials = Some(reader.credentials(obs).await?),

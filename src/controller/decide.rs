@@ -508,11 +508,56 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
     })
 }
 
+/// After a restart, an observed object whose status mirrors an active registration for this
+/// very generation is not looked at at once, as `resume` does for managed ones: its first
+/// check is spread over the poll interval (no restart storm of GETs). It reads no Secret, so
+/// only the status decides. `None`: decide as usual.
+fn resume_observed(obs: &Observation, settings: &Settings) -> Option<Step> {
+    let obj = &obs.obj;
+    let acted = obs.fetched.is_some() || obs.lookup.is_some();
+    if obs.memory.check.is_some() || acted {
+        return None;
+    }
+    let st = obj.status.as_ref()?;
+    let id = st.phone_number_id.as_deref()?;
+    let generation = obj.metadata.generation;
+    let trusted = obj.condition(status::READY).is_some_and(|c| {
+        c.status == "True" && c.reason == reason::OBSERVED && c.observed_generation == generation
+    }) && obj.condition(status::STALLED).is_none()
+        && obj.condition(status::RECONCILING).is_none()
+        && st.observed_generation == generation
+        && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id)
+        && st
+            .state
+            .as_deref()
+            .is_some_and(crate::oneinbox::is_active_state)
+        && reconcile_request_handled(obs)
+        && obs.memory.lost.as_deref() != Some(id);
+    if !trusted {
+        return None;
+    }
+    Some(Step::Resume {
+        id: id.to_owned(),
+        generation: obs.generation,
+        first_check_in: plan::poll_interval(
+            obj,
+            settings.poll_interval,
+            settings.min_poll_interval,
+        )
+        .map(|i| plan::first_check_in(&obs.uid(), i)),
+        // Observe compares the registration it reads at each check, never this.
+        remote: PatchableDigest::unread(),
+    })
+}
+
 /// `managementPolicy: Observe`: find the registration (by the id the object names, or else by
 /// number), mirror it into status, and report where it differs from the spec. No OneInbox
 /// write, and no Secret but a tenant API key is read.
 fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
     let obj = &obs.obj;
+    if let Some(step) = resume_observed(obs, settings) {
+        return step;
+    }
     let known_id = obj.known_id();
     if let Some(id) = &known_id
         && fresh(obs, id, None)

@@ -354,8 +354,44 @@ fn decision_table() {
         })
     };
 
+    // An observed object as its pass wrote it: Ready Observed, the registration mirrored.
+    let observed_ready = |reason: &str| {
+        let mut o = observing(object());
+        o["metadata"]["annotations"] = json!({ANNOTATION_PHONE_NUMBER_ID: "id1"});
+        o["status"] = json!({"observedGeneration": 1, "phoneNumberId": "id1", "state": "active",
+            "conditions": [condition("Ready", "True", reason)]});
+        o
+    };
     let rows: Vec<(&str, Observation, &str)> = vec![
         // ---- managementPolicy: Observe
+        (
+            "observe, after a restart, status mirrors an active registration: no GET now",
+            obs(observed_ready("Observed")),
+            resumed.as_str(),
+        ),
+        (
+            "observe, after a restart, but the spec changed since: look now",
+            obs({
+                let mut o = observed_ready("Observed");
+                o["metadata"]["generation"] = json!(2);
+                o
+            }),
+            "Read ApiKey",
+        ),
+        (
+            "observe, after a restart, a reconcile requested: look now",
+            obs({
+                let mut o = observed_ready("Observed");
+                o["metadata"]["annotations"][ANNOTATION_RECONCILE_REQUESTED_AT] = json!("now");
+                o
+            }),
+            "Read ApiKey",
+        ),
+        (
+            "observe, after a restart, status says another reason: look now",
+            obs(observed_ready("Provisioning")),
+            "Read ApiKey",
+        ),
         (
             "observe, nothing read: the key first, never the credentials",
             obs(observing(object())),

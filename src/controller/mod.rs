@@ -691,8 +691,12 @@ pub async fn run<C: OneInboxApi>(
                     {
                         return Ok(Action::await_change());
                     }
-                    let gate = ctx.accounts.gate(&account);
-                    let _pass = gate.acquire_owned().await;
+                    let dispatched = obj
+                        .uid()
+                        .and_then(|uid| lock(&ctx.memory).get(&uid).check)
+                        .is_some_and(|c| c.dispatched);
+                    let background = plan::is_background_check(&obj, dispatched);
+                    let _pass = ctx.accounts.gate(&account).enter(background).await;
                     metrics.reconcile_started();
                     let started = Instant::now();
                     let uid = obj.uid().unwrap_or_default();

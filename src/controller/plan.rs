@@ -423,6 +423,21 @@ pub fn jittered(d: Duration, factor: f64) -> Duration {
     d.mul_f64(factor.clamp(0.8, 1.2))
 }
 
+/// Whether a pass is a periodic drift check of an object that asks for nothing else: it goes
+/// behind user work (creates, spec changes, deletions, reconcile-now, anything not Ready) for
+/// the account's places and request budget.
+pub fn is_background_check(obj: &PhoneNumber, check_dispatched: bool) -> bool {
+    let ready = obj
+        .condition(crate::controller::status::READY)
+        .is_some_and(|c| c.status == "True");
+    let settled = obj.status.as_ref().is_some_and(|s| {
+        s.observed_generation == obj.metadata.generation
+            && s.last_handled_reconcile_at.as_deref()
+                == obj.annotation(crate::crd::ANNOTATION_RECONCILE_REQUESTED_AT)
+    });
+    check_dispatched && ready && settled && obj.metadata.deletion_timestamp.is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +475,59 @@ mod tests {
         p.metadata.namespace = Some("ns".into());
         p.metadata.uid = Some(format!("uid-{name}"));
         p
+    }
+
+    #[test]
+    fn only_a_due_check_of_a_settled_ready_object_is_background_work() {
+        let ready = |generation: i64, observed: i64| {
+            let mut p = pn("x");
+            p.metadata.generation = Some(generation);
+            p.status = Some(crate::crd::PhoneNumberStatus {
+                observed_generation: Some(observed),
+                conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    reason: "Available".into(),
+                    message: String::new(),
+                    last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                    observed_generation: Some(observed),
+                }],
+                ..Default::default()
+            });
+            p
+        };
+        let requested = {
+            let mut p = ready(1, 1);
+            p.metadata.annotations = Some(
+                [(
+                    crate::crd::ANNOTATION_RECONCILE_REQUESTED_AT.to_string(),
+                    "now".to_string(),
+                )]
+                .into(),
+            );
+            p
+        };
+        let deleting = {
+            let mut p = ready(1, 1);
+            p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+            p
+        };
+        let rows: Vec<(&str, PhoneNumber, bool, bool)> = vec![
+            ("due check, settled and Ready", ready(1, 1), true, true),
+            (
+                "not a due check (a watch event, a create)",
+                ready(1, 1),
+                false,
+                false,
+            ),
+            ("spec changed since", ready(2, 1), true, false),
+            ("reconcile requested", requested, true, false),
+            ("being deleted", deleting, true, false),
+            ("not Ready", pn("x"), true, false),
+        ];
+        for (what, obj, dispatched, want) in rows {
+            assert_eq!(is_background_check(&obj, dispatched), want, "{what}");
+        }
     }
 
     fn remote_of(p: &PhoneNumber) -> Registration {

@@ -69,6 +69,9 @@ impl OneInboxApi for Arc<FakeOneInbox> {
     async fn verify(&self) -> Result<(), ApiError> {
         Ok(())
     }
+    fn in_background(&self) -> Self {
+        self.clone()
+    }
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
         self.record("register");
         if let Some(e) = self.fail_register.lock().unwrap().pop_front() {

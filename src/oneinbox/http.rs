@@ -66,6 +66,8 @@ pub const PAGE_LIMIT: u32 = 100;
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Arc<Inner>,
+    /// Calls of this handle are background work (drift checks).
+    background: bool,
 }
 
 struct Inner {
@@ -74,6 +76,9 @@ struct Inner {
     /// The account's API URL (the operator's --api-url unless the account names another).
     base_url: Url,
     limiter: DefaultDirectRateLimiter,
+    /// Background calls also take a token here first: at most four fifths of the budget's
+    /// rate and burst, so the rest of the bucket is always there for user work.
+    background_limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
     /// No call starts before this instant (set from `Retry-After`).
     cooldown: Mutex<Cooldown>,
@@ -101,11 +106,17 @@ impl Inner {
         cfg: HttpClientConfig,
         metrics: Metrics,
     ) -> Inner {
+        let four_fifths =
+            |v: NonZeroU32| NonZeroU32::new(v.get() * 4 / 5).unwrap_or(NonZeroU32::MIN);
         Inner {
             http,
             base_url,
             limiter: RateLimiter::direct(
                 Quota::per_second(budget.rate_per_second).allow_burst(budget.burst),
+            ),
+            background_limiter: RateLimiter::direct(
+                Quota::per_second(four_fifths(budget.rate_per_second))
+                    .allow_burst(four_fifths(budget.burst)),
             ),
             in_flight: Semaphore::new(budget.max_in_flight.max(1)),
             cooldown: Mutex::new(Cooldown::default()),
@@ -170,6 +181,7 @@ impl HttpClient {
             max_in_flight: cfg.max_in_flight,
         };
         Ok(HttpClient {
+            background: false,
             inner: Arc::new(Inner::new(
                 http,
                 cfg.base_url.clone(),
@@ -204,6 +216,7 @@ impl HttpClient {
             None => cfg.base_url.clone(),
         };
         Ok(HttpClient {
+            background: false,
             inner: Arc::new(Inner::new(
                 http,
                 base_url,
@@ -239,6 +252,10 @@ impl HttpClient {
     ) -> Result<(StatusCode, String), ApiError> {
         let inner = &self.inner;
         let waited = Instant::now();
+        // Background work waits for its own share of the budget before it takes any place.
+        if self.background {
+            inner.background_limiter.until_ready().await;
+        }
         // The in-flight place first, then the cooldown: a call that waited for its place
         // while another one drew a 429 honours that 429's wait too.
         let _permit = inner
@@ -462,6 +479,13 @@ fn item_path(id: &str) -> String {
 impl OneInboxApi for HttpClient {
     fn for_account(&self, account: &AccountEndpoint) -> Result<Self, String> {
         self.account_client(account)
+    }
+
+    fn in_background(&self) -> Self {
+        HttpClient {
+            inner: self.inner.clone(),
+            background: true,
+        }
     }
 
     async fn verify(&self) -> Result<(), ApiError> {

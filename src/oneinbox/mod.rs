@@ -347,7 +347,7 @@ pub struct Budget {
 /// Everything a client of one account needs.
 #[derive(Clone, Debug)]
 pub struct AccountEndpoint {
-    /// The metrics label (`OneInboxAccount ns/name`, `ClusterOneInboxAccount name`).
+    /// The metrics label (`OneInboxAccount/<ns>/<name>`, `ClusterOneInboxAccount/<name>`).
     pub label: String,
     /// The account's API URL; the operator's when `None`.
     pub base_url: Option<String>,
@@ -362,6 +362,10 @@ pub trait OneInboxApi: Clone + Send + Sync + 'static {
     /// A client for an account: its own budget, 429 cooldown and key (shared through the
     /// cell, so a rotated key reaches every call at once).
     fn for_account(&self, account: &AccountEndpoint) -> Result<Self, String>;
+
+    /// The same client for background work (drift checks): its calls go behind other calls
+    /// for the account's budget.
+    fn in_background(&self) -> Self;
 
     /// One cheap authenticated call (the first registration of a list): `Ok` if the key is
     /// accepted.

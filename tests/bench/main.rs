@@ -15,8 +15,12 @@
 //!    budget and its workspace's limit); account B applies BENCH_FAIR_B (20) objects while the
 //!    backlog runs. B's time to all Ready against B alone on the idle operator.
 //!
-//! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, fairness, footprint;
-//! default all),
+//! 6. lanes: BENCH_LANES_N (10,000) Ready objects whose drift checks fall due together after a
+//!    restart at the defaults (1-minute poll, server 20 req/s): 20 new objects applied one by
+//!    one meanwhile, apply → Ready p50 / p99.
+//!
+//! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, defaults, fairness, lanes,
+//! footprint; default all but defaults and lanes),
 //! `BENCH_N` (1000), `BENCH_REPEATS` (3), `BENCH_RATE` (50), `BENCH_LATENCY_MS` (100),
 //! `BENCH_STEADY_SECS` (600; 0 = skip), `BENCH_LATENCY_RUNS` (50), `BENCH_FOOTPRINT_N` (10000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_OVER_BUDGET` (1: also run the rate-limited burst with a client
@@ -1047,6 +1051,100 @@ async fn fairness(backlog: usize, b: usize, rate: u32, latency_ms: u64, rep: usi
     result
 }
 
+// ------------------------------------------------------------------ 6: user work ahead of drift checks
+
+/// `n` Ready objects (made at a high budget), then the operator restarted at its defaults with
+/// a 1-minute poll against a mock limited to 20 req/s: the restart spreads the `n` checks over
+/// 12–60 s, far more than the budget (saturated). Meanwhile `new` objects are applied one after
+/// another; each one's apply → Ready.
+async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
+    let fast: Vec<String> = [
+        "--api-rps",
+        "1000",
+        "--api-burst",
+        "1000",
+        "--api-max-in-flight",
+        "64",
+        "--concurrency",
+        "64",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    log(&format!(
+        "lanes: {n} Ready objects, their drift checks due after a restart at the defaults (poll 1m, server 20 req/s, latency {latency_ms} ms); {new} new objects applied one by one"
+    ));
+    let mut bed = Bed::new("lanes", json!({"latency_ms": latency_ms}), &fast).await;
+    let tracker = Tracker::start(bed.pns.clone()).await;
+    let names = names("bg", n);
+    bed.create_pns(&names, false).await;
+    tracker
+        .wait("all Ready", Duration::from_secs(3600), move |s| {
+            s.ready.len() >= n
+        })
+        .await;
+    log(&format!("  {n} Ready"));
+
+    // The measured phase: the operator at its defaults, the API at its limit.
+    bed.op.take();
+    bed.mock
+        .config(json!({"latency_ms": latency_ms, "rate_limit_rps": 20.0, "rate_limit_burst": 20}))
+        .await;
+    let op = Op::start(
+        &bed.ns,
+        &bed.mock.url,
+        &["--poll-interval".to_string(), "1m".to_string()],
+    );
+    op.wait_ready().await;
+    bed.op = Some(op);
+    // The first checks fall at 20 % of the interval.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let gets_before = bed.mock.count(GET).await;
+    let t_window = Instant::now();
+    let mut samples = Vec::new();
+    for i in 0..new {
+        let name = format!("user-{i:03}");
+        let t0 = Instant::now();
+        Bed::apply_pn(
+            &bed.pns,
+            &name,
+            &format!("+1{}", 7_000_000_000u64 + i as u64),
+            false,
+        )
+        .await;
+        let nm = name.clone();
+        tracker
+            .wait("Ready", Duration::from_secs(120), move |s| {
+                s.ready.contains_key(&nm)
+            })
+            .await;
+        let at = tracker.ready_at(&name).unwrap_or_else(Instant::now);
+        samples.push((at - t0).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let window = t_window.elapsed().as_secs_f64();
+    let gets = bed.mock.count(GET).await - gets_before;
+    let outs = outcomes(&bed.mock).await;
+    let (p50, p99) = (percentile(&samples, 50.0), percentile(&samples, 99.0));
+    log(&format!(
+        "  new objects apply → Ready: p50 {p50:.1} ms, p99 {p99:.1} ms (goal: latency {latency_ms} ms + 200 ms); {gets} drift-check GETs in the {window:.1} s window ({:.1}/s, budget 20/s); outcomes {outs:?}",
+        gets as f64 / window
+    ));
+    let result = json!({"n": n, "new": new, "latency_ms": latency_ms, "p50_ms": p50, "p99_ms": p99,
+        "samples_ms": samples, "window_secs": window, "check_gets": gets, "outcomes": outs});
+    record("lanes", result.clone());
+    // Clean-up at a high budget again.
+    bed.op.take();
+    bed.mock.config(json!({})).await;
+    let op = Op::start(&bed.ns, &bed.mock.url, &fast);
+    op.wait_ready().await;
+    bed.op = Some(op);
+    bed.delete_all(&tracker, Duration::from_secs(1800)).await;
+    drop(tracker);
+    bed.teardown().await;
+    result
+}
+
 // ------------------------------------------------------------------ 4: footprint at 10,000
 
 /// Every 15 s until dropped: how many are Ready, and the operator's memory and CPU.
@@ -1346,6 +1444,17 @@ fn main() {
                 median(&mut busy.clone()),
                 median(&mut alone.clone()),
                 median(&mut ratios.clone())
+            ));
+        }
+        if only.contains(&"lanes") {
+            let n: usize = env("BENCH_LANES_N", 10_000);
+            let r = lanes(n, 20, latency_ms).await;
+            summary.push(format!(
+                "user work first: {n} drift checks due at once at the defaults (server 20 req/s): 20 new objects apply → Ready p50 {:.1} ms, p99 {:.1} ms (goal ≤ {} ms); {} check GETs in the window",
+                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                latency_ms + 200,
+                r["check_gets"]
             ));
         }
         if only.contains(&"footprint") {

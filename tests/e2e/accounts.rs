@@ -72,6 +72,15 @@ async fn the_same_number_is_ready_in_two_accounts_each_in_its_own_workspace() {
             "one authenticated check of the key"
         );
     }
+    // The client's metrics are labelled by account.
+    let (_, metrics) = w.operator.admin("/metrics").await;
+    for name in ["a", "b"] {
+        let line = format!(
+            "oneinbox_operator_api_requests_total{{account=\"OneInboxAccount/{}/{name}\",op=\"register\",outcome=\"success\"}} 1",
+            w.ns
+        );
+        assert!(metrics.contains(&line), "missing {line}:\n{metrics}");
+    }
     w.assert_no_secrets(&[KEY_A, KEY_B]).await;
 }
 

@@ -422,6 +422,9 @@ impl OneInboxApi for ModelApi {
     async fn verify(&self) -> Result<(), ApiError> {
         Ok(())
     }
+    fn in_background(&self) -> Self {
+        self.clone()
+    }
 
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
         let o = lock(&self.world).api_call(Call::Register, None, |w| w.do_register(req));
