@@ -354,7 +354,9 @@ mod tests {
     }
 
     /// (type, status, reason) of each condition.
-    fn summary(cs: &[Condition]) -> Vec<(String, String, String)> {
+    type Summary = Vec<(String, String, String)>;
+
+    fn summary(cs: &[Condition]) -> Summary {
         cs.iter()
             .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
             .collect()
@@ -370,7 +372,7 @@ mod tests {
             reason: reason::SECRET_NOT_FOUND,
             message: "gone".into(),
         };
-        let rows: Vec<(&str, Outcome, Option<usize>, Vec<(String, String, String)>)> = vec![
+        let rows: Vec<(&str, Outcome, Option<usize>, Summary)> = vec![
             (
                 "verified",
                 Outcome::Verified,
