@@ -323,6 +323,7 @@ impl<C: OneInboxApi> Registry<C> {
         e: &mut Entry<C>,
     ) -> Result<(), kube::Error> {
         let (value, version) = read_secret_value(client, &account.api_key).await?;
+        tracing::debug!(account = %account.id, ok = value.is_ok(), had_key = e.loaded.is_some(), "account key read");
         let key = match value {
             Ok(key) => key,
             Err(problem) => {
