@@ -541,6 +541,8 @@ pub async fn run<C: OneInboxApi>(
         listed: account_listed,
         listed_changed,
     };
+    let manage_accounts =
+        scope.label_selector.is_none() || account_settings.account_selector.is_some();
     let registry = Arc::new(Registry::new(oneinbox.clone(), account_settings));
     let reporter = Reporter {
         controller: "oneinbox-operator".into(),
@@ -607,24 +609,62 @@ pub async fn run<C: OneInboxApi>(
         secrets_listed: ctx.secrets_listed.clone(),
         poke: ctx.siblings.clone(),
     });
-    let ns_account_controller = Controller::for_stream(ns_account_objects, ns_account_store)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
-        .reconcile_on(tokio_stream_from(ns_account_rx))
-        .run(
-            account_controller::reconcile::<OneInboxAccount, C>,
-            account_error_policy,
-            account_ctx.clone(),
-        )
-        .for_each(report_account_watch_error);
-    let cl_account_controller = Controller::for_stream(cl_account_objects, cl_account_store)
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
-        .reconcile_on(tokio_stream_from(cl_account_rx))
-        .run(
-            account_controller::reconcile::<ClusterOneInboxAccount, C>,
-            account_error_policy,
-            account_ctx,
-        )
-        .for_each(report_account_watch_error);
+    // An account's manager (in-use finalizer, status) must see every PhoneNumber that uses
+    // it: a process sharded by PhoneNumber label does not, so it only uses the accounts, and
+    // wakes its own waiting objects when one changes (docs/tenancy.md).
+    let accounts_task: futures::future::BoxFuture<'static, ()> = if manage_accounts {
+        let ns_account_controller = Controller::for_stream(ns_account_objects, ns_account_store)
+            .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+            .reconcile_on(tokio_stream_from(ns_account_rx))
+            .run(
+                account_controller::reconcile::<OneInboxAccount, C>,
+                account_error_policy,
+                account_ctx.clone(),
+            )
+            .for_each(report_account_watch_error);
+        let cl_account_controller = Controller::for_stream(cl_account_objects, cl_account_store)
+            .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+            .reconcile_on(tokio_stream_from(cl_account_rx))
+            .run(
+                account_controller::reconcile::<ClusterOneInboxAccount, C>,
+                account_error_policy,
+                account_ctx,
+            )
+            .for_each(report_account_watch_error);
+        futures::future::join(ns_account_controller, cl_account_controller)
+            .map(|_| ())
+            .boxed()
+    } else {
+        drop((ns_account_rx, cl_account_rx));
+        let wake = |ctx: Arc<AccountContext<C>>| {
+            move |view: AccountView| {
+                for pn in ctx.users(&view.id) {
+                    if pn
+                        .condition(status::READY)
+                        .is_none_or(|c| c.status != "True")
+                    {
+                        let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
+                    }
+                }
+            }
+        };
+        let (wake_ns, wake_cl) = (wake(account_ctx.clone()), wake(account_ctx));
+        let ns = ns_account_objects.for_each(move |r| {
+            match r {
+                Ok(a) => wake_ns(AccountView::namespaced(&a)),
+                Err(e) => warn!(error = %e, "cannot watch accounts; PhoneNumbers wait until they are listed (are the account CRDs installed? kubectl apply --server-side -f crds/)"),
+            }
+            futures::future::ready(())
+        });
+        let cl = cl_account_objects.for_each(move |r| {
+            match r {
+                Ok(a) => wake_cl(AccountView::cluster(&a)),
+                Err(e) => warn!(error = %e, "cannot watch cluster accounts"),
+            }
+            futures::future::ready(())
+        });
+        futures::future::join(ns, cl).map(|_| ()).boxed()
+    };
     let namespace_store_pns = store.clone();
     let pn_controller = controller
         .watches_stream(
@@ -720,14 +760,7 @@ pub async fn run<C: OneInboxApi>(
             }
         });
     // The account controllers stop with the PhoneNumber controller (its shutdown).
-    futures::future::select(
-        Box::pin(pn_controller),
-        Box::pin(futures::future::join(
-            ns_account_controller,
-            cl_account_controller,
-        )),
-    )
-    .await;
+    futures::future::select(Box::pin(pn_controller), accounts_task).await;
     info!("controller stopped");
 }
 

@@ -403,3 +403,30 @@ async fn a_replica_sharded_by_account_leaves_other_accounts_alone() {
         "never written: {b:#}"
     );
 }
+
+#[tokio::test]
+async fn a_replica_sharded_by_phone_number_label_uses_accounts_without_managing_them() {
+    let mut w = two_workspaces("acct-pnshard", &[]).await;
+    let selector = format!("oneinbox.ai/e2e-shard={}", w.ns);
+    w.operator.kill();
+    let mut op = Operator::start(&w.ns, &w.mock.url, &["--label-selector", &selector]);
+    std::mem::swap(&mut w.operator, &mut op);
+    drop(op);
+    w.account("a", KEY_A, json!({})).await;
+    w.apply_full(json!({
+        "metadata": {"name": "mine", "labels": {"oneinbox.ai/e2e-shard": w.ns}},
+        "spec": with(credential_spec(&number()), account_ref("a")),
+    }))
+    .await
+    .expect("apply");
+    w.wait_ready("mine").await;
+    assert_eq!(
+        w.mock.workspace("a").count(POST).await,
+        1,
+        "registered with the account's key"
+    );
+    // It sees only its share of the account's PhoneNumbers: no finalizer, no status.
+    let a = serde_json::to_value(w.accounts().get("a").await.expect("account")).unwrap();
+    assert!(a["metadata"]["finalizers"].is_null(), "{a:#}");
+    assert_eq!(a["status"], json!({"observedGeneration": 0}), "{a:#}");
+}
