@@ -15,7 +15,19 @@ async fn apply_registers_once_and_reports_ready() {
     let num = number();
     w.apply("sales", sip_spec(&num, "twilio-sip")).await;
 
-    let pn = w.wait_ready("sales").await;
+    // The pass that writes Ready writes the id annotation right after it.
+    let pn = w
+        .wait_for(
+            "sales",
+            "Ready and the id annotation",
+            Duration::from_secs(30),
+            |p| {
+                is_ready(p)
+                    && synced(p)
+                    && p.annotations().contains_key("oneinbox.ai/phone-number-id")
+            },
+        )
+        .await;
     let st = pn.status.clone().expect("status");
     let id = st.phone_number_id.clone().expect("phoneNumberId");
     assert_eq!(st.state.as_deref(), Some("active"));
