@@ -459,29 +459,16 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
         || obs.fetched.is_some()
         || obs.deregistered.is_some()
         || obs.adopted;
-    if obs.memory.check.is_some() || acted {
+    if acted {
         return None;
     }
+    let id = settled_id(obs, reason::AVAILABLE)?;
     let st = obj.status.as_ref()?;
-    let id = st.phone_number_id.as_deref()?;
-    let generation = obj.metadata.generation;
-    let trusted = obj.condition(status::READY).is_some_and(|c| {
-        c.status == "True" && c.reason == reason::AVAILABLE && c.observed_generation == generation
-    }) && obj.condition(status::STALLED).is_none()
-        && obj.condition(status::RECONCILING).is_none()
-        && st.observed_generation == generation
-        && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id)
-        && obj.has_finalizer()
+    let trusted = obj.has_finalizer()
         && st.pending_create.is_none()
-        && st
-            .state
-            .as_deref()
-            .is_some_and(crate::oneinbox::is_active_state)
         // Made with another key: the new baseline is written at once.
         && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
-            == Some(settings.hash_key.id())
-        && reconcile_request_handled(obs)
-        && obs.memory.lost.as_deref() != Some(id);
+            == Some(settings.hash_key.id());
     if !trusted {
         return None;
     }
@@ -495,34 +482,28 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
             _ => return None,
         }
     }
-    Some(Step::Resume {
-        id: id.to_owned(),
-        generation: obs.generation,
-        first_check_in: plan::poll_interval(
-            obj,
-            settings.poll_interval,
-            settings.min_poll_interval,
-        )
-        .map(|i| plan::first_check_in(&obs.uid(), i)),
-        remote: PatchableDigest::of_spec(obj),
-    })
+    Some(resume_step(
+        obs,
+        id,
+        settings,
+        PatchableDigest::of_spec(obj),
+    ))
 }
 
-/// After a restart, an observed object whose status mirrors an active registration for this
-/// very generation is not looked at at once, as `resume` does for managed ones: its first
-/// check is spread over the poll interval (no restart storm of GETs). It reads no Secret, so
-/// only the status decides. `None`: decide as usual.
-fn resume_observed(obs: &Observation, settings: &Settings) -> Option<Step> {
+/// The id of a registration the status records for this very input, as a pass of this process
+/// left it: nothing checked in memory yet, Ready with `ready_reason` for this generation, neither
+/// Stalled nor Reconciling, the id annotated and active, no reconcile request pending, and not
+/// known lost. The object's first check after a restart may then wait (`resume_step`).
+fn settled_id<'a>(obs: &'a Observation, ready_reason: &str) -> Option<&'a str> {
     let obj = &obs.obj;
-    let acted = obs.fetched.is_some() || obs.lookup.is_some();
-    if obs.memory.check.is_some() || acted {
+    if obs.memory.check.is_some() {
         return None;
     }
     let st = obj.status.as_ref()?;
     let id = st.phone_number_id.as_deref()?;
     let generation = obj.metadata.generation;
-    let trusted = obj.condition(status::READY).is_some_and(|c| {
-        c.status == "True" && c.reason == reason::OBSERVED && c.observed_generation == generation
+    let settled = obj.condition(status::READY).is_some_and(|c| {
+        c.status == "True" && c.reason == ready_reason && c.observed_generation == generation
     }) && obj.condition(status::STALLED).is_none()
         && obj.condition(status::RECONCILING).is_none()
         && st.observed_generation == generation
@@ -533,21 +514,35 @@ fn resume_observed(obs: &Observation, settings: &Settings) -> Option<Step> {
             .is_some_and(crate::oneinbox::is_active_state)
         && reconcile_request_handled(obs)
         && obs.memory.lost.as_deref() != Some(id);
-    if !trusted {
-        return None;
-    }
-    Some(Step::Resume {
+    settled.then_some(id)
+}
+
+/// Remember `id` as checked now, with the first drift check spread over the poll interval.
+fn resume_step(obs: &Observation, id: &str, settings: &Settings, remote: PatchableDigest) -> Step {
+    Step::Resume {
         id: id.to_owned(),
         generation: obs.generation,
         first_check_in: plan::poll_interval(
-            obj,
+            &obs.obj,
             settings.poll_interval,
             settings.min_poll_interval,
         )
         .map(|i| plan::first_check_in(&obs.uid(), i)),
-        // Observe compares the registration it reads at each check, never this.
-        remote: PatchableDigest::unread(),
-    })
+        remote,
+    }
+}
+
+/// After a restart, an observed object whose status mirrors an active registration for this
+/// very generation is not looked at at once, as `resume` does for managed ones: its first
+/// check is spread over the poll interval (no restart storm of GETs). It reads no Secret, so
+/// only the status decides. `None`: decide as usual.
+fn resume_observed(obs: &Observation, settings: &Settings) -> Option<Step> {
+    if obs.fetched.is_some() || obs.lookup.is_some() {
+        return None;
+    }
+    let id = settled_id(obs, reason::OBSERVED)?;
+    // Observe compares the registration it reads at each check, never this.
+    Some(resume_step(obs, id, settings, PatchableDigest::unread()))
 }
 
 /// `managementPolicy: Observe`: find the registration (by the id the object names, or else by
@@ -1037,14 +1032,7 @@ fn account_unusable(obs: &Observation, problem: &AccountProblem, settings: &Sett
     let message = account_problem_text(problem);
     match problem {
         AccountProblem::NotFound(_) => {
-            let not_ready_since = obs
-                .obj
-                .condition(status::READY)
-                .filter(|c| c.status == "False")
-                .map(|c| c.last_transition_time.0)
-                .unwrap_or(obs.wall);
-            let waited = Duration::try_from(obs.wall.duration_since(not_ready_since))
-                .unwrap_or(Duration::ZERO);
+            let waited = not_ready_for(obs);
             let grace = settings.secret_grace_period;
             if waited >= grace {
                 report(
@@ -1381,15 +1369,19 @@ fn api_failure(obs: &Observation, failure: Failure) -> Step {
 
 /// A Secret the object needs is missing or unusable: Reconciling during the grace period,
 /// Stalled after it.
-fn wait_for_secret(obs: &Observation, problem: &SecretProblem, settings: &Settings) -> Step {
-    let obj = &obs.obj;
-    let not_ready_since = obj
+/// How long the object has been not Ready (zero if it is Ready now).
+fn not_ready_for(obs: &Observation) -> Duration {
+    let not_ready_since = obs
+        .obj
         .condition(status::READY)
         .filter(|c| c.status == "False")
         .map(|c| c.last_transition_time.0)
         .unwrap_or(obs.wall);
-    let waited =
-        Duration::try_from(obs.wall.duration_since(not_ready_since)).unwrap_or(Duration::ZERO);
+    Duration::try_from(obs.wall.duration_since(not_ready_since)).unwrap_or(Duration::ZERO)
+}
+
+fn wait_for_secret(obs: &Observation, problem: &SecretProblem, settings: &Settings) -> Step {
+    let waited = not_ready_for(obs);
     let grace = settings.secret_grace_period;
     let (why, fix) = (problem_text(problem), problem_fix(problem));
     let reason = match problem.kind {
