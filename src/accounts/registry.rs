@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use super::AccountId;
 use super::crd::{Budget as BudgetSpec, ClusterOneInboxAccount, DEFAULT_CA_KEY, OneInboxAccount};
 use crate::controller::lock;
-use crate::controller::observe::{SecretProblem, SecretProblemKind};
+use crate::controller::observe::{SecretProblem, secret_value_of};
 use crate::crd::DEFAULT_API_KEY_KEY;
 use crate::oneinbox::{AccountEndpoint, Budget, KeyCell, OneInboxApi, SecretString};
 
@@ -431,25 +431,7 @@ pub async fn read_secret_value(
     let version = secret
         .as_ref()
         .and_then(|s| s.meta().resource_version.clone());
-    let problem = |kind| SecretProblem {
-        kind,
-        namespace: r.namespace.clone(),
-        name: r.name.clone(),
-        key: r.key.clone(),
-    };
-    let value = match secret {
-        None => Err(problem(SecretProblemKind::Absent)),
-        Some(s) => match s.data.as_ref().and_then(|d| d.get(&r.key)) {
-            None => Err(problem(SecretProblemKind::NoKey)),
-            Some(bytes) => match std::str::from_utf8(&bytes.0) {
-                Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(
-                    v.trim_end_matches(['\n', '\r']).to_owned(),
-                )),
-                Ok(_) => Err(problem(SecretProblemKind::Empty)),
-                Err(_) => Err(problem(SecretProblemKind::NotText)),
-            },
-        },
-    };
+    let value = secret_value_of(secret.as_ref(), &r.namespace, &r.name, &r.key);
     Ok((value, version))
 }
 

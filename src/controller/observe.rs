@@ -437,24 +437,35 @@ impl<C: OneInboxApi> Reader<'_, C> {
             drop(versions);
             obs.secrets_read.push((name.to_owned(), rv));
         }
-        let problem = |kind| SecretProblem {
-            kind,
-            namespace: namespace.clone(),
-            name: name.to_owned(),
-            key: key.to_owned(),
-        };
-        Ok(match secret {
-            None => Err(problem(SecretProblemKind::Absent)),
-            Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
-                None => Err(problem(SecretProblemKind::NoKey)),
-                Some(bytes) => match std::str::from_utf8(&bytes.0) {
-                    Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(
-                        v.trim_end_matches(['\n', '\r']).to_owned(),
-                    )),
-                    Ok(_) => Err(problem(SecretProblemKind::Empty)),
-                    Err(_) => Err(problem(SecretProblemKind::NotText)),
-                },
+        Ok(secret_value_of(secret.as_ref(), &namespace, name, key))
+    }
+}
+
+/// The non-empty UTF-8 value of `key` in `secret` (as read from `namespace/name`), or what is
+/// wrong with it (never the value).
+pub fn secret_value_of(
+    secret: Option<&Secret>,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> std::result::Result<SecretString, SecretProblem> {
+    let problem = |kind| SecretProblem {
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        key: key.to_owned(),
+    };
+    match secret {
+        None => Err(problem(SecretProblemKind::Absent)),
+        Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
+            None => Err(problem(SecretProblemKind::NoKey)),
+            Some(bytes) => match std::str::from_utf8(&bytes.0) {
+                Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(
+                    v.trim_end_matches(['\n', '\r']).to_owned(),
+                )),
+                Ok(_) => Err(problem(SecretProblemKind::Empty)),
+                Err(_) => Err(problem(SecretProblemKind::NotText)),
             },
-        })
+        },
     }
 }
