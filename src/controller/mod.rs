@@ -314,8 +314,12 @@ async fn report_account_watch_error<T, E: std::fmt::Display>(
     res: std::result::Result<T, kube::runtime::controller::Error<E, watcher::Error>>,
 ) {
     if let Err(kube::runtime::controller::Error::QueueError(e)) = res {
-        warn!(error = %e, "cannot watch accounts; PhoneNumbers wait until they are listed (are the account CRDs installed? kubectl apply --server-side -f crds/)");
+        warn_account_watch(&e);
     }
+}
+
+fn warn_account_watch(e: &watcher::Error) {
+    warn!(error = %e, "cannot watch accounts; PhoneNumbers wait until they are listed (are the account CRDs installed? kubectl apply --server-side -f crds/)");
 }
 
 /// Requeue delay after a failed account pass (a Kubernetes call failed).
@@ -652,14 +656,14 @@ pub async fn run<C: OneInboxApi>(
         let ns = ns_account_objects.for_each(move |r| {
             match r {
                 Ok(a) => wake_ns(AccountView::namespaced(&a)),
-                Err(e) => warn!(error = %e, "cannot watch accounts; PhoneNumbers wait until they are listed (are the account CRDs installed? kubectl apply --server-side -f crds/)"),
+                Err(e) => warn_account_watch(&e),
             }
             futures::future::ready(())
         });
         let cl = cl_account_objects.for_each(move |r| {
             match r {
                 Ok(a) => wake_cl(AccountView::cluster(&a)),
-                Err(e) => warn!(error = %e, "cannot watch cluster accounts"),
+                Err(e) => warn_account_watch(&e),
             }
             futures::future::ready(())
         });

@@ -1053,14 +1053,9 @@ async fn fairness(backlog: usize, b: usize, rate: u32, latency_ms: u64, rep: usi
     result
 }
 
-// ------------------------------------------------------------------ 6: user work ahead of drift checks
-
-/// `n` Ready objects (made at a high budget), then the operator restarted at its defaults with
-/// a 1-minute poll against a mock limited to 20 req/s: the restart spreads the `n` checks over
-/// 12–60 s, far more than the budget (saturated). Meanwhile `new` objects are applied one after
-/// another; each one's apply → Ready.
-async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
-    let fast: Vec<String> = [
+/// Operator flags far above any mock limit: setting up or tearing down many objects fast.
+fn high_budget_args() -> Vec<String> {
+    [
         "--api-rps",
         "1000",
         "--api-burst",
@@ -1072,7 +1067,17 @@ async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
+    .collect()
+}
+
+// ------------------------------------------------------------------ 6: user work ahead of drift checks
+
+/// `n` Ready objects (made at a high budget), then the operator restarted at its defaults with
+/// a 1-minute poll against a mock limited to 20 req/s: the restart spreads the `n` checks over
+/// 12–60 s, far more than the budget (saturated). Meanwhile `new` objects are applied one after
+/// another; each one's apply → Ready.
+async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
+    let fast = high_budget_args();
     log(&format!(
         "lanes: {n} Ready objects, their drift checks due after a restart at the defaults (poll 1m, server 20 req/s, latency {latency_ms} ms); {new} new objects applied one by one"
     ));
@@ -1166,19 +1171,7 @@ async fn footprint_progress(bed: &Bed, tracker: &Tracker, n: usize, t0: Instant)
 }
 
 async fn footprint(n: usize, idle: Duration) -> Value {
-    let args: Vec<String> = [
-        "--api-rps",
-        "1000",
-        "--api-burst",
-        "1000",
-        "--api-max-in-flight",
-        "64",
-        "--concurrency",
-        "64",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = high_budget_args();
     log(&format!(
         "footprint: N={n}, mock latency 0, no rate limit, operator {}",
         args.join(" ")

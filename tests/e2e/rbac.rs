@@ -116,18 +116,8 @@ fn scoped(rules: &[Value], cluster: bool) -> Vec<Value> {
         .collect()
 }
 
-/// Run the operator as `nobody`, bound (in a fresh namespace) to `rules`, apply a PhoneNumber
-/// that needs every permission (a SIP password Secret, events, status, the finalizer, a
-/// OneInboxAccount with its key Secret), and watch until `done` says so or the deadline
-/// passes.
-async fn run_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool) -> Run {
-    let mut w = World::start(&format!("rbac-{label}")).await;
-    let role = operator_as_nobody(&mut w, rules, &[], "-nobody");
-    w.secret("sip", "pw-rbac-0c1e").await;
-    w.account("acct", API_KEY, serde_json::json!({})).await;
-    w.apply("r", with(sip_spec(&number(), "sip"), account_ref("acct")))
-        .await;
-
+/// Watch PhoneNumber `r` and the operator's log until `done` says so, or for 20 s.
+async fn watch_run(w: &World, done: &impl Fn(&Run) -> bool) -> Run {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut run = Run {
         ready: false,
@@ -143,6 +133,22 @@ async fn run_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool)
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    run
+}
+
+/// Run the operator as `nobody`, bound (in a fresh namespace) to `rules`, apply a PhoneNumber
+/// that needs every permission (a SIP password Secret, events, status, the finalizer, a
+/// OneInboxAccount with its key Secret), and watch until `done` says so or the deadline
+/// passes.
+async fn run_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool) -> Run {
+    let mut w = World::start(&format!("rbac-{label}")).await;
+    let role = operator_as_nobody(&mut w, rules, &[], "-nobody");
+    w.secret("sip", "pw-rbac-0c1e").await;
+    w.account("acct", API_KEY, serde_json::json!({})).await;
+    w.apply("r", with(sip_spec(&number(), "sip"), account_ref("acct")))
+        .await;
+
+    let run = watch_run(&w, &done).await;
     let _ = kubectl(&["delete", "clusterrole", &role]);
     run
 }
@@ -259,21 +265,7 @@ async fn run_cluster_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) 
     )
     .await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut run = Run {
-        ready: false,
-        event: false,
-        log: String::new(),
-    };
-    while Instant::now() < deadline {
-        run.ready = w.pns.get("r").await.map(|p| is_ready(&p)).unwrap_or(false);
-        run.event = w.events().await.iter().any(|(r, _)| r == "Registered");
-        run.log = w.operator.log_text();
-        if done(&run) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let run = watch_run(&w, &done).await;
     w.operator.kill();
     // The account's finalizer goes with the test (nobody would release it now).
     let _ = kubectl(&[
