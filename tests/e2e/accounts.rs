@@ -430,3 +430,66 @@ async fn a_replica_sharded_by_phone_number_label_uses_accounts_without_managing_
     assert!(a["metadata"]["finalizers"].is_null(), "{a:#}");
     assert_eq!(a["status"], json!({"observedGeneration": 0}), "{a:#}");
 }
+
+#[tokio::test]
+async fn objects_without_an_account_use_the_default_cluster_account() {
+    // The default account's allowedNamespaces, not the watch scope, decide who may use it.
+    let account = format!("default-{}", &number()[5..]);
+    let mut w = two_workspaces("acct-default", &[]).await;
+    let shard = format!("oneinbox.ai/e2e={}", w.ns);
+    w.operator.kill();
+    let mut op = Operator::start(
+        &w.ns,
+        &w.mock.url,
+        &[
+            "--cluster-accounts=true",
+            "--account-selector",
+            &shard,
+            "--default-account",
+            &account,
+        ],
+    );
+    std::mem::swap(&mut w.operator, &mut op);
+    drop(op);
+    w.api_key_secret("default-key", KEY_A).await;
+    let body = json!({
+        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "ClusterOneInboxAccount",
+        "metadata": {"name": account, "labels": {"oneinbox.ai/e2e": w.ns}},
+        "spec": {
+            "apiKeySecretRef": {"namespace": w.ns, "name": "default-key"},
+            "allowedNamespaces": {"names": [w.ns]},
+        },
+    });
+    let clusters = cluster_accounts(&w.client);
+    clusters
+        .patch(
+            &account,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("apply ClusterOneInboxAccount");
+    w.apply("plain", credential_spec(&number())).await;
+    w.wait_ready("plain").await;
+    assert_eq!(
+        w.mock.workspace("a").count(POST).await,
+        1,
+        "in the default account's workspace"
+    );
+    assert_eq!(
+        w.mock.total_calls().await,
+        0,
+        "never with the operator-wide key"
+    );
+    w.wait_account(&clusters, &account, "in use by 1", |v| {
+        v["status"]["phoneNumbers"] == 1
+    })
+    .await;
+    w.delete("plain").await;
+    w.wait_gone("plain", Duration::from_secs(20)).await;
+    clusters
+        .delete(&account, &DeleteParams::default())
+        .await
+        .expect("delete account");
+    wait_absent(&clusters, &account).await;
+}
