@@ -19,7 +19,8 @@ pub const FINALIZER: &str = "oneinbox.ai/deregister";
 pub const FIELD_MANAGER: &str = "oneinbox-operator";
 /// Prefix of every annotation the operator reads.
 pub const ANNOTATION_PREFIX: &str = "oneinbox.ai/";
-/// Durable copy of `status.phoneNumberId`; set by hand to adopt an existing registration.
+/// Set by hand (or by `import`) to adopt an existing registration; read after a restore that
+/// lost the status. The operator removes it when the registration it names is gone.
 pub const ANNOTATION_PHONE_NUMBER_ID: &str = "oneinbox.ai/phone-number-id";
 /// `"true"` stops every OneInbox call for the object.
 pub const ANNOTATION_PAUSED: &str = "oneinbox.ai/paused";
@@ -27,6 +28,10 @@ pub const ANNOTATION_PAUSED: &str = "oneinbox.ai/paused";
 pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "oneinbox.ai/reconcile-requested-at";
 /// Per-object drift-check interval, e.g. `5m`; `0` turns periodic checks off once Ready.
 pub const ANNOTATION_POLL_INTERVAL: &str = "oneinbox.ai/poll-interval";
+/// The operator's record of its last attempt to register the number (a JSON
+/// `RegistrationAttempt`), written with the finalizer before the POST: while `status.settledAttempt`
+/// names another token, that POST may have reached OneInbox.
+pub const ANNOTATION_REGISTRATION_ATTEMPT: &str = "oneinbox.ai/registration-attempt";
 /// Longest `oneinbox.ai/reconcile-requested-at` value that `status.lastHandledReconcileAt`
 /// holds (the schema's maxLength).
 pub const MAX_RECONCILE_TOKEN: usize = 1024;
@@ -338,10 +343,13 @@ pub struct PhoneNumberStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub credentials_hash: Option<String>,
-    /// Set while a registration request may be in flight, so that a restarted operator looks
+    /// The token of the last registration attempt (the oneinbox.ai/registration-attempt
+    /// annotation) whose outcome this status records. While the annotation names another
+    /// token, that attempt's request may have reached OneInbox, and a restarted operator looks
     /// the number up before registering it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_create: Option<PendingCreate>,
+    #[schemars(length(max = 128))]
+    pub settled_attempt: Option<String>,
     /// The resourceVersion of each referenced Secret (by name) that the last successful check
     /// used; never any Secret data. While the Secret watch reports the same versions, a check
     /// needs no Secret read, also after a restart.
@@ -358,16 +366,18 @@ pub struct PhoneNumberStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Marker of a registration attempt that may have reached OneInbox.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+/// An attempt to register the number, recorded in the oneinbox.ai/registration-attempt
+/// annotation with the finalizer, in one write, before the POST.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct PendingCreate {
+pub struct RegistrationAttempt {
     /// Random token of the attempt.
-    #[schemars(length(max = 128))]
     pub token: String,
     /// When the attempt started (RFC 3339).
-    #[schemars(length(max = 64))]
     pub started_at: String,
+    /// Keyed hash of the SIP credentials the attempt registers with (never the credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_hash: Option<String>,
 }
 
 fn secret_versions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
@@ -422,7 +432,7 @@ impl PhoneNumber {
     pub fn known_id(&self) -> Option<String> {
         let status = self.status.as_ref();
         let from_status = status.and_then(|s| s.phone_number_id.clone());
-        let pending = status.is_some_and(|s| s.pending_create.is_some());
+        let pending = self.pending_create().is_some();
         let from_annotation = if pending {
             None
         } else {
@@ -430,6 +440,23 @@ impl PhoneNumber {
                 .map(str::to_owned)
         };
         from_status.or(from_annotation).filter(|id| !id.is_empty())
+    }
+
+    /// The last registration attempt the annotation records, settled or not. A value that
+    /// does not parse (edited by hand) records none.
+    pub fn registration_attempt(&self) -> Option<RegistrationAttempt> {
+        serde_json::from_str(self.annotation(ANNOTATION_REGISTRATION_ATTEMPT)?).ok()
+    }
+
+    /// The registration attempt that may be in flight: the recorded one, unless the status
+    /// records its outcome.
+    pub fn pending_create(&self) -> Option<RegistrationAttempt> {
+        let settled = self
+            .status
+            .as_ref()
+            .and_then(|s| s.settled_attempt.as_deref());
+        self.registration_attempt()
+            .filter(|a| settled != Some(a.token.as_str()))
     }
 
     /// One annotation's value.
@@ -593,7 +620,7 @@ pub fn reflow(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
+    use kube::{CustomResourceExt, ResourceExt};
 
     #[test]
     fn crd_names_match_the_design() {
@@ -625,14 +652,29 @@ mod tests {
             Some("old"),
             "restore/adopt from the annotation"
         );
+        let attempt = RegistrationAttempt {
+            token: "t".into(),
+            started_at: "2026-12-01T00:00:00Z".into(),
+            credentials_hash: None,
+        };
+        pn.annotations_mut().insert(
+            ANNOTATION_REGISTRATION_ATTEMPT.into(),
+            serde_json::to_string(&attempt).unwrap(),
+        );
+        assert_eq!(pn.pending_create(), Some(attempt));
+        assert_eq!(pn.known_id(), None);
+        // The status records the attempt's outcome: nothing is in flight any more.
         pn.status = Some(PhoneNumberStatus {
-            pending_create: Some(PendingCreate {
-                token: "t".into(),
-                started_at: "now".into(),
-            }),
+            settled_attempt: Some("t".into()),
             ..Default::default()
         });
-        assert_eq!(pn.known_id(), None);
+        assert_eq!(pn.pending_create(), None);
+        assert_eq!(pn.known_id().as_deref(), Some("old"));
+        // A hand-edited value records no attempt.
+        pn.status = None;
+        pn.annotations_mut()
+            .insert(ANNOTATION_REGISTRATION_ATTEMPT.into(), "{".into());
+        assert_eq!(pn.pending_create(), None);
     }
 
     #[test]
@@ -642,6 +684,7 @@ mod tests {
             ANNOTATION_PAUSED,
             ANNOTATION_RECONCILE_REQUESTED_AT,
             ANNOTATION_POLL_INTERVAL,
+            ANNOTATION_REGISTRATION_ATTEMPT,
         ] {
             assert!(key.starts_with(ANNOTATION_PREFIX), "{key}");
         }

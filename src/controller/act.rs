@@ -3,9 +3,11 @@
 //! process's per-object memory. Each effect is one `await`; the order of effects within a
 //! step is fixed here and nowhere else.
 //!
-//! Crash safety of the create: the finalizer and a `status.pendingCreate` marker are written
-//! with optimistic concurrency before the POST, and an object that carries the marker without
-//! an id is looked up by number and adopted before anything is posted again.
+//! Crash safety of the create: the finalizer and the registration-attempt annotation go in one
+//! metadata write with optimistic concurrency before the POST, and an object whose status does
+//! not record that attempt's outcome is looked up by number and adopted before anything is
+//! posted again. The status write after the POST records the ids and settles the attempt, so a
+//! create costs three writes: that metadata write, that status write, and the event.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -23,8 +25,8 @@ use super::plan;
 use super::status::{self, Phase, RemoteFacts, StatusData};
 use super::{Context, lock, redact};
 use crate::crd::{
-    ANNOTATION_PHONE_NUMBER_ID, FIELD_MANAGER, FINALIZER, PendingCreate, PhoneNumber,
-    PhoneNumberStatus,
+    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_REGISTRATION_ATTEMPT, FIELD_MANAGER, FINALIZER,
+    PhoneNumber, PhoneNumberStatus, RegistrationAttempt,
 };
 use crate::error::{Error, Result};
 use crate::oneinbox::{OneInboxApi, PatchRequest};
@@ -118,8 +120,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 marker_present,
             } => {
                 if !marker_present {
-                    self.add_finalizer(obs).await?;
-                    self.write_marker(obs, hash).await?;
+                    self.record_attempt(obs, hash).await?;
                 }
                 let req = plan::register_request(&obs.obj, &credentials);
                 let res = self.oneinbox.register(&req).await;
@@ -153,7 +154,6 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     }
                 };
                 self.write_phase(obs, data, phase).await?;
-                self.ensure_annotation(obs, &registration.id).await?;
                 obs.persisted = Some(registration);
             }
             Step::Patch { id, patch, event } => {
@@ -418,27 +418,46 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         Ok(())
     }
 
-    /// The pending-create marker, written only if the object is still at the resourceVersion
-    /// we read: a stale view (another pass, another replica) fails here with a conflict
-    /// instead of posting twice.
-    async fn write_marker(&mut self, obs: &mut Observation, hash: String) -> Result<()> {
-        let marker = PendingCreate {
+    /// Record a registration attempt before its POST, only if the object is still at the
+    /// resourceVersion we read: a stale view (another pass, another replica) fails here with a
+    /// conflict instead of posting twice. The finalizer goes in the same write. Registering
+    /// again (the registration was lost or replaced), the status first drops the old ids, also
+    /// guarded, so that no id names a registration that is gone while the attempt is in flight.
+    async fn record_attempt(&mut self, obs: &mut Observation, hash: String) -> Result<()> {
+        let holds_ids = obs
+            .obj
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phone_number_id.is_some());
+        if holds_ids {
+            let data = StatusData {
+                remote: RemoteFacts::default(),
+                credentials_hash: Some(hash.clone()),
+                pending_create: None,
+                last_handled_reconcile_at: requested_reconcile(&obs.obj),
+                secret_versions: versions_used(obs),
+            };
+            let phase = Phase::Progressing {
+                reason: status::reason::CREATING,
+                message: "Registering the number with OneInbox".into(),
+            };
+            let desired = status::desired_status(&obs.obj, data, &phase, now());
+            self.patch_status(obs, &desired, true).await?;
+        }
+        let attempt = RegistrationAttempt {
             token: uuid::Uuid::new_v4().to_string(),
             started_at: jiff::Timestamp::now().to_string(),
-        };
-        let data = StatusData {
-            remote: RemoteFacts::default(),
             credentials_hash: Some(hash),
-            pending_create: Some(marker),
-            last_handled_reconcile_at: requested_reconcile(&obs.obj),
-            secret_versions: versions_used(obs),
         };
-        let phase = Phase::Progressing {
-            reason: status::reason::CREATING,
-            message: "Registering the number with OneInbox".into(),
-        };
-        let desired = status::desired_status(&obs.obj, data, &phase, now());
-        self.patch_status(obs, &desired, true).await
+        let recorded =
+            serde_json::to_string(&attempt).map_err(|_| Error::InvalidObject("attempt"))?;
+        let mut metadata = json!({ "annotations": { ANNOTATION_REGISTRATION_ATTEMPT: recorded } });
+        if !obs.obj.has_finalizer() {
+            let mut finalizers = obs.obj.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            metadata["finalizers"] = json!(finalizers);
+        }
+        self.patch_metadata(obs, metadata).await
     }
 
     /// Server-side apply of the full status, forced, as `oneinbox-operator`; with

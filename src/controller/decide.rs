@@ -17,7 +17,7 @@ use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use crate::crd::{
     ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy,
-    ReplacementPolicy,
+    RegistrationAttempt, ReplacementPolicy,
 };
 use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
 
@@ -232,10 +232,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         return Step::Disown;
     }
     let known_id = obj.known_id();
-    let attempt_in_flight = obj
-        .status
-        .as_ref()
-        .is_some_and(|s| s.pending_create.is_some());
+    let attempt_in_flight = obj.pending_create().is_some();
     // An id another object holds: the most specific reason, so it goes first.
     if let (Some(id), Some(owner)) = (&known_id, &obs.id_owner) {
         let msg = format!(
@@ -372,7 +369,12 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         }
     }
 
-    if obj.annotation(ANNOTATION_PHONE_NUMBER_ID) != Some(remote.id.as_str()) {
+    // The annotation is input (an adoption, a restore): one naming another id is set right,
+    // and none is written on a create (the status holds the id).
+    if obj
+        .annotation(ANNOTATION_PHONE_NUMBER_ID)
+        .is_some_and(|a| a != remote.id)
+    {
         return Step::Annotate { id: remote.id };
     }
 
@@ -465,7 +467,7 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
     let id = settled_id(obs, reason::AVAILABLE)?;
     let st = obj.status.as_ref()?;
     let trusted = obj.has_finalizer()
-        && st.pending_create.is_none()
+        && obj.pending_create().is_none()
         // Made with another key: the new baseline is written at once.
         && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
             == Some(settings.hash_key.id());
@@ -507,7 +509,10 @@ fn settled_id<'a>(obs: &'a Observation, ready_reason: &str) -> Option<&'a str> {
     }) && obj.condition(status::STALLED).is_none()
         && obj.condition(status::RECONCILING).is_none()
         && st.observed_generation == generation
-        && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id)
+        && obj
+            .annotation(ANNOTATION_PHONE_NUMBER_ID)
+            .is_none_or(|a| a == id)
+        && obj.pending_create().is_none()
         && st
             .state
             .as_deref()
@@ -785,7 +790,7 @@ fn register(
     settings: &Settings,
 ) -> Result<Remote, Box<Step>> {
     let obj = &obs.obj;
-    let marker = obj.status.as_ref().and_then(|s| s.pending_create.clone());
+    let marker = obj.pending_create();
     // After a clean 429 nothing can have been registered: the next attempt posts directly.
     let refused_cleanly = marker
         .as_ref()
@@ -798,7 +803,10 @@ fn register(
             // neither hides a registration it made nor keeps claiming the number (against an
             // object annotated with the number's registration) while the Secret is missing.
             if in_doubt {
-                let registered = obj.status.as_ref().and_then(|s| s.credentials_hash.clone());
+                let registered = marker
+                    .as_ref()
+                    .and_then(|m| m.credentials_hash.clone())
+                    .or_else(|| obj.status.as_ref().and_then(|s| s.credentials_hash.clone()));
                 if let Some(step) = settle_attempt(obs, marker.as_ref(), registered) {
                     return Err(Box::new(step));
                 }
@@ -948,7 +956,7 @@ fn register(
 /// credentials hash a registration it made is recorded with.
 fn settle_attempt(
     obs: &Observation,
-    marker: Option<&crate::crd::PendingCreate>,
+    marker: Option<&RegistrationAttempt>,
     hash: Option<String>,
 ) -> Option<Step> {
     match &obs.lookup {
@@ -1133,7 +1141,7 @@ const CLOCK_SKEW_ALLOWANCE: jiff::SignedDuration = jiff::SignedDuration::from_se
 
 /// Whether `reg` was made before the attempt that `marker` records started (so it cannot be
 /// the attempt's own). A time that does not parse proves nothing: then it may be ours.
-fn made_before_attempt(reg: &Registration, marker: Option<&crate::crd::PendingCreate>) -> bool {
+fn made_before_attempt(reg: &Registration, marker: Option<&RegistrationAttempt>) -> bool {
     let (Some(marker), Ok(created)) = (marker, reg.created_at.parse::<jiff::Timestamp>()) else {
         return false;
     };
@@ -1209,10 +1217,7 @@ fn decide_deletion(obs: &Observation) -> Step {
             format!("{why}, and with the operator-wide API key OneInbox reports {what}, which cannot prove the registration is gone from the account's workspace. Make the account usable again (or set deletionPolicy: Orphan)")
         })
     };
-    let pending = obj
-        .status
-        .as_ref()
-        .is_some_and(|s| s.pending_create.is_some());
+    let pending = obj.pending_create().is_some();
     let id = match obj.known_id() {
         Some(id) => Some(id),
         // The POST may have landed before the id was written.
@@ -1234,10 +1239,7 @@ fn decide_deletion(obs: &Observation) -> Step {
                     .as_ref()
                     .filter(|r| {
                         obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(r.id.as_str())
-                            || !made_before_attempt(
-                                r,
-                                obj.status.as_ref().and_then(|s| s.pending_create.as_ref()),
-                            )
+                            || !made_before_attempt(r, obj.pending_create().as_ref())
                     })
                     .map(|r| r.id.clone()),
             },
@@ -1523,7 +1525,10 @@ fn fresh(obs: &Observation, id: &str, current_hash: Option<&str>) -> bool {
         .is_some_and(|c| c.status == "True");
     let in_sync = status.phone_number_id.as_deref() == Some(id)
         && status.observed_generation == obj.metadata.generation
-        && obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(id)
+        && obj
+            .annotation(ANNOTATION_PHONE_NUMBER_ID)
+            .is_none_or(|a| a == id)
+        && obj.pending_create().is_none()
         && reconcile_request_handled(obs)
         && (current_hash.is_none() || status.credentials_hash.as_deref() == current_hash)
         && obj.condition(status::STALLED).is_none();

@@ -250,16 +250,21 @@ fn summary(step: &Step) -> String {
     }
 }
 
+/// An object whose create crashed after the one write before its POST: the finalizer and the
+/// attempt recorded, no status.
+fn pending_attempt() -> Value {
+    let mut o = object();
+    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+    let attempt = json!({"token": "t1", "startedAt": "2026-01-01T00:00:00Z",
+                         "credentialsHash": hash_of(CRED)});
+    o["metadata"]["annotations"] =
+        json!({crate::crd::ANNOTATION_REGISTRATION_ATTEMPT: attempt.to_string()});
+    o
+}
+
 #[test]
 fn decision_table() {
-    let marker = json!({"token": "t1", "startedAt": "2026-01-01T00:00:00Z"});
-    let pending = {
-        let mut o = object();
-        o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
-        o["status"] = json!({"pendingCreate": marker, "credentialsHash": hash_of(CRED),
-                             "conditions": [condition("Ready", "False", "Creating")]});
-        o
-    };
+    let pending = pending_attempt();
     let stalled_for = |why: &str| {
         let mut o = object();
         o["status"] = json!({"observedGeneration": 1, "credentialsHash": hash_of(CRED),
@@ -1351,11 +1356,23 @@ fn decision_table() {
             "Report Progressing(Provisioning) Requeue",
         ),
         (
-            "id annotation missing",
+            "no id annotation: the status holds the id, nothing to write",
             with(
                 read({
                     let mut o = registered();
                     o["metadata"]["annotations"] = json!({});
+                    o
+                }),
+                |ob| ob.fetched = Some(Ok(reg("id1"))),
+            ),
+            "Report Available Checked",
+        ),
+        (
+            "an id annotation naming another id than the one held: set right",
+            with(
+                read({
+                    let mut o = registered();
+                    o["metadata"]["annotations"] = json!({ANNOTATION_PHONE_NUMBER_ID: "id7"});
                     o
                 }),
                 |ob| ob.fetched = Some(Ok(reg("id1"))),
@@ -1688,11 +1705,7 @@ fn a_registration_found_gone_while_the_secret_is_missing_leaves_status_naming_no
 
 #[test]
 fn an_attempt_settled_while_the_secret_is_missing_drops_its_marker() {
-    let mut o = object();
-    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
-    o["status"] = json!({"pendingCreate": {"token": "t1", "startedAt": "2026-01-01T00:00:00Z"},
-                         "credentialsHash": hash_of(CRED),
-                         "conditions": [condition("Ready", "False", "Creating")]});
+    let o = pending_attempt();
     let waiting = |lookup: Option<Result<Option<Registration>, ApiError>>, refused: bool| {
         decide(
             &with(read(o.clone()), |ob| {

@@ -36,7 +36,7 @@ use crate::accounts::AccountId;
 use crate::accounts::controller::{self as account_controller, AccountContext};
 use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
 use crate::accounts::registry::{AccountView, Registry, RegistrySettings};
-use crate::crd::{ANNOTATION_PREFIX, PhoneNumber};
+use crate::crd::{ANNOTATION_PREFIX, ANNOTATION_REGISTRATION_ATTEMPT, PhoneNumber};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oneinbox::OneInboxApi;
@@ -256,11 +256,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// full last-applied copy). These are most of an object's size (memory at 10,000 objects);
 /// metadata writes are patches of single keys, so nothing dropped here is ever written back.
 pub fn slim_for_cache(pn: &mut PhoneNumber) {
+    // A settled attempt's record says nothing the status does not: only one in flight is kept.
+    let settled = pn.registration_attempt().is_some() && pn.pending_create().is_none();
     let meta = &mut pn.metadata;
     meta.managed_fields = None;
     meta.labels = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|key, _| key.starts_with(ANNOTATION_PREFIX));
+        annotations.retain(|key, _| {
+            key.starts_with(ANNOTATION_PREFIX)
+                && !(settled && key == ANNOTATION_REGISTRATION_ATTEMPT)
+        });
         if annotations.is_empty() {
             meta.annotations = None;
         }

@@ -373,9 +373,7 @@ pub fn claims_only_by_naming(o: &PhoneNumber) -> bool {
 }
 
 fn has_pending_create(o: &PhoneNumber) -> bool {
-    o.status
-        .as_ref()
-        .is_some_and(|s| s.pending_create.is_some())
+    o.pending_create().is_some()
 }
 
 /// The object that holds registration `id`, which `obj` names too, if it is another one. An
@@ -810,19 +808,26 @@ mod tests {
         );
     }
 
+    /// An attempt in flight, as the annotation records it before the POST.
+    fn record_attempt(o: &mut PhoneNumber) {
+        let attempt = crate::crd::RegistrationAttempt {
+            token: "t".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            credentials_hash: None,
+        };
+        o.annotations_mut().insert(
+            crate::crd::ANNOTATION_REGISTRATION_ATTEMPT.into(),
+            serde_json::to_string(&attempt).expect("json"),
+        );
+    }
+
     #[test]
     fn a_claim_with_an_attempt_in_flight_wins_over_an_older_one() {
         let mut old = pn("old");
         old.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(100).unwrap()));
         let mut new = pn("new");
         new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
-        new.status = Some(crate::crd::PhoneNumberStatus {
-            pending_create: Some(crate::crd::PendingCreate {
-                token: "t".into(),
-                started_at: "2026-01-01T00:00:00Z".into(),
-            }),
-            ..Default::default()
-        });
+        record_attempt(&mut new);
         let all = [old.clone(), new.clone()];
         assert_eq!(
             owner_of_number(&old, all.iter()).map(|o| o.name_any()),
@@ -854,12 +859,7 @@ mod tests {
                         .into(),
                     )
                 }
-                Claim::Attempt => {
-                    status.pending_create = Some(crate::crd::PendingCreate {
-                        token: "t".into(),
-                        started_at: "2026-01-01T00:00:00Z".into(),
-                    })
-                }
+                Claim::Attempt => record_attempt(&mut o),
                 Claim::Holds => status.phone_number_id = Some("id".into()),
             }
             o.status = Some(status);
@@ -907,14 +907,16 @@ mod tests {
             .into(),
         );
         assert!(claims_only_by_naming(&o));
+        record_attempt(&mut o);
+        assert!(!claims_only_by_naming(&o), "an attempt in flight");
         o.status = Some(crate::crd::PhoneNumberStatus {
-            pending_create: Some(crate::crd::PendingCreate {
-                token: "t".into(),
-                started_at: "2026-01-01T00:00:00Z".into(),
-            }),
+            settled_attempt: Some("t".into()),
             ..Default::default()
         });
-        assert!(!claims_only_by_naming(&o), "an attempt in flight");
+        assert!(
+            claims_only_by_naming(&o),
+            "the attempt settled without a registration"
+        );
         o.status = Some(crate::crd::PhoneNumberStatus {
             phone_number_id: Some("id1".into()),
             ..Default::default()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{PendingCreate, PhoneNumber, PhoneNumberStatus};
+use crate::crd::{PhoneNumber, PhoneNumberStatus, RegistrationAttempt};
 use crate::oneinbox::Registration;
 
 pub const READY: &str = "Ready";
@@ -150,7 +150,9 @@ impl RemoteFacts {
 pub struct StatusData {
     pub remote: RemoteFacts,
     pub credentials_hash: Option<String>,
-    pub pending_create: Option<PendingCreate>,
+    /// The registration attempt still in flight after this write (`None` settles the one
+    /// the annotation records).
+    pub pending_create: Option<RegistrationAttempt>,
     pub last_handled_reconcile_at: Option<String>,
     /// `status.secretVersions`: the Secret versions the last successful check used.
     pub secret_versions: BTreeMap<String, String>,
@@ -160,10 +162,15 @@ impl StatusData {
     /// The data the object's status carries now.
     pub fn current(obj: &PhoneNumber) -> StatusData {
         let s = obj.status.clone().unwrap_or_default();
+        // While an attempt is in flight, the credentials in question are the ones it posts.
+        let pending = obj.pending_create();
         StatusData {
             remote: RemoteFacts::from_status(&s),
-            credentials_hash: s.credentials_hash.clone(),
-            pending_create: s.pending_create.clone(),
+            credentials_hash: pending
+                .as_ref()
+                .and_then(|a| a.credentials_hash.clone())
+                .or(s.credentials_hash.clone()),
+            pending_create: pending,
             last_handled_reconcile_at: s.last_handled_reconcile_at.clone(),
             secret_versions: s.secret_versions.clone(),
         }
@@ -193,10 +200,20 @@ pub fn desired_status(
         created_at: data.remote.created_at,
         updated_at: data.remote.updated_at,
         credentials_hash: data.credentials_hash,
-        pending_create: data.pending_create,
+        settled_attempt: settled_attempt(obj, data.pending_create.as_ref()),
         secret_versions: data.secret_versions,
         last_handled_reconcile_at: data.last_handled_reconcile_at,
         conditions: conditions(previous, phase, generation, now),
+    }
+}
+
+/// The attempt the status records the outcome of: the recorded one once nothing of it is
+/// pending any more, else the one recorded before.
+fn settled_attempt(obj: &PhoneNumber, pending: Option<&RegistrationAttempt>) -> Option<String> {
+    let before = obj.status.as_ref().and_then(|s| s.settled_attempt.clone());
+    match (pending, obj.registration_attempt()) {
+        (None, Some(recorded)) => Some(recorded.token),
+        _ => before,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::events::Reporter;
-use kube::{Client, runtime::reflector};
+use kube::{Client, ResourceExt, runtime::reflector};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -414,13 +414,25 @@ fn new_object() -> Value {
 
 // ------------------------------------------------------------------ scenarios
 
+/// The registration attempt the object's annotation records, if any.
+fn attempt_of(obj: &Value) -> Option<Value> {
+    let recorded =
+        obj["metadata"]["annotations"][crate::crd::ANNOTATION_REGISTRATION_ATTEMPT].as_str()?;
+    serde_json::from_str(recorded).ok()
+}
+
+/// Whether an attempt is in flight: recorded, and its outcome not in the status.
+fn attempt_pending(obj: &Value) -> bool {
+    attempt_of(obj).is_some_and(|a| a["token"] != obj["status"]["settledAttempt"])
+}
+
 #[tokio::test]
-async fn create_writes_finalizer_then_guarded_marker_before_posting() {
+async fn a_create_is_one_guarded_metadata_write_the_post_and_one_status_write() {
     let h = Harness::new(new_object());
     h.reconcile().await.expect("reconcile");
     let seen = h.seen();
-    // 1. finalizer (merge patch guarded by resourceVersion), 2. marker (SSA status, forced,
-    // guarded), then the POST, 3. the id in status, 4. the annotation.
+    // 1. finalizer and attempt (one merge patch guarded by resourceVersion), then the POST,
+    // 2. the ids in status, settling the attempt. No other write (the event aside).
     assert_eq!(seen[0].method, "PATCH");
     assert!(!seen[0].path.ends_with("/status"));
     assert_eq!(
@@ -428,6 +440,13 @@ async fn create_writes_finalizer_then_guarded_marker_before_posting() {
         json!(["oneinbox.ai/deregister"])
     );
     assert_eq!(seen[0].body["metadata"]["resourceVersion"], json!("1"));
+    let recorded = seen[0].body["metadata"]["annotations"]
+        [crate::crd::ANNOTATION_REGISTRATION_ATTEMPT]
+        .as_str()
+        .expect("attempt recorded");
+    let attempt: Value = serde_json::from_str(recorded).expect("json");
+    assert!(attempt["token"].is_string() && attempt["startedAt"].is_string());
+    assert!(attempt["credentialsHash"].is_string());
     assert!(seen[1].path.ends_with("/status"));
     assert!(
         seen[1].query.contains("fieldManager=oneinbox-operator")
@@ -435,29 +454,30 @@ async fn create_writes_finalizer_then_guarded_marker_before_posting() {
         "{}",
         seen[1].query
     );
-    assert!(seen[1].body["status"]["pendingCreate"]["token"].is_string());
-    assert_eq!(seen[1].body["metadata"]["resourceVersion"], json!("2"));
-    assert!(seen[2].path.ends_with("/status"));
-    assert!(seen[2].body["status"]["phoneNumberId"].is_string());
-    assert!(seen[2].body["status"].get("pendingCreate").is_none());
-    assert!(seen[3].body["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].is_string());
-    assert_eq!(seen.len(), 4, "{seen:#?}");
+    assert!(seen[1].body["status"]["phoneNumberId"].is_string());
+    assert_eq!(seen[1].body["status"]["settledAttempt"], attempt["token"]);
+    assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(h.fake.calls("register"), 1);
+    let obj = h.obj();
+    assert!(!attempt_pending(&obj), "{obj}");
+    assert!(
+        obj["metadata"]["annotations"]
+            .get("oneinbox.ai/phone-number-id")
+            .is_none(),
+        "no id annotation written: {obj}"
+    );
 }
 
 #[tokio::test]
 async fn post_succeeded_but_status_write_failed_next_pass_adopts_without_posting() {
     let h = Harness::new(new_object());
-    // Status patch #0 is the marker; #1 (the id after the POST) fails.
-    h.api.lock().unwrap().fail_status_patch = Some(1);
+    // Status patch #0 (the id after the POST) fails.
+    h.api.lock().unwrap().fail_status_patch = Some(0);
     let err = h.reconcile().await.expect_err("the status write failed");
     assert_eq!(err.metric_label(), "patch_status");
     assert_eq!(h.fake.calls("register"), 1);
     let obj = h.obj();
-    assert!(
-        obj["status"]["pendingCreate"].is_object(),
-        "marker kept: {obj}"
-    );
+    assert!(attempt_pending(&obj), "attempt in flight: {obj}");
     assert!(obj["status"].get("phoneNumberId").is_none());
 
     // The restarted / retried pass looks the number up and adopts it.
@@ -468,11 +488,7 @@ async fn post_succeeded_but_status_write_failed_next_pass_adopts_without_posting
     let obj = h.obj();
     let id = h.fake.regs.lock().unwrap()[0].id.clone();
     assert_eq!(obj["status"]["phoneNumberId"], json!(id));
-    assert_eq!(
-        obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"],
-        json!(id)
-    );
-    assert!(obj["status"].get("pendingCreate").is_none());
+    assert!(!attempt_pending(&obj), "attempt settled: {obj}");
 }
 
 #[tokio::test]
@@ -504,7 +520,7 @@ async fn transient_error_on_post_keeps_the_marker_and_writes_no_id() {
         });
     assert!(h.reconcile().await.is_err());
     let obj = h.obj();
-    assert!(obj["status"]["pendingCreate"].is_object());
+    assert!(attempt_pending(&obj));
     assert_eq!(
         obj["status"]["conditions"][0]["reason"],
         json!("APIUnavailable")
@@ -610,7 +626,10 @@ async fn a_replacement_interrupted_after_deregistering_is_not_reported_lost() {
         api.obj["metadata"]["generation"] = json!(2);
         api.fail_status_patch = Some(api.status_patches);
     }
-    assert!(h.reconcile().await.is_err(), "the marker write failed");
+    assert!(
+        h.reconcile().await.is_err(),
+        "the write before the new POST failed"
+    );
     assert_eq!(h.fake.calls("delete"), 1);
     // Also after a restart in between: nothing in memory says who released it.
     h.forget_releases();
@@ -643,9 +662,9 @@ async fn deleted_during_a_replacement_the_new_registration_is_deregistered_not_l
         let mut api = h.api.lock().unwrap();
         api.obj["spec"]["credentialId"] = json!("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9");
         api.obj["metadata"]["generation"] = json!(2);
-        // Write 0: create's marker, 1: create's persist; 2: the replacement's marker, 3: its
+        // Status write 0: create's persist; 1: the replacement drops the old ids; 2: its
         // persist, answered with the object being deleted.
-        api.delete_before_status_write = Some(3);
+        api.delete_before_status_write = Some(2);
     }
     h.reconcile().await.expect("replace");
     assert_eq!(h.fake.calls("delete"), 1, "the old registration");
@@ -668,8 +687,8 @@ async fn deregistered_but_finalizer_removal_failed_counts_404_as_done() {
     {
         let mut s = h.api.lock().unwrap();
         s.obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
-        // Metadata patches so far: finalizer, annotation. The next one (finalizer removal) fails.
-        s.fail_metadata_patch = Some(2);
+        // Metadata patches so far: finalizer and attempt. The next one (finalizer removal) fails.
+        s.fail_metadata_patch = Some(1);
     }
     assert!(h.reconcile().await.is_err());
     assert!(h.fake.regs.lock().unwrap().is_empty(), "deregistered");
@@ -730,6 +749,23 @@ fn cache_keeps_only_what_the_operator_reads() {
     );
     assert_eq!(pn.metadata.resource_version.as_deref(), Some("5"));
     assert_eq!(pn.spec, spec);
+
+    // An attempt in flight is kept; a settled one goes (the status says it all).
+    let mut attempting = pn.clone();
+    attempting.annotations_mut().insert(
+        crate::crd::ANNOTATION_REGISTRATION_ATTEMPT.into(),
+        json!({"token": "t", "startedAt": "2026-01-01T00:00:00Z"}).to_string(),
+    );
+    let mut settled = attempting.clone();
+    super::slim_for_cache(&mut attempting);
+    assert!(attempting.pending_create().is_some());
+    settled.status = Some(crate::crd::PhoneNumberStatus {
+        settled_attempt: Some("t".into()),
+        ..Default::default()
+    });
+    super::slim_for_cache(&mut settled);
+    assert_eq!(settled.registration_attempt(), None);
+    assert!(settled.annotation(crate::crd::ANNOTATION_PAUSED).is_some());
 
     let mut foreign_only = pn.clone();
     foreign_only.metadata.annotations = Some([("example.com/x".to_owned(), "y".to_owned())].into());

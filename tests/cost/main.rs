@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
+use oneinbox_operator::crd::PhoneNumber;
 
 use harness::*;
 
@@ -196,5 +197,112 @@ async fn a_restart_costs_no_call_at_once_and_every_object_is_checked_within_an_i
     assert_eq!(
         apiserver_requests(&w.client, "secrets", "GET").await,
         secret_gets
+    );
+}
+
+/// Writes to object `name` as the watch saw its versions (from its creation): (metadata
+/// writes, status writes). A write changes `status` or
+/// something else (the finalizer, annotations), never both: the status is a subresource.
+fn writes_seen(versions: &[PhoneNumber], name: &str) -> (usize, usize) {
+    let mut metadata = 0;
+    let mut status = 0;
+    let mine: Vec<&PhoneNumber> = versions.iter().filter(|p| p.name_any() == name).collect();
+    for pair in mine.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        if before.status != after.status {
+            status += 1;
+        } else {
+            metadata += 1;
+        }
+    }
+    (metadata, status)
+}
+
+#[tokio::test]
+async fn a_create_is_three_kubernetes_writes_the_event_included() {
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let _serial = SERIAL.lock().await;
+    let w = World::start("cost-writes").await;
+    let api: Api<PhoneNumber> = Api::namespaced(w.client.clone(), &w.ns);
+    let mut stream = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let names: Vec<String> = (0..OBJECTS).map(|i| format!("w{i}")).collect();
+    for name in &names {
+        w.apply(name, credential_spec(&number())).await;
+    }
+    // Every version of every object until all are Ready, then a quiet window that would
+    // show a write that follows the Ready one (nothing else touches these objects).
+    let mut versions: Vec<PhoneNumber> = Vec::new();
+    let mut quiet_from: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let wait = match quiet_from {
+            Some(t) => (t + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+            None => deadline.saturating_duration_since(Instant::now()),
+        };
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if quiet_from.is_some() => break,
+            Err(_) => panic!(
+                "not all Ready in 60 s\n{}",
+                tail(&w.operator.log_text(), 40)
+            ),
+            Ok(None) => panic!("the watch ended"),
+            Ok(Some(event)) => match event.expect("watch event") {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => versions.push(p),
+                WatchEvent::Deleted(p) => panic!("{} deleted", p.name_any()),
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(e) => panic!("watch error: {e}"),
+            },
+        }
+        if quiet_from.is_none() {
+            let all_ready = names.iter().all(|n| {
+                versions
+                    .iter()
+                    .rev()
+                    .find(|p| p.name_any() == *n)
+                    .is_some_and(|p| is_ready(p) && synced(p))
+            });
+            if all_ready {
+                quiet_from = Some(Instant::now());
+            }
+        }
+    }
+    let events = w.events().await;
+    for name in &names {
+        let (metadata, status) = writes_seen(&versions, name);
+        assert_eq!(
+            (metadata, status),
+            (1, 1),
+            "{name}: one metadata write (finalizer and attempt) and one status write (the ids, Ready)"
+        );
+        let last = versions
+            .iter()
+            .rev()
+            .find(|p| p.name_any() == *name)
+            .unwrap();
+        assert!(
+            last.finalizers()
+                .iter()
+                .any(|f| f == "oneinbox.ai/deregister")
+        );
+        assert!(last.pending_create().is_none(), "the attempt is settled");
+    }
+    let registered = events
+        .iter()
+        .filter(|(reason, _)| reason == "Registered")
+        .count();
+    assert_eq!(
+        registered, OBJECTS,
+        "one Registered event per create: {events:?}"
+    );
+    assert_eq!(events.len(), OBJECTS, "no other event: {events:?}");
+    assert_eq!(
+        w.mock.count(POST).await,
+        OBJECTS as u64,
+        "one POST per create"
     );
 }

@@ -45,11 +45,8 @@ async fn operator_killed_right_after_its_post_ends_with_one_registration() {
         "id written before the kill"
     );
     assert!(
-        pn.status
-            .as_ref()
-            .and_then(|s| s.pending_create.clone())
-            .is_some(),
-        "no pending marker before the POST"
+        pn.pending_create().is_some(),
+        "no registration attempt recorded before the POST"
     );
 
     w.operator.spawn();

@@ -122,12 +122,7 @@ async fn number_registered_outside_the_cluster_stalls_until_adopted() {
         msg.contains(&outside_id) && msg.contains("oneinbox.ai/phone-number-id"),
         "{msg}"
     );
-    assert!(
-        pn.status
-            .as_ref()
-            .and_then(|s| s.pending_create.clone())
-            .is_none()
-    );
+    assert!(pn.pending_create().is_none(), "the attempt is settled");
 
     // Adopt deliberately.
     w.annotate("claim", "oneinbox.ai/phone-number-id", Some(&outside_id))

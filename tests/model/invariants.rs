@@ -8,7 +8,7 @@
 //!     (checked at every call, `oneinbox.rs`);
 //! (d) no object is left terminating;
 //! (e) status tells the truth: the id it names exists, belongs to the object, is for its number
-//!     and is mirrored in the annotation; Ready is True exactly when the registration matches the
+//!     and no other id is in the annotation, and no registration attempt is left unsettled; Ready is True exactly when the registration matches the
 //!     spec and is active, and otherwise gives a reason that the world justifies;
 //!     observedGeneration (status and conditions) is the object's generation;
 //! (f) OneInbox calls and Kubernetes writes per object in any simulated minute stay under
@@ -204,9 +204,16 @@ impl World {
                     }
                 }
             }
-            if annotation != Some(id) {
+            // The annotation is input (adoption, restore); one that names another id is set
+            // right. A create writes none: the status alone holds the id.
+            if annotation.is_some_and(|a| a != id) {
                 v.push(format!(
                     "(e) {who}: status names {id} but the annotation says {annotation:?}"
+                ));
+            }
+            if crate::world::attempt_in_flight(obj).is_some() {
+                v.push(format!(
+                    "(e) {who}: status names {id} with a registration attempt still unsettled"
                 ));
             }
         }
@@ -283,7 +290,7 @@ impl World {
                     .min_by_key(|(k, o)| {
                         let claims = !o["metadata"]["annotations"]["oneinbox.ai/phone-number-id"]
                             .is_null()
-                            || !o["status"]["pendingCreate"].is_null();
+                            || crate::world::attempt_in_flight(o).is_some();
                         (
                             !claims,
                             o["metadata"]["creationTimestamp"]

@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Value, json};
 
-use crate::world::{Gate, Removed, Shared, StoredObject, World, lock};
+use crate::world::{Gate, Removed, Shared, StoredObject, World, attempt_in_flight, lock};
 
 /// The tower service the operator's `kube::Client` talks to.
 #[derive(Clone)]
@@ -538,18 +538,27 @@ impl World {
         if let Some(s) = self.objects.get_mut(key) {
             s.managed = managed;
         }
-        // A new pending-create marker: the operator's look-up after an ambiguous outcome
-        // cannot tell its own registration from one of the number made at most its clock-skew
-        // allowance (1 s) before the attempt started, so those become claimable by it too.
-        if new["status"]["pendingCreate"] != old["status"]["pendingCreate"]
-            && let (Some(uid), Some(number), Some(started)) = (
-                new["metadata"]["uid"].as_str(),
-                new["spec"]["phoneNumber"].as_str(),
-                new["status"]["pendingCreate"]["startedAt"]
-                    .as_str()
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
-            )
-        {
+        let out = self.commit(key, new);
+        respond(StatusCode::OK, &out)
+    }
+
+    /// A new registration attempt in flight: the operator's look-up after an ambiguous outcome
+    /// cannot tell its own registration from one of the number made at most its clock-skew
+    /// allowance (1 s) before the attempt started, so those become claimable by it too.
+    fn note_attempt(&mut self, old: &Value, new: &Value) {
+        let Some(attempt) = attempt_in_flight(new) else {
+            return;
+        };
+        if attempt_in_flight(old).is_some_and(|a| a["token"] == attempt["token"]) {
+            return;
+        }
+        if let (Some(uid), Some(number), Some(started)) = (
+            new["metadata"]["uid"].as_str(),
+            new["spec"]["phoneNumber"].as_str(),
+            attempt["startedAt"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+        ) {
             let earliest = started - jiff::SignedDuration::from_secs(1);
             for r in self.api.regs.values_mut() {
                 let recent = r
@@ -562,8 +571,6 @@ impl World {
                 }
             }
         }
-        let out = self.commit(key, new);
-        respond(StatusCode::OK, &out)
     }
 
     /// Store a new version of an object: a new resourceVersion if anything changed, the
@@ -577,6 +584,8 @@ impl World {
         if *old == new {
             return new;
         }
+        let old = old.clone();
+        self.note_attempt(&old, &new);
         if old["spec"] != new["spec"] {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);

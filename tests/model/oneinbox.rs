@@ -196,7 +196,7 @@ impl World {
                 .values()
                 .filter(|s| {
                     s.obj["spec"]["phoneNumber"].as_str() == Some(number)
-                        && !s.obj["status"]["pendingCreate"].is_null()
+                        && crate::world::attempt_in_flight(&s.obj).is_some()
                 })
                 .filter_map(|s| s.obj["metadata"]["uid"].as_str().map(str::to_owned))
                 .collect()

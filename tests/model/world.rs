@@ -212,6 +212,17 @@ impl World {
     }
 }
 
+/// The annotation in which the operator records a registration attempt before its POST.
+const ATTEMPT: &str = "oneinbox.ai/registration-attempt";
+
+/// The registration attempt `obj` records and its status does not settle (`settledAttempt`
+/// names another token): its POST may have reached OneInbox.
+pub fn attempt_in_flight(obj: &Value) -> Option<Value> {
+    let recorded: Value =
+        serde_json::from_str(obj["metadata"]["annotations"][ATTEMPT].as_str()?).ok()?;
+    (recorded["token"] != obj["status"]["settledAttempt"]).then_some(recorded)
+}
+
 fn shift(v: &mut Value, span: jiff::SignedDuration) {
     if let Some(s) = v.as_str()
         && let Ok(t) = s.parse::<jiff::Timestamp>()
@@ -228,11 +239,19 @@ fn shift_timestamps(obj: &mut Value, span: jiff::SignedDuration) {
         "/metadata/deletionTimestamp",
         "/status/createdAt",
         "/status/updatedAt",
-        "/status/pendingCreate/startedAt",
     ] {
         if let Some(v) = obj.pointer_mut(p) {
             shift(v, span);
         }
+    }
+    let recorded = format!("/metadata/annotations/{}", ATTEMPT.replace('/', "~1"));
+    if let Some(v) = obj.pointer_mut(&recorded)
+        && let Some(mut attempt) = v
+            .as_str()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    {
+        shift(&mut attempt["startedAt"], span);
+        *v = Value::String(attempt.to_string());
     }
     if let Some(conds) = obj
         .pointer_mut("/status/conditions")
