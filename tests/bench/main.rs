@@ -677,6 +677,51 @@ struct BurstCfg {
     defaults: bool,
     /// The server's burst, when not its rate.
     server_burst: Option<u32>,
+    /// With `defaults`: the client budget (`--api-rps`, `--api-burst`) matched to the server's
+    /// rate, every other flag at its default.
+    budget: Option<u32>,
+    /// Keep one core busy during the burst (a bounded busy loop, stopped when it ends).
+    hog: bool,
+}
+
+/// One core kept busy until the returned flag is set (or 30 minutes at most).
+fn cpu_hog() -> Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(1800);
+        let mut x: u64 = 1;
+        while !flag.load(Ordering::Relaxed) && Instant::now() < until {
+            for _ in 0..100_000 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+            }
+            std::hint::black_box(x);
+        }
+    });
+    stop
+}
+
+/// Kubernetes writes of the operator among the API server's request counts: its metadata
+/// patches, status applies and events (the bench's own requests are creates and deletes).
+fn operator_writes(kube: &BTreeMap<String, u64>) -> u64 {
+    kube.iter()
+        .filter(|(k, _)| {
+            [
+                "phonenumbers PATCH",
+                "phonenumbers/status PATCH",
+                "phonenumbers/status APPLY",
+                "phonenumbers APPLY",
+                "events POST",
+                "events PATCH",
+                "events CREATE",
+            ]
+            .contains(&k.as_str())
+        })
+        .map(|(_, v)| v)
+        .sum()
 }
 
 async fn burst(c: &BurstCfg, rep: usize) -> Value {
@@ -700,7 +745,16 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let args = if c.defaults { Vec::new() } else { args };
+    let args = match (c.defaults, c.budget) {
+        (false, _) => args,
+        (true, None) => Vec::new(),
+        (true, Some(r)) => vec![
+            "--api-rps".to_string(),
+            r.to_string(),
+            "--api-burst".to_string(),
+            r.to_string(),
+        ],
+    };
     log(&format!(
         "burst[{}] rep {rep}: N={} mock latency {} ms, rate limit {:?}, operator {}",
         c.label,
@@ -716,6 +770,8 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
     bed.mock.config(mock_cfg.clone()).await;
     let tracker = Tracker::start(bed.pns.clone()).await;
     let before = bed.op().stats();
+    let kube_before = apiserver_requests();
+    let hog = c.hog.then(cpu_hog);
 
     let t0 = Instant::now();
     bed.create_pns(&names, true).await;
@@ -736,7 +792,12 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
         _ = progress => unreachable!(),
     };
     let took = t_ready - t0;
+    if let Some(h) = hog {
+        h.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let at_ready = bed.op().stats();
+    let kube_burst = delta(&apiserver_requests(), &kube_before);
+    let writes_per_create = operator_writes(&kube_burst) as f64 / c.n as f64;
     let calls = calls_map(&bed.mock.calls().await);
     let outs = outcomes(&bed.mock).await;
     let total: u64 = calls.values().sum();
@@ -754,7 +815,9 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
         limit
     ));
     let reasons = event_reasons(&bed.client, &bed.ns).await;
-    log(&format!("  events by reason: {reasons:?}"));
+    log(&format!(
+        "  events by reason: {reasons:?}; operator's Kubernetes writes per create {writes_per_create:.3}; API server requests {kube_burst:?}"
+    ));
     let mut result = json!({
         "events_by_reason": reasons,
         "label": c.label, "rep": rep, "n": n, "latency_ms": c.latency_ms, "rate": c.rate,
@@ -765,6 +828,8 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
         "successful_calls_per_number": ok_calls as f64 / n as f64,
         "posts": posts,
         "cpu_secs_burst": at_ready.cpu_secs - before.cpu_secs,
+        "kube_writes_per_create": writes_per_create, "apiserver_requests_burst": kube_burst,
+        "hog": c.hog, "budget": c.budget,
         "rss_mib_at_ready": at_ready.rss_mib, "hwm_mib_at_ready": at_ready.hwm_mib,
     });
 
@@ -1306,6 +1371,8 @@ fn main() {
                 idle,
                 defaults: false,
                 server_burst: None,
+                budget: None,
+                hog: false,
             };
             let mut ready = Vec::new();
             let mut del = Vec::new();
@@ -1338,6 +1405,8 @@ fn main() {
                     idle: Duration::ZERO,
                     defaults: false,
                     server_burst: None,
+                    budget: None,
+                    hog: false,
                 };
                 let r = burst(&c, 0).await;
                 summary.push(format!(
@@ -1362,6 +1431,8 @@ fn main() {
                     idle: if rep == 0 { idle } else { Duration::ZERO },
                     defaults: false,
                     server_burst: None,
+                    budget: None,
+                    hog: false,
                 };
                 let r = burst(&c, rep).await;
                 ready.push(r["ready_secs"].as_f64().unwrap_or(f64::NAN));
@@ -1392,24 +1463,31 @@ fn main() {
         if only.contains(&"defaults") {
             // The operator at its default flags (20 req/s, burst 40, 16 in flight, 16 passes)
             // against a mock limited to the same 20 req/s: time against N/R, and the 429s.
-            let server_burst: u32 = env("BENCH_DEFAULTS_SERVER_BURST", 20);
+            let rate: u32 = env("BENCH_DEFAULTS_RATE", 20);
+            let server_burst: u32 = env("BENCH_DEFAULTS_SERVER_BURST", rate);
+            let hog = env("BENCH_HOG", 0u8) == 1;
             let mut ready = Vec::new();
             let mut throttled = Vec::new();
+            let mut writes = Vec::new();
             for rep in 0..repeats {
                 let c = BurstCfg {
-                    label: "operator defaults, server limit 20 req/s",
+                    label: "operator defaults",
                     n,
                     latency_ms,
-                    rate: Some(20),
-                    client_rps: 20,
-                    client_burst: 40,
+                    rate: Some(rate),
+                    client_rps: rate,
+                    client_burst: if rate == 20 { 40 } else { rate },
                     steady: Duration::ZERO,
                     idle: Duration::ZERO,
                     defaults: true,
                     server_burst: Some(server_burst),
+                    // The default budget is 20 req/s; another server rate gets a matched budget.
+                    budget: (rate != 20).then_some(rate),
+                    hog,
                 };
                 let r = burst(&c, rep).await;
                 ready.push(r["ready_secs"].as_f64().unwrap_or(f64::NAN));
+                writes.push(r["kube_writes_per_create"].as_f64().unwrap_or(f64::NAN));
                 let t: u64 = r["outcomes"]
                     .as_object()
                     .map(|o| {
@@ -1422,9 +1500,10 @@ fn main() {
                 throttled.push(t as f64 * 1000.0 / n as f64);
             }
             summary.push(format!(
-                "burst {n} at the defaults against a 20 req/s server (burst {server_burst}): median Ready {:.2} s = {:.3} × N/R (goal ≤ 1.10); 429s per 1,000 creates {throttled:?} (goal ≤ 1); runs {ready:?}",
+                "burst {n} at the defaults against a {rate} req/s server (burst {server_burst}){}: median Ready {:.2} s = {:.3} × N/R (goal ≤ 1.10); 429s per 1,000 creates {throttled:?} (goal ≤ 1); Kubernetes writes per create {writes:?} (goal ≤ 3); runs {ready:?}",
+                if hog { ", one core busy" } else { "" },
                 median(&mut ready.clone()),
-                median(&mut ready.clone()) / (n as f64 / 20.0)
+                median(&mut ready.clone()) / (n as f64 / rate as f64)
             ));
         }
         if only.contains(&"fairness") {

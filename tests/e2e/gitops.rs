@@ -11,15 +11,25 @@ use crate::harness::*;
 async fn kstatus_reads_every_state_correctly() {
     let mut w = World::start("kstatus").await;
 
-    // Creating → InProgress (the POST is held by the mock for a few seconds).
+    // Registering → InProgress (the POST is held by the mock for a few seconds). Nothing is
+    // written to the status before the POST: the schema's `observedGeneration: 0` says it.
     w.mock
         .fault(json!({"endpoint": POST, "kind": "delay", "delay_ms": 2000, "count": 1}))
         .await;
     w.apply("k", credential_spec(&number())).await;
-    let pn = w.wait_reason("k", "Reconciling", "Creating").await;
+    let pn = w
+        .wait_for("k", "the attempt recorded", Duration::from_secs(30), |p| {
+            p.pending_create().is_some()
+        })
+        .await;
     assert_eq!(
-        pn.condition("Ready").map(|c| c.status.as_str()),
-        Some("False")
+        pn.condition("Ready"),
+        None,
+        "no status written before the POST"
+    );
+    assert_eq!(
+        pn.status.as_ref().and_then(|s| s.observed_generation),
+        Some(0)
     );
     assert_eq!(w.kstatus("k"), ("InProgress".to_string(), 1));
 
