@@ -68,7 +68,7 @@ sbom:
 argocd-cm:
 	cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update
 
-.PHONY: chaos bench model
+.PHONY: chaos bench model profile
 
 ## make model: long model-based campaign (docs/model-test.md); prints the count of cases run.
 ## MODEL_CASES=1000000 MODEL_SEED MODEL_STEPS MODEL_KEEP_GOING=1.
@@ -86,3 +86,16 @@ chaos:
 bench:
 	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
 	$(CARGO) test --release --features e2e --test bench
+
+## make profile: the footprint benchmark (10,000 creates, no rate limit) with perf sampling the
+## release operator from the first apply to all Ready; writes target/bench/flamegraph.svg and
+## the top functions to target/bench/profile-top.txt. Needs perf, and inferno (installed here).
+profile:
+	@command -v inferno-flamegraph >/dev/null || $(CARGO) install inferno --locked
+	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
+	BENCH_ONLY=footprint BENCH_IDLE_SECS=0 BENCH_PROFILE=$(CURDIR)/target/bench/perf.data \
+	  $(CARGO) test --release --features e2e --test bench
+	perf script -i target/bench/perf.data 2>/dev/null | inferno-collapse-perf > target/bench/stacks.folded
+	inferno-flamegraph --title "oneinbox-operator: 10,000 creates" < target/bench/stacks.folded > target/bench/flamegraph.svg
+	perf report -i target/bench/perf.data --no-children --sort symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -40 > target/bench/profile-top.txt
+	@cat target/bench/profile-top.txt

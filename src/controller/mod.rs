@@ -2,6 +2,7 @@
 
 mod act;
 pub mod backoff;
+pub mod claims;
 pub mod decide;
 pub mod memory;
 pub mod observe;
@@ -173,8 +174,10 @@ pub struct Context<C> {
     pub secret_versions: SecretVersions,
     /// The Secret watch has listed every Secret once (`secret_versions` is complete).
     pub secrets_listed: Arc<AtomicBool>,
-    /// Every watched PhoneNumber (for duplicate claims and Secret mapping).
+    /// Every watched PhoneNumber (for Secret mapping and the drift-check sweep).
     pub store: Store<PhoneNumber>,
+    /// Who claims each number and id (the cache's objects, indexed from the watch).
+    pub claims: Arc<claims::Claims>,
     /// The PhoneNumber watch has listed once (never the store's readiness future: polling it
     /// here would take the controller's wake-up).
     pub pns_listed: Arc<AtomicBool>,
@@ -426,6 +429,8 @@ pub async fn run<C: OneInboxApi>(
     let known = store.clone();
     let poke = poke_accounts.clone();
     let pns_listed = Arc::new(AtomicBool::new(false));
+    let claims = Arc::new(claims::Claims::new(default_account.clone()));
+    let (claims_of, claims_store) = (claims.clone(), store.clone());
     let objects = reflector::reflector(
         writer,
         flag_listed(watcher(pns, wc), pns_listed.clone(), Arc::default())
@@ -444,6 +449,7 @@ pub async fn run<C: OneInboxApi>(
                 }
             }),
     )
+    .inspect_ok(move |event| claims_of.observe(event, &claims_store))
     .applied_objects();
     // Passes are bounded per account (its gate), not here: one account's backlog never
     // holds the places of another account's work.
@@ -570,6 +576,7 @@ pub async fn run<C: OneInboxApi>(
         secret_versions: secret_versions.clone(),
         secrets_listed: Arc::default(),
         store: store.clone(),
+        claims,
         pns_listed: pns_listed.clone(),
         siblings,
     });
@@ -749,7 +756,9 @@ pub async fn run<C: OneInboxApi>(
                     metrics.reconcile_started();
                     let started = Instant::now();
                     let uid = obj.uid().unwrap_or_default();
-                    let res = reconcile(obj, ctx.clone()).await;
+                    // Boxed: a pass is ~11 KiB of state, allocated only once it has its place
+                    // (a restart queues a pass per object at the gates).
+                    let res = Box::pin(reconcile(obj, ctx.clone())).await;
                     metrics.reconcile_finished(started.elapsed(), res.as_ref().err().map(Error::metric_label));
                     if res.is_ok() {
                         ctx.backoff.reset(&uid);

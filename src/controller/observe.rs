@@ -167,14 +167,7 @@ impl Observation {
         let memory = lock(&ctx.memory).get(&uid);
         // Numbers and ids are claimed within one account's workspace: the same number may be
         // registered in two workspaces, by two objects on two accounts.
-        let default_account = ctx.accounts.settings.default_account.as_deref();
-        let account = AccountId::of(&obj, default_account);
-        let others: Vec<_> = ctx
-            .store
-            .state()
-            .into_iter()
-            .filter(|o| AccountId::of(o, default_account) == account)
-            .collect();
+        let others = ctx.claims.rivals(&obj);
         let known_id = obj.known_id();
         // An object that holds its registration keeps it; one that only names an id yields
         // the number to an older claim (an attempt in flight may have made that registration).

@@ -344,6 +344,7 @@ impl Harness {
             secret_versions: Default::default(),
             secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
+            claims: Default::default(),
             pns_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             siblings,
         });

@@ -705,7 +705,8 @@ fn cpu_hog() -> Arc<std::sync::atomic::AtomicBool> {
 }
 
 /// Kubernetes writes of the operator among the API server's request counts: its metadata
-/// patches, status applies and events (the bench's own requests are creates and deletes).
+/// patches, status applies and events (the bench's own requests are its applies, which create
+/// the objects, and deletes).
 fn operator_writes(kube: &BTreeMap<String, u64>) -> u64 {
     kube.iter()
         .filter(|(k, _)| {
@@ -713,7 +714,6 @@ fn operator_writes(kube: &BTreeMap<String, u64>) -> u64 {
                 "phonenumbers PATCH",
                 "phonenumbers/status PATCH",
                 "phonenumbers/status APPLY",
-                "phonenumbers APPLY",
                 "events POST",
                 "events PATCH",
                 "events CREATE",
@@ -1251,6 +1251,26 @@ async fn footprint(n: usize, idle: Duration) -> Value {
     ));
     let tracker = Tracker::start(bed.pns.clone()).await;
     let before = bed.op().stats();
+    // `BENCH_PROFILE=<file>`: the operator sampled by perf from the first apply to all Ready
+    // (`make profile` turns it into a flame graph). Its figures are then not the benchmark's.
+    let profiler = std::env::var("BENCH_PROFILE").ok().map(|out| {
+        Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "99",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+                &out,
+                "-p",
+            ])
+            .arg(bed.op().pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf record")
+    });
     let t0 = Instant::now();
     let create = bed.create_pns(&names, true);
     let created = tokio::select! {
@@ -1266,6 +1286,13 @@ async fn footprint(n: usize, idle: Duration) -> Value {
         _ = footprint_progress(&bed, &tracker, n, t0) => unreachable!(),
     };
     let at_ready = bed.op().stats();
+    if let Some(mut perf) = profiler {
+        // perf writes its file on SIGINT.
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     log(&format!(
         "  all {n} Ready after {:.1} s; RSS {:.1} MiB, peak {:.1} MiB, CPU {:.1} s; idling {idle:?}",
         (t_ready - t0).as_secs_f64(),

@@ -122,6 +122,7 @@ impl Operator {
             // The driver feeds the initial list of Secrets before the first pass.
             secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
+            claims: Default::default(),
             siblings: tx,
         });
         Operator {
@@ -141,6 +142,10 @@ impl Operator {
                 .apply_watcher_event(&watcher::Event::InitApply(o));
         }
         self.writer.apply_watcher_event(&watcher::Event::InitDone);
+        // The claims index follows the cache, as the watch feeds both.
+        self.ctx
+            .claims
+            .observe(&watcher::Event::InitDone, &self.ctx.store);
     }
 
     /// What the metadata-only Secret watch records for a Secret event.
