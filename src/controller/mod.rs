@@ -178,6 +178,8 @@ pub struct Context<C> {
     pub store: Store<PhoneNumber>,
     /// Who claims each number and id (the cache's objects, indexed from the watch).
     pub claims: Arc<claims::Claims>,
+    /// When the sweep last forgot what left the watch (`HOUSEKEEPING_EVERY`).
+    pub housekept: Mutex<Option<Instant>>,
     /// The PhoneNumber watch has listed once (never the store's readiness future: polling it
     /// here would take the controller's wake-up).
     pub pns_listed: Arc<AtomicBool>,
@@ -192,6 +194,39 @@ impl<C> Context<C> {
     /// of objects that left the watch (deleted, or relabelled out of the selector) goes here.
     fn take_due_checks(&self, now: Instant) -> Vec<ObjectRef<PhoneNumber>> {
         let objects = self.store.state();
+        let housekeeping = {
+            let mut last = lock(&self.housekept);
+            let due = last.is_none_or(|t| now.saturating_duration_since(t) >= HOUSEKEEPING_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if housekeeping {
+            self.forget_the_unwatched(&objects);
+        }
+        let mut memory = lock(&self.memory);
+        objects
+            .iter()
+            .filter_map(|o| {
+                let uid = o.metadata.uid.as_deref()?;
+                let mut due = false;
+                memory.update_existing(uid, |m| {
+                    if let Some(check) = m.check.as_mut()
+                        && check.drift_check_due(now)
+                    {
+                        check.dispatched = true;
+                        due = true;
+                    }
+                });
+                due.then(|| ObjectRef::from_obj(o.as_ref()))
+            })
+            .collect()
+    }
+
+    /// Forget the memory of objects that left the watch and the versions of Secrets nothing
+    /// references any more.
+    fn forget_the_unwatched(&self, objects: &[Arc<PhoneNumber>]) {
         let mut memory = lock(&self.memory);
         let watched: HashSet<&str> = objects
             .iter()
@@ -218,23 +253,6 @@ impl<C> Context<C> {
             lock(&self.secret_versions)
                 .retain(|(ns, name), _| referenced.contains(&(ns.clone(), name.as_str())));
         }
-        let mut memory = lock(&self.memory);
-        objects
-            .iter()
-            .filter_map(|o| {
-                let uid = o.metadata.uid.as_deref()?;
-                let mut due = false;
-                memory.update_existing(uid, |m| {
-                    if let Some(check) = m.check.as_mut()
-                        && check.drift_check_due(now)
-                    {
-                        check.dispatched = true;
-                        due = true;
-                    }
-                });
-                due.then(|| ObjectRef::from_obj(o.as_ref()))
-            })
-            .collect()
     }
 
     /// Bound a Kubernetes call in time (the client's own retries could stall it).
@@ -577,6 +595,7 @@ pub async fn run<C: OneInboxApi>(
         secrets_listed: Arc::default(),
         store: store.clone(),
         claims,
+        housekept: Mutex::default(),
         pns_listed: pns_listed.clone(),
         siblings,
     });
@@ -781,6 +800,11 @@ pub async fn run<C: OneInboxApi>(
     futures::future::select(Box::pin(pn_controller), accounts_task).await;
     info!("controller stopped");
 }
+
+/// How often the sweep forgets the memory of objects that left the watch and the versions of
+/// Secrets no one references: an O(objects) pass of hashing, too dear for every sweep at 10,000
+/// objects (what it forgets is harmless for that long).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
 /// How often due drift checks are looked for: a tenth of the shortest poll interval an object
 /// may have, between 100 ms and 1 s. A check is at most that late, and one sweep hands out

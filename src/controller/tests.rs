@@ -345,6 +345,7 @@ impl Harness {
             secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
             claims: Default::default(),
+            housekept: Default::default(),
             pns_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             siblings,
         });

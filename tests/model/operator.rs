@@ -123,6 +123,7 @@ impl Operator {
             secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
             claims: Default::default(),
+            housekept: Default::default(),
             siblings: tx,
         });
         Operator {
