@@ -378,6 +378,10 @@ pub struct RegistrationAttempt {
     /// Keyed hash of the SIP credentials the attempt registers with (never the credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_hash: Option<String>,
+    /// The UID of the object that made the attempt: the hash is keyed by it, so a copy or a
+    /// restore (another UID) must not take the hash for its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 fn secret_versions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
@@ -457,6 +461,14 @@ impl PhoneNumber {
             .and_then(|s| s.settled_attempt.as_deref());
         self.registration_attempt()
             .filter(|a| settled != Some(a.token.as_str()))
+    }
+
+    /// The credentials hash of the attempt in flight, if this object made it (a restored or
+    /// copied object has another UID, and the hash is keyed by the UID).
+    pub fn attempt_credentials_hash(&self) -> Option<String> {
+        self.pending_create()
+            .filter(|a| a.uid.is_some() && a.uid == self.metadata.uid)
+            .and_then(|a| a.credentials_hash)
     }
 
     /// One annotation's value.
@@ -656,6 +668,7 @@ mod tests {
             token: "t".into(),
             started_at: "2026-12-01T00:00:00Z".into(),
             credentials_hash: None,
+            uid: None,
         };
         pn.annotations_mut().insert(
             ANNOTATION_REGISTRATION_ATTEMPT.into(),

@@ -448,6 +448,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             token: uuid::Uuid::new_v4().to_string(),
             started_at: jiff::Timestamp::now().to_string(),
             credentials_hash: Some(hash),
+            uid: obs.obj.metadata.uid.clone(),
         };
         let recorded =
             serde_json::to_string(&attempt).map_err(|_| Error::InvalidObject("attempt"))?;

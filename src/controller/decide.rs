@@ -803,9 +803,8 @@ fn register(
             // neither hides a registration it made nor keeps claiming the number (against an
             // object annotated with the number's registration) while the Secret is missing.
             if in_doubt {
-                let registered = marker
-                    .as_ref()
-                    .and_then(|m| m.credentials_hash.clone())
+                let registered = obj
+                    .attempt_credentials_hash()
                     .or_else(|| obj.status.as_ref().and_then(|s| s.credentials_hash.clone()));
                 if let Some(step) = settle_attempt(obs, marker.as_ref(), registered) {
                     return Err(Box::new(step));

@@ -256,7 +256,7 @@ fn pending_attempt() -> Value {
     let mut o = object();
     o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
     let attempt = json!({"token": "t1", "startedAt": "2026-01-01T00:00:00Z",
-                         "credentialsHash": hash_of(CRED)});
+                         "credentialsHash": hash_of(CRED), "uid": "uid-1"});
     o["metadata"]["annotations"] =
         json!({crate::crd::ANNOTATION_REGISTRATION_ATTEMPT: attempt.to_string()});
     o
@@ -1733,6 +1733,22 @@ fn an_attempt_settled_while_the_secret_is_missing_drops_its_marker() {
         panic!("{step:?}")
     };
     assert_eq!(hash.as_deref(), Some(hash_of(CRED).as_str()));
+    // Restored (or copied) without its status: another UID, so the attempt's hash (keyed by
+    // the old UID) is not taken for this object's; adopted without a baseline, which the next
+    // pass with the Secret records (never a replacement).
+    let mut restored = o.clone();
+    restored["metadata"]["uid"] = json!("uid-restored");
+    let step = decide(
+        &with(read(restored), |ob| {
+            ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
+            ob.lookup = Some(Ok(Some(reg("id1"))));
+        }),
+        &settings(),
+    );
+    let Step::Persist { hash, .. } = &step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(hash, &None, "the old UID's hash is not this object's");
 }
 
 #[test]

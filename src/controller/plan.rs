@@ -814,6 +814,7 @@ mod tests {
             token: "t".into(),
             started_at: "2026-01-01T00:00:00Z".into(),
             credentials_hash: None,
+            uid: o.metadata.uid.clone(),
         };
         o.annotations_mut().insert(
             crate::crd::ANNOTATION_REGISTRATION_ATTEMPT.into(),
