@@ -91,32 +91,15 @@ async fn a_cluster_account_serves_only_the_namespaces_it_allows() {
     let account = format!("voice-{}", &number()[5..]);
     let mut w = two_workspaces("acct-cluster", &[]).await;
     let shard = format!("oneinbox.ai/e2e={}", w.ns);
-    w.operator.kill();
-    let mut op = Operator::start(
-        &w.ns,
-        &w.mock.url,
-        &["--cluster-accounts=true", "--account-selector", &shard],
-    );
-    std::mem::swap(&mut w.operator, &mut op);
-    drop(op);
+    w.restart_operator(&["--cluster-accounts=true", "--account-selector", &shard]);
     w.api_key_secret("voice-key", KEY_A).await;
-    let body = json!({
-        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "ClusterOneInboxAccount",
-        "metadata": {"name": account, "labels": {"oneinbox.ai/e2e": w.ns}},
-        "spec": {
-            "apiKeySecretRef": {"namespace": w.ns, "name": "voice-key"},
-            "allowedNamespaces": {"selector": {"matchLabels": {"team": "voice"}}},
-        },
-    });
+    w.cluster_account(
+        &account,
+        "voice-key",
+        json!({"selector": {"matchLabels": {"team": "voice"}}}),
+    )
+    .await;
     let clusters = cluster_accounts(&w.client);
-    clusters
-        .patch(
-            &account,
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .expect("apply ClusterOneInboxAccount");
 
     // The namespace is not labelled: Stalled, naming the account and its rule.
     w.apply(
@@ -360,10 +343,7 @@ async fn a_replica_sharded_by_account_leaves_other_accounts_alone() {
     // This replica's accounts carry the label; account `b` does not.
     let mut w = two_workspaces("acct-shard", &[]).await;
     let shard = format!("oneinbox.ai/e2e={}", w.ns);
-    w.operator.kill();
-    let mut op = Operator::start(&w.ns, &w.mock.url, &["--account-selector", &shard]);
-    std::mem::swap(&mut w.operator, &mut op);
-    drop(op);
+    w.restart_operator(&["--account-selector", &shard]);
     w.account("a", KEY_A, json!({})).await;
     w.accounts()
         .patch(
@@ -408,10 +388,7 @@ async fn a_replica_sharded_by_account_leaves_other_accounts_alone() {
 async fn a_replica_sharded_by_phone_number_label_uses_accounts_without_managing_them() {
     let mut w = two_workspaces("acct-pnshard", &[]).await;
     let selector = format!("oneinbox.ai/e2e-shard={}", w.ns);
-    w.operator.kill();
-    let mut op = Operator::start(&w.ns, &w.mock.url, &["--label-selector", &selector]);
-    std::mem::swap(&mut w.operator, &mut op);
-    drop(op);
+    w.restart_operator(&["--label-selector", &selector]);
     w.account("a", KEY_A, json!({})).await;
     w.apply_full(json!({
         "metadata": {"name": "mine", "labels": {"oneinbox.ai/e2e-shard": w.ns}},
@@ -437,38 +414,17 @@ async fn objects_without_an_account_use_the_default_cluster_account() {
     let account = format!("default-{}", &number()[5..]);
     let mut w = two_workspaces("acct-default", &[]).await;
     let shard = format!("oneinbox.ai/e2e={}", w.ns);
-    w.operator.kill();
-    let mut op = Operator::start(
-        &w.ns,
-        &w.mock.url,
-        &[
-            "--cluster-accounts=true",
-            "--account-selector",
-            &shard,
-            "--default-account",
-            &account,
-        ],
-    );
-    std::mem::swap(&mut w.operator, &mut op);
-    drop(op);
+    w.restart_operator(&[
+        "--cluster-accounts=true",
+        "--account-selector",
+        &shard,
+        "--default-account",
+        &account,
+    ]);
     w.api_key_secret("default-key", KEY_A).await;
-    let body = json!({
-        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "ClusterOneInboxAccount",
-        "metadata": {"name": account, "labels": {"oneinbox.ai/e2e": w.ns}},
-        "spec": {
-            "apiKeySecretRef": {"namespace": w.ns, "name": "default-key"},
-            "allowedNamespaces": {"names": [w.ns]},
-        },
-    });
+    w.cluster_account(&account, "default-key", json!({"names": [w.ns]}))
+        .await;
     let clusters = cluster_accounts(&w.client);
-    clusters
-        .patch(
-            &account,
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .expect("apply ClusterOneInboxAccount");
     w.apply("plain", credential_spec(&number())).await;
     w.wait_ready("plain").await;
     assert_eq!(

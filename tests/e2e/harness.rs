@@ -1088,6 +1088,35 @@ impl World {
             .expect("apply OneInboxAccount");
     }
 
+    /// A ClusterOneInboxAccount `name` labelled for this test's namespace (the operators of
+    /// the account tests select theirs by that label), its key in Secret `key_secret` of the
+    /// test namespace, allowing `allowed` (`allowedNamespaces`).
+    pub async fn cluster_account(&self, name: &str, key_secret: &str, allowed: Value) {
+        let body = json!({
+            "apiVersion": "oneinbox.ai/v1alpha1", "kind": "ClusterOneInboxAccount",
+            "metadata": {"name": name, "labels": {"oneinbox.ai/e2e": self.ns}},
+            "spec": {
+                "apiKeySecretRef": {"namespace": self.ns, "name": key_secret},
+                "allowedNamespaces": allowed,
+            },
+        });
+        cluster_accounts(&self.client)
+            .patch(
+                name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .expect("apply ClusterOneInboxAccount");
+    }
+
+    /// Stop this world's operator, then start another on its namespace and mock with `args`
+    /// (never two at once).
+    pub fn restart_operator(&mut self, args: &[&str]) {
+        self.operator.kill();
+        self.operator = Operator::start(&self.ns, &self.mock.url, args);
+    }
+
     /// The OneInboxAccounts of the test namespace (as JSON).
     pub fn accounts(&self) -> Api<kube::core::DynamicObject> {
         Api::namespaced_with(

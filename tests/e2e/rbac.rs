@@ -243,22 +243,12 @@ async fn run_cluster_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) 
     w.secret("sip", "pw-rbac-0c1e").await;
     w.api_key_secret("cluster-key", API_KEY).await;
     let account = format!("rbac-{}", w.ns);
-    let body = serde_json::json!({
-        "apiVersion": "oneinbox.ai/v1alpha1", "kind": "ClusterOneInboxAccount",
-        "metadata": {"name": account, "labels": {"oneinbox.ai/e2e": w.ns}},
-        "spec": {
-            "apiKeySecretRef": {"namespace": w.ns, "name": "cluster-key"},
-            "allowedNamespaces": {"names": [w.ns]},
-        },
-    });
-    cluster_accounts(&w.client)
-        .patch(
-            &account,
-            &kube::api::PatchParams::apply("e2e").force(),
-            &kube::api::Patch::Apply(&body),
-        )
-        .await
-        .expect("apply ClusterOneInboxAccount");
+    w.cluster_account(
+        &account,
+        "cluster-key",
+        serde_json::json!({"names": [w.ns]}),
+    )
+    .await;
     w.apply(
         "r",
         with(sip_spec(&number(), "sip"), cluster_account_ref(&account)),
