@@ -366,6 +366,16 @@ pub struct PhoneNumberStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl RegistrationAttempt {
+    /// The credentials hash of the attempt, if `obj` made it (a restored or copied object has
+    /// another UID, and the hash is keyed by the UID).
+    pub fn credentials_hash_for(&self, obj: &PhoneNumber) -> Option<String> {
+        (self.uid.is_some() && self.uid == obj.metadata.uid)
+            .then(|| self.credentials_hash.clone())
+            .flatten()
+    }
+}
+
 /// An attempt to register the number, recorded in the oneinbox.ai/registration-attempt
 /// annotation with the finalizer, in one write, before the POST.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -455,20 +465,15 @@ impl PhoneNumber {
     /// The registration attempt that may be in flight: the recorded one, unless the status
     /// records its outcome.
     pub fn pending_create(&self) -> Option<RegistrationAttempt> {
-        let settled = self
-            .status
-            .as_ref()
-            .and_then(|s| s.settled_attempt.as_deref());
-        self.registration_attempt()
-            .filter(|a| settled != Some(a.token.as_str()))
+        self.registration_attempt().filter(|a| !self.settles(a))
     }
 
-    /// The credentials hash of the attempt in flight, if this object made it (a restored or
-    /// copied object has another UID, and the hash is keyed by the UID).
-    pub fn attempt_credentials_hash(&self) -> Option<String> {
-        self.pending_create()
-            .filter(|a| a.uid.is_some() && a.uid == self.metadata.uid)
-            .and_then(|a| a.credentials_hash)
+    /// Whether the status records the outcome of `attempt`.
+    pub fn settles(&self, attempt: &RegistrationAttempt) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.settled_attempt.as_deref())
+            == Some(attempt.token.as_str())
     }
 
     /// One annotation's value.

@@ -41,6 +41,17 @@ pub enum Next {
     End(Action),
 }
 
+/// The object's finalizers with ours added (for a merge patch guarded by the resourceVersion),
+/// or `None` if it is there already.
+fn finalizers_with_ours(obj: &PhoneNumber) -> Option<serde_json::Value> {
+    if obj.has_finalizer() {
+        return None;
+    }
+    let mut finalizers = obj.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    Some(json!(finalizers))
+}
+
 /// The error a failed OneInbox call ends a pass with.
 pub fn error_of(f: &Failure) -> Error {
     let e = f.error.clone();
@@ -453,10 +464,8 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         let recorded =
             serde_json::to_string(&attempt).map_err(|_| Error::InvalidObject("attempt"))?;
         let mut metadata = json!({ "annotations": { ANNOTATION_REGISTRATION_ATTEMPT: recorded } });
-        if !obs.obj.has_finalizer() {
-            let mut finalizers = obs.obj.finalizers().to_vec();
-            finalizers.push(FINALIZER.to_string());
-            metadata["finalizers"] = json!(finalizers);
+        if let Some(finalizers) = finalizers_with_ours(&obs.obj) {
+            metadata["finalizers"] = finalizers;
         }
         self.patch_metadata(obs, metadata).await
     }
@@ -490,11 +499,9 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
     }
 
     async fn add_finalizer(&mut self, obs: &mut Observation) -> Result<()> {
-        if obs.obj.has_finalizer() {
+        let Some(finalizers) = finalizers_with_ours(&obs.obj) else {
             return Ok(());
-        }
-        let mut finalizers = obs.obj.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
+        };
         self.patch_metadata(obs, json!({ "finalizers": finalizers }))
             .await
     }

@@ -16,7 +16,7 @@ use super::observe::{AccountProblem, ApiKey, Observation, SecretProblem, SecretP
 use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use crate::crd::{
-    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy,
+    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, PhoneNumber,
     RegistrationAttempt, ReplacementPolicy,
 };
 use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
@@ -467,7 +467,6 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
     let id = settled_id(obs, reason::AVAILABLE)?;
     let st = obj.status.as_ref()?;
     let trusted = obj.has_finalizer()
-        && obj.pending_create().is_none()
         // Made with another key: the new baseline is written at once.
         && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
             == Some(settings.hash_key.id());
@@ -494,8 +493,8 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
 
 /// The id of a registration the status records for this very input, as a pass of this process
 /// left it: nothing checked in memory yet, Ready with `ready_reason` for this generation, neither
-/// Stalled nor Reconciling, the id annotated and active, no reconcile request pending, and not
-/// known lost. The object's first check after a restart may then wait (`resume_step`).
+/// Stalled nor Reconciling, the id uncontradicted (`only_names`) and active, no reconcile
+/// request pending, and not known lost. The object's first check after a restart may then wait (`resume_step`).
 fn settled_id<'a>(obs: &'a Observation, ready_reason: &str) -> Option<&'a str> {
     let obj = &obs.obj;
     if obs.memory.check.is_some() {
@@ -509,10 +508,7 @@ fn settled_id<'a>(obs: &'a Observation, ready_reason: &str) -> Option<&'a str> {
     }) && obj.condition(status::STALLED).is_none()
         && obj.condition(status::RECONCILING).is_none()
         && st.observed_generation == generation
-        && obj
-            .annotation(ANNOTATION_PHONE_NUMBER_ID)
-            .is_none_or(|a| a == id)
-        && obj.pending_create().is_none()
+        && only_names(obj, id)
         && st
             .state
             .as_deref()
@@ -520,6 +516,14 @@ fn settled_id<'a>(obs: &'a Observation, ready_reason: &str) -> Option<&'a str> {
         && reconcile_request_handled(obs)
         && obs.memory.lost.as_deref() != Some(id);
     settled.then_some(id)
+}
+
+/// Nothing on the object contradicts its status's id `id`: no other id in the annotation, no
+/// registration attempt in flight.
+fn only_names(obj: &PhoneNumber, id: &str) -> bool {
+    obj.annotation(ANNOTATION_PHONE_NUMBER_ID)
+        .is_none_or(|a| a == id)
+        && obj.pending_create().is_none()
 }
 
 /// Remember `id` as checked now, with the first drift check spread over the poll interval.
@@ -803,8 +807,9 @@ fn register(
             // neither hides a registration it made nor keeps claiming the number (against an
             // object annotated with the number's registration) while the Secret is missing.
             if in_doubt {
-                let registered = obj
-                    .attempt_credentials_hash()
+                let registered = marker
+                    .as_ref()
+                    .and_then(|m| m.credentials_hash_for(obj))
                     .or_else(|| obj.status.as_ref().and_then(|s| s.credentials_hash.clone()));
                 if let Some(step) = settle_attempt(obs, marker.as_ref(), registered) {
                     return Err(Box::new(step));
@@ -1368,8 +1373,6 @@ fn api_failure(obs: &Observation, failure: Failure) -> Step {
     }
 }
 
-/// A Secret the object needs is missing or unusable: Reconciling during the grace period,
-/// Stalled after it.
 /// How long the object has been not Ready (zero if it is Ready now).
 fn not_ready_for(obs: &Observation) -> Duration {
     let not_ready_since = obs
@@ -1381,6 +1384,8 @@ fn not_ready_for(obs: &Observation) -> Duration {
     Duration::try_from(obs.wall.duration_since(not_ready_since)).unwrap_or(Duration::ZERO)
 }
 
+/// A Secret the object needs is missing or unusable: Reconciling during the grace period,
+/// Stalled after it.
 fn wait_for_secret(obs: &Observation, problem: &SecretProblem, settings: &Settings) -> Step {
     let waited = not_ready_for(obs);
     let grace = settings.secret_grace_period;
@@ -1524,10 +1529,7 @@ fn fresh(obs: &Observation, id: &str, current_hash: Option<&str>) -> bool {
         .is_some_and(|c| c.status == "True");
     let in_sync = status.phone_number_id.as_deref() == Some(id)
         && status.observed_generation == obj.metadata.generation
-        && obj
-            .annotation(ANNOTATION_PHONE_NUMBER_ID)
-            .is_none_or(|a| a == id)
-        && obj.pending_create().is_none()
+        && only_names(obj, id)
         && reconcile_request_handled(obs)
         && (current_hash.is_none() || status.credentials_hash.as_deref() == current_hash)
         && obj.condition(status::STALLED).is_none();

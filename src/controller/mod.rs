@@ -278,7 +278,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// metadata writes are patches of single keys, so nothing dropped here is ever written back.
 pub fn slim_for_cache(pn: &mut PhoneNumber) {
     // A settled attempt's record says nothing the status does not: only one in flight is kept.
-    let settled = pn.registration_attempt().is_some() && pn.pending_create().is_none();
+    let settled = pn.registration_attempt().is_some_and(|a| pn.settles(&a));
     let meta = &mut pn.metadata;
     meta.managed_fields = None;
     meta.labels = None;
@@ -342,6 +342,54 @@ async fn report_account_watch_error<T, E: std::fmt::Display>(
     if let Err(kube::runtime::controller::Error::QueueError(e)) = res {
         warn_account_watch(&e);
     }
+}
+
+/// The controller of one account kind: its watch, and the PhoneNumbers' requests that an
+/// account count its users again (`pokes`).
+fn account_kind_controller<K, C>(
+    accounts: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    store: Store<K>,
+    pokes: mpsc::UnboundedReceiver<ObjectRef<K>>,
+    ctx: Arc<AccountContext<C>>,
+) -> impl Future<Output = ()>
+where
+    K: account_controller::AccountResource,
+    C: OneInboxApi,
+{
+    Controller::for_stream(accounts, store)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .reconcile_on(tokio_stream_from(pokes))
+        .run(
+            account_controller::reconcile::<K, C>,
+            account_error_policy,
+            ctx,
+        )
+        .for_each(report_account_watch_error)
+}
+
+/// For a replica that uses accounts without managing them: each account the watch reports
+/// wakes the PhoneNumbers of this replica that use it and are not Ready (they may wait on it).
+fn wake_waiting_users<K, C>(
+    accounts: impl futures::Stream<Item = Result<K, watcher::Error>>,
+    view_of: fn(&K) -> AccountView,
+    ctx: Arc<AccountContext<C>>,
+) -> impl Future<Output = ()> {
+    accounts.for_each(move |r| {
+        match r {
+            Ok(account) => {
+                for pn in ctx.users(&view_of(&account).id) {
+                    if pn
+                        .condition(status::READY)
+                        .is_none_or(|c| c.status != "True")
+                    {
+                        let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
+                    }
+                }
+            }
+            Err(e) => warn_account_watch(&e),
+        }
+        futures::future::ready(())
+    })
 }
 
 fn warn_account_watch(e: &watcher::Error) {
@@ -648,56 +696,29 @@ pub async fn run<C: OneInboxApi>(
     // it: a process sharded by PhoneNumber label does not, so it only uses the accounts, and
     // wakes its own waiting objects when one changes (docs/tenancy.md).
     let accounts_task: futures::future::BoxFuture<'static, ()> = if manage_accounts {
-        let ns_account_controller = Controller::for_stream(ns_account_objects, ns_account_store)
-            .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
-            .reconcile_on(tokio_stream_from(ns_account_rx))
-            .run(
-                account_controller::reconcile::<OneInboxAccount, C>,
-                account_error_policy,
-                account_ctx.clone(),
-            )
-            .for_each(report_account_watch_error);
-        let cl_account_controller = Controller::for_stream(cl_account_objects, cl_account_store)
-            .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
-            .reconcile_on(tokio_stream_from(cl_account_rx))
-            .run(
-                account_controller::reconcile::<ClusterOneInboxAccount, C>,
-                account_error_policy,
-                account_ctx,
-            )
-            .for_each(report_account_watch_error);
+        let ns_account_controller = account_kind_controller(
+            ns_account_objects,
+            ns_account_store,
+            ns_account_rx,
+            account_ctx.clone(),
+        );
+        let cl_account_controller = account_kind_controller(
+            cl_account_objects,
+            cl_account_store,
+            cl_account_rx,
+            account_ctx,
+        );
         futures::future::join(ns_account_controller, cl_account_controller)
             .map(|_| ())
             .boxed()
     } else {
         drop((ns_account_rx, cl_account_rx));
-        let wake = |ctx: Arc<AccountContext<C>>| {
-            move |view: AccountView| {
-                for pn in ctx.users(&view.id) {
-                    if pn
-                        .condition(status::READY)
-                        .is_none_or(|c| c.status != "True")
-                    {
-                        let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
-                    }
-                }
-            }
-        };
-        let (wake_ns, wake_cl) = (wake(account_ctx.clone()), wake(account_ctx));
-        let ns = ns_account_objects.for_each(move |r| {
-            match r {
-                Ok(a) => wake_ns(AccountView::namespaced(&a)),
-                Err(e) => warn_account_watch(&e),
-            }
-            futures::future::ready(())
-        });
-        let cl = cl_account_objects.for_each(move |r| {
-            match r {
-                Ok(a) => wake_cl(AccountView::cluster(&a)),
-                Err(e) => warn_account_watch(&e),
-            }
-            futures::future::ready(())
-        });
+        let ns = wake_waiting_users(
+            ns_account_objects,
+            AccountView::namespaced,
+            account_ctx.clone(),
+        );
+        let cl = wake_waiting_users(cl_account_objects, AccountView::cluster, account_ctx);
         futures::future::join(ns, cl).map(|_| ()).boxed()
     };
     let namespace_store_pns = store.clone();

@@ -163,12 +163,14 @@ impl StatusData {
     pub fn current(obj: &PhoneNumber) -> StatusData {
         let s = obj.status.clone().unwrap_or_default();
         // While an attempt is in flight, the credentials in question are the ones it posts.
+        let pending = obj.pending_create();
         StatusData {
             remote: RemoteFacts::from_status(&s),
-            credentials_hash: obj
-                .attempt_credentials_hash()
+            credentials_hash: pending
+                .as_ref()
+                .and_then(|a| a.credentials_hash_for(obj))
                 .or(s.credentials_hash.clone()),
-            pending_create: obj.pending_create(),
+            pending_create: pending,
             last_handled_reconcile_at: s.last_handled_reconcile_at.clone(),
             secret_versions: s.secret_versions.clone(),
         }

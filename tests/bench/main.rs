@@ -1566,7 +1566,7 @@ fn main() {
         if only.contains(&"footprint") {
             let r = footprint(footprint_n, idle).await;
             summary.push(format!(
-                "footprint {footprint_n}: Ready in {:.1} s; peak RSS {:.1} MiB; steady RSS {:.1} MiB; CPU to Ready {:.1} s; deletion {:.1} s",
+                "footprint {footprint_n}: Ready in {:.1} s (goal at 10,000: ≤ 75 s); peak RSS {:.1} MiB; steady RSS {:.1} MiB (goal at 10,000: < 40 MiB); CPU to Ready {:.1} s (goal at 10,000: ≤ 17 s); deletion {:.1} s",
                 r["ready_secs"].as_f64().unwrap_or(f64::NAN),
                 r["hwm_mib_end"].as_f64().unwrap_or(f64::NAN),
                 r["rss_mib_steady"].as_f64().unwrap_or(f64::NAN),
