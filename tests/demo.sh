@@ -43,8 +43,16 @@ kubectl() { "$state/bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
 say "installing the CRDs and the operator's RBAC"
 kubectl apply --server-side -f crds/ >/dev/null
-kubectl wait --for=condition=Established crd/phonenumbers.oneinbox.ai crd/oneinboxaccounts.oneinbox.ai \
-  crd/clusteroneinboxaccounts.oneinbox.ai --timeout=60s >/dev/null
+# kubectl wait fails at once (not after its timeout) on a CRD whose status has no conditions
+# yet, a race right after the apply: try again until the API server has written them.
+established="crd/phonenumbers.oneinbox.ai crd/oneinboxaccounts.oneinbox.ai crd/clusteroneinboxaccounts.oneinbox.ai"
+for _ in 1 2 3 4 5 6 7 8 9; do
+  # shellcheck disable=SC2086
+  kubectl wait --for=condition=Established $established --timeout=60s >/dev/null 2>&1 && break
+  sleep 1
+done
+# shellcheck disable=SC2086
+kubectl wait --for=condition=Established $established --timeout=60s >/dev/null
 kubectl apply --server-side -f deploy/namespace.yaml -f deploy/rbac.yaml >/dev/null
 
 api_key="oi_sk_demo_$(openssl rand -hex 12)"

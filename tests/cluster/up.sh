@@ -172,6 +172,12 @@ poll 30 "namespace default" admin_get /api/v1/namespaces/default
 if [ -n "${TESTENV_CRDS:-}" ]; then
   log "applying CRDs from $TESTENV_CRDS"
   "$bin/kubectl" --kubeconfig "$state/kubeconfig" apply --server-side -f "$TESTENV_CRDS" >&2
+  # kubectl wait fails at once (not after its timeout) on a CRD whose status has no conditions
+  # yet, a race right after the apply: try again until the API server has written them.
+  for _ in 1 2 3 4 5 6 7 8 9; do
+    "$bin/kubectl" --kubeconfig "$state/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >/dev/null 2>&1 && break
+    sleep 1
+  done
   "$bin/kubectl" --kubeconfig "$state/kubeconfig" wait --for=condition=Established crd --all --timeout=60s >&2
 fi
 
