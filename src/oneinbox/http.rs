@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
+use super::turn::Turns;
 use super::{
     AccountEndpoint, ApiError, Budget, Deregistered, Endpoint, KeyCell, OneInboxApi, PatchRequest,
     RegisterRequest, Registration, SecretString,
@@ -80,6 +81,8 @@ struct Inner {
     /// rate and burst, so the rest of the bucket is always there for user work.
     background_limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
+    /// One call at a time takes its place, its cooldown and its token; user calls first.
+    turns: Turns,
     /// No call starts before this instant (set from `Retry-After`).
     cooldown: Mutex<Cooldown>,
     /// The key, replaced when its file (operator-wide) or Secret (an account's) changes.
@@ -119,6 +122,7 @@ impl Inner {
                     .allow_burst(four_fifths(budget.burst)),
             ),
             in_flight: Semaphore::new(budget.max_in_flight.max(1)),
+            turns: Turns::default(),
             cooldown: Mutex::new(Cooldown::default()),
             key,
             key_file,
@@ -256,8 +260,10 @@ impl HttpClient {
         if self.background {
             inner.background_limiter.until_ready().await;
         }
-        // The in-flight place first, then the cooldown: a call that waited for its place
-        // while another one drew a 429 honours that 429's wait too.
+        // In turn (user calls ahead of drift checks): the in-flight place first, then the
+        // cooldown, then the token; a call that waited for its place while another one drew a
+        // 429 honours that 429's wait too. Only the call whose turn it is waits holding a place.
+        let turn = inner.turns.take(self.background).await;
         let _permit = inner
             .in_flight
             .acquire()
@@ -284,6 +290,7 @@ impl HttpClient {
             }
         }
         inner.limiter.until_ready().await;
+        drop(turn);
         inner
             .metrics
             .observe_rate_limit_wait(&inner.account, waited.elapsed());

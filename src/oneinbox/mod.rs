@@ -6,6 +6,7 @@
 
 pub mod http;
 mod secret;
+mod turn;
 
 use std::time::Duration;
 
