@@ -11,6 +11,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::json_schema;
 use serde::{Deserialize, Serialize};
 
+mod wire;
+pub use wire::WirePhoneNumber;
+
 /// API group of the operator's resources.
 pub const GROUP: &str = "oneinbox.ai";
 /// Finalizer that keeps a registered object until the number is deregistered (or orphaned).

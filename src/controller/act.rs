@@ -26,7 +26,7 @@ use super::status::{self, Phase, RemoteFacts, StatusData};
 use super::{Context, lock, redact};
 use crate::crd::{
     ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_REGISTRATION_ATTEMPT, FIELD_MANAGER, FINALIZER,
-    PhoneNumber, PhoneNumberStatus, RegistrationAttempt,
+    PhoneNumber, PhoneNumberStatus, RegistrationAttempt, WirePhoneNumber,
 };
 use crate::error::{Error, Result};
 use crate::oneinbox::{OneInboxApi, PatchRequest};
@@ -66,7 +66,8 @@ pub fn error_of(f: &Failure) -> Error {
 
 pub struct Driver<'a, C> {
     pub ctx: &'a Context<C>,
-    api: Api<PhoneNumber>,
+    /// Writes' answers are decoded without their managed fields.
+    api: Api<WirePhoneNumber>,
     /// The OneInbox client with the key this object uses (its tenant's, or the operator's).
     oneinbox: C,
 }
@@ -493,7 +494,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             .kube_call(self.api.patch_status(&name, &params, &Patch::Apply(&body)))
             .await?;
         self.ctx.metrics.status_patched(res.is_ok());
-        obs.obj = res.map_err(Error::PatchStatus)?;
+        obs.obj = res.map_err(Error::PatchStatus)?.0;
         self.note_written(obs);
         Ok(())
     }
@@ -537,7 +538,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             .await?;
         match res {
             Ok(updated) => {
-                obs.obj = updated;
+                obs.obj = updated.0;
                 self.note_written(obs);
                 Ok(())
             }
@@ -574,7 +575,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&body)),
             )
             .await?;
-        obs.obj = res.map_err(Error::PatchMetadata)?;
+        obs.obj = res.map_err(Error::PatchMetadata)?.0;
         self.note_written(obs);
         Ok(())
     }

@@ -37,7 +37,9 @@ use crate::accounts::AccountId;
 use crate::accounts::controller::{self as account_controller, AccountContext};
 use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
 use crate::accounts::registry::{AccountView, Registry, RegistrySettings};
-use crate::crd::{ANNOTATION_PREFIX, ANNOTATION_REGISTRATION_ATTEMPT, PhoneNumber};
+use crate::crd::{
+    ANNOTATION_PREFIX, ANNOTATION_REGISTRATION_ATTEMPT, PhoneNumber, WirePhoneNumber,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oneinbox::OneInboxApi;
@@ -129,6 +131,18 @@ where
             changed.notify_waiters();
         }
     })
+}
+
+/// A watch event of the objects as decoded (without managed fields) as the operator's type.
+fn off_the_wire(e: watcher::Event<WirePhoneNumber>) -> watcher::Event<PhoneNumber> {
+    use watcher::Event;
+    match e {
+        Event::Apply(o) => Event::Apply(o.0),
+        Event::Delete(o) => Event::Delete(o.0),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(o.0),
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// How referenced Secrets are followed.
@@ -462,14 +476,14 @@ pub async fn run<C: OneInboxApi>(
         instance,
         accounts: account_settings,
     } = options;
-    let (pns, secrets): (Api<PhoneNumber>, Api<PartialObjectMeta<Secret>>) = match &scope.namespace
-    {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (pns, secrets): (Api<WirePhoneNumber>, Api<PartialObjectMeta<Secret>>) =
+        match &scope.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     let mut wc = watcher::Config::default().any_semantic();
     if let Some(sel) = &scope.label_selector {
         wc = wc.labels(sel);
@@ -499,21 +513,25 @@ pub async fn run<C: OneInboxApi>(
     let (claims_of, claims_store) = (claims.clone(), store.clone());
     let objects = reflector::reflector(
         writer,
-        flag_listed(watcher(pns, wc), pns_listed.clone(), Arc::default())
-            .default_backoff()
-            .modify(slim_for_cache)
-            .inspect_ok(move |event| {
-                let (obj, new) = match event {
-                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                        (o, known.get(&ObjectRef::from_obj(o)).is_none())
-                    }
-                    watcher::Event::Delete(o) => (o, true),
-                    _ => return,
-                };
-                if new {
-                    poke(AccountId::of(obj, default_account.as_deref()));
+        flag_listed(
+            watcher(pns, wc).map_ok(off_the_wire),
+            pns_listed.clone(),
+            Arc::default(),
+        )
+        .default_backoff()
+        .modify(slim_for_cache)
+        .inspect_ok(move |event| {
+            let (obj, new) = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    (o, known.get(&ObjectRef::from_obj(o)).is_none())
                 }
-            }),
+                watcher::Event::Delete(o) => (o, true),
+                _ => return,
+            };
+            if new {
+                poke(AccountId::of(obj, default_account.as_deref()));
+            }
+        }),
     )
     .inspect_ok(move |event| claims_of.observe(event, &claims_store))
     .applied_objects();
