@@ -19,8 +19,13 @@
 //!    restart at the defaults (1-minute poll, server 20 req/s): 20 new objects applied one by
 //!    one meanwhile, apply → Ready p50 / p99.
 //!
+//! 7. restart: BENCH_RESTART_N (10,000) Ready objects, each with its own Secret; the operator
+//!    restarted at its defaults (poll BENCH_RESTART_POLL, 10m): time to `/readyz`, OneInbox
+//!    calls and Secret GETs in the first minute, calls per second over two intervals, Secret
+//!    GETs in that (steady) window.
+//!
 //! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, defaults, fairness, lanes,
-//! footprint; default all but defaults and lanes),
+//! restart, footprint; default all but defaults, lanes and restart),
 //! `BENCH_N` (1000), `BENCH_REPEATS` (3), `BENCH_RATE` (50), `BENCH_LATENCY_MS` (100),
 //! `BENCH_STEADY_SECS` (600; 0 = skip), `BENCH_LATENCY_RUNS` (50), `BENCH_FOOTPRINT_N` (10000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_OVER_BUDGET` (1: also run the rate-limited burst with a client
@@ -1137,31 +1142,138 @@ fn high_budget_args() -> Vec<String> {
 
 // ------------------------------------------------------------------ 6: user work ahead of drift checks
 
-/// `n` Ready objects (made at a high budget), then the operator restarted at its defaults with
-/// a 1-minute poll against a mock limited to 20 req/s: the restart spreads the `n` checks over
-/// 12–60 s, far more than the budget (saturated). Meanwhile `new` objects are applied one after
-/// another; each one's apply → Ready.
-async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
-    let fast = high_budget_args();
-    log(&format!(
-        "lanes: {n} Ready objects, their drift checks due after a restart at the defaults (poll 1m, server 20 req/s, latency {latency_ms} ms); {new} new objects applied one by one"
-    ));
-    let mut bed = Bed::new("lanes", json!({"latency_ms": latency_ms}), &fast).await;
+/// `n` Ready objects named `prefix-…` (each with its own Secret if `sip`), made at a high
+/// budget; then the operator stopped and the mock set to `latency_ms` and 20 req/s (burst 20),
+/// the default budget's rate, for the measured phase.
+async fn ready_then_stopped(
+    tag: &str,
+    prefix: &str,
+    n: usize,
+    sip: bool,
+    latency_ms: u64,
+) -> (Bed, Tracker) {
+    let mut bed = Bed::new(tag, json!({"latency_ms": 0}), &high_budget_args()).await;
     let tracker = Tracker::start(bed.pns.clone()).await;
-    let names = names("bg", n);
-    bed.create_pns(&names, false).await;
+    let names = names(prefix, n);
+    if sip {
+        bed.create_secrets(&names).await;
+    }
+    bed.create_pns(&names, sip).await;
     tracker
         .wait("all Ready", Duration::from_secs(3600), move |s| {
             s.ready.len() >= n
         })
         .await;
     log(&format!("  {n} Ready"));
-
-    // The measured phase: the operator at its defaults, the API at its limit.
     bed.op.take();
     bed.mock
         .config(json!({"latency_ms": latency_ms, "rate_limit_rps": 20.0, "rate_limit_burst": 20}))
         .await;
+    (bed, tracker)
+}
+
+/// Clean-up at a high budget again: every object deleted, the namespace gone.
+async fn delete_at_high_budget(mut bed: Bed, tracker: Tracker) {
+    bed.op.take();
+    bed.mock.config(json!({})).await;
+    let op = Op::start(&bed.ns, &bed.mock.url, &high_budget_args());
+    op.wait_ready().await;
+    bed.op = Some(op);
+    bed.delete_all(&tracker, Duration::from_secs(1800)).await;
+    drop(tracker);
+    bed.teardown().await;
+}
+
+/// Goals 2 and 3 of the cost issue: `n` Ready objects, each with its own SIP password Secret
+/// (made at a high budget), then the operator restarted at its default flags (`poll` is the
+/// default poll interval unless `BENCH_RESTART_POLL` says otherwise) against a mock at the
+/// default budget's 20 req/s. Reported: the time from the new process to `/readyz`; OneInbox
+/// calls and Secret GETs in the first minute; OneInbox calls per second in each tenth of the
+/// first two intervals (the drift checks resuming, spread over the first one); Secret GETs over
+/// the whole window (the steady state: no Secret changed, so none is read).
+async fn restart(n: usize, poll: &str, latency_ms: u64) -> Value {
+    let interval = parse_secs(poll);
+    log(&format!(
+        "restart: {n} Ready objects with their own Secrets; the operator restarted at its defaults (poll {poll}), mock at 20 req/s, latency {latency_ms} ms; two intervals watched"
+    ));
+    let (mut bed, tracker) = ready_then_stopped("restart", "rs", n, true, latency_ms).await;
+    let calls = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+    let secret_gets = |m: &BTreeMap<String, u64>| m.get("secrets GET").copied().unwrap_or(0);
+    let kube_before = apiserver_requests();
+    let calls_before = calls(&calls_map(&bed.mock.calls().await));
+    let args: Vec<String> = if poll == "10m" {
+        Vec::new()
+    } else {
+        vec!["--poll-interval".into(), poll.into()]
+    };
+    let t0 = Instant::now();
+    let op = Op::start(&bed.ns, &bed.mock.url, &args);
+    op.wait_ready().await;
+    let readyz_secs = t0.elapsed().as_secs_f64();
+    bed.op = Some(op);
+    log(&format!("  /readyz after {readyz_secs:.2} s"));
+    // Samples every tenth of the interval for two intervals.
+    let step = interval / 10.0;
+    let mut per_second = Vec::new();
+    let mut first_minute = None;
+    let mut last = calls_before;
+    for i in 1..=20 {
+        let at = t0 + Duration::from_secs_f64(step * i as f64);
+        // The first minute's mark, if it falls between two samples.
+        if first_minute.is_none() && at >= t0 + Duration::from_secs(60) {
+            tokio::time::sleep_until((t0 + Duration::from_secs(60)).into()).await;
+            let c = calls(&calls_map(&bed.mock.calls().await)) - calls_before;
+            let g = secret_gets(&delta(&apiserver_requests(), &kube_before));
+            first_minute = Some((c, g));
+            log(&format!(
+                "  first minute: {c} OneInbox calls, {g} Secret GETs"
+            ));
+        }
+        tokio::time::sleep_until(at.into()).await;
+        let now = calls(&calls_map(&bed.mock.calls().await));
+        let rate = (now - last) as f64 / step;
+        last = now;
+        per_second.push((rate * 10.0).round() / 10.0);
+        log(&format!(
+            "  {:>5.0} s: {rate:.1} OneInbox calls/s in the last {step:.0} s",
+            step * i as f64
+        ));
+    }
+    let kube = delta(&apiserver_requests(), &kube_before);
+    let calls_total = last - calls_before;
+    let outs = outcomes(&bed.mock).await;
+    let (first_calls, first_gets) = first_minute.unwrap_or((0, 0));
+    let result = json!({"n": n, "poll": poll, "latency_ms": latency_ms, "readyz_secs": readyz_secs,
+        "first_minute_calls": first_calls, "first_minute_secret_gets": first_gets,
+        "calls_per_second_by_tenth": per_second, "calls_two_intervals": calls_total,
+        "secret_gets_two_intervals": secret_gets(&kube), "kube_requests": kube, "outcomes": outs});
+    record("restart", result.clone());
+    delete_at_high_budget(bed, tracker).await;
+    result
+}
+
+/// Seconds of a duration like `10m`, `90s`, `1h`.
+fn parse_secs(d: &str) -> f64 {
+    let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
+    let n: f64 = num.parse().expect("a number of seconds, minutes or hours");
+    n * match unit {
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => panic!("unknown unit {other:?} in {d:?}"),
+    }
+}
+
+/// `n` Ready objects (made at a high budget), then the operator restarted at its defaults with
+/// a 1-minute poll against a mock limited to 20 req/s: the restart spreads the `n` checks over
+/// 12–60 s, far more than the budget (saturated). Meanwhile `new` objects are applied one after
+/// another; each one's apply → Ready.
+async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
+    log(&format!(
+        "lanes: {n} Ready objects, their drift checks due after a restart at the defaults (poll 1m, server 20 req/s, latency {latency_ms} ms); {new} new objects applied one by one"
+    ));
+    // The measured phase: the operator at its defaults, the API at its limit.
+    let (mut bed, tracker) = ready_then_stopped("lanes", "bg", n, false, latency_ms).await;
     let op = Op::start(
         &bed.ns,
         &bed.mock.url,
@@ -1205,15 +1317,7 @@ async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
     let result = json!({"n": n, "new": new, "latency_ms": latency_ms, "p50_ms": p50, "p99_ms": p99,
         "samples_ms": samples, "window_secs": window, "check_gets": gets, "outcomes": outs});
     record("lanes", result.clone());
-    // Clean-up at a high budget again.
-    bed.op.take();
-    bed.mock.config(json!({})).await;
-    let op = Op::start(&bed.ns, &bed.mock.url, &fast);
-    op.wait_ready().await;
-    bed.op = Some(op);
-    bed.delete_all(&tracker, Duration::from_secs(1800)).await;
-    drop(tracker);
-    bed.teardown().await;
+    delete_at_high_budget(bed, tracker).await;
     result
 }
 
@@ -1561,6 +1665,19 @@ fn main() {
                 r["p99_ms"].as_f64().unwrap_or(f64::NAN),
                 latency_ms + 200,
                 r["check_gets"]
+            ));
+        }
+        if only.contains(&"restart") {
+            let n: usize = env("BENCH_RESTART_N", 10_000);
+            let poll = std::env::var("BENCH_RESTART_POLL").unwrap_or_else(|_| "10m".into());
+            let r = restart(n, &poll, latency_ms).await;
+            summary.push(format!(
+                "restart with {n} Ready objects (poll {poll}): /readyz after {:.2} s; first minute {} OneInbox calls (goal 0), {} Secret GETs (goal 0); OneInbox calls/s by tenth of the first two intervals {} (even over the first, ≤ 20/s); Secret GETs over both intervals {} (goal 0: steady state)",
+                r["readyz_secs"].as_f64().unwrap_or(f64::NAN),
+                r["first_minute_calls"],
+                r["first_minute_secret_gets"],
+                r["calls_per_second_by_tenth"],
+                r["secret_gets_two_intervals"]
             ));
         }
         if only.contains(&"footprint") {
