@@ -114,6 +114,25 @@ fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     run(&tool("kubectl"), args, stdin)
 }
 
+/// `kubectl wait --for=condition=Established crd/<crd>`, tried up to three times: right after
+/// an apply a CRD's status may have no conditions yet, and kubectl then fails at once.
+fn wait_established(crd: &str) {
+    let target = format!("crd/{crd}");
+    let args = [
+        "wait",
+        "--for=condition=Established",
+        target.as_str(),
+        "--timeout=60s",
+    ];
+    for _ in 0..2 {
+        if kubectl(&args, None).status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    kubectl_ok(&args, None);
+}
+
 fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     ok(&format!("kubectl {args:?}"), kubectl(args, stdin))
 }
@@ -143,15 +162,7 @@ fn cluster() {
                 None,
             );
         }
-        kubectl_ok(
-            &[
-                "wait",
-                "--for=condition=Established",
-                &format!("crd/{CRD_NAME}"),
-                "--timeout=60s",
-            ],
-            None,
-        );
+        wait_established(CRD_NAME);
         // bin/prometheus-operator-crds links to a directory, which `kubectl -f` reads only
         // file by file.
         let dir = tool("prometheus-operator-crds");
@@ -169,15 +180,7 @@ fn cluster() {
         }
         kubectl_ok(&apply, None);
         for crd in MONITORING_CRDS {
-            kubectl_ok(
-                &[
-                    "wait",
-                    "--for=condition=Established",
-                    &format!("crd/{crd}"),
-                    "--timeout=60s",
-                ],
-                None,
-            );
+            wait_established(crd);
         }
     });
 }

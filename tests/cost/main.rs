@@ -140,11 +140,11 @@ async fn drift_checks_read_no_secret_while_the_secrets_are_unchanged() {
 #[tokio::test]
 async fn a_restart_costs_no_call_at_once_and_every_object_is_checked_within_an_interval() {
     let _serial = SERIAL.lock().await;
-    let interval = Duration::from_secs(20);
+    let interval = Duration::from_secs(30);
     let mut w = World::start_with(
         "cost-restart",
         &[],
-        &["--poll-interval", "20s", "--min-poll-interval", "20s"],
+        &["--poll-interval", "30s", "--min-poll-interval", "30s"],
     )
     .await;
     ready_fleet(&w).await;
@@ -156,28 +156,31 @@ async fn a_restart_costs_no_call_at_once_and_every_object_is_checked_within_an_i
         .collect();
     let restarted = Instant::now();
     w.operator.spawn();
-    // Ready (its caches listed, so every object had its first pass) well inside the quiet
-    // fifth of the interval (4 s).
+    // No first check falls before a fifth of the interval (6 s) after the restart. The count
+    // at 5.5 s says something only if the operator was ready by then (its caches listed, so
+    // every object had its first pass): that is a precondition of the test, with 5 s of slack
+    // for a loaded machine, not a timing under test.
+    let quiet = Duration::from_millis(5500);
     loop {
         if w.operator.admin("/readyz").await.0 == 200 {
             break;
         }
         assert!(
-            restarted.elapsed() < Duration::from_secs(2),
-            "not ready in 2 s"
+            restarted.elapsed() < quiet,
+            "the operator was not ready within {quiet:?} of its restart: the quiet window cannot be observed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(restarted.elapsed())).await;
+    tokio::time::sleep(quiet.saturating_sub(restarted.elapsed())).await;
     assert_eq!(
         w.mock.total_calls().await,
         calls,
-        "no OneInbox call in the first 3 s"
+        "no OneInbox call in the first {quiet:?}"
     );
     assert_eq!(
         apiserver_requests(&w.client, "secrets", "GET").await,
         secret_gets,
-        "no Secret GET in the first 3 s"
+        "no Secret GET in the first {quiet:?}"
     );
     // Every object is checked within one interval (plus slack for the loaded machine).
     let deadline = restarted + interval + Duration::from_secs(10);

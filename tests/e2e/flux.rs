@@ -35,13 +35,7 @@ pub fn flux_crds() {
             let dir = std::fs::canonicalize(bin(dir)).expect("Flux CRDs (tests/cluster/build.sh)");
             let dir = dir.to_str().expect("path");
             kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
-            kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "-f",
-                dir,
-                "--timeout=60s",
-            ]);
+            wait_established(&["-f", dir]);
         }
     });
 }

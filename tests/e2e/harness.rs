@@ -46,6 +46,21 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
 }
 
+/// `kubectl wait --for=condition=Established` on `targets`, tried up to three times: right
+/// after an apply a CRD's status may have no conditions yet, and kubectl then fails at once
+/// instead of waiting for its timeout.
+pub fn wait_established(targets: &[&str]) {
+    let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+    args.extend_from_slice(targets);
+    for _ in 0..2 {
+        if kubectl(&args).status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    kubectl_ok(&args);
+}
+
 pub fn kubectl_ok(args: &[&str]) -> String {
     let out = kubectl(args);
     assert!(
@@ -75,13 +90,10 @@ pub fn cluster() {
             "-f",
             crds.to_str().unwrap_or_default(),
         ]);
-        kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
+        wait_established(&[
             "crd/phonenumbers.oneinbox.ai",
             "crd/oneinboxaccounts.oneinbox.ai",
             "crd/clusteroneinboxaccounts.oneinbox.ai",
-            "--timeout=60s",
         ]);
         for f in ["deploy/namespace.yaml", "deploy/rbac.yaml"] {
             kubectl_ok(&[
