@@ -463,6 +463,7 @@ fn run_refuses_invalid_flags_with_a_clear_message() {
             "--lease-grace (10s) must be shorter than --lease-duration (10s)",
         ),
         (&["--poll-interval", "10"], "missing unit"),
+        (&["--worker-threads", "0"], "--worker-threads"),
     ];
     for (args, message) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_oneinbox-operator"))
