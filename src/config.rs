@@ -135,8 +135,8 @@ pub struct RunArgs {
     pub concurrency: u16,
 
     /// Threads that run the operator's tasks. The work is waiting on two APIs: one thread
-    /// keeps up with 10,000 creates and spares the wake-ups between threads, which cost a
-    /// quarter of the CPU with one thread per core (docs/benchmarks.md).
+    /// keeps up with 10,000 creates and spares the wake-ups between threads (a quarter of the
+    /// profile's samples with one thread per core; docs/benchmarks.md).
     #[arg(long, env = "ONEINBOX_WORKER_THREADS", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
 
