@@ -1196,7 +1196,10 @@ async fn delete_at_high_budget(mut bed: Bed, tracker: Tracker) {
 /// first two intervals (the drift checks resuming, spread over the first one); Secret GETs over
 /// the whole window (the steady state: no Secret changed, so none is read).
 async fn restart(n: usize, poll: &str, latency_ms: u64) -> Value {
-    let interval = parse_secs(poll);
+    // The operator's own parser: the benchmark reads the flag as the operator will.
+    let interval = oneinbox_operator::config::parse_duration(poll)
+        .expect("BENCH_RESTART_POLL is a duration")
+        .as_secs_f64();
     log(&format!(
         "restart: {n} Ready objects with their own Secrets; the operator restarted at its defaults (poll {poll}), mock at 20 req/s, latency {latency_ms} ms; two intervals watched"
     ));
@@ -1254,18 +1257,6 @@ async fn restart(n: usize, poll: &str, latency_ms: u64) -> Value {
     record("restart", result.clone());
     delete_at_high_budget(bed, tracker).await;
     result
-}
-
-/// Seconds of a duration like `10m`, `90s`, `1h`.
-fn parse_secs(d: &str) -> f64 {
-    let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
-    let n: f64 = num.parse().expect("a number of seconds, minutes or hours");
-    n * match unit {
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => panic!("unknown unit {other:?} in {d:?}"),
-    }
 }
 
 /// `n` Ready objects (made at a high budget), then the operator restarted at its defaults with
