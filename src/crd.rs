@@ -4,14 +4,14 @@
 //! The schema carries the admission-time validation (patterns, enums, lengths, CEL rules), so the
 //! API server rejects bad input before the operator sees it.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::json_schema;
 use serde::{Deserialize, Serialize};
 
+mod versions;
 mod wire;
+pub use versions::SecretVersionMap;
 pub use wire::WirePhoneNumber;
 
 /// API group of the operator's resources.
@@ -356,9 +356,9 @@ pub struct PhoneNumberStatus {
     /// The resourceVersion of each referenced Secret (by name) that the last successful check
     /// used; never any Secret data. While the Secret watch reports the same versions, a check
     /// needs no Secret read, also after a restart.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "SecretVersionMap::is_empty")]
     #[schemars(schema_with = "secret_versions_schema")]
-    pub secret_versions: BTreeMap<String, String>,
+    pub secret_versions: SecretVersionMap,
     /// The last value of the oneinbox.ai/reconcile-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_RECONCILE_TOKEN))]

@@ -634,11 +634,7 @@ fn secrets_of(obs: &Observation) -> Vec<String> {
 }
 
 fn versions_digest(obs: &Observation) -> u64 {
-    plan::secret_versions_digest(
-        versions_used(obs)
-            .iter()
-            .map(|(n, rv)| (n.as_str(), rv.as_str())),
-    )
+    plan::secret_versions_digest(versions_used(obs).iter())
 }
 
 /// "agent_id and inbound_routing", for events.

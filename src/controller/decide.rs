@@ -421,7 +421,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
 }
 
 /// The Secret versions this pass relied on: those read now, the recorded ones for the rest.
-pub fn versions_used(obs: &Observation) -> std::collections::BTreeMap<String, String> {
+pub fn versions_used(obs: &Observation) -> crate::crd::SecretVersionMap {
     let recorded = obs.obj.status.as_ref().map(|s| &s.secret_versions);
     plan::secret_versions_used(
         &obs.obj,

@@ -124,7 +124,7 @@ fn sip_hash(pw: &str) -> String {
 }
 
 /// What the Secret watch reports: (name, resourceVersion) of each referenced Secret.
-fn watched(pairs: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
+fn watched(pairs: &[(&str, &str)]) -> Option<crate::crd::SecretVersionMap> {
     Some(
         pairs
             .iter()

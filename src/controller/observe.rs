@@ -3,7 +3,6 @@
 //! far; `decide` looks only at it. The reads themselves (Secrets, the registration, the
 //! look-up by number) are here; which of them a pass needs is decided by `decide`.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::accounts::AccountId;
 use crate::accounts::registry::{AccountView, SecretKeyRef};
-use crate::crd::{DEFAULT_PASSWORD_KEY, PhoneNumber};
+use crate::crd::{DEFAULT_PASSWORD_KEY, PhoneNumber, SecretVersionMap};
 use crate::error::{Error, Result};
 use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
 
@@ -128,7 +127,7 @@ pub struct Observation {
     pub secrets_unchanged: bool,
     /// The resourceVersion of every referenced Secret (by name) as the metadata-only Secret
     /// watch reports it; `None` while one of them is not known to it.
-    pub secret_versions: Option<BTreeMap<String, String>>,
+    pub secret_versions: Option<SecretVersionMap>,
     /// The Secret watch has listed every Secret once: a referenced Secret it does not know is
     /// then absent (or unreadable), not merely not seen yet.
     pub secrets_listed: bool,
@@ -261,10 +260,7 @@ fn secrets_unchanged<C>(ctx: &Context<C>, obj: &PhoneNumber, memory: &ObjectMemo
 
 /// The resourceVersion of every Secret the object references, as the Secret watch reports it;
 /// `None` if one is not known to it.
-fn watched_secret_versions<C>(
-    ctx: &Context<C>,
-    obj: &PhoneNumber,
-) -> Option<BTreeMap<String, String>> {
+fn watched_secret_versions<C>(ctx: &Context<C>, obj: &PhoneNumber) -> Option<SecretVersionMap> {
     let ns = obj.namespace().unwrap_or_default();
     let versions = lock(&ctx.secret_versions);
     obj.referenced_secrets()

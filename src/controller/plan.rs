@@ -2,7 +2,6 @@
 //! a registration in line, the credentials hash, who owns a number claimed twice, and the poll
 //! interval. No IO; everything here is unit-tested.
 
-use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::parse_duration;
-use crate::crd::{ANNOTATION_POLL_INTERVAL, PhoneNumber};
+use crate::crd::{ANNOTATION_POLL_INTERVAL, PhoneNumber, SecretVersionMap};
 use crate::oneinbox::{
     PatchRequest, RegisterRequest, Registration, Routing, RoutingFallback, SecretString,
     SipProviderConfig,
@@ -148,12 +147,12 @@ pub fn secret_versions_digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a 
 /// the (name, resourceVersion) pairs read in this pass, for the Secrets the object references.
 pub fn secret_versions_used(
     obj: &PhoneNumber,
-    recorded: &BTreeMap<String, String>,
+    recorded: &SecretVersionMap,
     read: &[(String, String)],
-) -> BTreeMap<String, String> {
+) -> SecretVersionMap {
     let mut out = recorded.clone();
     out.extend(read.iter().cloned());
-    out.retain(|name, _| obj.referenced_secrets().any(|r| r == name));
+    out.retain(|name| obj.referenced_secrets().any(|r| r == name));
     out
 }
 
@@ -700,19 +699,22 @@ mod tests {
                 key: None,
             },
         });
-        let recorded: BTreeMap<String, String> = [
+        let recorded: SecretVersionMap = [
             ("sip".to_string(), "7".to_string()),
             ("old".into(), "3".into()),
         ]
-        .into();
+        .into_iter()
+        .collect();
         // Unread: the recorded version stays; a Secret no longer referenced goes.
         assert_eq!(
             secret_versions_used(&p, &recorded, &[]),
-            [("sip".to_string(), "7".to_string())].into()
+            [("sip".to_string(), "7".to_string())].into_iter().collect()
         );
         assert_eq!(
             secret_versions_used(&p, &recorded, &[("sip".into(), "9".into())]),
-            [("sip".to_string(), "9".to_string())].into()
+            [("sip".to_string(), "9".to_string())]
+                .into_iter()
+                .collect::<SecretVersionMap>()
         );
     }
 

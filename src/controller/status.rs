@@ -2,8 +2,6 @@
 //! reconciler learned, and `now`. Deterministic, so an unchanged object yields an identical
 //! status and costs no write (README, status and conditions).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{PhoneNumber, PhoneNumberStatus, RegistrationAttempt};
@@ -155,7 +153,7 @@ pub struct StatusData {
     pub pending_create: Option<RegistrationAttempt>,
     pub last_handled_reconcile_at: Option<String>,
     /// `status.secretVersions`: the Secret versions the last successful check used.
-    pub secret_versions: BTreeMap<String, String>,
+    pub secret_versions: crate::crd::SecretVersionMap,
 }
 
 impl StatusData {

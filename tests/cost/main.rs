@@ -54,10 +54,11 @@ async fn ready_fleet(w: &World) {
                 |p| {
                     is_ready(p)
                         && synced(p)
-                        && p.status
-                            .as_ref()
-                            .and_then(|s| s.secret_versions.get(&format!("sip-c{i}")).cloned())
-                            == rv
+                        && p.status.as_ref().and_then(|s| {
+                            s.secret_versions
+                                .get(&format!("sip-c{i}"))
+                                .map(str::to_owned)
+                        }) == rv
                 },
             )
             .await;
