@@ -129,8 +129,9 @@ pub struct RunArgs {
     #[arg(long, env = "ONEINBOX_MAX_RETRY_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub max_retry_after: Duration,
 
-    /// Most reconciles running at once per account (each account has its own places, so one
-    /// account's backlog never delays another's work).
+    /// Reconciles running at once per account to start with (each account has its own places,
+    /// so one account's backlog never delays another's work); an account whose passes, not its
+    /// API budget, hold its work back gets more, up to 4 × this value.
     #[arg(long, env = "ONEINBOX_CONCURRENCY", default_value = "16")]
     pub concurrency: u16,
 

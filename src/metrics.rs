@@ -153,6 +153,7 @@ struct Inner {
     api_duration: HistogramFamily<Op>,
     rate_limit_wait: HistogramFamily<AccountLabel>,
     status_patches: Family<Outcome, Counter>,
+    pass_places: Family<AccountLabel, Gauge>,
     leader: Gauge,
 }
 
@@ -173,6 +174,7 @@ impl Metrics {
         let rate_limit_wait: HistogramFamily<AccountLabel> =
             Family::new_with_constructor(latency_histogram);
         let status_patches = Family::<Outcome, Counter>::default();
+        let pass_places = Family::<AccountLabel, Gauge>::default();
         let objects = Arc::new(ObjectsCollector::default());
         registry.register_collector(Box::new(objects.clone()));
         let leader = Gauge::default();
@@ -207,6 +209,11 @@ impl Metrics {
                 "Status writes by outcome",
                 status_patches.clone(),
             );
+            r.register(
+                "places",
+                "Reconciles that may run at once for the account: --concurrency, more while the passes and not the API budget limit its work",
+                pass_places.clone(),
+            );
         }
         {
             let r = registry.sub_registry_with_prefix("api");
@@ -239,6 +246,7 @@ impl Metrics {
                 api_duration,
                 rate_limit_wait,
                 status_patches,
+                pass_places,
                 leader,
             }),
         }
@@ -275,6 +283,15 @@ impl Metrics {
                 account: account.to_owned(),
             })
             .observe(waited.as_secs_f64());
+    }
+
+    pub fn set_pass_places(&self, account: &str, places: usize) {
+        self.inner
+            .pass_places
+            .get_or_create(&AccountLabel {
+                account: account.to_owned(),
+            })
+            .set(places as i64);
     }
 
     pub fn reconcile_started(&self) {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, Resource};
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Semaphore, TryAcquireError};
+use tracing::debug;
 
 use super::AccountId;
 use super::crd::{Budget as BudgetSpec, ClusterOneInboxAccount, DEFAULT_CA_KEY, OneInboxAccount};
@@ -201,11 +204,22 @@ pub struct Registry<C> {
 
 /// The places of one account's passes: any pass takes one of `all`; a background drift check
 /// first takes one of `background` (half of them), so user work always finds places free.
+///
+/// `all` starts at `--concurrency` and grows, one place at a time, when a pass finds every
+/// place taken while no call waits for the account's API budget: then the passes' own
+/// Kubernetes writes, not the budget, limit the work (a loaded API server), and the budget
+/// needs more passes at once than the flag gave (about rate × pass time). Never beyond
+/// `GROWTH` × the flag; the places stay until the account is forgotten.
 #[derive(Clone)]
 pub struct AccountGate {
     all: Arc<Semaphore>,
     background: Arc<Semaphore>,
+    places: Arc<AtomicUsize>,
+    most: usize,
 }
+
+/// How far an account's places may grow beyond `--concurrency`.
+pub const GROWTH: usize = 4;
 
 /// The places a pass holds until it ends.
 pub struct GatePass {
@@ -213,24 +227,63 @@ pub struct GatePass {
     _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// The gate's places after a pass found all `now` of them taken: one more, unless a call is
+/// waiting for the account's API budget (more passes would wait there too) or `most` is reached.
+pub fn more_places(now: usize, most: usize, budget_waiting: bool) -> Option<usize> {
+    (!budget_waiting && now < most).then_some(now + 1)
+}
+
 impl AccountGate {
     fn new(places: usize) -> AccountGate {
+        let places = places.max(1);
         AccountGate {
-            all: Arc::new(Semaphore::new(places.max(1))),
+            all: Arc::new(Semaphore::new(places)),
             background: Arc::new(Semaphore::new((places / 2).max(1))),
+            places: Arc::new(AtomicUsize::new(places)),
+            most: places * GROWTH,
         }
     }
 
-    /// Wait for a place (a background check also for one of its own).
-    pub async fn enter(&self, background: bool) -> GatePass {
+    /// Wait for a place (a background check also for one of its own). `budget_waiting` is
+    /// asked only when every place is taken.
+    pub async fn enter(&self, background: bool, budget_waiting: impl FnOnce() -> bool) -> GatePass {
         let first = if background {
             self.background.clone().acquire_owned().await.ok()
         } else {
             None
         };
+        let place = match self.all.clone().try_acquire_owned() {
+            Ok(place) => Some(place),
+            Err(TryAcquireError::Closed) => None,
+            Err(TryAcquireError::NoPermits) => {
+                self.grow(budget_waiting());
+                self.all.clone().acquire_owned().await.ok()
+            }
+        };
         GatePass {
             _background: first,
-            _place: self.all.clone().acquire_owned().await.ok(),
+            _place: place,
+        }
+    }
+
+    /// Places now (`--concurrency`, or more after growing).
+    pub fn places(&self) -> usize {
+        self.places.load(Ordering::Relaxed)
+    }
+
+    fn grow(&self, budget_waiting: bool) {
+        let now = self.places();
+        if let Some(next) = more_places(now, self.most, budget_waiting)
+            && self
+                .places
+                .compare_exchange(now, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.all.add_permits(next - now);
+            debug!(
+                places = next,
+                "every pass place taken and the API budget idle: one more"
+            );
         }
     }
 }
@@ -257,6 +310,22 @@ impl<C: OneInboxApi> Registry<C> {
             .entry(id.clone())
             .or_insert_with(|| AccountGate::new(self.settings.passes_per_account))
             .clone()
+    }
+
+    /// Whether a call is waiting for the account's API budget now; also `true` while its
+    /// client is not known here (nothing then says more passes would help).
+    pub fn budget_waiting(&self, id: &AccountId) -> bool {
+        if *id == AccountId::Operator {
+            return self.operator.budget_waiting();
+        }
+        let Some(entry) = lock(&self.entries).get(id).cloned() else {
+            return true;
+        };
+        entry
+            .try_lock()
+            .ok()
+            .and_then(|e| e.loaded.as_ref().map(|l| l.client.budget_waiting()))
+            .unwrap_or(true)
     }
 
     /// Forget an account (deleted): its key and client go.
@@ -438,6 +507,62 @@ pub async fn read_secret_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn places_grow_by_one_while_the_budget_is_idle_up_to_the_most() {
+        // (places now, most, a call waiting for the budget) -> places after
+        let table = [
+            ((16, 64, false), Some(17)),
+            ((16, 64, true), None),
+            ((63, 64, false), Some(64)),
+            ((64, 64, false), None),
+            ((64, 64, true), None),
+            ((1, 4, false), Some(2)),
+        ];
+        for ((now, most, waiting), want) in table {
+            assert_eq!(
+                more_places(now, most, waiting),
+                want,
+                "{now} {most} {waiting}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_gate_gets_a_place_more_only_when_the_budget_is_idle() {
+        let gate = AccountGate::new(2);
+        let held = [
+            gate.enter(false, || panic!("asked with places free"))
+                .now_or_never()
+                .expect("a free place"),
+            gate.enter(false, || panic!("asked with places free"))
+                .now_or_never()
+                .expect("a free place"),
+        ];
+        // A call waits for the budget: the pass waits for a place, the gate stays at 2.
+        assert!(gate.enter(false, || true).now_or_never().is_none());
+        assert_eq!(gate.places(), 2);
+        // The budget idle: one place more, taken at once.
+        let third = gate.enter(false, || false).now_or_never();
+        assert!(third.is_some());
+        assert_eq!(gate.places(), 3);
+        // Never beyond GROWTH × the flag.
+        let mut more = Vec::new();
+        while let Some(p) = gate.enter(false, || false).now_or_never() {
+            more.push(p);
+        }
+        assert_eq!(gate.places(), 2 * GROWTH);
+        assert_eq!(held.len() + 1 + more.len(), 2 * GROWTH);
+        // Background checks keep to their own half of the flag's places.
+        drop(more);
+        let bg = gate
+            .enter(true, || false)
+            .now_or_never()
+            .expect("a background place");
+        assert!(gate.enter(true, || false).now_or_never().is_none());
+        drop((bg, held, third));
+    }
 
     #[test]
     fn an_account_url_must_be_https_unless_http_is_allowed() {

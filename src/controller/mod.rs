@@ -810,7 +810,11 @@ pub async fn run<C: OneInboxApi>(
                         .and_then(|uid| lock(&ctx.memory).get(&uid).check)
                         .is_some_and(|c| c.dispatched);
                     let background = plan::is_background_check(&obj, dispatched);
-                    let _pass = ctx.accounts.gate(&account).enter(background).await;
+                    let gate = ctx.accounts.gate(&account);
+                    let _pass = gate
+                        .enter(background, || ctx.accounts.budget_waiting(&account))
+                        .await;
+                    metrics.set_pass_places(&account.label(), gate.places());
                     metrics.reconcile_started();
                     let started = Instant::now();
                     let uid = obj.uid().unwrap_or_default();

@@ -488,6 +488,10 @@ impl OneInboxApi for HttpClient {
         self.account_client(account)
     }
 
+    fn budget_waiting(&self) -> bool {
+        self.inner.turns.taken()
+    }
+
     fn in_background(&self) -> Self {
         HttpClient {
             inner: self.inner.clone(),

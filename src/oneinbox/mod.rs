@@ -368,6 +368,12 @@ pub trait OneInboxApi: Clone + Send + Sync + 'static {
     /// for the account's budget.
     fn in_background(&self) -> Self;
 
+    /// Whether a call is waiting for this client's budget now (its turn, its in-flight place,
+    /// a `Retry-After` or its token). A client without a budget never waits.
+    fn budget_waiting(&self) -> bool {
+        false
+    }
+
     /// One cheap authenticated call (the first registration of a list): `Ok` if the key is
     /// accepted.
     fn verify(&self) -> impl Future<Output = Result<(), ApiError>> + Send;

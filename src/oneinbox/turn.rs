@@ -35,6 +35,12 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Turns {
+    /// Whether a call has the turn: it is waiting for the budget (a call whose budget is free
+    /// takes the turn and hands it back at once).
+    pub fn taken(&self) -> bool {
+        lock(&self.state).taken
+    }
+
     /// Wait for the turn: after every user call already waiting, and for a background call
     /// also after every background call waiting.
     pub async fn take(&self, background: bool) -> Turn {
@@ -123,6 +129,16 @@ mod tests {
         for (lanes, want) in table {
             assert_eq!(served_order(lanes).await, *want, "lanes {lanes:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_turn_is_taken_only_while_a_call_holds_it() {
+        let turns = Turns::default();
+        assert!(!turns.taken());
+        let first = turns.take(false).await;
+        assert!(turns.taken());
+        drop(first);
+        assert!(!turns.taken());
     }
 
     #[tokio::test]

@@ -47,6 +47,7 @@ async fn probes_and_metrics_without_per_object_labels() {
         "oneinbox_operator_api_request_duration_seconds_bucket{",
         "oneinbox_operator_api_rate_limiter_wait_seconds_count",
         "oneinbox_operator_reconcile_status_patches_total{outcome=\"success\"}",
+        "oneinbox_operator_reconcile_places{account=\"operator\"} ",
         "oneinbox_operator_objects{condition=\"Ready\"} 1",
         "oneinbox_operator_objects{condition=\"Stalled\"} 1",
         "oneinbox_operator_watched_objects 2",
