@@ -206,20 +206,27 @@ pub struct Registry<C> {
 /// first takes one of `background` (half of them), so user work always finds places free.
 ///
 /// `all` starts at `--concurrency` and grows, one place at a time, when a pass finds every
-/// place taken while no call waits for the account's API budget: then the passes' own
+/// place taken while the account's API budget is not used up (no call waited for it in the
+/// last second): then the passes' own
 /// Kubernetes writes, not the budget, limit the work (a loaded API server), and the budget
-/// needs more passes at once than the flag gave (about rate × pass time). Never beyond
-/// `GROWTH` × the flag; the places stay until the account is forgotten.
+/// needs more passes at once than the flag gave (about rate × pass time). At most one place
+/// per `GROW_EVERY`, so a burst's first second (the bucket still full, every call free) adds
+/// a few, and only a need that lasts adds many. Never beyond `GROWTH` × the flag; the places
+/// stay until the account is forgotten.
 #[derive(Clone)]
 pub struct AccountGate {
     all: Arc<Semaphore>,
     background: Arc<Semaphore>,
     places: Arc<AtomicUsize>,
     most: usize,
+    grown_at: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// How far an account's places may grow beyond `--concurrency`.
 pub const GROWTH: usize = 4;
+
+/// The shortest time between two places added.
+pub const GROW_EVERY: Duration = Duration::from_millis(100);
 
 /// The places a pass holds until it ends.
 pub struct GatePass {
@@ -228,9 +235,16 @@ pub struct GatePass {
 }
 
 /// The gate's places after a pass found all `now` of them taken: one more, unless a call is
-/// waiting for the account's API budget (more passes would wait there too) or `most` is reached.
-pub fn more_places(now: usize, most: usize, budget_waiting: bool) -> Option<usize> {
-    (!budget_waiting && now < most).then_some(now + 1)
+/// waiting for the account's API budget (more passes would wait there too), `most` is reached,
+/// or the last place was added less than `GROW_EVERY` ago (`since_grown`).
+pub fn more_places(
+    now: usize,
+    most: usize,
+    budget_waiting: bool,
+    since_grown: Option<Duration>,
+) -> Option<usize> {
+    let due = since_grown.is_none_or(|d| d >= GROW_EVERY);
+    (!budget_waiting && now < most && due).then_some(now + 1)
 }
 
 impl AccountGate {
@@ -241,6 +255,7 @@ impl AccountGate {
             background: Arc::new(Semaphore::new((places / 2).max(1))),
             places: Arc::new(AtomicUsize::new(places)),
             most: places * GROWTH,
+            grown_at: Arc::default(),
         }
     }
 
@@ -272,13 +287,17 @@ impl AccountGate {
     }
 
     fn grow(&self, budget_waiting: bool) {
+        let mut grown_at = lock(&self.grown_at);
+        let at = tokio::time::Instant::now();
         let now = self.places();
-        if let Some(next) = more_places(now, self.most, budget_waiting)
-            && self
-                .places
-                .compare_exchange(now, next, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if let Some(next) = more_places(
+            now,
+            self.most,
+            budget_waiting,
+            grown_at.map(|t| at.duration_since(t)),
+        ) {
+            self.places.store(next, Ordering::Relaxed);
+            *grown_at = Some(at);
             self.all.add_permits(next - now);
             debug!(
                 places = next,
@@ -511,26 +530,29 @@ mod tests {
 
     #[test]
     fn places_grow_by_one_while_the_budget_is_idle_up_to_the_most() {
-        // (places now, most, a call waiting for the budget) -> places after
+        let ms = Duration::from_millis;
+        // (places now, most, a call waiting for the budget, since the last place) -> after
         let table = [
-            ((16, 64, false), Some(17)),
-            ((16, 64, true), None),
-            ((63, 64, false), Some(64)),
-            ((64, 64, false), None),
-            ((64, 64, true), None),
-            ((1, 4, false), Some(2)),
+            ((16, 64, false, None), Some(17)),
+            ((16, 64, true, None), None),
+            ((16, 64, false, Some(ms(100))), Some(17)),
+            ((16, 64, false, Some(ms(99))), None),
+            ((63, 64, false, Some(ms(500))), Some(64)),
+            ((64, 64, false, None), None),
+            ((64, 64, true, None), None),
+            ((1, 4, false, None), Some(2)),
         ];
-        for ((now, most, waiting), want) in table {
+        for ((now, most, waiting, since), want) in table {
             assert_eq!(
-                more_places(now, most, waiting),
+                more_places(now, most, waiting, since),
                 want,
-                "{now} {most} {waiting}"
+                "{now} {most} {waiting} {since:?}"
             );
         }
     }
 
-    #[test]
-    fn a_full_gate_gets_a_place_more_only_when_the_budget_is_idle() {
+    #[tokio::test(start_paused = true)]
+    async fn a_full_gate_gets_a_place_more_only_when_the_budget_is_idle() {
         let gate = AccountGate::new(2);
         let held = [
             gate.enter(false, || panic!("asked with places free"))
@@ -547,9 +569,16 @@ mod tests {
         let third = gate.enter(false, || false).now_or_never();
         assert!(third.is_some());
         assert_eq!(gate.places(), 3);
+        // Not again within GROW_EVERY.
+        assert!(gate.enter(false, || false).now_or_never().is_none());
+        assert_eq!(gate.places(), 3);
         // Never beyond GROWTH × the flag.
         let mut more = Vec::new();
-        while let Some(p) = gate.enter(false, || false).now_or_never() {
+        loop {
+            tokio::time::advance(GROW_EVERY).await;
+            let Some(p) = gate.enter(false, || false).now_or_never() else {
+                break;
+            };
             more.push(p);
         }
         assert_eq!(gate.places(), 2 * GROWTH);

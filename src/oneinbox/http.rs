@@ -83,6 +83,8 @@ struct Inner {
     in_flight: Semaphore,
     /// One call at a time takes its place, its cooldown and its token; user calls first.
     turns: Turns,
+    /// When a call last had to wait for its place, cooldown or token (the budget was used up).
+    waited_at: std::sync::Mutex<Option<Instant>>,
     /// No call starts before this instant (set from `Retry-After`).
     cooldown: Mutex<Cooldown>,
     /// The key, replaced when its file (operator-wide) or Secret (an account's) changes.
@@ -93,6 +95,10 @@ struct Inner {
     account: Arc<str>,
     metrics: Metrics,
 }
+
+/// How long after a call last waited for the budget it counts as used up (the gate of the
+/// account's passes does not grow then: more passes would only wait too).
+const BUDGET_USED_UP_FOR: Duration = Duration::from_secs(1);
 
 /// The metrics label of the operator-wide key's budget.
 pub const OPERATOR_ACCOUNT: &str = "operator";
@@ -123,6 +129,7 @@ impl Inner {
             ),
             in_flight: Semaphore::new(budget.max_in_flight.max(1)),
             turns: Turns::default(),
+            waited_at: std::sync::Mutex::default(),
             cooldown: Mutex::new(Cooldown::default()),
             key,
             key_file,
@@ -264,6 +271,7 @@ impl HttpClient {
         // cooldown, then the token; a call that waited for its place while another one drew a
         // 429 honours that 429's wait too. Only the call whose turn it is waits holding a place.
         let turn = inner.turns.take(self.background).await;
+        let turned = Instant::now();
         let _permit = inner
             .in_flight
             .acquire()
@@ -290,6 +298,9 @@ impl HttpClient {
             }
         }
         inner.limiter.until_ready().await;
+        if turned.elapsed() >= Duration::from_millis(1) {
+            *crate::controller::lock(&inner.waited_at) = Some(Instant::now());
+        }
         drop(turn);
         inner
             .metrics
@@ -490,6 +501,8 @@ impl OneInboxApi for HttpClient {
 
     fn budget_waiting(&self) -> bool {
         self.inner.turns.taken()
+            || crate::controller::lock(&self.inner.waited_at)
+                .is_some_and(|t| t.elapsed() < BUDGET_USED_UP_FOR)
     }
 
     fn in_background(&self) -> Self {
@@ -671,6 +684,39 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
             Metrics::new(),
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_budget_counts_as_used_up_for_a_second_after_a_call_waited_for_it() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Nothing listens on port 1: each call fails at once, after taking its token.
+        let c = HttpClient::new(
+            HttpClientConfig {
+                base_url: Url::parse("http://127.0.0.1:1").unwrap(),
+                api_key: SecretString::new("oi_sk_test".into()),
+                api_key_file: None,
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(5),
+                rate_per_second: NonZeroU32::new(10).unwrap(),
+                burst: NonZeroU32::new(1).unwrap(),
+                max_in_flight: 4,
+                max_retry_after: Duration::from_secs(1),
+                extra_roots: Vec::new(),
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        assert!(!c.budget_waiting());
+        let _ = c.get("pn-1").await;
+        assert!(!c.budget_waiting(), "the first call found its token");
+        // The bucket (one token) is empty: the next call waits about 100 ms for it.
+        let _ = c.get("pn-1").await;
+        assert!(c.budget_waiting());
+        tokio::time::sleep(BUDGET_USED_UP_FOR).await;
+        assert!(
+            !c.budget_waiting(),
+            "a second later it counts as free again"
+        );
     }
 
     #[test]

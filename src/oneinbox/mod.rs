@@ -368,8 +368,9 @@ pub trait OneInboxApi: Clone + Send + Sync + 'static {
     /// for the account's budget.
     fn in_background(&self) -> Self;
 
-    /// Whether a call is waiting for this client's budget now (its turn, its in-flight place,
-    /// a `Retry-After` or its token). A client without a budget never waits.
+    /// Whether the budget is used up: a call is waiting for it now (its turn, its in-flight
+    /// place, a `Retry-After` or its token), or one did within the last second. A client
+    /// without a budget never waits.
     fn budget_waiting(&self) -> bool {
         false
     }

@@ -551,15 +551,45 @@ impl Bed {
         // One request marks every object for deletion; at 10,000 objects its (huge) answer can
         // be cut off after the work is done, so an error is retried (bounded) and then ignored:
         // the wait below decides.
+        let mut marked = false;
         for attempt in 1..=3 {
             match self
                 .pns
                 .delete_collection(&DeleteParams::default(), &ListParams::default())
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => {
+                    marked = true;
+                    break;
+                }
                 Err(e) => log(&format!("  delete collection, attempt {attempt}: {e}")),
             }
+        }
+        if !marked {
+            // Each attempt may have stopped part-way: the objects not marked yet one by one.
+            let left: Vec<String> = match self.pns.list_metadata(&ListParams::default()).await {
+                Ok(list) => list
+                    .items
+                    .into_iter()
+                    .filter(|o| o.metadata.deletion_timestamp.is_none())
+                    .map(|o| o.name_any())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            log(&format!(
+                "  deleting the {} objects left one by one",
+                left.len()
+            ));
+            futures::stream::iter(left)
+                .map(|name| {
+                    let pns = self.pns.clone();
+                    async move {
+                        let _ = pns.delete(&name, &DeleteParams::default()).await;
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
         }
         tracker
             .wait("all PhoneNumbers gone", timeout, |s| s.present.is_empty())
@@ -805,6 +835,11 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
         h.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let at_ready = bed.op().stats();
+    // The account's pass places at the end (the gate grows while the budget is idle).
+    let places = metric_sum(
+        &bed.op().metrics().await,
+        "oneinbox_operator_reconcile_places",
+    );
     let kube_burst = delta(&apiserver_requests(), &kube_before);
     let writes_per_create = operator_writes(&kube_burst) as f64 / c.n as f64;
     let calls = calls_map(&bed.mock.calls().await);
@@ -818,9 +853,10 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
         .sum();
     let limit = c.rate.map(|r| n as f64 / r as f64);
     log(&format!(
-        "  all {n} Ready in {:.2} s (objects created in {:.2} s); limit {:?} s; calls {calls:?}; outcomes {outs:?}",
+        "  all {n} Ready in {:.2} s (objects created in {:.2} s, the last Ready {:.2} s after); limit {:?} s; pass places {places}; calls {calls:?}; outcomes {outs:?}",
         took.as_secs_f64(),
         created.as_secs_f64(),
+        (took - created).as_secs_f64(),
         limit
     ));
     let reasons = event_reasons(&bed.client, &bed.ns).await;
@@ -832,6 +868,7 @@ async fn burst(c: &BurstCfg, rep: usize) -> Value {
         "label": c.label, "rep": rep, "n": n, "latency_ms": c.latency_ms, "rate": c.rate,
         "client_rps": c.client_rps, "client_burst": c.client_burst,
         "ready_secs": took.as_secs_f64(), "create_secs": created.as_secs_f64(),
+        "ready_after_created_secs": (took - created).as_secs_f64(), "pass_places": places,
         "limit_secs": limit, "ratio": limit.map(|l| took.as_secs_f64() / l),
         "calls": calls, "outcomes": outs, "calls_per_number": total as f64 / n as f64,
         "successful_calls_per_number": ok_calls as f64 / n as f64,
