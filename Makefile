@@ -51,6 +51,7 @@ unit:
 ## Licences, banned crates and sources of every dependency (.deny.toml); offline, part of make test.
 deny:
 	@tests/ensure-tools.sh
+	$(CARGO) fetch --locked --quiet
 	$(CARGO) deny --frozen check --hide-inclusion-graph licenses bans sources
 
 ## make audit: make deny plus the RustSec advisories; needs the network (fetches the advisory database).

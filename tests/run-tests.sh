@@ -26,6 +26,9 @@ for plural in phonenumbers oneinboxaccounts clusteroneinboxaccounts; do
 done
 
 step "supply chain: licences, banned crates, sources (cargo-deny, offline; advisories: make audit)"
+# cargo-deny reads the crates of every target in Cargo.lock (Windows, wasm), which a build on
+# this machine never downloads: fetch them first (from the registry, pinned by the lock file).
+cargo fetch --locked --quiet
 cargo deny --frozen check --hide-inclusion-graph licenses bans sources
 
 step "control plane"
