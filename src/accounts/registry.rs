@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, Resource};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use tokio::sync::{Semaphore, TryAcquireError};
 use tracing::debug;
 
@@ -217,9 +215,14 @@ pub struct Registry<C> {
 pub struct AccountGate {
     all: Arc<Semaphore>,
     background: Arc<Semaphore>,
-    places: Arc<AtomicUsize>,
+    growth: Arc<Mutex<Growth>>,
     most: usize,
-    grown_at: Arc<Mutex<Option<tokio::time::Instant>>>,
+}
+
+/// The places of `all` now, and when the last one was added.
+struct Growth {
+    places: usize,
+    at: Option<tokio::time::Instant>,
 }
 
 /// How far an account's places may grow beyond `--concurrency`.
@@ -234,17 +237,17 @@ pub struct GatePass {
     _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// The gate's places after a pass found all `now` of them taken: one more, unless a call is
-/// waiting for the account's API budget (more passes would wait there too), `most` is reached,
+/// The gate's places after a pass found all `now` of them taken: one more, unless the
+/// account's API budget is used up (more passes would wait for it too), `most` is reached,
 /// or the last place was added less than `GROW_EVERY` ago (`since_grown`).
 pub fn more_places(
     now: usize,
     most: usize,
-    budget_waiting: bool,
+    budget_used_up: bool,
     since_grown: Option<Duration>,
 ) -> Option<usize> {
     let due = since_grown.is_none_or(|d| d >= GROW_EVERY);
-    (!budget_waiting && now < most && due).then_some(now + 1)
+    (!budget_used_up && now < most && due).then_some(now + 1)
 }
 
 impl AccountGate {
@@ -253,15 +256,14 @@ impl AccountGate {
         AccountGate {
             all: Arc::new(Semaphore::new(places)),
             background: Arc::new(Semaphore::new((places / 2).max(1))),
-            places: Arc::new(AtomicUsize::new(places)),
+            growth: Arc::new(Mutex::new(Growth { places, at: None })),
             most: places * GROWTH,
-            grown_at: Arc::default(),
         }
     }
 
-    /// Wait for a place (a background check also for one of its own). `budget_waiting` is
+    /// Wait for a place (a background check also for one of its own). `budget_used_up` is
     /// asked only when every place is taken.
-    pub async fn enter(&self, background: bool, budget_waiting: impl FnOnce() -> bool) -> GatePass {
+    pub async fn enter(&self, background: bool, budget_used_up: impl FnOnce() -> bool) -> GatePass {
         let first = if background {
             self.background.clone().acquire_owned().await.ok()
         } else {
@@ -271,7 +273,7 @@ impl AccountGate {
             Ok(place) => Some(place),
             Err(TryAcquireError::Closed) => None,
             Err(TryAcquireError::NoPermits) => {
-                self.grow(budget_waiting());
+                self.grow(budget_used_up());
                 self.all.clone().acquire_owned().await.ok()
             }
         };
@@ -283,21 +285,23 @@ impl AccountGate {
 
     /// Places now (`--concurrency`, or more after growing).
     pub fn places(&self) -> usize {
-        self.places.load(Ordering::Relaxed)
+        lock(&self.growth).places
     }
 
-    fn grow(&self, budget_waiting: bool) {
-        let mut grown_at = lock(&self.grown_at);
+    fn grow(&self, budget_used_up: bool) {
+        let mut growth = lock(&self.growth);
         let at = tokio::time::Instant::now();
-        let now = self.places();
+        let now = growth.places;
         if let Some(next) = more_places(
             now,
             self.most,
-            budget_waiting,
-            grown_at.map(|t| at.duration_since(t)),
+            budget_used_up,
+            growth.at.map(|t| at.duration_since(t)),
         ) {
-            self.places.store(next, Ordering::Relaxed);
-            *grown_at = Some(at);
+            *growth = Growth {
+                places: next,
+                at: Some(at),
+            };
             self.all.add_permits(next - now);
             debug!(
                 places = next,
@@ -331,11 +335,11 @@ impl<C: OneInboxApi> Registry<C> {
             .clone()
     }
 
-    /// Whether a call is waiting for the account's API budget now; also `true` while its
-    /// client is not known here (nothing then says more passes would help).
-    pub fn budget_waiting(&self, id: &AccountId) -> bool {
+    /// Whether the account's API budget is used up (`OneInboxApi::budget_used_up`); also `true`
+    /// while its client is not known here (nothing then says more passes would help).
+    pub fn budget_used_up(&self, id: &AccountId) -> bool {
         if *id == AccountId::Operator {
-            return self.operator.budget_waiting();
+            return self.operator.budget_used_up();
         }
         let Some(entry) = lock(&self.entries).get(id).cloned() else {
             return true;
@@ -343,7 +347,7 @@ impl<C: OneInboxApi> Registry<C> {
         entry
             .try_lock()
             .ok()
-            .and_then(|e| e.loaded.as_ref().map(|l| l.client.budget_waiting()))
+            .and_then(|e| e.loaded.as_ref().map(|l| l.client.budget_used_up()))
             .unwrap_or(true)
     }
 
@@ -531,7 +535,7 @@ mod tests {
     #[test]
     fn places_grow_by_one_while_the_budget_is_idle_up_to_the_most() {
         let ms = Duration::from_millis;
-        // (places now, most, a call waiting for the budget, since the last place) -> after
+        // (places now, most, the budget used up, since the last place) -> after
         let table = [
             ((16, 64, false, None), Some(17)),
             ((16, 64, true, None), None),
@@ -562,7 +566,7 @@ mod tests {
                 .now_or_never()
                 .expect("a free place"),
         ];
-        // A call waits for the budget: the pass waits for a place, the gate stays at 2.
+        // The budget used up: the pass waits for a place, the gate stays at 2.
         assert!(gate.enter(false, || true).now_or_never().is_none());
         assert_eq!(gate.places(), 2);
         // The budget idle: one place more, taken at once.

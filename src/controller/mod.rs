@@ -812,7 +812,7 @@ pub async fn run<C: OneInboxApi>(
                     let background = plan::is_background_check(&obj, dispatched);
                     let gate = ctx.accounts.gate(&account);
                     let _pass = gate
-                        .enter(background, || ctx.accounts.budget_waiting(&account))
+                        .enter(background, || ctx.accounts.budget_used_up(&account))
                         .await;
                     metrics.set_pass_places(&account.label(), gate.places());
                     metrics.reconcile_started();

@@ -499,7 +499,7 @@ impl OneInboxApi for HttpClient {
         self.account_client(account)
     }
 
-    fn budget_waiting(&self) -> bool {
+    fn budget_used_up(&self) -> bool {
         self.inner.turns.taken()
             || crate::controller::lock(&self.inner.waited_at)
                 .is_some_and(|t| t.elapsed() < BUDGET_USED_UP_FOR)
@@ -667,6 +667,15 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
     }
 
     fn client(base_url: Url, extra_roots: Vec<reqwest::Certificate>) -> HttpClient {
+        client_with_budget(base_url, extra_roots, 100, 100)
+    }
+
+    fn client_with_budget(
+        base_url: Url,
+        extra_roots: Vec<reqwest::Certificate>,
+        rate_per_second: u32,
+        burst: u32,
+    ) -> HttpClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         HttpClient::new(
             HttpClientConfig {
@@ -675,8 +684,8 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
                 api_key_file: None,
                 timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(5),
-                rate_per_second: NonZeroU32::new(100).unwrap(),
-                burst: NonZeroU32::new(100).unwrap(),
+                rate_per_second: NonZeroU32::new(rate_per_second).unwrap(),
+                burst: NonZeroU32::new(burst).unwrap(),
                 max_in_flight: 4,
                 max_retry_after: Duration::from_secs(1),
                 extra_roots,
@@ -688,33 +697,17 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
 
     #[tokio::test]
     async fn the_budget_counts_as_used_up_for_a_second_after_a_call_waited_for_it() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         // Nothing listens on port 1: each call fails at once, after taking its token.
-        let c = HttpClient::new(
-            HttpClientConfig {
-                base_url: Url::parse("http://127.0.0.1:1").unwrap(),
-                api_key: SecretString::new("oi_sk_test".into()),
-                api_key_file: None,
-                timeout: Duration::from_secs(5),
-                connect_timeout: Duration::from_secs(5),
-                rate_per_second: NonZeroU32::new(10).unwrap(),
-                burst: NonZeroU32::new(1).unwrap(),
-                max_in_flight: 4,
-                max_retry_after: Duration::from_secs(1),
-                extra_roots: Vec::new(),
-            },
-            Metrics::new(),
-        )
-        .unwrap();
-        assert!(!c.budget_waiting());
+        let c = client_with_budget(Url::parse("http://127.0.0.1:1").unwrap(), Vec::new(), 10, 1);
+        assert!(!c.budget_used_up());
         let _ = c.get("pn-1").await;
-        assert!(!c.budget_waiting(), "the first call found its token");
+        assert!(!c.budget_used_up(), "the first call found its token");
         // The bucket (one token) is empty: the next call waits about 100 ms for it.
         let _ = c.get("pn-1").await;
-        assert!(c.budget_waiting());
+        assert!(c.budget_used_up());
         tokio::time::sleep(BUDGET_USED_UP_FOR).await;
         assert!(
-            !c.budget_waiting(),
+            !c.budget_used_up(),
             "a second later it counts as free again"
         );
     }

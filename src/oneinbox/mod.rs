@@ -371,7 +371,7 @@ pub trait OneInboxApi: Clone + Send + Sync + 'static {
     /// Whether the budget is used up: a call is waiting for it now (its turn, its in-flight
     /// place, a `Retry-After` or its token), or one did within the last second. A client
     /// without a budget never waits.
-    fn budget_waiting(&self) -> bool {
+    fn budget_used_up(&self) -> bool {
         false
     }
 
