@@ -24,6 +24,10 @@ use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
 /// How often an object that waits on another (a duplicate claim) looks again, as a fallback to
 /// the direct trigger when the owner goes away.
 pub const DUPLICATE_RECHECK: Duration = Duration::from_secs(300);
+/// How often an id that names another number's registration is looked at again: deleted
+/// outside the cluster, it no longer holds the object back (the annotation then names nothing,
+/// and the object registers its number).
+const MISMATCH_RECHECK: Duration = Duration::from_secs(300);
 /// After a restart, while the Secret watch has not listed the Secrets yet: look again soon.
 const SECRETS_UNLISTED_RECHECK: Duration = Duration::from_secs(1);
 /// After a PATCH found the registration gone: look again soon (the next pass GETs, sees the
@@ -582,7 +586,12 @@ fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
                     "OneInbox registration {id} is for {}, not {}. Fix or remove the {ANNOTATION_PHONE_NUMBER_ID} annotation",
                     reg.phone_number, obj.spec.phone_number
                 );
-                return stall(obs, reason::ID_MISMATCH, msg, Then::AwaitChange);
+                return stall(
+                    obs,
+                    reason::ID_MISMATCH,
+                    msg,
+                    Then::Requeue(MISMATCH_RECHECK),
+                );
             }
             (Some(Ok(reg)), _) => reg,
             (Some(Err(ApiError::NotFound)), _) => {
@@ -737,7 +746,7 @@ fn remote(
                 obs,
                 reason::ID_MISMATCH,
                 msg,
-                Then::AwaitChange,
+                Then::Requeue(MISMATCH_RECHECK),
             )))
         }
         Some(Ok(reg)) => {

@@ -461,7 +461,7 @@ fn decision_table() {
                 other.phone_number = "+15550000000".into();
                 ob.fetched = Some(Ok(other));
             }),
-            "Report Stalled(IdMismatch) AwaitChange",
+            "Report Stalled(IdMismatch) Requeue",
         ),
         (
             "observe, in line: Ready Observed, no drift",
@@ -1172,7 +1172,7 @@ fn decision_table() {
                 r.phone_number = "+15550000000".into();
                 ob.fetched = Some(Ok(r));
             }),
-            "Report Stalled(IdMismatch) AwaitChange",
+            "Report Stalled(IdMismatch) Requeue",
         ),
         (
             "registered, in line",

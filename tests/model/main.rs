@@ -269,6 +269,37 @@ mod tests {
     }
 
     #[test]
+    fn an_id_mismatch_stall_notices_the_registration_deleted_outside() {
+        // Found when the echo of a pass's own write stopped starting a pass: the stall for an
+        // annotation naming another number's registration must not outlive that registration.
+        let rt = rt();
+        let create = Op::Create {
+            slot: 0,
+            number: 1,
+            creds: Creds::Secret(1),
+            agent: Agent {
+                idx: 0,
+                upper: false,
+            },
+            friendly_name: None,
+            routing: 0,
+            orphan: false,
+            replace: false,
+            import: false,
+        };
+        let ops = [
+            create,
+            Op::RegisterOutside { number: 0 },
+            Op::Annotate {
+                slot: 0,
+                target: crate::ops::Target::Existing(0),
+            },
+            Op::DeleteOutside { pick: 0 },
+        ];
+        assert_eq!(run_case(&rt, 3, &ops), Ok(()));
+    }
+
+    #[test]
     fn a_secret_in_an_event_is_caught() {
         let mut w = world::World::new();
         w.secret_values.insert("pw-very-secret".into());
