@@ -19,7 +19,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::decide::{DoneAfter, Failure, Op, Read, Step, Then, requested_reconcile, versions_used};
-use super::memory::Checked;
+use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Reader};
 use super::plan;
 use super::status::{self, Phase, RemoteFacts, StatusData};
@@ -344,7 +344,10 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     secrets: versions_digest(obs),
                     dispatched: false,
                 };
-                self.remember(obs, |m| m.check = Some(check));
+                self.remember(obs, |m| {
+                    m.check = Some(check);
+                    m.settle_echo();
+                });
                 // The drift-check sweep brings it back when its interval is over.
                 Next::End(Action::await_change())
             }
@@ -489,13 +492,15 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let name = obs.obj.name_any();
+        // Unguarded, the answer may hold another writer's change: the echo shows whether.
+        let view = (!precondition).then(|| decision_inputs(&obs.obj));
         let res = self
             .ctx
             .kube_call(self.api.patch_status(&name, &params, &Patch::Apply(&body)))
             .await?;
         self.ctx.metrics.status_patched(res.is_ok());
         obs.obj = res.map_err(Error::PatchStatus)?.0;
-        self.note_written(obs);
+        self.note_written(obs, view);
         Ok(())
     }
 
@@ -529,6 +534,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
             .map_err(|_| Error::InvalidObject("finalizer patch"))?;
         let name = obs.obj.name_any();
+        let view = decision_inputs(&obs.obj);
         let res = self
             .ctx
             .kube_call(
@@ -539,7 +545,8 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         match res {
             Ok(updated) => {
                 obs.obj = updated.0;
-                self.note_written(obs);
+                // Our finalizer is gone from the answer: never an echo to skip.
+                self.note_written(obs, Some(view));
                 Ok(())
             }
             // Already gone: nothing left to release.
@@ -576,14 +583,22 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             )
             .await?;
         obs.obj = res.map_err(Error::PatchMetadata)?.0;
-        self.note_written(obs);
+        self.note_written(obs, None);
         Ok(())
     }
 
-    /// Remember the resourceVersion of the write just made (see `reconcile`).
-    fn note_written(&self, obs: &mut Observation) {
+    /// Remember the resourceVersion of the write just made (see `reconcile`), and whether the
+    /// answer held nothing new against `view`, the digest of the object the write was made
+    /// from (`None`: a guarded write, made from the object at its resourceVersion, so the
+    /// answer is that object and our change).
+    fn note_written(&self, obs: &mut Observation, view: Option<u64>) {
         if let Some(rv) = obs.obj.resource_version().and_then(|rv| rv.parse().ok()) {
-            self.remember(obs, |m| m.written = Some(rv));
+            let news = view.is_some_and(|v| v != decision_inputs(&obs.obj));
+            self.remember(obs, |m| {
+                m.written = Some(rv);
+                m.quiet_answer = !news;
+                m.echo = None;
+            });
         }
     }
 

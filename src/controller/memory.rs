@@ -3,7 +3,10 @@
 //! Nothing here survives a restart; every decision that needs it also works without it.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
+
+use crate::crd::{ANNOTATION_PREFIX, PhoneNumber};
 
 use super::plan::PatchableDigest;
 
@@ -47,6 +50,18 @@ pub struct ObjectMemory {
     /// resourceVersion of this process's last write: a pass handed an older version is a
     /// stale echo, and the watch event of that write will follow.
     pub written: Option<u64>,
+    /// The answer to that write held nothing new to decide on (see `decision_inputs`).
+    pub quiet_answer: bool,
+    /// `written`, while its watch event needs no pass (see `take_echo`): set by a pass that
+    /// ends Ready with its check recorded after such a write; cleared by the next write and
+    /// by a pass that ended on an older view, relying on that event.
+    pub echo: Option<u64>,
+    /// A pass for this object is running: the watch events of its own writes are skipped
+    /// (it carries on from their answers) and counted in `skipped`.
+    pub in_pass: bool,
+    /// Watch events skipped while the pass ran; if it does not end settled, it asks for one
+    /// more pass in their place.
+    pub skipped: bool,
     /// Pending-create token whose POST was refused with a clean 429 (nothing registered): the
     /// next attempt posts without a look-up first.
     pub clean_refusal: Option<String>,
@@ -60,6 +75,63 @@ pub struct ObjectMemory {
     pub lost: Option<String>,
 }
 
+impl ObjectMemory {
+    /// Whether the watch event of the object at resourceVersion `rv` needs no pass, and if so
+    /// skip it. It needs none when it is older than this process's last write (the pass that
+    /// made the write saw the newer object); when it is that write and the pass that made it
+    /// is still running, carrying on from the answer (it asks for a pass at its end if it does
+    /// not end settled, see `end_pass`); and when it is that write and the pass ended Ready
+    /// with a fresh check: a pass for it would find the check fresh and end. Skipping keeps
+    /// what the pass scheduled (a requeue, the error backoff), which a pass for the echo would
+    /// replace.
+    pub fn take_echo(&mut self, rv: u64) -> bool {
+        let Some(written) = self.written else {
+            return false;
+        };
+        let skip = rv < written
+            || (rv == written && self.in_pass && self.quiet_answer)
+            || (rv == written && self.echo == Some(rv));
+        if skip && self.in_pass {
+            self.skipped = true;
+        }
+        skip
+    }
+
+    /// A pass ended Ready with its check recorded: the watch event of its last write, if that
+    /// answer held nothing new, would start a pass that finds the check fresh and ends.
+    pub fn settle_echo(&mut self) {
+        self.echo = self.written.filter(|_| self.quiet_answer);
+    }
+
+    /// A pass ended; whether it must be followed by another in place of the watch events it
+    /// skipped (it did not end settled).
+    pub fn end_pass(&mut self) -> bool {
+        let again = self.skipped && self.echo.is_none();
+        self.in_pass = false;
+        self.skipped = false;
+        again
+    }
+}
+
+/// What a pass decides on in an object's metadata and spec: the generation (the spec), the
+/// deletion, the finalizers and the operator's own annotations (reconcile-now, pause, poll
+/// interval, the attempt). A write whose answer has the same digest as the view it was made
+/// from brought nothing new, whoever else wrote in between: the status is the operator's own.
+pub fn decision_inputs(obj: &PhoneNumber) -> u64 {
+    let meta = &obj.metadata;
+    let mut h = std::hash::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.deletion_timestamp.as_ref().map(|t| t.0).hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    if let Some(annotations) = &meta.annotations {
+        annotations
+            .iter()
+            .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+            .for_each(|kv| kv.hash(&mut h));
+    }
+    h.finish()
+}
+
 /// Per-object memory by UID.
 #[derive(Debug, Default)]
 pub struct Memory {
@@ -70,6 +142,19 @@ impl Memory {
     /// A copy of what is remembered of `uid` (empty if nothing).
     pub fn get(&self, uid: &str) -> ObjectMemory {
         self.objects.get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Whether the watch event of `uid` at `rv` is an echo of our own writes to skip
+    /// (`ObjectMemory::take_echo`).
+    pub fn take_echo(&mut self, uid: &str, rv: u64) -> bool {
+        self.objects.get_mut(uid).is_some_and(|m| m.take_echo(rv))
+    }
+
+    /// A pass of `uid` ended: whether another must follow (`ObjectMemory::end_pass`).
+    pub fn end_pass(&mut self, uid: &str) -> bool {
+        self.objects
+            .get_mut(uid)
+            .is_some_and(ObjectMemory::end_pass)
     }
 
     pub fn update(&mut self, uid: &str, f: impl FnOnce(&mut ObjectMemory)) {
@@ -122,5 +207,193 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m.get("a").released, None);
         assert_eq!(m.get("b").written, Some(7));
+    }
+
+    #[test]
+    fn echoes_of_our_own_writes_are_skipped_and_counted_while_the_pass_runs() {
+        // (what, written, quiet answer, settled echo, in pass, event rv, skip, counted)
+        let cases = [
+            (
+                "nothing written by this process",
+                None,
+                true,
+                None,
+                false,
+                7,
+                false,
+                false,
+            ),
+            (
+                "someone else's later write",
+                Some(7),
+                true,
+                Some(7),
+                false,
+                8,
+                false,
+                false,
+            ),
+            (
+                "older than our last write",
+                Some(7),
+                false,
+                None,
+                false,
+                6,
+                true,
+                false,
+            ),
+            (
+                "older, while the pass runs",
+                Some(7),
+                false,
+                None,
+                true,
+                6,
+                true,
+                true,
+            ),
+            (
+                "our write, the pass runs on",
+                Some(7),
+                true,
+                None,
+                true,
+                7,
+                true,
+                true,
+            ),
+            (
+                "our write with news in the answer",
+                Some(7),
+                false,
+                None,
+                true,
+                7,
+                false,
+                false,
+            ),
+            (
+                "our write, the pass ended settled",
+                Some(7),
+                true,
+                Some(7),
+                false,
+                7,
+                true,
+                false,
+            ),
+            (
+                "our write, the pass ended unsettled",
+                Some(7),
+                true,
+                None,
+                false,
+                7,
+                false,
+                false,
+            ),
+        ];
+        for (what, written, quiet_answer, echo, in_pass, rv, skip, counted) in cases {
+            let mut m = ObjectMemory {
+                written,
+                quiet_answer,
+                echo,
+                in_pass,
+                ..ObjectMemory::default()
+            };
+            assert_eq!(m.take_echo(rv), skip, "{what}");
+            assert_eq!(m.skipped, counted, "{what}: counted");
+        }
+        let mut m = Memory::default();
+        m.update("a", |o| o.written = Some(7));
+        assert!(m.take_echo("a", 6));
+        assert!(!m.take_echo("b", 6), "an object with no memory");
+    }
+
+    #[test]
+    fn a_pass_that_skipped_echoes_asks_for_another_unless_it_ended_settled() {
+        let ended = |skipped, quiet_answer, settled| {
+            let mut m = ObjectMemory {
+                written: Some(7),
+                quiet_answer,
+                in_pass: true,
+                skipped,
+                ..ObjectMemory::default()
+            };
+            if settled {
+                m.settle_echo();
+            }
+            let again = m.end_pass();
+            assert!(!m.in_pass && !m.skipped);
+            (again, m.echo)
+        };
+        assert_eq!(ended(true, true, true), (false, Some(7)), "settled");
+        assert_eq!(ended(true, true, false), (true, None), "ended otherwise");
+        assert_eq!(ended(true, false, true), (true, None), "settled, but news");
+        assert_eq!(ended(false, true, false), (false, None), "skipped nothing");
+    }
+
+    #[test]
+    fn decision_inputs_change_with_what_a_pass_reads_and_not_with_the_rest() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let base: PhoneNumber = serde_json::from_value(serde_json::json!({
+            "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
+            "metadata": {"name": "pn", "namespace": "ns", "generation": 1, "resourceVersion": "5",
+                         "finalizers": ["oneinbox.ai/deregister"],
+                         "annotations": {"oneinbox.ai/poll-interval": "5m", "other.io/note": "x"}},
+            "spec": {"phoneNumber": "+15551234567", "provider": "telnyx",
+                     "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a"}
+        }))
+        .expect("object");
+        let changed = |f: fn(&mut PhoneNumber)| {
+            let mut o = base.clone();
+            f(&mut o);
+            decision_inputs(&o) != decision_inputs(&base)
+        };
+        fn annotate(o: &mut PhoneNumber, k: &str, v: &str) {
+            o.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(k.into(), v.into());
+        }
+        type Edit = fn(&mut PhoneNumber);
+        let cases: [(&str, Edit, bool); 8] = [
+            (
+                "the spec (generation)",
+                |o| o.metadata.generation = Some(2),
+                true,
+            ),
+            (
+                "deletion",
+                |o| o.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH)),
+                true,
+            ),
+            ("the finalizers", |o| o.metadata.finalizers = None, true),
+            (
+                "reconcile now",
+                |o| annotate(o, "oneinbox.ai/reconcile-requested-at", "t1"),
+                true,
+            ),
+            (
+                "our annotation's value",
+                |o| annotate(o, "oneinbox.ai/poll-interval", "1m"),
+                true,
+            ),
+            (
+                "another tool's annotation",
+                |o| annotate(o, "other.io/note", "y"),
+                false,
+            ),
+            (
+                "the resourceVersion",
+                |o| o.metadata.resource_version = Some("9".into()),
+                false,
+            ),
+            ("the status", |o| o.status = Some(Default::default()), false),
+        ];
+        for (what, f, expected) in cases {
+            assert_eq!(changed(f), expected, "{what}");
+        }
     }
 }

@@ -182,8 +182,9 @@ pub struct Context<C> {
     pub metrics: Metrics,
     pub settings: Settings,
     pub backoff: backoff::Backoff,
-    /// What this process remembers of each object, by UID.
-    pub memory: Mutex<memory::Memory>,
+    /// What this process remembers of each object, by UID (shared with the watch, which
+    /// skips the echoes of our own writes).
+    pub memory: Arc<Mutex<memory::Memory>>,
     /// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
     pub secret_versions: SecretVersions,
     /// The Secret watch has listed every Secret once (`secret_versions` is complete).
@@ -278,6 +279,16 @@ impl<C> Context<C> {
         tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| Error::KubeTimeout(limit))
+    }
+}
+
+/// Whether a watched object is an echo of this process's own writes, to skip
+/// (`memory::ObjectMemory::take_echo`).
+pub(crate) fn take_our_echo(memory: &mut memory::Memory, obj: &PhoneNumber) -> bool {
+    let rv = obj.resource_version().and_then(|rv| rv.parse().ok());
+    match (obj.metadata.uid.as_deref(), rv) {
+        (Some(uid), Some(rv)) => memory.take_echo(uid, rv),
+        _ => false,
     }
 }
 
@@ -511,6 +522,8 @@ pub async fn run<C: OneInboxApi>(
     let pns_listed = Arc::new(AtomicBool::new(false));
     let claims = Arc::new(claims::Claims::new(default_account.clone()));
     let (claims_of, claims_store) = (claims.clone(), store.clone());
+    let memory: Arc<Mutex<memory::Memory>> = Arc::default();
+    let echoes = memory.clone();
     let objects = reflector::reflector(
         writer,
         flag_listed(
@@ -534,7 +547,9 @@ pub async fn run<C: OneInboxApi>(
         }),
     )
     .inspect_ok(move |event| claims_of.observe(event, &claims_store))
-    .applied_objects();
+    .applied_objects()
+    // The cache takes every event; the echoes of our own writes start no pass.
+    .try_filter(move |obj| std::future::ready(!take_our_echo(&mut lock(&echoes), obj)));
     // Passes are bounded per account (its gate), not here: one account's backlog never
     // holds the places of another account's work.
     let controller = Controller::for_stream(objects, store.clone())
@@ -656,7 +671,7 @@ pub async fn run<C: OneInboxApi>(
         metrics: metrics.clone(),
         settings,
         backoff: backoff::Backoff::default(),
-        memory: Mutex::default(),
+        memory: memory.clone(),
         secret_versions: secret_versions.clone(),
         secrets_listed: Arc::default(),
         store: store.clone(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use tracing::debug;
 
 use super::act::{Driver, Next};
@@ -35,14 +36,28 @@ pub async fn reconcile<C: OneInboxApi>(
     if let (Some(ours), Some(seen)) = (ours, seen)
         && seen < ours
     {
+        // This pass replaced what the writing pass scheduled: the echo must come through.
+        lock(&ctx.memory).update_existing(&uid, |m| m.echo = None);
         debug!(
             seen,
             ours, "stale view of the object; waiting for the watch to catch up"
         );
         return Ok(Action::await_change());
     }
-    let mut obs = Observation::start(&ctx, (*obj).clone());
-    let mut driver = Driver::new(&ctx, &ns);
+    lock(&ctx.memory).update(&uid, |m| m.in_pass = true);
+    let res = pass(&ctx, (*obj).clone(), &ns).await;
+    if lock(&ctx.memory).end_pass(&uid) {
+        // The watch events of this pass's writes were skipped and it did not end settled:
+        // one more pass in their place, as the watch would have started.
+        let _ = ctx.siblings.send(ObjectRef::from_obj(&*obj));
+    }
+    res
+}
+
+/// Observe, decide and act until a step ends the pass.
+async fn pass<C: OneInboxApi>(ctx: &Context<C>, obj: PhoneNumber, ns: &str) -> Result<Action> {
+    let mut obs = Observation::start(ctx, obj);
+    let mut driver = Driver::new(ctx, ns);
     for _ in 0..MAX_STEPS {
         let mut step = decide(&obs, &ctx.settings);
         loop {

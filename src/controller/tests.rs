@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt, runtime::reflector};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Context, Settings, backoff::Backoff, reconcile};
+use super::{Context, Settings, backoff::Backoff, lock, reconcile, take_our_echo};
 use crate::crd::PhoneNumber;
 use crate::metrics::Metrics;
 use crate::oneinbox::{
@@ -270,6 +270,8 @@ struct Harness {
     ctx: Arc<Context<Arc<FakeOneInbox>>>,
     api: Arc<Mutex<ApiServerState>>,
     fake: Arc<FakeOneInbox>,
+    /// Objects a pass asked to reconcile again (the siblings channel).
+    woken: Mutex<mpsc::UnboundedReceiver<reflector::ObjectRef<PhoneNumber>>>,
 }
 
 impl Harness {
@@ -305,7 +307,7 @@ impl Harness {
         });
         let fake = Arc::new(FakeOneInbox::default());
         let (store, _writer) = reflector::store::<PhoneNumber>();
-        let (siblings, _rx) = mpsc::unbounded_channel();
+        let (siblings, woken) = mpsc::unbounded_channel();
         let account_stores = super::AccountStores::unwatched();
         let accounts = Arc::new(crate::accounts::registry::Registry::new(
             fake.clone(),
@@ -340,7 +342,7 @@ impl Harness {
                 secret_access: super::SecretAccess::Watch,
             },
             backoff: Backoff::default(),
-            memory: Mutex::default(),
+            memory: Default::default(),
             secret_versions: Default::default(),
             secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store,
@@ -353,6 +355,7 @@ impl Harness {
             ctx,
             api: state,
             fake,
+            woken: Mutex::new(woken),
         }
     }
 
@@ -468,6 +471,66 @@ async fn a_create_is_one_guarded_metadata_write_the_post_and_one_status_write() 
             .is_none(),
         "no id annotation written: {obj}"
     );
+}
+
+#[tokio::test]
+async fn the_watch_event_of_a_pass_s_last_write_is_an_echo_unless_a_stale_pass_waits_for_it() {
+    let h = Harness::new(new_object());
+    h.reconcile().await.expect("create");
+    let written = h.api.lock().unwrap().object();
+    let uid = written.metadata.uid.clone().expect("uid");
+    assert_eq!(written.resource_version().as_deref(), Some("3"));
+    let at = |rv: &str| {
+        let mut o = (*written).clone();
+        o.metadata.resource_version = Some(rv.into());
+        o
+    };
+    let echo = |o: &PhoneNumber| take_our_echo(&mut lock(&h.ctx.memory), o);
+    assert!(
+        echo(&written),
+        "the create ended Ready: its last write is an echo"
+    );
+    assert!(echo(&at("2")), "older than our last write");
+    assert!(!echo(&at("4")), "someone else's later write");
+
+    // A pass handed the older version (a Secret event while the cache lags) replaces what the
+    // create scheduled and ends waiting for the watch: the event of the write must start one.
+    let action = reconcile(Arc::new(at("2")), h.ctx.clone())
+        .await
+        .expect("stale pass");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert!(!echo(&written), "awaited by the stale pass: not skipped");
+    assert_eq!(lock(&h.ctx.memory).get(&uid).written, Some(3));
+}
+
+#[tokio::test]
+async fn a_pass_that_skipped_its_echoes_and_did_not_end_ready_asks_for_another() {
+    // As if the watch had skipped the echo of a write while the pass ran (`take_echo`).
+    let skipped = |h: &Harness| {
+        let uid = h.api.lock().unwrap().object().metadata.uid.clone().unwrap();
+        lock(&h.ctx.memory).update(&uid, |m| m.skipped = true);
+    };
+    let woken = |h: &Harness| {
+        let mut rx = h.woken.lock().unwrap();
+        std::iter::from_fn(|| rx.try_recv().ok()).count()
+    };
+    let h = Harness::new(new_object());
+    skipped(&h);
+    h.reconcile().await.expect("create");
+    assert_eq!(woken(&h), 0, "ended Ready with a fresh check: settled");
+
+    let mut paused = new_object();
+    paused["metadata"]["annotations"] = json!({ crate::crd::ANNOTATION_PAUSED: "true" });
+    let h = Harness::new(paused);
+    skipped(&h);
+    h.reconcile().await.expect("paused");
+    assert_eq!(
+        woken(&h),
+        1,
+        "ended Paused: one more pass in place of the skipped echo"
+    );
+    h.reconcile().await.expect("paused again");
+    assert_eq!(woken(&h), 0, "skipped nothing this time");
 }
 
 #[tokio::test]
@@ -590,6 +653,10 @@ async fn a_status_write_answered_with_a_newer_spec_does_not_count_it_as_applied(
     h.reconcile().await.expect("generation 2");
     assert_eq!(h.obj()["metadata"]["generation"], json!(3));
     assert_eq!(h.obj()["status"]["observedGeneration"], json!(2));
+    // The watch event of that write carries the user's update: it must start a pass (a relist
+    // can deliver it without the user's own event before it).
+    let answered = h.api.lock().unwrap().object();
+    assert!(!take_our_echo(&mut lock(&h.ctx.memory), &answered));
     h.reconcile().await.expect("generation 3");
     assert_eq!(h.fake.calls("patch"), 2);
     assert_eq!(

@@ -1,7 +1,8 @@
 //! Drives the real reconcile the way the controller runtime would: an object is reconciled
-//! when it changed (any write, by anyone: the watch), when a Secret it references changed, when
-//! its requeue is due, when its drift check is due, or when another pass woke it; one pass at a
-//! time. A crash drops the pass in flight and starts a fresh process, which lists every object.
+//! when it changed (any write, by anyone, but the echo of the operator's own last write: the
+//! watch), when a Secret it references changed, when its requeue is due, when its drift check
+//! is due, or when another pass woke it; one pass at a time. A crash drops the pass in flight
+//! and starts a fresh process, which lists every object.
 //!
 //! Simulated time moves by requeue delays, `Wait` steps, injected latency, and `PASS_MS` per
 //! pass (the watch round trip), so a pass that triggers itself forever also burns simulated
@@ -142,7 +143,11 @@ impl Sim {
         self.seen_rv.retain(|uid, _| live.contains_key(uid));
         for (uid, rv) in live {
             if self.seen_rv.get(&uid) != Some(&rv) {
-                self.sched.entry(uid.clone()).or_default().dirty = true;
+                // As the controller's watch does: the echoes of the operator's own writes
+                // start no pass.
+                if !self.op.take_echo(&uid, &rv) {
+                    self.sched.entry(uid.clone()).or_default().dirty = true;
+                }
                 self.seen_rv.insert(uid, rv);
             }
         }

@@ -8,7 +8,7 @@ use oneinbox_operator::accounts::registry::{Registry, RegistrySettings};
 use oneinbox_operator::controller::AccountStores;
 use oneinbox_operator::oneinbox::Budget;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
@@ -117,7 +117,7 @@ impl Operator {
             metrics: Metrics::new(),
             settings: settings(),
             backoff: backoff::Backoff::default(),
-            memory: Mutex::default(),
+            memory: Default::default(),
             secret_versions: Arc::default(),
             // The driver feeds the initial list of Secrets before the first pass.
             secrets_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
@@ -230,6 +230,13 @@ impl Operator {
         }
         let interval = c.interval?;
         Some(interval.saturating_sub(c.at.elapsed()))
+    }
+
+    /// Whether the object's new version is an echo of this process's own writes, which the
+    /// controller's watch skips (`controller::memory::ObjectMemory::take_echo`).
+    pub fn take_echo(&self, uid: &str, rv: &str) -> bool {
+        let mut memory = self.ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
+        rv.parse().is_ok_and(|rv| memory.take_echo(uid, rv))
     }
 
     pub fn take_drift_check(&self, uid: &str) {
