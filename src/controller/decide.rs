@@ -1288,6 +1288,33 @@ fn decide_deletion(obs: &Observation) -> Step {
             )),
         };
     }
+    // Named only in the annotation, never held (an adoption that never happened, e.g. a
+    // stalled IdMismatch): deregister it only if it is this number's registration.
+    let named_only = !holds && obj.known_id().is_some();
+    if named_only && obs.deregistered.is_none() {
+        match &obs.fetched {
+            None => return Step::Read(Read::Registration(id)),
+            Some(Ok(reg)) if reg.phone_number != obj.spec.phone_number => {
+                let note = format!(
+                    "Left registration {id} registered: it is for {}, not {} (named by the {ANNOTATION_PHONE_NUMBER_ID} annotation only)",
+                    reg.phone_number, obj.spec.phone_number
+                );
+                return Step::Release {
+                    released: None,
+                    event: Some(("NotDeregistered", note)),
+                };
+            }
+            Some(Ok(_)) => {}
+            // Gone, or not this workspace's: nothing of this object's to deregister.
+            Some(Err(ApiError::NotFound)) => {
+                return Step::Release {
+                    released: None,
+                    event: None,
+                };
+            }
+            Some(Err(e)) => return blocked_by(Op::Get, e),
+        }
+    }
     match &obs.deregistered {
         None => Step::Deregister { id },
         Some(Ok(Deregistered::AlreadyGone))

@@ -289,6 +289,13 @@ fn decision_table() {
         ]);
         o
     };
+    // Deleting, with the finalizer, an id named only in the annotation.
+    let named_deleting = {
+        let mut o = deleting(annotated.clone());
+        o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+        o["status"] = json!({"conditions": [condition("Ready", "False", "Deleting")]});
+        o
+    };
     let changed_credentials = |policy: &str| {
         let mut o = registered();
         o["spec"]["credentialId"] = json!(NEW_CRED);
@@ -1533,7 +1540,33 @@ fn decision_table() {
                     ob.number_owner_names_another_id = true;
                 },
             ),
+            "Read Registration(\"id9\")",
+        ),
+        (
+            "deleting, named only in the annotation, the registration is this number's: DELETE",
+            with(obs(named_deleting.clone()), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                ob.fetched = Some(Ok(reg("id9")));
+            }),
             "Deregister id9",
+        ),
+        (
+            "deleting, named only in the annotation, the registration is another number's: leave it",
+            with(obs(named_deleting.clone()), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                let mut other = reg("id9");
+                other.phone_number = "+15550000000".into();
+                ob.fetched = Some(Ok(other));
+            }),
+            "Release released=false event=NotDeregistered",
+        ),
+        (
+            "deleting, named only in the annotation, no such registration: nothing to deregister",
+            with(obs(named_deleting.clone()), |ob| {
+                ob.api_key = Some(ApiKey::OperatorWide);
+                ob.fetched = Some(Err(ApiError::NotFound));
+            }),
+            "Release released=false event=-",
         ),
         (
             "deleting with a pending marker: look up",
@@ -1557,7 +1590,7 @@ fn decision_table() {
             with(
                 obs(said_deleting({
                     let mut o = pending.clone();
-                    o["metadata"]["annotations"] = json!({ANNOTATION_PHONE_NUMBER_ID: "id0"});
+                    o["metadata"]["annotations"][ANNOTATION_PHONE_NUMBER_ID] = json!("id0");
                     o
                 })),
                 |ob| {

@@ -300,6 +300,37 @@ mod tests {
     }
 
     #[test]
+    fn deleting_an_object_that_names_another_number_s_registration_leaves_it() {
+        // Found by a long campaign: the deletion deregistered the registration the annotation
+        // named, which was another number's (the object had stalled with IdMismatch).
+        let rt = rt();
+        let ops = [
+            Op::RegisterOutside { number: 0 },
+            Op::RegisterOutside { number: 1 },
+            Op::Create {
+                slot: 2,
+                number: 1,
+                creds: Creds::Secret(0),
+                agent: Agent {
+                    idx: 0,
+                    upper: false,
+                },
+                friendly_name: None,
+                routing: 0,
+                orphan: false,
+                replace: false,
+                import: false,
+            },
+            Op::Annotate {
+                slot: 2,
+                target: crate::ops::Target::Existing(0),
+            },
+            Op::Delete { slot: 2 },
+        ];
+        assert_eq!(run_case(&rt, 4, &ops), Ok(()));
+    }
+
+    #[test]
     fn a_secret_in_an_event_is_caught() {
         let mut w = world::World::new();
         w.secret_values.insert("pw-very-secret".into());
