@@ -23,9 +23,7 @@ RUN case "${TARGETARCH:-amd64}" in \
  && rustup target add "$(cat /rust-target)"
 ENV CC_x86_64_unknown_linux_musl=musl-gcc \
     CC_aarch64_unknown_linux_musl=musl-gcc \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
-    CARGO_PROFILE_RELEASE_LTO=thin \
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+    CARGO_PROFILE_RELEASE_STRIP=symbols
 WORKDIR /src
 # Only what the build needs (.dockerignore keeps the rest out of the context).
 COPY Cargo.toml Cargo.lock ./

@@ -13,8 +13,8 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
   fi
 fi
 cc=$(command -v musl-gcc || command -v gcc)
-export "CC_x86_64_unknown_linux_musl=$cc" CARGO_PROFILE_RELEASE_STRIP=symbols \
-  CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+# Thin LTO and one codegen unit come from Cargo.toml's release profile.
+export "CC_x86_64_unknown_linux_musl=$cc" CARGO_PROFILE_RELEASE_STRIP=symbols
 cargo build --quiet --release --locked --target "$target" --target-dir target/static-image --bin oneinbox-operator
 bin=target/static-image/$target/release/oneinbox-operator
 file "$bin" 2>/dev/null | grep -q "static" || ldd "$bin" 2>&1 | grep -q "statically linked\|not a dynamic" \
