@@ -597,7 +597,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             self.remember(obs, |m| {
                 m.written = Some(rv);
                 m.quiet_answer = !news;
-                m.echo = None;
+                m.settled = false;
             });
         }
     }

@@ -1231,7 +1231,10 @@ fn decide_deletion(obs: &Observation) -> Step {
         })
     };
     let pending = obj.pending_create().is_some();
-    let id = match obj.known_id() {
+    let known = obj.known_id();
+    // The id comes from the object (status or annotation), not from a look-up by number.
+    let named = known.is_some();
+    let id = match known {
         Some(id) => Some(id),
         // The POST may have landed before the id was written.
         None if pending => match &obs.lookup {
@@ -1290,7 +1293,7 @@ fn decide_deletion(obs: &Observation) -> Step {
     }
     // Named only in the annotation, never held (an adoption that never happened, e.g. a
     // stalled IdMismatch): deregister it only if it is this number's registration.
-    let named_only = !holds && obj.known_id().is_some();
+    let named_only = !holds && named;
     if named_only && obs.deregistered.is_none() {
         match &obs.fetched {
             None => return Step::Read(Read::Registration(id)),

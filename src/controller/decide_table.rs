@@ -68,6 +68,14 @@ fn registered() -> Value {
     o
 }
 
+/// Registration `id`, of a number other than the objects' own.
+fn reg_of_another_number(id: &str) -> Registration {
+    Registration {
+        phone_number: "+15550000000".into(),
+        ..reg(id)
+    }
+}
+
 fn reg(id: &str) -> Registration {
     Registration {
         id: id.into(),
@@ -464,9 +472,7 @@ fn decision_table() {
         (
             "observe, annotated id of another number",
             with(observe_read(observing(annotated.clone())), |ob| {
-                let mut other = reg("id9");
-                other.phone_number = "+15550000000".into();
-                ob.fetched = Some(Ok(other));
+                ob.fetched = Some(Ok(reg_of_another_number("id9")));
             }),
             "Report Stalled(IdMismatch) Requeue",
         ),
@@ -1175,9 +1181,7 @@ fn decision_table() {
         (
             "annotated id of another number",
             with(read(annotated.clone()), |ob| {
-                let mut r = reg("id9");
-                r.phone_number = "+15550000000".into();
-                ob.fetched = Some(Ok(r));
+                ob.fetched = Some(Ok(reg_of_another_number("id9")));
             }),
             "Report Stalled(IdMismatch) Requeue",
         ),
@@ -1554,9 +1558,7 @@ fn decision_table() {
             "deleting, named only in the annotation, the registration is another number's: leave it",
             with(obs(named_deleting.clone()), |ob| {
                 ob.api_key = Some(ApiKey::OperatorWide);
-                let mut other = reg("id9");
-                other.phone_number = "+15550000000".into();
-                ob.fetched = Some(Ok(other));
+                ob.fetched = Some(Ok(reg_of_another_number("id9")));
             }),
             "Release released=false event=NotDeregistered",
         ),

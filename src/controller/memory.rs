@@ -52,10 +52,10 @@ pub struct ObjectMemory {
     pub written: Option<u64>,
     /// The answer to that write held nothing new to decide on (see `decision_inputs`).
     pub quiet_answer: bool,
-    /// `written`, while its watch event needs no pass (see `take_echo`): set by a pass that
-    /// ends Ready with its check recorded after such a write; cleared by the next write and
-    /// by a pass that ended on an older view, relying on that event.
-    pub echo: Option<u64>,
+    /// The watch event of `written` needs no pass (see `take_echo`): set by a pass that ends
+    /// Ready with its check recorded after a quiet answer; cleared by the next write and by a
+    /// pass that ended on an older view, relying on that event.
+    pub settled: bool,
     /// A pass for this object is running: the watch events of its own writes are skipped
     /// (it carries on from their answers) and counted in `skipped`.
     pub in_pass: bool,
@@ -88,9 +88,8 @@ impl ObjectMemory {
         let Some(written) = self.written else {
             return false;
         };
-        let skip = rv < written
-            || (rv == written && self.in_pass && self.quiet_answer)
-            || (rv == written && self.echo == Some(rv));
+        let skip =
+            rv < written || (rv == written && (self.settled || self.in_pass && self.quiet_answer));
         if skip && self.in_pass {
             self.skipped = true;
         }
@@ -100,13 +99,28 @@ impl ObjectMemory {
     /// A pass ended Ready with its check recorded: the watch event of its last write, if that
     /// answer held nothing new, would start a pass that finds the check fresh and ends.
     pub fn settle_echo(&mut self) {
-        self.echo = self.written.filter(|_| self.quiet_answer);
+        self.settled = self.written.is_some() && self.quiet_answer;
+    }
+
+    /// A pass handed the object at resourceVersion `seen` starts. `Err(written)` when that
+    /// view is older than this process's last write: the pass ends at once, and the watch
+    /// event of that write must come through (this pass replaced what the writing pass
+    /// scheduled).
+    pub fn begin_pass(&mut self, seen: Option<u64>) -> Result<(), u64> {
+        if let (Some(ours), Some(seen)) = (self.written, seen)
+            && seen < ours
+        {
+            self.settled = false;
+            return Err(ours);
+        }
+        self.in_pass = true;
+        Ok(())
     }
 
     /// A pass ended; whether it must be followed by another in place of the watch events it
     /// skipped (it did not end settled).
     pub fn end_pass(&mut self) -> bool {
-        let again = self.skipped && self.echo.is_none();
+        let again = self.skipped && !self.settled;
         self.in_pass = false;
         self.skipped = false;
         again
@@ -148,6 +162,14 @@ impl Memory {
     /// (`ObjectMemory::take_echo`).
     pub fn take_echo(&mut self, uid: &str, rv: u64) -> bool {
         self.objects.get_mut(uid).is_some_and(|m| m.take_echo(rv))
+    }
+
+    /// A pass of `uid` starts (`ObjectMemory::begin_pass`).
+    pub fn begin_pass(&mut self, uid: &str, seen: Option<u64>) -> Result<(), u64> {
+        self.objects
+            .entry(uid.to_owned())
+            .or_default()
+            .begin_pass(seen)
     }
 
     /// A pass of `uid` ended: whether another must follow (`ObjectMemory::end_pass`).
@@ -211,13 +233,13 @@ mod tests {
 
     #[test]
     fn echoes_of_our_own_writes_are_skipped_and_counted_while_the_pass_runs() {
-        // (what, written, quiet answer, settled echo, in pass, event rv, skip, counted)
+        // (what, written, quiet answer, settled, in pass, event rv, skip, counted)
         let cases = [
             (
                 "nothing written by this process",
                 None,
                 true,
-                None,
+                false,
                 false,
                 7,
                 false,
@@ -227,7 +249,7 @@ mod tests {
                 "someone else's later write",
                 Some(7),
                 true,
-                Some(7),
+                true,
                 false,
                 8,
                 false,
@@ -237,7 +259,7 @@ mod tests {
                 "older than our last write",
                 Some(7),
                 false,
-                None,
+                false,
                 false,
                 6,
                 true,
@@ -247,7 +269,7 @@ mod tests {
                 "older, while the pass runs",
                 Some(7),
                 false,
-                None,
+                false,
                 true,
                 6,
                 true,
@@ -257,7 +279,7 @@ mod tests {
                 "our write, the pass runs on",
                 Some(7),
                 true,
-                None,
+                false,
                 true,
                 7,
                 true,
@@ -267,7 +289,7 @@ mod tests {
                 "our write with news in the answer",
                 Some(7),
                 false,
-                None,
+                false,
                 true,
                 7,
                 false,
@@ -277,7 +299,7 @@ mod tests {
                 "our write, the pass ended settled",
                 Some(7),
                 true,
-                Some(7),
+                true,
                 false,
                 7,
                 true,
@@ -287,18 +309,18 @@ mod tests {
                 "our write, the pass ended unsettled",
                 Some(7),
                 true,
-                None,
+                false,
                 false,
                 7,
                 false,
                 false,
             ),
         ];
-        for (what, written, quiet_answer, echo, in_pass, rv, skip, counted) in cases {
+        for (what, written, quiet_answer, settled, in_pass, rv, skip, counted) in cases {
             let mut m = ObjectMemory {
                 written,
                 quiet_answer,
-                echo,
+                settled,
                 in_pass,
                 ..ObjectMemory::default()
             };
@@ -326,12 +348,39 @@ mod tests {
             }
             let again = m.end_pass();
             assert!(!m.in_pass && !m.skipped);
-            (again, m.echo)
+            (again, m.settled)
         };
-        assert_eq!(ended(true, true, true), (false, Some(7)), "settled");
-        assert_eq!(ended(true, true, false), (true, None), "ended otherwise");
-        assert_eq!(ended(true, false, true), (true, None), "settled, but news");
-        assert_eq!(ended(false, true, false), (false, None), "skipped nothing");
+        assert_eq!(ended(true, true, true), (false, true), "settled");
+        assert_eq!(ended(true, true, false), (true, false), "ended otherwise");
+        assert_eq!(ended(true, false, true), (true, false), "settled, but news");
+        assert_eq!(ended(false, true, false), (false, false), "skipped nothing");
+    }
+
+    #[test]
+    fn a_pass_handed_a_view_older_than_our_last_write_does_not_start() {
+        let mut m = ObjectMemory {
+            written: Some(7),
+            settled: true,
+            ..ObjectMemory::default()
+        };
+        assert_eq!(m.begin_pass(Some(6)), Err(7));
+        assert!(
+            !m.in_pass && !m.settled,
+            "the event of our write must come through"
+        );
+        assert_eq!(m.begin_pass(None), Ok(()), "no version to compare");
+        let mut m = ObjectMemory {
+            written: Some(7),
+            ..ObjectMemory::default()
+        };
+        assert_eq!(m.begin_pass(Some(7)), Ok(()));
+        assert!(m.in_pass);
+        let mut fresh = Memory::default();
+        assert_eq!(
+            fresh.begin_pass("a", Some(1)),
+            Ok(()),
+            "nothing written yet"
+        );
     }
 
     #[test]

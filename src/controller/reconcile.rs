@@ -31,20 +31,15 @@ pub async fn reconcile<C: OneInboxApi>(
     // A pass for an object older than our own last write of it is the echo of an earlier
     // event; the watch event of that write is on its way and brings the object back.
     let uid = obj.uid().unwrap_or_default();
-    let ours = lock(&ctx.memory).get(&uid).written;
     let seen = obj.resource_version().and_then(|rv| rv.parse::<u64>().ok());
-    if let (Some(ours), Some(seen)) = (ours, seen)
-        && seen < ours
-    {
-        // This pass replaced what the writing pass scheduled: the echo must come through.
-        lock(&ctx.memory).update_existing(&uid, |m| m.echo = None);
+    let began = lock(&ctx.memory).begin_pass(&uid, seen);
+    if let Err(ours) = began {
         debug!(
             seen,
             ours, "stale view of the object; waiting for the watch to catch up"
         );
         return Ok(Action::await_change());
     }
-    lock(&ctx.memory).update(&uid, |m| m.in_pass = true);
     let res = pass(&ctx, (*obj).clone(), &ns).await;
     if lock(&ctx.memory).end_pass(&uid) {
         // The watch events of this pass's writes were skipped and it did not end settled:

@@ -251,6 +251,24 @@ mod tests {
         }
     }
 
+    /// A plain create: no friendly name or routing, Delete policy, not imported.
+    fn plain_create(slot: u8, number: u8, creds: Creds) -> Op {
+        Op::Create {
+            slot,
+            number,
+            creds,
+            agent: Agent {
+                idx: 0,
+                upper: false,
+            },
+            friendly_name: None,
+            routing: 0,
+            orphan: false,
+            replace: false,
+            import: false,
+        }
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -273,22 +291,8 @@ mod tests {
         // Found when the echo of a pass's own write stopped starting a pass: the stall for an
         // annotation naming another number's registration must not outlive that registration.
         let rt = rt();
-        let create = Op::Create {
-            slot: 0,
-            number: 1,
-            creds: Creds::Secret(1),
-            agent: Agent {
-                idx: 0,
-                upper: false,
-            },
-            friendly_name: None,
-            routing: 0,
-            orphan: false,
-            replace: false,
-            import: false,
-        };
         let ops = [
-            create,
+            plain_create(0, 1, Creds::Secret(1)),
             Op::RegisterOutside { number: 0 },
             Op::Annotate {
                 slot: 0,
@@ -307,20 +311,7 @@ mod tests {
         let ops = [
             Op::RegisterOutside { number: 0 },
             Op::RegisterOutside { number: 1 },
-            Op::Create {
-                slot: 2,
-                number: 1,
-                creds: Creds::Secret(0),
-                agent: Agent {
-                    idx: 0,
-                    upper: false,
-                },
-                friendly_name: None,
-                routing: 0,
-                orphan: false,
-                replace: false,
-                import: false,
-            },
+            plain_create(2, 1, Creds::Secret(0)),
             Op::Annotate {
                 slot: 2,
                 target: crate::ops::Target::Existing(0),
