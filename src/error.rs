@@ -35,6 +35,9 @@ pub enum Error {
     DeletionBlocked(String),
     #[error("the object is missing {0}")]
     InvalidObject(&'static str),
+    /// The cache's packed copy of the object did not decode (`controller::cache`).
+    #[error("the cached copy of the object could not be unpacked")]
+    Unpack,
     #[error("the reconciler took {0} steps without finishing a pass")]
     Undecided(usize),
 }
@@ -54,6 +57,7 @@ impl Error {
             Error::KubeTimeout(_) => "kube_timeout",
             Error::DeletionBlocked(_) => "deletion_blocked",
             Error::InvalidObject(_) => "invalid_object",
+            Error::Unpack => "unpack",
             Error::Undecided(_) => "undecided",
         }
     }

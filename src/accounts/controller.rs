@@ -15,6 +15,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+
+use crate::controller::CachedPhoneNumber;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -26,7 +28,7 @@ use super::registry::{AccountView, Registry, SecretKeyRef};
 use crate::controller::decide::{problem_fix, problem_text};
 use crate::controller::status::{self, conditions_of};
 use crate::controller::{SecretVersions, lock};
-use crate::crd::{FIELD_MANAGER, PhoneNumber};
+use crate::crd::FIELD_MANAGER;
 use crate::oneinbox::{ApiError, OneInboxApi};
 
 /// Condition reasons of an account.
@@ -88,21 +90,21 @@ impl AccountResource for ClusterOneInboxAccount {
 pub struct AccountContext<C> {
     pub client: Client,
     pub registry: Arc<Registry<C>>,
-    pub phone_numbers: Store<PhoneNumber>,
+    pub phone_numbers: Store<CachedPhoneNumber>,
     pub secret_versions: SecretVersions,
     pub secrets_listed: Arc<std::sync::atomic::AtomicBool>,
     /// PhoneNumbers to reconcile now (their account changed).
-    pub poke: mpsc::UnboundedSender<ObjectRef<PhoneNumber>>,
+    pub poke: mpsc::UnboundedSender<ObjectRef<CachedPhoneNumber>>,
 }
 
 impl<C> AccountContext<C> {
     /// The PhoneNumbers that use `id`.
-    pub fn users(&self, id: &AccountId) -> Vec<Arc<PhoneNumber>> {
+    pub fn users(&self, id: &AccountId) -> Vec<Arc<CachedPhoneNumber>> {
         let default = self.registry.settings.default_account.as_deref();
         self.phone_numbers
             .state()
             .into_iter()
-            .filter(|pn| AccountId::of(pn, default) == *id)
+            .filter(|pn| pn.account(default) == *id)
             .collect()
     }
 }
@@ -249,10 +251,7 @@ pub async fn reconcile<K: AccountResource, C: OneInboxApi>(
         debug!(account = %view.id, ?outcome, "account status written");
     }
     // Objects waiting for the account (not Ready) try again now.
-    for pn in users.iter().filter(|pn| {
-        pn.condition(status::READY)
-            .is_none_or(|c| c.status != "True")
-    }) {
+    for pn in users.iter().filter(|pn| !pn.is_ready()) {
         let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
     }
     Ok(retry.map_or_else(Action::await_change, Action::requeue))

@@ -11,7 +11,6 @@ pub mod registry;
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
 use crate::crd::{AccountKind, PhoneNumber};
@@ -33,14 +32,30 @@ impl AccountId {
     /// The account `obj` uses: its `accountRef`, else the default account, else the
     /// operator-wide key.
     pub fn of(obj: &PhoneNumber, default_account: Option<&str>) -> AccountId {
-        match (&obj.spec.account_ref, default_account) {
-            (Some(r), _) => match r.kind {
+        AccountId::named(
+            obj.spec
+                .account_ref
+                .as_ref()
+                .map(|r| (r.kind, r.name.as_str())),
+            obj.metadata.namespace.as_deref().unwrap_or_default(),
+            default_account,
+        )
+    }
+
+    /// The account an object in `namespace` with this `accountRef` (kind, name) uses.
+    pub fn named(
+        account_ref: Option<(AccountKind, &str)>,
+        namespace: &str,
+        default_account: Option<&str>,
+    ) -> AccountId {
+        match (account_ref, default_account) {
+            (Some((kind, name)), _) => match kind {
                 AccountKind::OneInboxAccount => AccountId::Namespaced {
-                    namespace: obj.namespace().unwrap_or_default(),
-                    name: r.name.clone(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
                 },
                 AccountKind::ClusterOneInboxAccount => AccountId::Cluster {
-                    name: r.name.clone(),
+                    name: name.to_owned(),
                 },
             },
             (None, Some(name)) => AccountId::Cluster {

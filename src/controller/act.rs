@@ -376,9 +376,9 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         self.ctx.backoff.reset(&uid);
         let id = obs.obj.known_id();
         for other in self.ctx.store.state() {
-            let waits = other.spec.phone_number == obs.obj.spec.phone_number
-                || (id.is_some() && other.known_id() == id);
-            if waits && other.uid().as_deref() != Some(uid.as_str()) {
+            let waits = other.phone_number() == obs.obj.spec.phone_number
+                || (id.is_some() && other.known_id() == id.as_deref());
+            if waits && other.uid() != Some(uid.as_str()) {
                 let _ = self.ctx.siblings.send(ObjectRef::from_obj(other.as_ref()));
             }
         }

@@ -12,14 +12,14 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
+use super::CachedPhoneNumber;
 use crate::accounts::AccountId;
 use crate::crd::PhoneNumber;
 
-type Buckets = HashMap<u64, Vec<Arc<PhoneNumber>>>;
+type Buckets = HashMap<u64, Vec<Arc<CachedPhoneNumber>>>;
 
 #[derive(Default)]
 struct Index {
@@ -34,14 +34,14 @@ fn key(account: &AccountId, value: &str) -> u64 {
     h.finish()
 }
 
-fn same_object(a: &PhoneNumber, b: &PhoneNumber) -> bool {
-    a.metadata.name == b.metadata.name && a.metadata.namespace == b.metadata.namespace
+fn same_object(a: &impl kube::Resource, b: &impl kube::Resource) -> bool {
+    a.meta().name == b.meta().name && a.meta().namespace == b.meta().namespace
 }
 
 /// Take `obj`'s entry out of bucket `k`, if it is there.
-fn take(buckets: &mut Buckets, k: u64, obj: &PhoneNumber) -> Option<Arc<PhoneNumber>> {
+fn take(buckets: &mut Buckets, k: u64, obj: &CachedPhoneNumber) -> Option<Arc<CachedPhoneNumber>> {
     let bucket = buckets.get_mut(&k)?;
-    let at = bucket.iter().position(|o| same_object(o, obj))?;
+    let at = bucket.iter().position(|o| same_object(o.as_ref(), obj))?;
     let old = bucket.swap_remove(at);
     if bucket.is_empty() {
         buckets.remove(&k);
@@ -50,34 +50,30 @@ fn take(buckets: &mut Buckets, k: u64, obj: &PhoneNumber) -> Option<Arc<PhoneNum
 }
 
 impl Index {
-    fn insert(&mut self, obj: Arc<PhoneNumber>, default_account: Option<&str>) {
-        let account = AccountId::of(&obj, default_account);
+    fn insert(&mut self, obj: Arc<CachedPhoneNumber>, default_account: Option<&str>) {
+        let account = obj.account(default_account);
         self.remove(&obj, default_account);
         if let Some(id) = obj.known_id() {
             self.by_id
-                .entry(key(&account, &id))
+                .entry(key(&account, id))
                 .or_default()
                 .push(obj.clone());
         }
         self.by_number
-            .entry(key(&account, &obj.spec.phone_number))
+            .entry(key(&account, obj.phone_number()))
             .or_default()
             .push(obj);
     }
 
     /// Remove the entries of the object `obj` is a version of (found by its number, which
     /// never changes; the id it was filed under is the old version's).
-    fn remove(&mut self, obj: &PhoneNumber, default_account: Option<&str>) {
-        let account = AccountId::of(obj, default_account);
-        let Some(old) = take(
-            &mut self.by_number,
-            key(&account, &obj.spec.phone_number),
-            obj,
-        ) else {
+    fn remove(&mut self, obj: &CachedPhoneNumber, default_account: Option<&str>) {
+        let account = obj.account(default_account);
+        let Some(old) = take(&mut self.by_number, key(&account, obj.phone_number()), obj) else {
             return;
         };
         if let Some(id) = old.known_id() {
-            take(&mut self.by_id, key(&account, &id), obj);
+            take(&mut self.by_id, key(&account, id), obj);
         }
     }
 }
@@ -99,7 +95,11 @@ impl Claims {
 
     /// Follow one event of the watch, after the cache (`store`) applied it. A relist is taken
     /// in whole once it is complete, as the cache swaps it in then.
-    pub fn observe(&self, event: &watcher::Event<PhoneNumber>, store: &Store<PhoneNumber>) {
+    pub fn observe(
+        &self,
+        event: &watcher::Event<CachedPhoneNumber>,
+        store: &Store<CachedPhoneNumber>,
+    ) {
         let default_account = self.default_account.as_deref();
         let mut index = super::lock(&self.index);
         match event {
@@ -120,7 +120,7 @@ impl Claims {
     }
 
     /// The other objects in `obj`'s account that claim its number or name the id it knows:
-    /// the only ones the ownership rules can pick.
+    /// the only ones the ownership rules can pick (unpacked: a pass decides with them).
     pub fn rivals(&self, obj: &PhoneNumber) -> Vec<Arc<PhoneNumber>> {
         let default_account = self.default_account.as_deref();
         let account = AccountId::of(obj, default_account);
@@ -131,28 +131,36 @@ impl Claims {
             .get(&key(&account, &obj.spec.phone_number))
             .into_iter()
             .flatten()
-            .filter(|o| o.spec.phone_number == obj.spec.phone_number);
+            .filter(|o| o.phone_number() == obj.spec.phone_number);
         let by_id = known_id
             .as_deref()
             .and_then(|id| index.by_id.get(&key(&account, id)))
             .into_iter()
             .flatten()
-            .filter(|o| o.known_id() == known_id);
-        let mut rivals: Vec<Arc<PhoneNumber>> = Vec::new();
+            .filter(|o| o.known_id() == known_id.as_deref());
+        let mut rivals: Vec<&Arc<CachedPhoneNumber>> = Vec::new();
         for o in by_number.chain(by_id) {
-            let mine = o.uid() == obj.uid() && obj.uid().is_some();
-            let account_matches = AccountId::of(o, default_account) == account;
-            if !mine && account_matches && !rivals.iter().any(|r| same_object(r, o)) {
-                rivals.push(o.clone());
+            let mine = o.uid() == obj.metadata.uid.as_deref() && obj.metadata.uid.is_some();
+            let account_matches = o.account(default_account) == account;
+            if !mine
+                && account_matches
+                && !rivals.iter().any(|r| same_object(r.as_ref(), o.as_ref()))
+            {
+                rivals.push(o);
             }
         }
+        // Unpacking cannot fail for what the cache packed; were it to, the rival is not seen.
         rivals
+            .into_iter()
+            .filter_map(|o| o.object().ok().map(Arc::new))
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
     use kube::runtime::reflector;
 
     fn pn(
@@ -184,8 +192,8 @@ mod tests {
 
     /// A cache and the claims, fed the same events.
     struct World {
-        store: Store<PhoneNumber>,
-        writer: reflector::store::Writer<PhoneNumber>,
+        store: Store<CachedPhoneNumber>,
+        writer: reflector::store::Writer<CachedPhoneNumber>,
         claims: Claims,
     }
 
@@ -200,6 +208,7 @@ mod tests {
         }
 
         fn send(&mut self, event: watcher::Event<PhoneNumber>) {
+            let event = crate::controller::packed_event(event).unwrap();
             self.writer.apply_watcher_event(&event);
             self.claims.observe(&event, &self.store);
         }

@@ -2,6 +2,7 @@
 
 mod act;
 pub mod backoff;
+pub mod cache;
 pub mod claims;
 pub mod decide;
 pub mod memory;
@@ -37,12 +38,11 @@ use crate::accounts::AccountId;
 use crate::accounts::controller::{self as account_controller, AccountContext};
 use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
 use crate::accounts::registry::{AccountView, Registry, RegistrySettings};
-use crate::crd::{
-    ANNOTATION_PREFIX, ANNOTATION_REGISTRATION_ATTEMPT, PhoneNumber, WirePhoneNumber,
-};
+use crate::crd::{ANNOTATION_PREFIX, ANNOTATION_REGISTRATION_ATTEMPT, PhoneNumber};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oneinbox::OneInboxApi;
+pub use cache::CachedPhoneNumber;
 
 /// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
 pub type SecretVersions = Arc<Mutex<HashMap<(String, String), String>>>;
@@ -133,16 +133,23 @@ where
     })
 }
 
-/// A watch event of the objects as decoded (without managed fields) as the operator's type.
-fn off_the_wire(e: watcher::Event<WirePhoneNumber>) -> watcher::Event<PhoneNumber> {
+/// A watch event as the cache keeps its object: slimmed (`slim_for_cache`) and packed
+/// (`cache`), as the watch decodes it. For tests that feed a cache by hand.
+pub fn packed_event(
+    e: watcher::Event<PhoneNumber>,
+) -> serde_json::Result<watcher::Event<CachedPhoneNumber>> {
     use watcher::Event;
-    match e {
-        Event::Apply(o) => Event::Apply(o.0),
-        Event::Delete(o) => Event::Delete(o.0),
+    let cached = |mut pn: PhoneNumber| {
+        slim_for_cache(&mut pn);
+        CachedPhoneNumber::pack(&pn)
+    };
+    Ok(match e {
+        Event::Apply(o) => Event::Apply(cached(o)?),
+        Event::Delete(o) => Event::Delete(cached(o)?),
         Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(o.0),
+        Event::InitApply(o) => Event::InitApply(cached(o)?),
         Event::InitDone => Event::InitDone,
-    }
+    })
 }
 
 /// How referenced Secrets are followed.
@@ -189,8 +196,8 @@ pub struct Context<C> {
     pub secret_versions: SecretVersions,
     /// The Secret watch has listed every Secret once (`secret_versions` is complete).
     pub secrets_listed: Arc<AtomicBool>,
-    /// Every watched PhoneNumber (for Secret mapping and the drift-check sweep).
-    pub store: Store<PhoneNumber>,
+    /// Every watched PhoneNumber, packed (for Secret mapping and the drift-check sweep).
+    pub store: Store<CachedPhoneNumber>,
     /// Who claims each number and id (the cache's objects, indexed from the watch).
     pub claims: Arc<claims::Claims>,
     /// When the sweep last forgot what left the watch (`HOUSEKEEPING_EVERY`).
@@ -199,7 +206,7 @@ pub struct Context<C> {
     /// here would take the controller's wake-up).
     pub pns_listed: Arc<AtomicBool>,
     /// Objects to reconcile now because a number they wait for was released.
-    pub siblings: mpsc::UnboundedSender<ObjectRef<PhoneNumber>>,
+    pub siblings: mpsc::UnboundedSender<ObjectRef<CachedPhoneNumber>>,
 }
 
 impl<C> Context<C> {
@@ -207,7 +214,7 @@ impl<C> Context<C> {
     /// this sweep instead of a requeue each: kube's scheduler holds ~750 bytes per queued
     /// object (memory at 10,000 objects), the sweep a flag in the existing record. The memory
     /// of objects that left the watch (deleted, or relabelled out of the selector) goes here.
-    fn take_due_checks(&self, now: Instant) -> Vec<ObjectRef<PhoneNumber>> {
+    fn take_due_checks(&self, now: Instant) -> Vec<ObjectRef<CachedPhoneNumber>> {
         let objects = self.store.state();
         let housekeeping = {
             let mut last = lock(&self.housekept);
@@ -224,7 +231,7 @@ impl<C> Context<C> {
         objects
             .iter()
             .filter_map(|o| {
-                let uid = o.metadata.uid.as_deref()?;
+                let uid = o.uid()?;
                 let mut due = false;
                 memory.update_existing(uid, |m| {
                     if let Some(check) = m.check.as_mut()
@@ -241,19 +248,16 @@ impl<C> Context<C> {
 
     /// Forget the memory of objects that left the watch and the versions of Secrets nothing
     /// references any more.
-    fn forget_the_unwatched(&self, objects: &[Arc<PhoneNumber>]) {
+    fn forget_the_unwatched(&self, objects: &[Arc<CachedPhoneNumber>]) {
         let mut memory = lock(&self.memory);
-        let watched: HashSet<&str> = objects
-            .iter()
-            .filter_map(|o| o.metadata.uid.as_deref())
-            .collect();
+        let watched: HashSet<&str> = objects.iter().filter_map(|o| o.uid()).collect();
         memory.retain_watched(&watched);
         drop(memory);
         let accounts = self.account_stores.views();
         let referenced: HashSet<(String, &str)> = objects
             .iter()
             .flat_map(|o| {
-                let ns = o.metadata.namespace.clone().unwrap_or_default();
+                let ns = o.namespace().unwrap_or_default();
                 o.referenced_secrets().map(move |s| (ns.clone(), s))
             })
             .chain(
@@ -284,15 +288,19 @@ impl<C> Context<C> {
 
 /// Whether a watched object is an echo of this process's own writes, to skip
 /// (`memory::ObjectMemory::take_echo`).
-pub(crate) fn take_our_echo(memory: &mut memory::Memory, obj: &PhoneNumber) -> bool {
-    let rv = obj.resource_version().and_then(|rv| rv.parse().ok());
-    match (obj.metadata.uid.as_deref(), rv) {
+pub(crate) fn take_our_echo(memory: &mut memory::Memory, obj: &CachedPhoneNumber) -> bool {
+    match (obj.uid(), obj.resource_version()) {
         (Some(uid), Some(rv)) => memory.take_echo(uid, rv),
         _ => false,
     }
 }
 
 /// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
+/// The controller's key of an object (its name and namespace).
+pub(crate) fn cache_key(obj: &PhoneNumber) -> ObjectRef<CachedPhoneNumber> {
+    ObjectRef::from_obj(obj).into_kind_unchecked(())
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -403,10 +411,7 @@ fn wake_waiting_users<K, C>(
         match r {
             Ok(account) => {
                 for pn in ctx.users(&view_of(&account).id) {
-                    if pn
-                        .condition(status::READY)
-                        .is_none_or(|c| c.status != "True")
-                    {
+                    if !pn.is_ready() {
                         let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
                     }
                 }
@@ -436,11 +441,11 @@ const KEY_REJECTED_RETRY_MAX: Duration = Duration::from_secs(600);
 /// Requeue delay after a failed reconcile: per-object exponential backoff with jitter, never
 /// shorter than what the API asked for.
 fn error_policy<C: OneInboxApi>(
-    obj: Arc<PhoneNumber>,
+    obj: Arc<CachedPhoneNumber>,
     err: &Error,
     ctx: Arc<Context<C>>,
 ) -> Action {
-    let uid = obj.uid().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default().to_owned();
     let mut failures = 0;
     let wait = retry_delay(
         err,
@@ -458,7 +463,7 @@ fn error_policy<C: OneInboxApi>(
 /// Handle to the running controller's readiness: ready once the PhoneNumber cache has synced.
 #[derive(Clone)]
 pub struct Readiness {
-    pub store: Store<PhoneNumber>,
+    pub store: Store<CachedPhoneNumber>,
 }
 
 /// How the controller runs.
@@ -487,7 +492,7 @@ pub async fn run<C: OneInboxApi>(
         instance,
         accounts: account_settings,
     } = options;
-    let (pns, secrets): (Api<WirePhoneNumber>, Api<PartialObjectMeta<Secret>>) =
+    let (pns, secrets): (Api<CachedPhoneNumber>, Api<PartialObjectMeta<Secret>>) =
         match &scope.namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
@@ -526,25 +531,20 @@ pub async fn run<C: OneInboxApi>(
     let echoes = memory.clone();
     let objects = reflector::reflector(
         writer,
-        flag_listed(
-            watcher(pns, wc).map_ok(off_the_wire),
-            pns_listed.clone(),
-            Arc::default(),
-        )
-        .default_backoff()
-        .modify(slim_for_cache)
-        .inspect_ok(move |event| {
-            let (obj, new) = match event {
-                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                    (o, known.get(&ObjectRef::from_obj(o)).is_none())
+        flag_listed(watcher(pns, wc), pns_listed.clone(), Arc::default())
+            .default_backoff()
+            .inspect_ok(move |event| {
+                let (obj, new) = match event {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        (o, known.get(&ObjectRef::from_obj(o)).is_none())
+                    }
+                    watcher::Event::Delete(o) => (o, true),
+                    _ => return,
+                };
+                if new {
+                    poke(obj.account(default_account.as_deref()));
                 }
-                watcher::Event::Delete(o) => (o, true),
-                _ => return,
-            };
-            if new {
-                poke(AccountId::of(obj, default_account.as_deref()));
-            }
-        }),
+            }),
     )
     .inspect_ok(move |event| claims_of.observe(event, &claims_store))
     .applied_objects()
@@ -557,26 +557,15 @@ pub async fn run<C: OneInboxApi>(
     let counted = store.clone();
     metrics.set_object_counts(move || {
         let objects = counted.state();
-        let count = |t: &str| {
-            objects
-                .iter()
-                .filter(|o| o.condition(t).is_some_and(|c| c.status == "True"))
-                .count() as i64
-        };
+        let count =
+            |is: fn(&CachedPhoneNumber) -> bool| objects.iter().filter(|o| is(o)).count() as i64;
         vec![
-            ("Ready", count(status::READY)),
-            ("Reconciling", count(status::RECONCILING)),
-            ("Stalled", count(status::STALLED)),
+            ("Ready", count(CachedPhoneNumber::is_ready)),
+            ("Reconciling", count(CachedPhoneNumber::is_reconciling)),
+            ("Stalled", count(CachedPhoneNumber::is_stalled)),
             (
                 crate::metrics::DELETION_BLOCKED,
-                objects
-                    .iter()
-                    .filter(|o| {
-                        o.condition(status::STALLED).is_some_and(|c| {
-                            c.status == "True" && c.reason == status::reason::DELETION_BLOCKED
-                        })
-                    })
-                    .count() as i64,
+                count(CachedPhoneNumber::is_deletion_blocked),
             ),
             ("total", objects.len() as i64),
         ]
@@ -766,10 +755,7 @@ pub async fn run<C: OneInboxApi>(
                     .state()
                     .into_iter()
                     .filter(|pn| {
-                        pn.namespace().as_deref() == Some(name.as_str())
-                            && pn
-                                .condition(status::READY)
-                                .is_none_or(|c| c.status != "True")
+                        pn.namespace().as_deref() == Some(name.as_str()) && !pn.is_ready()
                     })
                     .map(|pn| ObjectRef::from_obj(pn.as_ref()))
                     .collect::<Vec<_>>()
@@ -813,7 +799,7 @@ pub async fn run<C: OneInboxApi>(
                 let metrics = reconcile_metrics.clone();
                 async move {
                     ctx.account_stores.ready().await;
-                    let account = AccountId::of(&obj, ctx.accounts.settings.default_account.as_deref());
+                    let account = obj.account(ctx.accounts.settings.default_account.as_deref());
                     // Sharded by account: another process's account is not this one's work.
                     if ctx.accounts.settings.account_selector.is_some()
                         && (account == AccountId::Operator || !ctx.account_stores.has(&account))
@@ -822,9 +808,9 @@ pub async fn run<C: OneInboxApi>(
                     }
                     let dispatched = obj
                         .uid()
-                        .and_then(|uid| lock(&ctx.memory).get(&uid).check)
+                        .and_then(|uid| lock(&ctx.memory).get(uid).check)
                         .is_some_and(|c| c.dispatched);
-                    let background = plan::is_background_check(&obj, dispatched);
+                    let background = obj.is_background_check(dispatched);
                     let gate = ctx.accounts.gate(&account);
                     let _pass = gate
                         .enter(background, || ctx.accounts.budget_used_up(&account))
@@ -832,10 +818,14 @@ pub async fn run<C: OneInboxApi>(
                     metrics.set_pass_places(&account.label(), gate.places());
                     metrics.reconcile_started();
                     let started = Instant::now();
-                    let uid = obj.uid().unwrap_or_default();
+                    let uid = obj.uid().unwrap_or_default().to_owned();
                     // Boxed: a pass is ~11 KiB of state, allocated only once it has its place
-                    // (a restart queues a pass per object at the gates).
-                    let res = Box::pin(reconcile(obj, ctx.clone())).await;
+                    // (a restart queues a pass per object at the gates). The object is
+                    // unpacked only then too.
+                    let res = match obj.object() {
+                        Ok(pn) => Box::pin(reconcile(Arc::new(pn), ctx.clone())).await,
+                        Err(e) => Err(e),
+                    };
                     metrics.reconcile_finished(started.elapsed(), res.as_ref().err().map(Error::metric_label));
                     if res.is_ok() {
                         ctx.backoff.reset(&uid);

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use tracing::debug;
 
 use super::act::{Driver, Next};
@@ -44,7 +43,7 @@ pub async fn reconcile<C: OneInboxApi>(
     if lock(&ctx.memory).end_pass(&uid) {
         // The watch events of this pass's writes were skipped and it did not end settled:
         // one more pass in their place, as the watch would have started.
-        let _ = ctx.siblings.send(ObjectRef::from_obj(&*obj));
+        let _ = ctx.siblings.send(super::cache_key(&obj));
     }
     res
 }

@@ -271,7 +271,7 @@ struct Harness {
     api: Arc<Mutex<ApiServerState>>,
     fake: Arc<FakeOneInbox>,
     /// Objects a pass asked to reconcile again (the siblings channel).
-    woken: Mutex<mpsc::UnboundedReceiver<reflector::ObjectRef<PhoneNumber>>>,
+    woken: Mutex<mpsc::UnboundedReceiver<reflector::ObjectRef<super::CachedPhoneNumber>>>,
 }
 
 impl Harness {
@@ -306,7 +306,7 @@ impl Harness {
             }
         });
         let fake = Arc::new(FakeOneInbox::default());
-        let (store, _writer) = reflector::store::<PhoneNumber>();
+        let (store, _writer) = reflector::store::<super::CachedPhoneNumber>();
         let (siblings, woken) = mpsc::unbounded_channel();
         let account_stores = super::AccountStores::unwatched();
         let accounts = Arc::new(crate::accounts::registry::Registry::new(
@@ -405,6 +405,11 @@ impl Harness {
     }
 }
 
+/// `obj` as the cache keeps it.
+fn packed(obj: &PhoneNumber) -> super::CachedPhoneNumber {
+    super::CachedPhoneNumber::pack(obj).unwrap()
+}
+
 fn new_object() -> Value {
     json!({
         "apiVersion": "oneinbox.ai/v1alpha1",
@@ -485,7 +490,7 @@ async fn the_watch_event_of_a_pass_s_last_write_is_an_echo_unless_a_stale_pass_w
         o.metadata.resource_version = Some(rv.into());
         o
     };
-    let echo = |o: &PhoneNumber| take_our_echo(&mut lock(&h.ctx.memory), o);
+    let echo = |o: &PhoneNumber| take_our_echo(&mut lock(&h.ctx.memory), &packed(o));
     assert!(
         echo(&written),
         "the create ended Ready: its last write is an echo"
@@ -656,7 +661,7 @@ async fn a_status_write_answered_with_a_newer_spec_does_not_count_it_as_applied(
     // The watch event of that write carries the user's update: it must start a pass (a relist
     // can deliver it without the user's own event before it).
     let answered = h.api.lock().unwrap().object();
-    assert!(!take_our_echo(&mut lock(&h.ctx.memory), &answered));
+    assert!(!take_our_echo(&mut lock(&h.ctx.memory), &packed(&answered)));
     h.reconcile().await.expect("generation 3");
     assert_eq!(h.fake.calls("patch"), 2);
     assert_eq!(

@@ -1,5 +1,6 @@
 //! Kubernetes cost on the real control plane: no Secret read while the Secrets are unchanged,
-//! and no burst of calls after a restart. Its own test binary: kube-apiserver counts Secret
+//! no burst of calls after a restart, three writes per create, and no relist of the
+//! PhoneNumbers while they are created. Its own test binary: kube-apiserver counts Secret
 //! reads cluster-wide, so these tests run when no other e2e test's operator is reading
 //! (cargo runs test binaries one after another), and one after the other (`SERIAL`).
 
@@ -308,5 +309,32 @@ async fn a_create_is_three_kubernetes_writes_the_event_included() {
         w.mock.count(POST).await,
         OBJECTS as u64,
         "one POST per create"
+    );
+}
+
+#[tokio::test]
+async fn the_phone_number_watch_lists_once_while_objects_are_created() {
+    let _serial = SERIAL.lock().await;
+    let w = World::start("cost-lists").await;
+    // The first Ready object: the operator's watch has listed by then.
+    w.apply("l0", credential_spec(&number())).await;
+    w.wait_ready("l0").await;
+    let lists = apiserver_requests(&w.client, "phonenumbers", "LIST").await;
+    let names: Vec<String> = (1..20).map(|i| format!("l{i}")).collect();
+    for name in &names {
+        w.apply(name, credential_spec(&number())).await;
+    }
+    for name in &names {
+        w.wait_for(name, "Ready", Duration::from_secs(60), |p| {
+            is_ready(p) && synced(p)
+        })
+        .await;
+    }
+    // A watch that cannot resume from an event's resourceVersion lists everything again:
+    // correct, but a LIST (and a pass per object) per event.
+    assert_eq!(
+        apiserver_requests(&w.client, "phonenumbers", "LIST").await,
+        lists,
+        "no PhoneNumber LIST while 19 objects are created and become Ready"
     );
 }

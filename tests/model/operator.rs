@@ -16,7 +16,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use oneinbox_operator::controller::{self, Context, Settings, backoff};
+use oneinbox_operator::controller::{self, CachedPhoneNumber, Context, Settings, backoff};
 use oneinbox_operator::crd::PhoneNumber;
 use oneinbox_operator::error::Error;
 use oneinbox_operator::metrics::Metrics;
@@ -73,8 +73,8 @@ pub fn timeout_error() -> ApiError {
 /// One operator process: its context and the feeds the controller runtime would give it.
 pub struct Operator {
     pub ctx: Arc<Context<ModelApi>>,
-    writer: Writer<PhoneNumber>,
-    siblings: mpsc::UnboundedReceiver<ObjectRef<PhoneNumber>>,
+    writer: Writer<CachedPhoneNumber>,
+    siblings: mpsc::UnboundedReceiver<ObjectRef<CachedPhoneNumber>>,
     /// The check records whose jitter was already replaced (uid → time of the check).
     reseeded: HashMap<String, std::time::Instant>,
 }
@@ -88,7 +88,7 @@ impl Operator {
             },
             "default",
         );
-        let (store, writer) = reflector::store::<PhoneNumber>();
+        let (store, writer) = reflector::store::<CachedPhoneNumber>();
         let (tx, rx) = mpsc::unbounded_channel();
         let oneinbox = ModelApi {
             world: world.clone(),
@@ -137,10 +137,10 @@ impl Operator {
     /// The reflector's view: every PhoneNumber, as the cache keeps it.
     pub fn sync_store(&mut self, objects: Vec<PhoneNumber>) {
         self.writer.apply_watcher_event(&watcher::Event::Init);
-        for mut o in objects {
-            controller::slim_for_cache(&mut o);
-            self.writer
-                .apply_watcher_event(&watcher::Event::InitApply(o));
+        for o in objects {
+            #[allow(clippy::expect_used)] // a PhoneNumber's JSON has only string keys
+            let event = controller::packed_event(watcher::Event::InitApply(o)).expect("packs");
+            self.writer.apply_watcher_event(&event);
         }
         self.writer.apply_watcher_event(&watcher::Event::InitDone);
         // The claims index follows the cache, as the watch feeds both.
@@ -158,11 +158,12 @@ impl Operator {
             .insert((ns.to_owned(), name.to_owned()), rv.to_string());
     }
 
-    /// One reconcile pass.
+    /// One reconcile pass, on the object as the cache gives it (slimmed, packed, unpacked).
     pub async fn reconcile(&self, obj: PhoneNumber) -> oneinbox_operator::error::Result<Action> {
         let mut obj = obj;
         controller::slim_for_cache(&mut obj);
-        controller::reconcile(Arc::new(obj), self.ctx.clone()).await
+        let cached = CachedPhoneNumber::pack(&obj).map_err(|_| Error::Unpack)?;
+        controller::reconcile(Arc::new(cached.object()?), self.ctx.clone()).await
     }
 
     /// The controller's bookkeeping after a pass that succeeded.
