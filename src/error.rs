@@ -29,6 +29,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading the PhoneNumber CRD failed: {0}")]
+    ReadDefinition(#[source] kube::Error),
     #[error("a Kubernetes call timed out after {0:?}")]
     KubeTimeout(Duration),
     #[error("deletion blocked: {0}")]
@@ -54,6 +56,7 @@ impl Error {
             Error::PatchStatus(_) => "patch_status",
             Error::PatchMetadata(_) => "patch_metadata",
             Error::ReadSecret { .. } => "read_secret",
+            Error::ReadDefinition(_) => "read_definition",
             Error::KubeTimeout(_) => "kube_timeout",
             Error::DeletionBlocked(_) => "deletion_blocked",
             Error::InvalidObject(_) => "invalid_object",

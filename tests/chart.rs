@@ -561,6 +561,8 @@ fn test_values_render_passes_server_dry_run() {
         [
             "ClusterRole",
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ConfigMap",
             "ConfigMap",
             "Deployment",
@@ -575,7 +577,8 @@ fn test_values_render_passes_server_dry_run() {
             "ServiceAccount",
             "ServiceMonitor"
         ],
-        "watchNamespace replaces the ClusterRole with a Role in the watched namespace"
+        "watchNamespace replaces the ClusterRole with a Role in the watched namespace (and one \
+         ClusterRole for the PhoneNumber CRD alone)"
     );
     let fullname = format!("{release}-oneinbox-operator");
     let args = args(&docs);

@@ -10,6 +10,8 @@
 //! create costs three writes: that metadata write, that status write, and the event.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -18,7 +20,10 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::decide::{DoneAfter, Failure, Op, Read, Step, Then, requested_reconcile, versions_used};
+use super::decide::{
+    DEFINITION_DELETING, DoneAfter, Failure, Op, Read, Step, Then, requested_reconcile,
+    versions_used,
+};
 use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Reader};
 use super::plan;
@@ -63,6 +68,9 @@ pub fn error_of(f: &Failure) -> Error {
         Op::Deregister => Error::DeregisterNumber(e),
     }
 }
+
+/// The CRD's deletion is logged once per process (each object gets its event).
+static UNINSTALL_LOGGED: AtomicBool = AtomicBool::new(false);
 
 pub struct Driver<'a, C> {
     pub ctx: &'a Context<C>,
@@ -230,7 +238,13 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 because,
                 unless_changed,
             } => {
-                self.remove_finalizer(obs, Some(unless_changed)).await?;
+                self.remove_finalizer(obs, unless_changed).await?;
+                if because == DEFINITION_DELETING && !UNINSTALL_LOGGED.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "the PhoneNumber CRD is being deleted: every PhoneNumber being deleted with it is orphaned (its registration left in OneInbox, whatever its deletionPolicy)"
+                    );
+                }
                 let note = format!("{because}: left {what} registered in OneInbox");
                 self.event(obs, EventType::Normal, "Orphaned", note).await;
                 self.finish(obs);
@@ -293,6 +307,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 obs.api_key = Some(key);
             }
             Read::Credentials => obs.credentials = Some(reader.credentials(obs).await?),
+            Read::Definition => obs.definition = Some(reader.definition().await?),
             Read::Registration(id) => obs.fetched = Some(self.oneinbox.get(&id).await),
             Read::LookupByNumber => {
                 let found = self

@@ -12,7 +12,9 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::Settings;
-use super::observe::{AccountProblem, ApiKey, Observation, SecretProblem, SecretProblemKind};
+use super::observe::{
+    AccountProblem, ApiKey, Definition, Observation, SecretProblem, SecretProblemKind,
+};
 use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use crate::crd::{
@@ -45,6 +47,8 @@ pub enum Read {
     Registration(String),
     /// `GET /v1/phone-numbers?phone_number=`.
     LookupByNumber,
+    /// The PhoneNumber CRD's metadata: whether it is being deleted (`Definition`).
+    Definition,
 }
 
 /// Which OneInbox call failed (for the error and its metric label).
@@ -148,14 +152,14 @@ pub enum Step {
     /// Forget the last check (what the API holds is no longer known), then take `then`.
     ForgetCheck { then: Box<Step> },
     // ---- deletion
-    /// `deletionPolicy: Orphan` (or `managementPolicy: Observe`, named in `because`): remove
-    /// the finalizer, `Orphaned` event.
+    /// `deletionPolicy: Orphan` (or `managementPolicy: Observe`, or the CRD being deleted,
+    /// named in `because`): remove the finalizer, `Orphaned` event.
     Orphan {
         what: String,
         because: &'static str,
-        /// The spec field and value this decision rests on: the finalizer goes only while the
-        /// object still says so.
-        unless_changed: (&'static str, &'static str),
+        /// The spec field and value this decision rests on, if one: the finalizer goes only
+        /// while the object still says so.
+        unless_changed: Option<(&'static str, &'static str)>,
     },
     /// `DELETE /v1/phone-numbers/{id}`.
     Deregister { id: String },
@@ -180,6 +184,7 @@ impl Step {
             Step::Read(Read::Credentials) => "read credentials",
             Step::Read(Read::Registration(_)) => "get registration",
             Step::Read(Read::LookupByNumber) => "look up number",
+            Step::Read(Read::Definition) => "read the crd",
             Step::Report { .. } => "report",
             Step::Fail(_) => "fail",
             Step::Done(_) => "done",
@@ -1166,6 +1171,9 @@ fn made_before_attempt(reg: &Registration, marker: Option<&RegistrationAttempt>)
         .is_ok_and(|earliest| created < earliest)
 }
 
+/// Why an object is orphaned while its CRD is being deleted (the event's and the log's words).
+pub const DEFINITION_DELETING: &str = "the PhoneNumber CRD is being deleted";
+
 fn decide_deletion(obs: &Observation) -> Step {
     let obj = &obs.obj;
     if !obj.has_finalizer() {
@@ -1174,15 +1182,21 @@ fn decide_deletion(obs: &Observation) -> Step {
     let orphan_because = if obj.is_observe_only() {
         Some((
             "managementPolicy is Observe",
-            ("/spec/managementPolicy", "Observe"),
+            Some(("/spec/managementPolicy", "Observe")),
         ))
     } else if obj.spec.deletion_policy == DeletionPolicy::Orphan {
         Some((
             "deletionPolicy is Orphan",
-            ("/spec/deletionPolicy", "Orphan"),
+            Some(("/spec/deletionPolicy", "Orphan")),
         ))
     } else {
-        None
+        // Deleting the CRD deletes every PhoneNumber: an uninstall, never a user's wish to
+        // release each number (a released number may go to someone else for good).
+        match obs.definition {
+            None => return Step::Read(Read::Definition),
+            Some(Definition::Deleting) => Some((DEFINITION_DELETING, None)),
+            Some(Definition::Served | Definition::Unreadable) => None,
+        }
     };
     if let Some((because, unless_changed)) = orphan_because {
         let what = obj

@@ -153,12 +153,16 @@ fn obs(o: Value) -> Observation {
     let obj: PhoneNumber = serde_json::from_value(o).expect("object");
     // Secrets as after a change of one the object references (or one it stopped knowing):
     // decided at once. The rows of a restart set what the watch reports.
-    Observation::of(
-        obj,
-        ObjectMemory::default(),
-        Instant::now(),
-        "2026-01-01T00:00:10Z".parse().expect("time"),
-    )
+    Observation {
+        // The CRD is served as usual; the rows of an uninstall say otherwise.
+        definition: Some(Definition::Served),
+        ..Observation::of(
+            obj,
+            ObjectMemory::default(),
+            Instant::now(),
+            "2026-01-01T00:00:10Z".parse().expect("time"),
+        )
+    }
 }
 
 /// Keys and credentials read, as every pass past the first reads does.
@@ -1425,6 +1429,37 @@ fn decision_table() {
                 o
             }),
             "Orphan (deletionPolicy is Orphan)",
+        ),
+        (
+            "deleted, Delete: the CRD is read first",
+            with(obs(deleting(registered())), |ob| ob.definition = None),
+            "Read Definition",
+        ),
+        (
+            "deleted while the CRD is being deleted: orphaned, not deregistered",
+            with(obs(deleting(registered())), |ob| {
+                ob.definition = Some(Definition::Deleting)
+            }),
+            "Orphan (the PhoneNumber CRD is being deleted)",
+        ),
+        (
+            "deleted while the CRD is being deleted, paused: orphaned (the CRD's deletion waits for no one)",
+            with(
+                obs({
+                    let mut o = deleting(registered());
+                    o["metadata"]["annotations"]["oneinbox.ai/paused"] = json!("true");
+                    o
+                }),
+                |ob| ob.definition = Some(Definition::Deleting),
+            ),
+            "Orphan (the PhoneNumber CRD is being deleted)",
+        ),
+        (
+            "deleted, the CRD unreadable (no RBAC to get it): the policy decides",
+            with(obs(deleting(registered())), |ob| {
+                ob.definition = Some(Definition::Unreadable)
+            }),
+            "Report Progressing(Deleting) Continue",
         ),
         (
             "deleted: say Deleting first",

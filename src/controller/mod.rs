@@ -295,12 +295,12 @@ pub(crate) fn take_our_echo(memory: &mut memory::Memory, obj: &CachedPhoneNumber
     }
 }
 
-/// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
 /// The controller's key of an object (its name and namespace).
 pub(crate) fn cache_key(obj: &PhoneNumber) -> ObjectRef<CachedPhoneNumber> {
     ObjectRef::from_obj(obj).into_kind_unchecked(())
 }
 
+/// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

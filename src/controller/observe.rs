@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PartialObjectMeta};
 use kube::{Resource, ResourceExt};
 
 use super::memory::ObjectMemory;
@@ -56,6 +57,20 @@ impl std::fmt::Display for ObjectName {
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
+
+/// The PhoneNumber CRD, as a deletion sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Definition {
+    /// Served as usual: a deletion is the user's.
+    Served,
+    /// Being deleted, or gone: every PhoneNumber goes with it, an uninstall.
+    Deleting,
+    /// Not readable by this operator (no RBAC to get it): the deletion policy decides alone.
+    Unreadable,
+}
+
+/// The name of the PhoneNumber CRD.
+pub const DEFINITION_NAME: &str = "phonenumbers.oneinbox.ai";
 
 /// Why a referenced Secret value cannot be used (never carries the value).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +161,8 @@ pub struct Observation {
     pub fetched: Option<std::result::Result<Registration, ApiError>>,
     /// Look-up by number after an interrupted attempt.
     pub lookup: Option<std::result::Result<Option<Registration>, ApiError>>,
+    /// The PhoneNumber CRD, read before a deletion would deregister.
+    pub definition: Option<Definition>,
     /// Effects of this pass, as far as the next decision needs them.
     pub adopted: bool,
     pub lost_reported: bool,
@@ -221,6 +238,7 @@ impl Observation {
             credentials: None,
             fetched: None,
             lookup: None,
+            definition: None,
             adopted: false,
             lost_reported: false,
             continued: false,
@@ -278,6 +296,24 @@ pub struct Reader<'a, C> {
 }
 
 impl<C: OneInboxApi> Reader<'_, C> {
+    /// The PhoneNumber CRD's metadata, read fresh: a deletion that would deregister goes by
+    /// what the API server says now, not by a watch that may lag the CRD's deletion.
+    pub async fn definition(&self) -> Result<Definition> {
+        let api: Api<PartialObjectMeta<CustomResourceDefinition>> =
+            Api::all(self.ctx.client.clone());
+        match self
+            .ctx
+            .kube_call(api.get_metadata_opt(DEFINITION_NAME))
+            .await?
+        {
+            Ok(Some(crd)) if crd.metadata.deletion_timestamp.is_some() => Ok(Definition::Deleting),
+            Ok(Some(_)) => Ok(Definition::Served),
+            Ok(None) => Ok(Definition::Deleting),
+            Err(kube::Error::Api(e)) if e.code == 403 => Ok(Definition::Unreadable),
+            Err(e) => Err(Error::ReadDefinition(e)),
+        }
+    }
+
     /// The account the object uses, and its client when the account may be used now (the
     /// last known key's while its Secret is missing). Reads the key Secret only if its
     /// version changed since this process last read it.

@@ -158,6 +158,8 @@ struct ApiServerState {
     /// The user deletes the object just before the status write with this index: the write
     /// then answers with the object being deleted.
     delete_before_status_write: Option<usize>,
+    /// The PhoneNumber CRD carries a deletionTimestamp (an uninstall).
+    definition_deleting: bool,
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -193,6 +195,14 @@ impl ApiServerState {
             self.events
                 .push(body["reason"].as_str().unwrap_or_default().to_owned());
             return respond(StatusCode::CREATED, body);
+        }
+        if path.ends_with("/customresourcedefinitions/phonenumbers.oneinbox.ai") {
+            let mut crd = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "phonenumbers.oneinbox.ai", "resourceVersion": "1"}});
+            if self.definition_deleting {
+                crd["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:02:00Z");
+            }
+            return respond(StatusCode::OK, crd);
         }
         self.seen.push(Seen {
             method: method.into(),
@@ -289,6 +299,7 @@ impl Harness {
             events: Vec::new(),
             spec_update_before_status_write: None,
             delete_before_status_write: None,
+            definition_deleting: false,
         }));
         let server_state = state.clone();
         tokio::spawn(async move {
@@ -776,6 +787,31 @@ async fn deregistered_but_finalizer_removal_failed_counts_404_as_done() {
         h.obj()["metadata"].get("finalizers").is_none()
             || h.obj()["metadata"]["finalizers"] == json!([])
     );
+}
+
+#[tokio::test]
+async fn a_deletion_while_the_crd_is_deleted_orphans_instead_of_deregistering() {
+    let h = Harness::new(new_object());
+    h.reconcile().await.expect("create");
+    {
+        let mut s = h.api.lock().unwrap();
+        s.obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
+        s.definition_deleting = true;
+    }
+    h.reconcile().await.expect("deletion pass");
+    assert_eq!(h.fake.calls("delete"), 0, "no DELETE during an uninstall");
+    assert_eq!(
+        h.fake.regs.lock().unwrap().len(),
+        1,
+        "the number stays registered"
+    );
+    assert!(
+        h.obj()["metadata"].get("finalizers").is_none()
+            || h.obj()["metadata"]["finalizers"] == json!([]),
+        "the finalizer is gone, so the CRD's deletion is not held up"
+    );
+    let events = h.api.lock().unwrap().events.clone();
+    assert_eq!(events.last().map(String::as_str), Some("Orphaned"));
 }
 
 #[test]

@@ -12,9 +12,9 @@
 //!   is neither run nor listed fails the test.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -346,205 +346,6 @@ fn runnable(file: &str, block: &str) -> String {
         .join("\n")
 }
 
-/// A control plane for the docs alone, in target/testenv-docs: its install and uninstall
-/// commands create and delete cluster-wide objects the other e2e tests rely on.
-struct DocsPlane {
-    state: PathBuf,
-}
-
-impl DocsPlane {
-    fn up() -> DocsPlane {
-        let state = repo().join("target/testenv-docs");
-        let plane = DocsPlane { state };
-        plane.down(); // a plane left over by an interrupted run
-        let out = Command::new(repo().join("tests/cluster/up.sh"))
-            .env("TESTENV_STATE", &plane.state)
-            .env_remove("TESTENV_ETCD_PORT")
-            .env_remove("TESTENV_ETCD_PEER_PORT")
-            .env_remove("TESTENV_APISERVER_PORT")
-            .stdin(Stdio::null())
-            .output()
-            .expect("up.sh");
-        assert!(
-            out.status.success(),
-            "docs control plane: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        plane
-    }
-
-    /// `tests/demo.sh down`: the demo's operator and mock (left running when a check after
-    /// `make demo` failed), then the control plane.
-    fn down(&self) {
-        let _ = Command::new(repo().join("tests/demo.sh"))
-            .arg("down")
-            .env("TESTENV_STATE", &self.state)
-            .stdin(Stdio::null())
-            .output();
-    }
-
-    /// Run a script with bash -euo pipefail in `dir`, with this plane's kubectl and helm first
-    /// on PATH and its admin kubeconfig; stdout and stderr together.
-    fn sh(&self, dir: &Path, script: &str, env: &[(&str, &str)]) -> String {
-        let path = format!(
-            "{}:{}",
-            self.state.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        // Ten minutes at most for any block (the runbook waits in a loop of its own).
-        let out = Command::new("timeout")
-            .args(["600", "bash", "-euo", "pipefail", "-c", script])
-            .current_dir(dir)
-            .env("PATH", path)
-            .env("KUBECONFIG", self.state.join("kubeconfig"))
-            .env("TESTENV_STATE", &self.state)
-            // As a reader runs them: not a sub-make of `make test` (no "Entering directory").
-            .env_remove("MAKEFLAGS")
-            .env_remove("MAKELEVEL")
-            .env_remove("MFLAGS")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .expect("bash");
-        let text = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "script failed ({}):\n{script}\n--- output:\n{}",
-            out.status,
-            tail(&text, 60)
-        );
-        text
-    }
-
-    fn kubectl(&self, args: &str) -> String {
-        self.sh(&repo(), &format!("kubectl {args}"), &[])
-    }
-
-    /// Poll a shell condition until it holds.
-    fn wait_for(&self, what: &str, script: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ok = Command::new("bash")
-                .args(["-c", script])
-                .current_dir(repo())
-                .env(
-                    "PATH",
-                    format!(
-                        "{}:{}",
-                        self.state.join("bin").display(),
-                        std::env::var("PATH").unwrap_or_default()
-                    ),
-                )
-                .env("KUBECONFIG", self.state.join("kubeconfig"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            if Instant::now() > deadline {
-                let diag = Command::new("bash")
-                    .args([
-                        "-c",
-                        "kubectl get namespaces -o yaml; kubectl get crd; tail -n 30 \"$TESTENV_STATE\"/logs/kube-controller-manager.log",
-                    ])
-                    .env(
-                        "PATH",
-                        format!(
-                            "{}:{}",
-                            self.state.join("bin").display(),
-                            std::env::var("PATH").unwrap_or_default()
-                        ),
-                    )
-                    .env("KUBECONFIG", self.state.join("kubeconfig"))
-                    .env("TESTENV_STATE", &self.state)
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                panic!("timed out waiting for {what}:\n{}", tail(&diag, 80));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// The operator as the Deployment would run it, but as a local process: this control plane
-    /// has no kubelet. Same identity (the ServiceAccount, bound by the RBAC being tested), and
-    /// the API key from the Secret the docs created.
-    fn operator(&self, mock: &Mock) -> Proc {
-        let key = self
-            .kubectl("-n oneinbox-system get secret oneinbox-api-key -o jsonpath={.data.apiKey}");
-        let key = String::from_utf8(
-            Command::new("base64")
-                .arg("-d")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .and_then(|mut c| {
-                    use std::io::Write;
-                    c.stdin
-                        .take()
-                        .expect("stdin")
-                        .write_all(key.trim().as_bytes())?;
-                    c.wait_with_output()
-                })
-                .expect("base64")
-                .stdout,
-        )
-        .expect("utf-8 key");
-        let bin = env!("CARGO_BIN_EXE_oneinbox-operator");
-        let help = Command::new(bin)
-            .args(["run", "--help"])
-            .output()
-            .expect("operator --help");
-        let mut args: Vec<String> = [
-            "run",
-            "--api-url",
-            &mock.url,
-            "--admin-addr",
-            &format!("127.0.0.1:{}", free_port()),
-            "--secret-grace-period",
-            "20s",
-            "--backoff-base",
-            "200ms",
-            "--backoff-max",
-            "2s",
-            "--provisioning-poll",
-            "500ms",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if String::from_utf8_lossy(&help.stdout).contains("--allow-insecure-http") {
-            args.push("--allow-insecure-http".into()); // the mock speaks plain HTTP
-        }
-        let log =
-            std::fs::File::create(std::env::temp_dir().join("oneinbox-e2e-docs-operator.log"))
-                .expect("log");
-        let child = Command::new(bin)
-            .args(&args)
-            .env("KUBECONFIG", self.state.join("kubeconfig-operator"))
-            .env("ONEINBOX_API_KEY", key.trim())
-            .env("ONEINBOX_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn oneinbox-operator");
-        Proc { child }
-    }
-}
-
-impl Drop for DocsPlane {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
 /// The first ```yaml block of `file` that contains `needle`.
 fn yaml_block(file: &str, needle: &str) -> String {
     yaml_blocks()
@@ -601,7 +402,8 @@ fn readme_demo_table() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doc_shell_commands_run_as_written() {
     let _ = rustls::crypto::ring::default_provider().install_default(); // the mock's client
-    let plane = DocsPlane::up();
+    // Install and uninstall create and delete cluster-wide objects the other e2e tests rely on.
+    let plane = OwnPlane::up("testenv-docs");
     let mut docs = Docs::new();
     let work = tempfile::tempdir().expect("tempdir");
     let oneinbox_system_gone = "! kubectl get namespace oneinbox-system";

@@ -4,7 +4,7 @@
 //! oneinbox-operator`, bound only by `deploy/rbac.yaml`.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -1180,4 +1180,202 @@ pub fn account_resource(kind: &str) -> kube::core::ApiResource {
 /// The ClusterOneInboxAccounts (as JSON).
 pub fn cluster_accounts(client: &Client) -> Api<kube::core::DynamicObject> {
     Api::all_with(client.clone(), &account_resource("ClusterOneInboxAccount"))
+}
+
+/// A control plane of a test's own, in target/<dir>: for a test that creates or deletes
+/// cluster-wide objects (CRDs, the operator's namespace) that the other e2e tests rely on.
+pub struct OwnPlane {
+    pub state: PathBuf,
+}
+
+impl OwnPlane {
+    pub fn up(dir: &str) -> OwnPlane {
+        let state = repo().join("target").join(dir);
+        let plane = OwnPlane { state };
+        plane.down(); // a plane left over by an interrupted run
+        let out = Command::new(repo().join("tests/cluster/up.sh"))
+            .env("TESTENV_STATE", &plane.state)
+            .env_remove("TESTENV_ETCD_PORT")
+            .env_remove("TESTENV_ETCD_PEER_PORT")
+            .env_remove("TESTENV_APISERVER_PORT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("up.sh");
+        assert!(
+            out.status.success(),
+            "control plane {}: {}",
+            plane.state.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        plane
+    }
+
+    /// `tests/demo.sh down`: the demo's operator and mock (left running when a check after
+    /// `make demo` failed), then the control plane.
+    pub fn down(&self) {
+        let _ = Command::new(repo().join("tests/demo.sh"))
+            .arg("down")
+            .env("TESTENV_STATE", &self.state)
+            .stdin(Stdio::null())
+            .output();
+    }
+
+    /// Run a script with bash -euo pipefail in `dir`, with this plane's kubectl and helm first
+    /// on PATH and its admin kubeconfig; stdout and stderr together.
+    pub fn sh(&self, dir: &Path, script: &str, env: &[(&str, &str)]) -> String {
+        let path = format!(
+            "{}:{}",
+            self.state.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        // Ten minutes at most for any block (the runbook waits in a loop of its own).
+        let out = Command::new("timeout")
+            .args(["600", "bash", "-euo", "pipefail", "-c", script])
+            .current_dir(dir)
+            .env("PATH", path)
+            .env("KUBECONFIG", self.state.join("kubeconfig"))
+            .env("TESTENV_STATE", &self.state)
+            // As a reader runs them: not a sub-make of `make test` (no "Entering directory").
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL")
+            .env_remove("MFLAGS")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash");
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "script failed ({}):\n{script}\n--- output:\n{}",
+            out.status,
+            tail(&text, 60)
+        );
+        text
+    }
+
+    pub fn kubectl(&self, args: &str) -> String {
+        self.sh(&repo(), &format!("kubectl {args}"), &[])
+    }
+
+    /// Poll a shell condition until it holds.
+    pub fn wait_for(&self, what: &str, script: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = Command::new("bash")
+                .args(["-c", script])
+                .current_dir(repo())
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        self.state.join("bin").display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .env("KUBECONFIG", self.state.join("kubeconfig"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            if Instant::now() > deadline {
+                let diag = Command::new("bash")
+                    .args([
+                        "-c",
+                        "kubectl get namespaces -o yaml; kubectl get crd; tail -n 30 \"$TESTENV_STATE\"/logs/kube-controller-manager.log",
+                    ])
+                    .env(
+                        "PATH",
+                        format!(
+                            "{}:{}",
+                            self.state.join("bin").display(),
+                            std::env::var("PATH").unwrap_or_default()
+                        ),
+                    )
+                    .env("KUBECONFIG", self.state.join("kubeconfig"))
+                    .env("TESTENV_STATE", &self.state)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!("timed out waiting for {what}:\n{}", tail(&diag, 80));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The operator as the Deployment would run it, but as a local process: this control plane
+    /// has no kubelet. Same identity (the ServiceAccount, bound by the RBAC being tested), and
+    /// the API key from Secret `oneinbox-system/oneinbox-api-key` (key `apiKey`).
+    pub fn operator(&self, mock: &Mock) -> Proc {
+        let key = self
+            .kubectl("-n oneinbox-system get secret oneinbox-api-key -o jsonpath={.data.apiKey}");
+        let key = String::from_utf8(
+            Command::new("base64")
+                .arg("-d")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin
+                        .take()
+                        .expect("stdin")
+                        .write_all(key.trim().as_bytes())?;
+                    c.wait_with_output()
+                })
+                .expect("base64")
+                .stdout,
+        )
+        .expect("utf-8 key");
+        let bin = env!("CARGO_BIN_EXE_oneinbox-operator");
+        let help = Command::new(bin)
+            .args(["run", "--help"])
+            .output()
+            .expect("operator --help");
+        let mut args: Vec<String> = [
+            "run",
+            "--api-url",
+            &mock.url,
+            "--admin-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--secret-grace-period",
+            "20s",
+            "--backoff-base",
+            "200ms",
+            "--backoff-max",
+            "2s",
+            "--provisioning-poll",
+            "500ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if String::from_utf8_lossy(&help.stdout).contains("--allow-insecure-http") {
+            args.push("--allow-insecure-http".into()); // the mock speaks plain HTTP
+        }
+        let log = std::fs::File::create(self.state.join("logs/operator.log")).expect("log");
+        let child = Command::new(bin)
+            .args(&args)
+            .env("KUBECONFIG", self.state.join("kubeconfig-operator"))
+            .env("ONEINBOX_API_KEY", key.trim())
+            .env("ONEINBOX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn oneinbox-operator");
+        Proc { child }
+    }
+}
+
+impl Drop for OwnPlane {
+    fn drop(&mut self) {
+        self.down();
+    }
 }

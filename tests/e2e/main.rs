@@ -30,5 +30,6 @@ mod paths;
 mod process;
 mod rbac;
 mod secret_access;
+mod uninstall;
 mod updates;
 mod validation;

@@ -101,10 +101,20 @@ const CLUSTER_RESOURCES: [&str; 3] = [
     "namespaces",
 ];
 
-/// The rules about namespaced resources, or (`cluster`) about cluster resources.
+/// The rule on the PhoneNumber CRD (get, by name): its need is shown by tests/e2e/uninstall.rs,
+/// whose operator runs under deploy/rbac.yaml and must read it to orphan instead of release.
+fn on_the_crd(rule: &Value) -> bool {
+    rule["resources"] == serde_json::json!(["customresourcedefinitions"])
+        && rule["resourceNames"] == serde_json::json!(["phonenumbers.oneinbox.ai"])
+        && rule["verbs"] == serde_json::json!(["get"])
+}
+
+/// The rules about namespaced resources, or (`cluster`) about cluster resources (the CRD's
+/// rule in neither).
 fn scoped(rules: &[Value], cluster: bool) -> Vec<Value> {
     rules
         .iter()
+        .filter(|r| !on_the_crd(r))
         .filter(|r| {
             r["resources"]
                 .as_array()
@@ -156,6 +166,11 @@ async fn run_with(rules: Vec<Value>, label: String, done: impl Fn(&Run) -> bool)
 #[tokio::test]
 async fn deployed_rbac_is_sufficient_and_every_verb_is_needed() {
     cluster();
+    assert_eq!(
+        deployed_rules().iter().filter(|r| on_the_crd(r)).count(),
+        1,
+        "deploy/rbac.yaml lets the operator get the PhoneNumber CRD, and nothing more of CRDs"
+    );
     let rules = scoped(&deployed_rules(), false);
     let grants = grants(&rules);
     assert_eq!(

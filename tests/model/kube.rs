@@ -11,6 +11,7 @@
 //!   added once it is set; the object goes when the last finalizer does. A namespace deletion
 //!   deletes every PhoneNumber and Secret in it (Secrets first or last).
 //! - Secrets: GET (404 when missing). Events: POST (events.k8s.io/v1 or core/v1), recorded.
+//! - The PhoneNumber CRD: GET of its metadata, always served and never being deleted.
 //!
 //! Every write is an effect: the armed crash can stop the server before or after it.
 
@@ -222,6 +223,24 @@ impl World {
                 let ns = ns.to_string();
                 self.event(&ns, body)
             }
+            // The PhoneNumber CRD's metadata, read before a deletion deregisters: always
+            // served here (an uninstall is an e2e scenario, tests/e2e/deletion.rs).
+            (
+                "GET",
+                [
+                    "apis",
+                    "apiextensions.k8s.io",
+                    "v1",
+                    "customresourcedefinitions",
+                    "phonenumbers.oneinbox.ai",
+                ],
+            ) => Some(respond(
+                StatusCode::OK,
+                &json!({
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {"name": "phonenumbers.oneinbox.ai", "resourceVersion": "1"}
+                }),
+            )),
             ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
                 Some(self.get_secret(ns, name))
             }

@@ -124,6 +124,20 @@ and tests/chart.rs compares them.
 {{- end }}
 
 {{/*
+The PhoneNumber CRD, by name, get only: a deletion while the CRD is being deleted is an
+uninstall, and the operator orphans the number instead of deregistering it. Cluster-scoped, so
+with watchNamespace it has a ClusterRole of its own.
+*/}}
+{{- define "oneinbox-operator.definitionRules" -}}
+# get the PhoneNumber CRD before a deletion deregisters: during its deletion (an uninstall)
+# every number is orphaned, whatever its deletionPolicy.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["phonenumbers.oneinbox.ai"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
 Cluster-wide only (not with watchNamespace, where the operator uses no cluster accounts): the
 ClusterOneInboxAccounts, and Namespace labels for their allowedNamespaces.
 */}}
