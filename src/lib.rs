@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod definition;
 pub mod error;
 pub mod import;
 pub mod leader;

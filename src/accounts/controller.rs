@@ -181,7 +181,15 @@ pub async fn reconcile<K: AccountResource, C: OneInboxApi>(
     let has_finalizer = account.finalizers().iter().any(|f| f == ACCOUNT_FINALIZER);
 
     if deleting {
-        if users.is_empty() {
+        // Its CRD being deleted is an uninstall: the users go with theirs, or are orphaned.
+        let uninstall = !users.is_empty()
+            && crate::definition::read(ctx.client.clone(), &crate::definition::name_of::<K>())
+                .await?
+                == crate::definition::Definition::Deleting;
+        if uninstall {
+            info!(account = %view.id, users = users.len(), "the account's CRD is being deleted: releasing the account although PhoneNumbers use it");
+        }
+        if users.is_empty() || uninstall {
             if let Some(index) = account
                 .finalizers()
                 .iter()

@@ -12,15 +12,14 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::Settings;
-use super::observe::{
-    AccountProblem, ApiKey, Definition, Observation, SecretProblem, SecretProblemKind,
-};
+use super::observe::{AccountProblem, ApiKey, Observation, SecretProblem, SecretProblemKind};
 use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use crate::crd::{
     ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, PhoneNumber,
     RegistrationAttempt, ReplacementPolicy,
 };
+use crate::definition::Definition;
 use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
 
 /// How often an object that waits on another (a duplicate claim) looks again, as a fallback to

@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
 use super::memory::ObjectMemory;
@@ -19,6 +18,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::accounts::AccountId;
 use crate::accounts::registry::{AccountView, SecretKeyRef};
 use crate::crd::{DEFAULT_PASSWORD_KEY, PhoneNumber, SecretVersionMap};
+use crate::definition::{self, Definition};
 use crate::error::{Error, Result};
 use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
 
@@ -57,20 +57,6 @@ impl std::fmt::Display for ObjectName {
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
-
-/// The PhoneNumber CRD, as a deletion sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Definition {
-    /// Served as usual: a deletion is the user's.
-    Served,
-    /// Being deleted, or gone: every PhoneNumber goes with it, an uninstall.
-    Deleting,
-    /// Not readable by this operator (no RBAC to get it): the deletion policy decides alone.
-    Unreadable,
-}
-
-/// The name of the PhoneNumber CRD.
-pub const DEFINITION_NAME: &str = "phonenumbers.oneinbox.ai";
 
 /// Why a referenced Secret value cannot be used (never carries the value).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,22 +282,13 @@ pub struct Reader<'a, C> {
 }
 
 impl<C: OneInboxApi> Reader<'_, C> {
-    /// The PhoneNumber CRD's metadata, read fresh: a deletion that would deregister goes by
-    /// what the API server says now, not by a watch that may lag the CRD's deletion.
+    /// The PhoneNumber CRD, read now (`crate::definition`).
     pub async fn definition(&self) -> Result<Definition> {
-        let api: Api<PartialObjectMeta<CustomResourceDefinition>> =
-            Api::all(self.ctx.client.clone());
-        match self
-            .ctx
-            .kube_call(api.get_metadata_opt(DEFINITION_NAME))
+        let name = definition::name_of::<PhoneNumber>();
+        self.ctx
+            .kube_call(definition::read(self.ctx.client.clone(), &name))
             .await?
-        {
-            Ok(Some(crd)) if crd.metadata.deletion_timestamp.is_some() => Ok(Definition::Deleting),
-            Ok(Some(_)) => Ok(Definition::Served),
-            Ok(None) => Ok(Definition::Deleting),
-            Err(kube::Error::Api(e)) if e.code == 403 => Ok(Definition::Unreadable),
-            Err(e) => Err(Error::ReadDefinition(e)),
-        }
+            .map_err(Error::ReadDefinition)
     }
 
     /// The account the object uses, and its client when the account may be used now (the

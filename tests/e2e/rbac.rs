@@ -101,11 +101,16 @@ const CLUSTER_RESOURCES: [&str; 3] = [
     "namespaces",
 ];
 
-/// The rule on the PhoneNumber CRD (get, by name): its need is shown by tests/e2e/uninstall.rs,
-/// whose operator runs under deploy/rbac.yaml and must read it to orphan instead of release.
+/// The rule on the operator's CRDs (get, by name): its need is shown by tests/e2e/uninstall.rs,
+/// whose operator runs under deploy/rbac.yaml and must read them to orphan instead of release.
 fn on_the_crd(rule: &Value) -> bool {
     rule["resources"] == serde_json::json!(["customresourcedefinitions"])
-        && rule["resourceNames"] == serde_json::json!(["phonenumbers.oneinbox.ai"])
+        && rule["resourceNames"]
+            == serde_json::json!([
+                "phonenumbers.oneinbox.ai",
+                "oneinboxaccounts.oneinbox.ai",
+                "clusteroneinboxaccounts.oneinbox.ai"
+            ])
         && rule["verbs"] == serde_json::json!(["get"])
 }
 
@@ -169,7 +174,7 @@ async fn deployed_rbac_is_sufficient_and_every_verb_is_needed() {
     assert_eq!(
         deployed_rules().iter().filter(|r| on_the_crd(r)).count(),
         1,
-        "deploy/rbac.yaml lets the operator get the PhoneNumber CRD, and nothing more of CRDs"
+        "deploy/rbac.yaml lets the operator get its own CRDs, and nothing more of CRDs"
     );
     let rules = scoped(&deployed_rules(), false);
     let grants = grants(&rules);

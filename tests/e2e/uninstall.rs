@@ -1,7 +1,9 @@
-//! An uninstall that deletes the PhoneNumber CRD while the operator runs: every PhoneNumber is
-//! deleted with it, and the operator orphans each one (its registration stays in OneInbox,
-//! whatever its `deletionPolicy`), so the CRD goes and no number is released. On a control
-//! plane of its own: deleting the CRD would take every other test's objects with it.
+//! An uninstall that deletes the CRDs while the operator runs. Deleting the OneInboxAccount CRD
+//! releases an account that numbers still use (its in-use finalizer would hold the CRD's
+//! deletion forever otherwise). Deleting the PhoneNumber CRD deletes every PhoneNumber, and the
+//! operator orphans each one (its registration stays in OneInbox, whatever its
+//! `deletionPolicy`), so the CRD goes and no number is released. On a control plane of its
+//! own: deleting a CRD would take every other test's objects with it.
 
 use std::time::Duration;
 
@@ -34,15 +36,27 @@ async fn deleting_the_crd_orphans_every_number_and_releases_none() {
     plane.kubectl(
         "-n uninstall create secret generic sip --from-literal=password=pw-uninstall-7d2e",
     );
+    // Two of the numbers use an account (on the same key, so that the mock's one workspace
+    // holds every registration).
+    plane.kubectl(&format!(
+        "-n uninstall create secret generic acct-key --from-literal=apiKey={API_KEY}"
+    ));
+    let account = json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "OneInboxAccount",
+        "metadata": {"name": "acct", "namespace": "uninstall"},
+        "spec": {"apiKeySecretRef": {"name": "acct-key"}}});
     let items: Vec<_> = (0..NUMBERS)
         .map(|i| {
             let mut spec = sip_spec(&number(), "sip");
             spec["deletionPolicy"] = json!("Delete");
+            if i < 2 {
+                spec["accountRef"] = json!({"kind": "OneInboxAccount", "name": "acct"});
+            }
             json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
                 "metadata": {"name": format!("n{i}"), "namespace": "uninstall"}, "spec": spec})
         })
         .collect();
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let list = json!({"apiVersion": "v1", "kind": "List",
+        "items": std::iter::once(account).chain(items).collect::<Vec<_>>()});
     let file = plane.state.join("uninstall-numbers.json");
     std::fs::write(&file, list.to_string()).expect("write the numbers");
     plane.kubectl(&format!("apply -f {}", file.display()));
@@ -52,7 +66,19 @@ async fn deleting_the_crd_orphans_every_number_and_releases_none() {
         Duration::from_secs(120),
     );
     assert_eq!(mock.registrations().await.len(), NUMBERS);
+    plane.wait_for(
+        "the account to count its users",
+        "test \"$(kubectl -n uninstall get oneinboxaccount acct -o jsonpath={.status.phoneNumbers})\" = 2",
+        Duration::from_secs(60),
+    );
 
+    // The account CRD first, its account in use by two numbers.
+    plane.kubectl("delete crd oneinboxaccounts.oneinbox.ai --wait=false");
+    plane.wait_for(
+        "the account CRD's deletion",
+        "! kubectl get crd oneinboxaccounts.oneinbox.ai",
+        Duration::from_secs(120),
+    );
     plane.kubectl("delete crd phonenumbers.oneinbox.ai --wait=false");
     plane.wait_for(
         "the CRD's deletion",

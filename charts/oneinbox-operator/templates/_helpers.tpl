@@ -124,16 +124,16 @@ and tests/chart.rs compares them.
 {{- end }}
 
 {{/*
-The PhoneNumber CRD, by name, get only: a deletion while the CRD is being deleted is an
-uninstall, and the operator orphans the number instead of deregistering it. Cluster-scoped, so
-with watchNamespace it has a ClusterRole of its own.
+The operator's CRDs, by name, get only: a deletion while its CRD is being deleted is an
+uninstall; the operator orphans the number instead of deregistering it, and releases an account
+in use. Cluster-scoped, so with watchNamespace it has a ClusterRole of its own.
 */}}
 {{- define "oneinbox-operator.definitionRules" -}}
-# get the PhoneNumber CRD before a deletion deregisters: during its deletion (an uninstall)
-# every number is orphaned, whatever its deletionPolicy.
+# get the operator's CRDs when an object is deleted: during a CRD's deletion (an uninstall)
+# every number is orphaned, whatever its deletionPolicy, and accounts in use are released.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  resourceNames: ["phonenumbers.oneinbox.ai"]
+  resourceNames: ["phonenumbers.oneinbox.ai", "oneinboxaccounts.oneinbox.ai", "clusteroneinboxaccounts.oneinbox.ai"]
   verbs: ["get"]
 {{- end }}
 
