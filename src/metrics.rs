@@ -155,6 +155,7 @@ struct Inner {
     status_patches: Family<Outcome, Counter>,
     pass_places: Family<AccountLabel, Gauge>,
     leader: Gauge,
+    watch_lists: Counter,
 }
 
 impl Default for Metrics {
@@ -178,6 +179,12 @@ impl Metrics {
         let objects = Arc::new(ObjectsCollector::default());
         registry.register_collector(Box::new(objects.clone()));
         let leader = Gauge::default();
+        let watch_lists = Counter::default();
+        registry.register(
+            "phonenumber_watch_lists",
+            "Full lists of the PhoneNumber watch: the first, and one for each time the watch could not resume (a steady count says the watch resumes from each event's resourceVersion)",
+            watch_lists.clone(),
+        );
         registry.register(
             "build",
             "Build of this operator (value 1)",
@@ -248,6 +255,7 @@ impl Metrics {
                 status_patches,
                 pass_places,
                 leader,
+                watch_lists,
             }),
         }
     }
@@ -292,6 +300,10 @@ impl Metrics {
                 account: account.to_owned(),
             })
             .set(places as i64);
+    }
+
+    pub fn phonenumber_watch_listed(&self) {
+        self.inner.watch_lists.inc();
     }
 
     pub fn reconcile_started(&self) {

@@ -529,11 +529,15 @@ pub async fn run<C: OneInboxApi>(
     let (claims_of, claims_store) = (claims.clone(), store.clone());
     let memory: Arc<Mutex<memory::Memory>> = Arc::default();
     let echoes = memory.clone();
+    let lists = metrics.clone();
     let objects = reflector::reflector(
         writer,
         flag_listed(watcher(pns, wc), pns_listed.clone(), Arc::default())
             .default_backoff()
             .inspect_ok(move |event| {
+                if matches!(event, watcher::Event::Init) {
+                    lists.phonenumber_watch_listed();
+                }
                 let (obj, new) = match event {
                     watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                         (o, known.get(&ObjectRef::from_obj(o)).is_none())

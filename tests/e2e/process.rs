@@ -213,3 +213,31 @@ async fn only_the_leader_acts_and_a_standby_takes_over_after_kill() {
     assert_eq!(w.mock.registrations().await.len(), 3);
     standby.kill();
 }
+
+/// The watch resumes from each event's resourceVersion: creating and reconciling objects (each
+/// a few watch events, several of them echoes of the operator's own writes) never makes it
+/// list again. A cache whose objects lost their resourceVersion relisted on every event, with
+/// every object still Ready in the end.
+#[tokio::test]
+async fn the_phonenumber_watch_lists_once_while_objects_are_created() {
+    let w = World::start("lists").await;
+    wait_admin(&w.operator, "/readyz", 200, Duration::from_secs(10)).await;
+    let names: Vec<String> = (0..20).map(|i| format!("l{i}")).collect();
+    for name in &names {
+        w.apply(name, credential_spec(&number())).await;
+    }
+    for name in &names {
+        w.wait_ready(name).await;
+    }
+    let (code, text) = w.operator.admin("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        text.lines()
+            .any(|l| l == "oneinbox_operator_phonenumber_watch_lists_total 1"),
+        "the PhoneNumber watch listed more than once:\n{}",
+        text.lines()
+            .filter(|l| l.contains("watch_lists"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
