@@ -120,6 +120,13 @@ pub struct PhoneNumberSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// While true, the API server refuses to delete this object, whatever its deletionPolicy:
+    /// the ValidatingAdmissionPolicy oneinbox.ai-phonenumber-deletion-protection shipped with
+    /// the operator denies it, and a namespace that holds it stays Terminating until this is
+    /// set to false. Guards a number against an accidental delete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deletion_protection: bool,
+
     /// What to do when the SIP credentials (providerConfig, the referenced Secret's password, or
     /// credentialId) change, which OneInbox can only apply by registering the number again:
     /// "Manual" (default) reports it with reason ReplacementRequired and keeps the number

@@ -193,6 +193,7 @@ pub fn manifest(reg: &Registration, namespace: &str, name: &str) -> Option<Phone
             credential_id: None,
             inbound_routing: routing,
             deletion_policy: Default::default(),
+            deletion_protection: false,
             replacement_policy: Default::default(),
             management_policy: ManagementPolicy::Observe,
             account_ref: None,

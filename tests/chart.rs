@@ -26,6 +26,8 @@ const CRD_FILES: [&str; 3] = [
     "crds/oneinboxaccounts.oneinbox.ai.yaml",
     "crds/clusteroneinboxaccounts.oneinbox.ai.yaml",
 ];
+/// The deletion-protection admission policy, shipped beside the CRDs (and in the chart's crds/).
+const POLICY_FILE: &str = "crds/phonenumbers-deletion-protection.yaml";
 const CRD_NAME: &str = "phonenumbers.oneinbox.ai";
 /// Release name and namespace whose chart render `deploy/` reproduces.
 const DEFAULT_RELEASE: &str = "oneinbox-operator";
@@ -402,7 +404,7 @@ fn chart_app_version_is_the_crate_version() {
 
 #[test]
 fn chart_crds_are_the_generated_crds() {
-    for file in CRD_FILES {
+    for file in CRD_FILES.iter().chain([&POLICY_FILE]) {
         let generated = std::fs::read(repo().join(file)).unwrap();
         let shipped = std::fs::read(repo().join(CHART).join(file)).unwrap();
         assert!(
@@ -413,8 +415,8 @@ fn chart_crds_are_the_generated_crds() {
     let files = yaml_files(&format!("{CHART}/crds"));
     assert_eq!(
         files.len(),
-        CRD_FILES.len(),
-        "the chart ships exactly the generated CRDs: {files:?}"
+        CRD_FILES.len() + 1,
+        "the chart ships exactly the generated CRDs and the deletion-protection policy: {files:?}"
     );
 }
 
@@ -425,6 +427,7 @@ fn helm_show_crds_prints_the_generated_crd() {
     let mut shown = parse_docs(&shown);
     let mut generated: Vec<Value> = CRD_FILES
         .iter()
+        .chain([&POLICY_FILE])
         .flat_map(|f| parse_docs(&read(f)))
         .collect();
     let by_name = |d: &Value| {

@@ -464,6 +464,7 @@ mod tests {
                     voicemail_message: Some("hi".into()),
                 }),
                 deletion_policy: DeletionPolicy::Delete,
+                deletion_protection: false,
                 replacement_policy: ReplacementPolicy::Manual,
                 management_policy: Default::default(),
                 account_ref: None,

@@ -333,6 +333,7 @@ mod tests {
                 credential_id: Some("3c90c3cc-0d44-4b50-8888-8dd25736052a".into()),
                 inbound_routing: None,
                 deletion_policy: DeletionPolicy::Delete,
+                deletion_protection: false,
                 replacement_policy: ReplacementPolicy::Manual,
                 management_policy: Default::default(),
                 account_ref: None,

@@ -115,6 +115,10 @@ setsid "$bin/etcd" --data-dir="$state/etcd" \
 echo $! > "$state/etcd.pid"
 t0=$(date +%s)
 poll 30 "etcd /health" curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health"
+# Another plane started at the same moment may have taken a port between the check above and
+# etcd's bind: then /health answered for that plane's etcd, and ours exited at once.
+sleep 1
+alive etcd || fail "etcd exited (a port was taken by another process after the check)"
 log "etcd healthy after $(( $(date +%s) - t0 ))s"
 
 log "starting kube-apiserver on $server"

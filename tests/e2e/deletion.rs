@@ -60,3 +60,84 @@ async fn switching_a_blocked_deletion_to_orphan_completes_it() {
         "Orphan keeps the registration"
     );
 }
+
+/// `spec.deletionProtection: true`: the API server's admission policy (crds/, applied by the
+/// harness with the CRDs) refuses `kubectl delete`; deleting the namespace leaves it
+/// Terminating with a condition that says why; lifting the protection lets both go, and the
+/// number is deregistered as its policy says.
+#[tokio::test]
+async fn a_protected_number_refuses_deletion_and_holds_its_namespace_until_lifted() {
+    let w = World::start("protected").await;
+    let mut spec = credential_spec(&number());
+    spec["deletionProtection"] = json!(true);
+    w.apply("p", spec).await;
+    w.wait_ready("p").await;
+
+    let refusal = "has spec.deletionProtection: true; set it to false to delete it";
+    // The policy is in force once the API server has loaded it (it was applied with the CRDs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = kubectl(&["-n", &w.ns, "delete", "pn", "p", "--dry-run=server"]);
+        if !out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(refusal),
+        "kubectl delete was not refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&["-n", &w.ns, "delete", "pn", "p", "--wait=false"]);
+    assert!(!out.status.success(), "a protected number was deleted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(refusal));
+
+    kubectl_ok(&["delete", "namespace", &w.ns, "--wait=false"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ns = kubectl_ok(&["get", "namespace", &w.ns, "-o", "json"]);
+        let ns: serde_json::Value = serde_json::from_str(&ns).expect("namespace json");
+        let says_why = ns["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "NamespaceDeletionContentFailure"
+                    && c["status"] == "True"
+                    && c["message"].as_str().is_some_and(|m| m.contains(refusal))
+            });
+        if says_why {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the namespace never said why it waits: {}",
+            ns["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pn = w
+        .pns
+        .get("p")
+        .await
+        .expect("the protected number is still there");
+    assert!(pn.metadata.deletion_timestamp.is_none());
+    assert_eq!(w.mock.count(DELETE).await, 0);
+
+    w.merge_spec("p", json!({"deletionProtection": false}))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while kubectl(&["get", "namespace", &w.ns]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the namespace was not deleted once the protection was lifted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        w.mock.count(DELETE).await,
+        1,
+        "deletionPolicy Delete applies"
+    );
+    assert!(w.mock.registrations().await.is_empty());
+}
