@@ -268,8 +268,8 @@ pub struct SecretKeySelector {
         length(min = 1, max = 253)
     )]
     pub name: String,
-    /// Key within the Secret's data; defaults to "password" for the SIP password and to
-    /// "apiKey" for an API key.
+    /// Key within the Secret's data. Defaults: "password" for authPasswordSecretRef,
+    /// "apiKey" for apiKeySecretRef, "ca.crt" for caBundleSecretRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
     pub key: Option<String>,
@@ -320,7 +320,8 @@ pub struct PhoneNumberStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The OneInbox id of the registration. Set once.
+    /// The OneInbox id of the registration. Changes only when the number is registered anew
+    /// (replacementPolicy Replace, or a registration lost outside the cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub phone_number_id: Option<String>,
@@ -348,8 +349,9 @@ pub struct PhoneNumberStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub updated_at: Option<String>,
-    /// Keyed hash (HMAC-SHA256 keyed by the object's UID) of the SIP credentials the
-    /// registration was made with; never the credentials themselves.
+    /// Keyed hash of the SIP credentials the registration was made with, never the
+    /// credentials themselves: HMAC-SHA256 keyed by the operator's key (--credentials-hash-key-file,
+    /// or derived from the operator's API key) over the object's UID and the credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub credentials_hash: Option<String>,
@@ -370,7 +372,8 @@ pub struct PhoneNumberStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_RECONCILE_TOKEN))]
     pub last_handled_reconcile_at: Option<String>,
-    /// Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them.
+    /// Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them; with
+    /// managementPolicy Observe also Drifted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -378,7 +381,7 @@ pub struct PhoneNumberStatus {
 
 impl RegistrationAttempt {
     /// The credentials hash of the attempt, if `obj` made it (a restored or copied object has
-    /// another UID, and the hash is keyed by the UID).
+    /// another UID, and the hash covers the UID).
     pub fn credentials_hash_for(&self, obj: &PhoneNumber) -> Option<String> {
         (self.uid.is_some() && self.uid == obj.metadata.uid)
             .then(|| self.credentials_hash.clone())
@@ -398,7 +401,7 @@ pub struct RegistrationAttempt {
     /// Keyed hash of the SIP credentials the attempt registers with (never the credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_hash: Option<String>,
-    /// The UID of the object that made the attempt: the hash is keyed by it, so a copy or a
+    /// The UID of the object that made the attempt: the hash covers it, so a copy or a
     /// restore (another UID) must not take the hash for its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
@@ -417,10 +420,10 @@ fn secret_versions_schema(_: &mut schemars::generate::SchemaGenerator) -> schema
 pub(crate) fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
     json_schema!({
         "type": "array",
-        "description": "Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them.",
+        "description": "Ready, Reconciling and Stalled, as kstatus, Flux and Argo CD read them; on a PhoneNumber with managementPolicy Observe also Drifted.",
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
-        // The bounds of metav1.Condition (k8s.io/apimachinery/pkg/apis/meta/v1/types.go); three
+        // The bounds of metav1.Condition (k8s.io/apimachinery/pkg/apis/meta/v1/types.go); four
         // types are used, and 8 leaves room as in most operators' CRDs.
         "maxItems": 8,
         "items": {
@@ -431,7 +434,7 @@ pub(crate) fn conditions_schema(_: &mut schemars::generate::SchemaGenerator) -> 
                     "type": "string",
                     "maxLength": 316,
                     "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
-                    "description": "Condition type: Ready, Reconciling or Stalled."
+                    "description": "Condition type: Ready, Reconciling, Stalled, or Drifted (a PhoneNumber with managementPolicy Observe)."
                 },
                 "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "True, False or Unknown."},
                 "reason": {

@@ -149,7 +149,7 @@ pub struct AllowedNamespaces {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Budget {
-    /// Requests per second, sustained (the token bucket's rate). Default: --api-rate.
+    /// Requests per second, sustained (the token bucket's rate). Default: --api-rps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub requests_per_second: Option<i32>,

@@ -93,7 +93,7 @@ async fn deleting_the_crd_orphans_every_number_and_releases_none() {
     );
     assert_eq!(mock.registrations().await.len(), NUMBERS);
     let reasons = plane.kubectl(
-        "-n uninstall get events.events.k8s.io -o jsonpath={range.items[*]}{.reason}{\"\\n\"}{end}",
+        "-n uninstall get events.events.k8s.io --no-headers -o custom-columns=REASON:.reason",
     );
     assert_eq!(
         reasons.lines().filter(|r| r.trim() == "Orphaned").count(),
