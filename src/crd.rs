@@ -14,6 +14,41 @@ mod wire;
 pub use versions::SecretVersionMap;
 pub use wire::WirePhoneNumber;
 
+/// `kube::Resource` for another in-memory form of a PhoneNumber (the wire's, the cache's): the
+/// PhoneNumber's kind, group, version and plural, and the metadata at `$meta` of the value `$o`.
+macro_rules! phone_number_resource {
+    ($ty:ty, |$o:ident| $o2:ident . $($meta:tt)+) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$crate::crd::PhoneNumber as kube::Resource>::kind(dt)
+            }
+            fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$crate::crd::PhoneNumber as kube::Resource>::group(dt)
+            }
+            fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$crate::crd::PhoneNumber as kube::Resource>::version(dt)
+            }
+            fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$crate::crd::PhoneNumber as kube::Resource>::plural(dt)
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                let $o = self;
+                &$o2.$($meta)+
+            }
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                let $o = self;
+                &mut $o2.$($meta)+
+            }
+        }
+    };
+}
+pub(crate) use phone_number_resource;
+
 /// API group of the operator's resources.
 pub const GROUP: &str = "oneinbox.ai";
 /// Finalizer that keeps a registered object until the number is deregistered (or orphaned).

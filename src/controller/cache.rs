@@ -9,12 +9,9 @@
 //! its object once (tens of microseconds beside the milliseconds of its API calls), and so
 //! do the few rivals of a claim; nothing else decodes.
 
-use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
@@ -233,29 +230,7 @@ impl<'de> Deserialize<'de> for CachedPhoneNumber {
     }
 }
 
-impl Resource for CachedPhoneNumber {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.meta
-    }
-}
+crate::crd::phone_number_resource!(CachedPhoneNumber, |o| o.meta);
 
 /// What objects have in common, as LZ4's dictionary: a Ready object with SIP credentials and
 /// routing, as the operator writes it (its JSON has the same key order as every object's).
@@ -318,7 +293,7 @@ static TEMPLATE: LazyLock<Vec<u8>> = LazyLock::new(|| {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use kube::ResourceExt;
+    use kube::{Resource, ResourceExt};
 
     fn object(
         uid: &str,

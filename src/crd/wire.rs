@@ -10,11 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use std::borrow::Cow;
-
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
 use super::{PhoneNumber, PhoneNumberSpec, PhoneNumberStatus};
@@ -29,29 +25,7 @@ impl<'de> Deserialize<'de> for WirePhoneNumber {
     }
 }
 
-impl Resource for WirePhoneNumber {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        PhoneNumber::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
-}
+crate::crd::phone_number_resource!(WirePhoneNumber, |o| o.0.metadata);
 
 /// The object as it arrives. `apiVersion` and `kind` are not read (the derived impl ignores
 /// them too).
