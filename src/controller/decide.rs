@@ -275,9 +275,11 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     if let Some(step) = resume(obs, settings) {
         return step;
     }
-    // Checked recently and no referenced Secret changed since: nothing to read or call.
+    // Checked recently and no referenced Secret changed since, and the account still allows
+    // the namespace: nothing to read or call.
     if let Some(id) = &known_id
         && obs.secrets_unchanged
+        && !obs.grant_refused
         && fresh(obs, id, None)
     {
         return Step::Done(DoneAfter::AwaitChange);

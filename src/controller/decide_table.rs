@@ -711,6 +711,15 @@ fn decision_table() {
             }),
             "Done AwaitChange",
         ),
+        (
+            "checked recently, but its cluster account no longer allows the namespace: the key next",
+            with(obs(registered()), |ob| {
+                ob.secrets_unchanged = true;
+                ob.memory.check = Some(check(1));
+                ob.grant_refused = true;
+            }),
+            "Read ApiKey",
+        ),
         // ---- after a restart (nothing in memory): trust a status that records this input
         (
             "restart, status records the generation, id, hash and Secret versions: first check spread over the interval",

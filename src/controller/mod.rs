@@ -87,6 +87,22 @@ impl AccountStores {
         out
     }
 
+    /// Whether ClusterOneInboxAccount `name` allows namespace `ns` now, from the watched
+    /// account and Namespace labels (`Err`: the rule in words); `None` when the account is not
+    /// watched.
+    pub fn cluster_grant(&self, name: &str, ns: &str) -> Option<Result<(), String>> {
+        let account = self.cluster.get(&ObjectRef::new(name))?;
+        let labels = self
+            .namespaces
+            .get(&ObjectRef::new(ns))
+            .map(|n| n.metadata.labels.clone().unwrap_or_default());
+        Some(crate::accounts::allows(
+            &account.spec.allowed_namespaces,
+            ns,
+            labels.as_ref(),
+        ))
+    }
+
     /// Whether the account is one this process watches (its shard's).
     pub fn has(&self, id: &AccountId) -> bool {
         match id {
@@ -522,6 +538,7 @@ pub async fn run<C: OneInboxApi>(
         }
     };
     let default_account = account_settings.default_account.clone();
+    let namespace_default_account = default_account.clone();
     let known = store.clone();
     let poke = poke_accounts.clone();
     let pns_listed = Arc::new(AtomicBool::new(false));
@@ -752,14 +769,19 @@ pub async fn run<C: OneInboxApi>(
         .watches_stream(
             namespace_events,
             move |ns: PartialObjectMeta<Namespace>| {
-                // A namespace's labels may grant or revoke a cluster account: objects not
-                // Ready there look again.
+                // A namespace's labels may grant or revoke a cluster account: the objects
+                // there that use one look again, Ready or not (a pass that finds its grant
+                // unchanged and its check fresh ends without a call).
                 let name = ns.name_any();
                 namespace_store_pns
                     .state()
                     .into_iter()
                     .filter(|pn| {
-                        pn.namespace().as_deref() == Some(name.as_str()) && !pn.is_ready()
+                        pn.namespace().as_deref() == Some(name.as_str())
+                            && matches!(
+                                pn.account(namespace_default_account.as_deref()),
+                                AccountId::Cluster { .. }
+                            )
                     })
                     .map(|pn| ObjectRef::from_obj(pn.as_ref()))
                     .collect::<Vec<_>>()

@@ -139,6 +139,9 @@ pub struct Observation {
     pub number_owner_names_another_id: bool,
     /// Another watched object that holds the id this object names.
     pub id_owner: Option<ObjectName>,
+    /// The object's ClusterOneInboxAccount does not allow its namespace now (from the watches,
+    /// no read): a check however fresh does not stand for it.
+    pub grant_refused: bool,
     /// (name, resourceVersion) of each Secret read in this pass.
     pub secrets_read: Vec<(String, String)>,
     pub api_key: Option<ApiKey>,
@@ -185,6 +188,14 @@ impl Observation {
             .and_then(|id| plan::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))
             .map(ObjectName::of);
         let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
+        let grant_refused =
+            match AccountId::of(&obj, ctx.accounts.settings.default_account.as_deref()) {
+                AccountId::Cluster { name } if ctx.accounts.settings.cluster_accounts => ctx
+                    .account_stores
+                    .cluster_grant(&name, obj.namespace().as_deref().unwrap_or_default())
+                    .is_some_and(|grant| grant.is_err()),
+                _ => false,
+            };
         let secret_versions = watched_secret_versions(ctx, &obj);
         let secrets_listed = ctx.secrets_listed.load(Ordering::Relaxed);
         Observation {
@@ -194,6 +205,7 @@ impl Observation {
             number_owner,
             number_owner_names_another_id,
             id_owner,
+            grant_refused,
             ..Observation::of(obj, memory, Instant::now(), jiff::Timestamp::now())
         }
     }
@@ -219,6 +231,7 @@ impl Observation {
             number_owner: None,
             number_owner_names_another_id: false,
             id_owner: None,
+            grant_refused: false,
             secrets_read: Vec::new(),
             api_key: None,
             credentials: None,
@@ -306,26 +319,21 @@ impl<C: OneInboxApi> Reader<'_, C> {
                 ));
             }
             AccountId::Cluster { name } => {
-                let Some(account) = self.ctx.account_stores.cluster.get(&ObjectRef::new(name))
-                else {
-                    return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None));
-                };
-                let ns = obs.namespace();
-                let labels = self
-                    .ctx
-                    .account_stores
-                    .namespaces
-                    .get(&ObjectRef::new(&ns))
-                    .map(|n| n.metadata.labels.clone().unwrap_or_default());
-                if let Err(rule) =
-                    crate::accounts::allows(&account.spec.allowed_namespaces, &ns, labels.as_ref())
-                {
-                    return Ok((
-                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
-                        None,
-                    ));
+                let stores = &self.ctx.account_stores;
+                match stores.cluster_grant(name, &obs.namespace()) {
+                    None => return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None)),
+                    Some(Err(rule)) => {
+                        return Ok((
+                            ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
+                            None,
+                        ));
+                    }
+                    Some(Ok(())) => {}
                 }
-                AccountView::cluster(&account)
+                match stores.cluster.get(&ObjectRef::new(name)) {
+                    Some(account) => AccountView::cluster(&account),
+                    None => return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None)),
+                }
             }
             AccountId::Namespaced { namespace, name } => {
                 match self

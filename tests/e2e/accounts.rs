@@ -152,6 +152,95 @@ async fn a_cluster_account_serves_only_the_namespaces_it_allows() {
     wait_absent(&clusters, &account).await;
 }
 
+/// A grant that changes with a namespace's labels is re-evaluated within seconds, for Ready
+/// objects too (they do not wait for their next drift check, minutes away): revoked, every
+/// object says Stalled AccountNotAllowed with no call made; restored, they are Ready again
+/// without a POST.
+#[tokio::test]
+async fn a_revoked_grant_stalls_ready_objects_at_once_and_a_restored_one_readies_them_without_a_post()
+ {
+    let account = format!("grant-{}", &number()[5..]);
+    let mut w = two_workspaces("acct-grant", &[]).await;
+    let shard = format!("oneinbox.ai/e2e={}", w.ns);
+    w.restart_operator(&["--cluster-accounts=true", "--account-selector", &shard]);
+    w.api_key_secret("grant-key", KEY_A).await;
+    w.cluster_account(
+        &account,
+        "grant-key",
+        json!({"selector": {"matchLabels": {"team": "grant"}}}),
+    )
+    .await;
+    let namespaces: Api<Namespace> = Api::all(w.client.clone());
+    let label = |value: Value| {
+        let namespaces = namespaces.clone();
+        let ns = w.ns.clone();
+        async move {
+            namespaces
+                .patch(
+                    &ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"team": value}}})),
+                )
+                .await
+                .expect("label namespace");
+        }
+    };
+    label(json!("grant")).await;
+    let names = ["g0", "g1", "g2"];
+    for name in names {
+        w.apply(
+            name,
+            with(credential_spec(&number()), cluster_account_ref(&account)),
+        )
+        .await;
+    }
+    for name in names {
+        w.wait_ready(name).await;
+    }
+    let workspace = w.mock.workspace("a");
+    let calls = workspace.total_calls().await;
+    assert_eq!(workspace.count(POST).await, 3);
+
+    label(Value::Null).await;
+    for name in names {
+        w.wait_for(
+            name,
+            "Stalled AccountNotAllowed",
+            Duration::from_secs(10),
+            |p| {
+                p.condition("Stalled")
+                    .is_some_and(|c| c.status == "True" && c.reason == "AccountNotAllowed")
+                    && p.condition("Ready").is_some_and(|c| c.status == "False")
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        workspace.total_calls().await,
+        calls,
+        "no call with the revoked account"
+    );
+
+    label(json!("grant")).await;
+    for name in names {
+        w.wait_for(name, "Ready again", Duration::from_secs(10), |p| {
+            is_ready(p)
+        })
+        .await;
+    }
+    assert_eq!(workspace.count(POST).await, 3, "no POST to come back");
+    for name in names {
+        w.delete(name).await;
+    }
+    for name in names {
+        w.wait_gone(name, Duration::from_secs(20)).await;
+    }
+    cluster_accounts(&w.client)
+        .delete(&account, &DeleteParams::default())
+        .await
+        .expect("delete account");
+}
+
 async fn wait_absent(api: &Api<kube::core::DynamicObject>, name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while api.get_opt(name).await.expect("get").is_some() {
