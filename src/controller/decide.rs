@@ -15,6 +15,7 @@ use super::Settings;
 use super::observe::{AccountProblem, ApiKey, Observation, SecretProblem, SecretProblemKind};
 use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
+use crate::accounts::AccountId;
 use crate::crd::{
     ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, PhoneNumber,
     RegistrationAttempt, ReplacementPolicy,
@@ -832,7 +833,7 @@ fn register(
             }
             // Nothing is in flight (any more): the marker goes while the object waits.
             return Err(Box::new(without_marker(wait_for_secret(
-                obs, problem, settings,
+                obs, problem, None, settings,
             ))));
         }
     };
@@ -1042,7 +1043,9 @@ fn checked(obs: &Observation, id: &str, patchable: PatchableDigest) -> Then {
 fn api_key_step(obs: &Observation, settings: &Settings) -> Option<Step> {
     match &obs.api_key {
         None => Some(Step::Read(Read::ApiKey)),
-        Some(ApiKey::Missing { problem, .. }) => Some(wait_for_secret(obs, problem, settings)),
+        Some(ApiKey::Missing {
+            account, problem, ..
+        }) => Some(wait_for_secret(obs, problem, Some(account), settings)),
         Some(ApiKey::Unusable(problem)) => Some(account_unusable(obs, problem, settings)),
         Some(_) => None,
     }
@@ -1440,10 +1443,20 @@ fn not_ready_for(obs: &Observation) -> Duration {
 
 /// A Secret the object needs is missing or unusable: Reconciling during the grace period,
 /// Stalled after it.
-fn wait_for_secret(obs: &Observation, problem: &SecretProblem, settings: &Settings) -> Step {
+fn wait_for_secret(
+    obs: &Observation,
+    problem: &SecretProblem,
+    account: Option<&AccountId>,
+    settings: &Settings,
+) -> Step {
     let waited = not_ready_for(obs);
     let grace = settings.secret_grace_period;
-    let (why, fix) = (problem_text(problem), problem_fix(problem));
+    let (mut why, fix) = (problem_text(problem), problem_fix(problem));
+    // The account's Secret, not one this object names: whose it is, for a reader who cannot
+    // read the account's spec.
+    if let Some(account) = account {
+        why = format!("the API key of {account} (the account's apiKeySecretRef): {why}");
+    }
     let reason = match problem.kind {
         SecretProblemKind::Absent => reason::SECRET_NOT_FOUND,
         _ => reason::SECRET_KEY_INVALID,

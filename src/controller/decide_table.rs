@@ -1901,3 +1901,37 @@ fn without_the_secret_watch_every_check_reads_and_a_restart_trusts_the_status() 
         )
     );
 }
+
+#[test]
+fn waiting_for_an_accounts_key_secret_names_the_account_and_not_for_a_password() {
+    let message = |ob: Observation| match decide(&ob, &settings()) {
+        Step::Report {
+            phase: Phase::Progressing { message, .. },
+            ..
+        } => message,
+        step => panic!("{step:?}"),
+    };
+    let key_missing = message(with(obs(object()), |ob| {
+        ob.api_key = Some(ApiKey::Missing {
+            account: AccountId::Namespaced {
+                namespace: "voice".into(),
+                name: "team".into(),
+            },
+            problem: problem(SecretProblemKind::Absent),
+            last_known: false,
+        })
+    }));
+    assert!(
+        key_missing.starts_with(
+            "the API key of OneInboxAccount voice/team (the account's apiKeySecretRef): Secret voice/sip does not exist"
+        ),
+        "{key_missing}"
+    );
+    let password_missing = message(with(read(object()), |ob| {
+        ob.credentials = Some(Err(problem(SecretProblemKind::Absent)))
+    }));
+    assert!(
+        password_missing.starts_with("Secret voice/sip does not exist"),
+        "{password_missing}"
+    );
+}
