@@ -127,7 +127,8 @@ pub enum Step {
         hash: Option<String>,
         event: (&'static str, String),
     },
-    /// One PATCH with only the changed fields, with an `Updated` or `DriftCorrected` event.
+    /// One PATCH with only the changed fields, with an `Updated`, `DriftCorrected` or
+    /// `UpdatedOnAdoption` event.
     Patch {
         id: String,
         patch: PatchRequest,
@@ -341,7 +342,11 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
                 let spec_changed = obs.memory.check.as_ref().is_none_or(|c| {
                     c.generation != obs.generation || c.generation != obj.metadata.generation
                 });
-                let event = if spec_changed {
+                // A registration adopted in this pass was never in line with this spec: its
+                // first PATCH is the adoption's, not a correction of drift.
+                let event = if obs.adopted {
+                    "UpdatedOnAdoption"
+                } else if spec_changed {
                     "Updated"
                 } else {
                     "DriftCorrected"

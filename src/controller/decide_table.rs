@@ -588,7 +588,7 @@ fn decision_table() {
                 ob.fetched = Some(Ok(changed));
                 ob.adopted = true;
             }),
-            "Patch Updated",
+            "Patch UpdatedOnAdoption",
         ),
         (
             "switched to Full, taken over, in line: Available, the credentials a new baseline",
@@ -1277,6 +1277,17 @@ fn decision_table() {
                 });
             }),
             "Patch DriftCorrected",
+        ),
+        (
+            "adopted in this pass, differing from the spec: the adoption's update, not drift",
+            with(read(registered()), |ob| {
+                let mut r = reg("id1");
+                r.agent_id = OTHER_AGENT.into();
+                ob.fetched = Some(Ok(r));
+                ob.memory.check = Some(due_check());
+                ob.adopted = true;
+            }),
+            "Patch UpdatedOnAdoption",
         ),
         (
             "spec changed",

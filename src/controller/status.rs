@@ -60,7 +60,7 @@ pub fn event_action(event_reason: &str) -> &'static str {
         | reason::REGISTRATION_REJECTED
         | reason::REGISTRATION_FAILED
         | "RegistrationLost" => "Register",
-        "Adopted" | reason::ID_MISMATCH => "Adopt",
+        "Adopted" | "UpdatedOnAdoption" | reason::ID_MISMATCH => "Adopt",
         "Updated" | "DriftCorrected" | reason::UPDATE_REJECTED => "Update",
         "Replacing" | reason::REPLACEMENT_REQUIRED => "Replace",
         "Deregistered" | reason::DELETION_BLOCKED => "Deregister",
@@ -491,6 +491,7 @@ mod tests {
             ("Adopted", "Adopt"),
             ("Updated", "Update"),
             ("DriftCorrected", "Update"),
+            ("UpdatedOnAdoption", "Adopt"),
             ("Replacing", "Replace"),
             ("Deregistered", "Deregister"),
             ("Orphaned", "Release"),

@@ -1716,6 +1716,7 @@ pub async fn run(p: Params) -> Report {
                         "Registered"
                             | "Adopted"
                             | "Updated"
+                            | "UpdatedOnAdoption"
                             | "DriftCorrected"
                             | "Deregistered"
                             | "Replacing"

@@ -149,7 +149,10 @@ async fn drift_is_a_condition_naming_the_fields_and_full_corrects_it_with_one_pa
     assert_eq!(reg["agent_id"], json!(AGENT2));
     assert_eq!(reg["friendly_name"], json!("Sales line"));
     assert_eq!(count_events(&w, "Adopted").await, 1);
-    assert_eq!(count_events(&w, "Updated").await, 1);
+    // The takeover's PATCH is the adoption's, not a user's update or drift.
+    assert_eq!(count_events(&w, "UpdatedOnAdoption").await, 1);
+    assert_eq!(count_events(&w, "Updated").await, 0);
+    assert_eq!(count_events(&w, "DriftCorrected").await, 0);
     w.assert_no_secrets(&[]).await;
 }
 
