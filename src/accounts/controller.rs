@@ -301,7 +301,7 @@ async fn check<C: OneInboxApi>(
             message: format!(
                 "The API key cannot be read: {}{last}. {}",
                 problem_text(p),
-                problem_fix(p)
+                problem_fix(p, "spec.apiKeySecretRef.key")
             ),
         });
     }

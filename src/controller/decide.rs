@@ -1456,12 +1456,16 @@ fn wait_for_secret(
 ) -> Step {
     let waited = not_ready_for(obs);
     let grace = settings.secret_grace_period;
-    let (mut why, fix) = (problem_text(problem), problem_fix(problem));
-    // The account's Secret, not one this object names: whose it is, for a reader who cannot
-    // read the account's spec.
-    if let Some(account) = account {
-        why = format!("the API key of {account} (the account's apiKeySecretRef): {why}");
-    }
+    let mut why = problem_text(problem);
+    let fix = match account {
+        // The account's Secret, not one this object names: whose it is, for a reader who
+        // cannot read the account's spec.
+        Some(account) => {
+            why = format!("the API key of {account} (the account's apiKeySecretRef): {why}");
+            problem_fix(problem, &format!("spec.apiKeySecretRef.key of {account}"))
+        }
+        None => problem_fix(problem, "spec.providerConfig.authPasswordSecretRef.key"),
+    };
     let reason = match problem.kind {
         SecretProblemKind::Absent => reason::SECRET_NOT_FOUND,
         _ => reason::SECRET_KEY_INVALID,
@@ -1509,18 +1513,31 @@ pub fn problem_text(p: &SecretProblem) -> String {
     }
 }
 
-/// The command that fixes it: create a missing Secret, or set the key of an existing one.
-pub fn problem_fix(p: &SecretProblem) -> String {
+/// The command that fixes it: create a missing Secret, or set the key of an existing one;
+/// for a Secret without the key, also the reference `key_field` that may name another of the
+/// keys it has.
+pub fn problem_fix(p: &SecretProblem, key_field: &str) -> String {
     let SecretProblem {
         namespace: ns,
         name,
         key,
+        keys,
         ..
     } = p;
     match p.kind {
         SecretProblemKind::Absent => format!(
             "Create it, e.g. kubectl -n {ns} create secret generic {name} --from-literal={key}=<value>"
         ),
+        SecretProblemKind::NoKey => {
+            let has = if keys.is_empty() {
+                "it has no keys".to_owned()
+            } else {
+                format!("it has {}", keys.join(", "))
+            };
+            format!(
+                "Add the key, e.g. kubectl -n {ns} patch secret {name} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}', or set {key_field} to the key that holds it ({has})"
+            )
+        }
         _ => format!(
             "Set the key, e.g. kubectl -n {ns} patch secret {name} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}'"
         ),

@@ -201,6 +201,10 @@ fn problem(kind: SecretProblemKind) -> SecretProblem {
         namespace: "voice".into(),
         name: "sip".into(),
         key: "password".into(),
+        keys: match kind {
+            SecretProblemKind::NoKey => vec!["pass".into(), "user".into()],
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -1736,6 +1740,12 @@ fn messages_give_the_fix_that_fits() {
     assert!(message.contains("has no key \"password\""), "{message}");
     assert!(
         message.contains("kubectl -n voice patch secret sip"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "or set spec.providerConfig.authPasswordSecretRef.key to the key that holds it (it has pass, user)"
+        ),
         "{message}"
     );
     assert!(!message.contains("create secret"), "{message}");

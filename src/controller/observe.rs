@@ -65,6 +65,9 @@ pub struct SecretProblem {
     pub namespace: String,
     pub name: String,
     pub key: String,
+    /// The keys the Secret has (names only, sorted), when it lacks `key`: the reference may
+    /// name the wrong one.
+    pub keys: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -464,11 +467,15 @@ pub fn secret_value_of(
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         key: key.to_owned(),
+        keys: Vec::new(),
     };
     match secret {
         None => Err(problem(SecretProblemKind::Absent)),
         Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
-            None => Err(problem(SecretProblemKind::NoKey)),
+            None => Err(SecretProblem {
+                keys: s.data.iter().flatten().map(|(k, _)| k.clone()).collect(),
+                ..problem(SecretProblemKind::NoKey)
+            }),
             Some(bytes) => match std::str::from_utf8(&bytes.0) {
                 Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(
                     v.trim_end_matches(['\n', '\r']).to_owned(),

@@ -197,8 +197,16 @@ async fn a_revoked_grant_stalls_ready_objects_at_once_and_a_restored_one_readies
     for name in names {
         w.wait_ready(name).await;
     }
+    // The account has checked its key (its one authenticated call) and counts its users.
+    w.wait_account(
+        &cluster_accounts(&w.client),
+        &account,
+        "Ready, 3 PhoneNumbers",
+        |v| account_ready(v).0 == "True" && v["status"]["phoneNumbers"] == 3,
+    )
+    .await;
     let workspace = w.mock.workspace("a");
-    let calls = workspace.total_calls().await;
+    let calls = workspace.calls().await;
     assert_eq!(workspace.count(POST).await, 3);
 
     label(Value::Null).await;
@@ -216,7 +224,7 @@ async fn a_revoked_grant_stalls_ready_objects_at_once_and_a_restored_one_readies
         .await;
     }
     assert_eq!(
-        workspace.total_calls().await,
+        workspace.calls().await,
         calls,
         "no call with the revoked account"
     );

@@ -286,6 +286,11 @@ async fn a_secret_without_its_key_gets_a_reason_and_fix_that_fit() {
         msg.contains("patch secret sip") && !msg.contains("create secret"),
         "{msg}"
     );
+    // The other way out: the reference may name the wrong key (names only, never a value).
+    assert!(
+        msg.contains("or set spec.providerConfig.authPasswordSecretRef.key to the key that holds it (it has pass)"),
+        "{msg}"
+    );
     // The fix the message names works (the Secret watch brings the object back).
     w.secret("sip", "hunter2-now-right").await;
     w.wait_ready("s").await;
