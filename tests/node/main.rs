@@ -20,6 +20,8 @@
 #[path = "../e2e/harness.rs"]
 mod harness;
 
+mod failover;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
