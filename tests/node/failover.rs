@@ -15,7 +15,7 @@ use crate::harness::*;
 use crate::*;
 
 /// The pod holding the Lease, once one does (the identity is `<pod name>-<8 hex digits>`).
-async fn holder(leases: &Api<Lease>) -> Option<String> {
+pub(crate) async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases
         .list(&Default::default())
         .await
@@ -28,9 +28,12 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
 }
 
 /// `oneinbox_operator_leader` of a pod, read on its pod IP (the host is on the pod network).
-async fn leader_metric(pod: &k8s_openapi::api::core::v1::Pod) -> Option<u64> {
+pub(crate) async fn leader_metric(pod: &k8s_openapi::api::core::v1::Pod) -> Option<u64> {
     let ip = pod.status.as_ref()?.pod_ip.clone()?;
-    let text = reqwest::get(format!("http://{ip}:8080/metrics"))
+    let text = reqwest::Client::new()
+        .get(format!("http://{ip}:8080/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
         .await
         .ok()?
         .text()
@@ -60,7 +63,7 @@ async fn leaders(client: &kube::Client, ns: &str, release: &str) -> (usize, Vec<
     (running, acting)
 }
 
-async fn apply_numbers(pns: &Api<PhoneNumber>, names: &[String]) {
+pub(crate) async fn apply_numbers(pns: &Api<PhoneNumber>, names: &[String]) {
     for n in names {
         let body = json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
                           "metadata": {"name": n}, "spec": sip_spec(&number(), "sip")});

@@ -21,6 +21,7 @@
 mod harness;
 
 mod failover;
+mod upgrade;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
