@@ -75,7 +75,7 @@ cargo test --workspace --all-features --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 step "the chart and the image on a real node (tests/node: kubelet, containerd, runc; needs root)"
 # Starts the node once (tests/cluster/node-up.sh); the cleanup below stops it with the plane.
-cargo test --locked --features e2e --test node -- --test-threads=1 2>&1 | tee -a "$log"
+cargo test --locked --all-features --test node -- --test-threads=1 2>&1 | tee -a "$log"
 node_status=${PIPESTATUS[0]}
 [ "$node_status" = 0 ] || status=$node_status
 set -e
