@@ -3,6 +3,15 @@
 # oneinbox-operator image: a fully static (musl) binary on distroless/static, running as the
 # distroless "nonroot" user (65532). Build: docker build -t ghcr.io/oneinbox/oneinbox-operator:0.1.0 .
 # Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 ... (each platform builds natively).
+#
+# Two build arguments exist for the test world (tests/node/images.sh), which has no registry:
+#   BINARY=prebuilt  takes the static musl binary from the build context (file oneinbox-operator,
+#                    as tests/static-build.sh makes it) instead of compiling it in the builder stage;
+#   BASE_IMAGE       the final stage's base; the default is the pinned distroless image below.
+# The final stage is the same either way: same files, user, entrypoint and labels.
+
+ARG BASE_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:b7bb25d9f7c31d2bdd1982feb4dafcaf137703c7075dbe2febb41c24212b946f
+ARG BINARY=builder
 
 # Base images are pinned by digest (the multi-arch index of each tag), so a rebuild uses exactly
 # these bytes; the tag stays for readers. Move the rust tag with rust-toolchain.toml. To refresh a
@@ -36,12 +45,21 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --target "$(cat /rust-target)" --bin oneinbox-operator \
  && install -D -m 0755 "target/$(cat /rust-target)/release/oneinbox-operator" /out/oneinbox-operator
 
+# A binary built outside (BINARY=prebuilt): only ever used when asked for; BuildKit and buildah
+# skip the stages the target does not need.
+FROM scratch AS prebuilt
+COPY --chmod=0755 oneinbox-operator /out/oneinbox-operator
+
+# hadolint ignore=DL3006
+FROM ${BINARY} AS binary
+
 # No shell, no package manager, no libc: CA certificates and /etc/passwd for nonroot only.
-FROM gcr.io/distroless/static-debian12:nonroot@sha256:b7bb25d9f7c31d2bdd1982feb4dafcaf137703c7075dbe2febb41c24212b946f
+# hadolint ignore=DL3006
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="oneinbox-operator" \
       org.opencontainers.image.description="Kubernetes operator that manages OneInbox phone numbers as PhoneNumber custom resources" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=builder /out/oneinbox-operator /usr/local/bin/oneinbox-operator
+COPY --from=binary /out/oneinbox-operator /usr/local/bin/oneinbox-operator
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/oneinbox-operator"]

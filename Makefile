@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 export TESTENV_STATE ?= $(CURDIR)/target/testenv
 
-.PHONY: test demo demo-down cluster-up cluster-down tools lint fmt crds verify-crds unit e2e mock operator deny audit sbom
+.PHONY: test demo demo-down cluster-up cluster-down tools lint fmt crds verify-crds unit e2e mock operator deny audit sbom node-e2e
 
 ## make test: fmt check, clippy -D warnings, unit + contract tests, e2e against the real control plane.
 test:
@@ -20,8 +20,14 @@ demo-down:
 cluster-up:
 	@tests/cluster/up.sh
 
+## Stops the plane, and the node if one runs (tests/cluster/node-up.sh).
 cluster-down:
 	@tests/cluster/down.sh
+
+## make node-e2e: the image (Dockerfile) installed by the Helm chart on a real node: kubelet,
+## containerd, runc; needs root. Starts and stops what it needs; see tests/node/run.sh.
+node-e2e:
+	tests/node/run.sh
 
 ## Build (or reuse from the cache) the Go-built tools and print their directory.
 tools:
@@ -33,7 +39,7 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
-	$(CARGO) clippy --all-features --test bench --test soak --test model -- -D warnings
+	$(CARGO) clippy --all-features --test bench --test soak --test model --test node -- -D warnings
 
 ## Regenerate the CRD from the Rust types (and the chart's copy of it).
 CRD_PLURALS := phonenumbers oneinboxaccounts clusteroneinboxaccounts

@@ -17,7 +17,7 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 # --all-targets leaves out the harness targets (test = false); name them.
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-cargo clippy --all-features --test bench --test soak --test model --test cost --locked -- -D warnings
+cargo clippy --all-features --test bench --test soak --test model --test cost --test node --locked -- -D warnings
 
 step "CRDs are generated from the Rust types (verify twin)"
 for plural in phonenumbers oneinboxaccounts clusteroneinboxaccounts; do
@@ -37,6 +37,10 @@ if ! [ -f "$TESTENV_STATE/kube-apiserver.pid" ] || ! kill -0 "$(cat "$TESTENV_ST
   started_here=1
 fi
 cleanup() {
+  # A node is never left running, even on a plane this run did not start.
+  if [ "$started_here" = 0 ] || [ "${TESTENV_KEEP:-0}" = 1 ]; then
+    tests/cluster/down.sh --node-only
+  fi
   if [ "$started_here" = 1 ] && [ "${TESTENV_KEEP:-0}" != 1 ]; then
     step "stopping the control plane"
     pids=$(cat "$TESTENV_STATE"/*.pid 2>/dev/null || true)
@@ -69,6 +73,11 @@ set +e
 cargo build --quiet --locked -p oneinbox-mock
 cargo test --workspace --all-features --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+step "the chart and the image on a real node (tests/node: kubelet, containerd, runc; needs root)"
+# Starts the node once (tests/cluster/node-up.sh); the cleanup below stops it with the plane.
+cargo test --locked --all-features --test node -- --test-threads=1 2>&1 | tee -a "$log"
+node_status=${PIPESTATUS[0]}
+[ "$node_status" = 0 ] || status=$node_status
 set -e
 read -r passed failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$log")
 rm -f "$log"

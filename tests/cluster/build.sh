@@ -3,7 +3,9 @@
 # checkout, and print the directory that holds them (last stdout line).
 #
 #   build.sh [k8s] [etcd] [helm] [kstatus] [promtool] [prometheus-operator]
-#            [source-controller] [kustomize-controller] [gittestserver]   (default: all)
+#            [source-controller] [kustomize-controller] [gittestserver]   (default: all of these)
+#   build.sh node     kubelet and kube-scheduler, for the tests that run pods (tests/node/);
+#                     never built by default, so the node-less tests do not pay for it
 #
 # prometheus-operator is not built: its module holds the monitoring.coreos.com CRDs
 # (ServiceMonitor, PodMonitor, PrometheusRule) that the chart's monitors are validated against.
@@ -48,6 +50,7 @@ hash_of() { # module dir: go.mod, go.sum, our own Go sources (kstatus, gittestse
 dir_for() {
   case $1 in
     k8s) echo "$cache/k8s-$K8S_VERSION-$(hash_of k8s)" ;;
+    node) echo "$cache/node-$K8S_VERSION-$(hash_of k8s)" ;;
     etcd) echo "$cache/etcd-$ETCD_VERSION-$(hash_of etcd)" ;;
     helm) echo "$cache/helm-$HELM_VERSION-$(hash_of helm)" ;;
     kstatus) echo "$cache/kstatus-$(hash_of kstatus)" ;;
@@ -60,18 +63,25 @@ dir_for() {
   esac
 }
 
+k8s_build() { # out-dir main-packages...: the k8s wrapper module, stamped with the version
+  local out=$1 ld="-s -w" minor=${K8S_VERSION#v1.}; shift
+  minor=${minor%%.*}
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
+  done
+  (cd "$here/k8s" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" "$@")
+}
+
 build_one() { # component out-dir
   local c=$1 out=$2
   case $c in
     k8s)
-      local ld="-s -w" minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
-        ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
-      done
-      (cd "$here/k8s" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl) ;;
+      k8s_build "$out" k8s.io/kubernetes/cmd/kube-apiserver \
+        k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ;;
+    node)
+      # Same module and pins as kube-apiserver, so the node's version is the plane's.
+      k8s_build "$out" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler ;;
     etcd)
       (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3) ;;
     helm)

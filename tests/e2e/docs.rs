@@ -144,6 +144,11 @@ const NOT_RUN: &[(&str, &str, &str)] = &[
         "it is the suite this test is part of",
     ),
     (
+        "README.md",
+        "make node-e2e",
+        "the node test is a suite of its own (root, a node of its own); it runs as tests/node/main.rs",
+    ),
+    (
         "docs/model-test.md",
         "make test",
         "it is the suite this test is part of",

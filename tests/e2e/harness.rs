@@ -211,8 +211,13 @@ pub struct Mock {
 
 impl Mock {
     pub fn start(extra: &[&str]) -> Mock {
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// On `listen` (an address the test world made, such as the test node's bridge).
+    pub fn start_on(listen: &str, extra: &[&str]) -> Mock {
         let mut child = Command::new(mock_bin())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
