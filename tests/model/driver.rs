@@ -16,8 +16,11 @@ use oneinbox_operator::crd::PhoneNumber;
 use serde_json::{Value, json};
 
 use crate::operator::{self, Operator};
-use crate::ops::{CREDENTIAL_IDS, Creds, Edit, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target};
+use crate::ops::{
+    Agent, CREDENTIAL_IDS, Creds, Drift, Edit, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target,
+};
 use crate::world::{Crash, Shared, World, lock};
+use oneinbox_operator::oneinbox::RoutingFallback;
 
 /// Simulated cost of one pass (watch event → reconcile).
 pub const PASS_MS: u64 = 100;
@@ -516,12 +519,64 @@ fn slot_key(slot: u8) -> (String, String) {
     (ns.to_owned(), name.to_owned())
 }
 
-fn routing(r: u8) -> Value {
-    match r % 3 {
+/// The routing of a spec; `agent` spells the routing's uuids (the fallback is the next agent,
+/// in the same case), so every uuid field of the spec comes in both spellings.
+fn routing(r: u8, agent: Agent) -> Value {
+    let next = Agent {
+        idx: agent.idx.wrapping_add(1),
+        upper: agent.upper,
+    };
+    match r % 4 {
         0 => Value::Null,
-        1 => json!({"fallback": {"agentId": crate::ops::AGENTS[1]}}),
-        _ => json!({"voicemailMessage": "Sorry, we missed your call."}),
+        1 => json!({"fallback": {"agentId": agent.uuid()}}),
+        2 => json!({"voicemailMessage": VOICEMAIL}),
+        _ => json!({"agentId": agent.uuid(), "fallback": {"agentId": next.uuid()},
+                    "voicemailMessage": VOICEMAIL}),
     }
+}
+
+const VOICEMAIL: &str = "Sorry, we missed your call.";
+
+/// A change made outside the cluster to registration `id`, as the API would store it (uuids in
+/// canonical lower case, `updated_at` moved).
+fn drift(w: &mut World, id: &str, drift: Drift) {
+    let now = jiff::Timestamp::now().to_string();
+    let Some(r) = w.api.regs.get_mut(id) else {
+        return;
+    };
+    let reg = &mut r.reg;
+    let lower = |a: Agent| a.uuid().to_ascii_lowercase();
+    let mut routing = reg.inbound_routing.clone().unwrap_or_default();
+    match drift {
+        Drift::Agent(a) => reg.agent_id = lower(a),
+        Drift::FriendlyName(n) => reg.friendly_name = friendly(n).as_str().map(str::to_owned),
+        Drift::RoutingAgent(a) => routing.agent_id = a.map(lower),
+        Drift::Fallback(a) => routing.fallback = a.map(|a| RoutingFallback { agent_id: lower(a) }),
+        Drift::Voicemail(on) => {
+            routing.voicemail_message = on.then(|| "Left outside the cluster.".to_owned())
+        }
+        Drift::NoRouting => {}
+        Drift::Trunks => {
+            let n = w.rv;
+            reg.inbound_trunk_id = reg.inbound_trunk_id.as_ref().map(|_| format!("ST_in_x{n}"));
+            reg.outbound_trunk_id = Some(format!("ST_out_x{n}"));
+            reg.dispatch_rule_id = reg.dispatch_rule_id.as_ref().map(|_| format!("SDR_x{n}"));
+        }
+    }
+    if matches!(
+        drift,
+        Drift::RoutingAgent(_) | Drift::Fallback(_) | Drift::Voicemail(_)
+    ) {
+        if reg.inbound_routing.is_none() {
+            reg.inbound_trunk_id = Some(format!("ST_in_{id}"));
+            reg.dispatch_rule_id = Some(format!("SDR_{id}"));
+        }
+        reg.inbound_routing = Some(routing);
+    }
+    if matches!(drift, Drift::NoRouting) {
+        reg.inbound_routing = None;
+    }
+    reg.updated_at = now;
 }
 
 fn set_creds(spec: &mut Value, creds: Creds) {
@@ -662,6 +717,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             agent,
             friendly_name,
             routing: r,
+            routing_agent,
             orphan,
             replace,
             import,
@@ -675,7 +731,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 "replacementPolicy": if *replace { "Replace" } else { "Manual" },
             });
             set_or_remove(&mut spec, "friendlyName", friendly(*friendly_name));
-            set_or_remove(&mut spec, "inboundRouting", routing(*r));
+            set_or_remove(&mut spec, "inboundRouting", routing(*r, *routing_agent));
             set_creds(&mut spec, *creds);
             let number = NUMBERS[*number as usize % 2];
             if w.user_create(&ns, &name, spec)
@@ -695,9 +751,13 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 set_or_remove(&mut o["spec"], "friendlyName", friendly(*name))
             });
         }
-        Op::SetRouting { slot, routing: r } => {
+        Op::SetRouting {
+            slot,
+            routing: r,
+            agent,
+        } => {
             w.user_edit(&slot_key(*slot), |o| {
-                set_or_remove(&mut o["spec"], "inboundRouting", routing(*r))
+                set_or_remove(&mut o["spec"], "inboundRouting", routing(*r, *agent))
             });
         }
         Op::SetCreds { slot, creds } => {
@@ -788,10 +848,10 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 w.stimuli.push((w.now_ms, None));
             }
         }
-        Op::DriftOutside { pick, agent } => {
+        Op::DriftOutside { pick, drift: d } => {
             let id = w.api.regs.keys().nth(*pick as usize).cloned();
-            if let Some(r) = id.and_then(|id| w.api.regs.get_mut(&id)) {
-                r.reg.agent_id = agent.uuid().to_ascii_lowercase();
+            if let Some(id) = id {
+                drift(w, &id, *d);
                 w.stimuli.push((w.now_ms, None));
             }
         }

@@ -245,6 +245,7 @@ mod tests {
             agent: Agent { idx: 0, upper },
             friendly_name: Some(0),
             routing: 1,
+            routing_agent: Agent { idx: 1, upper },
             orphan: false,
             replace: false,
             import: false,
@@ -263,6 +264,10 @@ mod tests {
             },
             friendly_name: None,
             routing: 0,
+            routing_agent: Agent {
+                idx: 0,
+                upper: false,
+            },
             orphan: false,
             replace: false,
             import: false,
