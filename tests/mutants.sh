@@ -25,7 +25,7 @@ fi
 
 # name | description. Each name is a mutation in the Python table below.
 mutants=(
-  "post-after-409|a second POST after a 409 (the 409 retried as if transient)"
+  "post-after-409|a second POST after a 409 (a stalled object POSTs again instead of looking the number up)"
   "agent-bytes|an upper-case agentId compared by bytes"
   "orphan-deletes|Orphan still DELETEs"
   "delete-skips|Delete skips the DELETE"
@@ -65,14 +65,8 @@ copy, name = sys.argv[1], sys.argv[2]
 D = "src/controller/decide.rs"
 M = {
     "post-after-409": [(D,
-        """        Some((false, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
-            return Err(Box::new(already_registered(
-                obs,
-                phone_id,
-                PatchableDigest::unread(),
-            )));""",
-        """        Some((false, Err(e @ ApiError::AlreadyRegistered { .. }))) => {
-            return Err(Box::new(api_failure(obs, Failure { op: Op::Register, error: e.clone() })));""")],
+        "    if refused_for_this_input(reason::ALREADY_REGISTERED) {",
+        "    if false && refused_for_this_input(reason::ALREADY_REGISTERED) {")],
     "agent-bytes": [("src/controller/plan.rs",
         "agent_id: digest(uuid(Some(agent_id))),",
         "agent_id: digest(Some(agent_id)),")],

@@ -1591,9 +1591,14 @@ fn fresh(obs: &Observation, id: &str, current_hash: Option<&str>) -> bool {
 fn cached_remote(obs: &Observation, id: &str) -> Option<Remote> {
     let status = obs.obj.status.as_ref()?;
     // Without the finalizer the registration is not taken over yet (an object switched from
-    // Observe): it is read and adopted first.
+    // Observe): it is read and adopted first. An annotation naming another id is set right only
+    // after a read shows the status's id still exists (else the user's id is the one to adopt).
     if status.phone_number_id.as_deref() != Some(id)
         || !obs.obj.has_finalizer()
+        || obs
+            .obj
+            .annotation(ANNOTATION_PHONE_NUMBER_ID)
+            .is_some_and(|a| a != id)
         || !reconcile_request_handled(obs)
         || status.state.is_none()
     {

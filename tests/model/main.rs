@@ -327,6 +327,26 @@ mod tests {
     }
 
     #[test]
+    fn an_object_annotated_with_the_number_s_new_registration_adopts_it() {
+        // Found by a long campaign (MODEL_SEED=1796222533972593300 before the generator of
+        // issue 27): the object's registration was deleted outside, the number registered
+        // outside, and the user annotated that registration. The operator trusted its cached
+        // copy of the lost id and set the annotation back to it, and then stayed
+        // AlreadyRegistered for the registration the user had named.
+        let rt = rt();
+        let ops = [
+            plain_create(0, 0, Creds::Secret(0)),
+            Op::DeleteOutside { pick: 0 },
+            Op::RegisterOutside { number: 0 },
+            Op::Annotate {
+                slot: 0,
+                target: crate::ops::Target::Existing(0),
+            },
+        ];
+        assert_eq!(run_case(&rt, 5, &ops), Ok(()));
+    }
+
+    #[test]
     fn a_secret_in_an_event_is_caught() {
         let mut w = world::World::new();
         w.secret_values.insert("pw-very-secret".into());
