@@ -689,11 +689,29 @@ fn annotate(w: &mut World, key: &(String, String), id: String) {
     if let Some(reg) = w.api.regs.get(&id)
         && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
     {
-        let held_by_other_live = reg
-            .owner
-            .as_ref()
-            .is_some_and(|o| *o != uid && w.is_live_uid(o))
-            || w.objects.values().any(|s| {
+        // An adoption by annotation that no status confirms yet is a claim like this one: of
+        // two such claims the operator gives the id to the older object (creation time, then
+        // namespace and name), as it cannot know which annotation came first.
+        let older_than = |o: &str| {
+            let key_of = |u: &str| {
+                let k = w.key_of_uid(u)?;
+                let t = w.live_object(&k)?["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                Some((t, k))
+            };
+            key_of(&uid) < key_of(o) && key_of(&uid).is_some()
+        };
+        let unconfirmed = |o: &str| {
+            reg.by_annotation
+                && w.key_of_uid(o)
+                    .and_then(|k| w.live_object(&k))
+                    .is_some_and(|obj| obj["status"]["phoneNumberId"].as_str() != Some(id.as_str()))
+        };
+        let held_by_other_live =
+            reg.owner.as_ref().is_some_and(|o| {
+                *o != uid && w.is_live_uid(o) && !(unconfirmed(o) && older_than(o))
+            }) || w.objects.values().any(|s| {
                 s.obj["metadata"]["uid"].as_str() != Some(uid.as_str())
                     && s.obj["status"]["phoneNumberId"].as_str() == Some(id.as_str())
             });

@@ -347,6 +347,53 @@ mod tests {
     }
 
     #[test]
+    fn two_unconfirmed_annotations_of_one_id_go_to_the_older_object() {
+        // Found by a long campaign (MODEL_SEED=1796220597409147141 before the generator of
+        // issue 27): an import's first reads failed, and an older object was then annotated
+        // with the same id. The model gave the id to the import (annotated first); the
+        // operator, which cannot tell which annotation came first, gives it to the older
+        // object while neither status names it. The model now judges as the operator does.
+        use crate::oneinbox::{Call, FaultKind};
+        let rt = rt();
+        let import = Op::Create {
+            slot: 1,
+            number: 0,
+            creds: Creds::Secret(0),
+            agent: Agent {
+                idx: 0,
+                upper: false,
+            },
+            friendly_name: None,
+            routing: 0,
+            routing_agent: Agent {
+                idx: 0,
+                upper: false,
+            },
+            orphan: false,
+            replace: false,
+            import: true,
+        };
+        let ops = [
+            Op::RegisterOutside { number: 0 },
+            plain_create(0, 0, Creds::Secret(0)),
+            Op::Fault {
+                call: Some(Call::Get),
+                kind: FaultKind::Status {
+                    code: 500,
+                    retry_after: None,
+                },
+                count: 3,
+            },
+            import,
+            Op::Annotate {
+                slot: 0,
+                target: crate::ops::Target::Existing(0),
+            },
+        ];
+        assert_eq!(run_case(&rt, 7, &ops), Ok(()));
+    }
+
+    #[test]
     fn a_secret_in_an_event_is_caught() {
         let mut w = world::World::new();
         w.secret_values.insert("pw-very-secret".into());
