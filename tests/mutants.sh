@@ -135,6 +135,9 @@ for m in "${mutants[@]}"; do
     missed=$((missed + 1))
     continue
   fi
+  # Every source of the crate newer than any build in the shared target directory: cargo
+  # never takes an earlier build (another mutant, another copy) for this one.
+  find "$copy/src" "$copy/tests" -name '*.rs' -exec touch {} +
   start=$(date +%s)
   set +e
   (cd "$copy" && MODEL_SEED=$seed MODEL_CASES=$cases \
