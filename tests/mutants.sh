@@ -36,6 +36,7 @@ mutants=(
   "repeat-409-foreign|a repeated POST's 409 read as someone else's registration"
   "adopt-no-finalizer|an adoption that never gets its finalizer, a re-adoption looking only at the status id"
   "routing-bytes|routing and fallback uuids compared by bytes"
+  "condition-generation|conditions written without observedGeneration"
 )
 
 # Write the pristine tree into the copy: only files that differ are rewritten (with a new
@@ -109,6 +110,9 @@ M = {
         ("src/controller/plan.rs",
         "fallback: digest(uuid(routing.fallback.as_ref().map(|f| f.agent_id.as_str()))),",
         "fallback: digest(routing.fallback.as_ref().map(|f| f.agent_id.as_str())),")],
+    "condition-generation": [("src/controller/status.rs",
+        "                last_transition_time,\n                observed_generation: generation,",
+        "                last_transition_time,\n                observed_generation: None,")],
 }
 for path, old, new in M[name]:
     p = f"{copy}/{path}"

@@ -201,7 +201,7 @@ impl World {
             ));
         }
         for c in status["conditions"].as_array().into_iter().flatten() {
-            if !c["observedGeneration"].is_null() && c["observedGeneration"] != *generation {
+            if c["observedGeneration"] != *generation {
                 v.push(format!(
                     "(e) {who}: condition {} has observedGeneration {} but generation {generation}",
                     c["type"], c["observedGeneration"]
