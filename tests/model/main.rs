@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn an_object_annotated_with_the_number_s_new_registration_adopts_it() {
         // Found by a long campaign (MODEL_SEED=1796222533972593300 before the generator of
-        // issue 27): the object's registration was deleted outside, the number registered
+        // 2026-12-07): the object's registration was deleted outside, the number registered
         // outside, and the user annotated that registration. The operator trusted its cached
         // copy of the lost id and set the annotation back to it, and then stayed
         // AlreadyRegistered for the registration the user had named.
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn two_unconfirmed_annotations_of_one_id_go_to_the_older_object() {
         // Found by a long campaign (MODEL_SEED=1796220597409147141 before the generator of
-        // issue 27): an import's first reads failed, and an older object was then annotated
+        // 2026-12-07): an import's first reads failed, and an older object was then annotated
         // with the same id. The model gave the id to the import (annotated first); the
         // operator, which cannot tell which annotation came first, gives it to the older
         // object while neither status names it. The model now judges as the operator does.
