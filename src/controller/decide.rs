@@ -1108,10 +1108,13 @@ pub fn account_problem_text(p: &AccountProblem) -> String {
 /// (removed outside the cluster), so status never names an id OneInbox no longer holds.
 fn status_data(obs: &Observation) -> StatusData {
     let mut data = StatusData::current(&obs.obj);
+    // A 404 read earlier in the pass was for the id named then, not for one this pass has
+    // registered since.
     let gone = |id: &str| {
         obs.memory.lost.as_deref() == Some(id)
             || (matches!(obs.fetched, Some(Err(ApiError::NotFound)))
-                && obs.obj.known_id().as_deref() == Some(id))
+                && obs.obj.known_id().as_deref() == Some(id)
+                && obs.persisted.as_ref().is_none_or(|r| r.id != id))
     };
     if data.remote.phone_number_id.as_deref().is_some_and(gone) {
         data.remote = Default::default();

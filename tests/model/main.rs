@@ -394,6 +394,41 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_patch_after_a_registration_keeps_its_id() {
+        // Found by a campaign from MODEL_SEED=2000000 (seed 2027682): the annotation named an
+        // id OneInbox never issued, so the pass read a 404, registered the number, and then a
+        // PATCH failed (401). The failure's status took that 404 for the new registration's
+        // and dropped its id; the next pass registered again, got a 409 for its own
+        // registration and stayed AlreadyRegistered.
+        use crate::oneinbox::{Call, FaultKind};
+        let rt = rt();
+        let ops = [
+            plain_create(0, 1, Creds::Secret(1)),
+            plain_create(1, 1, Creds::Secret(0)),
+            Op::Fault {
+                call: Some(Call::Patch),
+                kind: FaultKind::Status {
+                    code: 401,
+                    retry_after: None,
+                },
+                count: 1,
+            },
+            Op::Concurrent {
+                in_effects: 3,
+                edit: crate::ops::Edit::Agent(Agent {
+                    idx: 1,
+                    upper: false,
+                }),
+            },
+            Op::Annotate {
+                slot: 1,
+                target: crate::ops::Target::Unknown,
+            },
+        ];
+        assert_eq!(run_case(&rt, 8, &ops), Ok(()));
+    }
+
+    #[test]
     fn a_secret_in_an_event_is_caught() {
         let mut w = world::World::new();
         w.secret_values.insert("pw-very-secret".into());
