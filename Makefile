@@ -76,12 +76,18 @@ sbom:
 argocd-cm:
 	cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update
 
-.PHONY: chaos bench model profile
+.PHONY: chaos bench model mutants profile
 
 ## make model: long model-based campaign (docs/model-test.md); prints the count of cases run.
 ## MODEL_CASES=1000000 MODEL_SEED MODEL_STEPS MODEL_KEEP_GOING=1.
 model:
 	MODEL_CASES=$${MODEL_CASES:-1000000} $(CARGO) test --profile model --all-features --test model -- --nocapture
+
+## make mutants: the mutation table (docs/model-test.md): realistic defects applied one at a time
+## to a scratch copy under target/mutants/, the model gate run on each; fails if one is missed.
+## MUTANTS_ONLY=name,name (names in tests/mutants.sh).
+mutants:
+	tests/mutants.sh
 
 ## make chaos: chaos soak against the real control plane and the faulty mock (release build).
 ## CHAOS_OBJECTS=200 CHAOS_MINUTES=5 CHAOS_HA=0|1 CHAOS_KILLS CHAOS_SEED (see tests/soak/main.rs).

@@ -1122,10 +1122,13 @@ pub fn account_problem_text(p: &AccountProblem) -> String {
 /// (removed outside the cluster), so status never names an id OneInbox no longer holds.
 fn status_data(obs: &Observation) -> StatusData {
     let mut data = StatusData::current(&obs.obj);
+    // A 404 read earlier in the pass was for the id named then, not for one this pass has
+    // registered since.
     let gone = |id: &str| {
         obs.memory.lost.as_deref() == Some(id)
             || (matches!(obs.fetched, Some(Err(ApiError::NotFound)))
-                && obs.obj.known_id().as_deref() == Some(id))
+                && obs.obj.known_id().as_deref() == Some(id)
+                && obs.persisted.as_ref().is_none_or(|r| r.id != id))
     };
     if data.remote.phone_number_id.as_deref().is_some_and(gone) {
         data.remote = Default::default();
@@ -1641,9 +1644,14 @@ fn fresh(obs: &Observation, id: &str, current_hash: Option<&str>) -> bool {
 fn cached_remote(obs: &Observation, id: &str) -> Option<Remote> {
     let status = obs.obj.status.as_ref()?;
     // Without the finalizer the registration is not taken over yet (an object switched from
-    // Observe): it is read and adopted first.
+    // Observe): it is read and adopted first. An annotation naming another id is set right only
+    // after a read shows the status's id still exists (else the user's id is the one to adopt).
     if status.phone_number_id.as_deref() != Some(id)
         || !obs.obj.has_finalizer()
+        || obs
+            .obj
+            .annotation(ANNOTATION_PHONE_NUMBER_ID)
+            .is_some_and(|a| a != id)
         || !reconcile_request_handled(obs)
         || status.state.is_none()
     {

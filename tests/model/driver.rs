@@ -16,8 +16,11 @@ use oneinbox_operator::crd::PhoneNumber;
 use serde_json::{Value, json};
 
 use crate::operator::{self, Operator};
-use crate::ops::{CREDENTIAL_IDS, Creds, Edit, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target};
+use crate::ops::{
+    Agent, CREDENTIAL_IDS, Creds, Drift, Edit, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target,
+};
 use crate::world::{Crash, Shared, World, lock};
+use oneinbox_operator::oneinbox::RoutingFallback;
 
 /// Simulated cost of one pass (watch event → reconcile).
 pub const PASS_MS: u64 = 100;
@@ -516,12 +519,64 @@ fn slot_key(slot: u8) -> (String, String) {
     (ns.to_owned(), name.to_owned())
 }
 
-fn routing(r: u8) -> Value {
-    match r % 3 {
+/// The routing of a spec; `agent` spells the routing's uuids (the fallback is the next agent,
+/// in the same case), so every uuid field of the spec comes in both spellings.
+fn routing(r: u8, agent: Agent) -> Value {
+    let next = Agent {
+        idx: agent.idx.wrapping_add(1),
+        upper: agent.upper,
+    };
+    match r % 4 {
         0 => Value::Null,
-        1 => json!({"fallback": {"agentId": crate::ops::AGENTS[1]}}),
-        _ => json!({"voicemailMessage": "Sorry, we missed your call."}),
+        1 => json!({"fallback": {"agentId": agent.uuid()}}),
+        2 => json!({"voicemailMessage": VOICEMAIL}),
+        _ => json!({"agentId": agent.uuid(), "fallback": {"agentId": next.uuid()},
+                    "voicemailMessage": VOICEMAIL}),
     }
+}
+
+const VOICEMAIL: &str = "Sorry, we missed your call.";
+
+/// A change made outside the cluster to registration `id`, as the API would store it (uuids in
+/// canonical lower case, `updated_at` moved).
+fn drift(w: &mut World, id: &str, drift: Drift) {
+    let now = jiff::Timestamp::now().to_string();
+    let Some(r) = w.api.regs.get_mut(id) else {
+        return;
+    };
+    let reg = &mut r.reg;
+    let lower = |a: Agent| a.uuid().to_ascii_lowercase();
+    let mut routing = reg.inbound_routing.clone().unwrap_or_default();
+    match drift {
+        Drift::Agent(a) => reg.agent_id = lower(a),
+        Drift::FriendlyName(n) => reg.friendly_name = friendly(n).as_str().map(str::to_owned),
+        Drift::RoutingAgent(a) => routing.agent_id = a.map(lower),
+        Drift::Fallback(a) => routing.fallback = a.map(|a| RoutingFallback { agent_id: lower(a) }),
+        Drift::Voicemail(on) => {
+            routing.voicemail_message = on.then(|| "Left outside the cluster.".to_owned())
+        }
+        Drift::NoRouting => {}
+        Drift::Trunks => {
+            let n = w.rv;
+            reg.inbound_trunk_id = reg.inbound_trunk_id.as_ref().map(|_| format!("ST_in_x{n}"));
+            reg.outbound_trunk_id = Some(format!("ST_out_x{n}"));
+            reg.dispatch_rule_id = reg.dispatch_rule_id.as_ref().map(|_| format!("SDR_x{n}"));
+        }
+    }
+    if matches!(
+        drift,
+        Drift::RoutingAgent(_) | Drift::Fallback(_) | Drift::Voicemail(_)
+    ) {
+        if reg.inbound_routing.is_none() {
+            reg.inbound_trunk_id = Some(format!("ST_in_{id}"));
+            reg.dispatch_rule_id = Some(format!("SDR_{id}"));
+        }
+        reg.inbound_routing = Some(routing);
+    }
+    if matches!(drift, Drift::NoRouting) {
+        reg.inbound_routing = None;
+    }
+    reg.updated_at = now;
 }
 
 fn set_creds(spec: &mut Value, creds: Creds) {
@@ -634,11 +689,29 @@ fn annotate(w: &mut World, key: &(String, String), id: String) {
     if let Some(reg) = w.api.regs.get(&id)
         && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
     {
-        let held_by_other_live = reg
-            .owner
-            .as_ref()
-            .is_some_and(|o| *o != uid && w.is_live_uid(o))
-            || w.objects.values().any(|s| {
+        // An adoption by annotation that no status confirms yet is a claim like this one: of
+        // two such claims the operator gives the id to the older object (creation time, then
+        // namespace and name), as it cannot know which annotation came first.
+        let older_than = |o: &str| {
+            let key_of = |u: &str| {
+                let k = w.key_of_uid(u)?;
+                let t = w.live_object(&k)?["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                Some((t, k))
+            };
+            key_of(&uid) < key_of(o) && key_of(&uid).is_some()
+        };
+        let unconfirmed = |o: &str| {
+            reg.by_annotation
+                && w.key_of_uid(o)
+                    .and_then(|k| w.live_object(&k))
+                    .is_some_and(|obj| obj["status"]["phoneNumberId"].as_str() != Some(id.as_str()))
+        };
+        let held_by_other_live =
+            reg.owner.as_ref().is_some_and(|o| {
+                *o != uid && w.is_live_uid(o) && !(unconfirmed(o) && older_than(o))
+            }) || w.objects.values().any(|s| {
                 s.obj["metadata"]["uid"].as_str() != Some(uid.as_str())
                     && s.obj["status"]["phoneNumberId"].as_str() == Some(id.as_str())
             });
@@ -662,6 +735,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             agent,
             friendly_name,
             routing: r,
+            routing_agent,
             orphan,
             replace,
             import,
@@ -675,7 +749,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 "replacementPolicy": if *replace { "Replace" } else { "Manual" },
             });
             set_or_remove(&mut spec, "friendlyName", friendly(*friendly_name));
-            set_or_remove(&mut spec, "inboundRouting", routing(*r));
+            set_or_remove(&mut spec, "inboundRouting", routing(*r, *routing_agent));
             set_creds(&mut spec, *creds);
             let number = NUMBERS[*number as usize % 2];
             if w.user_create(&ns, &name, spec)
@@ -695,9 +769,13 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 set_or_remove(&mut o["spec"], "friendlyName", friendly(*name))
             });
         }
-        Op::SetRouting { slot, routing: r } => {
+        Op::SetRouting {
+            slot,
+            routing: r,
+            agent,
+        } => {
             w.user_edit(&slot_key(*slot), |o| {
-                set_or_remove(&mut o["spec"], "inboundRouting", routing(*r))
+                set_or_remove(&mut o["spec"], "inboundRouting", routing(*r, *agent))
             });
         }
         Op::SetCreds { slot, creds } => {
@@ -788,10 +866,10 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 w.stimuli.push((w.now_ms, None));
             }
         }
-        Op::DriftOutside { pick, agent } => {
+        Op::DriftOutside { pick, drift: d } => {
             let id = w.api.regs.keys().nth(*pick as usize).cloned();
-            if let Some(r) = id.and_then(|id| w.api.regs.get_mut(&id)) {
-                r.reg.agent_id = agent.uuid().to_ascii_lowercase();
+            if let Some(id) = id {
+                drift(w, &id, *d);
                 w.stimuli.push((w.now_ms, None));
             }
         }

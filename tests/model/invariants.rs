@@ -2,8 +2,9 @@
 //!
 //! (a) every live object that nothing justifies stalling has exactly one registration of its
 //!     number, it is the one its status names, and its PATCHable fields match the spec;
-//! (b) a removed object with `deletionPolicy: Delete` leaves no registration it owned, one with
-//!     Orphan leaves the registration it held;
+//! (b) a removed object with `deletionPolicy: Delete` leaves no registration it owned (unless it
+//!     never held one: its status never named one and no adoption of it was confirmed), one
+//!     with Orphan leaves the registration it held;
 //! (c) no PATCH or DELETE of a registration the object neither created nor deliberately adopted
 //!     (checked at every call, `oneinbox.rs`);
 //! (d) no object is left terminating;
@@ -16,7 +17,9 @@
 //!     the window), a step settles within `MAX_PASSES_PER_STEP` passes, and the healed world
 //!     goes quiet (drift checks then cost no write and no change);
 //! (g) no secret value (password, API key) in any status, annotation, event, Kubernetes write,
-//!     returned error or captured log line.
+//!     returned error or captured log line;
+//! (h) an object whose status names a registration carries the finalizer (checked at every
+//!     write), unless `managementPolicy: Observe`.
 
 use std::collections::BTreeMap;
 
@@ -89,6 +92,32 @@ impl World {
         }
     }
 
+    /// (h), checked at every write of an object that stays: an object whose status names a
+    /// registration carries the finalizer (so its deletion waits for the operator), unless
+    /// `managementPolicy: Observe` says the operator never deregisters it.
+    pub fn check_held_with_finalizer(&mut self, key: &(String, String), obj: &Value, gone: bool) {
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let Some(id) = obj["status"]["phoneNumberId"].as_str() else {
+            return;
+        };
+        self.status_named
+            .entry(uid)
+            .or_default()
+            .insert(id.to_owned());
+        let finalized = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == oneinbox_operator::crd::FINALIZER));
+        if !gone && !finalized && obj["spec"]["managementPolicy"] != "Observe" {
+            self.violations.push(format!(
+                "(h) {}: status names {id}, but the object does not carry the finalizer",
+                name(key)
+            ));
+        }
+    }
+
     /// Every invariant on the healed world. `texts` are further strings to scan for secrets.
     pub fn final_checks(&self, texts: &[&str]) -> Vec<String> {
         let mut v = Vec::new();
@@ -102,17 +131,19 @@ impl World {
                 ));
             }
         }
-        // (b), Delete half.
+        // (b), Delete half. Excused only: an object that never held a registration (an
+        // adoption named in its annotation and never carried out).
         for r in &self.removed {
-            if r.orphan || !r.finalized {
+            if r.orphan || !r.held {
                 continue;
             }
             for reg in self.api.regs.values() {
                 if reg.owner.as_deref() == Some(r.uid.as_str()) {
                     v.push(format!(
-                        "(b) {} was deleted with deletionPolicy Delete, but its registration {} remains",
+                        "(b) {} was deleted with deletionPolicy Delete, but its registration {} remains ({})",
                         name(&r.key),
-                        reg.reg.id
+                        reg.reg.id,
+                        if r.finalized { "it had the finalizer" } else { "it went without the finalizer" }
                     ));
                 }
             }
@@ -170,7 +201,7 @@ impl World {
             ));
         }
         for c in status["conditions"].as_array().into_iter().flatten() {
-            if !c["observedGeneration"].is_null() && c["observedGeneration"] != *generation {
+            if c["observedGeneration"] != *generation {
                 v.push(format!(
                     "(e) {who}: condition {} has observedGeneration {} but generation {generation}",
                     c["type"], c["observedGeneration"]
@@ -195,6 +226,19 @@ impl World {
                             "(e) {who}: status names {id}, which is for {}",
                             r.reg.phone_number
                         ));
+                    }
+                    // The ids OneInbox may re-provision outside: mirrored as the API holds them.
+                    for (field, api) in [
+                        ("inboundTrunkId", &r.reg.inbound_trunk_id),
+                        ("outboundTrunkId", &r.reg.outbound_trunk_id),
+                        ("dispatchRuleId", &r.reg.dispatch_rule_id),
+                    ] {
+                        if status[field].as_str() != api.as_deref() {
+                            v.push(format!(
+                                "(e) {who}: status.{field} {} but OneInbox says {api:?}",
+                                status[field]
+                            ));
+                        }
                     }
                     if status["state"].as_str() != Some(r.reg.status.as_str()) {
                         v.push(format!(

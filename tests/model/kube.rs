@@ -338,6 +338,16 @@ impl World {
             ev["metadata"]["namespace"] = json!(ns);
             ev["metadata"]["resourceVersion"] = json!(rv.to_string());
             ev["metadata"]["uid"] = json!(format!("event-{rv}"));
+            if ev["reason"] == "Adopted" {
+                let regarding = if ev["regarding"].is_object() {
+                    &ev["regarding"]
+                } else {
+                    &ev["involvedObject"]
+                };
+                if let Some(uid) = regarding["uid"].as_str() {
+                    w.adoptions.insert(uid.to_owned());
+                }
+            }
             w.events.push(ev.clone());
             respond(StatusCode::CREATED, &ev)
         })
@@ -612,6 +622,7 @@ impl World {
         let rv = self.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
         let gone = !new["metadata"]["deletionTimestamp"].is_null() && finalizers(&new).is_empty();
+        self.check_held_with_finalizer(key, &new, gone);
         if gone {
             self.remove_object(key);
         } else if let Some(s) = self.objects.get_mut(key) {
@@ -669,11 +680,13 @@ impl World {
         let finalized = finalizers(&stored.obj)
             .iter()
             .any(|f| f == oneinbox_operator::crd::FINALIZER);
+        let held = self.status_named.contains_key(&uid) || self.adoptions.contains(&uid);
         self.removed.push(Removed {
             uid,
             key: key.clone(),
             orphan,
             finalized,
+            held,
         });
         self.maybe_finish_namespace(&key.0);
     }
@@ -974,6 +987,49 @@ mod tests {
             "gone with its last finalizer"
         );
         assert_eq!(w.removed.len(), 1);
+    }
+
+    /// (h) and (b): a status that names a registration without the finalizer is a violation
+    /// at once, and deleting that object under Delete policy leaves a leak (b) does not excuse.
+    #[test]
+    fn a_held_registration_without_the_finalizer_is_a_leak() {
+        let (mut w, key) = world_with_object();
+        let uid = w.uid_of(&key).unwrap_or_default();
+        let id = w.new_registration("+15550000001", "a", None, None, Some(uid.clone()));
+        let mut obj = w.objects[&key].obj.clone();
+        obj["status"] = json!({"phoneNumberId": id});
+        w.commit(&key, obj);
+        assert_eq!(
+            w.violations,
+            [format!(
+                "(h) a/x: status names {id}, but the object does not carry the finalizer"
+            )]
+        );
+        assert!(w.user_delete(&key));
+        assert!(w.removed[0].held && !w.removed[0].finalized);
+        let v: Vec<String> = w
+            .final_checks(&[])
+            .into_iter()
+            .filter(|l| l.starts_with("(b)"))
+            .collect();
+        assert_eq!(
+            v,
+            [format!(
+                "(b) a/x was deleted with deletionPolicy Delete, but its registration {id} remains (it went without the finalizer)"
+            )]
+        );
+    }
+
+    /// (b) excuses an adoption named only in the annotation, never confirmed.
+    #[test]
+    fn an_unconfirmed_adoption_may_go_without_deregistering() {
+        let (mut w, key) = world_with_object();
+        let uid = w.uid_of(&key).unwrap_or_default();
+        w.new_registration("+15550000001", "a", None, None, Some(uid));
+        assert!(w.user_delete(&key));
+        assert!(!w.removed[0].held);
+        assert!(w.violations.is_empty());
+        assert!(!w.final_checks(&[]).iter().any(|l| l.starts_with("(b)")));
     }
 
     #[test]

@@ -245,6 +245,7 @@ mod tests {
             agent: Agent { idx: 0, upper },
             friendly_name: Some(0),
             routing: 1,
+            routing_agent: Agent { idx: 1, upper },
             orphan: false,
             replace: false,
             import: false,
@@ -263,6 +264,10 @@ mod tests {
             },
             friendly_name: None,
             routing: 0,
+            routing_agent: Agent {
+                idx: 0,
+                upper: false,
+            },
             orphan: false,
             replace: false,
             import: false,
@@ -319,6 +324,108 @@ mod tests {
             Op::Delete { slot: 2 },
         ];
         assert_eq!(run_case(&rt, 4, &ops), Ok(()));
+    }
+
+    #[test]
+    fn an_object_annotated_with_the_number_s_new_registration_adopts_it() {
+        // Found by a long campaign (MODEL_SEED=1796222533972593300 before the generator of
+        // 2026-12-07): the object's registration was deleted outside, the number registered
+        // outside, and the user annotated that registration. The operator trusted its cached
+        // copy of the lost id and set the annotation back to it, and then stayed
+        // AlreadyRegistered for the registration the user had named.
+        let rt = rt();
+        let ops = [
+            plain_create(0, 0, Creds::Secret(0)),
+            Op::DeleteOutside { pick: 0 },
+            Op::RegisterOutside { number: 0 },
+            Op::Annotate {
+                slot: 0,
+                target: crate::ops::Target::Existing(0),
+            },
+        ];
+        assert_eq!(run_case(&rt, 5, &ops), Ok(()));
+    }
+
+    #[test]
+    fn two_unconfirmed_annotations_of_one_id_go_to_the_older_object() {
+        // Found by a long campaign (MODEL_SEED=1796220597409147141 before the generator of
+        // 2026-12-07): an import's first reads failed, and an older object was then annotated
+        // with the same id. The model gave the id to the import (annotated first); the
+        // operator, which cannot tell which annotation came first, gives it to the older
+        // object while neither status names it. The model now judges as the operator does.
+        use crate::oneinbox::{Call, FaultKind};
+        let rt = rt();
+        let import = Op::Create {
+            slot: 1,
+            number: 0,
+            creds: Creds::Secret(0),
+            agent: Agent {
+                idx: 0,
+                upper: false,
+            },
+            friendly_name: None,
+            routing: 0,
+            routing_agent: Agent {
+                idx: 0,
+                upper: false,
+            },
+            orphan: false,
+            replace: false,
+            import: true,
+        };
+        let ops = [
+            Op::RegisterOutside { number: 0 },
+            plain_create(0, 0, Creds::Secret(0)),
+            Op::Fault {
+                call: Some(Call::Get),
+                kind: FaultKind::Status {
+                    code: 500,
+                    retry_after: None,
+                },
+                count: 3,
+            },
+            import,
+            Op::Annotate {
+                slot: 0,
+                target: crate::ops::Target::Existing(0),
+            },
+        ];
+        assert_eq!(run_case(&rt, 7, &ops), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_patch_after_a_registration_keeps_its_id() {
+        // Found by a campaign from MODEL_SEED=2000000 (seed 2027682): the annotation named an
+        // id OneInbox never issued, so the pass read a 404, registered the number, and then a
+        // PATCH failed (401). The failure's status took that 404 for the new registration's
+        // and dropped its id; the next pass registered again, got a 409 for its own
+        // registration and stayed AlreadyRegistered.
+        use crate::oneinbox::{Call, FaultKind};
+        let rt = rt();
+        let ops = [
+            plain_create(0, 1, Creds::Secret(1)),
+            plain_create(1, 1, Creds::Secret(0)),
+            Op::Fault {
+                call: Some(Call::Patch),
+                kind: FaultKind::Status {
+                    code: 401,
+                    retry_after: None,
+                },
+                count: 1,
+            },
+            Op::Concurrent {
+                in_effects: 3,
+                edit: crate::ops::Edit::Agent(Agent {
+                    idx: 1,
+                    upper: false,
+                }),
+            },
+            Op::Annotate {
+                slot: 1,
+                target: crate::ops::Target::Unknown,
+            },
+        ];
+        assert_eq!(run_case(&rt, 8, &ops), Ok(()));
     }
 
     #[test]

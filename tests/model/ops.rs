@@ -40,6 +40,22 @@ impl Agent {
     }
 }
 
+/// One field of a registration, as changed outside the cluster (every field the API returns
+/// but its id, number, provider and timestamps). The API stores uuids in canonical lower case
+/// whatever spelling the outside call sent.
+#[derive(Clone, Copy, Debug)]
+pub enum Drift {
+    Agent(Agent),
+    FriendlyName(Option<u8>),
+    RoutingAgent(Option<Agent>),
+    Fallback(Option<Agent>),
+    Voicemail(bool),
+    /// `inbound_routing` removed altogether.
+    NoRouting,
+    /// The trunk and dispatch-rule ids replaced (SIP resources re-provisioned outside).
+    Trunks,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Creds {
     /// `providerConfig` with the password in Secret `SECRETS[i]`.
@@ -81,6 +97,7 @@ pub enum Op {
         agent: Agent,
         friendly_name: Option<u8>,
         routing: u8,
+        routing_agent: Agent,
         orphan: bool,
         replace: bool,
         /// Created with the id annotation of the number's existing registration, if there is
@@ -98,6 +115,8 @@ pub enum Op {
     SetRouting {
         slot: u8,
         routing: u8,
+        /// The routing's agent uuids (its own, and the fallback's: the next agent).
+        agent: Agent,
     },
     SetCreds {
         slot: u8,
@@ -156,10 +175,10 @@ pub enum Op {
     RegisterOutside {
         number: u8,
     },
-    /// A registration's agent changed outside the cluster.
+    /// A field of a registration changed outside the cluster.
     DriftOutside {
         pick: u8,
-        agent: Agent,
+        drift: Drift,
     },
     // ---- crashes
     /// The operator process dies at the k-th effect from now, before or after it.
@@ -184,6 +203,18 @@ fn agent() -> impl Strategy<Value = Agent> {
         idx,
         upper: upper && !lower_only,
     })
+}
+
+fn drift() -> impl Strategy<Value = Drift> {
+    prop_oneof![
+        3 => agent().prop_map(Drift::Agent),
+        1 => proptest::option::of(0u8..2).prop_map(Drift::FriendlyName),
+        2 => proptest::option::of(agent()).prop_map(Drift::RoutingAgent),
+        2 => proptest::option::of(agent()).prop_map(Drift::Fallback),
+        1 => any::<bool>().prop_map(Drift::Voicemail),
+        1 => Just(Drift::NoRouting),
+        1 => Just(Drift::Trunks),
+    ]
 }
 
 fn creds() -> impl Strategy<Value = Creds> {
@@ -238,13 +269,13 @@ fn fault_kind() -> impl Strategy<Value = FaultKind> {
 
 pub fn op() -> impl Strategy<Value = Op> {
     let user = prop_oneof![
-        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), 0u8..3, proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2))
-            .prop_map(|(slot, number, creds, agent, friendly_name, routing, orphan, replace, import)| Op::Create {
-                slot, number, creds, agent, friendly_name, routing, orphan, replace, import
+        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), (0u8..4, agent()), proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2))
+            .prop_map(|(slot, number, creds, agent, friendly_name, (routing, routing_agent), orphan, replace, import)| Op::Create {
+                slot, number, creds, agent, friendly_name, routing, routing_agent, orphan, replace, import
             }),
         2 => (slot(), agent()).prop_map(|(slot, agent)| Op::SetAgent { slot, agent }),
         1 => (slot(), proptest::option::of(0u8..2)).prop_map(|(slot, name)| Op::SetFriendlyName { slot, name }),
-        1 => (slot(), 0u8..3).prop_map(|(slot, routing)| Op::SetRouting { slot, routing }),
+        1 => (slot(), 0u8..4, agent()).prop_map(|(slot, routing, agent)| Op::SetRouting { slot, routing, agent }),
         2 => (slot(), creds()).prop_map(|(slot, creds)| Op::SetCreds { slot, creds }),
         2 => (0u8..2, 0u8..2).prop_map(|(ns, secret)| Op::RotateSecret { ns, secret }),
         1 => (0u8..2, 0u8..2).prop_map(|(ns, secret)| Op::DeleteSecret { ns, secret }),
@@ -261,7 +292,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         6 => (call(), fault_kind(), 1u8..4).prop_map(|(call, kind, count)| Op::Fault { call, kind, count }),
         1 => (0u8..3).prop_map(|pick| Op::DeleteOutside { pick }),
         1 => (0u8..2).prop_map(|number| Op::RegisterOutside { number }),
-        1 => ((0u8..3), agent()).prop_map(|(pick, agent)| Op::DriftOutside { pick, agent }),
+        2 => ((0u8..3), drift()).prop_map(|(pick, drift)| Op::DriftOutside { pick, drift }),
     ];
     let crash =
         (0u8..12, any::<bool>()).prop_map(|(in_effects, after)| Op::Crash { in_effects, after });

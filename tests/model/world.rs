@@ -40,11 +40,13 @@ pub struct Removed {
     pub uid: String,
     pub key: (String, String),
     pub orphan: bool,
-    /// It carried the operator's finalizer when it went. Without it the object went before
-    /// the operator acted on it (an adoption is finalized once its GET confirmed it): an
-    /// adoption named only in its annotation was never carried out, and there was nothing to
-    /// deregister.
+    /// It carried the operator's finalizer when it went.
     pub finalized: bool,
+    /// It held a registration at some time: its status named one, or the operator confirmed
+    /// an adoption of it (an `Adopted` Event). Only an object that never did may go without
+    /// deregistering what it owns: an adoption named only in its annotation, never carried
+    /// out, left nothing to deregister.
+    pub held: bool,
 }
 
 #[derive(Default)]
@@ -67,6 +69,10 @@ pub struct World {
     /// Namespaces whose Secrets go only after their PhoneNumbers are gone.
     pub secrets_after_objects: BTreeSet<String>,
     pub removed: Vec<Removed>,
+    /// Per object UID: every registration id its status ever named (invariant b).
+    pub status_named: BTreeMap<String, BTreeSet<String>>,
+    /// UIDs of the objects the operator reported an adoption for (an `Adopted` Event).
+    pub adoptions: BTreeSet<String>,
     /// Every Event body posted.
     pub events: Vec<Value>,
     /// Every Kubernetes write body the operator sent (for the secret scan).

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The mutation table (make mutants; docs/model-test.md): realistic defects are applied one at a
+# time to a scratch copy of the repository, and the model test's gate (MODEL_SEED=1, 10,000
+# cases) runs on each. A defect the gate does not catch is a gap in the model.
+#
+# MUTANTS_ONLY=name,name  run only these; MUTANTS_DIR (default target/mutants) holds the copy
+# (repo/), one shared CARGO_TARGET_DIR (target/: each mutant is an incremental build of the
+# crate) and each run's output (logs/). MODEL_CASES and MODEL_SEED change the gate.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${MUTANTS_DIR:-$root/target/mutants}
+copy=$work/repo
+logs=$work/logs
+export CARGO_TARGET_DIR=$work/target
+seed=${MODEL_SEED:-1}
+cases=${MODEL_CASES:-10000}
+mkdir -p "$copy" "$logs" "$CARGO_TARGET_DIR"
+
+# The first run starts from the worktree's own debug build, if there is one: the dependencies
+# are then not compiled once more.
+if [[ ! -d $CARGO_TARGET_DIR/debug && -d $root/target/debug/deps ]]; then
+  cp -a "$root/target/debug" "$CARGO_TARGET_DIR/"
+fi
+
+# name | description. Each name is a mutation in the Python table below.
+mutants=(
+  "post-after-409|a second POST after a 409 (a stalled object POSTs again instead of looking the number up)"
+  "agent-bytes|an upper-case agentId compared by bytes"
+  "orphan-deletes|Orphan still DELETEs"
+  "delete-skips|Delete skips the DELETE"
+  "401-permanent|a 401 treated as permanent (a rejected request)"
+  "ns-ownership|ownership checked only within the object's namespace"
+  "cache-forever|a drift check that trusts its cached copy forever"
+  "generation-stuck|observedGeneration never moving"
+  "repeat-409-foreign|a repeated POST's 409 read as someone else's registration"
+  "adopt-no-finalizer|an adoption that never gets its finalizer, a re-adoption looking only at the status id"
+  "routing-bytes|routing and fallback uuids compared by bytes"
+  "condition-generation|conditions written without observedGeneration"
+)
+
+# Write the pristine tree into the copy: only files that differ are rewritten (with a new
+# mtime, so cargo sees the change back), the rest keep theirs.
+sync_copy() {
+  (cd "$root" && git ls-files -z --cached --others --exclude-standard) |
+    python3 -c '
+import os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+for f in sys.stdin.read().split("\0"):
+    a, b = os.path.join(src, f), os.path.join(dst, f)
+    if not f or not os.path.isfile(a):
+        continue
+    data = open(a, "rb").read()
+    if os.path.isfile(b) and open(b, "rb").read() == data:
+        continue
+    os.makedirs(os.path.dirname(b), exist_ok=True)
+    shutil.copyfile(a, b)
+    shutil.copymode(a, b)
+' "$root" "$copy"
+}
+
+apply() {
+  python3 - "$copy" "$1" <<'PY'
+import sys
+copy, name = sys.argv[1], sys.argv[2]
+D = "src/controller/decide.rs"
+M = {
+    "post-after-409": [(D,
+        "    if refused_for_this_input(reason::ALREADY_REGISTERED) {",
+        "    if false && refused_for_this_input(reason::ALREADY_REGISTERED) {")],
+    "agent-bytes": [("src/controller/plan.rs",
+        "agent_id: digest(uuid(Some(agent_id))),",
+        "agent_id: digest(Some(agent_id)),")],
+    "orphan-deletes": [(D,
+        "} else if obj.spec.deletion_policy == DeletionPolicy::Orphan {",
+        "} else if obj.spec.deletion_policy == DeletionPolicy::Orphan && false {")],
+    "delete-skips": [(D,
+        "None => Step::Deregister { id },",
+        "None => Step::Release { released: Some(id), event: None },")],
+    "401-permanent": [("src/oneinbox/mod.rs",
+        "401 | 403 => ApiError::KeyRejected {",
+        "403 => ApiError::KeyRejected {")],
+    "ns-ownership": [("src/controller/plan.rs",
+        ".filter(|o| o.uid() != uid && o.spec.phone_number == obj.spec.phone_number)",
+        ".filter(|o| o.uid() != uid && o.spec.phone_number == obj.spec.phone_number)\n        .filter(|o| o.metadata.namespace == obj.metadata.namespace)"),
+        ("src/controller/plan.rs",
+        ".filter(|o| o.uid() != uid && o.known_id().as_deref() == Some(id))",
+        ".filter(|o| o.uid() != uid && o.known_id().as_deref() == Some(id))\n        .filter(|o| o.metadata.namespace == obj.metadata.namespace)")],
+    "cache-forever": [(D,
+        ".is_none_or(|i| obs.now.saturating_duration_since(checked.at) < i);",
+        ".is_none_or(|_| true);")],
+    "generation-stuck": [("src/controller/status.rs",
+        "        observed_generation: generation,\n        phone_number_id: data.remote.phone_number_id,",
+        "        observed_generation: obj.status.as_ref().and_then(|s| s.observed_generation).or(generation),\n        phone_number_id: data.remote.phone_number_id,")],
+    "repeat-409-foreign": [(D,
+        "        Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {",
+        "        Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) if false => {"),
+        (D,
+        "        Some((false, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {",
+        "        Some((_, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {")],
+    "adopt-no-finalizer": [("src/controller/act.rs",
+        "                self.add_finalizer(obs).await?;\n                let note = if takeover {",
+        "                let note = if takeover {"),
+        (D,
+        "if (!holds || !obj.has_finalizer()) && !obs.adopted {",
+        "if !holds && !obs.adopted {")],
+    "routing-bytes": [("src/controller/plan.rs",
+        "routing_agent_id: digest(uuid(routing.agent_id.as_deref())),",
+        "routing_agent_id: digest(routing.agent_id.as_deref()),"),
+        ("src/controller/plan.rs",
+        "fallback: digest(uuid(routing.fallback.as_ref().map(|f| f.agent_id.as_str()))),",
+        "fallback: digest(routing.fallback.as_ref().map(|f| f.agent_id.as_str())),")],
+    "condition-generation": [("src/controller/status.rs",
+        "                last_transition_time,\n                observed_generation: generation,",
+        "                last_transition_time,\n                observed_generation: None,")],
+}
+for path, old, new in M[name]:
+    p = f"{copy}/{path}"
+    text = open(p).read()
+    if text.count(old) != 1:
+        sys.exit(f"{name}: expected one occurrence in {path} of: {old}")
+    open(p, "w").write(text.replace(old, new))
+PY
+}
+
+printf '| defect | caught | invariant | cases to failure | shrunk steps | seconds |\n'
+printf '|---|---|---|---|---|---|\n'
+missed=0
+for m in "${mutants[@]}"; do
+  name=${m%%|*}
+  what=${m#*|}
+  if [[ -n ${MUTANTS_ONLY:-} && ",$MUTANTS_ONLY," != *",$name,"* ]]; then
+    continue
+  fi
+  sync_copy
+  log=$logs/$name.log
+  if ! apply "$name" >"$log" 2>&1; then
+    printf '| %s | not applied (%s) | | | | |\n' "$what" "$(tail -1 "$log")"
+    missed=$((missed + 1))
+    continue
+  fi
+  # Every source of the crate newer than any build in the shared target directory: cargo
+  # never takes an earlier build (another mutant, another copy) for this one.
+  find "$copy/src" "$copy/tests" -name '*.rs' -exec touch {} +
+  start=$(date +%s)
+  set +e
+  (cd "$copy" && MODEL_SEED=$seed MODEL_CASES=$cases \
+    cargo test --quiet --all-features --test model) >>"$log" 2>&1
+  rc=$?
+  set -e
+  secs=$(($(date +%s) - start))
+  failed=$(grep -m1 -o 'case failed; replay with MODEL_SEED=[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  if [[ -n $failed ]]; then
+    invariant=$(grep -A1 -m1 '^violations:' "$log" | tail -1 | grep -o '^([a-z])\|^model gap' || true)
+    steps=$(grep -m1 -o 'shrunk sequence ([0-9]* steps)' "$log" | grep -o '[0-9]*' || true)
+    printf '| %s | yes | %s | %s | %s | %s |\n' "$what" "$invariant" "$((failed - seed + 1))" "$steps" "$secs"
+  elif [[ $rc -ne 0 ]]; then
+    printf '| %s | no: the build or the run failed (%s) | | | | %s |\n' "$what" "$log" "$secs"
+    missed=$((missed + 1))
+  else
+    printf '| %s | **no** | | %s passed | | %s |\n' "$what" "$cases" "$secs"
+    missed=$((missed + 1))
+  fi
+done
+sync_copy
+echo "mutants missed: $missed"
+[[ $missed -eq 0 ]]
