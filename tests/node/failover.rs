@@ -175,14 +175,5 @@ async fn standby_takes_over_when_the_leader_pod_is_deleted() {
 
     let all: Vec<String> = before.iter().chain(&after).cloned().collect();
     delete_all(&pns, &all).await;
-    helm(&[
-        "uninstall",
-        &release,
-        "-n",
-        &ns,
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
-    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    uninstall(&release, &ns);
 }

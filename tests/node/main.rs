@@ -384,14 +384,19 @@ async fn chart_runs_the_image_on_a_node() {
 
     delete_all(&pns, &names).await;
     assert_eq!(mock.registrations().await.len(), 0, "deregistered");
+    uninstall(&release, &ns);
+}
+
+/// `helm uninstall` of a test's release (waiting for its pods), then its namespace.
+fn uninstall(release: &str, ns: &str) {
     helm(&[
         "uninstall",
-        &release,
+        release,
         "-n",
-        &ns,
+        ns,
         "--wait",
         "--timeout",
         "120s",
     ]);
-    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }

@@ -149,14 +149,5 @@ async fn rolling_upgrade_never_has_two_leaders_and_writes_nothing() {
     assert_eq!(mock.registrations().await.len(), 3);
 
     delete_all(&pns, &names).await;
-    helm(&[
-        "uninstall",
-        &release,
-        "-n",
-        &ns,
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
-    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    uninstall(&release, &ns);
 }
