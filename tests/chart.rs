@@ -950,6 +950,16 @@ fn prometheus_rule_job_override_and_no_aggregated_roles() {
                 .contains(r#"namespace="ops",job="kubernetes-pods""#),
             "{r:?}"
         );
+        // Each alert links to its section of docs/production.md (tests/monitoring.rs checks
+        // that the section exists).
+        let alert = r["alert"].as_str().unwrap().to_ascii_lowercase();
+        assert_eq!(
+            r["annotations"]["runbook_url"].as_str(),
+            Some(&*format!(
+                "https://github.com/oneinbox/oneinbox-operator/blob/main/docs/production.md#{alert}"
+            )),
+            "{r:?}"
+        );
     }
     assert_eq!(
         docs.iter().filter(|d| kind(d) == "ClusterRole").count(),
@@ -1022,6 +1032,13 @@ fn bad_values_fail_the_schema() {
         (
             &["--set", "prometheusRule.stalled.for=soon"],
             "/prometheusRule/stalled/for",
+        ),
+        (
+            &[
+                "--set",
+                "prometheusRule.runbookBaseURL=docs/production.md#alerts",
+            ],
+            "/prometheusRule/runbookBaseURL",
         ),
         (
             &[

@@ -179,6 +179,245 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Alert texts: runbook links and printer columns
+
+/// The pages of the repository on GitHub, where the default `prometheusRule.runbookBaseURL` points.
+const REPOSITORY_PAGES: &str = "https://github.com/oneinbox/oneinbox-operator/blob/main/";
+const CRD: &str = "crds/phonenumbers.oneinbox.ai.yaml";
+
+/// Every alerting rule of the rendered groups, whole.
+fn alert_rules(rule: &Value) -> Vec<Value> {
+    rule["spec"]["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
+        .filter(|r| r["alert"].as_str().is_some())
+        .cloned()
+        .collect()
+}
+
+/// The anchors GitHub gives a Markdown file's headings, with each heading's text: the text in
+/// lower case, without punctuation (letters, digits, `-`, `_` and spaces stay), spaces turned
+/// into `-`, and `-1`, `-2`, … after a repeated anchor. Fenced code blocks hold no headings.
+fn github_anchors(markdown: &str) -> Vec<(String, String)> {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut anchors = Vec::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        let Some(text) = line.get(hashes..).and_then(|t| t.strip_prefix(' ')) else {
+            continue;
+        };
+        if !(1..=6).contains(&hashes) {
+            continue;
+        }
+        let text = text.trim().to_owned();
+        let base: String = text
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(base.clone()).or_insert(0);
+        let anchor = if *n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        *n += 1;
+        anchors.push((anchor, text));
+    }
+    anchors
+}
+
+#[test]
+fn github_anchors_follow_github() {
+    let md = "# Running it\n## Runbook: replacing SIP credentials\n```sh\n# not a heading\n```\n\
+              ### OneInboxAPIErrors\n## From `v1alpha1` to v1beta1\n## Alerts\n## Alerts\n#nope\n";
+    let anchors: Vec<String> = github_anchors(md).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(
+        anchors,
+        [
+            "running-it",
+            "runbook-replacing-sip-credentials",
+            "oneinboxapierrors",
+            "from-v1alpha1-to-v1beta1",
+            "alerts",
+            "alerts-1",
+        ]
+    );
+}
+
+/// Every alert links to a section of docs/production.md that exists: its own `### <alert>`
+/// under `## Alerts`, which has one section per alert and no other.
+#[test]
+fn every_alert_links_to_its_runbook_section() {
+    let rule = rendered_rule();
+    let rules = alert_rules(&rule);
+    assert_eq!(rules.len(), 7, "leader election on: every alert");
+    let mut linked = BTreeSet::new();
+    for r in &rules {
+        let alert = r["alert"].as_str().unwrap();
+        let url = r["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{alert} has no runbook_url: {r:?}"));
+        let (page, anchor) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{alert}: {url} has no anchor"));
+        let file = page
+            .strip_prefix(REPOSITORY_PAGES)
+            .unwrap_or_else(|| panic!("{alert}: {url} is not a page of the repository"));
+        assert_eq!(file, "docs/production.md", "{alert}: {url}");
+        let markdown = std::fs::read_to_string(repo().join(file)).unwrap();
+        let anchors = github_anchors(&markdown);
+        let heading = anchors
+            .iter()
+            .find(|(a, _)| a == anchor)
+            .map(|(_, text)| text.as_str())
+            .unwrap_or_else(|| {
+                panic!("{alert}: no heading of {file} has the anchor #{anchor}: {anchors:?}")
+            });
+        assert_eq!(heading, alert, "{alert} links to another section: {url}");
+        linked.insert(alert.to_owned());
+    }
+
+    let markdown = std::fs::read_to_string(repo().join("docs/production.md")).unwrap();
+    let section = markdown
+        .split("\n## Alerts\n")
+        .nth(1)
+        .expect("docs/production.md has a section ## Alerts");
+    let section = section.split("\n## ").next().unwrap();
+    let documented: BTreeSet<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(|h| h.trim().to_owned())
+        .collect();
+    assert_eq!(documented, linked, "## Alerts: one ### section per alert");
+
+    // Another base (a tag, an own wiki) is the page of every link.
+    let out = Command::new(tool("helm"))
+        .args([
+            "template",
+            "oneinbox-operator",
+            &repo().join(CHART).to_string_lossy(),
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.runbookBaseURL=https://wiki.example.com/oneinbox/alerts",
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ])
+        .output()
+        .unwrap();
+    let other: Value = yaml_serde::from_str(&ok("helm template", out)).unwrap();
+    for r in alert_rules(&other) {
+        let alert = r["alert"].as_str().unwrap().to_ascii_lowercase();
+        assert_eq!(
+            r["annotations"]["runbook_url"].as_str(),
+            Some(&*format!(
+                "https://wiki.example.com/oneinbox/alerts#{alert}"
+            ))
+        );
+    }
+}
+
+/// The printer columns that a text names as "the X column" (X may be in backticks).
+fn named_columns(text: &str) -> Vec<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(3)
+        .filter(|w| {
+            w[0].eq_ignore_ascii_case("the")
+                && w[2]
+                    .trim_end_matches(|c: char| !c.is_alphanumeric())
+                    .eq_ignore_ascii_case("column")
+        })
+        .map(|w| w[1].trim_matches('`').to_owned())
+        .collect()
+}
+
+#[test]
+fn named_columns_finds_the_x_column() {
+    assert_eq!(
+        named_columns("The Stalled column of kubectl get pn names it; the `Reason` column, too"),
+        ["Stalled", "Reason"]
+    );
+    assert!(named_columns("the columns of the table").is_empty());
+}
+
+/// Every printer column that an alert's text names exists on the PhoneNumber CRD, a text that
+/// names a column shown only with `-o wide` says `-o wide`, and a column that shows a condition
+/// shows the one the alert counts (the Stalled alert's cause is in `Stalled`, not in `Reason`,
+/// which is the Ready condition's reason).
+#[test]
+fn alert_texts_name_existing_printer_columns() {
+    let crd: Value =
+        yaml_serde::from_str(&std::fs::read_to_string(repo().join(CRD)).unwrap()).unwrap();
+    assert_eq!(crd["spec"]["names"]["kind"].as_str(), Some("PhoneNumber"));
+    // name -> (priority (0: shown by plain `kubectl get`), jsonPath), over every version.
+    let mut columns = std::collections::BTreeMap::new();
+    for version in crd["spec"]["versions"].as_sequence().unwrap() {
+        for c in version["additionalPrinterColumns"].as_sequence().unwrap() {
+            columns.insert(
+                c["name"].as_str().unwrap().to_owned(),
+                (
+                    c["priority"].as_u64().unwrap_or(0),
+                    c["jsonPath"].as_str().unwrap().to_owned(),
+                ),
+            );
+        }
+    }
+    assert!(columns.contains_key("Stalled"), "{columns:?}");
+
+    let rule = rendered_rule();
+    let mut named = 0;
+    for r in alert_rules(&rule) {
+        let alert = r["alert"].as_str().unwrap();
+        for (key, text) in r["annotations"].as_mapping().unwrap() {
+            let (key, text) = (key.as_str().unwrap(), text.as_str().unwrap());
+            for column in named_columns(text) {
+                named += 1;
+                let (priority, path) = columns.get(&column).unwrap_or_else(|| {
+                    panic!(
+                        "{alert} {key} names the column {column:?}, which {CRD} does not have \
+                         (columns: {:?}): {text}",
+                        columns.keys()
+                    )
+                });
+                assert!(
+                    *priority == 0 || text.contains("-o wide"),
+                    "{alert} {key}: the {column} column shows only with -o wide: {text}"
+                );
+                // A column that shows a condition is the condition the alert counts.
+                if let Some(condition) = path
+                    .strip_prefix(".status.conditions[?(@.type==\"")
+                    .and_then(|rest| rest.split('"').next())
+                {
+                    let expr = r["expr"].as_str().unwrap();
+                    assert!(
+                        expr.contains(&format!("condition=\"{condition}\"")),
+                        "{alert} {key} names the {column} column, which shows the {condition} \
+                         condition, but the alert counts another: {expr}\n{text}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        named > 0,
+        "no alert names a column: the test checks nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Metric names in PromQL
 
 /// The metric names a PromQL expression selects: identifiers that are neither functions nor
