@@ -50,7 +50,6 @@ crds:
 	  $(CARGO) run --quiet --bin crdgen $$p > crds/$$p.oneinbox.ai.yaml && \
 	  cp crds/$$p.oneinbox.ai.yaml charts/oneinbox-operator/crds/ || exit 1; \
 	done
-	cp crds/phonenumbers-deletion-protection.yaml charts/oneinbox-operator/crds/
 
 unit:
 	$(CARGO) test --workspace --all-features --lib --bins

@@ -26,7 +26,8 @@ const CRD_FILES: [&str; 3] = [
     "crds/oneinboxaccounts.oneinbox.ai.yaml",
     "crds/clusteroneinboxaccounts.oneinbox.ai.yaml",
 ];
-/// The deletion-protection admission policy, shipped beside the CRDs (and in the chart's crds/).
+/// The deletion-protection admission policy, shipped beside the CRDs (the chart renders the same
+/// policy from templates/deletion-protection.yaml: Helm's crds/ holds CRDs only).
 const POLICY_FILE: &str = "crds/phonenumbers-deletion-protection.yaml";
 const CRD_NAME: &str = "phonenumbers.oneinbox.ai";
 /// Release name and namespace whose chart render `deploy/` reproduces.
@@ -402,9 +403,40 @@ fn chart_app_version_is_the_crate_version() {
     assert_eq!(chart["apiVersion"].as_str(), Some("v2"));
 }
 
+/// The chart's deletion-protection policy is the one in crds/ but for its name (the release's).
+#[test]
+fn chart_deletion_protection_is_the_policy_of_crds() {
+    let shipped = parse_docs(&read(POLICY_FILE));
+    let rendered = parse_docs(&render(DEFAULT_RELEASE, DEFAULT_NAMESPACE, &[]));
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        let want = shipped.iter().find(|d| d["kind"] == kind).unwrap();
+        let got = only(&rendered, kind);
+        let mut spec = want["spec"].clone();
+        if kind == "ValidatingAdmissionPolicyBinding" {
+            spec["policyName"] = got["metadata"]["name"].clone();
+        }
+        assert_eq!(got["spec"], spec, "{kind}");
+    }
+    let off = parse_docs(&render(
+        DEFAULT_RELEASE,
+        DEFAULT_NAMESPACE,
+        &["--set", "deletionProtection.admissionPolicy=false"],
+    ));
+    assert!(
+        !kinds(&off)
+            .iter()
+            .any(|k| k.starts_with("ValidatingAdmission")),
+        "{:?}",
+        kinds(&off)
+    );
+}
+
 #[test]
 fn chart_crds_are_the_generated_crds() {
-    for file in CRD_FILES.iter().chain([&POLICY_FILE]) {
+    for file in CRD_FILES {
         let generated = std::fs::read(repo().join(file)).unwrap();
         let shipped = std::fs::read(repo().join(CHART).join(file)).unwrap();
         assert!(
@@ -415,8 +447,8 @@ fn chart_crds_are_the_generated_crds() {
     let files = yaml_files(&format!("{CHART}/crds"));
     assert_eq!(
         files.len(),
-        CRD_FILES.len() + 1,
-        "the chart ships exactly the generated CRDs and the deletion-protection policy: {files:?}"
+        CRD_FILES.len(),
+        "the chart ships exactly the generated CRDs: {files:?}"
     );
 }
 
@@ -427,7 +459,6 @@ fn helm_show_crds_prints_the_generated_crd() {
     let mut shown = parse_docs(&shown);
     let mut generated: Vec<Value> = CRD_FILES
         .iter()
-        .chain([&POLICY_FILE])
         .flat_map(|f| parse_docs(&read(f)))
         .collect();
     let by_name = |d: &Value| {
@@ -481,9 +512,12 @@ fn default_render_is_least_privilege_and_locked_down() {
             "ClusterRoleBinding",
             "Deployment",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ],
-        "default render: the operator's ClusterRole and the view/edit roles; no lease RBAC, \
+        "default render: the operator's ClusterRole and the view/edit roles, the \
+         deletion-protection policy; no lease RBAC, \
          PodDisruptionBudget (one replica), monitors, rules, dashboard or NetworkPolicy; CRDs \
          come from crds/"
     );
@@ -578,7 +612,9 @@ fn test_values_render_passes_server_dry_run() {
             "RoleBinding",
             "Service",
             "ServiceAccount",
-            "ServiceMonitor"
+            "ServiceMonitor",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ],
         "watchNamespace replaces the ClusterRole with a Role in the watched namespace (and one \
          ClusterRole for the PhoneNumber CRD alone)"
