@@ -89,8 +89,10 @@ fn a_cached_ready_object_takes_under_half_the_heap_of_a_decoded_one() {
          CachedPhoneNumber {} B in {} blocks",
         decoded.0, decoded.1, packed.0, packed.1
     );
-    // 2,641 B in 39 blocks and 1,220 B in 7 at 10,000 objects when this was written.
+    // On 2026-12-07: 1,258 B in 9 blocks against about 2.6 KiB in 39. The blocks: kube's store
+    // key and the Arc, the meta's strings (its resourceVersion included: the watcher resumes
+    // from it, and without it the watch relisted on every event), the facts, the packed JSON.
     assert!(packed.0 * 2 < decoded.0, "{packed:?} against {decoded:?}");
     assert!(packed.0 < 1_400, "{packed:?}");
-    assert!(packed.1 <= 8, "{packed:?}");
+    assert!(packed.1 <= 9, "{packed:?}");
 }
