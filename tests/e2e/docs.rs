@@ -172,6 +172,11 @@ const NOT_RUN: &[(&str, &str, &str)] = &[
         "replays one model case: a test target of its own",
     ),
     (
+        "docs/model-test.md",
+        "make mutants",
+        "the mutation table: the model gate once per defect, minutes each, not part of make test",
+    ),
+    (
         "docs/helm.md",
         "helm show crds <chart> --version <version>",
         "a template with placeholders; its runnable form (the local chart) is the upgrade block, which runs",
