@@ -15,8 +15,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-
-use crate::controller::CachedPhoneNumber;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -27,7 +25,7 @@ use super::crd::{ACCOUNT_FINALIZER, AccountStatus, ClusterOneInboxAccount, OneIn
 use super::registry::{AccountView, Registry, SecretKeyRef};
 use crate::controller::decide::{problem_fix, problem_text};
 use crate::controller::status::{self, conditions_of};
-use crate::controller::{SecretVersions, lock};
+use crate::controller::{CachedPhoneNumber, SecretVersions, lock};
 use crate::crd::FIELD_MANAGER;
 use crate::oneinbox::{ApiError, OneInboxApi};
 

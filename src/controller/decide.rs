@@ -1459,15 +1459,20 @@ fn wait_for_secret(
 ) -> Step {
     let waited = not_ready_for(obs);
     let grace = settings.secret_grace_period;
-    let mut why = problem_text(problem);
-    let fix = match account {
+    let (why, fix) = match account {
         // The account's Secret, not one this object names: whose it is, for a reader who
         // cannot read the account's spec.
-        Some(account) => {
-            why = format!("the API key of {account} (the account's apiKeySecretRef): {why}");
-            problem_fix(problem, &format!("spec.apiKeySecretRef.key of {account}"))
-        }
-        None => problem_fix(problem, "spec.providerConfig.authPasswordSecretRef.key"),
+        Some(account) => (
+            format!(
+                "the API key of {account} (the account's apiKeySecretRef): {}",
+                problem_text(problem)
+            ),
+            problem_fix(problem, &format!("spec.apiKeySecretRef.key of {account}")),
+        ),
+        None => (
+            problem_text(problem),
+            problem_fix(problem, "spec.providerConfig.authPasswordSecretRef.key"),
+        ),
     };
     let reason = match problem.kind {
         SecretProblemKind::Absent => reason::SECRET_NOT_FOUND,
@@ -1527,6 +1532,9 @@ pub fn problem_fix(p: &SecretProblem, key_field: &str) -> String {
         keys,
         ..
     } = p;
+    let set_key = format!(
+        "kubectl -n {ns} patch secret {name} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}'"
+    );
     match p.kind {
         SecretProblemKind::Absent => format!(
             "Create it, e.g. kubectl -n {ns} create secret generic {name} --from-literal={key}=<value>"
@@ -1538,12 +1546,10 @@ pub fn problem_fix(p: &SecretProblem, key_field: &str) -> String {
                 format!("it has {}", keys.join(", "))
             };
             format!(
-                "Add the key, e.g. kubectl -n {ns} patch secret {name} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}', or set {key_field} to the key that holds it ({has})"
+                "Add the key, e.g. {set_key}, or set {key_field} to the key that holds it ({has})"
             )
         }
-        _ => format!(
-            "Set the key, e.g. kubectl -n {ns} patch secret {name} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}'"
-        ),
+        _ => format!("Set the key, e.g. {set_key}"),
     }
 }
 

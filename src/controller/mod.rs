@@ -87,20 +87,14 @@ impl AccountStores {
         out
     }
 
-    /// Whether ClusterOneInboxAccount `name` allows namespace `ns` now, from the watched
-    /// account and Namespace labels (`Err`: the rule in words); `None` when the account is not
-    /// watched.
-    pub fn cluster_grant(&self, name: &str, ns: &str) -> Option<Result<(), String>> {
-        let account = self.cluster.get(&ObjectRef::new(name))?;
+    /// Whether a ClusterOneInboxAccount allows namespace `ns` now, by the watched Namespace's
+    /// labels (`Err`: the rule in words).
+    pub fn grants(&self, account: &ClusterOneInboxAccount, ns: &str) -> Result<(), String> {
         let labels = self
             .namespaces
             .get(&ObjectRef::new(ns))
             .map(|n| n.metadata.labels.clone().unwrap_or_default());
-        Some(crate::accounts::allows(
-            &account.spec.allowed_namespaces,
-            ns,
-            labels.as_ref(),
-        ))
+        crate::accounts::allows(&account.spec.allowed_namespaces, ns, labels.as_ref())
     }
 
     /// Whether the account is one this process watches (its shard's).

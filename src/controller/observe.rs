@@ -193,10 +193,16 @@ impl Observation {
         let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
         let grant_refused =
             match AccountId::of(&obj, ctx.accounts.settings.default_account.as_deref()) {
-                AccountId::Cluster { name } if ctx.accounts.settings.cluster_accounts => ctx
-                    .account_stores
-                    .cluster_grant(&name, obj.namespace().as_deref().unwrap_or_default())
-                    .is_some_and(|grant| grant.is_err()),
+                AccountId::Cluster { name } if ctx.accounts.settings.cluster_accounts => {
+                    let stores = &ctx.account_stores;
+                    stores
+                        .cluster
+                        .get(&ObjectRef::new(&name))
+                        .is_some_and(|account| {
+                            let ns = obj.namespace().unwrap_or_default();
+                            stores.grants(&account, &ns).is_err()
+                        })
+                }
                 _ => false,
             };
         let secret_versions = watched_secret_versions(ctx, &obj);
@@ -323,20 +329,16 @@ impl<C: OneInboxApi> Reader<'_, C> {
             }
             AccountId::Cluster { name } => {
                 let stores = &self.ctx.account_stores;
-                match stores.cluster_grant(name, &obs.namespace()) {
-                    None => return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None)),
-                    Some(Err(rule)) => {
-                        return Ok((
-                            ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
-                            None,
-                        ));
-                    }
-                    Some(Ok(())) => {}
+                let Some(account) = stores.cluster.get(&ObjectRef::new(name)) else {
+                    return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None));
+                };
+                if let Err(rule) = stores.grants(&account, &obs.namespace()) {
+                    return Ok((
+                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
+                        None,
+                    ));
                 }
-                match stores.cluster.get(&ObjectRef::new(name)) {
-                    Some(account) => AccountView::cluster(&account),
-                    None => return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None)),
-                }
+                AccountView::cluster(&account)
             }
             AccountId::Namespaced { namespace, name } => {
                 match self

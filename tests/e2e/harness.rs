@@ -1227,17 +1227,21 @@ impl OwnPlane {
 
     /// Run a script with bash -euo pipefail in `dir`, with this plane's kubectl and helm first
     /// on PATH and its admin kubeconfig; stdout and stderr together.
-    pub fn sh(&self, dir: &Path, script: &str, env: &[(&str, &str)]) -> String {
-        let path = format!(
+    /// PATH with this plane's kubectl and helm first.
+    fn path(&self) -> String {
+        format!(
             "{}:{}",
             self.state.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
-        );
+        )
+    }
+
+    pub fn sh(&self, dir: &Path, script: &str, env: &[(&str, &str)]) -> String {
         // Ten minutes at most for any block (the runbook waits in a loop of its own).
         let out = Command::new("timeout")
             .args(["600", "bash", "-euo", "pipefail", "-c", script])
             .current_dir(dir)
-            .env("PATH", path)
+            .env("PATH", self.path())
             .env("KUBECONFIG", self.state.join("kubeconfig"))
             .env("TESTENV_STATE", &self.state)
             // As a reader runs them: not a sub-make of `make test` (no "Entering directory").
@@ -1273,14 +1277,7 @@ impl OwnPlane {
             let ok = Command::new("bash")
                 .args(["-c", script])
                 .current_dir(repo())
-                .env(
-                    "PATH",
-                    format!(
-                        "{}:{}",
-                        self.state.join("bin").display(),
-                        std::env::var("PATH").unwrap_or_default()
-                    ),
-                )
+                .env("PATH", self.path())
                 .env("KUBECONFIG", self.state.join("kubeconfig"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -1296,14 +1293,7 @@ impl OwnPlane {
                         "-c",
                         "kubectl get namespaces -o yaml; kubectl get crd; tail -n 30 \"$TESTENV_STATE\"/logs/kube-controller-manager.log",
                     ])
-                    .env(
-                        "PATH",
-                        format!(
-                            "{}:{}",
-                            self.state.join("bin").display(),
-                            std::env::var("PATH").unwrap_or_default()
-                        ),
-                    )
+                    .env("PATH", self.path())
                     .env("KUBECONFIG", self.state.join("kubeconfig"))
                     .env("TESTENV_STATE", &self.state)
                     .output()
