@@ -27,18 +27,30 @@ pub struct Held {
     pub task: JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
 }
 
+/// The field manager of one replica's Lease writes. It must differ per replica: the library
+/// claims a free Lease with a server-side apply, and only a different manager makes a second,
+/// concurrent claim fail with a conflict. With one shared name, the last claim silently wins
+/// while the first claimant still believes it leads (two leaders until its next renewal).
+pub fn field_manager(identity: &str) -> String {
+    format!("oneinbox-operator-lease-{identity}")
+}
+
+/// How long a fresh claim waits before acting: longer than the library's random pause (at most
+/// 1 s) between a forced release of an expired Lease and its claim.
+const CLAIM_SETTLE: Duration = Duration::from_millis(2000);
+
 /// Wait until this process holds the Lease, or until `stop` says to give up (then `Ok(None)`).
 pub async fn acquire(
     client: Client,
     cfg: &LeaseConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<Held>, String> {
-    let manager = LeaseManagerBuilder::new(client, &cfg.name)
+    let manager = LeaseManagerBuilder::new(client.clone(), &cfg.name)
         .with_namespace(&cfg.namespace)
         .with_identity(&cfg.identity)
         .with_duration(cfg.duration.as_secs().max(2))
         .with_grace(cfg.grace.as_secs().max(1))
-        .with_field_manager("oneinbox-operator")
+        .with_field_manager(field_manager(&cfg.identity))
         .build()
         .await
         .map_err(|e| format!("cannot set up leader election: {e}"))?;
@@ -46,8 +58,18 @@ pub async fn acquire(
     info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "standing by for the lease");
     loop {
         if *leading.borrow_and_update() {
-            info!(identity = %cfg.identity, "acquired the lease; leading");
-            return Ok(Some(Held { leading, task }));
+            // Two standbys can both take an expired Lease: the library releases it by force
+            // and then claims it, and a late force release of one undoes the other's claim.
+            // Look again once that window has passed; if the Lease went to another replica,
+            // stand by until the library notices at its next renewal.
+            tokio::time::sleep(CLAIM_SETTLE).await;
+            let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+            if let Renewal::Theirs(holder) = renewal_of(&leases, cfg).await {
+                info!(%holder, "the lease went to another replica; standing by");
+            } else {
+                info!(identity = %cfg.identity, "acquired the lease; leading");
+                return Ok(Some(Held { leading, task }));
+            }
         }
         tokio::select! {
             changed = leading.changed() => {
@@ -129,13 +151,14 @@ impl Guard {
                             std::process::exit(2);
                         }
                     }
-                    _ = tokio::time::sleep(wait) => {
-                        if let Some(renewed) = renewal_of(&leases, &cfg).await
-                            && renewed > confirmed
-                        {
-                            confirmed = renewed;
+                    _ = tokio::time::sleep(wait) => match renewal_of(&leases, &cfg).await {
+                        Renewal::Ours(renewed) if renewed > confirmed => confirmed = renewed,
+                        Renewal::Ours(_) | Renewal::Unknown => {}
+                        Renewal::Theirs(holder) => {
+                            error!(%holder, "another replica holds the lease; exiting so that only it acts");
+                            std::process::exit(2);
                         }
-                    }
+                    },
                 }
             }
         });
@@ -162,16 +185,42 @@ fn stop(cfg: &LeaseConfig, since: Duration) -> ! {
     std::process::exit(2);
 }
 
-/// The Lease's renewTime if this process holds it, as the API server says now. Any failure is
-/// `None`: nothing is confirmed.
-async fn renewal_of(leases: &Api<Lease>, cfg: &LeaseConfig) -> Option<jiff::Timestamp> {
-    let read = tokio::time::timeout(Duration::from_millis(1000), leases.get_opt(&cfg.name));
-    let lease = read.await.ok()?.ok()??;
-    let spec = lease.spec?;
-    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
-        return None;
+/// What the API server says of the Lease now, as seen by the replica `identity`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Held by this replica, renewed at this time.
+    Ours(jiff::Timestamp),
+    /// Held by another replica: this one must stop at once.
+    Theirs(String),
+    /// Not read, or released: nothing is confirmed (the fence decides).
+    Unknown,
+}
+
+/// Classify a Lease's spec for the replica `identity` (pure).
+pub fn renewal(
+    spec: Option<&k8s_openapi::api::coordination::v1::LeaseSpec>,
+    identity: &str,
+) -> Renewal {
+    let Some(spec) = spec else {
+        return Renewal::Unknown;
+    };
+    match spec.holder_identity.as_deref() {
+        Some(h) if h == identity => spec
+            .renew_time
+            .as_ref()
+            .map_or(Renewal::Unknown, |t| Renewal::Ours(t.0)),
+        Some(h) if !h.is_empty() => Renewal::Theirs(h.to_string()),
+        _ => Renewal::Unknown,
     }
-    spec.renew_time.map(|t| t.0)
+}
+
+/// The Lease as the API server says now; a failed or slow read is `Unknown`.
+async fn renewal_of(leases: &Api<Lease>, cfg: &LeaseConfig) -> Renewal {
+    let read = tokio::time::timeout(Duration::from_millis(1000), leases.get_opt(&cfg.name));
+    match read.await {
+        Ok(Ok(Some(lease))) => renewal(lease.spec.as_ref(), &cfg.identity),
+        _ => Renewal::Unknown,
+    }
 }
 
 #[cfg(test)]
@@ -194,5 +243,36 @@ mod tests {
         // Short test leases: 4 s with 2 s grace stop at 3 s.
         assert_eq!(fence(S(3), S(4), S(2)), Fence::Stop);
         assert_eq!(fence(MS(2_900), S(4), S(2)), Fence::LookAgainIn(MS(100)));
+    }
+
+    #[test]
+    fn each_replica_writes_the_lease_as_its_own_field_manager() {
+        assert_ne!(
+            field_manager("pod-a-1234abcd"),
+            field_manager("pod-b-1234abcd")
+        );
+    }
+
+    #[test]
+    fn a_lease_held_by_another_replica_says_so() {
+        use k8s_openapi::api::coordination::v1::LeaseSpec;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let at: jiff::Timestamp = "2026-12-07T21:00:00Z".parse().unwrap();
+        let spec = |holder: Option<&str>, renewed: bool| LeaseSpec {
+            holder_identity: holder.map(str::to_string),
+            renew_time: renewed.then_some(MicroTime(at)),
+            ..Default::default()
+        };
+        let cases = [
+            (Some(spec(Some("a"), true)), Renewal::Ours(at)),
+            (Some(spec(Some("a"), false)), Renewal::Unknown),
+            (Some(spec(Some("b"), true)), Renewal::Theirs("b".into())),
+            (Some(spec(Some(""), true)), Renewal::Unknown),
+            (Some(spec(None, false)), Renewal::Unknown),
+            (None, Renewal::Unknown),
+        ];
+        for (s, want) in cases {
+            assert_eq!(renewal(s.as_ref(), "a"), want, "{s:?}");
+        }
     }
 }

@@ -255,3 +255,62 @@ async fn on_sigterm_the_lease_is_held_until_the_reconcile_in_flight_ends() {
     );
     assert_eq!(w.mock.registrations().await.len(), 1);
 }
+
+/// Two standbys see the same released Lease and claim it at once, as the lease library does
+/// (a server-side apply of holderIdentity, not forced, each replica as its own field manager):
+/// the API server refuses the second claim, so only one replica leads. With one field manager
+/// shared by both, the second claim silently overwrote the first while its claimant led on.
+#[tokio::test]
+async fn a_second_concurrent_claim_on_a_released_lease_is_refused() {
+    use kube::api::{Patch, PatchParams};
+    use oneinbox_operator::leader::field_manager;
+    cluster();
+    let client = admin_client().await;
+    let ns = create_namespace(&client, "leaseclaim").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    // A Lease left released by the leader before (its holder fields cleared).
+    leases
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "oneinbox-operator"}, "spec": {}}))
+                .expect("lease"),
+        )
+        .await
+        .expect("create the released lease");
+    let claim = |identity: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "spec": {"holderIdentity": identity, "leaseDurationSeconds": 15}})
+    };
+    let apply = |identity: &'static str| {
+        let leases = leases.clone();
+        async move {
+            let pp = PatchParams {
+                field_manager: Some(field_manager(identity)),
+                ..Default::default()
+            };
+            leases
+                .patch("oneinbox-operator", &pp, &Patch::Apply(claim(identity)))
+                .await
+        }
+    };
+    apply("replica-a-0000000a")
+        .await
+        .expect("the first claim lands");
+    let second = apply("replica-b-0000000b").await;
+    match second {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("the second claim was not refused: {other:?}"),
+    }
+    assert_eq!(holder_in(&leases).await, "replica-a-0000000a");
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+async fn holder_in(leases: &Api<Lease>) -> String {
+    leases
+        .get("oneinbox-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default()
+}
