@@ -87,7 +87,7 @@ pub struct RunArgs {
         value_enum,
         default_value = "watch"
     )]
-    pub secret_access: crate::controller::SecretAccess,
+    pub secret_access: crate::secrets::SecretAccess,
 
     /// Only manage PhoneNumbers matching this label selector (for sharding a large fleet).
     #[arg(long, env = "ONEINBOX_LABEL_SELECTOR")]
@@ -235,26 +235,7 @@ impl RunArgs {
                 show(self.lease_duration)
             ));
         }
-        check_api_url(&self.api.api_url, self.api.allow_insecure_http)
-    }
-}
-
-/// Refuse an `--api-url` the key must not be sent to: anything but https, unless plain http
-/// is allowed explicitly.
-pub fn check_api_url(url: &reqwest::Url, allow_insecure_http: bool) -> Result<(), String> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if allow_insecure_http => Ok(()),
-        "http" => Err(format!(
-            "--api-url {} is plain http: the API key would cross the network \
-             unencrypted; use https, or pass --allow-insecure-http (local mock \
-             servers and tests only)",
-            without_userinfo(url)
-        )),
-        other => Err(format!(
-            "--api-url {}: unsupported scheme {other:?} (use https)",
-            without_userinfo(url)
-        )),
+        crate::oneinbox::http::check_api_url(&self.api.api_url, self.api.allow_insecure_http)
     }
 }
 
@@ -317,32 +298,6 @@ pub struct ImportArgs {
     /// account).
     #[arg(long)]
     pub check_cluster: bool,
-}
-
-impl ImportArgs {
-    /// Refuse settings that cannot work, with the flag to change in the message.
-    pub fn validate(&self) -> Result<(), String> {
-        check_api_url(&self.api.api_url, self.api.allow_insecure_http)?;
-        crate::import::check_template(&self.name_template)?;
-        if !crate::import::is_dns_subdomain(&self.namespace) || self.namespace.contains('.') {
-            return Err(format!(
-                "--namespace {:?} is not a valid namespace name (lower case letters, digits and \"-\")",
-                self.namespace
-            ));
-        }
-        if let Some(dir) = &self.output_dir {
-            crate::import::check_output_dir(dir, self.force)?;
-        }
-        Ok(())
-    }
-}
-
-/// The URL for a message: never a user name or password that it may carry.
-fn without_userinfo(url: &reqwest::Url) -> reqwest::Url {
-    let mut url = url.clone();
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url
 }
 
 fn show(d: Duration) -> String {

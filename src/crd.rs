@@ -9,6 +9,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::json_schema;
 use serde::{Deserialize, Serialize};
 
+pub mod accounts;
+pub mod cached;
+pub use accounts::AccountId;
+pub use cached::{CachedPhoneNumber, packed_event, slim_for_cache};
 mod versions;
 mod wire;
 pub use versions::SecretVersionMap;
@@ -576,7 +580,7 @@ impl PhoneNumber {
 pub fn generated_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
+    use crate::crd::accounts::{ClusterOneInboxAccount, OneInboxAccount};
     use kube::CustomResourceExt;
     vec![
         generated_crd(),

@@ -49,8 +49,8 @@ fn classify(being_deleted: bool, exists: bool) -> Definition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
     use crate::crd::PhoneNumber;
+    use crate::crd::accounts::{ClusterOneInboxAccount, OneInboxAccount};
 
     #[test]
     fn a_crd_is_an_uninstall_while_being_deleted_or_gone() {

@@ -37,7 +37,7 @@ pub enum Error {
     DeletionBlocked(String),
     #[error("the object is missing {0}")]
     InvalidObject(&'static str),
-    /// The cache's packed copy of the object did not decode (`controller::cache`).
+    /// The cache's packed copy of the object did not decode (`crd::cached`).
     #[error("the cached copy of the object could not be unpacked")]
     Unpack,
     #[error("the reconciler took {0} steps without finishing a pass")]

@@ -371,6 +371,22 @@ fn api_failure(e: ApiError, url: &reqwest::Url) -> ImportError {
 }
 
 /// The PhoneNumbers of the cluster, when a kubeconfig or the ambient configuration is asked for.
+/// Refuse settings that cannot work, with the flag to change in the message.
+pub fn check_args(args: &ImportArgs) -> Result<(), String> {
+    crate::oneinbox::http::check_api_url(&args.api.api_url, args.api.allow_insecure_http)?;
+    check_template(&args.name_template)?;
+    if !is_dns_subdomain(&args.namespace) || args.namespace.contains('.') {
+        return Err(format!(
+            "--namespace {:?} is not a valid namespace name (lower case letters, digits and \"-\")",
+            args.namespace
+        ));
+    }
+    if let Some(dir) = &args.output_dir {
+        check_output_dir(dir, args.force)?;
+    }
+    Ok(())
+}
+
 async fn cluster_objects(args: &ImportArgs) -> Result<Option<Vec<PhoneNumber>>, ImportError> {
     let config = if let Some(path) = &args.kubeconfig {
         let kc = kube::config::Kubeconfig::read_from(path)

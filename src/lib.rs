@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod conditions;
 pub mod config;
 pub mod controller;
 pub mod crd;
@@ -10,5 +11,7 @@ pub mod error;
 pub mod import;
 pub mod leader;
 pub mod metrics;
+pub mod mutex;
 pub mod oneinbox;
+pub mod secrets;
 pub mod telemetry;

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
 
 /// `oneinbox-operator import`: progress and errors on stderr, manifests on stdout or in files.
 fn import(args: ImportArgs) -> ExitCode {
-    if let Err(msg) = args.validate() {
+    if let Err(msg) = oneinbox_operator::import::check_args(&args) {
         eprintln!("oneinbox-operator import: {msg}");
         return ExitCode::from(2);
     }
@@ -233,7 +233,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                     max_in_flight: args.api_max_in_flight,
                 },
                 passes_per_account: usize::from(args.concurrency),
-                reread_after: (args.secret_access == controller::SecretAccess::Get)
+                reread_after: (args.secret_access == oneinbox_operator::secrets::SecretAccess::Get)
                     .then_some(args.min_poll_interval),
                 cluster_accounts: args.cluster_accounts_enabled(),
                 account_selector: args.account_selector.clone(),

@@ -1,9 +1,9 @@
 //! What the PhoneNumber cache holds per object, counted by a heap-profiling allocator: the
-//! packed form (`controller::cache`) against the decoded `PhoneNumber` it replaced, for Ready
+//! packed form (`crd::cached`) against the decoded `PhoneNumber` it replaced, for Ready
 //! objects as the footprint benchmark makes them. Counts, not timings.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use kube::runtime::{reflector, watcher};
-use oneinbox_operator::controller::CachedPhoneNumber;
+use oneinbox_operator::crd::CachedPhoneNumber;
 use oneinbox_operator::crd::WirePhoneNumber;
 use serde_json::json;
 
@@ -78,7 +78,7 @@ fn a_cached_ready_object_takes_under_half_the_heap_of_a_decoded_one() {
     let objs: Vec<String> = (0..2_000).map(|i| ready(i).to_string()).collect();
     let decoded = measure(&objs, |s| {
         let mut pn = serde_json::from_str::<WirePhoneNumber>(s).unwrap().0;
-        oneinbox_operator::controller::slim_for_cache(&mut pn);
+        oneinbox_operator::crd::slim_for_cache(&mut pn);
         pn
     });
     let packed = measure(&objs, |s| {

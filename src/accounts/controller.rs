@@ -20,14 +20,17 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::AccountId;
-use super::crd::{ACCOUNT_FINALIZER, AccountStatus, ClusterOneInboxAccount, OneInboxAccount};
 use super::registry::{AccountView, Registry, SecretKeyRef};
-use crate::controller::decide::{problem_fix, problem_text};
-use crate::controller::status::{self, conditions_of};
-use crate::controller::{CachedPhoneNumber, SecretVersions, lock};
+use crate::conditions::{self, conditions_of};
+use crate::crd::AccountId;
+use crate::crd::CachedPhoneNumber;
 use crate::crd::FIELD_MANAGER;
+use crate::crd::accounts::{
+    ACCOUNT_FINALIZER, AccountStatus, ClusterOneInboxAccount, OneInboxAccount,
+};
+use crate::mutex::lock;
 use crate::oneinbox::{ApiError, OneInboxApi};
+use crate::secrets::{SecretProblemKind, SecretVersions, problem_fix, problem_text};
 
 /// Condition reasons of an account.
 pub mod reason {
@@ -128,7 +131,7 @@ pub fn account_conditions(
     generation: Option<i64>,
     now: Time,
 ) -> Vec<Condition> {
-    use status::{READY, RECONCILING, STALLED};
+    use conditions::{READY, RECONCILING, STALLED};
     let mut wanted = match outcome {
         Outcome::Verified => vec![(
             READY,
@@ -286,7 +289,7 @@ async fn check<C: OneInboxApi>(
     }
     if let Some(p) = &state.problem {
         let reason = match p.kind {
-            crate::controller::observe::SecretProblemKind::Absent => reason::SECRET_NOT_FOUND,
+            SecretProblemKind::Absent => reason::SECRET_NOT_FOUND,
             _ => reason::SECRET_KEY_INVALID,
         };
         let last = if state.client.is_some() {

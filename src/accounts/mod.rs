@@ -6,89 +6,14 @@
 //! here are pure: which account an object names, and whether an account allows a namespace.
 
 pub mod controller;
-pub mod crd;
+
 pub mod registry;
 
 use std::collections::BTreeMap;
 
 use kube::core::{Selector, SelectorExt};
 
-use crate::crd::{AccountKind, PhoneNumber};
-use crd::AllowedNamespaces;
-
-/// An account as the operator tells them apart.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AccountId {
-    /// The operator-wide key (`--api-key-file`), for objects without an account when no
-    /// default account is named.
-    Operator,
-    /// A OneInboxAccount.
-    Namespaced { namespace: String, name: String },
-    /// A ClusterOneInboxAccount.
-    Cluster { name: String },
-}
-
-impl AccountId {
-    /// The account `obj` uses: its `accountRef`, else the default account, else the
-    /// operator-wide key.
-    pub fn of(obj: &PhoneNumber, default_account: Option<&str>) -> AccountId {
-        AccountId::named(
-            obj.spec
-                .account_ref
-                .as_ref()
-                .map(|r| (r.kind, r.name.as_str())),
-            obj.metadata.namespace.as_deref().unwrap_or_default(),
-            default_account,
-        )
-    }
-
-    /// The account an object in `namespace` with this `accountRef` (kind, name) uses.
-    pub fn named(
-        account_ref: Option<(AccountKind, &str)>,
-        namespace: &str,
-        default_account: Option<&str>,
-    ) -> AccountId {
-        match (account_ref, default_account) {
-            (Some((kind, name)), _) => match kind {
-                AccountKind::OneInboxAccount => AccountId::Namespaced {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                },
-                AccountKind::ClusterOneInboxAccount => AccountId::Cluster {
-                    name: name.to_owned(),
-                },
-            },
-            (None, Some(name)) => AccountId::Cluster {
-                name: name.to_owned(),
-            },
-            (None, None) => AccountId::Operator,
-        }
-    }
-
-    /// The label of the account's metrics: `operator`, `OneInboxAccount/<ns>/<name>`,
-    /// `ClusterOneInboxAccount/<name>`.
-    pub fn label(&self) -> String {
-        match self {
-            AccountId::Operator => crate::oneinbox::http::OPERATOR_ACCOUNT.to_owned(),
-            AccountId::Namespaced { namespace, name } => {
-                format!("OneInboxAccount/{namespace}/{name}")
-            }
-            AccountId::Cluster { name } => format!("ClusterOneInboxAccount/{name}"),
-        }
-    }
-}
-
-impl std::fmt::Display for AccountId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AccountId::Operator => f.write_str("operator"),
-            AccountId::Namespaced { namespace, name } => {
-                write!(f, "OneInboxAccount {namespace}/{name}")
-            }
-            AccountId::Cluster { name } => write!(f, "ClusterOneInboxAccount {name}"),
-        }
-    }
-}
+use crate::crd::accounts::AllowedNamespaces;
 
 /// Whether `allowed` lets namespace `name` (with `labels`) use a ClusterOneInboxAccount.
 /// `Err` is the rule in words, for the AccountNotAllowed message.
@@ -262,43 +187,5 @@ mod tests {
                 "{what}"
             );
         }
-    }
-
-    #[test]
-    fn account_of_an_object() {
-        let pn = |account: serde_json::Value| -> PhoneNumber {
-            let mut spec = serde_json::json!({"phoneNumber": "+15551234567", "provider": "twilio",
-                     "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
-                     "credentialId": "3c90c3cc-0d44-4b50-8888-8dd25736052a"});
-            if !account.is_null() {
-                spec["accountRef"] = account;
-            }
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
-                "metadata": {"name": "x", "namespace": "team-a"}, "spec": spec}))
-            .unwrap()
-        };
-        let own = serde_json::json!({"kind": "OneInboxAccount", "name": "a"});
-        let cluster = serde_json::json!({"kind": "ClusterOneInboxAccount", "name": "shared"});
-        let ns = |n: &str| AccountId::Namespaced {
-            namespace: "team-a".into(),
-            name: n.into(),
-        };
-        let cl = |n: &str| AccountId::Cluster { name: n.into() };
-        assert_eq!(AccountId::of(&pn(own.clone()), None), ns("a"));
-        assert_eq!(AccountId::of(&pn(own), Some("dflt")), ns("a"));
-        assert_eq!(AccountId::of(&pn(cluster), Some("dflt")), cl("shared"));
-        assert_eq!(
-            AccountId::of(&pn(serde_json::Value::Null), Some("dflt")),
-            cl("dflt")
-        );
-        assert_eq!(
-            AccountId::of(&pn(serde_json::Value::Null), None),
-            AccountId::Operator
-        );
-        assert_eq!(ns("a").label(), "OneInboxAccount/team-a/a");
-        assert_eq!(ns("a").to_string(), "OneInboxAccount team-a/a");
-        assert_eq!(cl("x").label(), "ClusterOneInboxAccount/x");
-        assert_eq!(AccountId::Operator.label(), "operator");
     }
 }

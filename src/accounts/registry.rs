@@ -14,12 +14,14 @@ use kube::{Client, Resource};
 use tokio::sync::{Semaphore, TryAcquireError};
 use tracing::debug;
 
-use super::AccountId;
-use super::crd::{Budget as BudgetSpec, ClusterOneInboxAccount, DEFAULT_CA_KEY, OneInboxAccount};
-use crate::controller::lock;
-use crate::controller::observe::{SecretProblem, secret_value_of};
+use crate::crd::AccountId;
 use crate::crd::DEFAULT_API_KEY_KEY;
+use crate::crd::accounts::{
+    Budget as BudgetSpec, ClusterOneInboxAccount, DEFAULT_CA_KEY, OneInboxAccount,
+};
+use crate::mutex::lock;
 use crate::oneinbox::{AccountEndpoint, Budget, KeyCell, OneInboxApi, SecretString};
+use crate::secrets::{SecretProblem, problem_text, secret_value_of};
 
 /// A Secret key by namespace, name and key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -447,7 +449,7 @@ impl<C: OneInboxApi> Registry<C> {
                 Err(p) => {
                     e.invalid = Some(format!(
                         "the CA bundle cannot be read: {}",
-                        crate::controller::decide::problem_text(&p)
+                        problem_text(&p)
                     ));
                     return Ok(());
                 }
@@ -509,7 +511,7 @@ impl<C: OneInboxApi> Registry<C> {
 /// --allow-insecure-http (the key would cross the network in clear text).
 fn endpoint_allowed(url: &str, allow_insecure_http: bool) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("apiUrl is not a URL: {e}"))?;
-    crate::config::check_api_url(&parsed, allow_insecure_http)
+    crate::oneinbox::http::check_api_url(&parsed, allow_insecure_http)
         .map_err(|e| e.replace("--api-url", "apiUrl"))
 }
 

@@ -28,12 +28,13 @@ use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Reader};
 use super::plan;
 use super::status::{self, Phase, RemoteFacts, StatusData};
-use super::{Context, lock, redact};
+use super::{Context, redact};
 use crate::crd::{
     ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_REGISTRATION_ATTEMPT, FIELD_MANAGER, FINALIZER,
     PhoneNumber, PhoneNumberStatus, RegistrationAttempt, WirePhoneNumber,
 };
 use crate::error::{Error, Result};
+use crate::mutex::lock;
 use crate::oneinbox::{OneInboxApi, PatchRequest};
 
 /// What the pass does after a step.

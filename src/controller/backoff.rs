@@ -22,7 +22,7 @@ pub struct Backoff {
 impl Backoff {
     /// Record one more failure and return the count.
     pub fn failed(&self, uid: &str) -> u32 {
-        let mut map = super::lock(&self.failures);
+        let mut map = crate::mutex::lock(&self.failures);
         let n = map.entry(uid.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
         *n
@@ -30,7 +30,7 @@ impl Backoff {
 
     /// Forget the failures of an object that reconciled fine (or is gone).
     pub fn reset(&self, uid: &str) {
-        super::lock(&self.failures).remove(uid);
+        crate::mutex::lock(&self.failures).remove(uid);
     }
 }
 

@@ -16,7 +16,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::CachedPhoneNumber;
-use crate::accounts::AccountId;
+use crate::crd::AccountId;
 use crate::crd::PhoneNumber;
 
 type Buckets = HashMap<u64, Vec<Arc<CachedPhoneNumber>>>;
@@ -101,7 +101,7 @@ impl Claims {
         store: &Store<CachedPhoneNumber>,
     ) {
         let default_account = self.default_account.as_deref();
-        let mut index = super::lock(&self.index);
+        let mut index = crate::mutex::lock(&self.index);
         match event {
             watcher::Event::Apply(o) => match store.get(&ObjectRef::from_obj(o)) {
                 Some(cached) => index.insert(cached, default_account),
@@ -125,7 +125,7 @@ impl Claims {
         let default_account = self.default_account.as_deref();
         let account = AccountId::of(obj, default_account);
         let known_id = obj.known_id();
-        let index = super::lock(&self.index);
+        let index = crate::mutex::lock(&self.index);
         let by_number = index
             .by_number
             .get(&key(&account, &obj.spec.phone_number))
@@ -208,7 +208,7 @@ mod tests {
         }
 
         fn send(&mut self, event: watcher::Event<PhoneNumber>) {
-            let event = crate::controller::packed_event(event).unwrap();
+            let event = crate::crd::packed_event(event).unwrap();
             self.writer.apply_watcher_event(&event);
             self.claims.observe(&event, &self.store);
         }

@@ -12,16 +12,17 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::Settings;
-use super::observe::{AccountProblem, ApiKey, Observation, SecretProblem, SecretProblemKind};
+use super::observe::{AccountProblem, ApiKey, Observation};
 use super::plan::{self, Credentials, PatchableDigest};
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
-use crate::accounts::AccountId;
+use crate::crd::AccountId;
 use crate::crd::{
     ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, PhoneNumber,
     RegistrationAttempt, ReplacementPolicy,
 };
 use crate::definition::Definition;
 use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
+use crate::secrets::{SecretAccess, SecretProblem, SecretProblemKind, problem_fix, problem_text};
 
 /// How often an object that waits on another (a duplicate claim) looks again, as a fallback to
 /// the direct trigger when the owner goes away.
@@ -455,7 +456,7 @@ fn credentials_as_recorded(obs: &Observation, settings: &Settings) -> bool {
         return false;
     };
     obj.spec.provider_config.is_some()
-        && settings.secret_access == super::SecretAccess::Watch
+        && settings.secret_access == SecretAccess::Watch
         && st.observed_generation == obj.metadata.generation
         && obj.condition(status::STALLED).is_none()
         && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
@@ -490,7 +491,7 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
         return None;
     }
     // Without the watch a Secret change is seen at the next check anyway.
-    if settings.secret_access == super::SecretAccess::Watch {
+    if settings.secret_access == SecretAccess::Watch {
         match &obs.secret_versions {
             Some(v) if *v == st.secret_versions => {}
             None if !obs.secrets_listed => {
@@ -1486,8 +1487,8 @@ fn wait_for_secret(
         // The Secret watch brings the object back when the Secret changes; without it, look
         // again every shortest poll interval.
         let then = match settings.secret_access {
-            super::SecretAccess::Watch => Then::AwaitChange,
-            super::SecretAccess::Get => Then::Requeue(settings.min_poll_interval),
+            SecretAccess::Watch => Then::AwaitChange,
+            SecretAccess::Get => Then::Requeue(settings.min_poll_interval),
         };
         report(data, stalled(reason, format!("{why}. {fix}")), then)
     } else {
@@ -1500,56 +1501,6 @@ fn wait_for_secret(
             phase,
             Then::Requeue(grace - waited + Duration::from_millis(500)),
         )
-    }
-}
-
-/// What is wrong with a Secret, in words (never the value).
-pub fn problem_text(p: &SecretProblem) -> String {
-    let SecretProblem {
-        namespace: ns,
-        name,
-        key,
-        ..
-    } = p;
-    match p.kind {
-        SecretProblemKind::Absent => format!("Secret {ns}/{name} does not exist"),
-        SecretProblemKind::NoKey => format!("Secret {ns}/{name} has no key {key:?}"),
-        SecretProblemKind::Empty => format!("key {key:?} of Secret {ns}/{name} is empty"),
-        SecretProblemKind::NotText => {
-            format!("key {key:?} of Secret {ns}/{name} is not UTF-8 text")
-        }
-    }
-}
-
-/// The command that fixes it: create a missing Secret, or set the key of an existing one;
-/// for a Secret without the key, also the reference `key_field` that may name another of the
-/// keys it has.
-pub fn problem_fix(p: &SecretProblem, key_field: &str) -> String {
-    let SecretProblem {
-        namespace: ns,
-        name,
-        key,
-        keys,
-        ..
-    } = p;
-    let set_key = format!(
-        "kubectl -n {ns} patch secret {name} --type merge -p '{{\"stringData\":{{\"{key}\":\"<value>\"}}}}'"
-    );
-    match p.kind {
-        SecretProblemKind::Absent => format!(
-            "Create it, e.g. kubectl -n {ns} create secret generic {name} --from-literal={key}=<value>"
-        ),
-        SecretProblemKind::NoKey => {
-            let has = if keys.is_empty() {
-                "it has no keys".to_owned()
-            } else {
-                format!("it has {}", keys.join(", "))
-            };
-            format!(
-                "Add the key, e.g. {set_key}, or set {key_field} to the key that holds it ({has})"
-            )
-        }
-        _ => format!("Set the key, e.g. {set_key}"),
     }
 }
 

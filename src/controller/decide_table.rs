@@ -25,7 +25,7 @@ fn settings() -> Settings {
         backoff_max: Duration::from_secs(1800),
         kube_timeout: Duration::from_secs(10),
         hash_key: plan::HashKey::derive(b"oi_sk_table"),
-        secret_access: crate::controller::SecretAccess::Watch,
+        secret_access: crate::secrets::SecretAccess::Watch,
     }
 }
 
@@ -323,7 +323,7 @@ fn decision_table() {
             ob.fetched = Some(Ok(reg("id1")));
         })
     };
-    let team = || crate::accounts::AccountId::Namespaced {
+    let team = || crate::crd::AccountId::Namespaced {
         namespace: "ns".into(),
         name: "team".into(),
     };
@@ -924,7 +924,7 @@ fn decision_table() {
             "cluster account that does not allow the namespace: Stalled at once",
             with(obs(tenant(object())), |ob| {
                 ob.api_key = Some(ApiKey::Unusable(AccountProblem::NotAllowed {
-                    account: crate::accounts::AccountId::Cluster {
+                    account: crate::crd::AccountId::Cluster {
                         name: "voice".into(),
                     },
                     rule: "namespaces labelled team=voice".into(),
@@ -936,7 +936,7 @@ fn decision_table() {
             "cluster accounts not watched",
             with(obs(tenant(object())), |ob| {
                 ob.api_key = Some(ApiKey::Unusable(AccountProblem::ClusterAccountsOff(
-                    crate::accounts::AccountId::Cluster {
+                    crate::crd::AccountId::Cluster {
                         name: "voice".into(),
                     },
                 )))
@@ -1902,7 +1902,7 @@ fn a_check_records_the_secret_versions_it_used() {
 #[test]
 fn without_the_secret_watch_every_check_reads_and_a_restart_trusts_the_status() {
     let get_only = Settings {
-        secret_access: crate::controller::SecretAccess::Get,
+        secret_access: crate::secrets::SecretAccess::Get,
         ..settings()
     };
     // Nothing reports a rotation: the check reads the password.

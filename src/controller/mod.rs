@@ -2,7 +2,6 @@
 
 mod act;
 pub mod backoff;
-pub mod cache;
 pub mod claims;
 pub mod decide;
 pub mod memory;
@@ -14,7 +13,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,18 +33,17 @@ pub use reconcile::reconcile;
 
 use k8s_openapi::api::core::v1::Namespace;
 
-use crate::accounts::AccountId;
 use crate::accounts::controller::{self as account_controller, AccountContext};
-use crate::accounts::crd::{ClusterOneInboxAccount, OneInboxAccount};
 use crate::accounts::registry::{AccountView, Registry, RegistrySettings};
-use crate::crd::{ANNOTATION_PREFIX, ANNOTATION_REGISTRATION_ATTEMPT, PhoneNumber};
+use crate::crd::AccountId;
+use crate::crd::CachedPhoneNumber;
+use crate::crd::PhoneNumber;
+use crate::crd::accounts::{ClusterOneInboxAccount, OneInboxAccount};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::mutex::lock;
 use crate::oneinbox::OneInboxApi;
-pub use cache::CachedPhoneNumber;
-
-/// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
-pub type SecretVersions = Arc<Mutex<HashMap<(String, String), String>>>;
+use crate::secrets::{SecretAccess, SecretVersions};
 
 /// The accounts and namespaces as the watches report them.
 #[derive(Clone)]
@@ -141,35 +139,6 @@ where
             changed.notify_waiters();
         }
     })
-}
-
-/// A watch event as the cache keeps its object: slimmed (`slim_for_cache`) and packed
-/// (`cache`), as the watch decodes it. For tests that feed a cache by hand.
-pub fn packed_event(
-    e: watcher::Event<PhoneNumber>,
-) -> serde_json::Result<watcher::Event<CachedPhoneNumber>> {
-    use watcher::Event;
-    let cached = |mut pn: PhoneNumber| {
-        slim_for_cache(&mut pn);
-        CachedPhoneNumber::pack(&pn)
-    };
-    Ok(match e {
-        Event::Apply(o) => Event::Apply(cached(o)?),
-        Event::Delete(o) => Event::Delete(cached(o)?),
-        Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(cached(o)?),
-        Event::InitDone => Event::InitDone,
-    })
-}
-
-/// How referenced Secrets are followed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SecretAccess {
-    /// A metadata-only watch of Secrets (get, list, watch).
-    #[default]
-    Watch,
-    /// Reads only (get): each check reads what it needs.
-    Get,
 }
 
 /// Timing settings of the reconciler.
@@ -308,32 +277,6 @@ pub(crate) fn take_our_echo(memory: &mut memory::Memory, obj: &CachedPhoneNumber
 /// The controller's key of an object (its name and namespace).
 pub(crate) fn cache_key(obj: &PhoneNumber) -> ObjectRef<CachedPhoneNumber> {
     ObjectRef::from_obj(obj).into_kind_unchecked(())
-}
-
-/// A mutex guard even if another reconcile panicked while holding it (the maps stay usable).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What the cache keeps of a watched object: everything but the metadata the operator never
-/// reads (managedFields, labels, annotations other than `oneinbox.ai/*`, among them kubectl's
-/// full last-applied copy). These are most of an object's size (memory at 10,000 objects);
-/// metadata writes are patches of single keys, so nothing dropped here is ever written back.
-pub fn slim_for_cache(pn: &mut PhoneNumber) {
-    // A settled attempt's record says nothing the status does not: only one in flight is kept.
-    let settled = pn.registration_attempt().is_some_and(|a| pn.settles(&a));
-    let meta = &mut pn.metadata;
-    meta.managed_fields = None;
-    meta.labels = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|key, _| {
-            key.starts_with(ANNOTATION_PREFIX)
-                && !(settled && key == ANNOTATION_REGISTRATION_ATTEMPT)
-        });
-        if annotations.is_empty() {
-            meta.annotations = None;
-        }
-    }
 }
 
 /// Where and what to watch.

@@ -10,17 +10,19 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
+use super::Context;
 use super::memory::ObjectMemory;
 use super::plan::{self, Credentials};
-use super::{Context, lock};
+use crate::mutex::lock;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::accounts::AccountId;
 use crate::accounts::registry::{AccountView, SecretKeyRef};
+use crate::crd::AccountId;
 use crate::crd::{DEFAULT_PASSWORD_KEY, PhoneNumber, SecretVersionMap};
 use crate::definition::{self, Definition};
 use crate::error::{Error, Result};
 use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
+use crate::secrets::{SecretAccess, SecretProblem, secret_value_of};
 
 /// `namespace/name` of another watched object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,30 +58,6 @@ impl std::fmt::Display for ObjectName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
-}
-
-/// Why a referenced Secret value cannot be used (never carries the value).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretProblem {
-    pub kind: SecretProblemKind,
-    pub namespace: String,
-    pub name: String,
-    pub key: String,
-    /// The keys the Secret has (names only, sorted), when it lacks `key`: the reference may
-    /// name the wrong one.
-    pub keys: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecretProblemKind {
-    /// No Secret of that name.
-    Absent,
-    /// The Secret exists without the key.
-    NoKey,
-    /// The value is empty (or only white space).
-    Empty,
-    /// The value is not UTF-8 text.
-    NotText,
 }
 
 /// The API key an object uses: its account's.
@@ -439,12 +417,12 @@ impl<C: OneInboxApi> Reader<'_, C> {
             // Track it from now on, unless the watch already knows a newer version. Without the
             // watch nothing would tell of a change: nothing is tracked.
             let mut versions = lock(&self.ctx.secret_versions);
-            if self.ctx.settings.secret_access == super::SecretAccess::Get {
+            if self.ctx.settings.secret_access == SecretAccess::Get {
                 versions.clear();
             }
             let key = (namespace.clone(), name.to_owned());
             let newer = |a: &str, b: &str| a.parse::<u64>().ok() > b.parse::<u64>().ok();
-            if self.ctx.settings.secret_access == super::SecretAccess::Watch
+            if self.ctx.settings.secret_access == SecretAccess::Watch
                 && versions.get(&key).is_none_or(|known| newer(&rv, known))
             {
                 versions.insert(key, rv.clone());
@@ -453,38 +431,5 @@ impl<C: OneInboxApi> Reader<'_, C> {
             obs.secrets_read.push((name.to_owned(), rv));
         }
         Ok(secret_value_of(secret.as_ref(), &namespace, name, key))
-    }
-}
-
-/// The non-empty UTF-8 value of `key` in `secret` (as read from `namespace/name`), or what is
-/// wrong with it (never the value).
-pub fn secret_value_of(
-    secret: Option<&Secret>,
-    namespace: &str,
-    name: &str,
-    key: &str,
-) -> std::result::Result<SecretString, SecretProblem> {
-    let problem = |kind| SecretProblem {
-        kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        key: key.to_owned(),
-        keys: Vec::new(),
-    };
-    match secret {
-        None => Err(problem(SecretProblemKind::Absent)),
-        Some(s) => match s.data.as_ref().and_then(|d| d.get(key)) {
-            None => Err(SecretProblem {
-                keys: s.data.iter().flatten().map(|(k, _)| k.clone()).collect(),
-                ..problem(SecretProblemKind::NoKey)
-            }),
-            Some(bytes) => match std::str::from_utf8(&bytes.0) {
-                Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(
-                    v.trim_end_matches(['\n', '\r']).to_owned(),
-                )),
-                Ok(_) => Err(problem(SecretProblemKind::Empty)),
-                Err(_) => Err(problem(SecretProblemKind::NotText)),
-            },
-        },
     }
 }

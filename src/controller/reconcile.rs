@@ -7,12 +7,13 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use tracing::debug;
 
+use super::Context;
 use super::act::{Driver, Next};
 use super::decide::decide;
 use super::observe::Observation;
-use super::{Context, lock};
 use crate::crd::PhoneNumber;
 use crate::error::{Error, Result};
+use crate::mutex::lock;
 use crate::oneinbox::OneInboxApi;
 
 /// Most steps one pass takes. The longest path (replace: read key, read Secret, GET, DELETE,

@@ -13,9 +13,10 @@ use kube::{Client, ResourceExt, runtime::reflector};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Context, Settings, backoff::Backoff, lock, reconcile, take_our_echo};
+use super::{Context, Settings, backoff::Backoff, reconcile, take_our_echo};
 use crate::crd::PhoneNumber;
 use crate::metrics::Metrics;
+use crate::mutex::lock;
 use crate::oneinbox::{
     ApiError, Deregistered, OneInboxApi, PatchRequest, RegisterRequest, Registration,
 };
@@ -836,7 +837,7 @@ fn cache_keeps_only_what_the_operator_reads() {
     }))
     .unwrap();
     let spec = pn.spec.clone();
-    super::slim_for_cache(&mut pn);
+    crate::crd::slim_for_cache(&mut pn);
     assert_eq!(pn.metadata.managed_fields, None);
     assert_eq!(pn.metadata.labels, None);
     let keys: Vec<&str> = pn
@@ -867,19 +868,19 @@ fn cache_keeps_only_what_the_operator_reads() {
         json!({"token": "t", "startedAt": "2026-01-01T00:00:00Z"}).to_string(),
     );
     let mut settled = attempting.clone();
-    super::slim_for_cache(&mut attempting);
+    crate::crd::slim_for_cache(&mut attempting);
     assert!(attempting.pending_create().is_some());
     settled.status = Some(crate::crd::PhoneNumberStatus {
         settled_attempt: Some("t".into()),
         ..Default::default()
     });
-    super::slim_for_cache(&mut settled);
+    crate::crd::slim_for_cache(&mut settled);
     assert_eq!(settled.registration_attempt(), None);
     assert!(settled.annotation(crate::crd::ANNOTATION_PAUSED).is_some());
 
     let mut foreign_only = pn.clone();
     foreign_only.metadata.annotations = Some([("example.com/x".to_owned(), "y".to_owned())].into());
-    super::slim_for_cache(&mut foreign_only);
+    crate::crd::slim_for_cache(&mut foreign_only);
     assert_eq!(foreign_only.metadata.annotations, None);
 }
 

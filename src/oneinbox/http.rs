@@ -299,7 +299,7 @@ impl HttpClient {
         }
         inner.limiter.until_ready().await;
         if turned.elapsed() >= Duration::from_millis(1) {
-            *crate::controller::lock(&inner.waited_at) = Some(Instant::now());
+            *crate::mutex::lock(&inner.waited_at) = Some(Instant::now());
         }
         drop(turn);
         inner
@@ -501,7 +501,7 @@ impl OneInboxApi for HttpClient {
 
     fn budget_used_up(&self) -> bool {
         self.inner.turns.taken()
-            || crate::controller::lock(&self.inner.waited_at)
+            || crate::mutex::lock(&self.inner.waited_at)
                 .is_some_and(|t| t.elapsed() < BUDGET_USED_UP_FOR)
     }
 
@@ -586,6 +586,33 @@ impl OneInboxApi for HttpClient {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Refuse an `--api-url` the key must not be sent to: anything but https, unless plain http
+/// is allowed explicitly.
+pub fn check_api_url(url: &reqwest::Url, allow_insecure_http: bool) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => Err(format!(
+            "--api-url {} is plain http: the API key would cross the network \
+             unencrypted; use https, or pass --allow-insecure-http (local mock \
+             servers and tests only)",
+            without_userinfo(url)
+        )),
+        other => Err(format!(
+            "--api-url {}: unsupported scheme {other:?} (use https)",
+            without_userinfo(url)
+        )),
+    }
+}
+
+/// The URL for a message: never a user name or password that it may carry.
+fn without_userinfo(url: &reqwest::Url) -> reqwest::Url {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
 }
 
 #[cfg(test)]

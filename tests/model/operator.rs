@@ -16,8 +16,9 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use oneinbox_operator::controller::{self, CachedPhoneNumber, Context, Settings, backoff};
+use oneinbox_operator::controller::{self, Context, Settings, backoff};
 use oneinbox_operator::crd::PhoneNumber;
+use oneinbox_operator::crd::{CachedPhoneNumber, packed_event, slim_for_cache};
 use oneinbox_operator::error::Error;
 use oneinbox_operator::metrics::Metrics;
 use oneinbox_operator::oneinbox::ApiError;
@@ -38,7 +39,7 @@ pub fn settings() -> Settings {
         backoff_max: Duration::from_secs(1800),
         kube_timeout: Duration::from_secs(20),
         hash_key: controller::plan::HashKey::derive(b"oi_sk_model_operator_key"),
-        secret_access: controller::SecretAccess::Watch,
+        secret_access: oneinbox_operator::secrets::SecretAccess::Watch,
     }
 }
 
@@ -139,7 +140,7 @@ impl Operator {
         self.writer.apply_watcher_event(&watcher::Event::Init);
         for o in objects {
             #[allow(clippy::expect_used)] // a PhoneNumber's JSON has only string keys
-            let event = controller::packed_event(watcher::Event::InitApply(o)).expect("packs");
+            let event = packed_event(watcher::Event::InitApply(o)).expect("packs");
             self.writer.apply_watcher_event(&event);
         }
         self.writer.apply_watcher_event(&watcher::Event::InitDone);
@@ -161,7 +162,7 @@ impl Operator {
     /// One reconcile pass, on the object as the cache gives it (slimmed, packed, unpacked).
     pub async fn reconcile(&self, obj: PhoneNumber) -> oneinbox_operator::error::Result<Action> {
         let mut obj = obj;
-        controller::slim_for_cache(&mut obj);
+        slim_for_cache(&mut obj);
         let cached = CachedPhoneNumber::pack(&obj).map_err(|_| Error::Unpack)?;
         controller::reconcile(Arc::new(cached.object()?), self.ctx.clone()).await
     }

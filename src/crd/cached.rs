@@ -15,10 +15,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
-use crate::accounts::AccountId;
-use crate::controller::status;
-use crate::crd::{AccountKind, PhoneNumber, WirePhoneNumber};
+use crate::conditions as status;
+use crate::crd::AccountId;
+use crate::crd::{
+    ANNOTATION_PREFIX, ANNOTATION_REGISTRATION_ATTEMPT, AccountKind, PhoneNumber, WirePhoneNumber,
+};
 use crate::error::Error;
+use kube::runtime::watcher;
 
 /// One cached PhoneNumber.
 #[derive(Clone, Debug)]
@@ -225,7 +228,7 @@ impl CachedPhoneNumber {
 impl<'de> Deserialize<'de> for CachedPhoneNumber {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CachedPhoneNumber, D::Error> {
         let mut pn = WirePhoneNumber::deserialize(d)?.0;
-        super::slim_for_cache(&mut pn);
+        slim_for_cache(&mut pn);
         CachedPhoneNumber::pack(&pn).map_err(serde::de::Error::custom)
     }
 }
@@ -283,11 +286,51 @@ static TEMPLATE: LazyLock<Vec<u8>> = LazyLock::new(|| {
     template
         .ok()
         .and_then(|mut t| {
-            super::slim_for_cache(&mut t);
+            slim_for_cache(&mut t);
             serde_json::to_vec(&t).ok()
         })
         .unwrap_or_default()
 });
+
+/// What the cache keeps of a watched object: everything but the metadata the operator never
+/// reads (managedFields, labels, annotations other than `oneinbox.ai/*`, among them kubectl's
+/// full last-applied copy). These are most of an object's size (memory at 10,000 objects);
+/// metadata writes are patches of single keys, so nothing dropped here is ever written back.
+pub fn slim_for_cache(pn: &mut PhoneNumber) {
+    // A settled attempt's record says nothing the status does not: only one in flight is kept.
+    let settled = pn.registration_attempt().is_some_and(|a| pn.settles(&a));
+    let meta = &mut pn.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| {
+            key.starts_with(ANNOTATION_PREFIX)
+                && !(settled && key == ANNOTATION_REGISTRATION_ATTEMPT)
+        });
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// A watch event as the cache keeps its object: slimmed (`slim_for_cache`) and packed
+/// (`cache`), as the watch decodes it. For tests that feed a cache by hand.
+pub fn packed_event(
+    e: watcher::Event<PhoneNumber>,
+) -> serde_json::Result<watcher::Event<CachedPhoneNumber>> {
+    use watcher::Event;
+    let cached = |mut pn: PhoneNumber| {
+        slim_for_cache(&mut pn);
+        CachedPhoneNumber::pack(&pn)
+    };
+    Ok(match e {
+        Event::Apply(o) => Event::Apply(cached(o)?),
+        Event::Delete(o) => Event::Delete(cached(o)?),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(cached(o)?),
+        Event::InitDone => Event::InitDone,
+    })
+}
 
 #[cfg(test)]
 mod tests {
