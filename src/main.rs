@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use oneinbox_operator::admin::{self, Health};
 use oneinbox_operator::config::{self, Cli, Command, ImportArgs, RunArgs};
-use oneinbox_operator::controller::plan::HashKey;
+use oneinbox_operator::controller::credentials::HashKey;
 use oneinbox_operator::controller::{self, Scope, Settings};
 use oneinbox_operator::leader;
 use oneinbox_operator::metrics::Metrics;

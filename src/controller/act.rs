@@ -21,14 +21,14 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::decide::{
-    DEFINITION_DELETING, DoneAfter, Failure, Op, Read, Step, Then, requested_reconcile,
-    versions_used,
+    DEFINITION_DELETING, DoneAfter, Failure, Read, Step, Then, requested_reconcile, versions_used,
 };
 use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Reader};
 use super::plan;
 use super::status::{self, Phase, RemoteFacts, StatusData};
 use super::{Context, redact};
+use super::{credentials, polling};
 use crate::crd::{
     ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_REGISTRATION_ATTEMPT, FIELD_MANAGER, FINALIZER,
     PhoneNumber, PhoneNumberStatus, RegistrationAttempt, WirePhoneNumber,
@@ -56,18 +56,6 @@ fn finalizers_with_ours(obj: &PhoneNumber) -> Option<serde_json::Value> {
     let mut finalizers = obj.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
     Some(json!(finalizers))
-}
-
-/// The error a failed OneInbox call ends a pass with.
-pub fn error_of(f: &Failure) -> Error {
-    let e = f.error.clone();
-    match f.op {
-        Op::Register => Error::RegisterNumber(e),
-        Op::Get => Error::GetNumber(e),
-        Op::Lookup => Error::LookupNumber(e),
-        Op::Update => Error::UpdateNumber(e),
-        Op::Deregister => Error::DeregisterNumber(e),
-    }
 }
 
 /// The CRD's deletion is logged once per process (each object gets its event).
@@ -299,7 +287,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 }
                 // A drift check that asks for nothing else goes behind user work for the
                 // account's budget.
-                if plan::is_background_check(
+                if polling::is_background_check(
                     &obs.obj,
                     obs.memory.check.as_ref().is_some_and(|c| c.dispatched),
                 ) {
@@ -345,12 +333,12 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                         .await;
                     self.remember(obs, |m| m.invalid_poll_interval = Some(value));
                 }
-                let interval = plan::poll_interval(
+                let interval = polling::poll_interval(
                     &obs.obj,
                     self.ctx.settings.poll_interval,
                     self.ctx.settings.min_poll_interval,
                 )
-                .map(|d| plan::jittered(d, rand::random_range(0.8..=1.2)));
+                .map(|d| polling::jittered(d, rand::random_range(0.8..=1.2)));
                 let check = Checked {
                     generation,
                     id,
@@ -372,10 +360,11 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
 
     /// The error a pass ends with, scrubbed of the secrets in hand (it is logged).
     fn error(&self, obs: &Observation, f: &Failure) -> Error {
-        error_of(&Failure {
+        Failure {
             op: f.op,
             error: redact::api_error(f.error.clone(), &secrets_of(obs)),
-        })
+        }
+        .to_error()
     }
 
     fn remember(&self, obs: &mut Observation, f: impl FnOnce(&mut super::memory::ObjectMemory)) {
@@ -658,7 +647,7 @@ fn now() -> Time {
 /// The secret values this pass has in hand: scrubbed from every text it writes.
 fn secrets_of(obs: &Observation) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(Ok(plan::Credentials::Sip { auth_password, .. })) = &obs.credentials {
+    if let Some(Ok(credentials::Credentials::Sip { auth_password, .. })) = &obs.credentials {
         out.push(auth_password.expose().to_owned());
     }
     out

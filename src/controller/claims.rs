@@ -1,6 +1,6 @@
-//! Which watched objects claim each number and each id, per account, kept from the watch: a
-//! pass finds the other claimants of its number (`plan::owner_of_number`, `plan::owner_of_id`)
-//! among a handful of objects instead of copying and scanning the whole cache, which made each
+//! Which watched objects claim each number and each id, per account, kept from the watch, and
+//! which of them owns it. A pass finds the other claimants of its number (`owner_of_number`,
+//! `owner_of_id`) among a handful of objects instead of copying and scanning the whole cache, which made each
 //! pass cost O(objects) (most of the CPU of 10,000 creates, docs/benchmarks.md). The decisions
 //! are the same: every object the scan would have kept is a candidate here.
 //!
@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
@@ -157,6 +158,86 @@ impl Claims {
     }
 }
 
+// Who owns a number or an id that several objects claim (pure; the index above finds the
+// claimants).
+
+/// Sort key of a claim on a number: the oldest object owns it.
+fn claim_key(o: &PhoneNumber) -> (Option<jiff::Timestamp>, String, String) {
+    (
+        o.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        o.namespace().unwrap_or_default(),
+        o.name_any(),
+    )
+}
+
+/// The object that owns `obj`'s number, if it is another one: the oldest object claiming the
+/// same number, where one that holds a registration (its id in status) wins over one that names
+/// an id only in the annotation or has an attempt to register it in flight (a pending-create
+/// marker: its registration may exist), and those win over one that has neither. The order is
+/// total, so two claimants never both yield (or both win).
+pub fn owner_of_number<'a>(
+    obj: &PhoneNumber,
+    others: impl IntoIterator<Item = &'a PhoneNumber>,
+) -> Option<&'a PhoneNumber> {
+    let uid = obj.uid();
+    let rank = |o: &PhoneNumber| {
+        let claim = if holds_id(o) {
+            0
+        } else if o.known_id().is_some() || has_pending_create(o) {
+            1
+        } else {
+            2
+        };
+        (claim, claim_key(o))
+    };
+    let mine = rank(obj);
+    others
+        .into_iter()
+        .filter(|o| o.uid() != uid && o.spec.phone_number == obj.spec.phone_number)
+        .filter(|o| rank(o) < mine)
+        .min_by_key(|o| rank(o))
+}
+
+/// The object's status names its registration (it registered or adopted it).
+pub fn holds_id(o: &PhoneNumber) -> bool {
+    o.status
+        .as_ref()
+        .is_some_and(|s| s.phone_number_id.is_some())
+}
+
+/// The object claims its number only by naming an id in the annotation: it holds no
+/// registration and has no attempt to register it in flight.
+pub fn claims_only_by_naming(o: &PhoneNumber) -> bool {
+    !holds_id(o) && !has_pending_create(o) && o.known_id().is_some()
+}
+
+fn has_pending_create(o: &PhoneNumber) -> bool {
+    o.pending_create().is_some()
+}
+
+/// The object that holds registration `id`, which `obj` names too, if it is another one. An
+/// object that has the id in its status (it registered or adopted it) wins over one that only
+/// names it in the annotation; between equals, the oldest claim wins. The loser never touches
+/// the registration. One that only names it for another number is no claim on it: a
+/// registration is for one number, and `phoneNumber` is immutable, so at most one of the two
+/// can be right, and each finds out by reading it (the other one's is an id mismatch).
+pub fn owner_of_id<'a>(
+    obj: &PhoneNumber,
+    id: &str,
+    others: impl IntoIterator<Item = &'a PhoneNumber>,
+) -> Option<&'a PhoneNumber> {
+    let holds =
+        |o: &PhoneNumber| o.status.as_ref().and_then(|s| s.phone_number_id.as_deref()) == Some(id);
+    let uid = obj.uid();
+    let mine = (!holds(obj), claim_key(obj));
+    others
+        .into_iter()
+        .filter(|o| o.uid() != uid && o.known_id().as_deref() == Some(id))
+        .filter(|o| holds(o) || o.spec.phone_number == obj.spec.phone_number)
+        .filter(|o| (!holds(o), claim_key(o)) < mine)
+        .min_by_key(|o| (!holds(o), claim_key(o)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +375,218 @@ mod tests {
         w.send(watcher::Event::Apply(b.clone()));
         assert_eq!(w.rivals(&a), Vec::<String>::new());
         assert_eq!(w.rivals(&b), Vec::<String>::new());
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+    use crate::controller::plan::tests::pn;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn oldest_claim_owns_the_number() {
+        let mut old = pn("old");
+        old.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(100).unwrap()));
+        let mut new = pn("new");
+        new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
+        let all = [old.clone(), new.clone()];
+        assert_eq!(
+            owner_of_number(&new, all.iter()).map(|o| o.name_any()),
+            Some("old".into())
+        );
+        assert!(owner_of_number(&old, all.iter()).is_none());
+    }
+
+    #[test]
+    fn a_registered_claim_wins_even_if_newer() {
+        let mut old = pn("old");
+        old.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(100).unwrap()));
+        let mut new = pn("new");
+        new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
+        new.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id".into()),
+            ..Default::default()
+        });
+        let all = [old.clone(), new.clone()];
+        assert_eq!(
+            owner_of_number(&old, all.iter()).map(|o| o.name_any()),
+            Some("new".into())
+        );
+    }
+
+    /// An attempt in flight, as the annotation records it before the POST.
+    fn record_attempt(o: &mut PhoneNumber) {
+        let attempt = crate::crd::RegistrationAttempt {
+            token: "t".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            credentials_hash: None,
+            uid: o.metadata.uid.clone(),
+        };
+        o.annotations_mut().insert(
+            crate::crd::ANNOTATION_REGISTRATION_ATTEMPT.into(),
+            serde_json::to_string(&attempt).expect("json"),
+        );
+    }
+
+    #[test]
+    fn a_claim_with_an_attempt_in_flight_wins_over_an_older_one() {
+        let mut old = pn("old");
+        old.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(100).unwrap()));
+        let mut new = pn("new");
+        new.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(200).unwrap()));
+        record_attempt(&mut new);
+        let all = [old.clone(), new.clone()];
+        assert_eq!(
+            owner_of_number(&old, all.iter()).map(|o| o.name_any()),
+            Some("new".into())
+        );
+    }
+
+    #[test]
+    fn two_claimants_never_both_yield_or_both_win() {
+        #[derive(Clone, Copy, Debug)]
+        enum Claim {
+            Nothing,
+            Annotation,
+            Attempt,
+            Holds,
+        }
+        let make = |name: &str, secs: i64, claim: Claim| {
+            let mut o = pn(name);
+            o.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(secs).unwrap()));
+            let mut status = crate::crd::PhoneNumberStatus::default();
+            match claim {
+                Claim::Nothing => {}
+                Claim::Annotation => {
+                    o.metadata.annotations = Some(
+                        [(
+                            crate::crd::ANNOTATION_PHONE_NUMBER_ID.to_string(),
+                            "id".to_string(),
+                        )]
+                        .into(),
+                    )
+                }
+                Claim::Attempt => record_attempt(&mut o),
+                Claim::Holds => status.phone_number_id = Some("id".into()),
+            }
+            o.status = Some(status);
+            o
+        };
+        use Claim::*;
+        // (older's claim, newer's claim, the owner)
+        let cases = [
+            (Nothing, Nothing, "older"),
+            (Attempt, Annotation, "older"),
+            (Annotation, Attempt, "older"),
+            (Nothing, Attempt, "newer"),
+            (Nothing, Annotation, "newer"),
+            (Nothing, Holds, "newer"),
+            (Attempt, Holds, "newer"),
+            (Annotation, Holds, "newer"),
+            (Holds, Attempt, "older"),
+        ];
+        for (a, b, owner) in cases {
+            let older = make("older", 100, a);
+            let newer = make("newer", 200, b);
+            let all = [older.clone(), newer.clone()];
+            let got = (
+                owner_of_number(&older, all.iter()).map(|o| o.name_any()),
+                owner_of_number(&newer, all.iter()).map(|o| o.name_any()),
+            );
+            let want = if owner == "older" {
+                (None, Some("older".to_string()))
+            } else {
+                (Some("newer".to_string()), None)
+            };
+            assert_eq!(got, want, "older {a:?}, newer {b:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_annotation_without_a_registration_or_an_attempt_is_a_claim_by_naming() {
+        let mut o = pn("a");
+        assert!(!claims_only_by_naming(&o));
+        o.metadata.annotations = Some(
+            [(
+                crate::crd::ANNOTATION_PHONE_NUMBER_ID.to_string(),
+                "id1".to_string(),
+            )]
+            .into(),
+        );
+        assert!(claims_only_by_naming(&o));
+        record_attempt(&mut o);
+        assert!(!claims_only_by_naming(&o), "an attempt in flight");
+        o.status = Some(crate::crd::PhoneNumberStatus {
+            settled_attempt: Some("t".into()),
+            ..Default::default()
+        });
+        assert!(
+            claims_only_by_naming(&o),
+            "the attempt settled without a registration"
+        );
+        o.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        assert!(!claims_only_by_naming(&o), "holds it");
+    }
+
+    #[test]
+    fn the_holder_of_an_id_owns_it_against_a_newcomer_naming_it() {
+        let mut holder = pn("holder");
+        holder.metadata.creation_timestamp =
+            Some(Time("2026-01-02T00:00:00Z".parse().expect("ts")));
+        holder.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        // Older, but only annotated: still the newcomer.
+        let mut newcomer = pn("newcomer");
+        newcomer.metadata.namespace = Some("other".into());
+        newcomer.metadata.creation_timestamp =
+            Some(Time("2026-01-01T00:00:00Z".parse().expect("ts")));
+        newcomer.metadata.annotations = Some(
+            [(
+                crate::crd::ANNOTATION_PHONE_NUMBER_ID.to_string(),
+                "id1".to_string(),
+            )]
+            .into(),
+        );
+        let all = [holder.clone(), newcomer.clone()];
+        assert_eq!(
+            owner_of_id(&newcomer, "id1", &all).map(|o| o.name_any()),
+            Some("holder".into())
+        );
+        assert!(owner_of_id(&holder, "id1", &all).is_none());
+        // Two that only annotate: the older claim owns it.
+        let mut younger = newcomer.clone();
+        younger.metadata.uid = Some("uid-younger".into());
+        younger.metadata.name = Some("younger".into());
+        younger.metadata.creation_timestamp =
+            Some(Time("2026-01-03T00:00:00Z".parse().expect("ts")));
+        let all = [newcomer.clone(), younger.clone()];
+        assert_eq!(
+            owner_of_id(&younger, "id1", &all).map(|o| o.name_any()),
+            Some("newcomer".into())
+        );
+        assert!(owner_of_id(&newcomer, "id1", &all).is_none());
+        // An older one that only names it for another number is no claim on it; one that
+        // holds it is, whatever the number.
+        let mut elsewhere = newcomer.clone();
+        elsewhere.metadata.uid = Some("uid-elsewhere".into());
+        elsewhere.metadata.name = Some("elsewhere".into());
+        elsewhere.spec.phone_number = "+15550000000".into();
+        let all = [elsewhere.clone(), younger.clone()];
+        assert!(owner_of_id(&younger, "id1", &all).is_none());
+        elsewhere.status = Some(crate::crd::PhoneNumberStatus {
+            phone_number_id: Some("id1".into()),
+            ..Default::default()
+        });
+        let all = [elsewhere.clone(), younger.clone()];
+        assert_eq!(
+            owner_of_id(&younger, "id1", &all).map(|o| o.name_any()),
+            Some("elsewhere".into())
+        );
     }
 }

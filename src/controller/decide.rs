@@ -12,8 +12,10 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::Settings;
+use super::credentials::{self, Credentials};
 use super::observe::{AccountProblem, ApiKey, Observation};
-use super::plan::{self, Credentials, PatchableDigest};
+use super::plan::{self, PatchableDigest};
+use super::polling;
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use crate::crd::AccountId;
 use crate::crd::{
@@ -67,6 +69,21 @@ pub enum Op {
 pub struct Failure {
     pub op: Op,
     pub error: ApiError,
+}
+
+impl Failure {
+    /// The error the pass ends with.
+    pub fn to_error(&self) -> crate::error::Error {
+        use crate::error::Error;
+        let e = self.error.clone();
+        match self.op {
+            Op::Register => Error::RegisterNumber(e),
+            Op::Get => Error::GetNumber(e),
+            Op::Lookup => Error::LookupNumber(e),
+            Op::Update => Error::UpdateNumber(e),
+            Op::Deregister => Error::DeregisterNumber(e),
+        }
+    }
 }
 
 /// How a pass that reports a status ends.
@@ -301,7 +318,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
         Some(c) => c
             .as_ref()
             .ok()
-            .map(|c| plan::credentials_hash(&settings.hash_key, &obs.uid(), c)),
+            .map(|c| credentials::credentials_hash(&settings.hash_key, &obs.uid(), c)),
     };
 
     let remote = match remote(obs, known_id.as_deref(), hash.as_deref()) {
@@ -459,7 +476,10 @@ fn credentials_as_recorded(obs: &Observation, settings: &Settings) -> bool {
         && settings.secret_access == SecretAccess::Watch
         && st.observed_generation == obj.metadata.generation
         && obj.condition(status::STALLED).is_none()
-        && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
+        && st
+            .credentials_hash
+            .as_deref()
+            .and_then(credentials::hash_key_id)
             == Some(settings.hash_key.id())
         && obs.secret_versions.as_ref() == Some(&st.secret_versions)
 }
@@ -485,7 +505,7 @@ fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
     let st = obj.status.as_ref()?;
     let trusted = obj.has_finalizer()
         // Made with another key: the new baseline is written at once.
-        && st.credentials_hash.as_deref().and_then(plan::hash_key_id)
+        && st.credentials_hash.as_deref().and_then(credentials::hash_key_id)
             == Some(settings.hash_key.id());
     if !trusted {
         return None;
@@ -548,12 +568,12 @@ fn resume_step(obs: &Observation, id: &str, settings: &Settings, remote: Patchab
     Step::Resume {
         id: id.to_owned(),
         generation: obs.generation,
-        first_check_in: plan::poll_interval(
+        first_check_in: polling::poll_interval(
             &obs.obj,
             settings.poll_interval,
             settings.min_poll_interval,
         )
-        .map(|i| plan::first_check_in(&obs.uid(), i)),
+        .map(|i| polling::first_check_in(&obs.uid(), i)),
         remote,
     }
 }
@@ -633,7 +653,7 @@ fn decide_observe(obs: &Observation, settings: &Settings) -> Step {
                     obj.spec.phone_number
                 );
                 let every =
-                    plan::poll_interval(obj, settings.poll_interval, settings.min_poll_interval)
+                    polling::poll_interval(obj, settings.poll_interval, settings.min_poll_interval)
                         .unwrap_or(settings.poll_interval);
                 return stall(
                     obs,
@@ -1038,7 +1058,7 @@ fn checked(obs: &Observation, id: &str, patchable: PatchableDigest) -> Then {
         id: id.to_owned(),
         patchable,
         generation: obs.generation,
-        warn_poll_interval: plan::invalid_poll_interval(&obs.obj)
+        warn_poll_interval: polling::invalid_poll_interval(&obs.obj)
             .filter(|v| obs.memory.invalid_poll_interval.as_deref() != Some(*v))
             .map(str::to_owned),
     }
@@ -1384,7 +1404,7 @@ fn blocked_by(op: Op, e: &ApiError) -> Step {
         error: e.clone(),
     };
     Step::Blocked {
-        cause: super::act::error_of(&failure).to_string(),
+        cause: failure.to_error().to_string(),
         failure: Some(failure),
     }
 }
@@ -1403,7 +1423,7 @@ fn api_failure(obs: &Observation, failure: Failure) -> Step {
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
         ..status_data(obs)
     };
-    let message = super::act::error_of(&failure).to_string();
+    let message = failure.to_error().to_string();
     match &failure.error {
         ApiError::KeyRejected { .. } => {
             let whose = match &obs.api_key {
@@ -1563,7 +1583,7 @@ fn hash_now(obs: &Observation, settings: &Settings) -> Option<String> {
         .as_ref()?
         .as_ref()
         .ok()
-        .map(|c| plan::credentials_hash(&settings.hash_key, &obs.uid(), c))
+        .map(|c| credentials::credentials_hash(&settings.hash_key, &obs.uid(), c))
 }
 
 /// Whether a GET now would be redundant: the same generation and credentials were checked
@@ -1640,8 +1660,8 @@ fn replacement(obs: &Observation, id: &str, current_hash: Option<&str>) -> Repla
         return Replacement::No;
     };
     // Made with another key (or before hashes had key ids): a new baseline, not a change.
-    let same_key =
-        plan::hash_key_id(registered).is_some_and(|k| Some(k) == plan::hash_key_id(current));
+    let same_key = credentials::hash_key_id(registered)
+        .is_some_and(|k| Some(k) == credentials::hash_key_id(current));
     if registered == current
         || !same_key
         || status.and_then(|s| s.phone_number_id.as_deref()) != Some(id)

@@ -24,7 +24,7 @@ fn settings() -> Settings {
         backoff_base: Duration::from_secs(5),
         backoff_max: Duration::from_secs(1800),
         kube_timeout: Duration::from_secs(10),
-        hash_key: plan::HashKey::derive(b"oi_sk_table"),
+        hash_key: credentials::HashKey::derive(b"oi_sk_table"),
         secret_access: crate::secrets::SecretAccess::Watch,
     }
 }
@@ -46,7 +46,7 @@ fn condition(type_: &str, status: &str, reason: &str) -> Value {
 }
 
 fn hash_of(credential: &str) -> String {
-    plan::credentials_hash(
+    credentials::credentials_hash(
         &settings().hash_key,
         "uid-1",
         &Credentials::Stored {
@@ -128,7 +128,7 @@ fn sip_credentials(pw: &str) -> Credentials {
 }
 
 fn sip_hash(pw: &str) -> String {
-    plan::credentials_hash(&settings().hash_key, "uid-1", &sip_credentials(pw))
+    credentials::credentials_hash(&settings().hash_key, "uid-1", &sip_credentials(pw))
 }
 
 /// What the Secret watch reports: (name, resourceVersion) of each referenced Secret.
@@ -371,7 +371,7 @@ fn decision_table() {
         |o: Value, rv: &str| with(obs(o), |ob| ob.secret_versions = watched(&[("sip", rv)]));
     let resumed = format!(
         "Resume first check in {}s",
-        plan::first_check_in("uid-1", Duration::from_secs(600)).as_secs()
+        polling::first_check_in("uid-1", Duration::from_secs(600)).as_secs()
     );
     // A due drift check of a SIP object, the key known, the watch reporting `rv`.
     let drift_check = |o: Value, rv: &str| {
@@ -830,8 +830,8 @@ fn decision_table() {
             restarted(
                 {
                     let mut o = sip_registered("pw-1", "7");
-                    o["status"]["credentialsHash"] = json!(plan::credentials_hash(
-                        &plan::HashKey::derive(b"the key before the restart"),
+                    o["status"]["credentialsHash"] = json!(credentials::credentials_hash(
+                        &credentials::HashKey::derive(b"the key before the restart"),
                         "uid-1",
                         &sip_credentials("pw-1")
                     ));
@@ -880,8 +880,8 @@ fn decision_table() {
             drift_check(
                 {
                     let mut o = sip_registered("pw-1", "7");
-                    o["status"]["credentialsHash"] = json!(plan::credentials_hash(
-                        &plan::HashKey::derive(b"another key"),
+                    o["status"]["credentialsHash"] = json!(credentials::credentials_hash(
+                        &credentials::HashKey::derive(b"another key"),
                         "uid-1",
                         &sip_credentials("pw-1")
                     ));
@@ -1918,7 +1918,7 @@ fn without_the_secret_watch_every_check_reads_and_a_restart_trusts_the_status() 
         summary(&decide(&ob, &get_only)),
         format!(
             "Resume first check in {}s",
-            plan::first_check_in("uid-1", Duration::from_secs(600)).as_secs()
+            polling::first_check_in("uid-1", Duration::from_secs(600)).as_secs()
         )
     );
 }

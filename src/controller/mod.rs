@@ -3,10 +3,12 @@
 mod act;
 pub mod backoff;
 pub mod claims;
+pub mod credentials;
 pub mod decide;
 pub mod memory;
 pub mod observe;
 pub mod plan;
+pub mod polling;
 mod reconcile;
 mod redact;
 pub mod status;
@@ -152,7 +154,7 @@ pub struct Settings {
     pub backoff_max: Duration,
     pub kube_timeout: Duration,
     /// The key of `status.credentialsHash`.
-    pub hash_key: plan::HashKey,
+    pub hash_key: credentials::HashKey,
     pub secret_access: SecretAccess,
 }
 

@@ -11,8 +11,9 @@ use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
+use super::credentials::Credentials;
 use super::memory::ObjectMemory;
-use super::plan::{self, Credentials};
+use super::{claims, plan};
 use crate::mutex::lock;
 use kube::runtime::reflector::ObjectRef;
 
@@ -157,16 +158,16 @@ impl Observation {
         let known_id = obj.known_id();
         // An object that holds its registration keeps it; one that only names an id yields
         // the number to an older claim (an attempt in flight may have made that registration).
-        let owner = (!plan::holds_id(&obj))
-            .then(|| plan::owner_of_number(&obj, others.iter().map(|o| o.as_ref())))
+        let owner = (!claims::holds_id(&obj))
+            .then(|| claims::owner_of_number(&obj, others.iter().map(|o| o.as_ref())))
             .flatten();
         let number_owner_names_another_id = owner.is_some_and(|o| {
-            plan::claims_only_by_naming(o) && known_id.is_some() && o.known_id() != known_id
+            claims::claims_only_by_naming(o) && known_id.is_some() && o.known_id() != known_id
         });
         let number_owner = owner.map(ObjectName::of);
         let id_owner = known_id
             .as_deref()
-            .and_then(|id| plan::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))
+            .and_then(|id| claims::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))
             .map(ObjectName::of);
         let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
         let grant_refused =

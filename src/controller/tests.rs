@@ -350,7 +350,7 @@ impl Harness {
                 backoff_base: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(60),
                 kube_timeout: Duration::from_secs(5),
-                hash_key: super::plan::HashKey::derive(b"oi_sk_unit"),
+                hash_key: super::credentials::HashKey::derive(b"oi_sk_unit"),
                 secret_access: super::SecretAccess::Watch,
             },
             backoff: Backoff::default(),
@@ -644,7 +644,10 @@ async fn steady_ready_object_costs_zero_writes() {
         .expect("resumed");
     assert_eq!(
         check.interval,
-        Some(super::plan::first_check_in(uid, Duration::from_secs(600)))
+        Some(super::polling::first_check_in(
+            uid,
+            Duration::from_secs(600)
+        ))
     );
     // When that check is due: one GET, still no write.
     h.ctx.memory.lock().unwrap().update(uid, |m| {

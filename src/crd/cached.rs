@@ -62,7 +62,7 @@ const RECONCILING: u8 = 1 << 1;
 const STALLED: u8 = 1 << 2;
 const DELETION_BLOCKED: u8 = 1 << 3;
 /// Generation observed, reconcile request handled, not being deleted
-/// (`plan::is_background_check` but for the dispatch).
+/// (`polling::is_background_check` but for the dispatch).
 const SETTLED: u8 = 1 << 4;
 const CLUSTER_ACCOUNT: u8 = 1 << 5;
 
@@ -209,7 +209,7 @@ impl CachedPhoneNumber {
         self.flags & DELETION_BLOCKED != 0
     }
 
-    /// `plan::is_background_check` of the object.
+    /// `polling::is_background_check` of the object.
     pub fn is_background_check(&self, check_dispatched: bool) -> bool {
         check_dispatched && self.is_ready() && self.flags & SETTLED != 0
     }
@@ -389,7 +389,7 @@ mod tests {
         assert!(cached.is_ready() && !cached.is_reconciling() && !cached.is_stalled());
         assert_eq!(
             cached.is_background_check(true),
-            crate::controller::plan::is_background_check(&obj, true)
+            crate::controller::polling::is_background_check(&obj, true)
         );
         assert!(!cached.is_background_check(false));
         // The store key carries no uid; the watcher needs the version (it resumes from it).

@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use oneinbox_operator::controller::plan::{Credentials, HashKey, credentials_hash};
+use oneinbox_operator::controller::credentials::{Credentials, HashKey, credentials_hash};
 use oneinbox_operator::crd::{FINALIZER, PhoneNumber};
 use oneinbox_operator::oneinbox::SecretString;
 use rand::rngs::StdRng;

@@ -38,7 +38,7 @@ pub fn settings() -> Settings {
         backoff_base: Duration::from_secs(2),
         backoff_max: Duration::from_secs(1800),
         kube_timeout: Duration::from_secs(20),
-        hash_key: controller::plan::HashKey::derive(b"oi_sk_model_operator_key"),
+        hash_key: controller::credentials::HashKey::derive(b"oi_sk_model_operator_key"),
         secret_access: oneinbox_operator::secrets::SecretAccess::Watch,
     }
 }
