@@ -3,9 +3,14 @@
 //! in words and with the command that fixes it. Never a value in any text.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::oneinbox::SecretString;
 
@@ -21,6 +26,34 @@ pub enum SecretAccess {
 
 /// resourceVersion of each Secret (namespace, name), from the metadata-only Secret watch.
 pub type SecretVersions = Arc<Mutex<HashMap<(String, String), String>>>;
+
+/// The metadata-only Secret watch (in `namespace`, or all): learn that a referenced Secret changed without caching any
+/// Secret data; `listed` is set once it has listed every Secret. With `--secret-access get`
+/// there is no watch (and no list/watch permission): the stream is empty and every check reads
+/// the Secrets it needs.
+pub fn version_watch(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    access: SecretAccess,
+    listed: Arc<AtomicBool>,
+) -> BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>> {
+    let api: Api<PartialObjectMeta<Secret>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match access {
+        SecretAccess::Watch => watcher(api, watcher::Config::default())
+            .default_backoff()
+            .inspect_ok(move |e| {
+                if matches!(e, watcher::Event::InitDone) {
+                    listed.store(true, Ordering::Relaxed);
+                }
+            })
+            .touched_objects()
+            .boxed(),
+        SecretAccess::Get => futures::stream::pending().boxed(),
+    }
+}
 
 /// Why a referenced Secret value cannot be used (never carries the value).
 #[derive(Clone, Debug, PartialEq, Eq)]

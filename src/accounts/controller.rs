@@ -10,17 +10,22 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 use super::registry::{AccountView, Registry, SecretKeyRef};
+use super::stores::AccountStores;
 use crate::conditions::{self, conditions_of};
 use crate::crd::AccountId;
 use crate::crd::CachedPhoneNumber;
@@ -352,6 +357,101 @@ pub fn accounts_of_secret<'a>(
 
 /// Labels by namespace, from the metadata-only Namespace watch.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// A failed account watch stops every PhoneNumber on an account (they wait for the accounts to
+/// be listed): say so, with the likely fix.
+async fn report_account_watch_error<T, E: std::fmt::Display>(
+    res: std::result::Result<T, kube::runtime::controller::Error<E, watcher::Error>>,
+) {
+    if let Err(kube::runtime::controller::Error::QueueError(e)) = res {
+        warn_account_watch(&e);
+    }
+}
+
+/// The controller of one account kind: its watch, and the PhoneNumbers' requests that an
+/// account count its users again (`pokes`).
+pub fn account_kind_controller<K, C>(
+    accounts: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    store: Store<K>,
+    pokes: mpsc::UnboundedReceiver<ObjectRef<K>>,
+    ctx: Arc<AccountContext<C>>,
+) -> impl Future<Output = ()>
+where
+    K: AccountResource,
+    C: OneInboxApi,
+{
+    Controller::for_stream(accounts, store)
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .reconcile_on(UnboundedReceiverStream::new(pokes))
+        .run(reconcile::<K, C>, account_error_policy, ctx)
+        .for_each(report_account_watch_error)
+}
+
+/// The controllers of both account kinds, or, when `manage` is false, only the waking of
+/// waiting users. An account's manager (in-use finalizer, status) must see every PhoneNumber
+/// that uses it: a process sharded by PhoneNumber label does not, so it only uses the
+/// accounts, and wakes its own waiting objects when one changes (docs/tenancy.md).
+pub fn account_controllers<C: OneInboxApi>(
+    manage: bool,
+    (namespaced, cluster): (
+        impl futures::Stream<Item = Result<OneInboxAccount, watcher::Error>> + Send + 'static,
+        impl futures::Stream<Item = Result<ClusterOneInboxAccount, watcher::Error>> + Send + 'static,
+    ),
+    stores: &AccountStores,
+    (ns_pokes, cl_pokes): (
+        mpsc::UnboundedReceiver<ObjectRef<OneInboxAccount>>,
+        mpsc::UnboundedReceiver<ObjectRef<ClusterOneInboxAccount>>,
+    ),
+    ctx: Arc<AccountContext<C>>,
+) -> futures::future::BoxFuture<'static, ()> {
+    use futures::FutureExt;
+    if manage {
+        let ns =
+            account_kind_controller(namespaced, stores.namespaced.clone(), ns_pokes, ctx.clone());
+        let cl = account_kind_controller(cluster, stores.cluster.clone(), cl_pokes, ctx);
+        futures::future::join(ns, cl).map(|_| ()).boxed()
+    } else {
+        drop((ns_pokes, cl_pokes));
+        let ns = wake_waiting_users(namespaced, AccountView::namespaced, ctx.clone());
+        let cl = wake_waiting_users(cluster, AccountView::cluster, ctx);
+        futures::future::join(ns, cl).map(|_| ()).boxed()
+    }
+}
+
+/// For a replica that uses accounts without managing them: each account the watch reports
+/// wakes the PhoneNumbers of this replica that use it and are not Ready (they may wait on it).
+pub fn wake_waiting_users<K, C>(
+    accounts: impl futures::Stream<Item = Result<K, watcher::Error>>,
+    view_of: fn(&K) -> AccountView,
+    ctx: Arc<AccountContext<C>>,
+) -> impl Future<Output = ()> {
+    accounts.for_each(move |r| {
+        match r {
+            Ok(account) => {
+                for pn in ctx.users(&view_of(&account).id) {
+                    if !pn.is_ready() {
+                        let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
+                    }
+                }
+            }
+            Err(e) => warn_account_watch(&e),
+        }
+        futures::future::ready(())
+    })
+}
+
+fn warn_account_watch(e: &watcher::Error) {
+    warn!(error = %e, "cannot watch accounts; PhoneNumbers wait until they are listed (are the account CRDs installed? kubectl apply --server-side -f crds/)");
+}
+
+/// Requeue delay after a failed account pass (a Kubernetes call failed).
+fn account_error_policy<K, C>(obj: Arc<K>, err: &kube::Error, _: Arc<AccountContext<C>>) -> Action
+where
+    K: kube::Resource,
+{
+    warn!(account = obj.meta().name.as_deref().unwrap_or_default(), error = %err, "account reconcile failed");
+    Action::requeue(Duration::from_secs(5) + Duration::from_millis(rand::random_range(0..1000)))
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 pub mod controller;
 
 pub mod registry;
+pub mod stores;
 
 use std::collections::BTreeMap;
 

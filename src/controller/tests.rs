@@ -320,7 +320,7 @@ impl Harness {
         let fake = Arc::new(FakeOneInbox::default());
         let (store, _writer) = reflector::store::<super::CachedPhoneNumber>();
         let (siblings, woken) = mpsc::unbounded_channel();
-        let account_stores = super::AccountStores::unwatched();
+        let account_stores = crate::accounts::stores::AccountStores::unwatched();
         let accounts = Arc::new(crate::accounts::registry::Registry::new(
             fake.clone(),
             crate::accounts::registry::RegistrySettings::operator_only(
@@ -351,7 +351,7 @@ impl Harness {
                 backoff_max: Duration::from_secs(60),
                 kube_timeout: Duration::from_secs(5),
                 hash_key: super::credentials::HashKey::derive(b"oi_sk_unit"),
-                secret_access: super::SecretAccess::Watch,
+                secret_access: crate::secrets::SecretAccess::Watch,
             },
             backoff: Backoff::default(),
             memory: Default::default(),
@@ -927,7 +927,7 @@ fn a_drift_check_is_handed_out_once_when_due() {
 
 #[test]
 fn the_sweep_runs_at_a_tenth_of_the_shortest_interval_within_bounds() {
-    let period = |secs| super::sweep_period(Duration::from_secs(secs));
+    let period = |secs| super::watches::sweep_period(Duration::from_secs(secs));
     assert_eq!(period(5), Duration::from_millis(500));
     assert_eq!(period(30), Duration::from_secs(1));
     assert_eq!(period(1), Duration::from_millis(100));

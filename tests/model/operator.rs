@@ -5,7 +5,7 @@
 //! becomes an `ApiError`. After a change of the controller's shape, adapt this file only.
 
 use oneinbox_operator::accounts::registry::{Registry, RegistrySettings};
-use oneinbox_operator::controller::AccountStores;
+use oneinbox_operator::accounts::stores::AccountStores;
 use oneinbox_operator::oneinbox::Budget;
 use std::collections::HashMap;
 use std::sync::Arc;
