@@ -24,7 +24,7 @@ use super::decide::{
     DEFINITION_DELETING, DoneAfter, Failure, Read, Step, Then, requested_reconcile, versions_used,
 };
 use super::memory::{Checked, decision_inputs};
-use super::observe::{ApiKey, Observation, Reader};
+use super::observe::{ApiKey, Observation, Outcome, Reader};
 use super::plan;
 use super::status::{self, Phase, RemoteFacts, StatusData};
 use super::{Context, redact};
@@ -98,7 +98,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     format!("Adopted the existing OneInbox registration {id}")
                 };
                 self.event(obs, EventType::Normal, "Adopted", note).await;
-                obs.adopted = true;
+                obs.last = Outcome::Adopted;
             }
             Step::ReportLost { id, unmirror } => {
                 if unmirror {
@@ -113,7 +113,6 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 );
                 self.event(obs, EventType::Warning, "RegistrationLost", note)
                     .await;
-                obs.lost_reported = true;
                 self.remember(obs, |m| m.lost = Some(id));
             }
             Step::Replace { id } => {
@@ -121,7 +120,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     "SIP credentials changed; deregistering {id} to register the number again"
                 );
                 self.event(obs, EventType::Normal, "Replacing", note).await;
-                obs.deregistered = Some(self.oneinbox.deregister(&id).await);
+                obs.last = Outcome::Deregistered(self.oneinbox.deregister(&id).await);
             }
             Step::Register {
                 credentials,
@@ -136,7 +135,10 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 if let Ok(reg) = &res {
                     info!(id = %reg.id, "registered");
                 }
-                obs.posted = Some((marker_present, res));
+                obs.last = Outcome::Posted {
+                    marker_present,
+                    answer: res,
+                };
             }
             Step::Persist {
                 registration,
@@ -163,7 +165,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     }
                 };
                 self.write_phase(obs, data, phase).await?;
-                obs.persisted = Some(registration);
+                obs.last = Outcome::Persisted(registration);
             }
             Step::Patch { id, patch, event } => {
                 let res = self.oneinbox.patch(&id, &patch).await;
@@ -179,7 +181,15 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     };
                     self.event(obs, EventType::Normal, event, note).await;
                 }
-                obs.patched = Some(res);
+                let registered = match std::mem::take(&mut obs.last) {
+                    Outcome::Persisted(reg) => Some(Box::new(reg)),
+                    Outcome::Patched { registered, .. } => registered,
+                    _ => None,
+                };
+                obs.last = Outcome::Patched {
+                    answer: res,
+                    registered,
+                };
             }
             Step::Annotate { id } => self.ensure_annotation(obs, &id).await?,
             Step::Disown => {
@@ -240,7 +250,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 return Ok(Next::End(Action::await_change()));
             }
             Step::Deregister { id } => {
-                obs.deregistered = Some(self.oneinbox.deregister(&id).await);
+                obs.last = Outcome::Deregistered(self.oneinbox.deregister(&id).await);
             }
             Step::Release { released, event } => {
                 if let Some(id) = released {
@@ -314,7 +324,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             Then::AwaitChange => Next::End(Action::await_change()),
             Then::Requeue(d) => Next::End(Action::requeue(d)),
             Then::Continue => {
-                obs.continued = true;
+                obs.last = Outcome::Continued;
                 Next::Decide
             }
             Then::Fail(f) => return Err(self.error(obs, &f)),

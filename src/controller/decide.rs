@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use super::Settings;
 use super::credentials::{self, Credentials};
-use super::observe::{AccountProblem, ApiKey, Observation};
+use super::observe::{AccountProblem, ApiKey, Observation, Outcome};
 use super::plan::{self, PatchableDigest};
 use super::polling;
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
@@ -349,7 +349,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     // Bring the PATCHable fields in line (one PATCH, changed fields only).
     let patch = plan::patch_for(obj, &remote.patchable);
     if !patch.is_empty() {
-        match &obs.patched {
+        match patched(obs) {
             None if refused(obs, reason::UPDATE_REJECTED) => {
                 return Step::Done(DoneAfter::AwaitChange);
             }
@@ -362,7 +362,7 @@ fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
                 });
                 // A registration adopted in this pass was never in line with this spec: its
                 // first PATCH is the adoption's, not a correction of drift.
-                let event = if obs.adopted {
+                let event = if obs.last == Outcome::Adopted {
                     "UpdatedOnAdoption"
                 } else if spec_changed {
                     "Updated"
@@ -492,12 +492,7 @@ fn credentials_as_recorded(obs: &Observation, settings: &Settings) -> bool {
 fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
     let obj = &obs.obj;
     // Only at the start of a pass: one that registered, adopted or wrote ends as a check.
-    let acted = obs.posted.is_some()
-        || obs.persisted.is_some()
-        || obs.patched.is_some()
-        || obs.fetched.is_some()
-        || obs.deregistered.is_some()
-        || obs.adopted;
+    let acted = !matches!(obs.last, Outcome::None | Outcome::Continued) || obs.fetched.is_some();
     if acted {
         return None;
     }
@@ -735,23 +730,27 @@ fn remote(
     known_id: Option<&str>,
     hash: Option<&str>,
 ) -> Result<Option<Remote>, Box<Step>> {
-    if let Some(Ok(reg)) = &obs.patched {
-        return Ok(Some(Remote::of(reg)));
-    }
-    if let Some(reg) = &obs.persisted {
-        return Ok(Some(Remote::of(reg)));
-    }
-    if matches!(obs.deregistered, Some(Ok(_))) {
-        return Ok(None);
-    }
-    if let Some(Err(e)) = &obs.deregistered {
-        return Err(Box::new(api_failure(
-            obs,
-            Failure {
-                op: Op::Deregister,
-                error: e.clone(),
-            },
-        )));
+    match &obs.last {
+        Outcome::Patched {
+            answer: Ok(reg), ..
+        }
+        | Outcome::Persisted(reg) => return Ok(Some(Remote::of(reg))),
+        Outcome::Patched {
+            registered: Some(reg),
+            ..
+        } => return Ok(Some(Remote::of(reg))),
+        // Registered in this pass because there was none (or a replacement released it).
+        Outcome::Deregistered(Ok(_)) | Outcome::Posted { .. } => return Ok(None),
+        Outcome::Deregistered(Err(e)) => {
+            return Err(Box::new(api_failure(
+                obs,
+                Failure {
+                    op: Op::Deregister,
+                    error: e.clone(),
+                },
+            )));
+        }
+        _ => {}
     }
     let Some(id) = known_id else {
         return Ok(None);
@@ -790,7 +789,7 @@ fn remote(
                 == Some(reg.id.as_str());
             // Held without the finalizer: mirrored under managementPolicy: Observe, and now
             // taken over.
-            if (!holds || !obj.has_finalizer()) && !obs.adopted {
+            if (!holds || !obj.has_finalizer()) && obs.last != Outcome::Adopted {
                 return Err(Box::new(Step::Adopt {
                     id: reg.id.clone(),
                     takeover: holds,
@@ -803,9 +802,7 @@ fn remote(
         Some(Err(ApiError::NotFound)) if matches!(replacement(obs, id, hash), Replacement::Now) => {
             Ok(None)
         }
-        Some(Err(ApiError::NotFound))
-            if !obs.lost_reported && obs.memory.lost.as_deref() != Some(id) =>
-        {
+        Some(Err(ApiError::NotFound)) if obs.memory.lost.as_deref() != Some(id) => {
             let status_id = obj
                 .status
                 .as_ref()
@@ -864,7 +861,14 @@ fn register(
         }
     };
     let hash = hash.map(str::to_owned).unwrap_or_default();
-    match &obs.posted {
+    let posted = match &obs.last {
+        Outcome::Posted {
+            marker_present,
+            answer,
+        } => Some((*marker_present, answer)),
+        _ => None,
+    };
+    match posted {
         None => {}
         Some((_, Ok(reg))) => {
             return Err(Box::new(Step::Persist {
@@ -1149,7 +1153,7 @@ fn status_data(obs: &Observation) -> StatusData {
         obs.memory.lost.as_deref() == Some(id)
             || (matches!(obs.fetched, Some(Err(ApiError::NotFound)))
                 && obs.obj.known_id().as_deref() == Some(id)
-                && obs.persisted.as_ref().is_none_or(|r| r.id != id))
+                && alive_now(obs) != Some(id))
     };
     if data.remote.phone_number_id.as_deref().is_some_and(gone) {
         data.remote = Default::default();
@@ -1249,7 +1253,9 @@ fn decide_deletion(obs: &Observation) -> Step {
     let says_deleting = obj
         .condition(status::READY)
         .is_some_and(|c| c.status == "False" && c.reason == reason::DELETING);
-    if !says_deleting && !obs.continued {
+    // A deregistration follows the Deleting report of the same pass.
+    let reported = matches!(obs.last, Outcome::Continued | Outcome::Deregistered(_));
+    if !says_deleting && !reported {
         let phase = Phase::Progressing {
             reason: reason::DELETING,
             message: "The number is being deregistered from OneInbox".into(),
@@ -1341,7 +1347,11 @@ fn decide_deletion(obs: &Observation) -> Step {
     // Named only in the annotation, never held (an adoption that never happened, e.g. a
     // stalled IdMismatch): deregister it only if it is this number's registration.
     let named_only = !holds && named;
-    if named_only && obs.deregistered.is_none() {
+    let deregistered = match &obs.last {
+        Outcome::Deregistered(answer) => Some(answer),
+        _ => None,
+    };
+    if named_only && deregistered.is_none() {
         match &obs.fetched {
             None => return Step::Read(Read::Registration(id)),
             Some(Ok(reg)) if reg.phone_number != obj.spec.phone_number => {
@@ -1365,7 +1375,7 @@ fn decide_deletion(obs: &Observation) -> Step {
             Some(Err(e)) => return blocked_by(Op::Get, e),
         }
     }
-    match &obs.deregistered {
+    match deregistered {
         None => Step::Deregister { id },
         Some(Ok(Deregistered::AlreadyGone))
             if tenant_missing.is_some() && obs.memory.released.as_deref() != Some(id.as_str()) =>
@@ -1521,6 +1531,29 @@ fn wait_for_secret(
             phase,
             Then::Requeue(grace - waited + Duration::from_millis(500)),
         )
+    }
+}
+
+/// The answer of this pass's PATCH, if its last step was one.
+fn patched(obs: &Observation) -> Option<&std::result::Result<Registration, ApiError>> {
+    match &obs.last {
+        Outcome::Patched { answer, .. } => Some(answer),
+        _ => None,
+    }
+}
+
+/// The id of a registration this pass has just seen exist: the one it persisted or patched.
+fn alive_now(obs: &Observation) -> Option<&str> {
+    match &obs.last {
+        Outcome::Persisted(reg)
+        | Outcome::Patched {
+            answer: Ok(reg), ..
+        } => Some(reg.id.as_str()),
+        Outcome::Patched {
+            registered: Some(reg),
+            ..
+        } => Some(reg.id.as_str()),
+        _ => None,
     }
 }
 

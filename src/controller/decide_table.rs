@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::controller::memory::{Checked, ObjectMemory};
-use crate::controller::observe::ObjectName;
+use crate::controller::observe::{ObjectName, Outcome};
 use crate::crd::PhoneNumber;
 use crate::oneinbox::SecretString;
 
@@ -590,7 +590,7 @@ fn decision_table() {
                 let mut changed = reg("id1");
                 changed.agent_id = OTHER_AGENT.into();
                 ob.fetched = Some(Ok(changed));
-                ob.adopted = true;
+                ob.last = Outcome::Adopted;
             }),
             "Patch UpdatedOnAdoption",
         ),
@@ -598,7 +598,7 @@ fn decision_table() {
             "switched to Full, taken over, in line: Available, the credentials a new baseline",
             with(read(taken_over.clone()), |ob| {
                 ob.fetched = Some(Ok(reg("id1")));
-                ob.adopted = true;
+                ob.last = Outcome::Adopted;
             }),
             "Report Available Checked",
         ),
@@ -753,7 +753,7 @@ fn decision_table() {
                 ob.api_key = Some(ApiKey::OperatorWide);
                 ob.credentials = Some(Ok(sip_credentials("pw-1")));
                 ob.secrets_read = vec![("sip".into(), "7".into())];
-                ob.persisted = Some(reg("id1"));
+                ob.last = Outcome::Persisted(reg("id1"));
             }),
             "Report Available Checked",
         ),
@@ -856,7 +856,7 @@ fn decision_table() {
             "drift check, the Secret as recorded, the registration gone: read it to register",
             with(drift_check(sip_registered("pw-1", "7"), "7"), |ob| {
                 ob.fetched = Some(Err(ApiError::NotFound));
-                ob.lost_reported = true;
+                ob.memory.lost = ob.obj.known_id();
             }),
             "Read Credentials",
         ),
@@ -1044,20 +1044,23 @@ fn decision_table() {
         (
             "posted",
             with(read(object()), |ob| {
-                ob.posted = Some((false, Ok(reg("id1"))))
+                ob.last = Outcome::Posted {
+                    marker_present: false,
+                    answer: Ok(reg("id1")),
+                }
             }),
             "Persist Registered",
         ),
         (
             "409 after our own marker: someone else's",
             with(read(object()), |ob| {
-                ob.posted = Some((
-                    false,
-                    Err(ApiError::AlreadyRegistered {
+                ob.last = Outcome::Posted {
+                    marker_present: false,
+                    answer: Err(ApiError::AlreadyRegistered {
                         phone_id: "idX".into(),
                         message: "taken".into(),
                     }),
-                ))
+                }
             }),
             "Report Stalled(AlreadyRegistered) Checked",
         ),
@@ -1065,13 +1068,13 @@ fn decision_table() {
             "409 after an earlier attempt's marker: ours, GET it",
             with(read(pending.clone()), |ob| {
                 ob.lookup = Some(Ok(None));
-                ob.posted = Some((
-                    true,
-                    Err(ApiError::AlreadyRegistered {
+                ob.last = Outcome::Posted {
+                    marker_present: true,
+                    answer: Err(ApiError::AlreadyRegistered {
                         phone_id: "idX".into(),
                         message: "taken".into(),
                     }),
-                ));
+                };
             }),
             "Read Registration(\"idX\")",
         ),
@@ -1141,21 +1144,24 @@ fn decision_table() {
         (
             "POST rejected (422)",
             with(read(object()), |ob| {
-                ob.posted = Some((
-                    false,
-                    Err(ApiError::Rejected {
+                ob.last = Outcome::Posted {
+                    marker_present: false,
+                    answer: Err(ApiError::Rejected {
                         status: 422,
                         code: None,
                         detail: "bad".into(),
                     }),
-                ))
+                }
             }),
             "Report Stalled(RegistrationRejected) AwaitChange",
         ),
         (
             "POST with a rejected key: not the spec's fault, retried",
             with(read(object()), |ob| {
-                ob.posted = Some((false, Err(key_rejected())))
+                ob.last = Outcome::Posted {
+                    marker_present: false,
+                    answer: Err(key_rejected()),
+                }
             }),
             "Report Stalled(APIKeyRejected) Fail",
         ),
@@ -1163,14 +1169,20 @@ fn decision_table() {
             "POST throttled (429) with our marker",
             with(read(pending.clone()), |ob| {
                 ob.lookup = Some(Ok(None));
-                ob.posted = Some((true, Err(unavailable(429))));
+                ob.last = Outcome::Posted {
+                    marker_present: true,
+                    answer: Err(unavailable(429)),
+                };
             }),
             "RememberCleanRefusal",
         ),
         (
             "POST 503",
             with(read(object()), |ob| {
-                ob.posted = Some((false, Err(unavailable(503))))
+                ob.last = Outcome::Posted {
+                    marker_present: false,
+                    answer: Err(unavailable(503)),
+                }
             }),
             "Report Progressing(APIUnavailable) Fail",
         ),
@@ -1191,7 +1203,7 @@ fn decision_table() {
             "adopted: record it",
             with(read(annotated.clone()), |ob| {
                 ob.fetched = Some(Ok(reg("id9")));
-                ob.adopted = true;
+                ob.last = Outcome::Adopted;
             }),
             "Report Available Checked",
         ),
@@ -1225,7 +1237,7 @@ fn decision_table() {
             "registration gone, reported: register again",
             with(read(registered()), |ob| {
                 ob.fetched = Some(Err(ApiError::NotFound));
-                ob.lost_reported = true;
+                ob.memory.lost = ob.obj.known_id();
             }),
             "Register marker=false",
         ),
@@ -1249,7 +1261,7 @@ fn decision_table() {
         (
             "replaced: register anew",
             with(changed_credentials("Replace"), |ob| {
-                ob.deregistered = Some(Ok(Deregistered::Released))
+                ob.last = Outcome::Deregistered(Ok(Deregistered::Released))
             }),
             "Register marker=false",
         ),
@@ -1289,7 +1301,7 @@ fn decision_table() {
                 r.agent_id = OTHER_AGENT.into();
                 ob.fetched = Some(Ok(r));
                 ob.memory.check = Some(due_check());
-                ob.adopted = true;
+                ob.last = Outcome::Adopted;
             }),
             "Patch UpdatedOnAdoption",
         ),
@@ -1330,11 +1342,14 @@ fn decision_table() {
                 }),
                 |ob| {
                     ob.fetched = Some(Ok(reg("id1")));
-                    ob.patched = Some(Err(ApiError::Rejected {
-                        status: 404,
-                        code: None,
-                        detail: "agent_id not found".into(),
-                    }));
+                    ob.last = Outcome::Patched {
+                        answer: Err(ApiError::Rejected {
+                            status: 404,
+                            code: None,
+                            detail: "agent_id not found".into(),
+                        }),
+                        registered: None,
+                    };
                 },
             ),
             "Report Stalled(UpdateRejected) AwaitChange",
@@ -1365,7 +1380,10 @@ fn decision_table() {
                 }),
                 |ob| {
                     ob.fetched = Some(Ok(reg("id1")));
-                    ob.patched = Some(Err(ApiError::NotFound));
+                    ob.last = Outcome::Patched {
+                        answer: Err(ApiError::NotFound),
+                        registered: None,
+                    };
                 },
             ),
             "ForgetCheck then Done Requeue",
@@ -1380,7 +1398,10 @@ fn decision_table() {
                 }),
                 |ob| {
                     ob.fetched = Some(Ok(reg("id1")));
-                    ob.patched = Some(Err(unavailable(503)));
+                    ob.last = Outcome::Patched {
+                        answer: Err(unavailable(503)),
+                        registered: None,
+                    };
                 },
             ),
             "ForgetCheck then Report Progressing(APIUnavailable) Fail",
@@ -1506,7 +1527,7 @@ fn decision_table() {
             "deregistered",
             with(obs(said_deleting(registered())), |ob| {
                 ob.api_key = Some(ApiKey::OperatorWide);
-                ob.deregistered = Some(Ok(Deregistered::Released));
+                ob.last = Outcome::Deregistered(Ok(Deregistered::Released));
             }),
             "Release released=true event=Deregistered",
         ),
@@ -1514,7 +1535,7 @@ fn decision_table() {
             "DELETE failed",
             with(obs(said_deleting(registered())), |ob| {
                 ob.api_key = Some(ApiKey::OperatorWide);
-                ob.deregistered = Some(Err(unavailable(503)));
+                ob.last = Outcome::Deregistered(Err(unavailable(503)));
             }),
             "Blocked",
         ),
@@ -1532,7 +1553,7 @@ fn decision_table() {
                     account: team(),
                     rule: "namespaces named other".into(),
                 }));
-                ob.deregistered = Some(Ok(Deregistered::AlreadyGone));
+                ob.last = Outcome::Deregistered(Ok(Deregistered::AlreadyGone));
             }),
             "Blocked",
         ),
@@ -1540,7 +1561,7 @@ fn decision_table() {
             "account key Secret gone, never read: a 404 proves nothing",
             with(obs(said_deleting(tenant(registered()))), |ob| {
                 ob.api_key = Some(missing_key(false));
-                ob.deregistered = Some(Ok(Deregistered::AlreadyGone));
+                ob.last = Outcome::Deregistered(Ok(Deregistered::AlreadyGone));
             }),
             "Blocked",
         ),
@@ -1752,7 +1773,10 @@ fn messages_give_the_fix_that_fits() {
 
     let step = decide(
         &with(read(object()), |ob| {
-            ob.posted = Some((false, Err(key_rejected())))
+            ob.last = Outcome::Posted {
+                marker_present: false,
+                answer: Err(key_rejected()),
+            }
         }),
         &s,
     );
@@ -1772,7 +1796,7 @@ fn a_registration_found_gone_while_the_secret_is_missing_leaves_status_naming_no
     let step = decide(
         &with(read(registered()), |ob| {
             ob.fetched = Some(Err(ApiError::NotFound));
-            ob.lost_reported = true;
+            ob.memory.lost = ob.obj.known_id();
             ob.credentials = Some(Err(problem(SecretProblemKind::Absent)));
         }),
         &settings(),

@@ -65,9 +65,6 @@ pub struct ObjectMemory {
     /// Pending-create token whose POST was refused with a clean 429 (nothing registered): the
     /// next attempt posts without a look-up first.
     pub clean_refusal: Option<String>,
-    /// Digest of (generation, PATCH body) of an update OneInbox rejected: not sent again until
-    /// the spec changes or a reconcile is requested.
-    pub refused_patch: Option<u64>,
     /// An invalid `oneinbox.ai/poll-interval` value already reported with a Warning.
     pub invalid_poll_interval: Option<String>,
     /// A registration this object named that OneInbox no longer holds, reported once with

@@ -134,16 +134,37 @@ pub struct Observation {
     pub lookup: Option<std::result::Result<Option<Registration>, ApiError>>,
     /// The PhoneNumber CRD, read before a deletion would deregister.
     pub definition: Option<Definition>,
-    /// Effects of this pass, as far as the next decision needs them.
-    pub adopted: bool,
-    pub lost_reported: bool,
-    /// A report of this pass said to go on (`Deleting`).
-    pub continued: bool,
-    pub deregistered: Option<std::result::Result<Deregistered, ApiError>>,
+    /// What this pass did last (act sets it): the one effect the next decision reads.
+    pub last: Outcome,
+}
+
+/// The last effect of a pass, as far as the next decision needs it. Reads do not change it,
+/// nor do writes that only record what is decided (the id annotation, a lost registration in
+/// the object's memory).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Outcome {
+    /// Nothing yet.
+    #[default]
+    None,
+    /// A `Deleting` report said to go on.
+    Continued,
+    /// The registration the object names was adopted (finalizer, event).
+    Adopted,
+    /// The answer of `DELETE` (a deregistration, or a replacement's release).
+    Deregistered(std::result::Result<Deregistered, ApiError>),
     /// The POST's answer, and whether a marker of an earlier attempt was there before it.
-    pub posted: Option<(bool, std::result::Result<Registration, ApiError>)>,
-    pub persisted: Option<Registration>,
-    pub patched: Option<std::result::Result<Registration, ApiError>>,
+    Posted {
+        marker_present: bool,
+        answer: std::result::Result<Registration, ApiError>,
+    },
+    /// A new registration's ids were written to the status.
+    Persisted(Registration),
+    /// The answer of the PATCH, and the registration persisted before it in this pass (what
+    /// the registration is known to hold when the PATCH failed).
+    Patched {
+        answer: std::result::Result<Registration, ApiError>,
+        registered: Option<Box<Registration>>,
+    },
 }
 
 impl Observation {
@@ -226,13 +247,7 @@ impl Observation {
             fetched: None,
             lookup: None,
             definition: None,
-            adopted: false,
-            lost_reported: false,
-            continued: false,
-            deregistered: None,
-            posted: None,
-            persisted: None,
-            patched: None,
+            last: Outcome::None,
         }
     }
 
