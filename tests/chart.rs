@@ -1022,7 +1022,16 @@ fn conflicting_values_fail_with_a_message() {
         ),
         (
             &["--set", "defaultAccount.enabled=true,watchNamespace=team-a"],
-            "defaultAccount.enabled needs cluster accounts",
+            "defaultAccount.enabled needs cluster accounts: set clusterAccounts: true",
+        ),
+        (
+            &["--set", "defaultAccount.enabled=true,clusterAccounts=false"],
+            "defaultAccount.enabled needs cluster accounts: set clusterAccounts: true",
+        ),
+        // The template's message names both values (a schema rule could only name one path).
+        (
+            &["--set", "replicas=2"],
+            "replicas > 1 needs leaderElection.enabled=true",
         ),
     ];
     for (extra, message) in cases {
@@ -1043,7 +1052,6 @@ fn bad_values_fail_the_schema() {
     let cases: &[(&[&str], &str)] = &[
         (&["--set", "replicas=two"], "/replicas"),
         (&["--set", "logFormat=xml"], "/logFormat"),
-        (&["--set", "replicas=2"], "/leaderElection/enabled"),
         (&["--set", "pollInterval=10 minutes"], "/pollInterval"),
         (
             &["--set", "apiKey.existingSecret="],
@@ -1740,4 +1748,139 @@ fn default_account_renders_a_cluster_account_and_passes_server_dry_run() {
     );
     let out = server_dry_run(std::slice::from_ref(account));
     assert!(out.status.success(), "{}", describe("kubectl", &out));
+}
+
+/// `clusterAccounts` passes --cluster-accounts and grants the cluster-wide rules the operator
+/// then needs (ClusterOneInboxAccounts, Namespace labels), also beside a watchNamespace Role;
+/// unset, they follow watchNamespace as the operator's own default does.
+#[test]
+fn cluster_accounts_value_passes_the_flag_and_grants_their_rules() {
+    let rules_on = |docs: &[Value], role: &str, resource: &str| -> bool {
+        named(docs, "ClusterRole", role)["rules"]
+            .as_sequence()
+            .expect("rules")
+            .iter()
+            .any(|r| {
+                r["resources"]
+                    .as_sequence()
+                    .is_some_and(|rs| rs.iter().any(|x| x.as_str() == Some(resource)))
+            })
+    };
+    let cases: &[(&[&str], &str, Option<&str>, bool)] = &[
+        (&[], "ca-oneinbox-operator", None, true),
+        (
+            &["--set", "clusterAccounts=false"],
+            "ca-oneinbox-operator",
+            Some("--cluster-accounts=false"),
+            false,
+        ),
+        (
+            &["--set", "watchNamespace=team-a"],
+            "ca-oneinbox-operator-crd",
+            None,
+            false,
+        ),
+        (
+            &["--set", "watchNamespace=team-a,clusterAccounts=true"],
+            "ca-oneinbox-operator-crd",
+            Some("--cluster-accounts=true"),
+            true,
+        ),
+        (
+            &[
+                "--set",
+                "watchNamespace=team-a,clusterAccounts=true,defaultAccount.enabled=true",
+            ],
+            "ca-oneinbox-operator-crd",
+            Some("--cluster-accounts=true"),
+            true,
+        ),
+    ];
+    for (extra, role, flag, granted) in cases {
+        let docs = parse_docs(&render("ca", "oneinbox-system", extra));
+        let passed: Vec<String> = args(&docs)
+            .into_iter()
+            .filter(|a| a.starts_with("--cluster-accounts"))
+            .collect();
+        assert_eq!(
+            passed,
+            flag.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "{extra:?}"
+        );
+        for resource in ["clusteroneinboxaccounts", "namespaces"] {
+            assert_eq!(
+                rules_on(&docs, role, resource),
+                *granted,
+                "{extra:?}: {resource} in ClusterRole {role}"
+            );
+        }
+    }
+}
+
+/// The flags of `oneinbox-operator run` (from its help) with the environment variable of each.
+fn run_flags() -> Vec<(String, Option<String>)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_oneinbox-operator"))
+        .args(["run", "--help"])
+        .output()
+        .expect("run --help");
+    assert!(out.status.success(), "run --help failed");
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("--") {
+            let name = rest.split([' ', '=']).next().unwrap_or_default();
+            if name != "help" {
+                flags.push((format!("--{name}"), None));
+            }
+        } else if let Some(env) = t.strip_prefix("[env: ")
+            && let Some(last) = flags.last_mut()
+        {
+            last.1 = Some(env.split('=').next().unwrap_or_default().to_string());
+        }
+    }
+    flags
+}
+
+/// Every `run` flag has a chart value (the Deployment passes it, or sets its environment
+/// variable), or values.yaml lists it as not a value (`# not-a-value:`, set with extraArgs); no
+/// flag is both, and the list names only flags that exist.
+#[test]
+fn every_run_flag_is_a_chart_value_or_listed_as_not_one() {
+    let deployment = std::fs::read_to_string(repo().join(CHART).join("templates/deployment.yaml"))
+        .expect("deployment template");
+    let values = std::fs::read_to_string(repo().join(CHART).join("values.yaml")).expect("values");
+    let not_values: Vec<String> = values
+        .lines()
+        .filter_map(|l| l.strip_prefix("# not-a-value:"))
+        .flat_map(|l| l.split_whitespace().map(str::to_string))
+        .collect();
+    let passed = |flag: &str| {
+        deployment.contains(&format!("- {flag}=")) || deployment.contains(&format!("- {flag}\n"))
+    };
+    let flags = run_flags();
+    assert!(flags.len() > 20, "run --help parsed: {flags:?}");
+    let mut missing = Vec::new();
+    for (flag, env) in &flags {
+        let by_env = env
+            .as_ref()
+            .is_some_and(|e| deployment.contains(&format!("- name: {e}\n")));
+        let listed = not_values.contains(flag);
+        assert!(
+            !(listed && (passed(flag) || by_env)),
+            "{flag} is listed as not a value, but the chart sets it"
+        );
+        if !(listed || passed(flag) || by_env) {
+            missing.push(flag.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "run flags without a chart value, and not listed in values.yaml's not-a-value lines: {missing:?}"
+    );
+    for flag in &not_values {
+        assert!(
+            flags.iter().any(|(f, _)| f == flag),
+            "values.yaml lists {flag} as not a value, but run has no such flag"
+        );
+    }
 }

@@ -1135,7 +1135,7 @@ pub fn account_problem_text(p: &AccountProblem) -> String {
             "{account} does not allow this namespace: it allows {rule}. Ask the cluster administrator to allow the namespace in its spec.allowedNamespaces (or to label the namespace to match), or use another account"
         ),
         AccountProblem::ClusterAccountsOff(account) => format!(
-            "{account} cannot be used: this operator watches one namespace and not ClusterOneInboxAccounts (run it with --cluster-accounts, or use a OneInboxAccount of this namespace)"
+            "{account} cannot be used: this operator watches one namespace and not ClusterOneInboxAccounts. Ask its administrator to turn cluster accounts on (the chart's clusterAccounts: true, or --cluster-accounts=true), or create a new PhoneNumber whose spec.accountRef names a OneInboxAccount of this namespace (accountRef cannot be changed)"
         ),
         AccountProblem::Invalid { account, why } => {
             format!("{account} cannot be used: {why}. Fix the account's spec")

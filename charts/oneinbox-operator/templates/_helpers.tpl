@@ -138,7 +138,19 @@ in use. Cluster-scoped, so with watchNamespace it has a ClusterRole of its own.
 {{- end }}
 
 {{/*
-Cluster-wide only (not with watchNamespace, where the operator uses no cluster accounts): the
+Whether the operator watches cluster accounts (--cluster-accounts): clusterAccounts, or when it is
+null, on unless watchNamespace is set ("true" or "false").
+*/}}
+{{- define "oneinbox-operator.clusterAccounts" -}}
+{{- if kindIs "invalid" .Values.clusterAccounts -}}
+{{- not .Values.watchNamespace -}}
+{{- else -}}
+{{- .Values.clusterAccounts -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+With cluster accounts only (clusterAccounts, by default not with watchNamespace): the
 ClusterOneInboxAccounts, and Namespace labels for their allowedNamespaces.
 */}}
 {{- define "oneinbox-operator.clusterRules" -}}
