@@ -112,8 +112,11 @@ pub const HOST_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.managementPolicy) && self.managementPolicy == 'Observe' ? !(has(self.providerConfig) && has(self.credentialId)) : has(self.providerConfig) != has(self.credentialId)").message(
-    "exactly one of spec.providerConfig (SIP credentials) or spec.credentialId (a stored OneInbox integration) must be set when managementPolicy is Full (the default); under Observe both may be left out, but not both set"
+#[x_kube(validation = Rule::new("!(has(self.providerConfig) && has(self.credentialId))").message(
+    "spec.providerConfig (SIP credentials) and spec.credentialId (a stored OneInbox integration) are both set: keep only one of them"
+))]
+#[x_kube(validation = Rule::new("(has(self.managementPolicy) && self.managementPolicy == 'Observe') || has(self.providerConfig) || has(self.credentialId)").message(
+    "set spec.providerConfig (SIP credentials) or spec.credentialId (a stored OneInbox integration): one of them is required when managementPolicy is Full (the default); only Observe may leave both out"
 ))]
 #[x_kube(validation = Rule::new("has(self.accountRef) == has(oldSelf.accountRef) && (!has(self.accountRef) || self.accountRef == oldSelf.accountRef)").message(
     "accountRef is immutable: another account may be another OneInbox workspace. Create a new PhoneNumber (set deletionPolicy: Orphan on this one to keep its registration); the key inside the account's Secret may be rotated freely"

@@ -29,10 +29,12 @@ fn schema_has_the_admission_rules() {
         serde_json::json!(["twilio", "telnyx"])
     );
     let rules = spec["x-kubernetes-validations"].to_string();
-    assert!(
-        rules.contains("has(self.providerConfig) != has(self.credentialId)"),
-        "{rules}"
-    );
+    for rule in [
+        "!(has(self.providerConfig) && has(self.credentialId))",
+        "has(self.providerConfig) || has(self.credentialId)",
+    ] {
+        assert!(rules.contains(rule), "{rules}");
+    }
     for immutable in ["phoneNumber", "provider"] {
         assert!(
             props[immutable]["x-kubernetes-validations"]

@@ -272,7 +272,7 @@ async fn credentials_are_optional_under_observe_only() {
         .expect_err("Full without credentials is refused");
     assert!(
         full.to_string()
-            .contains("must be set when managementPolicy is Full"),
+            .contains("one of them is required when managementPolicy is Full"),
         "{full}"
     );
     let defaulted = w
@@ -283,7 +283,7 @@ async fn credentials_are_optional_under_observe_only() {
     assert!(
         defaulted
             .to_string()
-            .contains("exactly one of spec.providerConfig"),
+            .contains("one of them is required when managementPolicy is Full"),
         "{defaulted}"
     );
     let both = w
@@ -293,7 +293,11 @@ async fn credentials_are_optional_under_observe_only() {
                                    "authPasswordSecretRef": {"name": "s"}}}))}))
         .await
         .expect_err("both are refused under Observe too");
-    assert!(both.to_string().contains("not both set"), "{both}");
+    assert!(
+        both.to_string()
+            .contains("are both set: keep only one of them"),
+        "{both}"
+    );
     // Switching to Full without adding credentials is refused too.
     let err = w
         .pns

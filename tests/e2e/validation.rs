@@ -127,12 +127,12 @@ async fn invalid_manifests_are_rejected_with_the_field_named() {
         (
             "both providerConfig and credentialId",
             set(valid(), &["credentialId"], json!(CREDENTIAL)),
-            "exactly one of spec.providerConfig",
+            "are both set: keep only one of them",
         ),
         (
             "neither providerConfig nor credentialId",
             set(valid(), &["providerConfig"], Value::Null),
-            "exactly one of spec.providerConfig",
+            "set spec.providerConfig (SIP credentials) or spec.credentialId",
         ),
         (
             "routing agentId not a uuid",
