@@ -113,11 +113,19 @@ pub fn render_name(template: &str, reg: &Registration) -> Result<String, String>
 }
 
 /// The numbers and registration ids that PhoneNumbers in the cluster already claim, with the
-/// object that claims each (`namespace/name`).
+/// object that claims each (`namespace/name`); for a number, also the id that object knows, and
+/// its Stalled reason (a claim that manages nothing yet).
 #[derive(Debug, Default)]
 pub struct Claims {
-    numbers: HashMap<String, String>,
+    numbers: HashMap<String, NumberClaim>,
     ids: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+struct NumberClaim {
+    who: String,
+    id: Option<String>,
+    stalled: Option<String>,
 }
 
 impl Claims {
@@ -125,10 +133,18 @@ impl Claims {
         let mut claims = Claims::default();
         for o in objects {
             let who = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+            let stalled = o
+                .condition(crate::conditions::STALLED)
+                .filter(|c| c.status == "True")
+                .map(|c| c.reason.clone());
             claims
                 .numbers
                 .entry(o.spec.phone_number.clone())
-                .or_insert_with(|| who.clone());
+                .or_insert_with(|| NumberClaim {
+                    who: who.clone(),
+                    id: o.known_id(),
+                    stalled,
+                });
             for id in [
                 o.known_id(),
                 o.annotation(ANNOTATION_PHONE_NUMBER_ID).map(str::to_owned),
@@ -152,8 +168,22 @@ pub fn skip_reason(reg: &Registration, claims: &Claims) -> Option<String> {
             reg.id
         ));
     }
-    if let Some(who) = claims.numbers.get(&reg.phone_number) {
-        return Some(format!("PhoneNumber {who} already manages the number"));
+    if let Some(NumberClaim { who, id, stalled }) = claims.numbers.get(&reg.phone_number) {
+        // Skipped either way: a manifest would make a second claimant of the number.
+        return Some(match (id, stalled) {
+            (Some(id), _) => {
+                format!("PhoneNumber {who} claims the number with another registration ({id})")
+            }
+            (None, Some(reason)) => format!(
+                "PhoneNumber {who} claims the number but manages no registration (Stalled: {reason}); to let it manage this one, annotate it: kubectl -n {} annotate phonenumber {} {ANNOTATION_PHONE_NUMBER_ID}={}",
+                who.split('/').next().unwrap_or_default(),
+                who.split('/').nth(1).unwrap_or_default(),
+                reg.id
+            ),
+            (None, None) => {
+                format!("PhoneNumber {who} claims the number (it is registering it or waiting)")
+            }
+        });
     }
     if provider_of(reg).is_none() {
         return Some(format!(
@@ -503,6 +533,7 @@ pub async fn run(args: &ImportArgs) -> Result<(), ImportError> {
 mod tests {
     use super::*;
     use crate::oneinbox::{Routing, RoutingFallback};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     const AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
 
@@ -579,15 +610,54 @@ mod tests {
 
     #[test]
     fn numbers_and_ids_managed_in_the_cluster_are_skipped() {
+        let stalled = {
+            let mut o = object("voice", "stalled", "+15550000005", None);
+            o.status = Some(crate::crd::PhoneNumberStatus {
+                conditions: vec![Condition {
+                    type_: "Stalled".into(),
+                    status: "True".into(),
+                    reason: "AlreadyRegistered".into(),
+                    message: String::new(),
+                    last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                    observed_generation: None,
+                }],
+                ..Default::default()
+            });
+            o
+        };
+        let holding = {
+            let mut o = object("voice", "holding", "+15550000006", None);
+            o.status = Some(crate::crd::PhoneNumberStatus {
+                phone_number_id: Some("id-other".into()),
+                ..Default::default()
+            });
+            o
+        };
         let objects = [
             object("voice", "by-number", "+15550000001", None),
             object("sales", "by-id", "+15550000099", Some("id-2")),
+            stalled,
+            holding,
         ];
         let claims = Claims::of(&objects);
         let table = [
             (
                 reg("id-1", "+15550000001"),
-                Some("PhoneNumber voice/by-number already manages the number"),
+                Some(
+                    "PhoneNumber voice/by-number claims the number (it is registering it or waiting)",
+                ),
+            ),
+            (
+                reg("id-5", "+15550000005"),
+                Some(
+                    "PhoneNumber voice/stalled claims the number but manages no registration (Stalled: AlreadyRegistered); to let it manage this one, annotate it: kubectl -n voice annotate phonenumber stalled oneinbox.ai/phone-number-id=id-5",
+                ),
+            ),
+            (
+                reg("id-6", "+15550000006"),
+                Some(
+                    "PhoneNumber voice/holding claims the number with another registration (id-other)",
+                ),
             ),
             (
                 reg("id-2", "+15550000002"),
