@@ -793,4 +793,108 @@ mod tests {
             "Values:\n- Delete deregisters\n- Orphan\n1. first\n2. second"
         );
     }
+
+    /// Every description of every generated CRD, with its property path.
+    fn descriptions() -> Vec<(String, serde_json::Value)> {
+        fn walk(node: &serde_json::Value, path: &str, out: &mut Vec<(String, serde_json::Value)>) {
+            if let Some(props) = node["properties"].as_object() {
+                for (name, prop) in props {
+                    let p = format!("{path}.{name}");
+                    out.push((p.clone(), prop.clone()));
+                    walk(prop, &p, out);
+                }
+            }
+            if node["items"].is_object() {
+                walk(&node["items"], &format!("{path}[]"), out);
+            }
+        }
+        let mut out = Vec::new();
+        for crd in generated_crds() {
+            let crd = serde_json::to_value(&crd).expect("crd");
+            for v in crd["spec"]["versions"].as_array().expect("versions") {
+                let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or_default();
+                walk(&v["schema"]["openAPIV3Schema"], kind, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The defaults and flags the CRD texts name are the code's: every `--flag` is one of
+    /// `oneinbox-operator run`, every `"value" (default)` of an enum is its schema default, and
+    /// every `"key" for <field>` of a Secret reference is the key the operator reads by default.
+    #[test]
+    fn crd_texts_name_the_defaults_and_flags_of_the_code() {
+        use clap::CommandFactory;
+        let cli = crate::config::Cli::command();
+        let run = cli.find_subcommand("run").expect("run");
+        let flags: Vec<String> = run
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        let key_defaults = [
+            ("authPasswordSecretRef", DEFAULT_PASSWORD_KEY),
+            ("apiKeySecretRef", DEFAULT_API_KEY_KEY),
+            ("caBundleSecretRef", accounts::DEFAULT_CA_KEY),
+        ];
+        let all = descriptions();
+        assert!(all.len() > 50, "{} properties", all.len());
+        let mut checked = (0, 0, 0);
+        for (path, prop) in &all {
+            let Some(text) = prop["description"].as_str() else {
+                continue;
+            };
+            let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'));
+            for f in words.filter(|w| w.starts_with("--") && w.len() > 2) {
+                // kubectl's own flags in an example are not the operator's.
+                if f == "--server-side" {
+                    continue;
+                }
+                assert!(
+                    flags.iter().any(|x| x == f),
+                    "{path}: {f} is not a flag of run"
+                );
+                checked.0 += 1;
+            }
+            // `"Value" (default)`: the quoted word before each.
+            for (before, _) in text
+                .match_indices("\" (default)")
+                .map(|(i, m)| (&text[..i], m))
+            {
+                let value = before.rsplit('"').next().unwrap_or_default();
+                assert_eq!(prop["default"].as_str(), Some(value), "{path}: {text}");
+                checked.1 += 1;
+            }
+            // `"value" for fieldSecretRef`.
+            for (i, m) in text.match_indices("\" for ") {
+                let value = text[..i].rsplit('"').next().unwrap_or_default();
+                let field: String = text[i + m.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect();
+                let (_, code) = key_defaults
+                    .iter()
+                    .find(|(f, _)| *f == field)
+                    .unwrap_or_else(|| panic!("{path}: no default known for {field}"));
+                assert_eq!(value, *code, "{path}: {text}");
+                checked.2 += 1;
+            }
+            // A key of a Secret reference names its own field's default.
+            if let Some(parent) = path.strip_suffix(".key").and_then(|p| p.rsplit('.').next())
+                && parent.ends_with("SecretRef")
+            {
+                let (_, code) = key_defaults
+                    .iter()
+                    .find(|(field, _)| *field == parent)
+                    .unwrap_or_else(|| panic!("{path}: no default known for {parent}"));
+                assert!(
+                    text.contains(&format!("\"{code}\" for {parent}")),
+                    "{path} does not name its default {code:?}: {text}"
+                );
+            }
+        }
+        assert!(
+            checked.0 >= 4 && checked.1 >= 3 && checked.2 >= 5,
+            "{checked:?}"
+        );
+    }
 }

@@ -122,8 +122,8 @@ pub struct NamespacedSecretKeySelector {
     /// Name of the Secret.
     #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 253))]
     pub name: String,
-    /// Key within the Secret's data; defaults to "apiKey" for an API key and to "ca.crt" for
-    /// a CA bundle.
+    /// Key within the Secret's data. Defaults: "apiKey" for apiKeySecretRef, "ca.crt" for
+    /// caBundleSecretRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
     pub key: Option<String>,
