@@ -19,12 +19,12 @@ use super::polling;
 use super::status::{self, Phase, RemoteFacts, StatusData, reason};
 use crate::crd::AccountId;
 use crate::crd::{
-    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, PhoneNumber,
+    ANNOTATION_PHONE_NUMBER_ID, ANNOTATION_RECONCILE_REQUESTED_AT, PhoneNumber,
     RegistrationAttempt, ReplacementPolicy,
 };
-use crate::definition::Definition;
-use crate::oneinbox::{ApiError, Deregistered, PatchRequest, Registration};
+use crate::oneinbox::{ApiError, PatchRequest, Registration};
 use crate::secrets::{SecretAccess, SecretProblem, SecretProblemKind, problem_fix, problem_text};
+use deletion::decide_deletion;
 
 /// How often an object that waits on another (a duplicate claim) looks again, as a fallback to
 /// the direct trigger when the owner goes away.
@@ -1211,203 +1211,6 @@ fn made_before_attempt(reg: &Registration, marker: Option<&RegistrationAttempt>)
 /// Why an object is orphaned while its CRD is being deleted (the event's and the log's words).
 pub const DEFINITION_DELETING: &str = "the PhoneNumber CRD is being deleted";
 
-fn decide_deletion(obs: &Observation) -> Step {
-    let obj = &obs.obj;
-    if !obj.has_finalizer() {
-        return Step::Done(DoneAfter::AwaitChange);
-    }
-    let orphan_because = if obj.is_observe_only() {
-        Some((
-            "managementPolicy is Observe",
-            Some(("/spec/managementPolicy", "Observe")),
-        ))
-    } else if obj.spec.deletion_policy == DeletionPolicy::Orphan {
-        Some((
-            "deletionPolicy is Orphan",
-            Some(("/spec/deletionPolicy", "Orphan")),
-        ))
-    } else {
-        // Deleting the CRD deletes every PhoneNumber: an uninstall, never a user's wish to
-        // release each number (a released number may go to someone else for good).
-        match obs.definition {
-            None => return Step::Read(Read::Definition),
-            Some(Definition::Deleting) => Some((DEFINITION_DELETING, None)),
-            Some(Definition::Served | Definition::Unreadable) => None,
-        }
-    };
-    if let Some((because, unless_changed)) = orphan_because {
-        let what = obj
-            .known_id()
-            .map(|id| format!("registration {id}"))
-            .unwrap_or_else(|| "the number".into());
-        return Step::Orphan {
-            what,
-            because,
-            unless_changed,
-        };
-    }
-    if obj.is_paused() {
-        return report(StatusData::current(obj), Phase::Paused, Then::AwaitChange);
-    }
-    // From the moment deregistration starts, the object no longer says Ready.
-    let says_deleting = obj
-        .condition(status::READY)
-        .is_some_and(|c| c.status == "False" && c.reason == reason::DELETING);
-    // A deregistration follows the Deleting report of the same pass.
-    let reported = matches!(obs.last, Outcome::Continued | Outcome::Deregistered(_));
-    if !says_deleting && !reported {
-        let phase = Phase::Progressing {
-            reason: reason::DELETING,
-            message: "The number is being deregistered from OneInbox".into(),
-        };
-        return report(StatusData::current(obj), phase, Then::Continue);
-    }
-
-    let tenant_missing = match &obs.api_key {
-        None => return Step::Read(Read::ApiKey),
-        Some(ApiKey::Missing {
-            account,
-            problem,
-            last_known: false,
-        }) => Some(format!(
-            "the API key of {account} cannot be read ({}) and this process never read it",
-            problem_text(problem)
-        )),
-        Some(ApiKey::Unusable(p)) => Some(account_problem_text(p)),
-        Some(_) => None,
-    };
-    // The tenant Secret is gone and this process never read it: the operator-wide key's 404
-    // proves nothing (another workspace's number is a 404 too).
-    let unverifiable = |what: &str| {
-        tenant_missing.as_ref().map(|why| {
-            format!("{why}, and with the operator-wide API key OneInbox reports {what}, which cannot prove the registration is gone from the account's workspace. Make the account usable again (or set deletionPolicy: Orphan)")
-        })
-    };
-    let pending = obj.pending_create().is_some();
-    let known = obj.known_id();
-    // The id comes from the object (status or annotation), not from a look-up by number.
-    let named = known.is_some();
-    let id = match known {
-        Some(id) => Some(id),
-        // The POST may have landed before the id was written.
-        None if pending => match &obs.lookup {
-            None => return Step::Read(Read::LookupByNumber),
-            Some(Err(e)) => return blocked_by(Op::Lookup, e),
-            Some(Ok(found)) => match (found, unverifiable("no registration of the number")) {
-                (None, Some(cause)) => {
-                    return Step::Blocked {
-                        cause,
-                        failure: None,
-                    };
-                }
-                // Registered before the attempt started: not this object's to deregister,
-                // unless the user named it in the id annotation meanwhile (a deliberate
-                // adoption, which the attempt only held back: the annotation of an id the
-                // object released itself never names a registration that still exists).
-                (found, _) => found
-                    .as_ref()
-                    .filter(|r| {
-                        obj.annotation(ANNOTATION_PHONE_NUMBER_ID) == Some(r.id.as_str())
-                            || !made_before_attempt(r, obj.pending_create().as_ref())
-                    })
-                    .map(|r| r.id.clone()),
-            },
-        },
-        None => None,
-    };
-    let Some(id) = id else {
-        // Nothing remote was ever made by this object.
-        return Step::Release {
-            released: None,
-            event: None,
-        };
-    };
-    let holds = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.phone_number_id.as_deref())
-        == Some(id.as_str());
-    // Named only in the annotation while an older claim holds the number (its attempt in
-    // flight may have made this registration): not this object's to deregister.
-    // An owner that only names another id does not hold this number's registration (a number
-    // is registered once): the one this object names goes with it, as it would without one.
-    let number_owner = obs
-        .number_owner
-        .as_ref()
-        .filter(|_| !obs.number_owner_names_another_id);
-    if let (Some(owner), false) = (obs.id_owner.as_ref().or(number_owner), holds) {
-        return Step::Release {
-            released: None,
-            event: Some((
-                "NotDeregistered",
-                format!("Left registration {id} registered: PhoneNumber {owner} manages it"),
-            )),
-        };
-    }
-    // Named only in the annotation, never held (an adoption that never happened, e.g. a
-    // stalled IdMismatch): deregister it only if it is this number's registration.
-    let named_only = !holds && named;
-    let deregistered = match &obs.last {
-        Outcome::Deregistered(answer) => Some(answer),
-        _ => None,
-    };
-    if named_only && deregistered.is_none() {
-        match &obs.fetched {
-            None => return Step::Read(Read::Registration(id)),
-            Some(Ok(reg)) if reg.phone_number != obj.spec.phone_number => {
-                let note = format!(
-                    "Left registration {id} registered: it is for {}, not {} (named by the {ANNOTATION_PHONE_NUMBER_ID} annotation only)",
-                    reg.phone_number, obj.spec.phone_number
-                );
-                return Step::Release {
-                    released: None,
-                    event: Some(("NotDeregistered", note)),
-                };
-            }
-            Some(Ok(_)) => {}
-            // Gone, or not this workspace's: nothing of this object's to deregister.
-            Some(Err(ApiError::NotFound)) => {
-                return Step::Release {
-                    released: None,
-                    event: None,
-                };
-            }
-            Some(Err(e)) => return blocked_by(Op::Get, e),
-        }
-    }
-    match deregistered {
-        None => Step::Deregister { id },
-        Some(Ok(Deregistered::AlreadyGone))
-            if tenant_missing.is_some() && obs.memory.released.as_deref() != Some(id.as_str()) =>
-        {
-            Step::Blocked {
-                cause: unverifiable(&format!("{id} not found")).unwrap_or_default(),
-                failure: None,
-            }
-        }
-        Some(Ok(outcome)) => Step::Release {
-            released: Some(id.clone()),
-            event: Some((
-                "Deregistered",
-                match outcome {
-                    Deregistered::Released => format!("Deregistered {id} from OneInbox"),
-                    Deregistered::AlreadyGone => {
-                        format!("Registration {id} was already gone from OneInbox")
-                    }
-                },
-            )),
-        },
-        Some(Err(e)) if tenant_missing.is_some() => Step::Blocked {
-            cause: format!(
-                "{}, and the operator-wide API key could not deregister {id}: {e}. Make the account usable again (or set deletionPolicy: Orphan)",
-                tenant_missing.unwrap_or_default()
-            ),
-            failure: None,
-        },
-        Some(Err(e)) => blocked_by(Op::Deregister, e),
-    }
-}
-
 fn blocked_by(op: Op, e: &ApiError) -> Step {
     let failure = Failure {
         op,
@@ -1725,6 +1528,8 @@ impl Remote {
         }
     }
 }
+
+mod deletion;
 
 #[cfg(test)]
 #[path = "decide_table.rs"]

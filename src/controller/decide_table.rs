@@ -8,6 +8,8 @@ use super::*;
 use crate::controller::memory::{Checked, ObjectMemory};
 use crate::controller::observe::{ObjectName, Outcome};
 use crate::crd::PhoneNumber;
+use crate::definition::Definition;
+use crate::oneinbox::Deregistered;
 use crate::oneinbox::SecretString;
 
 const AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
