@@ -24,6 +24,7 @@ use crate::crd::{
 };
 use crate::oneinbox::{ApiError, PatchRequest, Registration};
 use crate::secrets::{SecretAccess, SecretProblem, SecretProblemKind, problem_fix, problem_text};
+use apply::decide_apply;
 use deletion::decide_deletion;
 
 /// How often an object that waits on another (a duplicate claim) looks again, as a fallback to
@@ -247,211 +248,6 @@ pub fn decide(obs: &Observation, settings: &Settings) -> Step {
     } else {
         decide_apply(obs, settings)
     }
-}
-
-fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
-    let obj = &obs.obj;
-    if obj.is_paused() {
-        return report(StatusData::current(obj), Phase::Paused, Then::AwaitChange);
-    }
-    // Switched from Full to Observe: the finalizer goes before anything else, so that from now
-    // on deleting the object never deregisters the number.
-    if obj.is_observe_only() && obj.has_finalizer() {
-        return Step::Disown;
-    }
-    let known_id = obj.known_id();
-    let attempt_in_flight = obj.pending_create().is_some();
-    // An id another object holds: the most specific reason, so it goes first.
-    if let (Some(id), Some(owner)) = (&known_id, &obs.id_owner) {
-        let msg = format!(
-            "PhoneNumber {owner} already manages OneInbox registration {id}; this object will not adopt or change it, and deleting it leaves the registration alone. Remove the {ANNOTATION_PHONE_NUMBER_ID} annotation, or delete this object"
-        );
-        return stall(
-            obs,
-            reason::DUPLICATE_PHONE_NUMBER,
-            msg,
-            Then::Requeue(DUPLICATE_RECHECK),
-        );
-    }
-
-    // With its own attempt in flight, the object looks its registration up first: it may hold
-    // one already (a crash hid its id), and then no other object owns the number.
-    if let (Some(owner), false, true) = (&obs.number_owner, attempt_in_flight, yields(obs)) {
-        let msg = format!(
-            "PhoneNumber {owner} already manages {}; this object will not register it. Delete this object, or change its phoneNumber",
-            obj.spec.phone_number
-        );
-        return stall(
-            obs,
-            reason::DUPLICATE_PHONE_NUMBER,
-            msg,
-            Then::Requeue(DUPLICATE_RECHECK),
-        );
-    }
-    if obj.is_observe_only() {
-        return decide_observe(obs, settings);
-    }
-
-    if let Some(step) = resume(obs, settings) {
-        return step;
-    }
-    // Checked recently and no referenced Secret changed since, and the account still allows
-    // the namespace: nothing to read or call.
-    if let Some(id) = &known_id
-        && obs.secrets_unchanged
-        && !obs.grant_refused
-        && fresh(obs, id, None)
-    {
-        return Step::Done(DoneAfter::AwaitChange);
-    }
-
-    if let Some(step) = api_key_step(obs, settings) {
-        return step;
-    }
-    // The password Secret is at the version the last check used: its hash is the one status
-    // records, and it is read only if the number is to be registered.
-    let hash = match &obs.credentials {
-        None if credentials_as_recorded(obs, settings) => {
-            obj.status.as_ref().and_then(|s| s.credentials_hash.clone())
-        }
-        None => return Step::Read(Read::Credentials),
-        Some(c) => c
-            .as_ref()
-            .ok()
-            .map(|c| credentials::credentials_hash(&settings.hash_key, &obs.uid(), c)),
-    };
-
-    let remote = match remote(obs, known_id.as_deref(), hash.as_deref()) {
-        Ok(remote) => remote,
-        Err(step) => return *step,
-    };
-    let (remote, hash) = match remote {
-        Some(r) => match replacement(obs, &r.id, hash.as_deref()) {
-            Replacement::No => (r, hash),
-            Replacement::Report => {
-                let registered = obj.status.as_ref().and_then(|s| s.credentials_hash.clone());
-                (r, registered)
-            }
-            // Deregistered in this pass: `remote` is then `None`, see below.
-            Replacement::Now => return Step::Replace { id: r.id },
-        },
-        None => {
-            let Some(credentials) = &obs.credentials else {
-                return Step::Read(Read::Credentials);
-            };
-            match register(obs, credentials, hash.as_deref(), settings) {
-                Ok(r) => (r, hash),
-                Err(step) => return *step,
-            }
-        }
-    };
-
-    // Bring the PATCHable fields in line (one PATCH, changed fields only).
-    let patch = plan::patch_for(obj, &remote.patchable);
-    if !patch.is_empty() {
-        match patched(obs) {
-            None if refused(obs, reason::UPDATE_REJECTED) => {
-                return Step::Done(DoneAfter::AwaitChange);
-            }
-            None => {
-                // Drift only if this spec was already in line at the last check; after a
-                // restart (no record) a difference is reported as an update, and so is a spec
-                // edited while this pass ran (its writes brought the newer generation back).
-                let spec_changed = obs.memory.check.as_ref().is_none_or(|c| {
-                    c.generation != obs.generation || c.generation != obj.metadata.generation
-                });
-                // A registration adopted in this pass was never in line with this spec: its
-                // first PATCH is the adoption's, not a correction of drift.
-                let event = if obs.last == Outcome::Adopted {
-                    "UpdatedOnAdoption"
-                } else if spec_changed {
-                    "Updated"
-                } else {
-                    "DriftCorrected"
-                };
-                return Step::Patch {
-                    id: remote.id,
-                    patch,
-                    event,
-                };
-            }
-            // `remote` already is the PATCH's answer when it succeeded.
-            Some(Ok(_)) => {}
-            Some(Err(ApiError::NotFound)) => {
-                return Step::ForgetCheck {
-                    then: Box::new(Step::Done(DoneAfter::Requeue(GONE_RECHECK))),
-                };
-            }
-            Some(Err(e @ ApiError::Rejected { .. })) => {
-                let msg = format!("OneInbox rejected the update: {e}. Fix the spec");
-                return stall(obs, reason::UPDATE_REJECTED, msg, Then::AwaitChange);
-            }
-            Some(Err(e)) => {
-                let failure = Failure {
-                    op: Op::Update,
-                    error: e.clone(),
-                };
-                // A 429 changed nothing. Without an answer the PATCH may have been applied, and
-                // the last check no longer says what the API holds: the next pass GETs.
-                if e.is_throttled() {
-                    return api_failure(obs, failure);
-                }
-                return Step::ForgetCheck {
-                    then: Box::new(api_failure(obs, failure)),
-                };
-            }
-        }
-    }
-
-    // The annotation is input (an adoption, a restore): one naming another id is set right,
-    // and none is written on a create (the status holds the id).
-    if obj
-        .annotation(ANNOTATION_PHONE_NUMBER_ID)
-        .is_some_and(|a| a != remote.id)
-    {
-        return Step::Annotate { id: remote.id };
-    }
-
-    let replacement_pending = matches!(
-        replacement(obs, &remote.id, hash_now(obs, settings).as_deref()),
-        Replacement::Report
-    );
-    let state = remote.facts.state.clone().unwrap_or_default();
-    let phase = if state == "failed" {
-        Phase::Stalled {
-            reason: reason::REGISTRATION_FAILED,
-            message: format!(
-                "OneInbox reports provisioning of {} failed. Delete and re-create the PhoneNumber, or contact OneInbox support",
-                remote.id
-            ),
-        }
-    } else if !crate::oneinbox::is_active_state(&state) {
-        Phase::Progressing {
-            reason: reason::PROVISIONING,
-            message: format!("OneInbox reports state {state:?}; waiting for \"active\""),
-        }
-    } else if replacement_pending {
-        Phase::AvailableButStalled {
-            reason: reason::REPLACEMENT_REQUIRED,
-            message: "The SIP credentials changed, and OneInbox can only apply them by registering the number again. The number keeps working with the old credentials. Set spec.replacementPolicy: Replace to re-register, or restore the old credentials".into(),
-        }
-    } else {
-        Phase::Available
-    };
-    let active = matches!(phase, Phase::Available | Phase::AvailableButStalled { .. });
-    let then = if active {
-        checked(obs, &remote.id, remote.patchable)
-    } else {
-        Then::Requeue(settings.provisioning_poll)
-    };
-    let data = StatusData {
-        remote: remote.facts,
-        credentials_hash: hash,
-        pending_create: None,
-        last_handled_reconcile_at: requested_reconcile(&obs.obj),
-        secret_versions: versions_used(obs),
-    };
-    report(data, phase, then)
 }
 
 /// The Secret versions this pass relied on: those read now, the recorded ones for the rest.
@@ -1529,6 +1325,7 @@ impl Remote {
     }
 }
 
+mod apply;
 mod deletion;
 
 #[cfg(test)]

@@ -1,0 +1,305 @@
+//! A pass over an object that is not being deleted, as an ordered chain of rules: the first
+//! that decides ends the chain.
+//!
+//! 1. `paused`: a paused object waits.
+//! 2. `disowned`: switched to Observe, the finalizer goes before anything else.
+//! 3. `id_held_elsewhere`, `number_held_elsewhere`: another object manages it: Stalled.
+//! 4. `observed`: `managementPolicy: Observe` only mirrors (decide_observe).
+//! 5. `resumed`, `fresh`: after a restart, or checked recently: nothing to read or call.
+//! 6. `key`, `credentials`: the account's key, then the credentials' hash.
+//! 7. `registration`: the registration as OneInbox holds it: replaced, registered, adopted.
+//! 8. `in_line`: one PATCH of the changed fields.
+//! 9. `annotation`: an annotation naming another id is set right.
+//! 10. `report_state`: the status, and when to look again.
+
+use std::ops::ControlFlow::{self, Break, Continue};
+
+use super::*;
+
+/// A rule's answer: `Break(step)` decides, `Continue(value)` hands on what the next rules need.
+type Rule<T = ()> = ControlFlow<Step, T>;
+
+pub(super) fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
+    match chain(obs, settings) {
+        Break(step) | Continue(step) => step,
+    }
+}
+
+fn chain(obs: &Observation, settings: &Settings) -> Rule<Step> {
+    paused(obs)?;
+    disowned(obs)?;
+    id_held_elsewhere(obs)?;
+    number_held_elsewhere(obs)?;
+    observed(obs, settings)?;
+    resumed(obs, settings)?;
+    fresh_enough(obs)?;
+    key(obs, settings)?;
+    let hash = credentials(obs, settings)?;
+    let (remote, hash) = registration(obs, hash, settings)?;
+    in_line(obs, &remote)?;
+    annotation(obs, &remote)?;
+    Continue(report_state(obs, settings, remote, hash))
+}
+
+/// Decide with `step` if there is one.
+fn decided(step: Option<Step>) -> Rule {
+    match step {
+        Some(step) => Break(step),
+        None => Continue(()),
+    }
+}
+
+fn paused(obs: &Observation) -> Rule {
+    decided(obs.obj.is_paused().then(|| {
+        report(
+            StatusData::current(&obs.obj),
+            Phase::Paused,
+            Then::AwaitChange,
+        )
+    }))
+}
+
+/// Switched from Full to Observe: the finalizer goes before anything else, so that from now on
+/// deleting the object never deregisters the number.
+fn disowned(obs: &Observation) -> Rule {
+    decided((obs.obj.is_observe_only() && obs.obj.has_finalizer()).then_some(Step::Disown))
+}
+
+/// An id another object holds: the most specific reason, so it goes first.
+fn id_held_elsewhere(obs: &Observation) -> Rule {
+    let (Some(id), Some(owner)) = (obs.obj.known_id(), &obs.id_owner) else {
+        return Continue(());
+    };
+    let msg = format!(
+        "PhoneNumber {owner} already manages OneInbox registration {id}; this object will not adopt or change it, and deleting it leaves the registration alone. Remove the {ANNOTATION_PHONE_NUMBER_ID} annotation, or delete this object"
+    );
+    Break(stall(
+        obs,
+        reason::DUPLICATE_PHONE_NUMBER,
+        msg,
+        Then::Requeue(DUPLICATE_RECHECK),
+    ))
+}
+
+/// Another object owns the number. With its own attempt in flight, the object looks its
+/// registration up first: it may hold one already (a crash hid its id), and then no other
+/// object owns the number.
+fn number_held_elsewhere(obs: &Observation) -> Rule {
+    let attempt_in_flight = obs.obj.pending_create().is_some();
+    let (Some(owner), false, true) = (&obs.number_owner, attempt_in_flight, yields(obs)) else {
+        return Continue(());
+    };
+    let msg = format!(
+        "PhoneNumber {owner} already manages {}; this object will not register it. Delete this object, or change its phoneNumber",
+        obs.obj.spec.phone_number
+    );
+    Break(stall(
+        obs,
+        reason::DUPLICATE_PHONE_NUMBER,
+        msg,
+        Then::Requeue(DUPLICATE_RECHECK),
+    ))
+}
+
+fn observed(obs: &Observation, settings: &Settings) -> Rule {
+    decided(
+        obs.obj
+            .is_observe_only()
+            .then(|| decide_observe(obs, settings)),
+    )
+}
+
+fn resumed(obs: &Observation, settings: &Settings) -> Rule {
+    decided(resume(obs, settings))
+}
+
+/// Checked recently and no referenced Secret changed since, and the account still allows the
+/// namespace: nothing to read or call.
+fn fresh_enough(obs: &Observation) -> Rule {
+    let known = obs.obj.known_id();
+    let fresh = known
+        .as_deref()
+        .is_some_and(|id| obs.secrets_unchanged && !obs.grant_refused && fresh(obs, id, None));
+    decided(fresh.then_some(Step::Done(DoneAfter::AwaitChange)))
+}
+
+fn key(obs: &Observation, settings: &Settings) -> Rule {
+    decided(api_key_step(obs, settings))
+}
+
+/// The credentials' hash. The password Secret at the version the last check used: its hash is
+/// the one status records, and it is read only if the number is to be registered.
+fn credentials(obs: &Observation, settings: &Settings) -> Rule<Option<String>> {
+    Continue(match &obs.credentials {
+        None if credentials_as_recorded(obs, settings) => obs
+            .obj
+            .status
+            .as_ref()
+            .and_then(|s| s.credentials_hash.clone()),
+        None => return Break(Step::Read(Read::Credentials)),
+        Some(c) => c
+            .as_ref()
+            .ok()
+            .map(|c| credentials::credentials_hash(&settings.hash_key, &obs.uid(), c)),
+    })
+}
+
+/// The registration as OneInbox holds it, with the hash to record: the one known (replaced
+/// when its credentials changed and the policy says so), or a new one.
+fn registration(
+    obs: &Observation,
+    hash: Option<String>,
+    settings: &Settings,
+) -> Rule<(Remote, Option<String>)> {
+    let known = obs.obj.known_id();
+    let remote = match remote(obs, known.as_deref(), hash.as_deref()) {
+        Ok(remote) => remote,
+        Err(step) => return Break(*step),
+    };
+    Continue(match remote {
+        Some(r) => match replacement(obs, &r.id, hash.as_deref()) {
+            Replacement::No => (r, hash),
+            Replacement::Report => {
+                let registered = obs
+                    .obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.credentials_hash.clone());
+                (r, registered)
+            }
+            // Deregistered in this pass: `remote` is then `None`, see below.
+            Replacement::Now => return Break(Step::Replace { id: r.id }),
+        },
+        None => {
+            let Some(credentials) = &obs.credentials else {
+                return Break(Step::Read(Read::Credentials));
+            };
+            match register(obs, credentials, hash.as_deref(), settings) {
+                Ok(r) => (r, hash),
+                Err(step) => return Break(*step),
+            }
+        }
+    })
+}
+
+/// Bring the PATCHable fields in line (one PATCH, changed fields only), or act on its answer.
+fn in_line(obs: &Observation, remote: &Remote) -> Rule {
+    let patch = plan::patch_for(&obs.obj, &remote.patchable);
+    if patch.is_empty() {
+        return Continue(());
+    }
+    match patched(obs) {
+        None if refused(obs, reason::UPDATE_REJECTED) => Break(Step::Done(DoneAfter::AwaitChange)),
+        None => Break(Step::Patch {
+            id: remote.id.clone(),
+            patch,
+            event: patch_event(obs),
+        }),
+        // `remote` already is the PATCH's answer when it succeeded.
+        Some(Ok(_)) => Continue(()),
+        Some(Err(ApiError::NotFound)) => Break(Step::ForgetCheck {
+            then: Box::new(Step::Done(DoneAfter::Requeue(GONE_RECHECK))),
+        }),
+        Some(Err(e @ ApiError::Rejected { .. })) => {
+            let msg = format!("OneInbox rejected the update: {e}. Fix the spec");
+            Break(stall(obs, reason::UPDATE_REJECTED, msg, Then::AwaitChange))
+        }
+        Some(Err(e)) => {
+            let failure = Failure {
+                op: Op::Update,
+                error: e.clone(),
+            };
+            // A 429 changed nothing. Without an answer the PATCH may have been applied, and
+            // the last check no longer says what the API holds: the next pass GETs.
+            if e.is_throttled() {
+                return Break(api_failure(obs, failure));
+            }
+            Break(Step::ForgetCheck {
+                then: Box::new(api_failure(obs, failure)),
+            })
+        }
+    }
+}
+
+/// The event of a PATCH. Drift only if this spec was already in line at the last check; after
+/// a restart (no record) a difference is reported as an update, and so is a spec edited while
+/// this pass ran (its writes brought the newer generation back). A registration adopted in
+/// this pass was never in line with this spec: its first PATCH is the adoption's.
+fn patch_event(obs: &Observation) -> &'static str {
+    let spec_changed = obs.memory.check.as_ref().is_none_or(|c| {
+        c.generation != obs.generation || c.generation != obs.obj.metadata.generation
+    });
+    if obs.last == Outcome::Adopted {
+        "UpdatedOnAdoption"
+    } else if spec_changed {
+        "Updated"
+    } else {
+        "DriftCorrected"
+    }
+}
+
+/// The annotation is input (an adoption, a restore): one naming another id is set right, and
+/// none is written on a create (the status holds the id).
+fn annotation(obs: &Observation, remote: &Remote) -> Rule {
+    let other = obs
+        .obj
+        .annotation(ANNOTATION_PHONE_NUMBER_ID)
+        .is_some_and(|a| a != remote.id);
+    decided(other.then(|| Step::Annotate {
+        id: remote.id.clone(),
+    }))
+}
+
+/// The status of the registration OneInbox holds, and when to look again: at the next drift
+/// check when it is active, at the provisioning poll while it is not.
+fn report_state(
+    obs: &Observation,
+    settings: &Settings,
+    remote: Remote,
+    hash: Option<String>,
+) -> Step {
+    let phase = phase_of(obs, settings, &remote);
+    let active = matches!(phase, Phase::Available | Phase::AvailableButStalled { .. });
+    let then = if active {
+        checked(obs, &remote.id, remote.patchable)
+    } else {
+        Then::Requeue(settings.provisioning_poll)
+    };
+    let data = StatusData {
+        remote: remote.facts,
+        credentials_hash: hash,
+        pending_create: None,
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        secret_versions: versions_used(obs),
+    };
+    report(data, phase, then)
+}
+
+fn phase_of(obs: &Observation, settings: &Settings, remote: &Remote) -> Phase {
+    let replacement_pending = matches!(
+        replacement(obs, &remote.id, hash_now(obs, settings).as_deref()),
+        Replacement::Report
+    );
+    let state = remote.facts.state.clone().unwrap_or_default();
+    if state == "failed" {
+        Phase::Stalled {
+            reason: reason::REGISTRATION_FAILED,
+            message: format!(
+                "OneInbox reports provisioning of {} failed. Delete and re-create the PhoneNumber, or contact OneInbox support",
+                remote.id
+            ),
+        }
+    } else if !crate::oneinbox::is_active_state(&state) {
+        Phase::Progressing {
+            reason: reason::PROVISIONING,
+            message: format!("OneInbox reports state {state:?}; waiting for \"active\""),
+        }
+    } else if replacement_pending {
+        Phase::AvailableButStalled {
+            reason: reason::REPLACEMENT_REQUIRED,
+            message: "The SIP credentials changed, and OneInbox can only apply them by registering the number again. The number keeps working with the old credentials. Set spec.replacementPolicy: Replace to re-register, or restore the old credentials".into(),
+        }
+    } else {
+        Phase::Available
+    }
+}
