@@ -142,29 +142,12 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             }
             Step::Persist {
                 registration,
-                hash,
+                data,
+                phase,
                 event: (reason, note),
             } => {
                 self.event(obs, EventType::Normal, reason, note).await;
-                let data = StatusData {
-                    remote: RemoteFacts::from_registration(&registration),
-                    credentials_hash: hash,
-                    pending_create: None,
-                    last_handled_reconcile_at: requested_reconcile(&obs.obj),
-                    secret_versions: versions_used(obs),
-                };
-                let phase = if registration.is_active() {
-                    Phase::Available
-                } else {
-                    Phase::Progressing {
-                        reason: status::reason::PROVISIONING,
-                        message: format!(
-                            "OneInbox reports state {:?}; waiting for \"active\"",
-                            registration.status
-                        ),
-                    }
-                };
-                self.write_phase(obs, data, phase).await?;
+                self.write_phase(obs, *data, phase).await?;
                 obs.last = Outcome::Persisted(registration);
             }
             Step::Patch { id, patch, event } => {

@@ -143,7 +143,8 @@ pub enum Step {
     /// Write the new registration's ids right away, with an event.
     Persist {
         registration: Registration,
-        hash: Option<String>,
+        data: Box<StatusData>,
+        phase: Phase,
         event: (&'static str, String),
     },
     /// One PATCH with only the changed fields, with an `Updated`, `DriftCorrected` or
@@ -667,17 +668,18 @@ fn register(
     match posted {
         None => {}
         Some((_, Ok(reg))) => {
-            return Err(Box::new(Step::Persist {
-                registration: reg.clone(),
-                hash: Some(hash),
-                event: (
+            return Err(Box::new(persist(
+                obs,
+                reg.clone(),
+                Some(hash),
+                (
                     "Registered",
                     format!(
                         "Registered {} with OneInbox as {}",
                         reg.phone_number, reg.id
                     ),
                 ),
-            }));
+            )));
         }
         // A repeated POST after an ambiguous outcome: the registration is ours.
         Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
@@ -686,14 +688,15 @@ fn register(
                 Some(Ok(reg)) if made_before_attempt(reg, marker.as_ref()) => {
                     already_registered(obs, &reg.id, PatchableDigest::of_registration(reg))
                 }
-                Some(Ok(reg)) => Step::Persist {
-                    registration: reg.clone(),
-                    hash: Some(hash),
-                    event: (
+                Some(Ok(reg)) => persist(
+                    obs,
+                    reg.clone(),
+                    Some(hash),
+                    (
                         "Adopted",
                         format!("Adopted {phone_id}, registered by an interrupted attempt"),
                     ),
-                },
+                ),
                 Some(Err(e)) => api_failure(
                     obs,
                     Failure {
@@ -821,17 +824,18 @@ fn settle_attempt(
             &reg.id,
             PatchableDigest::of_registration(reg),
         )),
-        Some(Ok(Some(reg))) => Some(Step::Persist {
-            registration: reg.clone(),
+        Some(Ok(Some(reg))) => Some(persist(
+            obs,
+            reg.clone(),
             hash,
-            event: (
+            (
                 "Adopted",
                 format!(
                     "Found registration {} from an interrupted attempt and adopted it",
                     reg.id
                 ),
             ),
-        }),
+        )),
         Some(Ok(None)) => None,
     }
 }
@@ -1130,6 +1134,40 @@ fn wait_for_secret(
             phase,
             Then::Requeue(grace - waited + Duration::from_millis(500)),
         )
+    }
+}
+
+/// Write a new registration's ids right away, with `event`: the status and phase decided here
+/// (Available, or Provisioning while OneInbox has not activated it).
+fn persist(
+    obs: &Observation,
+    registration: Registration,
+    hash: Option<String>,
+    event: (&'static str, String),
+) -> Step {
+    let data = StatusData {
+        remote: RemoteFacts::from_registration(&registration),
+        credentials_hash: hash,
+        pending_create: None,
+        last_handled_reconcile_at: requested_reconcile(&obs.obj),
+        secret_versions: versions_used(obs),
+    };
+    let phase = if registration.is_active() {
+        Phase::Available
+    } else {
+        Phase::Progressing {
+            reason: reason::PROVISIONING,
+            message: format!(
+                "OneInbox reports state {:?}; waiting for \"active\"",
+                registration.status
+            ),
+        }
+    };
+    Step::Persist {
+        registration,
+        data: Box::new(data),
+        phase,
+        event,
     }
 }
 

@@ -1855,10 +1855,13 @@ fn an_attempt_settled_while_the_secret_is_missing_drops_its_marker() {
     }
     // Found its own: recorded with the hash of the credentials it posted.
     let step = waiting(Some(Ok(Some(reg("id1")))), false);
-    let Step::Persist { hash, .. } = &step else {
+    let Step::Persist { data, .. } = &step else {
         panic!("{step:?}")
     };
-    assert_eq!(hash.as_deref(), Some(hash_of(CRED).as_str()));
+    assert_eq!(
+        data.credentials_hash.as_deref(),
+        Some(hash_of(CRED).as_str())
+    );
     // Restored (or copied) without its status: another UID, so the attempt's hash (keyed by
     // the old UID) is not taken for this object's; adopted without a baseline, which the next
     // pass with the Secret records (never a replacement).
@@ -1871,10 +1874,13 @@ fn an_attempt_settled_while_the_secret_is_missing_drops_its_marker() {
         }),
         &settings(),
     );
-    let Step::Persist { hash, .. } = &step else {
+    let Step::Persist { data, .. } = &step else {
         panic!("{step:?}")
     };
-    assert_eq!(hash, &None, "the old UID's hash is not this object's");
+    assert_eq!(
+        data.credentials_hash, None,
+        "the old UID's hash is not this object's"
+    );
 }
 
 #[test]
