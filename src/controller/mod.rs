@@ -546,7 +546,9 @@ pub async fn run<C: OneInboxApi>(
         flag_listed(watcher(pns, wc), pns_listed.clone(), Arc::default())
             .default_backoff()
             .inspect_ok(move |event| {
-                if matches!(event, watcher::Event::Init) {
+                // A list that completed: the watcher announces Init before every attempt,
+                // also those that fail while the API server is unreachable.
+                if matches!(event, watcher::Event::InitDone) {
                     lists.phonenumber_watch_listed();
                 }
                 let (obj, new) = match event {
