@@ -127,7 +127,9 @@ pub(crate) fn phone_numbers(
         flag_listed(watcher(api, wc), listed.clone(), Arc::default())
             .default_backoff()
             .inspect_ok(move |event| {
-                if matches!(event, watcher::Event::Init) {
+                // A list that completed: the watcher announces Init before every attempt,
+                // also those that fail while the API server is unreachable.
+                if matches!(event, watcher::Event::InitDone) {
                     metrics.phonenumber_watch_listed();
                 }
                 let (obj, new) = match event {

@@ -20,7 +20,9 @@
 #[path = "../e2e/harness.rs"]
 mod harness;
 
+mod burst;
 mod failover;
+mod probes;
 mod upgrade;
 
 use std::os::unix::fs::MetadataExt;

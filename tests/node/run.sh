@@ -2,6 +2,7 @@
 # `make node-e2e`: the chart and the image on a real node (tests/node/main.rs). Starts the control
 # plane if it is not running, and the node once; afterwards stops what it started (the whole plane,
 # or only the node if the plane was already up) and checks that no host state is left behind.
+# Arguments go to the test binary, e.g. `tests/node/run.sh probes::` runs the probe tests only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export TESTENV_STATE=${TESTENV_STATE:-$PWD/target/testenv}
@@ -43,4 +44,4 @@ cleanup() {
 }
 trap cleanup EXIT
 TESTENV_CRDS=$PWD/crds tests/cluster/up.sh >/dev/null
-cargo test --locked --features e2e --test node -- --test-threads=1
+cargo test --locked --features e2e --test node -- --test-threads=1 "$@"
