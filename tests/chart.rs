@@ -1459,6 +1459,13 @@ fn chart_metadata_for_artifact_hub() {
             .unwrap(),
         "artifacthub.io/images names the image the chart deploys"
     );
+    // Only the platform that `make release` builds (tests/release.sh checks the image's).
+    assert_eq!(
+        images[0]["platforms"],
+        yaml_serde::from_str::<Value>("[linux/amd64]").unwrap(),
+        "artifacthub.io/images lists only linux/amd64"
+    );
+    assert_eq!(images.as_sequence().unwrap().len(), 1);
     let crds: Value = yaml_serde::from_str(notes["artifacthub.io/crds"].as_str().unwrap()).unwrap();
     let crd: Value = yaml_serde::from_str(&read(CRD_FILE)).unwrap();
     assert_eq!(crds.as_sequence().unwrap().len(), 1);
