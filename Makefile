@@ -69,6 +69,13 @@ audit:
 sbom:
 	tests/sbom.sh
 
+## make release [RELEASE_KEY=key.pem]: the chart (helm package), the image as an OCI archive,
+## the CRDs, the CycloneDX SBOM and SHA256SUMS in target/release-artifacts/<version>/, each
+## signed with RELEASE_KEY (ECDSA P-256, cosign's blob-signature format); see docs/release.md.
+.PHONY: release
+release:
+	tests/release.sh $(if $(RELEASE_KEY),--key $(RELEASE_KEY))
+
 ## Regenerate charts/oneinbox-operator/files/argocd/argocd-cm.yaml from resource_customizations/.
 .PHONY: argocd-cm
 argocd-cm:
