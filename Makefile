@@ -41,15 +41,14 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	$(CARGO) clippy --all-features --test bench --test soak --test model --test node -- -D warnings
 
-## Regenerate the CRD from the Rust types (and the chart's copy of it).
+## Regenerate the CRDs from the Rust types, and the chart's CRD template from them.
 CRD_PLURALS := phonenumbers oneinboxaccounts clusteroneinboxaccounts
 
 crds:
-	mkdir -p charts/oneinbox-operator/crds
 	for p in $(CRD_PLURALS); do \
-	  $(CARGO) run --quiet --bin crdgen $$p > crds/$$p.oneinbox.ai.yaml && \
-	  cp crds/$$p.oneinbox.ai.yaml charts/oneinbox-operator/crds/ || exit 1; \
+	  $(CARGO) run --quiet --bin crdgen $$p > crds/$$p.oneinbox.ai.yaml || exit 1; \
 	done
+	tests/chart-crds.sh > charts/oneinbox-operator/templates/crds.yaml
 
 unit:
 	$(CARGO) test --workspace --all-features --lib --bins
@@ -69,6 +68,13 @@ audit:
 ## into target/sbom/; see tests/sbom.sh.
 sbom:
 	tests/sbom.sh
+
+## make release [RELEASE_KEY=key.pem]: the chart (helm package), the image as an OCI archive,
+## the CRDs, the CycloneDX SBOM and SHA256SUMS in target/release-artifacts/<version>/, each
+## signed with RELEASE_KEY (ECDSA P-256, cosign's blob-signature format); see docs/release.md.
+.PHONY: release
+release:
+	tests/release.sh $(if $(RELEASE_KEY),--key $(RELEASE_KEY))
 
 ## Regenerate charts/oneinbox-operator/files/argocd/argocd-cm.yaml from resource_customizations/.
 .PHONY: argocd-cm

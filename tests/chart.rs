@@ -27,9 +27,13 @@ const CRD_FILES: [&str; 3] = [
     "crds/clusteroneinboxaccounts.oneinbox.ai.yaml",
 ];
 /// The deletion-protection admission policy, shipped beside the CRDs (the chart renders the same
-/// policy from templates/deletion-protection.yaml: Helm's crds/ holds CRDs only).
+/// policy from templates/deletion-protection.yaml).
 const POLICY_FILE: &str = "crds/phonenumbers-deletion-protection.yaml";
 const CRD_NAME: &str = "phonenumbers.oneinbox.ai";
+/// Installs on the shared control plane leave the CRDs to kubectl (`cluster()` applies crds/):
+/// a release that owned them would take them from the other tests, and two releases cannot
+/// both own them.
+const NO_CRDS: &str = "crds.enabled=false";
 /// Release name and namespace whose chart render `deploy/` reproduces.
 const DEFAULT_RELEASE: &str = "oneinbox-operator";
 const DEFAULT_NAMESPACE: &str = "oneinbox-system";
@@ -434,46 +438,69 @@ fn chart_deletion_protection_is_the_policy_of_crds() {
     );
 }
 
-#[test]
-fn chart_crds_are_the_generated_crds() {
-    for file in CRD_FILES {
-        let generated = std::fs::read(repo().join(file)).unwrap();
-        let shipped = std::fs::read(repo().join(CHART).join(file)).unwrap();
-        assert!(
-            generated == shipped,
-            "{CHART}/{file} differs from {file}: run `make crds`"
-        );
-    }
-    let files = yaml_files(&format!("{CHART}/crds"));
-    assert_eq!(
-        files.len(),
-        CRD_FILES.len(),
-        "the chart ships exactly the generated CRDs: {files:?}"
-    );
+/// The CRDs of a render (templates/crds.yaml), by name.
+fn rendered_crds(extra: &[&str]) -> Vec<Value> {
+    let mut crds: Vec<Value> = parse_docs(&render(DEFAULT_RELEASE, DEFAULT_NAMESPACE, extra))
+        .into_iter()
+        .filter(|d| kind(d) == "CustomResourceDefinition")
+        .collect();
+    crds.sort_by_key(|d| name(d).to_owned());
+    crds
 }
 
-/// docs/helm.md installs the CRD with `helm show crds`: it prints exactly the generated CRD.
+/// The chart renders exactly the generated CRDs of crds/ (for kubectl and Flux users), with the
+/// chart's labels and, by default, Helm's keep policy; crds.enabled=false renders none of them.
 #[test]
-fn helm_show_crds_prints_the_generated_crd() {
-    let shown = helm_ok(&["show", "crds", &repo_path(CHART)]);
-    let mut shown = parse_docs(&shown);
+fn chart_crds_are_the_generated_crds() {
     let mut generated: Vec<Value> = CRD_FILES
         .iter()
         .flat_map(|f| parse_docs(&read(f)))
         .collect();
-    let by_name = |d: &Value| {
-        d["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    shown.sort_by_key(by_name);
-    generated.sort_by_key(by_name);
-    assert_eq!(shown, generated);
+    generated.sort_by_key(|d| name(d).to_owned());
+    let rendered = rendered_crds(&[]);
+    assert_eq!(
+        rendered.len(),
+        CRD_FILES.len(),
+        "the chart renders every generated CRD: {:?}",
+        rendered.iter().map(name).collect::<Vec<_>>()
+    );
+    for (got, want) in rendered.iter().zip(&generated) {
+        let crd = name(want);
+        let mut bare = got.clone();
+        let meta = bare["metadata"].as_mapping_mut().unwrap();
+        let labels = meta.remove("labels").unwrap();
+        let annotations = meta.remove("annotations").unwrap();
+        assert_eq!(
+            &bare, want,
+            "{crd}: the chart's CRD differs from crds/: run `make crds`"
+        );
+        assert_eq!(
+            labels["app.kubernetes.io/managed-by"].as_str(),
+            Some("Helm"),
+            "{crd}"
+        );
+        assert_eq!(labels["app.kubernetes.io/component"].as_str(), Some("crds"));
+        assert_eq!(
+            yaml_serde::to_string(&annotations).unwrap(),
+            "helm.sh/resource-policy: keep\n",
+            "{crd}: kept by default"
+        );
+    }
+    for crd in rendered_crds(&["--set", "crds.keep=false"]) {
+        assert!(
+            crd["metadata"].get("annotations").is_none(),
+            "{}: keep=false renders no keep policy",
+            name(&crd)
+        );
+    }
+    assert!(rendered_crds(&["--set", "crds.enabled=false"]).is_empty());
+    // The CRDs are templates now: nothing is left in the chart's crds/ for Helm to install
+    // outside the release.
+    assert!(!repo().join(CHART).join("crds").exists());
     assert!(
-        read("docs/helm.md").contains(
-            "helm show crds <chart> --version <version> | kubectl apply --server-side -f -"
-        )
+        helm_ok(&["show", "crds", &repo_path(CHART)])
+            .trim()
+            .is_empty()
     );
 }
 
@@ -510,16 +537,18 @@ fn default_render_is_least_privilege_and_locked_down() {
             "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding"
         ],
-        "default render: the operator's ClusterRole and the view/edit roles, the \
-         deletion-protection policy; no lease RBAC, \
-         PodDisruptionBudget (one replica), monitors, rules, dashboard or NetworkPolicy; CRDs \
-         come from crds/"
+        "default render: the operator's ClusterRole and the view/edit roles, the three CRDs \
+         (crds.enabled), the deletion-protection policy; no lease RBAC, \
+         PodDisruptionBudget (one replica), monitors, rules, dashboard or NetworkPolicy"
     );
     let deployment = only(&docs, "Deployment");
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1));
@@ -602,6 +631,9 @@ fn test_values_render_passes_server_dry_run() {
             "ClusterRoleBinding",
             "ConfigMap",
             "ConfigMap",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "NetworkPolicy",
             "PodDisruptionBudget",
@@ -1120,8 +1152,18 @@ fn helm_install_creates_every_object_and_uninstall_keeps_the_crd() {
     };
     let fullname = format!("{}-oneinbox-operator", release.name);
     let chart = repo_path(CHART);
-    // No wait mode: no kubelet, so the Deployment never becomes available.
-    helm_ok(&["install", &release.name, &chart, "-n", &ns.0]);
+    // No wait mode: no kubelet, so the Deployment never becomes available. The CRDs are
+    // crds/'s, applied by kubectl for every test here: the release leaves them alone
+    // (tests/e2e/helm_crds.rs installs them with a release, on a control plane of its own).
+    helm_ok(&[
+        "install",
+        &release.name,
+        &chart,
+        "-n",
+        &ns.0,
+        "--set",
+        NO_CRDS,
+    ]);
     release.installed = true;
 
     for object in [
@@ -1169,7 +1211,7 @@ fn helm_install_creates_every_object_and_uninstall_keeps_the_crd() {
         ],
     );
 
-    // The CRD comes from the chart's crds/: never part of the release, so never deleted with it.
+    // crds.enabled=false: the CRDs are not part of the release, so never deleted with it.
     let manifest = helm_ok(&["get", "manifest", &release.name, "-n", &ns.0]);
     assert!(!manifest.contains("CustomResourceDefinition"), "{manifest}");
 
@@ -1204,6 +1246,8 @@ fn leader_election_install_grants_only_its_own_lease() {
         "leaderElection.enabled=true",
         "--set",
         "replicas=2",
+        "--set",
+        NO_CRDS,
     ]);
     release.installed = true;
 
@@ -1258,6 +1302,8 @@ fn two_releases_in_one_namespace_have_their_own_service_accounts() {
             &ns.0,
             "--set",
             &selector,
+            "--set",
+            NO_CRDS,
         ]);
         release.installed = true;
         releases.push(release);
@@ -1307,7 +1353,15 @@ fn aggregated_roles_grant_view_and_edit_on_phonenumbers() {
         installed: false,
     };
     let chart = repo_path(CHART);
-    helm_ok(&["install", &release.name, &chart, "-n", &ns.0]);
+    helm_ok(&[
+        "install",
+        &release.name,
+        &chart,
+        "-n",
+        &ns.0,
+        "--set",
+        NO_CRDS,
+    ]);
     release.installed = true;
     let fullname = format!("{}-oneinbox-operator", release.name);
     kubectl_ok(&["get", &format!("clusterrole/{fullname}-view")], None);
@@ -1413,6 +1467,13 @@ fn chart_metadata_for_artifact_hub() {
             .unwrap(),
         "artifacthub.io/images names the image the chart deploys"
     );
+    // Only the platform that `make release` builds (tests/release.sh checks the image's).
+    assert_eq!(
+        images[0]["platforms"],
+        yaml_serde::from_str::<Value>("[linux/amd64]").unwrap(),
+        "artifacthub.io/images lists only linux/amd64"
+    );
+    assert_eq!(images.as_sequence().unwrap().len(), 1);
     let crds: Value = yaml_serde::from_str(notes["artifacthub.io/crds"].as_str().unwrap()).unwrap();
     let crd: Value = yaml_serde::from_str(&read(CRD_FILE)).unwrap();
     assert_eq!(crds.as_sequence().unwrap().len(), 1);

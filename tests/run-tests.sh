@@ -24,6 +24,8 @@ for plural in phonenumbers oneinboxaccounts clusteroneinboxaccounts; do
   cargo run --quiet --locked --bin crdgen "$plural" | diff -u "crds/$plural.oneinbox.ai.yaml" - \
     || { echo "crds/ is stale: run 'make crds'" >&2; exit 1; }
 done
+tests/chart-crds.sh | diff -u charts/oneinbox-operator/templates/crds.yaml - \
+  || { echo "the chart's CRD template is stale: run 'make crds'" >&2; exit 1; }
 
 step "supply chain: licences, banned crates, sources (cargo-deny, offline; advisories: make audit)"
 # cargo-deny reads the crates of every target in Cargo.lock (Windows, wasm), which a build on

@@ -21,9 +21,10 @@ SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 cargo cyclonedx --quiet --format json --spec-version 1.5 --describe binaries \
   --target "$target" --no-build-deps
-# cargo-cyclonedx writes <bin>_bin.cdx.json beside Cargo.toml: keep the operator's, drop the rest.
+# cargo-cyclonedx writes <bin>_bin.cdx.json beside each package's Cargo.toml (the mock is a
+# package of its own, in tests/oneinbox-mock/): keep the operator's, drop the rest.
 mv oneinbox-operator_bin.cdx.json "$out/oneinbox-operator.cdx.json"
-rm -f crdgen_bin.cdx.json oneinbox-mock_bin.cdx.json
+rm -f crdgen_bin.cdx.json oneinbox-mock_bin.cdx.json tests/oneinbox-mock/oneinbox-mock_bin.cdx.json
 python3 - "$out/oneinbox-operator.cdx.json" <<'PY'
 import json, sys
 bom = json.load(open(sys.argv[1]))

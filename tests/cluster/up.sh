@@ -133,7 +133,14 @@ setsid "$bin/kube-apiserver" \
   >"$state/logs/kube-apiserver.log" 2>&1 </dev/null &
 echo $! > "$state/kube-apiserver.pid"
 t0=$(date +%s)
-poll 90 "kube-apiserver /readyz" bash -c "[ -s '$state/pki/apiserver.crt' ] && alive_pid=\$(cat '$state/kube-apiserver.pid') && kill -0 \$alive_pid && curl -fsS --max-time 5 --cacert '$state/pki/apiserver.crt' '$server/readyz'"
+# An API server that exits (its port taken by another plane started at the same moment) fails
+# the start at once, rather than after the whole wait.
+apiserver_ready_or_gone() {
+  alive kube-apiserver || return 0
+  [ -s "$state/pki/apiserver.crt" ] && curl -fsS --max-time 5 --cacert "$state/pki/apiserver.crt" "$server/readyz"
+}
+poll 90 "kube-apiserver /readyz" apiserver_ready_or_gone
+alive kube-apiserver || fail "kube-apiserver exited (a port was taken by another process after the check?)"
 log "kube-apiserver ready after $(( $(date +%s) - t0 ))s"
 
 ca_data=$(base64 -w0 < "$state/pki/apiserver.crt")

@@ -1198,21 +1198,32 @@ impl OwnPlane {
         let state = repo().join("target").join(dir);
         let plane = OwnPlane { state };
         plane.down(); // a plane left over by an interrupted run
-        let out = Command::new(repo().join("tests/cluster/up.sh"))
-            .env("TESTENV_STATE", &plane.state)
-            .env_remove("TESTENV_ETCD_PORT")
-            .env_remove("TESTENV_ETCD_PEER_PORT")
-            .env_remove("TESTENV_APISERVER_PORT")
-            .stdin(Stdio::null())
-            .output()
-            .expect("up.sh");
-        assert!(
-            out.status.success(),
-            "control plane {}: {}",
-            plane.state.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        plane
+        // Planes started at the same moment (the tests run in parallel) may pick the same free
+        // port: up.sh checks a port, then its server binds it. The loser fails at once; start it
+        // again (up.sh stops the half-started plane first).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let out = Command::new(repo().join("tests/cluster/up.sh"))
+                .env("TESTENV_STATE", &plane.state)
+                .env_remove("TESTENV_ETCD_PORT")
+                .env_remove("TESTENV_ETCD_PEER_PORT")
+                .env_remove("TESTENV_APISERVER_PORT")
+                .stdin(Stdio::null())
+                .output()
+                .expect("up.sh");
+            if out.status.success() {
+                return plane;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let lost_a_port =
+                stderr.contains("address already in use") || stderr.contains("a port was taken");
+            assert!(
+                lost_a_port && attempts < 3,
+                "control plane {} (attempt {attempts}): {stderr}",
+                plane.state.display(),
+            );
+        }
     }
 
     /// `tests/demo.sh down`: the demo's operator and mock (left running when a check after

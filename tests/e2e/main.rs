@@ -23,6 +23,7 @@ mod faults;
 mod fencing;
 mod flux;
 mod gitops;
+mod helm_crds;
 mod import;
 mod lifecycle;
 mod observe;

@@ -138,6 +138,8 @@ fn values(node: &Node, ns: &str, mock_url: &str, extra: Value) -> PathBuf {
         "apiUrl": mock_url,
         "allowInsecureHttp": true,
         "watchNamespace": ns,
+        // The plane applied crds/ with kubectl (run.sh), and several releases share it.
+        "crds": {"enabled": false},
         "logLevel": "debug,kube=info,hyper=info,h2=info,tower=info,rustls=info,reqwest=info",
         "extraVolumes": [{
             "name": "kube-api-access",

@@ -38,6 +38,16 @@ app.kubernetes.io/part-of: oneinbox-operator
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The CRDs' labels (templates/crds.yaml): the chart's, with component "crds". */}}
+{{- define "oneinbox-operator.crdLabels" -}}
+helm.sh/chart: {{ include "oneinbox-operator.chart" . }}
+{{ include "oneinbox-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: crds
+app.kubernetes.io/part-of: oneinbox-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
 {{/* The ServiceAccount: the full name unless set, so two releases in a namespace never share it. */}}
 {{- define "oneinbox-operator.serviceAccountName" -}}
 {{- default (include "oneinbox-operator.fullname" .) .Values.serviceAccount.name }}
