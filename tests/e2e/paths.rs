@@ -179,12 +179,19 @@ async fn an_id_held_by_another_object_is_never_adopted_patched_or_deregistered()
     assert!(msg.contains("owner") && msg.contains(&id), "{msg}");
     assert!(pn.finalizers().is_empty());
     // Events say what was done, and the duplicate claim names the owner as the related object.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), &w.ns);
-    let events = events
-        .list(&Default::default())
-        .await
-        .expect("events")
-        .items;
+    // The Warning follows the status write that stalls the object: wait for it to be listed.
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), &w.ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let items = api.list(&Default::default()).await.expect("events").items;
+        let has = |r: &str| items.iter().any(|e| e.reason.as_deref() == Some(r));
+        if (has("Registered") && has("DuplicatePhoneNumber"))
+            || std::time::Instant::now() > deadline
+        {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let of = |reason: &str| {
         events
             .iter()
