@@ -607,6 +607,8 @@ fn table(pairs: &[(Value, Value)], cfg: Cfg) -> String {
 
 /// The scenario: build crbase, alternate the operators for `pairs` pairs; the table.
 pub async fn scenario(cfg: Cfg) -> String {
+    // The CRDs and RBAC applied, the TLS provider installed.
+    cluster();
     let crbase = crbase_bin();
     log(&format!("sidebyside: {cfg:?}, crbase {}", crbase.display()));
     let mock = Mock::start(&[]);
