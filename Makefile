@@ -81,7 +81,7 @@ release:
 argocd-cm:
 	cd tests/argocd && GOTOOLCHAIN=local GOWORK=off go test ./... -run TestConfigMap -update
 
-.PHONY: chaos bench model mutants profile
+.PHONY: chaos bench bench-side model mutants profile
 
 ## make model: long model-based campaign (docs/model-test.md); prints the count of cases run.
 ## MODEL_CASES=1000000 MODEL_SEED MODEL_STEPS MODEL_KEEP_GOING=1.
@@ -101,10 +101,19 @@ chaos:
 	$(CARGO) test --release --features e2e --test soak
 
 ## make bench: benchmarks; figures go to docs/benchmarks.md (BENCH_N=1000 BENCH_REPEATS=3
-## BENCH_STEADY_SECS=600 BENCH_FOOTPRINT_N=10000 BENCH_ONLY=burst,nolimit,latency,fairness,footprint).
+## BENCH_STEADY_SECS=600 BENCH_FOOTPRINT_N=10000 BENCH_ONLY=burst,nolimit,latency,fairness,footprint;
+## also sidebyside, see bench-side).
 bench:
 	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
 	$(CARGO) test --release --features e2e --test bench
+
+## make bench-side: ours and crbase (../shared/peers/crbase, built into the tool cache by
+## tests/cluster/build.sh crbase) alternating on one control plane and mock, no rate limit;
+## writes target/bench/sidebyside-<N>[-hog].md for docs/benchmarks.md. BENCH_SIDE_N=3000
+## BENCH_SIDE_PAIRS=2 BENCH_SIDE_HOG=0|1 BENCH_SIDE_CONCURRENCY=16 BENCH_SIDE_LATENCY_MS=0.
+bench-side:
+	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
+	BENCH_ONLY=sidebyside $(CARGO) test --release --features e2e --test bench
 
 ## make profile: the footprint benchmark (10,000 creates, no rate limit) with perf sampling the
 ## release operator from the first apply to all Ready; writes target/bench/flamegraph.svg and

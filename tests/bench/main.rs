@@ -28,8 +28,14 @@
 //!    operator started: its own throughput (time to all Ready, CPU), without the load
 //!    generator's pace.
 //!
+//! 9. sidebyside: ours and crbase (the controller-runtime peer, built from its source outside the
+//!    repository) alternating on the same control plane and mock, no rate limit: N creates each,
+//!    time to all Ready, kube-apiserver + etcd CPU, operator CPU, RSS, OneInbox calls, the load;
+//!    the guards of issue 30's goal 5 per pair (`sidebyside.rs`; `BENCH_SIDE_*`).
+//!
 //! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, defaults, fairness, lanes,
-//! restart, backlog, footprint; default all but defaults, lanes, restart and backlog),
+//! restart, backlog, sidebyside, footprint; default all but defaults, lanes, restart, backlog and
+//! sidebyside),
 //! `BENCH_N` (1000), `BENCH_REPEATS` (3), `BENCH_RATE` (50), `BENCH_LATENCY_MS` (100),
 //! `BENCH_STEADY_SECS` (600; 0 = skip), `BENCH_LATENCY_RUNS` (50), `BENCH_FOOTPRINT_N` (10000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_OVER_BUDGET` (1: also run the rate-limited burst with a client
@@ -48,6 +54,7 @@
 
 #[path = "../e2e/harness.rs"]
 mod harness;
+mod sidebyside;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
@@ -148,32 +155,7 @@ impl Op {
     }
 
     fn stats(&self) -> ProcStats {
-        let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib = |key: &str| -> f64 {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the ")" of comm: state is field 3, utime 14, stime 15.
-        let rest: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            rest.get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        ProcStats {
-            rss_mib: kib("VmRSS:") / 1024.0,
-            hwm_mib: kib("VmHWM:") / 1024.0,
-            cpu_secs: (ticks(11) + ticks(12)) / clk_tck(),
-        }
+        proc_stats(self.pid())
     }
 
     async fn wait_ready(&self) {
@@ -208,6 +190,35 @@ impl Drop for Op {
     }
 }
 
+/// RSS, peak RSS and CPU seconds (utime + stime) of a process from /proc (zeros if it is gone).
+fn proc_stats(pid: u32) -> ProcStats {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of comm: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        rest.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ProcStats {
+        rss_mib: kib("VmRSS:") / 1024.0,
+        hwm_mib: kib("VmHWM:") / 1024.0,
+        cpu_secs: (ticks(11) + ticks(12)) / clk_tck(),
+    }
+}
+
 fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -218,6 +229,15 @@ fn clk_tck() -> f64 {
 }
 
 // ------------------------------------------------------------------ kube-apiserver metrics
+
+/// The API server's port: the one `up.sh` recorded (it picks a free one when 16443 is taken).
+fn apiserver_port() -> u16 {
+    std::fs::read_to_string(state_dir().join("ports.env"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("saved_api_port=")?.trim().parse().ok())
+        .unwrap_or(16443)
+}
 
 /// `apiserver_request_total` summed by "resource[/subresource] VERB" for the resources the
 /// operator touches (cluster-wide: other clients count too).
@@ -241,7 +261,7 @@ fn apiserver_requests() -> BTreeMap<String, u64> {
                 .unwrap_or_default(),
             "-H",
             &format!("Authorization: Bearer {token}"),
-            "https://127.0.0.1:16443/metrics",
+            &format!("https://127.0.0.1:{}/metrics", apiserver_port()),
         ])
         .output()
         .expect("curl");
@@ -1786,6 +1806,17 @@ fn main() {
                 r["cpu_secs_to_ready"].as_f64().unwrap_or(f64::NAN),
                 r["readyz_secs"].as_f64().unwrap_or(f64::NAN)
             ));
+        }
+        if only.contains(&"sidebyside") {
+            let cfg = sidebyside::Cfg {
+                n: env("BENCH_SIDE_N", 3000),
+                pairs: env("BENCH_SIDE_PAIRS", 2),
+                hog: env("BENCH_SIDE_HOG", 0u8) == 1,
+                concurrency: env("BENCH_SIDE_CONCURRENCY", 16),
+                latency_ms: env("BENCH_SIDE_LATENCY_MS", 0),
+            };
+            let md = sidebyside::scenario(cfg).await;
+            summary.push(format!("side by side with crbase:\n{md}"));
         }
         if only.contains(&"footprint") {
             let r = footprint(footprint_n, idle).await;

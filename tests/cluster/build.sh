@@ -6,6 +6,10 @@
 #            [source-controller] [kustomize-controller] [gittestserver]   (default: all of these)
 #   build.sh node     kubelet and kube-scheduler, for the tests that run pods (tests/node/);
 #                     never built by default, so the node-less tests do not pay for it
+#   build.sh crbase   the controller-runtime peer operator that `make bench` compares with
+#                     (BENCH_ONLY=sidebyside), built from its source outside the repository:
+#                     CRBASE_SRC, default <repo>/../shared/peers/crbase (read-only there; its
+#                     modules come from the Go module proxy). Never built by default.
 #
 # prometheus-operator is not built: its module holds the monitoring.coreos.com CRDs
 # (ServiceMonitor, PodMonitor, PrometheusRule) that the chart's monitors are validated against.
@@ -31,6 +35,9 @@ SOURCE_CONTROLLER_VERSION=v1.9.6
 KUSTOMIZE_CONTROLLER_VERSION=v1.9.6
 BUILD_DATE=2026-11-01T00:00:00Z   # fixed, so builds are reproducible
 
+repo=$(cd "$here/../.." && pwd)
+CRBASE_SRC=${CRBASE_SRC:-$repo/../shared/peers/crbase}
+
 cache=${TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/oneinbox-operator/testenv}
 bin=$cache/bin
 mkdir -p "$cache" "$bin"
@@ -47,8 +54,16 @@ hash_of() { # module dir: go.mod, go.sum, our own Go sources (kstatus, gittestse
     sha256sum | cut -c1-12
 }
 
+crbase_hash() { # its go.mod, go.sum and Go sources (it is not ours: not in the repository), this
+  # script, the Go version
+  [ -f "$CRBASE_SRC/go.mod" ] || { log "no crbase source at $CRBASE_SRC (set CRBASE_SRC)"; exit 2; }
+  { cat "$CRBASE_SRC/go.mod" "$CRBASE_SRC/go.sum" "$here/build.sh" "$CRBASE_SRC"/*.go; go env GOVERSION; } |
+    sha256sum | cut -c1-12
+}
+
 dir_for() {
   case $1 in
+    crbase) echo "$cache/crbase-$(crbase_hash)" ;;
     k8s) echo "$cache/k8s-$K8S_VERSION-$(hash_of k8s)" ;;
     node) echo "$cache/node-$K8S_VERSION-$(hash_of k8s)" ;;
     etcd) echo "$cache/etcd-$ETCD_VERSION-$(hash_of etcd)" ;;
@@ -116,6 +131,11 @@ build_one() { # component out-dir
       [ -d "$src/config/crd/bases" ] || { log "no CRDs in $src"; exit 1; }
       mkdir -p "$out/$c-crds"
       cp "$src"/config/crd/bases/*.yaml "$out/$c-crds/" ;;
+    crbase)
+      # Its directory is read-only: -mod=mod resolves what its go.sum does not pin without
+      # writing there (the build needs nothing else from it).
+      (cd "$CRBASE_SRC" && GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod" go build -trimpath \
+        -ldflags "-s -w" -o "$out/crbase" .) ;;
     gittestserver)
       (cd "$here/gittestserver" && go build -trimpath -ldflags "-s -w" -o "$out/gittestserver" .) ;;
   esac
