@@ -237,7 +237,8 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             }
             Step::Release { released, event } => {
                 if let Some(id) = released {
-                    // If removing the finalizer fails now, the retry's 404 is known to be ours.
+                    // If removing the finalizer fails now, the retry only removes it (no second
+                    // DELETE).
                     self.remember(obs, |m| m.released = Some(id));
                 }
                 self.remove_finalizer(obs, None).await?;
@@ -370,7 +371,9 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
     /// Forget this object and wake the objects that waited for its number or its id.
     fn finish(&self, obs: &Observation) {
         let uid = obs.uid();
-        lock(&self.ctx.memory).forget(&uid);
+        // The memory stays until the object leaves the watch (the sweep's housekeeping): the
+        // events of this pass's earlier writes may still come, and a pass on such an older
+        // version must be known as stale, not DELETE the registration again.
         self.ctx.backoff.reset(&uid);
         let id = obs.obj.known_id();
         for other in self.ctx.store.state() {

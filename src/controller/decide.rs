@@ -185,7 +185,7 @@ pub enum Step {
     /// `DELETE /v1/phone-numbers/{id}`.
     Deregister { id: String },
     /// Remove the finalizer, with an event if there is one. `released` is the registration
-    /// this process deregistered (a retry's 404 is then known to be ours).
+    /// this process deregistered (a retry then only removes the finalizer).
     Release {
         released: Option<String>,
         event: Option<(&'static str, String)>,

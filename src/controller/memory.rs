@@ -44,8 +44,8 @@ impl Checked {
 pub struct ObjectMemory {
     /// The last successful check against the API.
     pub check: Option<Checked>,
-    /// A registration this process deregistered, until the finalizer is gone: a retry's 404
-    /// is then known to be ours.
+    /// A registration this process deregistered: a retry of the finalizer removal (or a pass
+    /// on an older version of the object) then makes no second DELETE.
     pub released: Option<String>,
     /// resourceVersion of this process's last write: a pass handed an older version is a
     /// stale echo, and the watch event of that write will follow.

@@ -268,6 +268,14 @@ fn deregister(obs: &Observation, target: Target, tenant_missing: Option<String>)
     let id = target.id;
     let answer = match &obs.last {
         Outcome::Deregistered(answer) => answer,
+        // This process deregistered it already (its finalizer removal did not land): no
+        // second DELETE.
+        _ if obs.memory.released.as_deref() == Some(id.as_str()) => {
+            return Step::Release {
+                released: Some(id),
+                event: None,
+            };
+        }
         _ => return Step::Deregister { id },
     };
     match answer {
