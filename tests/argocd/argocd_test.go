@@ -120,7 +120,7 @@ func TestHealthDegradedCarriesStalledMessage(t *testing.T) {
 type reasonSource struct{ consts, uses string }
 
 var reasonSources = map[string]reasonSource{
-	"PhoneNumber":            {"../../src/controller/status.rs", "../../src"},
+	"PhoneNumber":            {"../../src/conditions.rs", "../../src"},
 	"OneInboxAccount":        {"../../src/accounts/controller.rs", "../../src/accounts"},
 	"ClusterOneInboxAccount": {"../../src/accounts/controller.rs", "../../src/accounts"},
 }
