@@ -507,27 +507,7 @@ impl Bed {
     }
 
     async fn create_secrets(&self, names: &[String]) {
-        futures::stream::iter(names.iter().cloned())
-            .map(|name| {
-                let secrets = self.secrets.clone();
-                async move {
-                    let body = json!({"apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": format!("{name}-sip")},
-                        "stringData": {"password": format!("pw-{name}")}});
-                    secrets
-                        .patch(
-                            &format!("{name}-sip"),
-                            &PatchParams::apply("bench").force(),
-                            &Patch::Apply(&body),
-                        )
-                        .await
-                        .map(|_| ())
-                }
-            })
-            .buffer_unordered(32)
-            .try_collect::<Vec<()>>()
-            .await
-            .expect("create Secrets");
+        create_secrets(&self.secrets, names).await;
     }
 
     async fn apply_pn(pns: &Api<PhoneNumber>, name: &str, number: &str, sip: bool) {
@@ -1064,6 +1044,31 @@ async fn bench_account(bed: &Bed, name: &str, key: &str, budget: Value) {
 }
 
 /// Apply `names` on account `account` (numbers from `base`), at once.
+/// The password Secret `<name>-sip` of each name, 32 applies at a time.
+async fn create_secrets(secrets: &Api<Secret>, names: &[String]) {
+    futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let secrets = secrets.clone();
+            async move {
+                let body = json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": format!("{name}-sip")},
+                    "stringData": {"password": format!("pw-{name}")}});
+                secrets
+                    .patch(
+                        &format!("{name}-sip"),
+                        &PatchParams::apply("bench").force(),
+                        &Patch::Apply(&body),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("create Secrets");
+}
+
 async fn apply_on_account(bed: &Bed, names: &[String], account: &str, base: u64) {
     futures::stream::iter(names.iter().enumerate())
         .map(|(i, name)| {

@@ -332,27 +332,7 @@ async fn run(which: Which, pair: usize, mock: &Mock, crbase: &std::path::Path, c
     ));
     let names = names("s", n);
     let t = Instant::now();
-    futures::stream::iter(names.iter().cloned())
-        .map(|name| {
-            let secrets = secrets.clone();
-            async move {
-                let body = json!({"apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": format!("{name}-sip")},
-                    "stringData": {"password": format!("pw-{name}")}});
-                secrets
-                    .patch(
-                        &format!("{name}-sip"),
-                        &PatchParams::apply("bench").force(),
-                        &Patch::Apply(&body),
-                    )
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<()>>()
-        .await
-        .expect("create Secrets");
+    create_secrets(&secrets, &names).await;
     log(&format!(
         "  {n} Secrets in {:.1} s",
         t.elapsed().as_secs_f64()
