@@ -22,7 +22,7 @@ use kube::api::Api;
 use oneinbox_operator::crd::{FINALIZER, PhoneNumber};
 use serde_json::json;
 
-use crate::failover::apply_numbers;
+use crate::failover::{apply_numbers, wait_pod_gone};
 use crate::harness::*;
 use crate::*;
 
@@ -110,18 +110,7 @@ async fn burst(name: &str, extra: serde_json::Value) {
     // More creates while the pod terminates and its replacement (which the ReplicaSet creates
     // at once, whatever the Deployment's strategy) starts.
     apply_numbers(&pns, late).await;
-    wait(
-        "the deleted pod to be gone",
-        Duration::from_secs(120),
-        || async {
-            let pods = pods_of(&client, &ns, &release).await;
-            (!pods
-                .iter()
-                .any(|p| p.metadata.name.as_deref() == Some(first.as_str())))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_pod_gone(&client, &ns, &release, &first, Duration::from_secs(120)).await;
 
     let new_pod = wait("the new pod Ready", Duration::from_secs(120), || async {
         pods_of(&client, &ns, &release)

@@ -63,6 +63,21 @@ async fn leaders(client: &kube::Client, ns: &str, release: &str) -> (usize, Vec<
     (running, acting)
 }
 
+/// Wait until the release has no pod named `pod` (a deleted pod has terminated).
+pub(crate) async fn wait_pod_gone(
+    client: &kube::Client,
+    ns: &str,
+    release: &str,
+    pod: &str,
+    timeout: Duration,
+) {
+    wait(&format!("pod {pod} to be gone"), timeout, || async {
+        let pods = pods_of(client, ns, release).await;
+        (!pods.iter().any(|p| p.metadata.name.as_deref() == Some(pod))).then_some(())
+    })
+    .await;
+}
+
 pub(crate) async fn apply_numbers(pns: &Api<PhoneNumber>, names: &[String]) {
     for n in names {
         let body = json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
@@ -145,18 +160,7 @@ async fn standby_takes_over_when_the_leader_pod_is_deleted() {
     wait_all_ready(&pns, &after).await;
     wait_all_ready(&pns, &before).await;
     // The deleted pod is gone; of the pods running now, only the new holder acts.
-    wait(
-        "the old leader pod to be gone",
-        Duration::from_secs(90),
-        || async {
-            let pods = pods_of(&client, &ns, &release).await;
-            (!pods
-                .iter()
-                .any(|p| p.metadata.name.as_deref() == Some(first.as_str())))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_pod_gone(&client, &ns, &release, &first, Duration::from_secs(90)).await;
     let (_, acting) = leaders(&client, &ns, &release).await;
     assert_eq!(acting, vec![second], "only the new Lease holder acts");
     // Every number registered exactly once.
