@@ -1366,6 +1366,10 @@ impl Remote {
 mod apply;
 mod deletion;
 
+/// A rule of the chains in apply.rs and deletion.rs: `Break(step)` decides, `Continue(value)`
+/// hands on what the next rules need.
+type Rule<T = ()> = std::ops::ControlFlow<Step, T>;
+
 #[cfg(test)]
 #[path = "decide_table.rs"]
 mod table;

@@ -12,12 +12,9 @@
 //! 9. `annotation`: an annotation naming another id is set right.
 //! 10. `report_state`: the status, and when to look again.
 
-use std::ops::ControlFlow::{self, Break, Continue};
+use std::ops::ControlFlow::{Break, Continue};
 
 use super::*;
-
-/// A rule's answer: `Break(step)` decides, `Continue(value)` hands on what the next rules need.
-type Rule<T = ()> = ControlFlow<Step, T>;
 
 pub(super) fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
     match chain(obs, settings) {

@@ -12,10 +12,10 @@
 //! 8. `named_only`: named only in the annotation: deregistered only if it is this number's.
 //! 9. `deregister`: DELETE, then release the finalizer with what OneInbox answered.
 
-use std::ops::ControlFlow::{self, Break, Continue};
+use std::ops::ControlFlow::{Break, Continue};
 
 use super::{
-    DEFINITION_DELETING, DoneAfter, Op, Read, Step, Then, account_problem_text, blocked_by,
+    DEFINITION_DELETING, DoneAfter, Op, Read, Rule, Step, Then, account_problem_text, blocked_by,
     made_before_attempt, report,
 };
 use crate::controller::observe::{ApiKey, Observation, Outcome};
@@ -24,9 +24,6 @@ use crate::crd::{ANNOTATION_PHONE_NUMBER_ID, DeletionPolicy};
 use crate::definition::Definition;
 use crate::oneinbox::{ApiError, Deregistered};
 use crate::secrets::problem_text;
-
-/// A rule's answer: `Break(step)` decides, `Continue(value)` hands on what the next rules need.
-type Rule<T = ()> = ControlFlow<Step, T>;
 
 /// The registration a deletion is about.
 struct Target {
