@@ -33,7 +33,7 @@ mutants=(
   "ns-ownership|ownership checked only within the object's namespace"
   "cache-forever|a drift check that trusts its cached copy forever"
   "generation-stuck|observedGeneration never moving"
-  "repeat-409-foreign|a repeated POST's 409 read as someone else's registration"
+  "repeat-409-foreign|a 409 for the attempt's own POST read as someone else's registration, without reading it"
   "adopt-no-finalizer|an adoption that never gets its finalizer, a re-adoption looking only at the status id"
   "routing-bytes|routing and fallback uuids compared by bytes"
   "condition-generation|conditions written without observedGeneration"
@@ -93,11 +93,8 @@ M = {
         "        observed_generation: generation,\n        phone_number_id: data.remote.phone_number_id,",
         "        observed_generation: obj.status.as_ref().and_then(|s| s.observed_generation).or(generation),\n        phone_number_id: data.remote.phone_number_id,")],
     "repeat-409-foreign": [(D,
-        "        Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {",
-        "        Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) if false => {"),
-        (D,
-        "        Some((false, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {",
-        "        Some((_, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {")],
+        "                None => Step::Read(Read::Registration(phone_id.clone())),",
+        "                None => already_registered(obs, phone_id, PatchableDigest::unread()),")],
     "adopt-no-finalizer": [("src/controller/act.rs",
         "                self.add_finalizer(obs).await?;\n                let note = if takeover {",
         "                let note = if takeover {"),

@@ -135,10 +135,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 if let Ok(reg) = &res {
                     info!(id = %reg.id, "registered");
                 }
-                obs.last = Outcome::Posted {
-                    marker_present,
-                    answer: res,
-                };
+                obs.last = Outcome::Posted(res);
             }
             Step::Persist {
                 registration,

@@ -659,15 +659,12 @@ fn register(
     };
     let hash = hash.map(str::to_owned).unwrap_or_default();
     let posted = match &obs.last {
-        Outcome::Posted {
-            marker_present,
-            answer,
-        } => Some((*marker_present, answer)),
+        Outcome::Posted(answer) => Some(answer),
         _ => None,
     };
     match posted {
         None => {}
-        Some((_, Ok(reg))) => {
+        Some(Ok(reg)) => {
             return Err(Box::new(persist(
                 obs,
                 reg.clone(),
@@ -681,8 +678,11 @@ fn register(
                 ),
             )));
         }
-        // A repeated POST after an ambiguous outcome: the registration is ours.
-        Some((true, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
+        // The number is registered, but maybe by this attempt: a repeated POST after an
+        // ambiguous outcome, or another process (a replaced pod still draining) that posted
+        // under the same marker. A registration made since the attempt started is its own; one
+        // made before it is someone else's.
+        Some(Err(ApiError::AlreadyRegistered { phone_id, .. })) => {
             return Err(Box::new(match &obs.fetched {
                 None => Step::Read(Read::Registration(phone_id.clone())),
                 Some(Ok(reg)) if made_before_attempt(reg, marker.as_ref()) => {
@@ -694,7 +694,9 @@ fn register(
                     Some(hash),
                     (
                         "Adopted",
-                        format!("Adopted {phone_id}, registered by an interrupted attempt"),
+                        format!(
+                            "Adopted {phone_id}, registered under this object's pending attempt"
+                        ),
                     ),
                 ),
                 Some(Err(e)) => api_failure(
@@ -706,14 +708,7 @@ fn register(
                 ),
             }));
         }
-        Some((false, Err(ApiError::AlreadyRegistered { phone_id, .. }))) => {
-            return Err(Box::new(already_registered(
-                obs,
-                phone_id,
-                PatchableDigest::unread(),
-            )));
-        }
-        Some((_, Err(e @ (ApiError::Rejected { .. } | ApiError::NotFound)))) => {
+        Some(Err(e @ (ApiError::Rejected { .. } | ApiError::NotFound))) => {
             let msg = format!(
                 "OneInbox rejected the registration: {e}. Fix the spec or the referenced Secret"
             );
@@ -731,7 +726,7 @@ fn register(
         }
         // Ambiguous or transient: the marker stays, so the next pass looks up first; after a
         // clean 429 nothing can have been registered, so the next pass posts directly.
-        Some((_, Err(e))) => {
+        Some(Err(e)) => {
             let failure = Failure {
                 op: Op::Register,
                 error: e.clone(),

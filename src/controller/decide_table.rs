@@ -95,6 +95,14 @@ fn reg(id: &str) -> Registration {
     }
 }
 
+/// The API's 409 for a number registered as `id`.
+fn taken(id: &str) -> ApiError {
+    ApiError::AlreadyRegistered {
+        phone_id: id.into(),
+        message: "taken".into(),
+    }
+}
+
 fn check(generation: i64) -> Checked {
     Checked {
         generation: Some(generation),
@@ -1046,39 +1054,43 @@ fn decision_table() {
         (
             "posted",
             with(read(object()), |ob| {
-                ob.last = Outcome::Posted {
-                    marker_present: false,
-                    answer: Ok(reg("id1")),
-                }
+                ob.last = Outcome::Posted(Ok(reg("id1")))
             }),
             "Persist Registered",
         ),
         (
-            "409 after our own marker: someone else's",
-            with(read(object()), |ob| {
-                ob.last = Outcome::Posted {
-                    marker_present: false,
-                    answer: Err(ApiError::AlreadyRegistered {
-                        phone_id: "idX".into(),
-                        message: "taken".into(),
-                    }),
-                }
+            "409 for the attempt's POST: GET the registration in the way",
+            with(read(pending.clone()), |ob| {
+                ob.last = Outcome::Posted(Err(taken("idX")));
+            }),
+            "Read Registration(\"idX\")",
+        ),
+        (
+            "409, registered before the attempt started: someone else's",
+            with(read(pending.clone()), |ob| {
+                ob.last = Outcome::Posted(Err(taken("id0")));
+                let mut older = reg("id0");
+                older.created_at = "2025-12-31T23:00:00Z".into();
+                ob.fetched = Some(Ok(older));
             }),
             "Report Stalled(AlreadyRegistered) Checked",
         ),
         (
-            "409 after an earlier attempt's marker: ours, GET it",
+            "409, registered since the attempt started (a repeated POST, or another process \
+             posting under the same marker): ours, adopted",
             with(read(pending.clone()), |ob| {
-                ob.lookup = Some(Ok(None));
-                ob.last = Outcome::Posted {
-                    marker_present: true,
-                    answer: Err(ApiError::AlreadyRegistered {
-                        phone_id: "idX".into(),
-                        message: "taken".into(),
-                    }),
-                };
+                ob.last = Outcome::Posted(Err(taken("id1")));
+                ob.fetched = Some(Ok(reg("id1")));
             }),
-            "Read Registration(\"idX\")",
+            "Persist Adopted",
+        ),
+        (
+            "409, the GET failed: retried, no write of ids",
+            with(read(pending.clone()), |ob| {
+                ob.last = Outcome::Posted(Err(taken("id1")));
+                ob.fetched = Some(Err(unavailable(503)));
+            }),
+            "Report Progressing(APIUnavailable) Fail",
         ),
         (
             "names an id this process already found gone: no GET, no second event, register",
@@ -1146,24 +1158,18 @@ fn decision_table() {
         (
             "POST rejected (422)",
             with(read(object()), |ob| {
-                ob.last = Outcome::Posted {
-                    marker_present: false,
-                    answer: Err(ApiError::Rejected {
-                        status: 422,
-                        code: None,
-                        detail: "bad".into(),
-                    }),
-                }
+                ob.last = Outcome::Posted(Err(ApiError::Rejected {
+                    status: 422,
+                    code: None,
+                    detail: "bad".into(),
+                }))
             }),
             "Report Stalled(RegistrationRejected) AwaitChange",
         ),
         (
             "POST with a rejected key: not the spec's fault, retried",
             with(read(object()), |ob| {
-                ob.last = Outcome::Posted {
-                    marker_present: false,
-                    answer: Err(key_rejected()),
-                }
+                ob.last = Outcome::Posted(Err(key_rejected()))
             }),
             "Report Stalled(APIKeyRejected) Fail",
         ),
@@ -1171,20 +1177,14 @@ fn decision_table() {
             "POST throttled (429) with our marker",
             with(read(pending.clone()), |ob| {
                 ob.lookup = Some(Ok(None));
-                ob.last = Outcome::Posted {
-                    marker_present: true,
-                    answer: Err(unavailable(429)),
-                };
+                ob.last = Outcome::Posted(Err(unavailable(429)));
             }),
             "RememberCleanRefusal",
         ),
         (
             "POST 503",
             with(read(object()), |ob| {
-                ob.last = Outcome::Posted {
-                    marker_present: false,
-                    answer: Err(unavailable(503)),
-                }
+                ob.last = Outcome::Posted(Err(unavailable(503)))
             }),
             "Report Progressing(APIUnavailable) Fail",
         ),
@@ -1775,10 +1775,7 @@ fn messages_give_the_fix_that_fits() {
 
     let step = decide(
         &with(read(object()), |ob| {
-            ob.last = Outcome::Posted {
-                marker_present: false,
-                answer: Err(key_rejected()),
-            }
+            ob.last = Outcome::Posted(Err(key_rejected()))
         }),
         &s,
     );

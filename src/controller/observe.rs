@@ -152,11 +152,8 @@ pub enum Outcome {
     Adopted,
     /// The answer of `DELETE` (a deregistration, or a replacement's release).
     Deregistered(std::result::Result<Deregistered, ApiError>),
-    /// The POST's answer, and whether a marker of an earlier attempt was there before it.
-    Posted {
-        marker_present: bool,
-        answer: std::result::Result<Registration, ApiError>,
-    },
+    /// The POST's answer.
+    Posted(std::result::Result<Registration, ApiError>),
     /// A new registration's ids were written to the status.
     Persisted(Registration),
     /// The answer of the PATCH, and the registration persisted before it in this pass (what
