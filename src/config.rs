@@ -147,6 +147,13 @@ pub struct RunArgs {
     #[arg(long, env = "ONEINBOX_DEFAULT_ACCOUNT")]
     pub default_account: Option<String>,
 
+    /// Serve the operator-wide key only to namespaces whose labels match this selector (e.g.
+    /// `oneinbox.ai/operator-key=allowed`, or `kubernetes.io/metadata.name in (a,b)`): a
+    /// PhoneNumber elsewhere without spec.accountRef is Stalled AccountNotAllowed. Watches
+    /// Namespace labels (cluster-wide list/watch). Default: every watched namespace.
+    #[arg(long, env = "ONEINBOX_OPERATOR_KEY_NAMESPACES")]
+    pub operator_key_namespaces: Option<String>,
+
     /// Watch ClusterOneInboxAccounts and Namespace labels (needs cluster-wide list/watch of
     /// both). Default: on, unless --watch-namespace is given.
     #[arg(long, env = "ONEINBOX_CLUSTER_ACCOUNTS")]
@@ -218,6 +225,11 @@ impl RunArgs {
         if self.default_account.is_some() && !self.cluster_accounts_enabled() {
             return Err(
                 "--default-account names a ClusterOneInboxAccount, but cluster accounts are off (--watch-namespace without --cluster-accounts=true)".into(),
+            );
+        }
+        if self.operator_key_namespaces.is_some() && self.watch_namespace.is_some() {
+            return Err(
+                "--operator-key-namespaces selects among namespaces, but --watch-namespace serves one: the install is the rule there, leave the flag out".into(),
             );
         }
         if self.backoff_base > self.backoff_max {
@@ -435,6 +447,21 @@ mod tests {
         assert!(!err.contains("s3cret") && !err.contains("user"), "{err}");
         let err = run_args(&["--api-url", "ftp://example.com"]).unwrap_err();
         assert!(err.contains("unsupported scheme"), "{err}");
+    }
+
+    #[test]
+    fn the_operator_key_s_namespaces_are_not_for_one_watched_namespace() {
+        let sel = "oneinbox.ai/operator-key=allowed";
+        let err = run_args(&[
+            "--watch-namespace",
+            "voice",
+            "--operator-key-namespaces",
+            sel,
+        ])
+        .unwrap_err();
+        assert!(err.contains("--operator-key-namespaces") && err.contains("--watch-namespace"));
+        let args = run_args(&["--operator-key-namespaces", sel]).unwrap();
+        assert_eq!(args.operator_key_namespaces.as_deref(), Some(sel));
     }
 
     #[test]

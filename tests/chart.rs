@@ -541,20 +541,24 @@ fn default_render_is_least_privilege_and_locked_down() {
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding"
         ],
         "default render: the operator's ClusterRole and the view/edit roles, the three CRDs \
-         (crds.enabled), the deletion-protection policy; no lease RBAC, \
-         PodDisruptionBudget (one replica), monitors, rules, dashboard or NetworkPolicy"
+         (crds.enabled), the deletion-protection policy, the Lease's Role and binding (leader \
+         election is on by default); no PodDisruptionBudget (one replica), monitors, rules, \
+         dashboard or NetworkPolicy"
     );
     let deployment = only(&docs, "Deployment");
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1));
+    // A replacement pod stands by on the Lease until the old one lets go.
     assert_eq!(
         deployment["spec"]["strategy"]["type"].as_str(),
-        Some("Recreate")
+        Some("RollingUpdate")
     );
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(
@@ -588,7 +592,9 @@ fn default_render_is_least_privilege_and_locked_down() {
     // The API key is a mounted file, never a value in the manifests or the environment.
     let args = args(&docs);
     assert!(args.contains(&"--api-key-file=/var/run/secrets/oneinbox/api-key".to_owned()));
-    assert!(!args.iter().any(|a| a.starts_with("--leader-election")));
+    // Two operators never act at once, also with one replica (a deleted pod drains while its
+    // replacement starts).
+    assert!(args.contains(&"--leader-election".to_owned()));
     assert!(
         !yaml_serde::to_string(&c["env"])
             .unwrap()
@@ -901,6 +907,78 @@ fn pod_monitor_secret_ca_and_min_available_pass_server_dry_run() {
     );
 }
 
+/// The operator-wide key denies by default (a new install: `helm template` is one), `""`
+/// serves every namespace, and with watchNamespace the install itself is the rule. The
+/// Namespace watch it needs is granted also without cluster accounts.
+#[test]
+fn operator_key_namespaces_deny_by_default_and_need_the_namespace_watch() {
+    let flag = |docs: &[Value]| {
+        args(docs)
+            .into_iter()
+            .find(|a| a.starts_with("--operator-key-namespaces"))
+    };
+    let watches_namespaces = |docs: &[Value]| {
+        docs.iter()
+            .filter(|d| kind(d) == "ClusterRole")
+            .flat_map(|d| d["rules"].as_sequence().cloned().unwrap_or_default())
+            .any(|r| r["resources"][0].as_str() == Some("namespaces"))
+    };
+    let deny = Some("--operator-key-namespaces=oneinbox.ai/operator-key=allowed".to_owned());
+    let render_with = |set: &[&str]| parse_docs(&render("ok", "ok", set));
+
+    assert_eq!(flag(&render_with(&[])), deny, "deny by default");
+    let every = render_with(&["--set-string", "operatorKeyNamespaces="]);
+    assert_eq!(flag(&every), None, "\"\": every namespace");
+    let named = render_with(&[
+        "--set-string",
+        "operatorKeyNamespaces=kubernetes.io/metadata.name in (voice)",
+    ]);
+    assert_eq!(
+        flag(&named).as_deref(),
+        Some("--operator-key-namespaces=kubernetes.io/metadata.name in (voice)")
+    );
+    assert_eq!(
+        flag(&render_with(&["--set", "watchNamespace=voice"])),
+        None,
+        "one namespace: the install is the rule"
+    );
+    let no_cluster_accounts = render_with(&["--set", "clusterAccounts=false"]);
+    assert_eq!(flag(&no_cluster_accounts), deny);
+    assert!(
+        watches_namespaces(&no_cluster_accounts),
+        "Namespaces listed and watched"
+    );
+    assert!(!watches_namespaces(&render_with(&[
+        "--set",
+        "clusterAccounts=false",
+        "--set-string",
+        "operatorKeyNamespaces=",
+    ])));
+}
+
+/// `leaderElection.enabled: false` (one replica only): no Lease RBAC or flag, and the
+/// `Recreate` strategy, so an upgrade never runs two operators at once.
+#[test]
+fn without_leader_election_one_replica_is_recreated_and_holds_no_lease() {
+    let docs = parse_docs(&render(
+        DEFAULT_RELEASE,
+        DEFAULT_NAMESPACE,
+        &["--set", "leaderElection.enabled=false"],
+    ));
+    assert!(
+        !docs
+            .iter()
+            .any(|d| ["Role", "RoleBinding"].contains(&kind(d))),
+        "no Lease RBAC without leader election"
+    );
+    assert!(!args(&docs).iter().any(|a| a.starts_with("--lease")));
+    assert!(!args(&docs).contains(&"--leader-election".to_owned()));
+    assert_eq!(
+        only(&docs, "Deployment")["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate")
+    );
+}
+
 #[test]
 fn pod_disruption_budget_only_with_more_than_one_replica() {
     let count = |extra: &[&str]| {
@@ -1009,7 +1087,11 @@ fn prometheus_rule_job_override_and_no_aggregated_roles() {
         .as_sequence()
         .unwrap()
         .clone();
-    assert_eq!(rules.len(), 6, "no leader election: no no-leader alert");
+    assert_eq!(
+        rules.len(),
+        7,
+        "six alerts, and the no-leader alert with leader election (the default)"
+    );
     for r in &rules {
         assert!(
             r["expr"]
@@ -1060,9 +1142,16 @@ fn conflicting_values_fail_with_a_message() {
             &["--set", "defaultAccount.enabled=true,clusterAccounts=false"],
             "defaultAccount.enabled needs cluster accounts: set clusterAccounts: true",
         ),
+        (
+            &[
+                "--set",
+                "watchNamespace=voice,operatorKeyNamespaces=team=voice",
+            ],
+            "operatorKeyNamespaces selects among namespaces, but watchNamespace serves one",
+        ),
         // The template's message names both values (a schema rule could only name one path).
         (
-            &["--set", "replicas=2"],
+            &["--set", "replicas=2,leaderElection.enabled=false"],
             "replicas > 1 needs leaderElection.enabled=true",
         ),
     ];
@@ -1522,11 +1611,22 @@ fn deploy_matches_the_chart_defaults() {
             );
         }
     }
+    let lease = format!("{DEFAULT_RELEASE}-leader-election");
+    assert_eq!(
+        named(&chart, "Role", &lease)["rules"],
+        named(&deploy, "Role", &lease)["rules"],
+        "chart and deploy/ must grant the same Lease rules"
+    );
     for field in ["roleRef", "subjects"] {
         assert_eq!(
             only(&chart, "ClusterRoleBinding")[field],
             only(&deploy, "ClusterRoleBinding")[field],
             "ClusterRoleBinding {field}"
+        );
+        assert_eq!(
+            named(&chart, "RoleBinding", &lease)[field],
+            named(&deploy, "RoleBinding", &lease)[field],
+            "RoleBinding {lease} {field}"
         );
     }
     assert_eq!(
@@ -1575,6 +1675,8 @@ fn deploy_passes_server_dry_run() {
             "ClusterRoleBinding",
             "Deployment",
             "Namespace",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ],
@@ -1829,8 +1931,14 @@ fn cluster_accounts_value_passes_the_flag_and_grants_their_rules() {
     };
     let cases: &[(&[&str], &str, Option<&str>, bool)] = &[
         (&[], "ca-oneinbox-operator", None, true),
+        // (The operator-wide key's deny default watches Namespaces too: its own test.)
         (
-            &["--set", "clusterAccounts=false"],
+            &[
+                "--set",
+                "clusterAccounts=false",
+                "--set-string",
+                "operatorKeyNamespaces=",
+            ],
             "ca-oneinbox-operator",
             Some("--cluster-accounts=false"),
             false,

@@ -172,6 +172,9 @@ pub struct RegistrySettings {
     pub reread_after: Option<Duration>,
     /// ClusterOneInboxAccounts are watched (not with --watch-namespace unless asked).
     pub cluster_accounts: bool,
+    /// The namespaces the operator-wide key serves (a label selector, applied by the API
+    /// server to a Namespace watch); `None`: every one.
+    pub operator_key_namespaces: Option<String>,
     /// Only accounts with these labels are this process's (sharding by account).
     pub account_selector: Option<String>,
     /// An account's `http://` apiUrl is accepted (--allow-insecure-http).
@@ -188,6 +191,7 @@ impl RegistrySettings {
             passes_per_account,
             reread_after: None,
             cluster_accounts: false,
+            operator_key_namespaces: None,
             account_selector: None,
             allow_insecure_http: false,
         }

@@ -18,10 +18,14 @@ pub struct AccountStores {
     pub namespaced: Store<OneInboxAccount>,
     pub cluster: Store<ClusterOneInboxAccount>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// ClusterOneInboxAccounts and Namespaces are watched.
+    /// ClusterOneInboxAccounts are watched.
     pub cluster_enabled: bool,
-    /// Each watch (namespaced accounts, cluster accounts, Namespaces) has listed once.
-    pub listed: [Arc<AtomicBool>; 3],
+    /// With a limit on the operator-wide key: its label selector, and the Namespaces it selects
+    /// (a watch filtered by the API server).
+    pub served: Option<(String, Store<PartialObjectMeta<Namespace>>)>,
+    /// Each watch (namespaced accounts, cluster accounts, Namespaces, the Namespaces the
+    /// operator-wide key serves) has listed once.
+    pub listed: [Arc<AtomicBool>; 4],
     /// Woken when one of them has.
     pub listed_changed: Arc<tokio::sync::Notify>,
 }
@@ -35,6 +39,7 @@ impl AccountStores {
             cluster: reflector::store().0,
             namespaces: reflector::store().0,
             cluster_enabled: false,
+            served: None,
             listed: std::array::from_fn(|_| Arc::new(AtomicBool::new(true))),
             listed_changed: Arc::default(),
         }
@@ -62,6 +67,16 @@ impl AccountStores {
         crate::accounts::allows(&account.spec.allowed_namespaces, ns, labels.as_ref())
     }
 
+    /// Whether the operator-wide key serves namespace `ns` now: whether the Namespace watch
+    /// filtered by its selector holds it (`Err`: the rule in words). `Ok` without a selector.
+    pub fn operator_key_serves(&self, ns: &str) -> Result<(), String> {
+        match &self.served {
+            None => Ok(()),
+            Some((_, store)) if store.get(&ObjectRef::new(ns)).is_some() => Ok(()),
+            Some((selector, _)) => Err(format!("namespaces labelled {selector}")),
+        }
+    }
+
     /// Whether the account is one this process watches (its shard's).
     pub fn has(&self, id: &AccountId) -> bool {
         match id {
@@ -78,12 +93,15 @@ impl AccountStores {
     /// watches' own flags: a kube store's readiness future wakes only its most recent waiter,
     /// and the controllers wait on it.
     pub async fn ready(&self) {
-        let [namespaced, cluster, namespaces] = &self.listed;
+        let [namespaced, cluster, namespaces, served] = &self.listed;
         let is = |f: &AtomicBool| f.load(Ordering::Acquire);
         loop {
             // Registered before the check, so a flag set in between still wakes this waiter.
             let changed = self.listed_changed.notified();
-            if is(namespaced) && (!self.cluster_enabled || (is(cluster) && is(namespaces))) {
+            if is(namespaced)
+                && (!self.cluster_enabled || (is(cluster) && is(namespaces)))
+                && (self.served.is_none() || is(served))
+            {
                 return;
             }
             changed.await;

@@ -926,6 +926,12 @@ pub fn account_problem_text(p: &AccountProblem) -> String {
         AccountProblem::NotFound(account) => format!(
             "{account} does not exist. Create it (docs/tenancy.md), or name an existing account in spec.accountRef of a new PhoneNumber"
         ),
+        AccountProblem::NotAllowed {
+            account: AccountId::Operator,
+            rule,
+        } => format!(
+            "The operator-wide API key does not serve this namespace: it serves {rule} (the chart's operatorKey.namespaces, flag --operator-key-namespaces). Label the namespace to match (kubectl label namespace), or create the PhoneNumber with spec.accountRef naming an account this namespace may use"
+        ),
         AccountProblem::NotAllowed { account, rule } => format!(
             "{account} does not allow this namespace: it allows {rule}. Ask the cluster administrator to allow the namespace in its spec.allowedNamespaces (or to label the namespace to match), or use another account"
         ),

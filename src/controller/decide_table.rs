@@ -943,6 +943,16 @@ fn decision_table() {
             "Report Stalled(AccountNotAllowed) AwaitChange",
         ),
         (
+            "operator-wide key limited to other namespaces: Stalled at once",
+            with(read(object()), |ob| {
+                ob.api_key = Some(ApiKey::Unusable(AccountProblem::NotAllowed {
+                    account: crate::crd::AccountId::Operator,
+                    rule: "namespaces labelled oneinbox.ai/operator-key=allowed".into(),
+                }))
+            }),
+            "Report Stalled(AccountNotAllowed) AwaitChange",
+        ),
+        (
             "cluster accounts not watched",
             with(obs(tenant(object())), |ob| {
                 ob.api_key = Some(ApiKey::Unusable(AccountProblem::ClusterAccountsOff(
@@ -1742,6 +1752,28 @@ fn a_reconcile_token_longer_than_status_holds_is_handled_once() {
         &settings(),
     );
     assert_eq!(summary(&step), "Done AwaitChange");
+}
+
+/// An object on the operator-wide key in a namespace the key does not serve is told the rule,
+/// the label to add and the other way (an account), never "ask for an allowedNamespaces".
+#[test]
+fn the_operator_key_s_refusal_names_the_label_and_the_flag() {
+    let problem = AccountProblem::NotAllowed {
+        account: crate::crd::AccountId::Operator,
+        rule: "namespaces labelled oneinbox.ai/operator-key=allowed".into(),
+    };
+    let message = super::account_problem_text(&problem);
+    for wanted in [
+        "operator-wide API key does not serve this namespace",
+        "namespaces labelled oneinbox.ai/operator-key=allowed",
+        "--operator-key-namespaces",
+        "operatorKey.namespaces",
+        "kubectl label namespace",
+        "spec.accountRef",
+    ] {
+        assert!(message.contains(wanted), "{wanted}: {message}");
+    }
+    assert!(!message.contains("allowedNamespaces"), "{message}");
 }
 
 #[test]

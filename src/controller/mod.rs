@@ -248,7 +248,11 @@ fn phone_number_controller<C: OneInboxApi>(
         .with_config(ControllerConfig::default().concurrency(0))
         .watches_stream(
             namespaces,
-            watches::users_in_namespace(store.clone(), default_account),
+            watches::users_in_namespace(
+                store.clone(),
+                default_account,
+                ctx.accounts.settings.operator_key_namespaces.is_some(),
+            ),
         )
         .watches_stream(
             secret_events,

@@ -121,8 +121,8 @@ pub struct Observation {
     pub number_owner_names_another_id: bool,
     /// Another watched object that holds the id this object names.
     pub id_owner: Option<ObjectName>,
-    /// The object's ClusterOneInboxAccount does not allow its namespace now (from the watches,
-    /// no read): a check however fresh does not stand for it.
+    /// The object's ClusterOneInboxAccount (or the operator-wide key) does not allow its
+    /// namespace now (from the watches, no read): a check however fresh does not stand for it.
     pub grant_refused: bool,
     /// (name, resourceVersion) of each Secret read in this pass.
     pub secrets_read: Vec<(String, String)>,
@@ -199,6 +199,11 @@ impl Observation {
                             let ns = obj.namespace().unwrap_or_default();
                             stores.grants(&account, &ns).is_err()
                         })
+                }
+                AccountId::Operator => {
+                    let ns = obj.namespace().unwrap_or_default();
+                    obj.metadata.deletion_timestamp.is_none()
+                        && ctx.account_stores.operator_key_serves(&ns).is_err()
                 }
                 _ => false,
             };
@@ -311,7 +316,21 @@ impl<C: OneInboxApi> Reader<'_, C> {
         let accounts = &self.ctx.accounts;
         let id = AccountId::of(&obs.obj, accounts.settings.default_account.as_deref());
         let view = match &id {
-            AccountId::Operator => return Ok((ApiKey::OperatorWide, None)),
+            // A deletion goes on with the key that registered the number.
+            AccountId::Operator => {
+                let deleting = obs.obj.metadata.deletion_timestamp.is_some();
+                let served = self
+                    .ctx
+                    .account_stores
+                    .operator_key_serves(&obs.namespace());
+                if let (false, Err(rule)) = (deleting, served) {
+                    return Ok((
+                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
+                        None,
+                    ));
+                }
+                return Ok((ApiKey::OperatorWide, None));
+            }
             AccountId::Cluster { .. } if !accounts.settings.cluster_accounts => {
                 return Ok((
                     ApiKey::Unusable(AccountProblem::ClusterAccountsOff(id)),

@@ -177,7 +177,7 @@ pub(crate) fn accounts(
     if let Some(sel) = &settings.account_selector {
         wc = wc.labels(sel);
     }
-    let listed: [Arc<AtomicBool>; 3] = Default::default();
+    let listed: [Arc<AtomicBool>; 4] = Default::default();
     let listed_changed: Arc<tokio::sync::Notify> = Arc::default();
     let ns_api: Api<OneInboxAccount> = match &scope.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -226,6 +226,29 @@ pub(crate) fn accounts(
             futures::stream::pending().boxed(),
         )
     };
+    // The namespaces the operator-wide key serves: the API server applies the selector, and a
+    // namespace whose labels stop matching leaves the store (a touched object either way).
+    let (namespaces, served) = match &settings.operator_key_namespaces {
+        Some(selector) => {
+            let (store, writer) = reflector::store();
+            let nss: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+            let served = reflector::reflector(
+                writer,
+                flag_listed(
+                    watcher(nss, watcher::Config::default().labels(selector)),
+                    listed[3].clone(),
+                    listed_changed.clone(),
+                )
+                .default_backoff(),
+            )
+            .touched_objects();
+            (
+                futures::stream::select(namespaces, served).boxed(),
+                Some((selector.clone(), store)),
+            )
+        }
+        None => (namespaces, None),
+    };
     AccountWatches {
         namespaced,
         cluster,
@@ -235,6 +258,7 @@ pub(crate) fn accounts(
             cluster: cl_store,
             namespaces: namespace_store,
             cluster_enabled: settings.cluster_accounts,
+            served,
             listed,
             listed_changed,
         },
@@ -242,11 +266,13 @@ pub(crate) fn accounts(
 }
 
 /// The objects a Namespace change concerns: a namespace's labels may grant or revoke a cluster
-/// account, so the objects there that use one look again, Ready or not (a pass that finds its
-/// grant unchanged and its check fresh ends without a call).
+/// account (or, with `operator_key_limited`, the operator-wide key), so the objects there that
+/// use one look again, Ready or not (a pass that finds its grant unchanged and its check fresh
+/// ends without a call).
 pub(crate) fn users_in_namespace(
     store: Store<CachedPhoneNumber>,
     default_account: Option<String>,
+    operator_key_limited: bool,
 ) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<CachedPhoneNumber>> {
     move |ns| {
         let name = ns.name_any();
@@ -255,10 +281,11 @@ pub(crate) fn users_in_namespace(
             .into_iter()
             .filter(|pn| {
                 pn.namespace().as_deref() == Some(name.as_str())
-                    && matches!(
-                        pn.account(default_account.as_deref()),
-                        AccountId::Cluster { .. }
-                    )
+                    && match pn.account(default_account.as_deref()) {
+                        AccountId::Cluster { .. } => true,
+                        AccountId::Operator => operator_key_limited,
+                        AccountId::Namespaced { .. } => false,
+                    }
             })
             .map(|pn| ObjectRef::from_obj(pn.as_ref()))
             .collect()

@@ -546,3 +546,87 @@ async fn objects_without_an_account_use_the_default_cluster_account() {
         .expect("delete account");
     wait_absent(&clusters, &account).await;
 }
+
+/// Deny by default (`--operator-key-namespaces`, the chart's default on a new install): the
+/// operator-wide key serves only namespaces whose labels match. Unlabelled, an object without
+/// an account is Stalled AccountNotAllowed with no call made; labelled, it registers; the label
+/// removed, a Ready object is Stalled again at once with no call; its deletion still
+/// deregisters the number it holds.
+#[tokio::test]
+async fn the_operator_key_serves_only_the_namespaces_its_selector_allows() {
+    let mut w = World::start_with("opkey", &["--api-key", API_KEY], &[]).await;
+    let shard = format!("oneinbox.ai/e2e-shard={}", w.ns);
+    w.restart_operator(&[
+        "--label-selector",
+        &shard,
+        "--operator-key-namespaces",
+        "oneinbox.ai/operator-key=allowed",
+    ]);
+    let namespaces: Api<Namespace> = Api::all(w.client.clone());
+    let label = |value: Value| {
+        let namespaces = namespaces.clone();
+        let ns = w.ns.clone();
+        async move {
+            let body = json!({"metadata": {"labels": {"oneinbox.ai/operator-key": value}}});
+            namespaces
+                .patch(&ns, &PatchParams::default(), &Patch::Merge(body))
+                .await
+                .expect("label namespace");
+        }
+    };
+    w.apply_full(json!({
+        "metadata": {"name": "plain", "labels": {"oneinbox.ai/e2e-shard": w.ns}},
+        "spec": credential_spec(&number()),
+    }))
+    .await
+    .expect("apply");
+    let refused = w.wait_reason("plain", "Stalled", "AccountNotAllowed").await;
+    let message = refused
+        .condition("Stalled")
+        .expect("Stalled")
+        .message
+        .clone();
+    assert!(
+        message.contains("namespaces labelled oneinbox.ai/operator-key=allowed")
+            && message.contains("kubectl label namespace"),
+        "{message}"
+    );
+    assert_eq!(
+        w.mock.total_calls().await,
+        0,
+        "no call for a refused namespace"
+    );
+
+    label(json!("allowed")).await;
+    w.wait_for(
+        "plain",
+        "Ready once labelled",
+        Duration::from_secs(10),
+        |p| is_ready(p) && synced(p),
+    )
+    .await;
+    assert_eq!(w.mock.count(POST).await, 1);
+    let calls = w.mock.total_calls().await;
+
+    label(Value::Null).await;
+    w.wait_for(
+        "plain",
+        "Stalled AccountNotAllowed once unlabelled",
+        Duration::from_secs(10),
+        |p| {
+            p.condition("Stalled")
+                .is_some_and(|c| c.status == "True" && c.reason == "AccountNotAllowed")
+        },
+    )
+    .await;
+    assert_eq!(w.mock.total_calls().await, calls, "no call once refused");
+
+    w.delete("plain").await;
+    w.wait_gone("plain", Duration::from_secs(20)).await;
+    assert_eq!(
+        w.mock.count(DELETE).await,
+        1,
+        "a deletion deregisters what the object holds"
+    );
+    assert!(w.mock.registrations().await.is_empty());
+}

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-const CHART: &str = "charts/oneinbox-operator";
-const RELEASE: &str = "oneinbox-operator";
-const NAMESPACE: &str = "oneinbox-system";
+pub(crate) const CHART: &str = "charts/oneinbox-operator";
+pub(crate) const RELEASE: &str = "oneinbox-operator";
+pub(crate) const NAMESPACE: &str = "oneinbox-system";
 const CRDS: [&str; 3] = [
     "phonenumbers.oneinbox.ai",
     "oneinboxaccounts.oneinbox.ai",
@@ -26,7 +26,7 @@ fn get_json(plane: &OwnPlane, what: &str) -> Value {
 
 /// Installs the chart from the repository, with `set` values, and waits until its CRDs are
 /// Established; checks that the release, not kubectl, owns them.
-fn install(plane: &OwnPlane, set: &str) {
+pub(crate) fn install(plane: &OwnPlane, set: &str) {
     plane.kubectl(&format!("create namespace {NAMESPACE}"));
     plane.sh(
         &repo(),

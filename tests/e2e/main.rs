@@ -24,6 +24,7 @@ mod fencing;
 mod flux;
 mod gitops;
 mod helm_crds;
+mod helm_values;
 mod import;
 mod lifecycle;
 mod observe;

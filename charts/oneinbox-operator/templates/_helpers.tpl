@@ -160,6 +160,30 @@ null, on unless watchNamespace is set ("true" or "false").
 {{- end }}
 
 {{/*
+The namespaces the operator-wide key serves (--operator-key-namespaces), empty for every one.
+operatorKeyNamespaces null: the deny-by-default selector on a new install; on an upgrade, the
+running Deployment's flag, or every namespace if it had none (a release from before the value).
+*/}}
+{{- define "oneinbox-operator.operatorKeyNamespaces" -}}
+{{- $value := .Values.operatorKeyNamespaces -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- $value -}}
+{{- else if .Values.watchNamespace -}}
+{{- else if .Release.IsInstall -}}
+oneinbox.ai/operator-key=allowed
+{{- else -}}
+{{- $running := lookup "apps/v1" "Deployment" .Release.Namespace (include "oneinbox-operator.fullname" .) -}}
+{{- range (dig "spec" "template" "spec" "containers" list $running) -}}
+{{- range (default list .args) -}}
+{{- if hasPrefix "--operator-key-namespaces=" . -}}
+{{- trimPrefix "--operator-key-namespaces=" . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
 With cluster accounts only (clusterAccounts, by default not with watchNamespace): the
 ClusterOneInboxAccounts, and Namespace labels for their allowedNamespaces.
 */}}
@@ -171,7 +195,15 @@ ClusterOneInboxAccounts, and Namespace labels for their allowedNamespaces.
 - apiGroups: ["oneinbox.ai"]
   resources: ["clusteroneinboxaccounts/status"]
   verbs: ["patch"]
-# Namespace labels (metadata only) decide which namespaces a cluster account allows.
+{{- include "oneinbox-operator.namespaceRules" . }}
+{{- end }}
+
+{{/*
+Namespace labels, for cluster accounts or the operator-wide key's namespaces.
+*/}}
+{{- define "oneinbox-operator.namespaceRules" }}
+# Namespace labels (metadata only) decide which namespaces a cluster account allows, and which
+# the operator-wide key serves.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
