@@ -681,11 +681,18 @@ fn register(
         // The number is registered, but maybe by this attempt: a repeated POST after an
         // ambiguous outcome, or another process (a replaced pod still draining) that posted
         // under the same marker. A registration made since the attempt started is its own; one
-        // made before it is someone else's.
+        // made before it is someone else's. A first POST had no look-up before it, so a
+        // registration made just before the marker is not given the clock-skew allowance:
+        // it is someone else's (made outside moments earlier), never adopted by chance.
         Some(Err(ApiError::AlreadyRegistered { phone_id, .. })) => {
+            let allowance = if obs.lookup.is_some() {
+                CLOCK_SKEW_ALLOWANCE
+            } else {
+                jiff::SignedDuration::ZERO
+            };
             return Err(Box::new(match &obs.fetched {
                 None => Step::Read(Read::Registration(phone_id.clone())),
-                Some(Ok(reg)) if made_before_attempt(reg, marker.as_ref()) => {
+                Some(Ok(reg)) if made_before(reg, marker.as_ref(), allowance) => {
                     already_registered(obs, &reg.id, PatchableDigest::of_registration(reg))
                 }
                 Some(Ok(reg)) => persist(
@@ -998,6 +1005,15 @@ const CLOCK_SKEW_ALLOWANCE: jiff::SignedDuration = jiff::SignedDuration::from_se
 /// Whether `reg` was made before the attempt that `marker` records started (so it cannot be
 /// the attempt's own). A time that does not parse proves nothing: then it may be ours.
 fn made_before_attempt(reg: &Registration, marker: Option<&RegistrationAttempt>) -> bool {
+    made_before(reg, marker, CLOCK_SKEW_ALLOWANCE)
+}
+
+/// Whether `reg` was made more than `allowance` before the attempt `marker` records started.
+fn made_before(
+    reg: &Registration,
+    marker: Option<&RegistrationAttempt>,
+    allowance: jiff::SignedDuration,
+) -> bool {
     let (Some(marker), Ok(created)) = (marker, reg.created_at.parse::<jiff::Timestamp>()) else {
         return false;
     };
@@ -1005,7 +1021,7 @@ fn made_before_attempt(reg: &Registration, marker: Option<&RegistrationAttempt>)
         return false;
     };
     started
-        .checked_sub(CLOCK_SKEW_ALLOWANCE)
+        .checked_sub(allowance)
         .is_ok_and(|earliest| created < earliest)
 }
 

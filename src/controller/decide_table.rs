@@ -1095,6 +1095,28 @@ fn decision_table() {
             "Persist Adopted",
         ),
         (
+            "409 for a first POST, registered just before the marker: someone else's (no allowance)",
+            with(read(pending.clone()), |ob| {
+                ob.last = Outcome::Posted(Err(taken("id0")));
+                let mut just_before = reg("id0");
+                just_before.created_at = "2025-12-31T23:59:59.500Z".into();
+                ob.fetched = Some(Ok(just_before));
+            }),
+            "Report Stalled(AlreadyRegistered) Checked",
+        ),
+        (
+            "409 after a look-up that found nothing, registered just before the marker: the \
+             attempt's (within the clock-skew allowance)",
+            with(read(pending.clone()), |ob| {
+                ob.lookup = Some(Ok(None));
+                ob.last = Outcome::Posted(Err(taken("id0")));
+                let mut just_before = reg("id0");
+                just_before.created_at = "2025-12-31T23:59:59.500Z".into();
+                ob.fetched = Some(Ok(just_before));
+            }),
+            "Persist Adopted",
+        ),
+        (
             "409, the GET failed: retried, no write of ids",
             with(read(pending.clone()), |ob| {
                 ob.last = Outcome::Posted(Err(taken("id1")));
