@@ -35,7 +35,7 @@ use crate::crd::{
 };
 use crate::error::{Error, Result};
 use crate::mutex::lock;
-use crate::oneinbox::{OneInboxApi, PatchRequest};
+use crate::oneinbox::OneInboxApi;
 
 /// What the pass does after a step.
 pub enum Next {
@@ -143,23 +143,21 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 phase,
                 event: (reason, note),
             } => {
-                self.event(obs, EventType::Normal, reason, note).await;
+                // The event follows the write: a process killed in between leaves the ids
+                // written and no event, never a Registered event for ids that a restart then
+                // adopts (and reports again as Adopted).
                 self.write_phase(obs, *data, phase).await?;
+                self.event(obs, EventType::Normal, reason, note).await;
                 obs.last = Outcome::Persisted(registration);
             }
-            Step::Patch { id, patch, event } => {
+            Step::Patch {
+                id,
+                patch,
+                event: (reason, note),
+            } => {
                 let res = self.oneinbox.patch(&id, &patch).await;
-                if let Ok(updated) = &res {
-                    let fields = patch_fields(&patch);
-                    let note = if event == "Updated" {
-                        format!("Updated {fields} of registration {}", updated.id)
-                    } else {
-                        format!(
-                            "Corrected drift of {fields} in registration {} (changed outside the cluster)",
-                            updated.id
-                        )
-                    };
-                    self.event(obs, EventType::Normal, event, note).await;
+                if res.is_ok() {
+                    self.event(obs, EventType::Normal, reason, note).await;
                 }
                 let registered = match std::mem::take(&mut obs.last) {
                     Outcome::Persisted(reg) => Some(Box::new(reg)),
@@ -648,19 +646,4 @@ fn secrets_of(obs: &Observation) -> Vec<String> {
 
 fn versions_digest(obs: &Observation) -> u64 {
     plan::secret_versions_digest(versions_used(obs).iter())
-}
-
-/// "agent_id and inbound_routing", for events.
-fn patch_fields(p: &PatchRequest) -> String {
-    let mut names = Vec::new();
-    if p.friendly_name.is_some() {
-        names.push("friendly_name");
-    }
-    if p.agent_id.is_some() {
-        names.push("agent_id");
-    }
-    if p.inbound_routing.is_some() {
-        names.push("inbound_routing");
-    }
-    names.join(", ")
 }

@@ -147,12 +147,12 @@ pub enum Step {
         phase: Phase,
         event: (&'static str, String),
     },
-    /// One PATCH with only the changed fields, with an `Updated`, `DriftCorrected` or
-    /// `UpdatedOnAdoption` event.
+    /// One PATCH with only the changed fields; once it succeeds, an `Updated`,
+    /// `DriftCorrected` or `UpdatedOnAdoption` event (reason, note).
     Patch {
         id: String,
         patch: PatchRequest,
-        event: &'static str,
+        event: (&'static str, String),
     },
     /// Mirror the id into the annotation (the durable copy).
     Annotate { id: String },

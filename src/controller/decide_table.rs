@@ -255,7 +255,9 @@ fn summary(step: &Step) -> String {
         Step::Replace { id } => format!("Replace {id}"),
         Step::Register { marker_present, .. } => format!("Register marker={marker_present}"),
         Step::Persist { event, .. } => format!("Persist {}", event.0),
-        Step::Patch { event, .. } => format!("Patch {event}"),
+        Step::Patch {
+            event: (reason, _), ..
+        } => format!("Patch {reason}"),
         Step::Annotate { id } => format!("Annotate {id}"),
         Step::Disown => "Disown".into(),
         Step::RememberCleanRefusal { .. } => "RememberCleanRefusal".into(),
@@ -1774,6 +1776,46 @@ fn a_reconcile_token_longer_than_status_holds_is_handled_once() {
         &settings(),
     );
     assert_eq!(summary(&step), "Done AwaitChange");
+}
+
+/// Each PATCH event says what it is: the adoption's update never claims drift from outside.
+#[test]
+fn a_patch_event_s_note_fits_its_reason() {
+    let s = settings();
+    let differing = |ob: &mut Observation| {
+        let mut r = reg("id1");
+        r.agent_id = OTHER_AGENT.into();
+        ob.fetched = Some(Ok(r));
+        ob.memory.check = Some(due_check());
+    };
+    let note = |ob: &Observation| match decide(ob, &s) {
+        Step::Patch {
+            event: (reason, note),
+            ..
+        } => (reason, note),
+        other => panic!("{other:?}"),
+    };
+    let adopted = with(read(registered()), |ob| {
+        differing(ob);
+        ob.last = Outcome::Adopted;
+    });
+    assert_eq!(
+        note(&adopted),
+        (
+            "UpdatedOnAdoption",
+            "Brought agent_id of adopted registration id1 in line with the spec".to_owned()
+        )
+    );
+    let drifted = with(read(registered()), |ob| {
+        differing(ob);
+        ob.memory.check = Some(Checked {
+            interval: Some(Duration::ZERO),
+            ..check(1)
+        });
+    });
+    let (reason, text) = note(&drifted);
+    assert_eq!(reason, "DriftCorrected");
+    assert!(text.contains("changed outside the cluster"), "{text}");
 }
 
 /// An object on the operator-wide key in a namespace the key does not serve is told the rule,

@@ -188,9 +188,9 @@ fn in_line(obs: &Observation, remote: &Remote) -> Rule {
     match patched(obs) {
         None if refused(obs, reason::UPDATE_REJECTED) => Break(Step::Done(DoneAfter::AwaitChange)),
         None => Break(Step::Patch {
+            event: patch_event(obs, &remote.id, &patch),
             id: remote.id.clone(),
             patch,
-            event: patch_event(obs),
         }),
         // `remote` already is the PATCH's answer when it succeeded.
         Some(Ok(_)) => Continue(()),
@@ -222,17 +222,41 @@ fn in_line(obs: &Observation, remote: &Remote) -> Rule {
 /// a restart (no record) a difference is reported as an update, and so is a spec edited while
 /// this pass ran (its writes brought the newer generation back). A registration adopted in
 /// this pass was never in line with this spec: its first PATCH is the adoption's.
-fn patch_event(obs: &Observation) -> &'static str {
+fn patch_event(obs: &Observation, id: &str, patch: &PatchRequest) -> (&'static str, String) {
     let spec_changed = obs.memory.check.as_ref().is_none_or(|c| {
         c.generation != obs.generation || c.generation != obs.obj.metadata.generation
     });
+    let fields = patch_fields(patch);
     if obs.last == Outcome::Adopted {
-        "UpdatedOnAdoption"
+        (
+            "UpdatedOnAdoption",
+            format!("Brought {fields} of adopted registration {id} in line with the spec"),
+        )
     } else if spec_changed {
-        "Updated"
+        ("Updated", format!("Updated {fields} of registration {id}"))
     } else {
-        "DriftCorrected"
+        (
+            "DriftCorrected",
+            format!(
+                "Corrected drift of {fields} in registration {id} (changed outside the cluster)"
+            ),
+        )
     }
+}
+
+/// The names of the fields a PATCH changes, as the API spells them.
+fn patch_fields(p: &PatchRequest) -> String {
+    let mut names = Vec::new();
+    if p.friendly_name.is_some() {
+        names.push("friendly_name");
+    }
+    if p.agent_id.is_some() {
+        names.push("agent_id");
+    }
+    if p.inbound_routing.is_some() {
+        names.push("inbound_routing");
+    }
+    names.join(", ")
 }
 
 /// The annotation is input (an adoption, a restore): one naming another id is set right, and
