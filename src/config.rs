@@ -154,6 +154,16 @@ pub struct RunArgs {
     #[arg(long, env = "ONEINBOX_OPERATOR_KEY_NAMESPACES")]
     pub operator_key_namespaces: Option<String>,
 
+    /// The deletionPolicy of PhoneNumbers that set none and whose account sets no
+    /// spec.defaultDeletionPolicy (the operator-wide key's numbers among them).
+    #[arg(
+        long,
+        env = "ONEINBOX_DEFAULT_DELETION_POLICY",
+        value_enum,
+        default_value = "Delete"
+    )]
+    pub default_deletion_policy: crate::crd::DeletionPolicy,
+
     /// Watch ClusterOneInboxAccounts and Namespace labels (needs cluster-wide list/watch of
     /// both). Default: on, unless --watch-namespace is given.
     #[arg(long, env = "ONEINBOX_CLUSTER_ACCOUNTS")]

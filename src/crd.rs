@@ -156,11 +156,14 @@ pub struct PhoneNumberSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_routing: Option<InboundRouting>,
 
-    /// What happens to the registration when this object is deleted: "Delete" (default)
-    /// deregisters the number from OneInbox; "Orphan" leaves it registered. May be changed while
-    /// the object is being deleted.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// What happens to the registration when this object is deleted: "Delete" deregisters the
+    /// number from OneInbox; "Orphan" leaves it registered. Unset: its account's
+    /// spec.defaultDeletionPolicy, else the operator's (--default-deletion-policy, "Delete" unless
+    /// set), as they are when the object is deleted. May be changed while the object is being
+    /// deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "deletion_policy_schema")]
+    pub deletion_policy: Option<DeletionPolicy>,
 
     /// While true, the API server refuses to delete this object, whatever its deletionPolicy:
     /// the ValidatingAdmissionPolicy oneinbox.ai-phonenumber-deletion-protection shipped with
@@ -252,13 +255,24 @@ impl Provider {
 
 /// What deletion does to the remote registration.
 #[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    schemars::JsonSchema,
+    clap::ValueEnum,
 )]
 pub enum DeletionPolicy {
     /// Deregister the number from OneInbox.
     #[default]
+    #[value(name = "Delete")]
     Delete,
     /// Leave the registration in OneInbox.
+    #[value(name = "Orphan")]
     Orphan,
 }
 
@@ -447,6 +461,29 @@ pub struct RegistrationAttempt {
     /// restore (another UID) must not take the hash for its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+}
+
+/// `deletionPolicy`: optional, with the field's own description (an `Option` of the enum would
+/// carry the enum's).
+fn deletion_policy_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["Delete", "Orphan"],
+        "nullable": true,
+        "description": "What happens to the registration when this object is deleted: \"Delete\" deregisters the number from OneInbox; \"Orphan\" leaves it registered. Unset: its account's spec.defaultDeletionPolicy, else the operator's (--default-deletion-policy, Delete unless set), as they are when the object is deleted. May be changed while the object is being deleted."
+    })
+}
+
+/// An account's `defaultDeletionPolicy`, with its own description.
+pub(crate) fn default_deletion_policy_schema(
+    _: &mut schemars::generate::SchemaGenerator,
+) -> schemars::Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["Delete", "Orphan"],
+        "nullable": true,
+        "description": "The deletionPolicy of the account's PhoneNumbers that set none (\"Delete\" or \"Orphan\"), as it is when such a number is deleted. Unset: the operator's (--default-deletion-policy)."
+    })
 }
 
 fn secret_versions_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
@@ -893,7 +930,7 @@ mod tests {
             }
         }
         assert!(
-            checked.0 >= 4 && checked.1 >= 3 && checked.2 >= 5,
+            checked.0 >= 5 && checked.1 >= 2 && checked.2 >= 5,
             "{checked:?}"
         );
     }

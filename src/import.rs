@@ -222,7 +222,8 @@ pub fn manifest(reg: &Registration, namespace: &str, name: &str) -> Option<Phone
             provider_config: None,
             credential_id: None,
             inbound_routing: routing,
-            deletion_policy: Default::default(),
+            // Unset: the account's or the operator's default decides, as for any object.
+            deletion_policy: None,
             deletion_protection: false,
             replacement_policy: Default::default(),
             management_policy: ManagementPolicy::Observe,
@@ -256,7 +257,8 @@ fn header(reg: &Registration) -> String {
          #   credentialId: <uuid of a telephony integration stored in OneInbox>\n\
          # then set managementPolicy: Full. A spec that matches the registration changes nothing;\n\
          # a field that differs is corrected with one update. Under Full, deleting this object\n\
-         # deregisters the number unless deletionPolicy is Orphan.\n",
+         # deregisters the number unless deletionPolicy (or, unset, its account's or the\n\
+         # operator's default) is Orphan.\n",
         id = reg.id,
         number = reg.phone_number
     )
@@ -708,7 +710,7 @@ mod tests {
                 "spec": {"phoneNumber": "+15551234567", "provider": "twilio", "agentId": AGENT,
                          "friendlyName": "Sales line",
                          "inboundRouting": {"fallback": {"agentId": AGENT}, "voicemailMessage": "Sorry"},
-                         "deletionPolicy": "Delete", "replacementPolicy": "Manual",
+                         "replacementPolicy": "Manual",
                          "managementPolicy": "Observe"}
             })
         );

@@ -236,6 +236,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 reread_after: (args.secret_access == oneinbox_operator::secrets::SecretAccess::Get)
                     .then_some(args.min_poll_interval),
                 cluster_accounts: args.cluster_accounts_enabled(),
+                default_deletion_policy: args.default_deletion_policy,
                 operator_key_namespaces: args.operator_key_namespaces.clone(),
                 account_selector: args.account_selector.clone(),
                 allow_insecure_http: args.api.allow_insecure_http,

@@ -172,6 +172,8 @@ pub struct RegistrySettings {
     pub reread_after: Option<Duration>,
     /// ClusterOneInboxAccounts are watched (not with --watch-namespace unless asked).
     pub cluster_accounts: bool,
+    /// The deletionPolicy of objects that set none, when their account sets no default.
+    pub default_deletion_policy: crate::crd::DeletionPolicy,
     /// The namespaces the operator-wide key serves (a label selector, applied by the API
     /// server to a Namespace watch); `None`: every one.
     pub operator_key_namespaces: Option<String>,
@@ -191,6 +193,7 @@ impl RegistrySettings {
             passes_per_account,
             reread_after: None,
             cluster_accounts: false,
+            default_deletion_policy: Default::default(),
             operator_key_namespaces: None,
             account_selector: None,
             allow_insecure_http: false,

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::controller::memory::{Checked, ObjectMemory};
 use crate::controller::observe::{ObjectName, Outcome};
-use crate::crd::PhoneNumber;
+use crate::crd::{DeletionPolicy, PhoneNumber};
 use crate::definition::Definition;
 use crate::oneinbox::Deregistered;
 use crate::oneinbox::SecretString;
@@ -732,7 +732,7 @@ fn decision_table() {
             with(obs(registered()), |ob| {
                 ob.secrets_unchanged = true;
                 ob.memory.check = Some(check(1));
-                ob.grant_refused = true;
+                ob.account.grant_refused = true;
             }),
             "Read ApiKey",
         ),
@@ -1510,6 +1510,28 @@ fn decision_table() {
                 o
             }),
             "Orphan (deletionPolicy is Orphan)",
+        ),
+        (
+            "deleted, no deletionPolicy, its account's default Orphan: orphaned",
+            with(obs(deleting(registered())), |ob| {
+                ob.account.default_deletion_policy = DeletionPolicy::Orphan
+            }),
+            "Orphan (deletionPolicy is unset and its account's (or the operator's) default is Orphan)",
+        ),
+        (
+            "deleted, deletionPolicy Delete over a default of Orphan: deregistered (the CRD first)",
+            with(
+                obs({
+                    let mut o = deleting(registered());
+                    o["spec"]["deletionPolicy"] = json!("Delete");
+                    o
+                }),
+                |ob| {
+                    ob.account.default_deletion_policy = DeletionPolicy::Orphan;
+                    ob.definition = None;
+                },
+            ),
+            "Read Definition",
         ),
         (
             "deleted, Delete: the CRD is read first",

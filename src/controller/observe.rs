@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::accounts::registry::{AccountView, SecretKeyRef};
 use crate::crd::AccountId;
-use crate::crd::{DEFAULT_PASSWORD_KEY, PhoneNumber, SecretVersionMap};
+use crate::crd::{DEFAULT_PASSWORD_KEY, DeletionPolicy, PhoneNumber, SecretVersionMap};
 use crate::definition::{self, Definition};
 use crate::error::{Error, Result};
 use crate::oneinbox::{ApiError, Deregistered, OneInboxApi, Registration, SecretString};
@@ -79,6 +79,17 @@ pub enum ApiKey {
     Unusable(AccountProblem),
 }
 
+/// What the watches say of an object's account (no read).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AccountFacts {
+    /// The object's ClusterOneInboxAccount (or the operator-wide key) does not allow its
+    /// namespace now: a check however fresh does not stand for it.
+    pub grant_refused: bool,
+    /// The deletionPolicy of the object if it sets none: its account's default, else the
+    /// operator's.
+    pub default_deletion_policy: DeletionPolicy,
+}
+
 /// Why an object cannot use the account it names.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AccountProblem {
@@ -121,9 +132,8 @@ pub struct Observation {
     pub number_owner_names_another_id: bool,
     /// Another watched object that holds the id this object names.
     pub id_owner: Option<ObjectName>,
-    /// The object's ClusterOneInboxAccount (or the operator-wide key) does not allow its
-    /// namespace now (from the watches, no read): a check however fresh does not stand for it.
-    pub grant_refused: bool,
+    /// What the watches say of the object's account, with no read.
+    pub account: AccountFacts,
     /// (name, resourceVersion) of each Secret read in this pass.
     pub secrets_read: Vec<(String, String)>,
     pub api_key: Option<ApiKey>,
@@ -188,25 +198,7 @@ impl Observation {
             .and_then(|id| claims::owner_of_id(&obj, id, others.iter().map(|o| o.as_ref())))
             .map(ObjectName::of);
         let secrets_unchanged = secrets_unchanged(ctx, &obj, &memory);
-        let grant_refused =
-            match AccountId::of(&obj, ctx.accounts.settings.default_account.as_deref()) {
-                AccountId::Cluster { name } if ctx.accounts.settings.cluster_accounts => {
-                    let stores = &ctx.account_stores;
-                    stores
-                        .cluster
-                        .get(&ObjectRef::new(&name))
-                        .is_some_and(|account| {
-                            let ns = obj.namespace().unwrap_or_default();
-                            stores.grants(&account, &ns).is_err()
-                        })
-                }
-                AccountId::Operator => {
-                    let ns = obj.namespace().unwrap_or_default();
-                    obj.metadata.deletion_timestamp.is_none()
-                        && ctx.account_stores.operator_key_serves(&ns).is_err()
-                }
-                _ => false,
-            };
+        let account = account_facts(ctx, &obj);
         let secret_versions = watched_secret_versions(ctx, &obj);
         let secrets_listed = ctx.secrets_listed.load(Ordering::Relaxed);
         Observation {
@@ -216,7 +208,7 @@ impl Observation {
             number_owner,
             number_owner_names_another_id,
             id_owner,
-            grant_refused,
+            account,
             ..Observation::of(obj, memory, Instant::now(), jiff::Timestamp::now())
         }
     }
@@ -242,7 +234,7 @@ impl Observation {
             number_owner: None,
             number_owner_names_another_id: false,
             id_owner: None,
-            grant_refused: false,
+            account: AccountFacts::default(),
             secrets_read: Vec::new(),
             api_key: None,
             credentials: None,
@@ -282,6 +274,41 @@ fn secrets_unchanged<C>(ctx: &Context<C>, obj: &PhoneNumber, memory: &ObjectMemo
 
 /// The resourceVersion of every Secret the object references, as the Secret watch reports it;
 /// `None` if one is not known to it.
+/// The account facts of `obj` from the watches: whether its namespace may use the account now,
+/// and the deletionPolicy it inherits.
+fn account_facts<C>(ctx: &Context<C>, obj: &PhoneNumber) -> AccountFacts {
+    let settings = &ctx.accounts.settings;
+    let stores = &ctx.account_stores;
+    let ns = obj.namespace().unwrap_or_default();
+    let mut facts = AccountFacts {
+        grant_refused: false,
+        default_deletion_policy: settings.default_deletion_policy,
+    };
+    let account_default = match AccountId::of(obj, settings.default_account.as_deref()) {
+        AccountId::Cluster { name } if settings.cluster_accounts => {
+            let account = stores.cluster.get(&ObjectRef::new(&name));
+            facts.grant_refused = account
+                .as_ref()
+                .is_some_and(|a| stores.grants(a, &ns).is_err());
+            account.and_then(|a| a.spec.default_deletion_policy)
+        }
+        AccountId::Cluster { .. } => None,
+        AccountId::Namespaced { namespace, name } => stores
+            .namespaced
+            .get(&ObjectRef::new(&name).within(&namespace))
+            .and_then(|a| a.spec.default_deletion_policy),
+        AccountId::Operator => {
+            facts.grant_refused = obj.metadata.deletion_timestamp.is_none()
+                && stores.operator_key_serves(&ns).is_err();
+            None
+        }
+    };
+    if let Some(policy) = account_default {
+        facts.default_deletion_policy = policy;
+    }
+    facts
+}
+
 fn watched_secret_versions<C>(ctx: &Context<C>, obj: &PhoneNumber) -> Option<SecretVersionMap> {
     let ns = obj.namespace().unwrap_or_default();
     let versions = lock(&ctx.secret_versions);

@@ -240,7 +240,7 @@ pub(crate) mod tests {
                     }),
                     voicemail_message: Some("hi".into()),
                 }),
-                deletion_policy: DeletionPolicy::Delete,
+                deletion_policy: Some(DeletionPolicy::Delete),
                 deletion_protection: false,
                 replacement_policy: ReplacementPolicy::Manual,
                 management_policy: Default::default(),

@@ -264,7 +264,7 @@ mod tests {
                 provider_config: None,
                 credential_id: Some("3c90c3cc-0d44-4b50-8888-8dd25736052a".into()),
                 inbound_routing: None,
-                deletion_policy: DeletionPolicy::Delete,
+                deletion_policy: Some(DeletionPolicy::Delete),
                 deletion_protection: false,
                 replacement_policy: ReplacementPolicy::Manual,
                 management_policy: Default::default(),

@@ -60,6 +60,13 @@ pub struct OneInboxAccountSpec {
     /// field defaults to the operator's flag of the same meaning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+
+    /// The deletionPolicy of the account's PhoneNumbers that set none ("Delete" or "Orphan"),
+    /// as it is when such a number is deleted. Unset: the operator's
+    /// (--default-deletion-policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::default_deletion_policy_schema")]
+    pub default_deletion_policy: Option<crate::crd::DeletionPolicy>,
 }
 
 /// OneInbox credentials and a request budget that an administrator grants to namespaces.
@@ -105,6 +112,13 @@ pub struct ClusterOneInboxAccountSpec {
     /// field defaults to the operator's flag of the same meaning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+
+    /// The deletionPolicy of the account's PhoneNumbers that set none ("Delete" or "Orphan"),
+    /// as it is when such a number is deleted. Unset: the operator's
+    /// (--default-deletion-policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::default_deletion_policy_schema")]
+    pub default_deletion_policy: Option<crate::crd::DeletionPolicy>,
 
     /// The namespaces whose PhoneNumbers may use the account: those matching the selector,
     /// and those named. At least one of the two must be given; the selector `{}` allows every

@@ -630,3 +630,45 @@ async fn the_operator_key_serves_only_the_namespaces_its_selector_allows() {
     );
     assert!(w.mock.registrations().await.is_empty());
 }
+
+/// A PhoneNumber without `deletionPolicy` inherits its account's `defaultDeletionPolicy`, else
+/// the operator's (`--default-deletion-policy`); a number's own field wins over both.
+#[tokio::test]
+async fn an_unset_deletion_policy_follows_the_account_then_the_operator() {
+    let mut w = two_workspaces("acct-dp", &[]).await;
+    w.restart_operator(&["--default-deletion-policy", "Orphan"]);
+    w.account("a", KEY_A, json!({"defaultDeletionPolicy": "Delete"}))
+        .await;
+    // The operator's default (Orphan), the account's (Delete), and a number's own (Delete).
+    let (plain, in_a, own) = (number(), number(), number());
+    w.apply("plain", credential_spec(&plain)).await;
+    w.apply("in-a", with(credential_spec(&in_a), account_ref("a")))
+        .await;
+    w.apply(
+        "own",
+        with(credential_spec(&own), json!({"deletionPolicy": "Delete"})),
+    )
+    .await;
+    for name in ["plain", "in-a", "own"] {
+        w.wait_ready(name).await;
+    }
+    for name in ["plain", "in-a", "own"] {
+        w.delete(name).await;
+    }
+    for name in ["plain", "in-a", "own"] {
+        w.wait_gone(name, Duration::from_secs(20)).await;
+    }
+    assert_eq!(
+        numbers_of(&w.mock.registrations().await),
+        [plain],
+        "the operator's default Orphan kept the number without a policy; its own Delete won"
+    );
+    assert_eq!(
+        w.mock.count(DELETE).await,
+        1,
+        "only the number set to Delete"
+    );
+    let a = w.mock.workspace("a");
+    assert_eq!(a.count(DELETE).await, 1, "the account's default Delete");
+    assert!(a.registrations().await.is_empty());
+}

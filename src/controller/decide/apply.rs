@@ -114,9 +114,9 @@ fn resumed(obs: &Observation, settings: &Settings) -> Rule {
 /// namespace: nothing to read or call.
 fn fresh_enough(obs: &Observation) -> Rule {
     let known = obs.obj.known_id();
-    let fresh = known
-        .as_deref()
-        .is_some_and(|id| obs.secrets_unchanged && !obs.grant_refused && fresh(obs, id, None));
+    let fresh = known.as_deref().is_some_and(|id| {
+        obs.secrets_unchanged && !obs.account.grant_refused && fresh(obs, id, None)
+    });
     decided(fresh.then_some(Step::Done(DoneAfter::AwaitChange)))
 }
 

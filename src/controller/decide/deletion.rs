@@ -70,10 +70,19 @@ fn orphaned(obs: &Observation) -> Rule {
             "managementPolicy is Observe",
             Some(("/spec/managementPolicy", "Observe")),
         )
-    } else if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+    } else if obj.spec.deletion_policy == Some(DeletionPolicy::Orphan) {
         (
             "deletionPolicy is Orphan",
             Some(("/spec/deletionPolicy", "Orphan")),
+        )
+    } else if obj.spec.deletion_policy.is_none()
+        && obs.account.default_deletion_policy == DeletionPolicy::Orphan
+    {
+        // No guard: a patch cannot test that a field is absent. A policy set during this pass
+        // is seen by the next one only if the finalizer is still there.
+        (
+            "deletionPolicy is unset and its account's (or the operator's) default is Orphan",
+            None,
         )
     } else {
         match obs.definition {
