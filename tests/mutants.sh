@@ -37,6 +37,12 @@ mutants=(
   "adopt-no-finalizer|an adoption that never gets its finalizer, a re-adoption looking only at the status id"
   "routing-bytes|routing and fallback uuids compared by bytes"
   "condition-generation|conditions written without observedGeneration"
+  "observe-patches|Observe honoured only until the object names a registration (then drift is PATCHed)"
+  "observe-deletes|a deletion under Observe deregisters (Observe not read by the deletion)"
+  "password-echo|API error texts copied into status verbatim (the redaction of the SIP password removed)"
+  "key-echo|an error body that echoes the API key handed on as it came"
+  "blank-password|a blank password taken for one (only an empty value refused)"
+  "poll-floor|the poll-interval annotation not clamped to the floor"
 )
 
 # Write the pristine tree into the copy: only files that differ are rewritten (with a new
@@ -110,6 +116,24 @@ M = {
         ("src/controller/plan.rs",
         "fallback: digest(uuid(routing.fallback.as_ref().map(|f| f.agent_id.as_str()))),",
         "fallback: digest(routing.fallback.as_ref().map(|f| f.agent_id.as_str())),")],
+    "observe-patches": [("src/controller/decide/apply.rs",
+        "        obs.obj\n            .is_observe_only()\n            .then(|| decide_observe(obs, settings)),",
+        "        (obs.obj.is_observe_only() && obs.obj.known_id().is_none())\n            .then(|| decide_observe(obs, settings)),")],
+    "observe-deletes": [("src/controller/decide/deletion.rs",
+        "let (because, unless_changed) = if obj.is_observe_only() {",
+        "let (because, unless_changed) = if false && obj.is_observe_only() {")],
+    "password-echo": [("src/controller/redact.rs",
+        "if s.len() >= MIN_SECRET_LEN && out.contains(s.as_str()) {",
+        "if false && s.len() >= MIN_SECRET_LEN && out.contains(s.as_str()) {")],
+    "key-echo": [("src/oneinbox/mod.rs",
+        "let body = if key.len() >= 8 {",
+        "let body = if false && key.len() >= 8 {")],
+    "blank-password": [("src/secrets.rs",
+        "Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(",
+        "Ok(v) if !v.is_empty() => Ok(SecretString::new(")],
+    "poll-floor": [("src/controller/polling.rs",
+        "Some(Ok(d)) => Some(d.max(floor)),",
+        "Some(Ok(d)) => Some(d),")],
     "condition-generation": [("src/conditions.rs",
         "                last_transition_time,\n                observed_generation: generation,",
         "                last_transition_time,\n                observed_generation: None,")],
