@@ -468,6 +468,7 @@ impl Sim {
         {
             let mut w = lock(&self.world);
             w.api.faults.clear();
+            w.kube_faults = None;
             // OneInbox finishes what it was provisioning (a failed one stays failed).
             for r in w.api.regs.values_mut() {
                 if r.reg.status == "provisioning" {
@@ -948,6 +949,9 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
         }
         Op::DeleteNamespace { ns, secrets_first } => {
             w.user_delete_namespace(NAMESPACES[*ns as usize % 2], *secrets_first);
+        }
+        Op::KubeFault { kind, count } => {
+            w.kube_faults = Some((*kind, *count));
         }
         Op::Fault { call, kind, count } => {
             w.api.faults.push_back(crate::oneinbox::Fault {

@@ -352,7 +352,7 @@ impl World {
             }
             // The annotation is input (adoption, restore); one that names another id is set
             // right. A create writes none: the status alone holds the id.
-            if annotation.is_some_and(|a| a != id) {
+            if annotation.is_some_and(|a| a != id) && !refused {
                 v.push(format!(
                     "(e) {who}: status names {id} but the annotation says {annotation:?}"
                 ));

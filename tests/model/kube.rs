@@ -323,7 +323,40 @@ impl World {
                 perform(self);
                 None
             }
-            Gate::Go => Some(perform(self)),
+            Gate::Go => {
+                let Some((kind, left)) = self.kube_faults.take() else {
+                    return Some(perform(self));
+                };
+                if left > 1 {
+                    self.kube_faults = Some((kind, left - 1));
+                }
+                // A fault is a stimulus when it fires.
+                self.stimuli.push((self.now_ms, None));
+                use crate::ops::KubeFaultKind;
+                Some(match kind {
+                    KubeFaultKind::Error => {
+                        status_error(500, "InternalError", "etcdserver: leader changed")
+                    }
+                    KubeFaultKind::Timeout => status_error(
+                        504,
+                        "Timeout",
+                        "the server was unable to return a response in the time allotted",
+                    ),
+                    KubeFaultKind::Lost => {
+                        perform(self);
+                        status_error(
+                            504,
+                            "Timeout",
+                            "the server was unable to return a response in the time allotted, but may still be processing the request",
+                        )
+                    }
+                    KubeFaultKind::Throttled => status_error(
+                        429,
+                        "TooManyRequests",
+                        "too many requests, please try again later",
+                    ),
+                })
+            }
         }
     }
 

@@ -113,6 +113,19 @@ pub enum Edit {
     Delete,
 }
 
+/// How a Kubernetes write fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeFaultKind {
+    /// 500 InternalError: nothing written.
+    Error,
+    /// 504 Timeout, nothing written.
+    Timeout,
+    /// 504 Timeout after the write landed: the answer is lost.
+    Lost,
+    /// 429 TooManyRequests (priority and fairness), nothing written.
+    Throttled,
+}
+
 #[derive(Clone, Debug)]
 pub enum Op {
     // ---- user actions
@@ -205,6 +218,12 @@ pub enum Op {
     Concurrent {
         in_effects: u8,
         edit: Edit,
+    },
+    /// The next 1–3 Kubernetes writes fail: 500 (nothing written), 504 before the write
+    /// lands (nothing written), or 504 after it landed (written, the answer lost), or 429.
+    KubeFault {
+        kind: KubeFaultKind,
+        count: u8,
     },
     // ---- API behaviour
     Fault {
@@ -360,6 +379,13 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(|pick| Op::DeleteOutside { pick }),
         1 => (0u8..2).prop_map(|number| Op::RegisterOutside { number }),
         2 => ((0u8..3), drift()).prop_map(|(pick, drift)| Op::DriftOutside { pick, drift }),
+        2 => (prop_oneof![
+                Just(KubeFaultKind::Error),
+                Just(KubeFaultKind::Timeout),
+                Just(KubeFaultKind::Lost),
+                Just(KubeFaultKind::Throttled),
+            ], 1u8..4)
+            .prop_map(|(kind, count)| Op::KubeFault { kind, count }),
     ];
     let crash =
         (0u8..12, any::<bool>()).prop_map(|(in_effects, after)| Op::Crash { in_effects, after });

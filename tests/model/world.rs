@@ -80,6 +80,8 @@ pub struct World {
     pub takeover_pending: BTreeSet<String>,
     /// The healed world's final quiet window (simulated ms), in which only drift checks run.
     pub quiet_window: Option<(u64, u64)>,
+    /// Kubernetes write faults armed: each hits the next write, `.1` times.
+    pub kube_faults: Option<(crate::ops::KubeFaultKind, u8)>,
     /// Every Event body posted.
     pub events: Vec<Value>,
     /// Every Kubernetes write body the operator sent (for the secret scan).
