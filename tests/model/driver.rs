@@ -920,13 +920,15 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 if let Some(id) = named
                     && w.live_object(&key).is_some_and(observed)
                 {
+                    // After the annotation is written: that write still says Observe, which
+                    // ends a pending takeover.
+                    annotate(w, &key, id);
                     if let Some(uid) = w.uid_of(&key)
                         && w.live_object(&key)
                             .is_some_and(|o| o["status"]["phoneNumberId"].is_string())
                     {
                         w.takeover_pending.insert(uid);
                     }
-                    annotate(w, &key, id);
                 }
                 w.user_edit(&key, |o| {
                     if let Some(spec) = o["spec"].as_object_mut() {

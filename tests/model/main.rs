@@ -516,6 +516,28 @@ mod tests {
     }
 
     #[test]
+    fn an_observed_registration_lost_then_switched_to_full_is_registered_with_the_finalizer() {
+        // Found by a campaign (MODEL_SEED=1796693646226401799, 2026-12-08), a model defect:
+        // the switch back to Full wrote the id annotation first, and that write (still under
+        // Observe) ended the pending takeover the model had just recorded, so the next
+        // failure report without the finalizer counted as a violation of (h).
+        let rt = rt();
+        let ops = [
+            plain_create(0, 0, Creds::Secret(0)),
+            Op::DeleteOutside { pick: 0 },
+            Op::SetManagement {
+                slot: 0,
+                observe: true,
+            },
+            Op::SetManagement {
+                slot: 0,
+                observe: false,
+            },
+        ];
+        assert_eq!(run_case(&rt, 9, &ops), Ok(()));
+    }
+
+    #[test]
     fn a_secret_in_an_event_is_caught() {
         let mut w = world::World::new();
         w.secret_values.insert("pw-very-secret".into());
