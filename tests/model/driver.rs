@@ -492,11 +492,17 @@ impl Sim {
                 });
             }
             // A request refused for its content is not sent again for the same input: a human
-            // who sees the Stalled reason asks for a retry (the refusal was one-shot). One that
-            // names an agent OneInbox does not know stays refused.
+            // who sees the Stalled reason asks for a retry, where the refusal was a one-shot
+            // 400/422 (any other refusal, e.g. a 401 taken for one, is the operator's to fix).
+            // One that names an agent OneInbox does not know stays refused.
             let refused: Vec<_> = w
                 .objects
                 .iter()
+                .filter(|(_, s)| {
+                    s.obj["metadata"]["uid"]
+                        .as_str()
+                        .is_some_and(|u| w.refused_once.contains(u))
+                })
                 .filter(|(_, s)| {
                     let stalled = s.obj["status"]["conditions"]
                         .as_array()

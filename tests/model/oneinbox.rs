@@ -293,6 +293,9 @@ impl World {
                 }
                 FaultKind::Drop => return Outcome::Answer(Err(operator::connection_error())),
                 FaultKind::Rejected { code, echo } => {
+                    if let Some(uid) = self.current.clone() {
+                        self.refused_once.insert(uid);
+                    }
                     let input = password.filter(|_| echo).unwrap_or("oneinbox");
                     let body = if code == 422 {
                         json!({"detail": [{"loc": ["body", "provider_config", "auth_password"],

@@ -82,6 +82,8 @@ pub struct World {
     pub quiet_window: Option<(u64, u64)>,
     /// Kubernetes write faults armed: each hits the next write, `.1` times.
     pub kube_faults: Option<(crate::ops::KubeFaultKind, u8)>,
+    /// UIDs of the objects a one-shot 400/422 refused (a human's retry is due when healing).
+    pub refused_once: BTreeSet<String>,
     /// Every Event body posted.
     pub events: Vec<Value>,
     /// Every Kubernetes write body the operator sent (for the secret scan).
