@@ -129,6 +129,10 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             } => {
                 if !marker_present {
                     self.record_attempt(obs, hash).await?;
+                } else if !obs.obj.has_finalizer() {
+                    // A marker left from before a switch to Observe, which removed the
+                    // finalizer: it goes back on before the POST, as with a new marker.
+                    self.add_finalizer(obs).await?;
                 }
                 let req = plan::register_request(&obs.obj, &credentials);
                 let res = self.oneinbox.register(&req).await;

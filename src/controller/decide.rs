@@ -585,8 +585,10 @@ fn remote(
                 .and_then(|s| s.phone_number_id.as_deref())
                 == Some(reg.id.as_str());
             // Held without the finalizer: mirrored under managementPolicy: Observe, and now
-            // taken over.
-            if (!holds || !obj.has_finalizer()) && obs.last != Outcome::Adopted {
+            // taken over. A PATCH in this pass came after this pass's adoption: its failure
+            // is reported, never a second adoption (and PATCH) in a loop.
+            let adopted_now = matches!(obs.last, Outcome::Adopted | Outcome::Patched { .. });
+            if (!holds || !obj.has_finalizer()) && !adopted_now {
                 return Err(Box::new(Step::Adopt {
                     id: reg.id.clone(),
                     takeover: holds,

@@ -1229,6 +1229,30 @@ fn decision_table() {
             "Read Registration(\"id9\")",
         ),
         (
+            "adopted in this pass, its PATCH rejected: UpdateRejected, not adopted again",
+            with(
+                read({
+                    let mut o = annotated.clone();
+                    o["metadata"]["finalizers"] = json!([crate::crd::FINALIZER]);
+                    o
+                }),
+                |ob| {
+                    let mut r = reg("id9");
+                    r.agent_id = OTHER_AGENT.into();
+                    ob.fetched = Some(Ok(r));
+                    ob.last = Outcome::Patched {
+                        answer: Err(ApiError::Rejected {
+                            status: 404,
+                            code: None,
+                            detail: "agent_id not found".into(),
+                        }),
+                        registered: None,
+                    };
+                },
+            ),
+            "Report Stalled(UpdateRejected) AwaitChange",
+        ),
+        (
             "annotated id found: adopt deliberately (finalizer first)",
             with(read(annotated.clone()), |ob| {
                 ob.fetched = Some(Ok(reg("id9")))

@@ -355,11 +355,12 @@ impl HttpClient {
                             };
                         }
                     }
-                    Err(ApiError::from_response(
+                    Err(ApiError::from_answer(
                         endpoint,
                         status.as_u16(),
                         retry_after,
                         &text,
+                        &key,
                     ))
                 }
             }

@@ -175,6 +175,25 @@ impl ApiError {
         }
     }
 
+    /// `from_response` of a body with the request's API key scrubbed: an error body may echo
+    /// the request's credentials, and the key must reach no status, event or log.
+    pub fn from_answer(
+        endpoint: Endpoint,
+        status: u16,
+        retry_after: Option<Duration>,
+        body: &str,
+        key: &SecretString,
+    ) -> ApiError {
+        let key = key.expose();
+        // A key too short to tell from ordinary words is not scrubbed (it is never that short).
+        let body = if key.len() >= 8 {
+            body.replace(key, "[redacted]")
+        } else {
+            body.to_owned()
+        };
+        ApiError::from_response(endpoint, status, retry_after, &body)
+    }
+
     /// Classify a non-success HTTP answer from the endpoint, its status, `Retry-After` and
     /// body (pure). A 404 means "registration gone" only on an item endpoint and only when its
     /// detail does not name a missing reference (`agent_id not found`): the wording of the
@@ -543,6 +562,18 @@ mod tests {
             serde_json::json!({"friendly_name": null, "inbound_routing": {"fallback": null}})
         );
         assert!(PatchRequest::default().is_empty());
+    }
+
+    #[test]
+    fn an_error_body_that_echoes_the_key_is_classified_without_it() {
+        let key = SecretString::new("oi_sk_live_0123456789".into());
+        let body = r#"{"detail": "API key oi_sk_live_0123456789 may not access this workspace"}"#;
+        let e = ApiError::from_answer(Endpoint::Item, 403, None, body, &key);
+        assert!(
+            matches!(e, ApiError::KeyRejected { status: 403, .. }),
+            "{e:?}"
+        );
+        assert!(!format!("{e} {e:?}").contains(key.expose()), "{e:?}");
     }
 
     #[test]

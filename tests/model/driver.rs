@@ -263,8 +263,10 @@ impl Sim {
             let obj = w.objects.get(&key).and_then(|s| parse(&s.obj));
             w.current_orphan_cleanup = w.objects.get(&key).is_some_and(|s| {
                 !s.obj["metadata"]["deletionTimestamp"].is_null()
-                    && s.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
+                    && (s.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
+                        || observed(&s.obj))
             });
+            w.current_observe = w.objects.get(&key).is_some_and(|s| observed(&s.obj));
             let all: Vec<PhoneNumber> = w.objects.values().filter_map(|s| parse(&s.obj)).collect();
             w.current = Some(uid.to_owned());
             (obj, all)
@@ -375,7 +377,12 @@ impl Sim {
             }
         }
         let mut rng = self.rng;
-        self.op.reseed_checks(|| {
+        let objects: Vec<PhoneNumber> = lock(&self.world)
+            .objects
+            .values()
+            .filter_map(|s| parse(&s.obj))
+            .collect();
+        self.op.reseed_checks(&objects, || {
             rng ^= rng >> 12;
             rng ^= rng << 25;
             rng ^= rng >> 27;
@@ -461,6 +468,14 @@ impl Sim {
         {
             let mut w = lock(&self.world);
             w.api.faults.clear();
+            w.kube_faults = None;
+            // OneInbox finishes what it was provisioning (a failed one stays failed).
+            for r in w.api.regs.values_mut() {
+                if r.reg.status == "provisioning" {
+                    r.reg.status = "active".into();
+                    r.reg.updated_at = jiff::Timestamp::now().to_string();
+                }
+            }
             w.crash = None;
             w.concurrent = None;
             let paused: Vec<_> = w
@@ -475,6 +490,38 @@ impl Sim {
                         a.remove("oneinbox.ai/paused");
                     }
                 });
+            }
+            // A request refused for its content is not sent again for the same input: a human
+            // who sees the Stalled reason asks for a retry, where the refusal was a one-shot
+            // 400/422 (any other refusal, e.g. a 401 taken for one, is the operator's to fix).
+            // One that names an agent OneInbox does not know stays refused.
+            let refused: Vec<_> = w
+                .objects
+                .iter()
+                .filter(|(_, s)| {
+                    s.obj["metadata"]["uid"]
+                        .as_str()
+                        .is_some_and(|u| w.refused_once.contains(u))
+                })
+                .filter(|(_, s)| {
+                    let stalled = s.obj["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| {
+                            c["type"] == "Stalled"
+                                && c["status"] == "True"
+                                && matches!(
+                                    c["reason"].as_str(),
+                                    Some("RegistrationRejected" | "UpdateRejected")
+                                )
+                        });
+                    stalled && !names_unknown_agent(&s.obj["spec"])
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in refused {
+                apply_edit(&mut w, &key, Edit::ReconcileNow);
             }
         }
         let start = self.now();
@@ -498,6 +545,7 @@ impl Sim {
             // deletion) write nothing, and every object must have had a drift check after them.
             let quiet_since = self.last_write_ms.max(start);
             if !retrying && now >= quiet_since + QUIET_MS {
+                lock(&self.world).quiet_window = Some((quiet_since, now));
                 return true;
             }
             if now >= start + HEAL_CAP_MS {
@@ -514,6 +562,22 @@ impl Sim {
     }
 }
 
+/// The spec names an agent OneInbox does not know, in any uuid field.
+pub fn names_unknown_agent(spec: &Value) -> bool {
+    let r = &spec["inboundRouting"];
+    [&spec["agentId"], &r["agentId"], &r["fallback"]["agentId"]]
+        .iter()
+        .any(|a| {
+            a.as_str()
+                .is_some_and(|a| a.eq_ignore_ascii_case(crate::oneinbox::UNKNOWN_AGENT))
+        })
+}
+
+/// The object says `managementPolicy: Observe`.
+pub fn observed(obj: &Value) -> bool {
+    obj["spec"]["managementPolicy"].as_str() == Some("Observe")
+}
+
 fn slot_key(slot: u8) -> (String, String) {
     let (ns, name) = SLOTS[slot as usize % SLOTS.len()];
     (ns.to_owned(), name.to_owned())
@@ -523,7 +587,7 @@ fn slot_key(slot: u8) -> (String, String) {
 /// in the same case), so every uuid field of the spec comes in both spellings.
 fn routing(r: u8, agent: Agent) -> Value {
     let next = Agent {
-        idx: agent.idx.wrapping_add(1),
+        idx: (agent.idx + 1) % 3,
         upper: agent.upper,
     };
     match r % 4 {
@@ -556,6 +620,9 @@ fn drift(w: &mut World, id: &str, drift: Drift) {
             routing.voicemail_message = on.then(|| "Left outside the cluster.".to_owned())
         }
         Drift::NoRouting => {}
+        Drift::State { failed } => {
+            reg.status = if failed { "failed" } else { "provisioning" }.to_owned();
+        }
         Drift::Trunks => {
             let n = w.rv;
             reg.inbound_trunk_id = reg.inbound_trunk_id.as_ref().map(|_| format!("ST_in_x{n}"));
@@ -645,6 +712,9 @@ pub fn apply_edit(w: &mut World, key: &(String, String), edit: Edit) {
             w.user_edit(key, |o| {
                 o["spec"]["deletionPolicy"] = json!(if orphan { "Orphan" } else { "Delete" })
             });
+        }
+        Edit::Observe => {
+            w.user_edit(key, |o| o["spec"]["managementPolicy"] = json!("Observe"));
         }
         Edit::ReconcileNow => {
             let token = format!("t{}", w.rv);
@@ -739,6 +809,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             orphan,
             replace,
             import,
+            observe,
         } => {
             let (ns, name) = slot_key(*slot);
             let mut spec = json!({
@@ -751,6 +822,9 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             set_or_remove(&mut spec, "friendlyName", friendly(*friendly_name));
             set_or_remove(&mut spec, "inboundRouting", routing(*r, *routing_agent));
             set_creds(&mut spec, *creds);
+            if *observe {
+                spec["managementPolicy"] = json!("Observe");
+            }
             let number = NUMBERS[*number as usize % 2];
             if w.user_create(&ns, &name, spec)
                 && *import
@@ -791,6 +865,14 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 &format!("pw-{ns}-{secret}-{n}-{seed:x}"),
             );
         }
+        Op::BreakSecret { ns, secret, how } => {
+            let (ns, name) = (NAMESPACES[*ns as usize % 2], SECRETS[*secret as usize % 2]);
+            match how {
+                0 => w.user_put_secret_without(ns, name, "username", "oneinbox", "password"),
+                1 => w.user_put_secret(ns, name, "password", ""),
+                _ => w.user_put_secret(ns, name, "password", " \n"),
+            };
+        }
         Op::DeleteSecret { ns, secret } => {
             w.user_delete_secret(NAMESPACES[*ns as usize % 2], SECRETS[*secret as usize % 2]);
         }
@@ -822,6 +904,45 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 set_annotation(o, "oneinbox.ai/paused", None)
             });
         }
+        Op::SetPollInterval { slot, value } => {
+            let v = crate::ops::POLL_INTERVALS[*value as usize % crate::ops::POLL_INTERVALS.len()];
+            w.user_edit(&slot_key(*slot), |o| {
+                set_annotation(o, "oneinbox.ai/poll-interval", v.map(str::to_owned))
+            });
+        }
+        Op::SetManagement { slot, observe } => {
+            let key = slot_key(*slot);
+            if *observe {
+                apply_edit(w, &key, Edit::Observe);
+            } else {
+                // Back to Full: the operator takes over the registration the object names (it
+                // mirrored it, or the user named it), a deliberate adoption like an annotation.
+                let named = w.live_object(&key).and_then(|o| {
+                    o["status"]["phoneNumberId"]
+                        .as_str()
+                        .or(o["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str())
+                        .map(str::to_owned)
+                });
+                if let Some(id) = named
+                    && w.live_object(&key).is_some_and(observed)
+                {
+                    // After the annotation is written: that write still says Observe, which
+                    // ends a pending takeover.
+                    annotate(w, &key, id);
+                    if let Some(uid) = w.uid_of(&key)
+                        && w.live_object(&key)
+                            .is_some_and(|o| o["status"]["phoneNumberId"].is_string())
+                    {
+                        w.takeover_pending.insert(uid);
+                    }
+                }
+                w.user_edit(&key, |o| {
+                    if let Some(spec) = o["spec"].as_object_mut() {
+                        spec.remove("managementPolicy");
+                    }
+                });
+            }
+        }
         Op::ReconcileNow { slot } => apply_edit(w, &slot_key(*slot), Edit::ReconcileNow),
         Op::SetDeletionPolicy { slot, orphan } => apply_edit(
             w,
@@ -836,6 +957,9 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
         }
         Op::DeleteNamespace { ns, secrets_first } => {
             w.user_delete_namespace(NAMESPACES[*ns as usize % 2], *secrets_first);
+        }
+        Op::KubeFault { kind, count } => {
+            w.kube_faults = Some((*kind, *count));
         }
         Op::Fault { call, kind, count } => {
             w.api.faults.push_back(crate::oneinbox::Fault {

@@ -19,7 +19,10 @@
 //! (g) no secret value (password, API key) in any status, annotation, event, Kubernetes write,
 //!     returned error or captured log line;
 //! (h) an object whose status names a registration carries the finalizer (checked at every
-//!     write), unless `managementPolicy: Observe`.
+//!     write by the operator), unless `managementPolicy: Observe`;
+//! (i) a pass that starts under `managementPolicy: Observe` sends no POST, PATCH or DELETE
+//!     (checked at every call, `oneinbox.rs`), and an object deleted under Observe leaves its
+//!     registration (the Orphan half of b).
 
 use std::collections::BTreeMap;
 
@@ -104,13 +107,30 @@ impl World {
             return;
         };
         self.status_named
-            .entry(uid)
+            .entry(uid.clone())
             .or_default()
             .insert(id.to_owned());
         let finalized = obj["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| f.iter().any(|f| f == oneinbox_operator::crd::FINALIZER));
-        if !gone && !finalized && obj["spec"]["managementPolicy"] != "Observe" {
+        if finalized || crate::driver::observed(obj) {
+            self.takeover_pending.remove(&uid);
+        }
+        // A user's write (a switch from Observe to Full) cannot add it. Until the takeover,
+        // a failure may be reported first (the registration must be read to be taken over),
+        // but never Ready.
+        let ready = obj["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let taking_over = self.takeover_pending.contains(&uid) && !ready;
+        if !gone
+            && !finalized
+            && !self.user_writing
+            && !taking_over
+            && !crate::driver::observed(obj)
+        {
             self.violations.push(format!(
                 "(h) {}: status names {id}, but the object does not carry the finalizer",
                 name(key)
@@ -175,6 +195,77 @@ impl World {
             }
         }
         v.extend(self.check_bounds());
+        v.extend(self.check_poll_intervals());
+        v
+    }
+
+    /// (f), the drift checks: in the healed world's quiet window, a settled Ready object is
+    /// read (one GET per check) at its interval: the `oneinbox.ai/poll-interval` annotation
+    /// clamped to the 30 s floor, or the default 10 min when it is absent or invalid, each
+    /// interval jittered by ±20 %; one whose annotation is invalid has had an
+    /// `InvalidPollInterval` Warning.
+    fn check_poll_intervals(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let Some((from, to)) = self.quiet_window else {
+            return v;
+        };
+        for (key, s) in &self.objects {
+            let obj = &s.obj;
+            let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
+            let annotation = obj["metadata"]["annotations"]["oneinbox.ai/poll-interval"].as_str();
+            let parsed = annotation.map(oneinbox_operator::config::parse_duration);
+            let settled = condition(obj, "Ready").is_some_and(|c| c["status"] == "True")
+                && condition(obj, "Stalled").is_none_or(|c| c["status"] != "True")
+                && condition(obj, "Reconciling").is_none_or(|c| c["status"] != "True");
+            if !settled {
+                continue;
+            }
+            // Checked in the window, so its interval was looked at.
+            if let (Some(a), Some(Err(_))) = (annotation, &parsed) {
+                let warned = self.events.iter().any(|e| {
+                    e["reason"] == "InvalidPollInterval"
+                        && (e["regarding"]["uid"] == uid || e["involvedObject"]["uid"] == uid)
+                });
+                if !warned {
+                    v.push(format!(
+                        "(f) {}: poll-interval {a:?} is invalid, but no InvalidPollInterval Warning was posted",
+                        name(key)
+                    ));
+                }
+            }
+            let interval_ms = match parsed {
+                Some(Ok(d)) => d.max(std::time::Duration::from_secs(30)).as_millis() as u64,
+                _ => 600_000,
+            };
+            let reads: Vec<u64> = self
+                .log
+                .iter()
+                .filter(|(at, u, k)| *at >= from && *at <= to && u == uid && *k == "get")
+                .map(|(at, _, _)| *at)
+                .collect();
+            // The first check in the window may still follow an interval drawn before it;
+            // from there on, the object's own interval.
+            let Some(first) = reads.first() else {
+                v.push(format!(
+                    "(f) {}: no drift check in {:.0} quiet seconds",
+                    name(key),
+                    (to - from) as f64 / 1000.0
+                ));
+                continue;
+            };
+            let span = to - first;
+            let intervals = reads.len() as u64 - 1;
+            let most = span * 10 / (interval_ms * 8) + 1;
+            let least = (span * 10 / (interval_ms * 12)).saturating_sub(1);
+            if intervals > most || intervals < least {
+                v.push(format!(
+                    "(f) {}: {intervals} drift-check intervals in {:.0} quiet seconds, with an interval of {} s (poll-interval {annotation:?}) between {least} and {most} are expected",
+                    name(key),
+                    span as f64 / 1000.0,
+                    interval_ms / 1000
+                ));
+            }
+        }
         v
     }
 
@@ -208,10 +299,20 @@ impl World {
                 ));
             }
         }
+        if crate::driver::observed(obj) {
+            self.check_observed(key, obj, v);
+            return;
+        }
         let held = status["phoneNumberId"].as_str();
         let annotation = obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str();
+        // A PATCH refused for the spec (an unknown agent): the object waits for a change of
+        // the spec and reads nothing, so what status mirrors may go stale (even gone).
+        let refused = crate::driver::names_unknown_agent(&obj["spec"])
+            && condition(obj, "Stalled")
+                .is_some_and(|c| c["status"] == "True" && c["reason"] == "UpdateRejected");
         if let Some(id) = held {
             match self.api.regs.get(id) {
+                None if refused => {}
                 None => v.push(format!(
                     "(e) {who}: status names {id}, which OneInbox does not hold"
                 )),
@@ -227,20 +328,21 @@ impl World {
                             r.reg.phone_number
                         ));
                     }
-                    // The ids OneInbox may re-provision outside: mirrored as the API holds them.
+                    // The ids OneInbox may re-provision outside: mirrored as the API holds them
+                    // (unless refused, above).
                     for (field, api) in [
                         ("inboundTrunkId", &r.reg.inbound_trunk_id),
                         ("outboundTrunkId", &r.reg.outbound_trunk_id),
                         ("dispatchRuleId", &r.reg.dispatch_rule_id),
                     ] {
-                        if status[field].as_str() != api.as_deref() {
+                        if status[field].as_str() != api.as_deref() && !refused {
                             v.push(format!(
                                 "(e) {who}: status.{field} {} but OneInbox says {api:?}",
                                 status[field]
                             ));
                         }
                     }
-                    if status["state"].as_str() != Some(r.reg.status.as_str()) {
+                    if status["state"].as_str() != Some(r.reg.status.as_str()) && !refused {
                         v.push(format!(
                             "(e) {who}: status.state {} but OneInbox says {}",
                             status["state"], r.reg.status
@@ -250,7 +352,7 @@ impl World {
             }
             // The annotation is input (adoption, restore); one that names another id is set
             // right. A create writes none: the status alone holds the id.
-            if annotation.is_some_and(|a| a != id) {
+            if annotation.is_some_and(|a| a != id) && !refused {
                 v.push(format!(
                     "(e) {who}: status names {id} but the annotation says {annotation:?}"
                 ));
@@ -271,15 +373,26 @@ impl World {
         // What, if anything, justifies this object not being Ready.
         let mut excuses: Vec<&str> = Vec::new();
         let mut needs_stall = false;
-        let secret_missing = spec["providerConfig"]["authPasswordSecretRef"]["name"]
+        let secret = spec["providerConfig"]["authPasswordSecretRef"]["name"]
             .as_str()
-            .is_some_and(|s| {
-                self.secrets
-                    .get(&(key.0.clone(), s.to_owned()))
-                    .is_none_or(|(_, d)| d.get("password").is_none_or(|p| p.is_empty()))
-            });
-        if secret_missing {
-            excuses.push("SecretNotFound");
+            .map(|s| self.secrets.get(&(key.0.clone(), s.to_owned())));
+        match secret {
+            Some(None) => excuses.push("SecretNotFound"),
+            // There without the key, or with an empty (or blank) value.
+            Some(Some((_, d))) if d.get("password").is_none_or(|p| p.trim().is_empty()) => {
+                excuses.push("SecretKeyInvalid")
+            }
+            _ => {}
+        }
+        // OneInbox refuses a POST or PATCH naming an agent it does not know (404), for good.
+        if crate::driver::names_unknown_agent(spec) {
+            needs_stall = true;
+            excuses.extend(["RegistrationRejected", "UpdateRejected"]);
+        }
+        // OneInbox reports that provisioning failed: only a human can help.
+        if mine.iter().any(|r| r.reg.status == "failed") {
+            needs_stall = true;
+            excuses.push("RegistrationFailed");
         }
         if let Some(a) = annotation
             && held != Some(a)
@@ -309,6 +422,24 @@ impl World {
             .filter(|(_, s)| s.obj["spec"]["phoneNumber"].as_str() == Some(number))
             .map(|(k, s)| (k, &s.obj))
             .collect();
+        // A claimant whose PATCH is refused for its spec reads nothing until the spec changes,
+        // and its status may name a registration gone since: it still claims the number.
+        // So does an observer whose registration is gone (Stalled `RegistrationNotFound`): it
+        // keeps naming it, and so keeps its claim on the number.
+        let stale_claim = claimants.iter().any(|(k, o)| {
+            let stalled = |why: &str| {
+                condition(o, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == why)
+            };
+            *k != key
+                && ((o["status"]["phoneNumberId"].is_string()
+                    && crate::driver::names_unknown_agent(&o["spec"])
+                    && stalled("UpdateRejected"))
+                    || (crate::driver::observed(o) && stalled("RegistrationNotFound")))
+        });
+        if stale_claim {
+            needs_stall = true;
+            excuses.push("DuplicatePhoneNumber");
+        }
         if claimants.len() > 1 {
             // The one whose status names a registration of the number it is entitled to;
             // else the one that created or deliberately adopted one (merely claimable ones,
@@ -406,7 +537,9 @@ impl World {
             }
         } else {
             let allowed = |r: &str| excuses.contains(&"*") || excuses.contains(&r);
-            let registered_ok = in_line && excuses == ["SecretNotFound"];
+            // A registration made before needs no password until it is replaced.
+            let registered_ok =
+                in_line && (excuses == ["SecretNotFound"] || excuses == ["SecretKeyInvalid"]);
             if ready_true && !registered_ok {
                 v.push(format!("(e) {who} says Ready although {excuses:?} applies"));
             }
@@ -420,6 +553,100 @@ impl World {
                     "(e) {who}: Stalled {stalled:?}, expected one of {excuses:?}"
                 ));
             }
+        }
+    }
+
+    /// (a) and (e) for `managementPolicy: Observe`: the object mirrors the registration it
+    /// names (status, else annotation), or else the number's registration found by number
+    /// (and names it in the annotation), whoever made it; Ready=True `Observed` when it is
+    /// active, `Drifted` exactly when it differs from the spec. Otherwise Ready=False and
+    /// Stalled with a reason the world justifies: `RegistrationNotFound` (the id it names is
+    /// gone, or the number is not registered), `IdMismatch` (another number's),
+    /// `DuplicatePhoneNumber` (another live object claims the number or holds the id).
+    fn check_observed(&self, key: &(String, String), obj: &Value, v: &mut Vec<String>) {
+        let who = name(key);
+        let number = obj["spec"]["phoneNumber"].as_str().unwrap_or_default();
+        let status = &obj["status"];
+        let held = status["phoneNumberId"].as_str();
+        let annotation = obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str();
+        let pending = crate::world::attempt_in_flight(obj).is_some();
+        let named = held.or(annotation.filter(|_| !pending));
+        let ready = condition(obj, "Ready");
+        let ready_true = ready.is_some_and(|c| c["status"] == "True");
+        let ready_reason = ready.and_then(|c| c["reason"].as_str()).unwrap_or("");
+        let stalled = condition(obj, "Stalled")
+            .filter(|c| c["status"] == "True")
+            .and_then(|c| c["reason"].as_str());
+        let drifted = condition(obj, "Drifted").is_some_and(|c| c["status"] == "True");
+        // Another live object that claims the number (or names the id) may own it, as the
+        // operator's order of claims says; the observer then yields.
+        let rival = self.objects.iter().any(|(k, s)| {
+            k != key
+                && s.obj["metadata"]["deletionTimestamp"].is_null()
+                && (s.obj["spec"]["phoneNumber"].as_str() == Some(number)
+                    || named.is_some_and(|n| {
+                        s.obj["status"]["phoneNumberId"].as_str() == Some(n)
+                            || s.obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"]
+                                .as_str()
+                                == Some(n)
+                    }))
+        });
+        let target = match named {
+            Some(id) => self.api.regs.get(id),
+            None => self.api.of_number(number).into_iter().next(),
+        };
+        let mut allowed: Vec<&str> = Vec::new();
+        if rival {
+            allowed.push("DuplicatePhoneNumber");
+        }
+        match target {
+            None => allowed.push("RegistrationNotFound"),
+            Some(r) if r.reg.phone_number != number => allowed.push("IdMismatch"),
+            Some(r) if r.reg.status == "failed" => allowed.push("RegistrationFailed"),
+            Some(r) => {
+                let id = r.reg.id.as_str();
+                let mirrored = held == Some(id)
+                    && annotation == Some(id)
+                    && status["state"].as_str() == Some(r.reg.status.as_str());
+                let should_drift = patchable(&r.reg) != spec_patchable(&obj["spec"]);
+                if ready_true && r.reg.status == "active" {
+                    if !mirrored {
+                        v.push(format!(
+                            "(e) {who} (Observe) says Ready but does not mirror {id}: status {held:?}, annotation {annotation:?}, state {}",
+                            status["state"]
+                        ));
+                    }
+                    if ready_reason != "Observed" {
+                        v.push(format!(
+                            "(e) {who} (Observe) is Ready with reason {ready_reason}, not Observed"
+                        ));
+                    }
+                    if drifted != should_drift {
+                        v.push(format!(
+                            "(e) {who} (Observe): Drifted is {drifted}, but the registration {} the spec",
+                            if should_drift { "differs from" } else { "matches" }
+                        ));
+                    }
+                    return;
+                }
+                if !rival {
+                    v.push(format!(
+                        "(a) {who} (Observe) should mirror {id} ({}), but Ready {ready_true} {ready_reason}, Stalled {stalled:?}",
+                        r.reg.status
+                    ));
+                    return;
+                }
+            }
+        }
+        if ready_true {
+            v.push(format!(
+                "(e) {who} (Observe) says Ready although {allowed:?} applies"
+            ));
+        } else if !allowed.contains(&ready_reason) || stalled.is_none_or(|s| !allowed.contains(&s))
+        {
+            v.push(format!(
+                "(e) {who} (Observe): Ready reason {ready_reason}, Stalled {stalled:?}, expected one of {allowed:?}"
+            ));
         }
     }
 

@@ -323,7 +323,40 @@ impl World {
                 perform(self);
                 None
             }
-            Gate::Go => Some(perform(self)),
+            Gate::Go => {
+                let Some((kind, left)) = self.kube_faults.take() else {
+                    return Some(perform(self));
+                };
+                if left > 1 {
+                    self.kube_faults = Some((kind, left - 1));
+                }
+                // A fault is a stimulus when it fires.
+                self.stimuli.push((self.now_ms, None));
+                use crate::ops::KubeFaultKind;
+                Some(match kind {
+                    KubeFaultKind::Error => {
+                        status_error(500, "InternalError", "etcdserver: leader changed")
+                    }
+                    KubeFaultKind::Timeout => status_error(
+                        504,
+                        "Timeout",
+                        "the server was unable to return a response in the time allotted",
+                    ),
+                    KubeFaultKind::Lost => {
+                        perform(self);
+                        status_error(
+                            504,
+                            "Timeout",
+                            "the server was unable to return a response in the time allotted, but may still be processing the request",
+                        )
+                    }
+                    KubeFaultKind::Throttled => status_error(
+                        429,
+                        "TooManyRequests",
+                        "too many requests, please try again later",
+                    ),
+                })
+            }
         }
     }
 
@@ -555,6 +588,20 @@ impl World {
                 set_field(&mut status, f, v);
             }
         }
+        // As structured-merge-diff merges a map-list: the applied items in the applied order,
+        // then the items only other managers own (the field set above is sorted, not ordered).
+        if let Some(list) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+            let applied: Vec<&Value> = new_status["conditions"]
+                .as_array()
+                .map(|l| l.iter().map(|c| &c["type"]).collect())
+                .unwrap_or_default();
+            list.sort_by_key(|c| {
+                applied
+                    .iter()
+                    .position(|t| **t == c["type"])
+                    .unwrap_or(usize::MAX)
+            });
+        }
         managed.insert(manager, fields);
         let mut new = old.clone();
         if status.as_object().is_some_and(|o| o.is_empty()) {
@@ -639,7 +686,8 @@ impl World {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let orphan = stored.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan");
+        let orphan = stored.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
+            || crate::driver::observed(&stored.obj);
         if orphan {
             self.check_orphan_left_its_registration(&uid, &stored.obj);
         }
@@ -680,7 +728,8 @@ impl World {
         let finalized = finalizers(&stored.obj)
             .iter()
             .any(|f| f == oneinbox_operator::crd::FINALIZER);
-        let held = self.status_named.contains_key(&uid) || self.adoptions.contains(&uid);
+        let held = (self.status_named.contains_key(&uid) || self.adoptions.contains(&uid))
+            && !self.takeover_pending.contains(&uid);
         self.removed.push(Removed {
             uid,
             key: key.clone(),
@@ -750,7 +799,9 @@ impl World {
         edit(&mut new);
         let uid = self.uid_of(key);
         self.stimuli.push((self.now_ms, uid));
+        self.user_writing = true;
         self.commit(key, new);
+        self.user_writing = false;
         true
     }
 
@@ -809,10 +860,33 @@ impl World {
             .or_insert((rv, BTreeMap::new()));
         entry.0 = rv;
         entry.1.insert(key.to_owned(), value.to_owned());
-        self.secret_values.insert(value.to_owned());
+        // Only a real value is a secret to look for (an empty one is in every text).
+        if !value.trim().is_empty() {
+            self.secret_values.insert(value.to_owned());
+        }
         self.secret_events
             .push((ns.to_owned(), name.to_owned(), rv));
         self.stimuli.push((self.now_ms, None));
+        true
+    }
+
+    /// Put `key` and remove `without` from a Secret (created if missing).
+    pub fn user_put_secret_without(
+        &mut self,
+        ns: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+        without: &str,
+    ) -> bool {
+        if !self.user_put_secret(ns, name, key, value) {
+            return false;
+        }
+        // Not a secret (a user name): it may appear anywhere.
+        self.secret_values.remove(value);
+        if let Some((_, data)) = self.secrets.get_mut(&(ns.to_owned(), name.to_owned())) {
+            data.remove(without);
+        }
         true
     }
 

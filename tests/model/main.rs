@@ -249,6 +249,7 @@ mod tests {
             orphan: false,
             replace: false,
             import: false,
+            observe: false,
         }
     }
 
@@ -271,6 +272,7 @@ mod tests {
             orphan: false,
             replace: false,
             import: false,
+            observe: false,
         }
     }
 
@@ -372,6 +374,7 @@ mod tests {
             orphan: false,
             replace: false,
             import: true,
+            observe: false,
         };
         let ops = [
             Op::RegisterOutside { number: 0 },
@@ -426,6 +429,112 @@ mod tests {
             },
         ];
         assert_eq!(run_case(&rt, 8, &ops), Ok(()));
+    }
+
+    #[test]
+    fn a_403_that_echoes_the_api_key_leaves_it_nowhere() {
+        // Found by the generator once 403 bodies echoed the key (2026-12-08): the client
+        // handed the body on as it came, and the key reached the status message, the Event
+        // and the logs (only the SIP password was scrubbed). The client now scrubs the key it
+        // sent (`ApiError::from_answer`).
+        use crate::oneinbox::{Call, FaultKind};
+        let rt = rt();
+        let ops = [
+            Op::Fault {
+                call: Some(Call::Register),
+                kind: FaultKind::Status {
+                    code: 403,
+                    retry_after: None,
+                },
+                count: 1,
+            },
+            plain_create(0, 0, Creds::Secret(0)),
+        ];
+        assert_eq!(run_case(&rt, 6, &ops), Ok(()));
+    }
+
+    #[test]
+    fn a_rejected_patch_after_an_adoption_is_reported_once() {
+        // Found by the generator once OneInbox refused unknown agents (2026-12-08): an import
+        // whose spec names an agent OneInbox does not know was adopted, its PATCH refused (404
+        // `agent_id not found`), and the pass adopted and PATCHed again until its step limit,
+        // at every retry, never reporting UpdateRejected.
+        let rt = rt();
+        let ops = [
+            Op::RegisterOutside { number: 1 },
+            Op::Create {
+                slot: 0,
+                number: 1,
+                creds: Creds::Secret(0),
+                agent: Agent {
+                    idx: 3,
+                    upper: false,
+                },
+                friendly_name: None,
+                routing: 0,
+                routing_agent: Agent {
+                    idx: 0,
+                    upper: false,
+                },
+                orphan: false,
+                replace: false,
+                import: true,
+                observe: false,
+            },
+        ];
+        assert_eq!(run_case(&rt, 2212, &ops), Ok(()));
+    }
+
+    #[test]
+    fn a_switch_back_to_full_with_an_attempt_left_registers_with_the_finalizer() {
+        // Found by the generator once managementPolicy switched (2026-12-08): two POSTs failed
+        // (500), the switch to Observe removed the finalizer and left the attempt's marker,
+        // and the switch back to Full POSTed with that marker and no finalizer: deleting the
+        // object then would have left its registration behind.
+        use crate::oneinbox::{Call, FaultKind};
+        let rt = rt();
+        let ops = [
+            Op::Fault {
+                call: Some(Call::Register),
+                kind: FaultKind::Status {
+                    code: 500,
+                    retry_after: None,
+                },
+                count: 2,
+            },
+            plain_create(1, 0, Creds::Secret(0)),
+            Op::SetManagement {
+                slot: 1,
+                observe: true,
+            },
+            Op::SetManagement {
+                slot: 1,
+                observe: false,
+            },
+        ];
+        assert_eq!(run_case(&rt, 5122, &ops), Ok(()));
+    }
+
+    #[test]
+    fn an_observed_registration_lost_then_switched_to_full_is_registered_with_the_finalizer() {
+        // Found by a campaign (MODEL_SEED=1796693646226401799, 2026-12-08), a model defect:
+        // the switch back to Full wrote the id annotation first, and that write (still under
+        // Observe) ended the pending takeover the model had just recorded, so the next
+        // failure report without the finalizer counted as a violation of (h).
+        let rt = rt();
+        let ops = [
+            plain_create(0, 0, Creds::Secret(0)),
+            Op::DeleteOutside { pick: 0 },
+            Op::SetManagement {
+                slot: 0,
+                observe: true,
+            },
+            Op::SetManagement {
+                slot: 0,
+                observe: false,
+            },
+        ];
+        assert_eq!(run_case(&rt, 9, &ops), Ok(()));
     }
 
     #[test]

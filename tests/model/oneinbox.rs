@@ -69,7 +69,15 @@ pub enum FaultKind {
     CommitThenDrop,
     /// Close the connection without acting.
     Drop,
+    /// A request refused for its content (400 `SIP_TRUNK_PROVISION_FAILED`, or a 422 list),
+    /// permanent for that input; with `echo`, the body repeats the request's SIP password, as a
+    /// framework's validation error repeats its input.
+    Rejected { code: u16, echo: bool },
 }
+
+/// An agent uuid OneInbox does not know: POST and PATCH naming it answer 404 `<field> not
+/// found`.
+pub const UNKNOWN_AGENT: &str = "0badc0de-0000-4000-8000-00000000a9e7";
 
 #[derive(Clone, Debug)]
 pub struct Fault {
@@ -219,9 +227,22 @@ impl World {
         &mut self,
         call: Call,
         id: Option<&str>,
+        password: Option<&str>,
         perform: impl FnOnce(&mut World) -> Result<T, ApiError>,
     ) -> Outcome<Result<T, ApiError>> {
         self.record(call.kind());
+        if call.mutating() && self.current_observe {
+            let who = self
+                .current
+                .clone()
+                .and_then(|u| self.key_of_uid(&u))
+                .map(|(ns, n)| format!("{ns}/{n}"))
+                .unwrap_or_default();
+            self.violations.push(format!(
+                "(i) {who} sent {} during a pass that started under managementPolicy: Observe",
+                call.kind()
+            ));
+        }
         if matches!(call, Call::Patch | Call::Delete)
             && let Some(id) = id
         {
@@ -242,14 +263,19 @@ impl World {
                 FaultKind::Status { code, retry_after } => {
                     let body = match code {
                         401 => json!({"detail": "Invalid or missing API key"}),
+                        // Echoes the key, as a gateway's access log line might.
+                        403 => {
+                            json!({"detail": format!("API key {} may not access this workspace", self.api.api_key)})
+                        }
                         429 => json!({"detail": "Rate limit exceeded"}),
                         _ => json!({"detail": "Service Unavailable"}),
                     };
-                    return Outcome::Answer(Err(operator::api_error(
+                    return Outcome::Answer(Err(operator::api_answer(
                         call.endpoint(),
                         code,
                         retry_after.map(std::time::Duration::from_secs),
                         &body.to_string(),
+                        &self.api.api_key,
                     )));
                 }
                 FaultKind::Latency { ms } => {
@@ -266,6 +292,27 @@ impl World {
                     return Outcome::Answer(Err(operator::connection_error()));
                 }
                 FaultKind::Drop => return Outcome::Answer(Err(operator::connection_error())),
+                FaultKind::Rejected { code, echo } => {
+                    if let Some(uid) = self.current.clone() {
+                        self.refused_once.insert(uid);
+                    }
+                    let input = password.filter(|_| echo).unwrap_or("oneinbox");
+                    let body = if code == 422 {
+                        json!({"detail": [{"loc": ["body", "provider_config", "auth_password"],
+                            "msg": format!("String should match pattern, got {input}"),
+                            "type": "string_pattern_mismatch", "input": input, "ctx": {}}]})
+                    } else {
+                        json!({"detail": {"code": "SIP_TRUNK_PROVISION_FAILED",
+                            "message": format!("the trunk refused oneinbox:{input}@example.pstn.twilio.com")}})
+                    };
+                    return Outcome::Answer(Err(operator::api_answer(
+                        call.endpoint(),
+                        code,
+                        None,
+                        &body.to_string(),
+                        &self.api.api_key,
+                    )));
+                }
             }
         }
         Outcome::Answer(perform(self))
@@ -307,7 +354,35 @@ impl World {
         )
     }
 
+    /// 404 `<field> not found` for the first field that names an agent OneInbox does not know.
+    fn unknown_agent(fields: &[(&str, Option<&str>)]) -> Result<(), ApiError> {
+        match fields
+            .iter()
+            .find(|(_, a)| a.is_some_and(|a| a.eq_ignore_ascii_case(UNKNOWN_AGENT)))
+        {
+            Some((field, _)) => Err(operator::api_error(
+                oneinbox_operator::oneinbox::Endpoint::Collection,
+                404,
+                None,
+                &json!({"detail": format!("{field} not found")}).to_string(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn do_register(&mut self, req: &RegisterRequest) -> Result<Registration, ApiError> {
+        let routing = req.inbound_routing.as_ref();
+        World::unknown_agent(&[
+            ("agent_id", Some(req.agent_id.as_str())),
+            (
+                "inbound_routing.agent_id",
+                routing.and_then(|r| r.agent_id.as_deref()),
+            ),
+            (
+                "inbound_routing.fallback.agent_id",
+                routing.and_then(|r| r.fallback.as_ref().map(|f| f.agent_id.as_str())),
+            ),
+        ])?;
         if let Some(existing) = self.api.of_number(&req.phone_number).first() {
             let body = json!({"detail": {"code": "PHONE_NUMBER_ALREADY_REGISTERED",
                 "message": "This phone number is already registered", "phone_id": existing.reg.id}});
@@ -321,7 +396,8 @@ impl World {
         let complete = req.provider_config.as_ref().is_some_and(|p| {
             !p.trunk_address.is_empty()
                 && !p.auth_username.is_empty()
-                && !p.auth_password.expose().is_empty()
+                // A SIP trunk takes no blank password.
+                && !p.auth_password.expose().trim().is_empty()
         });
         if !complete && req.credential_id.is_none() {
             let body = json!({"detail": {"code": "SIP_TRUNK_PROVISION_FAILED", "message": "no SIP credentials"}});
@@ -345,6 +421,22 @@ impl World {
 
     fn do_patch(&mut self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
         let now = timestamp();
+        if !self.api.regs.contains_key(id) {
+            return Err(World::not_found());
+        }
+        let routing = req.inbound_routing.as_ref();
+        let routing_agent = |k: &str| -> Option<&str> {
+            let v = routing?.get(k)?;
+            v.as_str().or_else(|| v["agent_id"].as_str())
+        };
+        World::unknown_agent(&[
+            ("agent_id", req.agent_id.as_deref()),
+            ("inbound_routing.agent_id", routing_agent("agent_id")),
+            (
+                "inbound_routing.fallback.agent_id",
+                routing_agent("fallback"),
+            ),
+        ])?;
         let Some(r) = self.api.regs.get_mut(id) else {
             return Err(World::not_found());
         };
@@ -427,12 +519,18 @@ impl OneInboxApi for ModelApi {
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<Registration, ApiError> {
-        let o = lock(&self.world).api_call(Call::Register, None, |w| w.do_register(req));
+        let password = req
+            .provider_config
+            .as_ref()
+            .map(|p| p.auth_password.expose().to_owned());
+        let o = lock(&self.world).api_call(Call::Register, None, password.as_deref(), |w| {
+            w.do_register(req)
+        });
         finish(o).await
     }
 
     async fn get(&self, id: &str) -> Result<Registration, ApiError> {
-        let o = lock(&self.world).api_call(Call::Get, Some(id), |w| {
+        let o = lock(&self.world).api_call(Call::Get, Some(id), None, |w| {
             w.api
                 .regs
                 .get(id)
@@ -443,7 +541,7 @@ impl OneInboxApi for ModelApi {
     }
 
     async fn find_by_number(&self, number: &str) -> Result<Vec<Registration>, ApiError> {
-        let o = lock(&self.world).api_call(Call::List, None, |w| {
+        let o = lock(&self.world).api_call(Call::List, None, None, |w| {
             Ok(w.api
                 .of_number(number)
                 .into_iter()
@@ -454,12 +552,12 @@ impl OneInboxApi for ModelApi {
     }
 
     async fn patch(&self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
-        let o = lock(&self.world).api_call(Call::Patch, Some(id), |w| w.do_patch(id, req));
+        let o = lock(&self.world).api_call(Call::Patch, Some(id), None, |w| w.do_patch(id, req));
         finish(o).await
     }
 
     async fn deregister(&self, id: &str) -> Result<Deregistered, ApiError> {
-        let o = lock(&self.world).api_call(Call::Delete, Some(id), |w| w.do_delete(id));
+        let o = lock(&self.world).api_call(Call::Delete, Some(id), None, |w| w.do_delete(id));
         finish(o).await
     }
 }

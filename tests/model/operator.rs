@@ -53,6 +53,19 @@ pub fn api_error(
     ApiError::from_response(endpoint, status, retry_after, body)
 }
 
+/// A classified answer whose body may echo the API key `key`, as the HTTP client classifies
+/// it (the client scrubs the key it sent).
+pub fn api_answer(
+    endpoint: oneinbox_operator::oneinbox::Endpoint,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &str,
+    key: &str,
+) -> ApiError {
+    let key = oneinbox_operator::oneinbox::SecretString::new(key.to_owned());
+    ApiError::from_answer(endpoint, status, retry_after, body, &key)
+}
+
 /// A connection closed before the answer.
 pub fn connection_error() -> ApiError {
     ApiError::Unavailable {
@@ -204,8 +217,24 @@ impl Operator {
         }
     }
 
-    pub fn reseed_checks(&mut self, mut factor: impl FnMut() -> f64) {
-        let base = self.ctx.settings.poll_interval;
+    /// Replace the jitter of each new check record's interval with one drawn by the model.
+    /// `objects` are the live objects: the interval is each one's own (its
+    /// `oneinbox.ai/poll-interval`, as the operator reads it), jittered in the same range.
+    pub fn reseed_checks(&mut self, objects: &[PhoneNumber], mut factor: impl FnMut() -> f64) {
+        let settings = &self.ctx.settings;
+        let base = |uid: &str| {
+            objects
+                .iter()
+                .find(|o| o.metadata.uid.as_deref() == Some(uid))
+                .and_then(|o| {
+                    controller::polling::poll_interval(
+                        o,
+                        settings.poll_interval,
+                        settings.min_poll_interval,
+                    )
+                })
+                .unwrap_or(settings.poll_interval)
+        };
         let mut memory = self.ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
         let checked: Vec<(String, &mut controller::memory::Checked)> = memory
             .checks_mut()
@@ -217,9 +246,9 @@ impl Operator {
             if self.reseeded.get(&uid) == Some(&check.at) {
                 continue;
             }
-            self.reseeded.insert(uid, check.at);
+            self.reseeded.insert(uid.clone(), check.at);
             if check.interval.is_some() {
-                check.interval = Some(base.mul_f64(0.8 + 0.4 * factor()));
+                check.interval = Some(base(&uid).mul_f64(0.8 + 0.4 * factor()));
             }
         }
     }

@@ -22,6 +22,18 @@ pub const CREDENTIAL_IDS: [&str; 2] = [
 /// Secret names; `sip-0` exists in both namespaces when a case starts, `sip-1` does not.
 pub const SECRETS: [&str; 2] = ["sip-0", "sip-1"];
 
+/// Values of the `oneinbox.ai/poll-interval` annotation: none, valid (one below the 30 s
+/// floor), and invalid ones (the default interval applies, with a Warning). `0` (never) is not
+/// generated: a healed world is judged by its drift checks.
+pub const POLL_INTERVALS: [Option<&str>; 6] = [
+    None,
+    Some("45s"),
+    Some("10s"),
+    Some("20m"),
+    Some("banana"),
+    Some("-1m"),
+];
+
 /// An agent uuid in one of its two spellings.
 #[derive(Clone, Copy, Debug)]
 pub struct Agent {
@@ -30,8 +42,12 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Index 3 is an agent OneInbox does not know (`oneinbox::UNKNOWN_AGENT`).
     pub fn uuid(self) -> String {
-        let a = AGENTS[self.idx as usize % AGENTS.len()];
+        let a = match self.idx {
+            3 => crate::oneinbox::UNKNOWN_AGENT,
+            i => AGENTS[i as usize % AGENTS.len()],
+        };
         if self.upper {
             a.to_ascii_uppercase()
         } else {
@@ -54,6 +70,11 @@ pub enum Drift {
     NoRouting,
     /// The trunk and dispatch-rule ids replaced (SIP resources re-provisioned outside).
     Trunks,
+    /// OneInbox re-provisions the SIP resources (`provisioning`, active again once the world
+    /// heals) or reports that provisioning failed (`failed`, for good).
+    State {
+        failed: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -82,9 +103,27 @@ pub enum Target {
 pub enum Edit {
     Agent(Agent),
     FriendlyName(Option<u8>),
-    DeletionPolicy { orphan: bool },
+    DeletionPolicy {
+        orphan: bool,
+    },
+    /// Switched to `managementPolicy: Observe` (the switch back to Full is a step of its own:
+    /// it is a deliberate adoption of the registration the object mirrors).
+    Observe,
     ReconcileNow,
     Delete,
+}
+
+/// How a Kubernetes write fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeFaultKind {
+    /// 500 InternalError: nothing written.
+    Error,
+    /// 504 Timeout, nothing written.
+    Timeout,
+    /// 504 Timeout after the write landed: the answer is lost.
+    Lost,
+    /// 429 TooManyRequests (priority and fairness), nothing written.
+    Throttled,
 }
 
 #[derive(Clone, Debug)]
@@ -103,6 +142,18 @@ pub enum Op {
         /// Created with the id annotation of the number's existing registration, if there is
         /// one (an import).
         import: bool,
+        /// `managementPolicy: Observe` (else Full, the default).
+        observe: bool,
+    },
+    /// Set the `oneinbox.ai/poll-interval` annotation to `POLL_INTERVALS[value]`.
+    SetPollInterval {
+        slot: u8,
+        value: u8,
+    },
+    /// Switch `managementPolicy` (also while the object is being deleted).
+    SetManagement {
+        slot: u8,
+        observe: bool,
     },
     SetAgent {
         slot: u8,
@@ -130,6 +181,13 @@ pub enum Op {
     DeleteSecret {
         ns: u8,
         secret: u8,
+    },
+    /// The Secret exists (created if need be) but its `password` key does not (`how` 0), is
+    /// empty (1) or only white space (2).
+    BreakSecret {
+        ns: u8,
+        secret: u8,
+        how: u8,
     },
     Annotate {
         slot: u8,
@@ -160,6 +218,12 @@ pub enum Op {
     Concurrent {
         in_effects: u8,
         edit: Edit,
+    },
+    /// The next 1–3 Kubernetes writes fail: 500 (nothing written), 504 before the write
+    /// lands (nothing written), or 504 after it landed (written, the answer lost), or 429.
+    KubeFault {
+        kind: KubeFaultKind,
+        count: u8,
     },
     // ---- API behaviour
     Fault {
@@ -196,7 +260,8 @@ fn slot() -> impl Strategy<Value = u8> {
     0u8..3
 }
 
-fn agent() -> impl Strategy<Value = Agent> {
+/// An agent OneInbox knows, in either spelling.
+fn known_agent() -> impl Strategy<Value = Agent> {
     // Triage aid: MODEL_AGENTS=lower generates only lower-case spellings.
     let lower_only = std::env::var("MODEL_AGENTS").is_ok_and(|v| v == "lower");
     (0u8..3, any::<bool>()).prop_map(move |(idx, upper)| Agent {
@@ -205,12 +270,21 @@ fn agent() -> impl Strategy<Value = Agent> {
     })
 }
 
+/// The agent of a spec: sometimes one OneInbox does not know (its POST or PATCH is a 404).
+fn agent() -> impl Strategy<Value = Agent> {
+    prop_oneof![
+        24 => known_agent(),
+        1 => any::<bool>().prop_map(|upper| Agent { idx: 3, upper }),
+    ]
+}
+
 fn drift() -> impl Strategy<Value = Drift> {
     prop_oneof![
-        3 => agent().prop_map(Drift::Agent),
+        3 => known_agent().prop_map(Drift::Agent),
         1 => proptest::option::of(0u8..2).prop_map(Drift::FriendlyName),
-        2 => proptest::option::of(agent()).prop_map(Drift::RoutingAgent),
-        2 => proptest::option::of(agent()).prop_map(Drift::Fallback),
+        2 => proptest::option::of(known_agent()).prop_map(Drift::RoutingAgent),
+        2 => proptest::option::of(known_agent()).prop_map(Drift::Fallback),
+        2 => any::<bool>().prop_map(|failed| Drift::State { failed }),
         1 => any::<bool>().prop_map(Drift::Voicemail),
         1 => Just(Drift::NoRouting),
         1 => Just(Drift::Trunks),
@@ -238,6 +312,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         2 => agent().prop_map(Edit::Agent),
         1 => proptest::option::of(0u8..2).prop_map(Edit::FriendlyName),
         1 => any::<bool>().prop_map(|orphan| Edit::DeletionPolicy { orphan }),
+        1 => Just(Edit::Observe),
         1 => Just(Edit::ReconcileNow),
         1 => Just(Edit::Delete),
     ]
@@ -261,6 +336,7 @@ fn fault_kind() -> impl Strategy<Value = FaultKind> {
         2 => (1u64..120).prop_map(|s| FaultKind::Status { code: 429, retry_after: Some(s) }),
         1 => Just(FaultKind::Status { code: 429, retry_after: None }),
         2 => Just(FaultKind::Status { code: 401, retry_after: None }),
+        1 => Just(FaultKind::Status { code: 403, retry_after: None }),
         2 => prop_oneof![100u64..3000, 15_000u64..30_000].prop_map(|ms| FaultKind::Latency { ms }),
         2 => Just(FaultKind::CommitThenDrop),
         1 => Just(FaultKind::Drop),
@@ -269,16 +345,19 @@ fn fault_kind() -> impl Strategy<Value = FaultKind> {
 
 pub fn op() -> impl Strategy<Value = Op> {
     let user = prop_oneof![
-        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), (0u8..4, agent()), proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2))
-            .prop_map(|(slot, number, creds, agent, friendly_name, (routing, routing_agent), orphan, replace, import)| Op::Create {
-                slot, number, creds, agent, friendly_name, routing, routing_agent, orphan, replace, import
+        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), (0u8..4, agent()), proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2), proptest::bool::weighted(0.15))
+            .prop_map(|(slot, number, creds, agent, friendly_name, (routing, routing_agent), orphan, replace, import, observe)| Op::Create {
+                slot, number, creds, agent, friendly_name, routing, routing_agent, orphan, replace, import, observe
             }),
+        2 => (slot(), any::<bool>()).prop_map(|(slot, observe)| Op::SetManagement { slot, observe }),
+        1 => (slot(), 0u8..6).prop_map(|(slot, value)| Op::SetPollInterval { slot, value }),
         2 => (slot(), agent()).prop_map(|(slot, agent)| Op::SetAgent { slot, agent }),
         1 => (slot(), proptest::option::of(0u8..2)).prop_map(|(slot, name)| Op::SetFriendlyName { slot, name }),
         1 => (slot(), 0u8..4, agent()).prop_map(|(slot, routing, agent)| Op::SetRouting { slot, routing, agent }),
         2 => (slot(), creds()).prop_map(|(slot, creds)| Op::SetCreds { slot, creds }),
         2 => (0u8..2, 0u8..2).prop_map(|(ns, secret)| Op::RotateSecret { ns, secret }),
         1 => (0u8..2, 0u8..2).prop_map(|(ns, secret)| Op::DeleteSecret { ns, secret }),
+        1 => (0u8..2, 0u8..2, 0u8..3).prop_map(|(ns, secret, how)| Op::BreakSecret { ns, secret, how }),
         2 => (slot(), target()).prop_map(|(slot, target)| Op::Annotate { slot, target }),
         1 => slot().prop_map(|slot| Op::Pause { slot }),
         1 => slot().prop_map(|slot| Op::Resume { slot }),
@@ -290,9 +369,23 @@ pub fn op() -> impl Strategy<Value = Op> {
     ];
     let api = prop_oneof![
         6 => (call(), fault_kind(), 1u8..4).prop_map(|(call, kind, count)| Op::Fault { call, kind, count }),
+        // Refused for the request's content: only a POST or PATCH has any.
+        1 => (any::<bool>(), prop_oneof![Just(400u16), Just(422)], proptest::bool::weighted(0.7))
+            .prop_map(|(patch, code, echo)| Op::Fault {
+                call: Some(if patch { Call::Patch } else { Call::Register }),
+                kind: FaultKind::Rejected { code, echo },
+                count: 1,
+            }),
         1 => (0u8..3).prop_map(|pick| Op::DeleteOutside { pick }),
         1 => (0u8..2).prop_map(|number| Op::RegisterOutside { number }),
         2 => ((0u8..3), drift()).prop_map(|(pick, drift)| Op::DriftOutside { pick, drift }),
+        2 => (prop_oneof![
+                Just(KubeFaultKind::Error),
+                Just(KubeFaultKind::Timeout),
+                Just(KubeFaultKind::Lost),
+                Just(KubeFaultKind::Throttled),
+            ], 1u8..4)
+            .prop_map(|(kind, count)| Op::KubeFault { kind, count }),
     ];
     let crash =
         (0u8..12, any::<bool>()).prop_map(|(in_effects, after)| Op::Crash { in_effects, after });

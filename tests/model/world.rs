@@ -40,6 +40,7 @@ pub struct Removed {
     pub uid: String,
     pub key: (String, String),
     pub orphan: bool,
+    /// Also: it said `managementPolicy: Observe` when it went (the registration stays).
     /// It carried the operator's finalizer when it went.
     pub finalized: bool,
     /// It held a registration at some time: its status named one, or the operator confirmed
@@ -73,6 +74,16 @@ pub struct World {
     pub status_named: BTreeMap<String, BTreeSet<String>>,
     /// UIDs of the objects the operator reported an adoption for (an `Adopted` Event).
     pub adoptions: BTreeSet<String>,
+    /// UIDs of the objects switched from Observe to Full while their status names a
+    /// registration, whose takeover (the finalizer) has not happened yet: until the operator
+    /// has read the registration it cannot take it over, so these still only mirror it.
+    pub takeover_pending: BTreeSet<String>,
+    /// The healed world's final quiet window (simulated ms), in which only drift checks run.
+    pub quiet_window: Option<(u64, u64)>,
+    /// Kubernetes write faults armed: each hits the next write, `.1` times.
+    pub kube_faults: Option<(crate::ops::KubeFaultKind, u8)>,
+    /// UIDs of the objects a one-shot 400/422 refused (a human's retry is due when healing).
+    pub refused_once: BTreeSet<String>,
     /// Every Event body posted.
     pub events: Vec<Value>,
     /// Every Kubernetes write body the operator sent (for the secret scan).
@@ -88,6 +99,11 @@ pub struct World {
     /// That pass's object was being deleted with `deletionPolicy: Orphan` when the pass
     /// started (a change landing during the pass cannot be honoured by it).
     pub current_orphan_cleanup: bool,
+    /// That pass's object said `managementPolicy: Observe` when the pass started: it may make
+    /// no OneInbox write (a switch landing during the pass cannot be honoured by it).
+    pub current_observe: bool,
+    /// A user's write is being committed (invariant h is asked of the operator's writes).
+    pub user_writing: bool,
     pub log: Vec<(u64, String, &'static str)>,
     /// Violations seen while running (invariants c and g, and model gaps).
     pub violations: Vec<String>,
