@@ -66,6 +66,8 @@ pub(crate) fn cache_key(obj: &PhoneNumber) -> ObjectRef<CachedPhoneNumber> {
 pub struct Scope {
     pub namespace: Option<String>,
     pub label_selector: Option<String>,
+    /// How the PhoneNumber and Secret watches list.
+    pub initial_lists: crate::watch_list::InitialLists,
 }
 
 /// How long to wait before retrying an object whose pass ended with `err` (pure but for
@@ -204,6 +206,7 @@ pub async fn run<C: OneInboxApi>(
         scope.namespace.as_deref(),
         ctx.settings.secret_access,
         ctx.secrets_listed.clone(),
+        scope.initial_lists,
     );
     let accounts_task = account_controllers(
         manage_accounts,
