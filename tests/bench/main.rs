@@ -1505,9 +1505,18 @@ async fn scale(n: usize, sip: bool, lists: &[String], idle: Duration, watch: Dur
     record("scale", result.clone());
     drop(tracker);
     let t = Instant::now();
+    let (client, ns) = (bed.client.clone(), bed.ns.clone());
     bed.teardown().await;
+    // The next N waits until the namespace is gone: kube-controller-manager deleting tens of
+    // thousands of objects loads etcd and the API server (it slowed the 30,000 restarts of
+    // 2026-12-08 to a minute).
+    let nss: Api<Namespace> = Api::all(client);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while matches!(nss.get_opt(&ns).await, Ok(Some(_))) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     log(&format!(
-        "  finalizers stripped and namespace deleted in {:.1} s",
+        "  finalizers stripped and namespace gone after {:.1} s",
         t.elapsed().as_secs_f64()
     ));
     result
