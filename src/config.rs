@@ -89,6 +89,17 @@ pub struct RunArgs {
     )]
     pub secret_access: crate::secrets::SecretAccess,
 
+    /// How the PhoneNumber and Secret watches list everything (at the start, and when a watch
+    /// cannot resume): "stream" (the objects come as watch events, Kubernetes' WatchList; where
+    /// the API server refuses it, pages) or "pages" (LIST requests of 500 objects).
+    #[arg(
+        long,
+        env = "ONEINBOX_INITIAL_LISTS",
+        value_enum,
+        default_value = "stream"
+    )]
+    pub initial_lists: crate::watch_list::InitialLists,
+
     /// Only manage PhoneNumbers matching this label selector (for sharding a large fleet).
     #[arg(long, env = "ONEINBOX_LABEL_SELECTOR")]
     pub label_selector: Option<String>,

@@ -15,3 +15,4 @@ pub mod mutex;
 pub mod oneinbox;
 pub mod secrets;
 pub mod telemetry;
+pub mod watch_list;

@@ -187,6 +187,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let scope = Scope {
         namespace: args.watch_namespace.clone(),
         label_selector: args.label_selector.clone(),
+        initial_lists: args.initial_lists,
     };
     info!(api_url = %args.api.api_url, namespace = ?scope.namespace, "starting oneinbox-operator");
 

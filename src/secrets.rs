@@ -36,21 +36,24 @@ pub fn version_watch(
     namespace: Option<&str>,
     access: SecretAccess,
     listed: Arc<AtomicBool>,
+    lists: crate::watch_list::InitialLists,
 ) -> BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>> {
     let api: Api<PartialObjectMeta<Secret>> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     match access {
-        SecretAccess::Watch => watcher(api, watcher::Config::default())
-            .default_backoff()
-            .inspect_ok(move |e| {
-                if matches!(e, watcher::Event::InitDone) {
-                    listed.store(true, Ordering::Relaxed);
-                }
-            })
-            .touched_objects()
-            .boxed(),
+        SecretAccess::Watch => {
+            crate::watch_list::streaming_watcher(api, watcher::Config::default(), lists)
+                .default_backoff()
+                .inspect_ok(move |e| {
+                    if matches!(e, watcher::Event::InitDone) {
+                        listed.store(true, Ordering::Relaxed);
+                    }
+                })
+                .touched_objects()
+                .boxed()
+        }
         SecretAccess::Get => futures::stream::pending().boxed(),
     }
 }

@@ -39,6 +39,11 @@ fn same_object(a: &impl kube::Resource, b: &impl kube::Resource) -> bool {
     a.meta().name == b.meta().name && a.meta().namespace == b.meta().namespace
 }
 
+/// A bucket for one object, as nearly all are: a first push would reserve four.
+fn one() -> Vec<Arc<CachedPhoneNumber>> {
+    Vec::with_capacity(1)
+}
+
 /// Take `obj`'s entry out of bucket `k`, if it is there.
 fn take(buckets: &mut Buckets, k: u64, obj: &CachedPhoneNumber) -> Option<Arc<CachedPhoneNumber>> {
     let bucket = buckets.get_mut(&k)?;
@@ -57,12 +62,12 @@ impl Index {
         if let Some(id) = obj.known_id() {
             self.by_id
                 .entry(key(&account, id))
-                .or_default()
+                .or_insert_with(one)
                 .push(obj.clone());
         }
         self.by_number
             .entry(key(&account, obj.phone_number()))
-            .or_default()
+            .or_insert_with(one)
             .push(obj);
     }
 

@@ -143,16 +143,21 @@ pub fn decision_inputs(obj: &PhoneNumber) -> u64 {
     h.finish()
 }
 
-/// Per-object memory by UID.
+/// Per-object memory by UID. Boxed: a table slot is then a pointer, not the ~250 bytes of an
+/// `ObjectMemory`, of which a hash table keeps up to twice as many slots as objects
+/// (docs/benchmarks.md, "Memory at scale").
 #[derive(Debug, Default)]
 pub struct Memory {
-    objects: HashMap<String, ObjectMemory>,
+    objects: HashMap<String, Box<ObjectMemory>>,
 }
 
 impl Memory {
     /// A copy of what is remembered of `uid` (empty if nothing).
     pub fn get(&self, uid: &str) -> ObjectMemory {
-        self.objects.get(uid).cloned().unwrap_or_default()
+        self.objects
+            .get(uid)
+            .map(|m| ObjectMemory::clone(m))
+            .unwrap_or_default()
     }
 
     /// Whether the watch event of `uid` at `rv` is an echo of our own writes to skip
@@ -171,9 +176,7 @@ impl Memory {
 
     /// A pass of `uid` ended: whether another must follow (`ObjectMemory::end_pass`).
     pub fn end_pass(&mut self, uid: &str) -> bool {
-        self.objects
-            .get_mut(uid)
-            .is_some_and(ObjectMemory::end_pass)
+        self.objects.get_mut(uid).is_some_and(|m| m.end_pass())
     }
 
     pub fn update(&mut self, uid: &str, f: impl FnOnce(&mut ObjectMemory)) {

@@ -66,6 +66,8 @@ pub(crate) fn cache_key(obj: &PhoneNumber) -> ObjectRef<CachedPhoneNumber> {
 pub struct Scope {
     pub namespace: Option<String>,
     pub label_selector: Option<String>,
+    /// How the PhoneNumber and Secret watches list.
+    pub initial_lists: crate::watch_list::InitialLists,
 }
 
 /// How long to wait before retrying an object whose pass ended with `err` (pure but for
@@ -204,6 +206,7 @@ pub async fn run<C: OneInboxApi>(
         scope.namespace.as_deref(),
         ctx.settings.secret_access,
         ctx.secrets_listed.clone(),
+        scope.initial_lists,
     );
     let accounts_task = account_controllers(
         manage_accounts,
@@ -295,12 +298,15 @@ fn object_counts(store: Store<CachedPhoneNumber>) -> impl Fn() -> Vec<(&'static 
     }
 }
 
-/// One pass over `obj`, once its account's gate gives it a place.
+/// One pass over `obj`, once its account's gate gives it a place. A restart hands every
+/// object to the controller at once, so up to one waiting pass per object: while it waits it
+/// holds only the object, the context and its place in the queue (its span and the rest of
+/// its state are made once it has a place: at 10,000 objects the waiting passes were most of
+/// a restart's peak memory, docs/benchmarks.md "Memory at scale").
 fn pass<C: OneInboxApi>(
     obj: Arc<CachedPhoneNumber>,
     ctx: Arc<Context<C>>,
 ) -> BoxFuture<'static, Result<Action>> {
-    let span = info_span!("reconcile", namespace = obj.namespace().unwrap_or_default(), object = %obj.name_any());
     async move {
         ctx.account_stores.ready().await;
         let account = obj.account(ctx.accounts.settings.default_account.as_deref());
@@ -316,16 +322,29 @@ fn pass<C: OneInboxApi>(
             .is_some_and(|c| c.dispatched);
         let background = obj.is_background_check(dispatched);
         let gate = ctx.accounts.gate(&account);
-        let _pass = gate
+        let place = gate
             .enter(background, || ctx.accounts.budget_used_up(&account))
             .await;
+        ctx.metrics.set_pass_places(&account.label(), gate.places());
+        drop((account, gate));
+        Box::pin(placed_pass(obj, ctx, place)).await
+    }
+    .boxed()
+}
+
+/// A pass that has its place (`_place`, held until it ends).
+async fn placed_pass<C: OneInboxApi>(
+    obj: Arc<CachedPhoneNumber>,
+    ctx: Arc<Context<C>>,
+    _place: crate::accounts::registry::GatePass,
+) -> Result<Action> {
+    let span = info_span!("reconcile", namespace = obj.namespace().unwrap_or_default(), object = %obj.name_any());
+    async move {
         let metrics = &ctx.metrics;
-        metrics.set_pass_places(&account.label(), gate.places());
         metrics.reconcile_started();
         let started = Instant::now();
         let uid = obj.uid().unwrap_or_default().to_owned();
-        // Boxed: a pass is ~11 KiB of state, allocated only once it has its place (a restart
-        // queues a pass per object at the gates). The object is unpacked only then too.
+        // Boxed: a pass is ~11 KiB of state. The object is unpacked only now too.
         let res = match obj.object() {
             Ok(pn) => Box::pin(reconcile(Arc::new(pn), ctx.clone())).await,
             Err(e) => Err(e),
@@ -340,5 +359,5 @@ fn pass<C: OneInboxApi>(
         res
     }
     .instrument(span)
-    .boxed()
+    .await
 }

@@ -124,25 +124,29 @@ pub(crate) fn phone_numbers(
         (store.clone(), claims.clone(), store.clone(), memory.clone());
     let objects = reflector::reflector(
         writer,
-        flag_listed(watcher(api, wc), listed.clone(), Arc::default())
-            .default_backoff()
-            .inspect_ok(move |event| {
-                // A list that completed: the watcher announces Init before every attempt,
-                // also those that fail while the API server is unreachable.
-                if matches!(event, watcher::Event::InitDone) {
-                    metrics.phonenumber_watch_listed();
+        flag_listed(
+            crate::watch_list::streaming_watcher(api, wc, scope.initial_lists),
+            listed.clone(),
+            Arc::default(),
+        )
+        .default_backoff()
+        .inspect_ok(move |event| {
+            // A list that completed: the watcher announces Init before every attempt,
+            // also those that fail while the API server is unreachable.
+            if matches!(event, watcher::Event::InitDone) {
+                metrics.phonenumber_watch_listed();
+            }
+            let (obj, new) = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    (o, known.get(&ObjectRef::from_obj(o)).is_none())
                 }
-                let (obj, new) = match event {
-                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                        (o, known.get(&ObjectRef::from_obj(o)).is_none())
-                    }
-                    watcher::Event::Delete(o) => (o, true),
-                    _ => return,
-                };
-                if new {
-                    pokes.poke(obj.account(default_account.as_deref()));
-                }
-            }),
+                watcher::Event::Delete(o) => (o, true),
+                _ => return,
+            };
+            if new {
+                pokes.poke(obj.account(default_account.as_deref()));
+            }
+        }),
     )
     .inspect_ok(move |event| claims_of.observe(event, &claims_store))
     .applied_objects()

@@ -28,14 +28,21 @@
 //!    operator started: its own throughput (time to all Ready, CPU), without the load
 //!    generator's pace.
 //!
+//! 10. scale: issue 30's memory at BENCH_SCALE_N objects (comma list, 10000), each with its
+//!     own Secret (BENCH_SCALE_SECRETS=1; 0 = credentialId): RSS at all Ready and after idling,
+//!     then the operator restarted at its defaults once per BENCH_SCALE_LISTS entry
+//!     (`--initial-lists`, `pages,stream`): time to `/readyz`, peak RSS of the new process, RSS
+//!     after BENCH_SCALE_WATCH_SECS (60), OneInbox calls and Secret GETs in that window. Strips
+//!     the finalizers at the end instead of deleting one by one.
+//!
 //! 9. sidebyside: ours and crbase (the controller-runtime peer, built from its source outside the
 //!    repository) alternating on the same control plane and mock, no rate limit: N creates each,
 //!    time to all Ready, kube-apiserver + etcd CPU, operator CPU, RSS, OneInbox calls, the load;
 //!    the guards of issue 30's goal 5 per pair (`sidebyside.rs`; `BENCH_SIDE_*`).
 //!
 //! Environment: `BENCH_ONLY` (comma list of burst, nolimit, latency, defaults, fairness, lanes,
-//! restart, backlog, sidebyside, footprint; default all but defaults, lanes, restart, backlog and
-//! sidebyside),
+//! restart, backlog, sidebyside, scale, footprint; default all but defaults, lanes, restart, backlog,
+//! sidebyside and scale),
 //! `BENCH_N` (1000), `BENCH_REPEATS` (3), `BENCH_RATE` (50), `BENCH_LATENCY_MS` (100),
 //! `BENCH_STEADY_SECS` (600; 0 = skip), `BENCH_LATENCY_RUNS` (50), `BENCH_FOOTPRINT_N` (10000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_OVER_BUDGET` (1: also run the rate-limited burst with a client
@@ -1378,6 +1385,152 @@ async fn lanes(n: usize, new: usize, latency_ms: u64) -> Value {
     result
 }
 
+// ------------------------------------------------------------------ 10: memory at scale
+
+/// `/proc/<pid>/smaps_rollup`: anonymous memory (the heap, mostly) and the file-backed part
+/// (the binary's text), in MiB.
+fn smaps(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kib = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kib("Anonymous:"), kib("Pss_File:"))
+}
+
+/// Issue 30's memory goals at `n` objects (each with its own Secret if `sip`, else a
+/// `credentialId`): made Ready at a high budget (RSS at all Ready and after `idle`), then the
+/// operator restarted at its defaults against a mock at 20 req/s, once per entry of `lists`
+/// (`--initial-lists`, e.g. pages then stream): time to `/readyz`, the peak RSS of the new
+/// process (VmHWM) while it lists and starts, its RSS after `watch`, OneInbox calls and Secret
+/// GETs in that window (the first minute). The objects are not deleted one by one (at 100,000
+/// that is hours): their finalizers are stripped and the namespace deleted.
+async fn scale(n: usize, sip: bool, lists: &[String], idle: Duration, watch: Duration) -> Value {
+    let args = high_budget_args();
+    log(&format!(
+        "scale: N={n} ({}), mock latency 0, no rate limit, operator {}; restarts {lists:?}",
+        if sip { "a Secret each" } else { "credentialId" },
+        args.join(" ")
+    ));
+    let mut bed = Bed::new("scale", json!({}), &args).await;
+    let names = names("s", n);
+    let t = Instant::now();
+    if sip {
+        bed.create_secrets(&names).await;
+        log(&format!(
+            "  {n} Secrets created in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    let tracker = Tracker::start(bed.pns.clone()).await;
+    let t0 = Instant::now();
+    let created = tokio::select! {
+        _ = bed.create_pns(&names, sip) => t0.elapsed(),
+        _ = footprint_progress(&bed, &tracker, n, t0) => unreachable!(),
+    };
+    log(&format!(
+        "  {n} PhoneNumbers created in {:.1} s",
+        created.as_secs_f64()
+    ));
+    let t_ready = tokio::select! {
+        t = tracker.wait("all Ready", Duration::from_secs(6 * 3600), |s| s.ready.len() >= n) => t,
+        _ = footprint_progress(&bed, &tracker, n, t0) => unreachable!(),
+    };
+    let at_ready = bed.op().stats();
+    let (anon_ready, file_ready) = smaps(bed.op().pid());
+    log(&format!(
+        "  all {n} Ready after {:.1} s; RSS {:.1} MiB (anonymous {anon_ready:.1}, file {file_ready:.1}), peak {:.1} MiB; idling {idle:?}",
+        (t_ready - t0).as_secs_f64(),
+        at_ready.rss_mib,
+        at_ready.hwm_mib
+    ));
+    tokio::time::sleep(idle).await;
+    let steady = bed.op().stats();
+    let (anon_steady, _) = smaps(bed.op().pid());
+    log(&format!(
+        "  RSS {:.1} MiB after idling (anonymous {anon_steady:.1}), load {}",
+        steady.rss_mib,
+        loadavg()
+    ));
+    bed.op.take();
+    bed.mock
+        .config(json!({"latency_ms": 0, "rate_limit_rps": 20.0, "rate_limit_burst": 20}))
+        .await;
+    let calls = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+    let mut restarts = Vec::new();
+    for mode in lists {
+        let kube_before = apiserver_requests();
+        let calls_before = calls(&calls_map(&bed.mock.calls().await));
+        let load = loadavg();
+        let t0 = Instant::now();
+        let op = Op::start(
+            &bed.ns,
+            &bed.mock.url,
+            &["--initial-lists".to_string(), mode.clone()],
+        );
+        op.wait_ready().await;
+        let readyz = t0.elapsed().as_secs_f64();
+        let at_readyz = op.stats();
+        tokio::time::sleep_until((t0 + watch).into()).await;
+        let after = op.stats();
+        let (anon_after, _) = smaps(op.pid());
+        let first_calls = calls(&calls_map(&bed.mock.calls().await)) - calls_before;
+        let kube = delta(&apiserver_requests(), &kube_before);
+        let secret_gets = kube.get("secrets GET").copied().unwrap_or(0);
+        let lists_done = metric_sum(
+            &op.metrics().await,
+            "oneinbox_operator_phonenumber_watch_lists_total",
+        );
+        log(&format!(
+            "  restart ({mode}, load {load}): /readyz after {readyz:.2} s (RSS then {:.1} MiB); peak RSS {:.1} MiB; RSS after {watch:?} {:.1} MiB (anonymous {anon_after:.1}); {first_calls} OneInbox calls, {secret_gets} Secret GETs; {lists_done} PhoneNumber lists; API requests {kube:?}",
+            at_readyz.rss_mib, after.hwm_mib, after.rss_mib
+        ));
+        restarts.push(json!({"lists": mode, "load": load, "readyz_secs": readyz,
+            "rss_mib_at_readyz": at_readyz.rss_mib, "hwm_mib": after.hwm_mib,
+            "rss_mib_after": after.rss_mib, "anon_mib_after": anon_after,
+            "watch_secs": watch.as_secs_f64(), "oneinbox_calls": first_calls,
+            "secret_gets": secret_gets, "watch_lists": lists_done, "kube_requests": kube}));
+        drop(op);
+    }
+    let result = json!({"n": n, "sip": sip, "create_secs": created.as_secs_f64(),
+        "ready_secs": (t_ready - t0).as_secs_f64(), "rss_mib_at_ready": at_ready.rss_mib,
+        "hwm_mib_at_ready": at_ready.hwm_mib, "anon_mib_at_ready": anon_ready,
+        "file_mib_at_ready": file_ready, "rss_mib_steady": steady.rss_mib,
+        "anon_mib_steady": anon_steady, "idle_secs": idle.as_secs_f64(),
+        "cpu_secs_to_ready": at_ready.cpu_secs, "restarts": restarts});
+    record("scale", result.clone());
+    drop(tracker);
+    let t = Instant::now();
+    let (client, ns) = (bed.client.clone(), bed.ns.clone());
+    bed.teardown().await;
+    // The next N waits until the namespace is gone: kube-controller-manager deleting tens of
+    // thousands of objects loads etcd and the API server (it slowed the 30,000 restarts of
+    // 2026-12-08 to a minute).
+    let nss: Api<Namespace> = Api::all(client);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while matches!(nss.get_opt(&ns).await, Ok(Some(_))) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    log(&format!(
+        "  finalizers stripped and namespace gone after {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    result
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 // ------------------------------------------------------------------ 4: footprint at 10,000
 
 /// Every 15 s until dropped: how many are Ready, and the operator's memory and CPU.
@@ -1822,6 +1975,22 @@ fn main() {
             };
             let md = sidebyside::scenario(cfg).await;
             summary.push(format!("side by side with crbase:\n{md}"));
+        }
+        if only.contains(&"scale") {
+            let ns: String = env("BENCH_SCALE_N", "10000".to_string());
+            let sip = env("BENCH_SCALE_SECRETS", 1u8) == 1;
+            let lists: String = env("BENCH_SCALE_LISTS", "pages,stream".to_string());
+            let lists: Vec<String> = lists.split(',').map(|s| s.trim().to_string()).collect();
+            let watch = Duration::from_secs(env("BENCH_SCALE_WATCH_SECS", 60));
+            for n in ns.split(',').filter_map(|v| v.trim().parse::<usize>().ok()) {
+                let r = scale(n, sip, &lists, idle, watch).await;
+                summary.push(format!(
+                    "scale {n}: RSS at all Ready {:.1} MiB, after idling {:.1} MiB; restarts {}",
+                    r["rss_mib_at_ready"].as_f64().unwrap_or(f64::NAN),
+                    r["rss_mib_steady"].as_f64().unwrap_or(f64::NAN),
+                    r["restarts"]
+                ));
+            }
         }
         if only.contains(&"footprint") {
             let r = footprint(footprint_n, idle).await;

@@ -13,6 +13,8 @@
 #   TESTENV_OPERATOR_NS / TESTENV_OPERATOR_SA  identity of the operator token
 #                      (oneinbox-system / oneinbox-operator)
 #   TESTENV_CRDS       optional: a file or dir of CRDs applied before KCM starts (GC discovery)
+#   TESTENV_APISERVER_ARGS  optional: more kube-apiserver flags, split on spaces (e.g.
+#                      --feature-gates=WatchList=false: a server without streaming lists)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -130,6 +132,7 @@ setsid "$bin/kube-apiserver" \
   --service-account-key-file="$state/sa.key" --service-account-signing-key-file="$state/sa.key" \
   --authorization-mode=RBAC --token-auth-file="$state/tokens.csv" \
   --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+  ${TESTENV_APISERVER_ARGS:-} \
   >"$state/logs/kube-apiserver.log" 2>&1 </dev/null &
 echo $! > "$state/kube-apiserver.pid"
 t0=$(date +%s)
