@@ -4,7 +4,10 @@
 //! kubelet, on loopback, still reaches it), so the list cannot complete, and nothing else changes
 //! when the rule goes. `/livez` only says that the process serves: stopping kube-apiserver for
 //! several liveness failure windows neither restarts the container nor stops the operator, which
-//! is Ready again afterwards and reconciles a new PhoneNumber.
+//! is Ready again afterwards and reconciles a new PhoneNumber. That test runs without leader
+//! election: with it (the chart's default) a leader cut off from the API server for longer than
+//! lease duration − grace/2 exits on purpose, before a standby may take the Lease (fencing,
+//! README "Leader election"), and the container restarts: the design, not a probe's doing.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -239,8 +242,16 @@ async fn readiness_is_false_until_the_phonenumber_cache_is_listed() {
     let ns = prepare_namespace(&client, "readyz", sip_password).await;
     let mock = Mock::start_on(&format!("{}:0", node.ip), &["--api-key", API_KEY]);
     let release = format!("oi-{}", &ns[ns.len() - 6..]);
-    // The chart's probes as they are: the claim is about the defaults.
-    let values = values(node, &ns, &mock.url, json!({}));
+    // The chart's probes as they are: the claim is about the defaults, for a process that
+    // reconciles. Without leader election: a standby reports ready (a rolling update's surge pod
+    // must be Ready while the old leader holds the Lease), even one that cannot reach the API
+    // server, which this test would otherwise see (an open question, not settled here).
+    let values = values(
+        node,
+        &ns,
+        &mock.url,
+        json!({"leaderElection": {"enabled": false}}),
+    );
 
     let cut = PodsCutOffFromApiServer::start();
     install(&release, &ns, &values).await;
@@ -252,12 +263,14 @@ async fn readiness_is_false_until_the_phonenumber_cache_is_listed() {
         admin_get(&pod, "/readyz").await,
         Some((503, "not ready".into()))
     );
+    // A probe before the admin server listens fails with "connection refused": the one wanted
+    // is the 503 of a serving process.
     let failures = wait(
-        "the kubelet's readiness probe to fail",
+        "the kubelet's readiness probe to fail with 503",
         Duration::from_secs(60),
         || async {
             let f = probe_failures(&client, &ns, &name, "Readiness probe failed").await;
-            (!f.is_empty()).then_some(f)
+            f.iter().any(|m| m.contains("503")).then_some(f)
         },
     )
     .await;
@@ -317,7 +330,9 @@ async fn liveness_keeps_a_healthy_operator_through_an_apiserver_stop() {
         node,
         &ns,
         &mock.url,
-        json!({"livenessProbe": probe("/livez"), "readinessProbe": probe("/readyz")}),
+        json!({"livenessProbe": probe("/livez"), "readinessProbe": probe("/readyz"),
+               // Fencing would end a leader cut off this long (see the module's comment).
+               "leaderElection": {"enabled": false}}),
     );
     install(&release, &ns, &values).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
