@@ -1,6 +1,6 @@
 //! Pure status computation: the complete desired `PhoneNumberStatus` from the object, what the
 //! reconciler learned, and `now`. Deterministic, so an unchanged object yields an identical
-//! status and costs no write (README, status and conditions).
+//! status and costs no write (docs/resource.md, "Status and conditions").
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
