@@ -1,4 +1,4 @@
-//! 3.5: the probes do what the README and docs/helm.md say. `/readyz` is false until the
+//! 3.5: the probes do what docs/helm.md and docs/configuration.md say. `/readyz` is false until the
 //! PhoneNumber cache is listed: the pod starts while its own traffic to the API server is refused
 //! (a REJECT rule on the host for packets from the node's bridge to the API server's port; the
 //! kubelet, on loopback, still reaches it), so the list cannot complete, and nothing else changes
@@ -7,7 +7,7 @@
 //! is Ready again afterwards and reconciles a new PhoneNumber. That test runs without leader
 //! election: with it (the chart's default) a leader cut off from the API server for longer than
 //! lease duration − grace/2 exits on purpose, before a standby may take the Lease (fencing,
-//! README "Leader election"), and the container restarts: the design, not a probe's doing.
+//! docs/configuration.md, leader election), and the container restarts: the design, not a probe's doing.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -90,8 +90,10 @@ fn alive(pid: u32) -> bool {
 
 /// The test plane's kube-apiserver, stopped as `down.sh` stops it (by its pid file);
 /// `start` runs the same command line again, logging to the same file, and records its pid.
+/// Dropped unstarted (a test that panics meanwhile), it starts the API server anyway, so the
+/// tests after it find the plane up.
 struct StoppedApiServer {
-    argv: Vec<OsString>,
+    argv: Option<Vec<OsString>>,
 }
 
 async fn stop_apiserver() -> StoppedApiServer {
@@ -129,34 +131,55 @@ async fn stop_apiserver() -> StoppedApiServer {
         || async { (!alive(pid)).then_some(()) },
     )
     .await;
-    StoppedApiServer { argv }
+    StoppedApiServer { argv: Some(argv) }
 }
 
 impl StoppedApiServer {
-    async fn start(self) {
-        // As up.sh starts it: under setsid from a shell that exits at once, so that it is
-        // nobody's child here (never a zombie of this test) and down.sh stops it by its pid.
-        let log = state_dir().join("logs/kube-apiserver.log");
-        let out = run_ok(
-            Command::new("sh")
-                .arg("-c")
-                .arg(r#"log=$1; shift; setsid "$@" >>"$log" 2>&1 </dev/null & echo $!"#)
-                .arg("sh")
-                .arg(&log)
-                .args(&self.argv),
-        );
-        std::fs::write(apiserver_pid_file(), format!("{}\n", out.trim())).unwrap();
+    async fn start(mut self) {
+        if let Some(argv) = self.argv.take() {
+            launch_apiserver(&argv);
+        }
         wait(
             "kube-apiserver /readyz",
             Duration::from_secs(90),
-            || async {
-                let out = kubectl(&["get", "--raw", "/readyz"]);
-                (out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok")
-                    .then_some(())
-            },
+            || async { apiserver_ready().then_some(()) },
         )
         .await;
     }
+}
+
+impl Drop for StoppedApiServer {
+    fn drop(&mut self) {
+        if let Some(argv) = self.argv.take() {
+            launch_apiserver(&argv);
+            for _ in 0..90 {
+                if apiserver_ready() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Starts kube-apiserver as up.sh does: under setsid from a shell that exits at once, so that
+/// it is nobody's child here (never a zombie of this test) and down.sh stops it by its pid.
+fn launch_apiserver(argv: &[OsString]) {
+    let log = state_dir().join("logs/kube-apiserver.log");
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"log=$1; shift; setsid "$@" >>"$log" 2>&1 </dev/null & echo $!"#)
+            .arg("sh")
+            .arg(&log)
+            .args(argv),
+    );
+    std::fs::write(apiserver_pid_file(), format!("{}\n", out.trim())).unwrap();
+}
+
+fn apiserver_ready() -> bool {
+    let out = kubectl(&["get", "--raw", "/readyz"]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok"
 }
 
 /// `path` on the pod's admin port, from the host (on the pod network): status and body.
@@ -332,7 +355,9 @@ async fn liveness_keeps_a_healthy_operator_through_an_apiserver_stop() {
         &mock.url,
         json!({"livenessProbe": probe("/livez"), "readinessProbe": probe("/readyz"),
                // Fencing would end a leader cut off this long (see the module's comment).
-               "leaderElection": {"enabled": false}}),
+               "leaderElection": {"enabled": false},
+               // The watches' reconnects and relists, for a failure's log.
+               "logLevel": "debug,kube=info,kube_runtime=debug,hyper=info,h2=info,tower=info,rustls=info,reqwest=info"}),
     );
     install(&release, &ns, &values).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -399,11 +424,21 @@ async fn liveness_keeps_a_healthy_operator_through_an_apiserver_stop() {
     })
     .await;
     if reconciled.is_err() {
-        let logs = kubectl(&["logs", "-n", &ns, &name, "--tail=400"]);
+        // What the object says and what the mock saw first; then the log without the
+        // per-step lines, whose tail would hide the watch's errors and retries.
+        let object = kubectl(&["get", "phonenumber", "-n", &ns, &after[0], "-o", "yaml"]);
+        let logs = kubectl(&["logs", "-n", &ns, &name]);
+        let logs = String::from_utf8_lossy(&logs.stdout);
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| !l.contains(r#""message":"step""#))
+            .collect();
         panic!(
-            "PhoneNumber {} not Ready after the API server came back; the pod's log:\n{}",
+            "PhoneNumber {} not Ready after the API server came back:\n{}\nmock calls: {}\nthe pod's log (no step lines, last 150):\n{}",
             after[0],
-            String::from_utf8_lossy(&logs.stdout)
+            String::from_utf8_lossy(&object.stdout),
+            mock.calls().await,
+            lines[lines.len().saturating_sub(150)..].join("\n")
         );
     }
     wait_all_ready(&pns, &before).await;
