@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod mutex;
 pub mod oneinbox;
+pub mod relists;
 pub mod secrets;
 pub mod telemetry;
 pub mod watch_list;

@@ -35,9 +35,11 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     if lists == InitialLists::Pages {
-        return watcher(api, wc).boxed();
+        return crate::relists::relist_when_expired(watcher(api, wc)).boxed();
     }
-    let streaming = watcher(api.clone(), wc.clone().streaming_lists()).boxed();
+    let streaming =
+        crate::relists::relist_when_expired(watcher(api.clone(), wc.clone().streaming_lists()))
+            .boxed();
     futures::stream::unfold(
         (streaming, Some((api, wc))),
         |(mut events, mut fallback)| async move {
@@ -50,7 +52,8 @@ where
                         kind = K::kind(&()).as_ref(),
                         "the API server does not stream initial lists (WatchList); listing in pages"
                     );
-                    events = watcher(api.clone(), wc.clone()).boxed();
+                    events = crate::relists::relist_when_expired(watcher(api.clone(), wc.clone()))
+                        .boxed();
                     fallback = None;
                     continue;
                 }

@@ -382,6 +382,7 @@ where
 {
     Controller::for_stream(accounts, store)
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .trigger_backoff(crate::relists::EachWatchBacksOff)
         .reconcile_on(UnboundedReceiverStream::new(pokes))
         .run(reconcile::<K, C>, account_error_policy, ctx)
         .for_each(report_account_watch_error)

@@ -249,6 +249,7 @@ fn phone_number_controller<C: OneInboxApi>(
     // holds the places of another account's work.
     Controller::for_stream(objects, store.clone())
         .with_config(ControllerConfig::default().concurrency(0))
+        .trigger_backoff(crate::relists::EachWatchBacksOff)
         .watches_stream(
             namespaces,
             watches::users_in_namespace(

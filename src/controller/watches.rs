@@ -122,34 +122,37 @@ pub(crate) fn phone_numbers(
     let memory: Arc<Mutex<memory::Memory>> = Arc::default();
     let (known, claims_of, claims_store, echoes) =
         (store.clone(), claims.clone(), store.clone(), memory.clone());
-    let objects = reflector::reflector(
-        writer,
-        flag_listed(
-            crate::watch_list::streaming_watcher(api, wc, scope.initial_lists),
-            listed.clone(),
-            Arc::default(),
-        )
-        .default_backoff()
-        .inspect_ok(move |event| {
-            // A list that completed: the watcher announces Init before every attempt,
-            // also those that fail while the API server is unreachable.
-            if matches!(event, watcher::Event::InitDone) {
-                metrics.phonenumber_watch_listed();
-            }
-            let (obj, new) = match event {
-                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                    (o, known.get(&ObjectRef::from_obj(o)).is_none())
+    let objects = crate::relists::when_stored(
+        reflector::reflector(
+            writer,
+            flag_listed(
+                crate::watch_list::streaming_watcher(api, wc, scope.initial_lists),
+                listed.clone(),
+                Arc::default(),
+            )
+            .default_backoff()
+            .inspect_ok(move |event| {
+                // A list that completed: the watcher announces Init before every attempt,
+                // also those that fail while the API server is unreachable.
+                if matches!(event, watcher::Event::InitDone) {
+                    metrics.phonenumber_watch_listed();
                 }
-                watcher::Event::Delete(o) => (o, true),
-                _ => return,
-            };
-            if new {
-                pokes.poke(obj.account(default_account.as_deref()));
-            }
-        }),
+                let (obj, new) = match event {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        (o, known.get(&ObjectRef::from_obj(o)).is_none())
+                    }
+                    watcher::Event::Delete(o) => (o, true),
+                    _ => return,
+                };
+                if new {
+                    pokes.poke(obj.account(default_account.as_deref()));
+                }
+            }),
+        )
+        .inspect_ok(move |event| claims_of.observe(event, &claims_store)),
+        store.clone(),
+        false,
     )
-    .inspect_ok(move |event| claims_of.observe(event, &claims_store))
-    .applied_objects()
     // The cache takes every event; the echoes of our own writes start no pass.
     .try_filter(move |obj| std::future::ready(!take_our_echo(&mut lock(&echoes), obj)))
     .boxed();
@@ -188,16 +191,19 @@ pub(crate) fn accounts(
         None => Api::all(client.clone()),
     };
     let (ns_store, ns_writer) = reflector::store();
-    let namespaced = reflector::reflector(
-        ns_writer,
-        flag_listed(
-            watcher(ns_api, wc.clone()),
-            listed[0].clone(),
-            listed_changed.clone(),
-        )
-        .default_backoff(),
+    let namespaced = crate::relists::when_stored(
+        reflector::reflector(
+            ns_writer,
+            flag_listed(
+                crate::relists::relist_when_expired(watcher(ns_api, wc.clone())),
+                listed[0].clone(),
+                listed_changed.clone(),
+            )
+            .default_backoff(),
+        ),
+        ns_store.clone(),
+        false,
     )
-    .applied_objects()
     .boxed();
     let (cl_store, cl_writer) = reflector::store();
     let (namespace_store, namespace_writer) = reflector::store();
@@ -205,23 +211,36 @@ pub(crate) fn accounts(
         let cl: Api<ClusterOneInboxAccount> = Api::all(client.clone());
         let nss: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
         (
-            reflector::reflector(
-                cl_writer,
-                flag_listed(watcher(cl, wc), listed[1].clone(), listed_changed.clone())
+            crate::relists::when_stored(
+                reflector::reflector(
+                    cl_writer,
+                    flag_listed(
+                        crate::relists::relist_when_expired(watcher(cl, wc)),
+                        listed[1].clone(),
+                        listed_changed.clone(),
+                    )
                     .default_backoff(),
+                ),
+                cl_store.clone(),
+                false,
             )
-            .applied_objects()
             .boxed(),
-            reflector::reflector(
-                namespace_writer,
-                flag_listed(
-                    watcher(nss, watcher::Config::default()),
-                    listed[2].clone(),
-                    listed_changed.clone(),
-                )
-                .default_backoff(),
+            crate::relists::when_stored(
+                reflector::reflector(
+                    namespace_writer,
+                    flag_listed(
+                        crate::relists::relist_when_expired(watcher(
+                            nss,
+                            watcher::Config::default(),
+                        )),
+                        listed[2].clone(),
+                        listed_changed.clone(),
+                    )
+                    .default_backoff(),
+                ),
+                namespace_store.clone(),
+                false,
             )
-            .applied_objects()
             .boxed(),
         )
     } else {
@@ -236,16 +255,22 @@ pub(crate) fn accounts(
         Some(selector) => {
             let (store, writer) = reflector::store();
             let nss: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-            let served = reflector::reflector(
-                writer,
-                flag_listed(
-                    watcher(nss, watcher::Config::default().labels(selector)),
-                    listed[3].clone(),
-                    listed_changed.clone(),
-                )
-                .default_backoff(),
-            )
-            .touched_objects();
+            let served = crate::relists::when_stored(
+                reflector::reflector(
+                    writer,
+                    flag_listed(
+                        crate::relists::relist_when_expired(watcher(
+                            nss,
+                            watcher::Config::default().labels(selector),
+                        )),
+                        listed[3].clone(),
+                        listed_changed.clone(),
+                    )
+                    .default_backoff(),
+                ),
+                store.clone(),
+                true,
+            );
             (
                 futures::stream::select(namespaces, served).boxed(),
                 Some((selector.clone(), store)),

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use oneinbox_operator::crd::PhoneNumber;
 use serde_json::json;
 
@@ -400,6 +400,19 @@ async fn liveness_keeps_a_healthy_operator_through_an_apiserver_stop() {
         "the container was not restarted"
     );
     stopped.start().await;
+    // At once, while the operator's watches still back off: a new object and a spec change.
+    // The restarted API server cannot resume their old watches (its watch cache starts anew),
+    // so the operator learns of both from a relist: each must be reconciled once its cache
+    // holds the listed version.
+    let after = vec!["after-stop".to_string()];
+    apply_numbers(&pns, &after).await;
+    pns.patch(
+        &before[0],
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"friendlyName": "changed while away"}})),
+    )
+    .await
+    .expect("patch the spec");
 
     let ready = wait(
         "the pod Ready after the API server is back",
@@ -409,24 +422,33 @@ async fn liveness_keeps_a_healthy_operator_through_an_apiserver_stop() {
     .await;
     assert_eq!(container(&ready), (0, container_id), "no restart");
     assert_eq!(container_pid(node, &ready), pid);
-    let after = vec!["after-stop".to_string()];
-    apply_numbers(&pns, &after).await;
     let reconciled = tokio::time::timeout(Duration::from_secs(120), async {
-        while !pns
-            .get_opt(&after[0])
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|p| is_ready(&p) && synced(&p))
-        {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        for name in [&after[0], &before[0]] {
+            while !pns
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| is_ready(&p) && synced(&p))
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     })
     .await;
     if reconciled.is_err() {
         // What the object says and what the mock saw first; then the log without the
         // per-step lines, whose tail would hide the watch's errors and retries.
-        let object = kubectl(&["get", "phonenumber", "-n", &ns, &after[0], "-o", "yaml"]);
+        let object = kubectl(&[
+            "get",
+            "phonenumber",
+            "-n",
+            &ns,
+            &after[0],
+            &before[0],
+            "-o",
+            "yaml",
+        ]);
         let logs = kubectl(&["logs", "-n", &ns, &name]);
         let logs = String::from_utf8_lossy(&logs.stdout);
         let lines: Vec<&str> = logs
@@ -434,8 +456,9 @@ async fn liveness_keeps_a_healthy_operator_through_an_apiserver_stop() {
             .filter(|l| !l.contains(r#""message":"step""#))
             .collect();
         panic!(
-            "PhoneNumber {} not Ready after the API server came back:\n{}\nmock calls: {}\nthe pod's log (no step lines, last 150):\n{}",
+            "PhoneNumber {} (or {}, changed) not Ready and in sync after the API server came back:\n{}\nmock calls: {}\nthe pod's log (no step lines, last 150):\n{}",
             after[0],
+            before[0],
             String::from_utf8_lossy(&object.stdout),
             mock.calls().await,
             lines[lines.len().saturating_sub(150)..].join("\n")
@@ -444,6 +467,7 @@ async fn liveness_keeps_a_healthy_operator_through_an_apiserver_stop() {
     wait_all_ready(&pns, &before).await;
     assert_eq!(mock.registrations().await.len(), 2);
     assert_eq!(mock.count(POST).await, 2, "{}", mock.calls().await);
+    assert_eq!(mock.count(PATCH).await, 1, "{}", mock.calls().await);
 
     let all: Vec<String> = before.iter().chain(&after).cloned().collect();
     delete_all(&pns, &all).await;
