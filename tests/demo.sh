@@ -31,14 +31,14 @@ if [ "${1:-up}" = down ]; then
   exit 0
 fi
 
-tests/ensure-tools.sh
+tests/ensure-tools.sh --no-cargo-deny
 say "building the operator and the mock OneInbox API"
 # The features `make test` builds the binaries with: after it, this build has nothing to do.
 cargo build --quiet --all-features -p oneinbox-operator --bin oneinbox-operator
 cargo build --quiet -p oneinbox-mock --bin oneinbox-mock
 
 say "starting the control plane (first run builds kube-apiserver, etcd, kubectl from Go modules)"
-kubeconfig=$(TESTENV_CRDS=$PWD/crds tests/cluster/up.sh | tail -n1)
+kubeconfig=$(TESTENV_CRDS=$PWD/crds TESTENV_TOOLS="k8s etcd" tests/cluster/up.sh | tail -n1)
 kubectl() { "$state/bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
 say "installing the CRDs and the operator's RBAC"

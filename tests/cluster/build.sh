@@ -142,7 +142,10 @@ build_one() { # component out-dir
 }
 
 exec 9>"$cache/.lock"
-flock 9
+if ! flock -n 9; then
+  log "waiting for another build of the test tools to finish (lock $cache/.lock)"
+  flock 9
+fi
 for c in "${components[@]}"; do
   d=$(dir_for "$c")
   if [ ! -d "$d" ]; then

@@ -55,6 +55,12 @@ poll() {
   done
 }
 
+# The Go-built tools: all that the tests use unless TESTENV_TOOLS names fewer (make demo:
+# "k8s etcd"). Built before a running plane is reused, so that a plane the demo started serves
+# the tests too (a cached tool costs nothing).
+read -r -a tools <<<"${TESTENV_TOOLS:-k8s etcd kstatus helm promtool prometheus-operator source-controller kustomize-controller gittestserver}"
+bin=$("$here/build.sh" "${tools[@]}" | tail -n1)
+
 # Reuse a running plane.
 if alive etcd && alive kube-apiserver && alive kube-controller-manager \
    && [ -f "$state/kubeconfig" ] && admin_get /readyz >/dev/null 2>&1; then
@@ -63,8 +69,6 @@ if alive etcd && alive kube-apiserver && alive kube-controller-manager \
   exit 0
 fi
 
-bin=$("$here/build.sh" k8s etcd kstatus helm promtool prometheus-operator \
-  source-controller kustomize-controller gittestserver | tail -n1)
 
 # A half-started plane from an earlier run is stopped first.
 TESTENV_STATE=$state "$here/down.sh" >&2 || true
