@@ -115,6 +115,13 @@ bench-side:
 	@TESTENV_CRDS=$(CURDIR)/crds tests/cluster/up.sh >/dev/null
 	BENCH_ONLY=sidebyside $(CARGO) test --release --features e2e --test bench
 
+## make bench-node: the chart's pod on the node under its default memory limit with
+## NODE_SCALE_N (10,000) PhoneNumbers and Secrets, then a restart; needs root; writes
+## target/bench/node-scale.md for docs/benchmarks.md (tests/node/scale.rs).
+.PHONY: bench-node
+bench-node:
+	tests/node/run.sh --ignored scale:: --nocapture
+
 ## make profile: the footprint benchmark (10,000 creates, no rate limit) with perf sampling the
 ## release operator from the first apply to all Ready; writes target/bench/flamegraph.svg and
 ## the top functions to target/bench/profile-top.txt. Needs perf, and inferno (installed here).

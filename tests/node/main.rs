@@ -23,6 +23,7 @@ mod harness;
 mod burst;
 mod failover;
 mod probes;
+mod scale;
 mod upgrade;
 
 use std::os::unix::fs::MetadataExt;

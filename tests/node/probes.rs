@@ -228,7 +228,7 @@ async fn probe_failures(client: &kube::Client, ns: &str, pod: &str, probe: &str)
         .collect()
 }
 
-async fn install(release: &str, ns: &str, values: &std::path::Path) {
+pub(crate) async fn install(release: &str, ns: &str, values: &std::path::Path) {
     helm(&[
         "install",
         release,
