@@ -3,7 +3,7 @@
 //! unless `NODE_SCALE_N`), each with a SIP password Secret of its own, made Ready by the chart's
 //! pod under its default limit; then the pod is deleted and its successor lists them all again
 //! (a restart: the highest point of the operator's memory). The container's memory is read as
-//! the kubelet and the kernel see it (the container's cgroup: `memory.current`, `memory.peak`)
+//! the kubelet and the kernel see it (the container's memory cgroup: its usage and highest usage)
 //! and as the process sees it (`VmRSS`, `VmHWM`). The pod must never be OOM-killed; the
 //! figures go to target/bench/node-scale.md for docs/benchmarks.md.
 
@@ -40,22 +40,37 @@ fn kib_field(status: &str, key: &str) -> f64 {
 
 fn memory_of(pid: u32) -> Memory {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    // cgroup v2: one line "0::/path".
+    // The memory controller's cgroup: v1 (this machine: "N:memory:/path") or v2 ("0::/path").
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    let path = cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup v2 path");
+    let v1 = cgroup.lines().find_map(|l| {
+        l.split_once(":memory:")
+            .map(|(_, p)| format!("/sys/fs/cgroup/memory{p}"))
+    });
+    let (dir, current, peak) = match v1 {
+        Some(dir) => (dir, "memory.usage_in_bytes", "memory.max_usage_in_bytes"),
+        None => {
+            let p = cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("a cgroup path");
+            (
+                format!("/sys/fs/cgroup{p}"),
+                "memory.current",
+                "memory.peak",
+            )
+        }
+    };
     let read = |file: &str| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup{path}/{file}"))
-            .ok()
-            .and_then(|s| s.trim().parse::<f64>().ok())
+        std::fs::read_to_string(format!("{dir}/{file}"))
+            .unwrap_or_else(|e| panic!("{dir}/{file}: {e}"))
+            .trim()
+            .parse::<f64>()
             .map(|b| b / 1024.0 / 1024.0)
-            .unwrap_or(f64::NAN)
+            .expect("bytes")
     };
     Memory {
-        current: read("memory.current"),
-        peak: read("memory.peak"),
+        current: read(current),
+        peak: read(peak),
         rss: kib_field(&status, "VmRSS"),
         hwm: kib_field(&status, "VmHWM"),
     }
