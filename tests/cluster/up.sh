@@ -135,7 +135,7 @@ setsid "$bin/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$state/sa.key" --service-account-signing-key-file="$state/sa.key" \
   --authorization-mode=RBAC --token-auth-file="$state/tokens.csv" \
-  --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+  --allow-privileged=true \
   ${TESTENV_APISERVER_ARGS:-} \
   >"$state/logs/kube-apiserver.log" 2>&1 </dev/null &
 echo $! > "$state/kube-apiserver.pid"

@@ -4,9 +4,8 @@
 //! started once per run and `make cluster-down` stops it.
 //!
 //! The pod reaches the mock on the node's bridge address and the API server as the `kubernetes`
-//! Service (node-up.sh's DNAT): no hostNetwork. The test API server runs without the
-//! ServiceAccount admission plugin, so the test values mount the same projected token volume the
-//! plugin would add (docs/helm.md).
+//! Service (node-up.sh's DNAT): no hostNetwork. The API server's ServiceAccount admission plugin
+//! mounts the token, as on any cluster.
 
 // Test support code: failing loudly is the point.
 #![allow(
@@ -131,8 +130,7 @@ where
 }
 
 /// The values a platform team would write, plus what this test world needs: the local image,
-/// never pulled; the mock on the bridge over plain http; the token volume the ServiceAccount
-/// admission plugin would add.
+/// never pulled; the mock on the bridge over plain http.
 fn values(node: &Node, ns: &str, mock_url: &str, extra: Value) -> PathBuf {
     let mut v = json!({
         "image": {"repository": node.repository, "tag": node.tag, "pullPolicy": "Never"},
@@ -141,20 +139,7 @@ fn values(node: &Node, ns: &str, mock_url: &str, extra: Value) -> PathBuf {
         "watchNamespace": ns,
         // The plane applied crds/ with kubectl (run.sh), and several releases share it.
         "crds": {"enabled": false},
-        "logLevel": "debug,kube=info,hyper=info,h2=info,tower=info,rustls=info,reqwest=info",
-        "extraVolumes": [{
-            "name": "kube-api-access",
-            "projected": {"defaultMode": 420, "sources": [
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
-            ]}
-        }],
-        "extraVolumeMounts": [{
-            "name": "kube-api-access",
-            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-            "readOnly": true
-        }]
+        "logLevel": "debug,kube=info,hyper=info,h2=info,tower=info,rustls=info,reqwest=info"
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         for (k, x) in e {
