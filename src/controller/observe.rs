@@ -3,6 +3,7 @@
 //! far; `decide` looks only at it. The reads themselves (Secrets, the registration, the
 //! look-up by number) are here; which of them a pass needs is decided by `decide`.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -342,52 +343,9 @@ impl<C: OneInboxApi> Reader<'_, C> {
     pub async fn api_key(&self, obs: &Observation) -> Result<(ApiKey, Option<C>)> {
         let accounts = &self.ctx.accounts;
         let id = AccountId::of(&obs.obj, accounts.settings.default_account.as_deref());
-        let view = match &id {
-            // A deletion goes on with the key that registered the number.
-            AccountId::Operator => {
-                let deleting = obs.obj.metadata.deletion_timestamp.is_some();
-                let served = self
-                    .ctx
-                    .account_stores
-                    .operator_key_serves(&obs.namespace());
-                if let (false, Err(rule)) = (deleting, served) {
-                    return Ok((
-                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
-                        None,
-                    ));
-                }
-                return Ok((ApiKey::OperatorWide, None));
-            }
-            AccountId::Cluster { .. } if !accounts.settings.cluster_accounts => {
-                return Ok((
-                    ApiKey::Unusable(AccountProblem::ClusterAccountsOff(id)),
-                    None,
-                ));
-            }
-            AccountId::Cluster { name } => {
-                let stores = &self.ctx.account_stores;
-                let Some(account) = stores.cluster.get(&ObjectRef::new(name)) else {
-                    return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None));
-                };
-                if let Err(rule) = stores.grants(&account, &obs.namespace()) {
-                    return Ok((
-                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
-                        None,
-                    ));
-                }
-                AccountView::cluster(&account)
-            }
-            AccountId::Namespaced { namespace, name } => {
-                match self
-                    .ctx
-                    .account_stores
-                    .namespaced
-                    .get(&ObjectRef::new(name).within(namespace))
-                {
-                    Some(account) => AccountView::namespaced(&account),
-                    None => return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None)),
-                }
-            }
+        let view = match self.account_view(obs, &id) {
+            ControlFlow::Continue(view) => view,
+            ControlFlow::Break(key) => return Ok((key, None)),
         };
         let versions = self.ctx.secret_versions.clone();
         let watched = |r: &SecretKeyRef| {
@@ -424,6 +382,50 @@ impl<C: OneInboxApi> Reader<'_, C> {
                 None => (ApiKey::Unusable(AccountProblem::NotFound(id)), None),
             },
         })
+    }
+
+    /// The account the object uses, as the watches know it; `Break` with the key when that
+    /// decides without a read (the operator-wide key, or an account the object cannot use).
+    fn account_view(&self, obs: &Observation, id: &AccountId) -> ControlFlow<ApiKey, AccountView> {
+        let unusable = |p| ControlFlow::Break(ApiKey::Unusable(p));
+        let stores = &self.ctx.account_stores;
+        match id {
+            // A deletion goes on with the key that registered the number.
+            AccountId::Operator => {
+                let deleting = obs.obj.metadata.deletion_timestamp.is_some();
+                match (deleting, stores.operator_key_serves(&obs.namespace())) {
+                    (false, Err(rule)) => unusable(AccountProblem::NotAllowed {
+                        account: id.clone(),
+                        rule,
+                    }),
+                    _ => ControlFlow::Break(ApiKey::OperatorWide),
+                }
+            }
+            AccountId::Cluster { .. } if !self.ctx.accounts.settings.cluster_accounts => {
+                unusable(AccountProblem::ClusterAccountsOff(id.clone()))
+            }
+            AccountId::Cluster { name } => {
+                let Some(account) = stores.cluster.get(&ObjectRef::new(name)) else {
+                    return unusable(AccountProblem::NotFound(id.clone()));
+                };
+                if let Err(rule) = stores.grants(&account, &obs.namespace()) {
+                    return unusable(AccountProblem::NotAllowed {
+                        account: id.clone(),
+                        rule,
+                    });
+                }
+                ControlFlow::Continue(AccountView::cluster(&account))
+            }
+            AccountId::Namespaced { namespace, name } => {
+                match stores
+                    .namespaced
+                    .get(&ObjectRef::new(name).within(namespace))
+                {
+                    Some(account) => ControlFlow::Continue(AccountView::namespaced(&account)),
+                    None => unusable(AccountProblem::NotFound(id.clone())),
+                }
+            }
+        }
     }
 
     /// `providerConfig` with its password, or `credentialId`.
