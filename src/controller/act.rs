@@ -21,7 +21,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::decide::{
-    DEFINITION_DELETING, DoneAfter, Failure, Read, Step, Then, requested_reconcile, versions_used,
+    DEFINITION_DELETING, DoneAfter, Failure, Memo, Read, Step, Then, requested_reconcile,
+    versions_used,
 };
 use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Outcome, Reader};
@@ -86,8 +87,13 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 self.write_phase(obs, data, phase).await?;
                 return self.then(obs, then).await;
             }
-            Step::Fail(f) => return Err(self.error(obs, &f)),
-            Step::Done(after) => return Ok(Next::End(action(after))),
+            Step::Done(DoneAfter::Failure(f)) => return Err(self.error(obs, &f)),
+            Step::Done(DoneAfter::AwaitChange) => return Ok(Next::End(Action::await_change())),
+            Step::Done(DoneAfter::Requeue(d)) => return Ok(Next::End(Action::requeue(d))),
+            Step::Remember { memo, then } => {
+                self.note(obs, memo);
+                return Ok(Next::Step(then));
+            }
             Step::Adopt { id, takeover } => self.adopt(obs, &id, takeover).await?,
             Step::ReportLost { id, unmirror } => self.report_lost(obs, id, unmirror).await?,
             Step::Replace { id } => self.replace(obs, &id).await,
@@ -108,11 +114,29 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
             Step::Patch { id, patch, event } => self.patch(obs, &id, &patch, event).await,
             Step::Annotate { id } => self.ensure_annotation(obs, &id).await?,
             Step::Disown => self.disown(obs).await?,
-            Step::RememberCleanRefusal { token, then } => {
-                self.remember(obs, |m| m.clean_refusal = Some(token));
-                return Ok(Next::Step(then));
+            Step::Orphan {
+                what,
+                because,
+                unless_changed,
+            } => return self.orphan(obs, &what, because, unless_changed).await,
+            Step::Deregister { id } => {
+                obs.last = Outcome::Deregistered(self.oneinbox.deregister(&id).await);
             }
-            Step::Resume {
+            Step::Release { released, event } => return self.release(obs, released, event).await,
+            Step::Blocked { cause, failure } => {
+                return Err(self.blocked(obs, cause, failure).await);
+            }
+        }
+        Ok(Next::Decide)
+    }
+
+    /// Record `memo` in this process's memory of the object.
+    fn note(&self, obs: &mut Observation, memo: Memo) {
+        match memo {
+            Memo::CleanRefusal { token } => self.remember(obs, |m| m.clean_refusal = Some(token)),
+            Memo::ForgetCheck => self.remember(obs, |m| m.check = None),
+            // The drift-check sweep brings it back at its point of the interval.
+            Memo::Resumed {
                 id,
                 generation,
                 first_check_in,
@@ -128,27 +152,8 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     dispatched: false,
                 };
                 self.remember(obs, |m| m.check = Some(check));
-                // The drift-check sweep brings it back at its point of the interval.
-                return Ok(Next::End(Action::await_change()));
-            }
-            Step::ForgetCheck { then } => {
-                self.remember(obs, |m| m.check = None);
-                return Ok(Next::Step(then));
-            }
-            Step::Orphan {
-                what,
-                because,
-                unless_changed,
-            } => return self.orphan(obs, &what, because, unless_changed).await,
-            Step::Deregister { id } => {
-                obs.last = Outcome::Deregistered(self.oneinbox.deregister(&id).await);
-            }
-            Step::Release { released, event } => return self.release(obs, released, event).await,
-            Step::Blocked { cause, failure } => {
-                return Err(self.blocked(obs, cause, failure).await);
             }
         }
-        Ok(Next::Decide)
     }
 
     /// Adopt registration `id`: the finalizer, then an `Adopted` event.
@@ -681,9 +686,11 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         let note = redact::text(&note, &secrets_of(obs), redact::MAX_EVENT_NOTE);
         // The other object, where there is one: the owner in a duplicate claim.
         let related = match reason {
-            status::reason::DUPLICATE_PHONE_NUMBER | "NotDeregistered" => {
-                obs.number_owner.as_ref().or(obs.id_owner.as_ref())
-            }
+            status::reason::DUPLICATE_PHONE_NUMBER | "NotDeregistered" => obs
+                .claims
+                .number_owner
+                .as_ref()
+                .or(obs.claims.id_owner.as_ref()),
             _ => None,
         };
         let ev = Event {
@@ -700,13 +707,6 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         if let Err(e) = recorder.publish(&ev, &obs.obj.object_ref(&())).await {
             warn!(error = %e, reason, "publishing an event failed");
         }
-    }
-}
-
-fn action(after: DoneAfter) -> Action {
-    match after {
-        DoneAfter::AwaitChange => Action::await_change(),
-        DoneAfter::Requeue(d) => Action::requeue(d),
     }
 }
 

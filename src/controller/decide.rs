@@ -174,10 +174,11 @@ pub enum Step {
         phase: Phase,
         then: Then,
     },
-    /// End the pass with a failure and write nothing (a 429 says nothing about the object).
-    Fail(Failure),
-    /// End the pass and write nothing.
+    /// End the pass and write nothing: wait, requeue, or fail (a 429 says nothing about the
+    /// object).
     Done(DoneAfter),
+    /// Update this process's memory of the object (no write), then take `then`.
+    Remember { memo: Memo, then: Box<Step> },
     /// Deliberate adoption of the registration the annotation names: finalizer first (guarded
     /// by the resourceVersion), then an `Adopted` event. `takeover`: the object already
     /// mirrored it under `managementPolicy: Observe` and is now switched to Full.
@@ -213,19 +214,6 @@ pub enum Step {
     /// `managementPolicy: Observe` on an object with the finalizer (switched from Full):
     /// remove it, so that deleting the object never deregisters, with an `ObserveOnly` event.
     Disown,
-    /// Remember that a clean 429 refused this pending attempt (the next attempt posts without
-    /// a look-up), then take `then`.
-    RememberCleanRefusal { token: String, then: Box<Step> },
-    /// After a restart, the status records this very input: trust it as the last check, with
-    /// the first drift check in `first_check_in` (spread over the interval), and end the pass.
-    Resume {
-        id: String,
-        generation: Option<i64>,
-        first_check_in: Option<Duration>,
-        remote: PatchableDigest,
-    },
-    /// Forget the last check (what the API holds is no longer known), then take `then`.
-    ForgetCheck { then: Box<Step> },
     // ---- deletion
     /// `deletionPolicy: Orphan` (or `managementPolicy: Observe`, or the CRD being deleted,
     /// named in `because`): remove the finalizer, `Orphaned` event.
@@ -261,7 +249,7 @@ impl Step {
             Step::Read(Read::LookupByNumber) => "look up number",
             Step::Read(Read::Definition) => "read the crd",
             Step::Report { .. } => "report",
-            Step::Fail(_) => "fail",
+            Step::Done(DoneAfter::Failure(_)) => "fail",
             Step::Done(_) => "done",
             Step::Adopt { .. } => "adopt",
             Step::ReportLost { .. } => "report lost",
@@ -271,9 +259,11 @@ impl Step {
             Step::Patch { .. } => "patch",
             Step::Annotate { .. } => "annotate",
             Step::Disown => "disown",
-            Step::RememberCleanRefusal { .. } => "remember clean refusal",
-            Step::ForgetCheck { .. } => "forget check",
-            Step::Resume { .. } => "resume",
+            Step::Remember { memo, .. } => match memo {
+                Memo::CleanRefusal { .. } => "remember clean refusal",
+                Memo::ForgetCheck => "forget check",
+                Memo::Resumed { .. } => "resume",
+            },
             Step::Orphan { .. } => "orphan",
             Step::Deregister { .. } => "deregister",
             Step::Release { .. } => "release",
@@ -283,10 +273,29 @@ impl Step {
 }
 
 /// How a pass that writes nothing ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum DoneAfter {
     AwaitChange,
     Requeue(Duration),
+    /// With this failure: the controller's error policy backs off.
+    Failure(Failure),
+}
+
+/// What a pass records in this process's memory of the object (never on the object).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Memo {
+    /// A clean 429 refused this pending attempt: the next attempt posts without a look-up.
+    CleanRefusal { token: String },
+    /// Forget the last check: what the API holds is no longer known.
+    ForgetCheck,
+    /// After a restart, the status records this very input: trust it as the last check, with
+    /// the first drift check in `first_check_in` (spread over the interval).
+    Resumed {
+        id: String,
+        generation: Option<i64>,
+        first_check_in: Option<Duration>,
+        remote: PatchableDigest,
+    },
 }
 
 /// The Secret versions this pass relied on: those read now, the recorded ones for the rest.

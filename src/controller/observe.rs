@@ -104,6 +104,31 @@ pub enum AccountProblem {
     Invalid { account: AccountId, why: String },
 }
 
+/// What the metadata-only Secret watch says of the Secrets an object references (no read).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretFacts {
+    /// Every referenced Secret is at the resourceVersion the last check read.
+    pub unchanged: bool,
+    /// The resourceVersion of every referenced Secret (by name) as the watch reports it;
+    /// `None` while one of them is not known to it.
+    pub versions: Option<SecretVersionMap>,
+    /// The watch has listed every Secret once: a referenced Secret it does not know is then
+    /// absent (or unreadable), not merely not seen yet.
+    pub listed: bool,
+}
+
+/// The claims of other watched objects on an object's number and id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaimFacts {
+    /// The older object that manages this object's number, if another one.
+    pub number_owner: Option<ObjectName>,
+    /// That owner's only claim is an id annotation naming another id than this object names
+    /// (it holds no registration and has no attempt in flight).
+    pub number_owner_names_another_id: bool,
+    /// Another watched object that holds the id this object names.
+    pub id_owner: Option<ObjectName>,
+}
+
 /// Everything one pass knows so far.
 #[derive(Clone, Debug)]
 pub struct Observation {
@@ -118,21 +143,10 @@ pub struct Observation {
     pub now: Instant,
     pub wall: jiff::Timestamp,
     pub memory: ObjectMemory,
-    /// Every referenced Secret is at the resourceVersion the last check read.
-    pub secrets_unchanged: bool,
-    /// The resourceVersion of every referenced Secret (by name) as the metadata-only Secret
-    /// watch reports it; `None` while one of them is not known to it.
-    pub secret_versions: Option<SecretVersionMap>,
-    /// The Secret watch has listed every Secret once: a referenced Secret it does not know is
-    /// then absent (or unreadable), not merely not seen yet.
-    pub secrets_listed: bool,
-    /// The older object that manages this object's number, if another one.
-    pub number_owner: Option<ObjectName>,
-    /// That owner's only claim is an id annotation naming another id than this object names
-    /// (it holds no registration and has no attempt in flight).
-    pub number_owner_names_another_id: bool,
-    /// Another watched object that holds the id this object names.
-    pub id_owner: Option<ObjectName>,
+    /// What the Secret watch says of the referenced Secrets, with no read.
+    pub secrets: SecretFacts,
+    /// The claims of other watched objects on this object's number and id.
+    pub claims: ClaimFacts,
     /// What the watches say of the object's account, with no read.
     pub account: AccountFacts,
     /// (name, resourceVersion) of each Secret read in this pass.
@@ -203,12 +217,16 @@ impl Observation {
         let secret_versions = watched_secret_versions(ctx, &obj);
         let secrets_listed = ctx.secrets_listed.load(Ordering::Relaxed);
         Observation {
-            secrets_unchanged,
-            secret_versions,
-            secrets_listed,
-            number_owner,
-            number_owner_names_another_id,
-            id_owner,
+            secrets: SecretFacts {
+                unchanged: secrets_unchanged,
+                versions: secret_versions,
+                listed: secrets_listed,
+            },
+            claims: ClaimFacts {
+                number_owner,
+                number_owner_names_another_id,
+                id_owner,
+            },
             account,
             ..Observation::of(obj, memory, Instant::now(), jiff::Timestamp::now())
         }
@@ -229,12 +247,12 @@ impl Observation {
             now,
             wall,
             memory,
-            secrets_unchanged: false,
-            secret_versions: None,
-            secrets_listed: true,
-            number_owner: None,
-            number_owner_names_another_id: false,
-            id_owner: None,
+            secrets: SecretFacts {
+                unchanged: false,
+                versions: None,
+                listed: true,
+            },
+            claims: ClaimFacts::default(),
             account: AccountFacts::default(),
             secrets_read: Vec::new(),
             api_key: None,

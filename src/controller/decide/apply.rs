@@ -42,7 +42,7 @@ pub(super) fn disowned(obs: &Observation) -> Rule {
 
 /// An id another object holds: the most specific reason, so it goes first.
 pub(super) fn id_held_elsewhere(obs: &Observation) -> Rule {
-    let (Some(id), Some(owner)) = (obs.obj.known_id(), &obs.id_owner) else {
+    let (Some(id), Some(owner)) = (obs.obj.known_id(), &obs.claims.id_owner) else {
         return Continue(());
     };
     let msg = format!(
@@ -61,7 +61,8 @@ pub(super) fn id_held_elsewhere(obs: &Observation) -> Rule {
 /// object owns the number.
 pub(super) fn number_held_elsewhere(obs: &Observation) -> Rule {
     let attempt_in_flight = obs.obj.pending_create().is_some();
-    let (Some(owner), false, true) = (&obs.number_owner, attempt_in_flight, yields(obs)) else {
+    let (Some(owner), false, true) = (&obs.claims.number_owner, attempt_in_flight, yields(obs))
+    else {
         return Continue(());
     };
     let msg = format!(
@@ -93,7 +94,7 @@ pub(super) fn resumed(obs: &Observation, settings: &Settings) -> Rule {
 pub(super) fn fresh_enough(obs: &Observation) -> Rule {
     let known = obs.obj.known_id();
     let fresh = known.as_deref().is_some_and(|id| {
-        obs.secrets_unchanged && !obs.account.grant_refused && fresh(obs, id, None)
+        obs.secrets.unchanged && !obs.account.grant_refused && fresh(obs, id, None)
     });
     decided(fresh.then_some(Step::Done(DoneAfter::AwaitChange)))
 }
@@ -172,7 +173,8 @@ pub(super) fn in_line(obs: &Observation, remote: &Remote) -> Rule {
         }),
         // `remote` already is the PATCH's answer when it succeeded.
         Some(Ok(_)) => Continue(()),
-        Some(Err(ApiError::NotFound)) => Break(Step::ForgetCheck {
+        Some(Err(ApiError::NotFound)) => Break(Step::Remember {
+            memo: Memo::ForgetCheck,
             then: Box::new(Step::Done(DoneAfter::Requeue(GONE_RECHECK))),
         }),
         Some(Err(e @ ApiError::Rejected { .. })) => {
@@ -189,7 +191,8 @@ pub(super) fn in_line(obs: &Observation, remote: &Remote) -> Rule {
             if e.is_throttled() {
                 return Break(api_failure(obs, failure));
             }
-            Break(Step::ForgetCheck {
+            Break(Step::Remember {
+                memo: Memo::ForgetCheck,
                 then: Box::new(api_failure(obs, failure)),
             })
         }

@@ -172,7 +172,7 @@ pub(super) fn api_failure(obs: &Observation, failure: Failure) -> Step {
         .is_some_and(|c| c.status == "True");
     // A 429 says nothing about the registration: a Ready object stays Ready (no write).
     if failure.error.is_throttled() && ready {
-        return Step::Fail(failure);
+        return Step::Done(DoneAfter::Failure(failure));
     }
     let data = StatusData {
         last_handled_reconcile_at: requested_reconcile(&obs.obj),

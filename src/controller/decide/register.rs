@@ -120,8 +120,10 @@ fn after_post(
                 error: e.clone(),
             };
             match marker {
-                Some(m) if e.is_throttled() => Step::RememberCleanRefusal {
-                    token: m.token.clone(),
+                Some(m) if e.is_throttled() => Step::Remember {
+                    memo: Memo::CleanRefusal {
+                        token: m.token.clone(),
+                    },
                     then: Box::new(api_failure(obs, failure)),
                 },
                 _ => api_failure(obs, failure),
@@ -201,10 +203,10 @@ fn refused_before(obs: &Observation, hash: &str) -> Option<Step> {
     }
     match &obs.lookup {
         None => Some(Step::Read(Read::LookupByNumber)),
-        Some(Err(e)) => Some(Step::Fail(Failure {
+        Some(Err(e)) => Some(Step::Done(DoneAfter::Failure(Failure {
             op: Op::Lookup,
             error: e.clone(),
-        })),
+        }))),
         Some(Ok(Some(reg))) => Some(already_registered(
             obs,
             &reg.id,

@@ -3,12 +3,12 @@
 
 use super::*;
 
-/// Whether the object yields its number to `obs.number_owner`. An owner whose only claim is
+/// Whether the object yields its number to `obs.claims.number_owner`. An owner whose only claim is
 /// an annotation naming another id holds the number only until this object's own id is read:
 /// a number is registered once, so if the id this object names is a registration of its number,
 /// the owner's id is not, and this object adopts it (a transient error is retried first).
 pub(super) fn yields(obs: &Observation) -> bool {
-    if !obs.number_owner_names_another_id {
+    if !obs.claims.number_owner_names_another_id {
         return true;
     }
     match &obs.fetched {

@@ -21,7 +21,7 @@ pub(super) fn credentials_as_recorded(obs: &Observation, settings: &Settings) ->
             .as_deref()
             .and_then(credentials::hash_key_id)
             == Some(settings.hash_key.id())
-        && obs.secret_versions.as_ref() == Some(&st.secret_versions)
+        && obs.secrets.versions.as_ref() == Some(&st.secret_versions)
 }
 
 /// After a restart (no check in memory), a Ready object whose status records this very input
@@ -47,9 +47,9 @@ pub(super) fn resume(obs: &Observation, settings: &Settings) -> Option<Step> {
     }
     // Without the watch a Secret change is seen at the next check anyway.
     if settings.secret_access == SecretAccess::Watch {
-        match &obs.secret_versions {
+        match &obs.secrets.versions {
             Some(v) if *v == st.secret_versions => {}
-            None if !obs.secrets_listed => {
+            None if !obs.secrets.listed => {
                 return Some(Step::Done(DoneAfter::Requeue(SECRETS_UNLISTED_RECHECK)));
             }
             _ => return None,
@@ -105,7 +105,7 @@ pub(super) fn resume_step(
     settings: &Settings,
     remote: PatchableDigest,
 ) -> Step {
-    Step::Resume {
+    let memo = Memo::Resumed {
         id: id.to_owned(),
         generation: obs.generation,
         first_check_in: polling::poll_interval(
@@ -115,6 +115,10 @@ pub(super) fn resume_step(
         )
         .map(|i| polling::first_check_in(&obs.uid(), i)),
         remote,
+    };
+    Step::Remember {
+        memo,
+        then: Box::new(Step::Done(DoneAfter::AwaitChange)),
     }
 }
 
