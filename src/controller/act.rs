@@ -20,14 +20,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::decide::{
-    DEFINITION_DELETING, DoneAfter, Failure, Memo, Read, Step, Then, requested_reconcile,
-    versions_used,
-};
 use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Outcome, Reader};
 use super::plan;
-use super::status::{self, Phase, RemoteFacts, StatusData};
+use super::status::{self, Phase, RemoteFacts, StatusData, requested_reconcile};
+use super::step::{DEFINITION_DELETING, DoneAfter, Failure, Memo, Read, Step, Then};
 use super::{Context, redact};
 use super::{credentials, polling};
 use crate::crd::{
@@ -530,7 +527,7 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 credentials_hash: Some(hash.clone()),
                 pending_create: None,
                 last_handled_reconcile_at: requested_reconcile(&obs.obj),
-                secret_versions: versions_used(obs),
+                secret_versions: obs.versions_used(),
             };
             let phase = Phase::Progressing {
                 reason: status::reason::CREATING,
@@ -724,5 +721,5 @@ fn secrets_of(obs: &Observation) -> Vec<String> {
 }
 
 fn versions_digest(obs: &Observation) -> u64 {
-    plan::secret_versions_digest(versions_used(obs).iter())
+    plan::secret_versions_digest(obs.versions_used().iter())
 }

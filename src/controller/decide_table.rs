@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::controller::memory::{Checked, ObjectMemory};
 use crate::controller::observe::{ObjectName, Outcome};
-use crate::crd::{DeletionPolicy, PhoneNumber};
+use crate::crd::{ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, PhoneNumber};
 use crate::definition::Definition;
 use crate::oneinbox::Deregistered;
 use crate::oneinbox::SecretString;

@@ -264,6 +264,16 @@ impl Observation {
         }
     }
 
+    /// The Secret versions this pass relied on: those read now, the recorded ones for the rest.
+    pub fn versions_used(&self) -> SecretVersionMap {
+        let recorded = self.obj.status.as_ref().map(|s| &s.secret_versions);
+        plan::secret_versions_used(
+            &self.obj,
+            &recorded.cloned().unwrap_or_default(),
+            &self.secrets_read,
+        )
+    }
+
     pub fn uid(&self) -> String {
         self.obj.uid().unwrap_or_default()
     }

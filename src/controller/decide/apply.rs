@@ -272,7 +272,7 @@ pub(super) fn report_state(
         credentials_hash: hash,
         pending_create: None,
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
-        secret_versions: versions_used(obs),
+        secret_versions: obs.versions_used(),
     };
     report(data, phase, then)
 }

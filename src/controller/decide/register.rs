@@ -347,7 +347,7 @@ pub(super) fn persist(
         credentials_hash: hash,
         pending_create: None,
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
-        secret_versions: versions_used(obs),
+        secret_versions: obs.versions_used(),
     };
     let phase = if registration.is_active() {
         Phase::Available
