@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Outcome, Reader};
 use super::plan;
-use super::status::{self, Phase, RemoteFacts, StatusData, requested_reconcile};
+use super::status::{self, Phase, StatusData};
 use super::step::{DEFINITION_DELETING, DoneAfter, Failure, Memo, Read, Step, Then};
 use super::{Context, redact};
 use super::{credentials, polling};
@@ -98,8 +98,9 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 credentials,
                 hash,
                 marker_present,
+                drop_old_ids,
             } => {
-                self.register(obs, &credentials, hash, marker_present)
+                self.register(obs, &credentials, hash, marker_present, drop_old_ids)
                     .await?
             }
             Step::Persist {
@@ -206,9 +207,10 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         credentials: &credentials::Credentials,
         hash: String,
         marker_present: bool,
+        drop_old_ids: Option<Box<(StatusData, Phase)>>,
     ) -> Result<()> {
         if !marker_present {
-            self.record_attempt(obs, hash).await?;
+            self.record_attempt(obs, hash, drop_old_ids).await?;
         } else if !obs.obj.has_finalizer() {
             // A marker left from before a switch to Observe, which removed the finalizer: it
             // goes back on before the POST, as with a new marker.
@@ -512,27 +514,16 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
 
     /// Record a registration attempt before its POST, only if the object is still at the
     /// resourceVersion we read: a stale view (another pass, another replica) fails here with a
-    /// conflict instead of posting twice. The finalizer goes in the same write. Registering
-    /// again (the registration was lost or replaced), the status first drops the old ids, also
-    /// guarded, so that no id names a registration that is gone while the attempt is in flight.
-    async fn record_attempt(&mut self, obs: &mut Observation, hash: String) -> Result<()> {
-        let holds_ids = obs
-            .obj
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phone_number_id.is_some());
-        if holds_ids {
-            let data = StatusData {
-                remote: RemoteFacts::default(),
-                credentials_hash: Some(hash.clone()),
-                pending_create: None,
-                last_handled_reconcile_at: requested_reconcile(&obs.obj),
-                secret_versions: obs.versions_used(),
-            };
-            let phase = Phase::Progressing {
-                reason: status::reason::CREATING,
-                message: "Registering the number with OneInbox".into(),
-            };
+    /// conflict instead of posting twice. The finalizer goes in the same write. With
+    /// `drop_old_ids`, that status goes first, also guarded.
+    async fn record_attempt(
+        &mut self,
+        obs: &mut Observation,
+        hash: String,
+        drop_old_ids: Option<Box<(StatusData, Phase)>>,
+    ) -> Result<()> {
+        if let Some(reset) = drop_old_ids {
+            let (data, phase) = *reset;
             let desired = status::desired_status(&obs.obj, data, &phase, now());
             self.patch_status(obs, &desired, true).await?;
         }

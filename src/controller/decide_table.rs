@@ -2135,3 +2135,43 @@ fn waiting_for_an_accounts_key_secret_names_the_account_and_not_for_a_password()
         "{password_missing}"
     );
 }
+
+/// Registering again (the registration is gone) writes the status without the old ids before
+/// the attempt; a first registration writes no status before its POST.
+#[test]
+fn registering_again_drops_the_old_ids_first() {
+    let first = decide(&read(object()), &settings());
+    assert!(
+        matches!(
+            first,
+            Step::Register {
+                drop_old_ids: None,
+                ..
+            }
+        ),
+        "{}",
+        summary(&first)
+    );
+    let again = with(read(registered()), |ob| ob.memory.lost = Some("id1".into()));
+    let Step::Register {
+        drop_old_ids: Some(reset),
+        marker_present: false,
+        ..
+    } = decide(&again, &settings())
+    else {
+        panic!("{}", summary(&decide(&again, &settings())));
+    };
+    let (data, phase) = *reset;
+    assert_eq!(data.remote.phone_number_id, None);
+    assert_eq!(data.credentials_hash, Some(hash_of(CRED)));
+    assert!(
+        matches!(
+            phase,
+            Phase::Progressing {
+                reason: reason::CREATING,
+                ..
+            }
+        ),
+        "{phase:?}"
+    );
+}

@@ -108,6 +108,10 @@ pub enum Step {
         credentials: Credentials,
         hash: String,
         marker_present: bool,
+        /// Registering again (the registration was lost or replaced): the status to write
+        /// first, guarded like the marker, without the old ids, so that no id names a
+        /// registration that is gone while the attempt is in flight.
+        drop_old_ids: Option<Box<(StatusData, Phase)>>,
     },
     /// Write the new registration's ids right away, with an event.
     Persist {

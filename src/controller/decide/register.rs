@@ -33,9 +33,37 @@ pub(super) fn register(
     }
     Err(Box::new(Step::Register {
         credentials: credentials.clone(),
+        drop_old_ids: marker
+            .is_none()
+            .then(|| without_old_ids(obs, &hash))
+            .flatten(),
         hash,
         marker_present: marker.is_some(),
     }))
+}
+
+/// A new attempt on an object whose status still names a registration (lost or replaced):
+/// the status without its ids, Reconciling while the number registers again.
+fn without_old_ids(obs: &Observation, hash: &str) -> Option<Box<(StatusData, Phase)>> {
+    let holds_ids = obs
+        .obj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phone_number_id.is_some());
+    holds_ids.then(|| {
+        let data = StatusData {
+            remote: RemoteFacts::default(),
+            credentials_hash: Some(hash.to_owned()),
+            pending_create: None,
+            last_handled_reconcile_at: requested_reconcile(&obs.obj),
+            secret_versions: obs.versions_used(),
+        };
+        let phase = Phase::Progressing {
+            reason: reason::CREATING,
+            message: "Registering the number with OneInbox".into(),
+        };
+        Box::new((data, phase))
+    })
 }
 
 /// Whether an attempt is in flight whose POST may have landed. After a clean 429 nothing can
