@@ -448,13 +448,42 @@ async fn cluster_objects(args: &ImportArgs) -> Result<Option<Vec<PhoneNumber>>, 
 
 /// The whole import: gather, plan, then write.
 pub async fn run(args: &ImportArgs) -> Result<(), ImportError> {
+    let client = import_client(args)?;
+    eprintln!("listing the registrations of the OneInbox workspace…");
+    let regs = client
+        .list_all(args.page_size)
+        .await
+        .map_err(|e| api_failure(e, &args.api.api_url))?;
+    eprintln!("found {} registrations", regs.len());
+
+    let claims = cluster_claims(args).await?;
+    let plan =
+        plan(&regs, &claims, &args.namespace, &args.name_template).map_err(ImportError::Usage)?;
+    for line in &plan.skipped {
+        eprintln!("{line}");
+    }
+    write_manifests(args, &plan.files)?;
+    let place = match &args.output_dir {
+        Some(dir) => format!(" into {}", dir.display()),
+        None => String::new(),
+    };
+    eprintln!(
+        "wrote {} manifests{place} (managementPolicy: Observe), skipped {}",
+        plan.files.len(),
+        plan.skipped.len()
+    );
+    Ok(())
+}
+
+/// A OneInbox client for the import: one call at a time, at most ten a second.
+fn import_client(args: &ImportArgs) -> Result<crate::oneinbox::http::HttpClient, ImportError> {
     let key = read_api_key(args.api.api_key_file.as_deref()).map_err(ImportError::Usage)?;
     let extra_roots = match &args.api.api_ca_file {
         Some(path) => crate::oneinbox::http::load_ca_file(path).map_err(ImportError::Usage)?,
         None => Vec::new(),
     };
     let one = std::num::NonZeroU32::MIN;
-    let client = crate::oneinbox::http::HttpClient::new(
+    crate::oneinbox::http::HttpClient::new(
         crate::oneinbox::http::HttpClientConfig {
             base_url: args.api.api_url.clone(),
             api_key: key,
@@ -469,16 +498,12 @@ pub async fn run(args: &ImportArgs) -> Result<(), ImportError> {
         },
         crate::metrics::Metrics::new(),
     )
-    .map_err(|e| ImportError::Failed(format!("cannot build the OneInbox client: {e}")))?;
+    .map_err(|e| ImportError::Failed(format!("cannot build the OneInbox client: {e}")))
+}
 
-    eprintln!("listing the registrations of the OneInbox workspace…");
-    let regs = client
-        .list_all(args.page_size)
-        .await
-        .map_err(|e| api_failure(e, &args.api.api_url))?;
-    eprintln!("found {} registrations", regs.len());
-
-    let claims = match cluster_objects(args).await? {
+/// The numbers PhoneNumbers in the cluster already manage (none when no cluster is checked).
+async fn cluster_claims(args: &ImportArgs) -> Result<Claims, ImportError> {
+    Ok(match cluster_objects(args).await? {
         Some(objects) => {
             eprintln!(
                 "the cluster has {} PhoneNumbers; numbers they manage are skipped",
@@ -492,17 +517,15 @@ pub async fn run(args: &ImportArgs) -> Result<(), ImportError> {
             );
             Claims::default()
         }
-    };
-    let plan =
-        plan(&regs, &claims, &args.namespace, &args.name_template).map_err(ImportError::Usage)?;
-    for line in &plan.skipped {
-        eprintln!("{line}");
-    }
+    })
+}
 
+/// The manifests to stdout (one YAML stream), or as files into the output directory.
+fn write_manifests(args: &ImportArgs, files: &[(String, String)]) -> Result<(), ImportError> {
     match &args.output_dir {
         None => {
             let mut out = String::new();
-            for (i, (_, text)) in plan.files.iter().enumerate() {
+            for (i, (_, text)) in files.iter().enumerate() {
                 if i > 0 {
                     out.push_str("---\n");
                 }
@@ -516,18 +539,9 @@ pub async fn run(args: &ImportArgs) -> Result<(), ImportError> {
         Some(dir) => {
             // Checked again: the directory may have changed while the API answered.
             check_output_dir(dir, args.force).map_err(ImportError::Usage)?;
-            write_files(dir, &plan.files).map_err(ImportError::Failed)?;
+            write_files(dir, files).map_err(ImportError::Failed)?;
         }
     }
-    let place = match &args.output_dir {
-        Some(dir) => format!(" into {}", dir.display()),
-        None => String::new(),
-    };
-    eprintln!(
-        "wrote {} manifests{place} (managementPolicy: Observe), skipped {}",
-        plan.files.len(),
-        plan.skipped.len()
-    );
     Ok(())
 }
 

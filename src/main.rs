@@ -106,161 +106,43 @@ fn hash_key(args: &RunArgs, api_key: &SecretString) -> Result<HashKey, String> {
     }
 }
 
+/// Run the operator until it is told to stop: clients, admin server, Lease, controller.
 async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Metrics::new();
-    // With a default account and a hash key of its own, the operator-wide key is not needed:
-    // no object uses it.
-    let operator_key = match config::read_api_key(args.api.api_key_file.as_deref()) {
-        Ok(key) => key,
-        Err(_) if args.default_account.is_some() && args.credentials_hash_key_file.is_some() => {
-            SecretString::new(String::new())
-        }
-        Err(e) => return Err(e),
-    };
+    let operator_key = operator_key(&args)?;
     let hash_key = hash_key(&args, &operator_key)?;
-    let extra_roots = match &args.api.api_ca_file {
-        Some(path) => http::load_ca_file(path)?,
-        None => Vec::new(),
-    };
-    let oneinbox = HttpClient::new(
-        HttpClientConfig {
-            base_url: args.api.api_url.clone(),
-            api_key: operator_key,
-            api_key_file: args.api.api_key_file.clone(),
-            timeout: args.api_timeout,
-            connect_timeout: args.api_timeout.min(std::time::Duration::from_secs(5)),
-            rate_per_second: args.api_rps,
-            burst: args.api_burst,
-            max_in_flight: args.api_max_in_flight,
-            max_retry_after: args.max_retry_after,
-            extra_roots,
-        },
-        metrics.clone(),
-    )
-    .map_err(|e| format!("cannot build the OneInbox client: {e}"))?;
-
-    let mut kube_config = kube::Config::infer()
-        .await
-        .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
-    // Retries are ours (per-object backoff); the client's own could stall a reconcile.
-    kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config)
-        .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
-
-    // First SIGTERM/SIGINT: not ready, drain. Second: exit at once.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let oneinbox = oneinbox_client(&args, operator_key, &metrics)?;
+    let client = kube_client().await?;
     let health = Health::default();
-    let signal_health = health.clone();
-    tokio::spawn(async move {
-        tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} }
-        info!("shutdown requested; draining in-flight reconciles");
-        signal_health.set_shutting_down();
-        let _ = stop_tx.send(true);
-        tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} }
-        error!("second signal; exiting now");
-        std::process::exit(130);
-    });
-    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
+    let stop_rx = on_signals(health.clone())?;
     let admin_task = tokio::spawn(admin::serve(
         args.admin_addr,
         health.clone(),
         metrics.clone(),
         wait_stop(stop_rx.clone()),
     ));
-
-    let settings = Settings {
-        poll_interval: args.poll_interval,
-        min_poll_interval: args.min_poll_interval,
-        secret_grace_period: args.secret_grace_period,
-        provisioning_poll: args.provisioning_poll,
-        backoff_base: args.backoff_base,
-        backoff_max: args.backoff_max,
-        kube_timeout: args.kube_timeout,
-        hash_key,
-        secret_access: args.secret_access,
+    let options = controller::Options {
+        settings: settings(&args, hash_key),
+        scope: scope(&args),
+        instance: args.instance.clone(),
+        accounts: account_settings(&args),
     };
-    let scope = Scope {
-        namespace: args.watch_namespace.clone(),
-        label_selector: args.label_selector.clone(),
-        initial_lists: args.initial_lists,
-    };
-    info!(api_url = %args.api.api_url, namespace = ?scope.namespace, "starting oneinbox-operator");
+    info!(api_url = %args.api.api_url, namespace = ?options.scope.namespace, "starting oneinbox-operator");
 
-    let mut lease = None;
-    if args.leader_election {
-        let cfg = leader::LeaseConfig {
-            name: args.lease_name.clone(),
-            namespace: args.lease_namespace.clone(),
-            identity: format!(
-                "{}-{}",
-                args.instance,
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-            duration: args.lease_duration,
-            grace: args.lease_grace,
-        };
-        health.set_standby(true);
-        let Some(held) = leader::acquire(client.clone(), &cfg, stop_rx.clone()).await? else {
-            info!("stopped while standing by");
-            return Ok(());
-        };
-        health.set_standby(false);
-        let guard = leader::Guard::start(client.clone(), &cfg, held.leading);
-        lease = Some((guard, held.task));
-    }
+    let lease = match lead(&args, &client, &health, stop_rx.clone()).await? {
+        Role::Stopped => return Ok(()),
+        Role::Alone => None,
+        Role::Leader(guard, task) => Some((guard, task)),
+    };
     // From here on this process reconciles: it holds the Lease, or runs alone.
     metrics.set_leader(true);
     let leader_metrics = metrics.clone();
-
-    let ready_health = health.clone();
     controller::run(
         client,
         oneinbox,
         metrics,
-        controller::Options {
-            settings,
-            scope,
-            instance: args.instance.clone(),
-            accounts: RegistrySettings {
-                default_account: args.default_account.clone(),
-                default_budget: Budget {
-                    rate_per_second: args.api_rps,
-                    burst: args.api_burst,
-                    max_in_flight: args.api_max_in_flight,
-                },
-                passes_per_account: usize::from(args.concurrency),
-                reread_after: (args.secret_access == oneinbox_operator::secrets::SecretAccess::Get)
-                    .then_some(args.min_poll_interval),
-                cluster_accounts: args.cluster_accounts_enabled(),
-                default_deletion_policy: args.default_deletion_policy,
-                operator_key_namespaces: args.operator_key_namespaces.clone(),
-                account_selector: args.account_selector.clone(),
-                allow_insecure_http: args.api.allow_insecure_http,
-            },
-        },
-        move |readiness| {
-            tokio::spawn(async move {
-                // kube's store readiness wakes only its most recent waiter (the controller's
-                // own), so poll it again until it answers.
-                loop {
-                    let wait = readiness.store.wait_until_ready();
-                    match tokio::time::timeout(std::time::Duration::from_millis(200), wait).await {
-                        Ok(Ok(())) => {
-                            info!("PhoneNumber cache synced; ready");
-                            ready_health.set_synced();
-                            break;
-                        }
-                        Ok(Err(_)) => break,
-                        Err(_) => continue,
-                    }
-                }
-            });
-        },
+        options,
+        report_ready(health.clone()),
         wait_stop(stop_rx),
     )
     .await;
@@ -274,4 +156,179 @@ async fn run(args: RunArgs) -> Result<(), String> {
     }
     admin_task.abort();
     Ok(())
+}
+
+/// The operator-wide API key. With a default account and a hash key of its own, it is not
+/// needed: no object uses it.
+fn operator_key(args: &RunArgs) -> Result<SecretString, String> {
+    match config::read_api_key(args.api.api_key_file.as_deref()) {
+        Ok(key) => Ok(key),
+        Err(_) if args.default_account.is_some() && args.credentials_hash_key_file.is_some() => {
+            Ok(SecretString::new(String::new()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The OneInbox client with the operator-wide key.
+fn oneinbox_client(
+    args: &RunArgs,
+    api_key: SecretString,
+    metrics: &Metrics,
+) -> Result<HttpClient, String> {
+    let extra_roots = match &args.api.api_ca_file {
+        Some(path) => http::load_ca_file(path)?,
+        None => Vec::new(),
+    };
+    HttpClient::new(
+        HttpClientConfig {
+            base_url: args.api.api_url.clone(),
+            api_key,
+            api_key_file: args.api.api_key_file.clone(),
+            timeout: args.api_timeout,
+            connect_timeout: args.api_timeout.min(std::time::Duration::from_secs(5)),
+            rate_per_second: args.api_rps,
+            burst: args.api_burst,
+            max_in_flight: args.api_max_in_flight,
+            max_retry_after: args.max_retry_after,
+            extra_roots,
+        },
+        metrics.clone(),
+    )
+    .map_err(|e| format!("cannot build the OneInbox client: {e}"))
+}
+
+async fn kube_client() -> Result<kube::Client, String> {
+    let mut kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
+    // Retries are ours (per-object backoff); the client's own could stall a reconcile.
+    kube_config.default_retry = false;
+    kube::Client::try_from(kube_config)
+        .map_err(|e| format!("cannot build the Kubernetes client: {e}"))
+}
+
+/// First SIGTERM/SIGINT: not ready, drain (the receiver turns true). Second: exit at once.
+fn on_signals(health: Health) -> Result<watch::Receiver<bool>, String> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} }
+        info!("shutdown requested; draining in-flight reconciles");
+        health.set_shutting_down();
+        let _ = stop_tx.send(true);
+        tokio::select! { _ = sigterm.recv() => {}, _ = sigint.recv() => {} }
+        error!("second signal; exiting now");
+        std::process::exit(130);
+    });
+    Ok(stop_rx)
+}
+
+async fn wait_stop(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn settings(args: &RunArgs, hash_key: HashKey) -> Settings {
+    Settings {
+        poll_interval: args.poll_interval,
+        min_poll_interval: args.min_poll_interval,
+        secret_grace_period: args.secret_grace_period,
+        provisioning_poll: args.provisioning_poll,
+        backoff_base: args.backoff_base,
+        backoff_max: args.backoff_max,
+        kube_timeout: args.kube_timeout,
+        hash_key,
+        secret_access: args.secret_access,
+    }
+}
+
+fn scope(args: &RunArgs) -> Scope {
+    Scope {
+        namespace: args.watch_namespace.clone(),
+        label_selector: args.label_selector.clone(),
+        initial_lists: args.initial_lists,
+    }
+}
+
+fn account_settings(args: &RunArgs) -> RegistrySettings {
+    RegistrySettings {
+        default_account: args.default_account.clone(),
+        default_budget: Budget {
+            rate_per_second: args.api_rps,
+            burst: args.api_burst,
+            max_in_flight: args.api_max_in_flight,
+        },
+        passes_per_account: usize::from(args.concurrency),
+        reread_after: (args.secret_access == oneinbox_operator::secrets::SecretAccess::Get)
+            .then_some(args.min_poll_interval),
+        cluster_accounts: args.cluster_accounts_enabled(),
+        default_deletion_policy: args.default_deletion_policy,
+        operator_key_namespaces: args.operator_key_namespaces.clone(),
+        account_selector: args.account_selector.clone(),
+        allow_insecure_http: args.api.allow_insecure_http,
+    }
+}
+
+/// Whether this process reconciles: alone, as the Lease holder, or not at all (stopped while
+/// standing by).
+enum Role {
+    Alone,
+    Leader(leader::Guard, tokio::task::JoinHandle<LeaseTaskResult>),
+    Stopped,
+}
+
+type LeaseTaskResult = kube_lease_manager::Result<kube_lease_manager::LeaseManager>;
+
+/// With leader election, stand by until this process holds the Lease.
+async fn lead(
+    args: &RunArgs,
+    client: &kube::Client,
+    health: &Health,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<Role, String> {
+    if !args.leader_election {
+        return Ok(Role::Alone);
+    }
+    let cfg = leader::LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args.lease_namespace.clone(),
+        identity: format!(
+            "{}-{}",
+            args.instance,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        duration: args.lease_duration,
+        grace: args.lease_grace,
+    };
+    health.set_standby(true);
+    let Some(held) = leader::acquire(client.clone(), &cfg, stop_rx).await? else {
+        info!("stopped while standing by");
+        return Ok(Role::Stopped);
+    };
+    health.set_standby(false);
+    let guard = leader::Guard::start(client.clone(), &cfg, held.leading);
+    Ok(Role::Leader(guard, held.task))
+}
+
+/// Mark the process ready once the PhoneNumber cache has synced.
+fn report_ready(health: Health) -> impl FnOnce(controller::Readiness) + Send {
+    move |readiness| {
+        tokio::spawn(async move {
+            // kube's store readiness wakes only its most recent waiter (the controller's own),
+            // so poll it again until it answers.
+            loop {
+                let wait = readiness.store.wait_until_ready();
+                match tokio::time::timeout(std::time::Duration::from_millis(200), wait).await {
+                    Ok(Ok(())) => {
+                        info!("PhoneNumber cache synced; ready");
+                        health.set_synced();
+                        break;
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => continue,
+                }
+            }
+        });
+    }
 }

@@ -158,6 +158,78 @@ struct Inner {
     watch_lists: Counter,
 }
 
+impl Inner {
+    /// The process's own series: objects, watch lists, build, leadership.
+    fn register_process(&mut self) {
+        self.registry
+            .register_collector(Box::new(self.objects.clone()));
+        self.registry.register(
+            "phonenumber_watch_lists",
+            "Full lists of the PhoneNumber watch: the first, and one for each time the watch could not resume (a steady count says the watch resumes from each event's resourceVersion)",
+            self.watch_lists.clone(),
+        );
+        self.registry.register(
+            "build",
+            "Build of this operator (value 1)",
+            Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        self.registry.register(
+            "leader",
+            "1 while this process may reconcile: it holds the Lease, or runs without leader election",
+            self.leader.clone(),
+        );
+    }
+
+    fn register_reconcile(&mut self) {
+        let r = self.registry.sub_registry_with_prefix("reconcile");
+        r.register("runs", "Reconciles started", self.reconcile_runs.clone());
+        r.register(
+            "failures",
+            "Reconciles that failed, by error",
+            self.reconcile_failures.clone(),
+        );
+        r.register_with_unit(
+            "duration",
+            "Reconcile duration",
+            prometheus_client::registry::Unit::Seconds,
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "status_patches",
+            "Status writes by outcome",
+            self.status_patches.clone(),
+        );
+        r.register(
+            "places",
+            "Reconciles that may run at once for the account: --concurrency, more while the passes and not the API budget limit its work",
+            self.pass_places.clone(),
+        );
+    }
+
+    fn register_api(&mut self) {
+        let r = self.registry.sub_registry_with_prefix("api");
+        r.register(
+            "requests",
+            "OneInbox API requests by endpoint and outcome",
+            self.api_requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "OneInbox API request duration by endpoint",
+            prometheus_client::registry::Unit::Seconds,
+            self.api_duration.clone(),
+        );
+        r.register_with_unit(
+            "rate_limiter_wait",
+            "Time spent waiting for the client-side API budget",
+            prometheus_client::registry::Unit::Seconds,
+            self.rate_limit_wait.clone(),
+        );
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -166,97 +238,25 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("oneinbox_operator");
-        let reconcile_runs = Counter::default();
-        let reconcile_failures = Family::<ErrorLabel, Counter>::default();
-        let reconcile_duration = latency_histogram();
-        let api_requests = Family::<OpOutcome, Counter>::default();
-        let api_duration: HistogramFamily<Op> = Family::new_with_constructor(latency_histogram);
-        let rate_limit_wait: HistogramFamily<AccountLabel> =
-            Family::new_with_constructor(latency_histogram);
-        let status_patches = Family::<Outcome, Counter>::default();
-        let pass_places = Family::<AccountLabel, Gauge>::default();
-        let objects = Arc::new(ObjectsCollector::default());
-        registry.register_collector(Box::new(objects.clone()));
-        let leader = Gauge::default();
-        let watch_lists = Counter::default();
-        registry.register(
-            "phonenumber_watch_lists",
-            "Full lists of the PhoneNumber watch: the first, and one for each time the watch could not resume (a steady count says the watch resumes from each event's resourceVersion)",
-            watch_lists.clone(),
-        );
-        registry.register(
-            "build",
-            "Build of this operator (value 1)",
-            Info::new(VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
-            }),
-        );
-        registry.register(
-            "leader",
-            "1 while this process may reconcile: it holds the Lease, or runs without leader election",
-            leader.clone(),
-        );
-        {
-            let r = registry.sub_registry_with_prefix("reconcile");
-            r.register("runs", "Reconciles started", reconcile_runs.clone());
-            r.register(
-                "failures",
-                "Reconciles that failed, by error",
-                reconcile_failures.clone(),
-            );
-            r.register_with_unit(
-                "duration",
-                "Reconcile duration",
-                prometheus_client::registry::Unit::Seconds,
-                reconcile_duration.clone(),
-            );
-            r.register(
-                "status_patches",
-                "Status writes by outcome",
-                status_patches.clone(),
-            );
-            r.register(
-                "places",
-                "Reconciles that may run at once for the account: --concurrency, more while the passes and not the API budget limit its work",
-                pass_places.clone(),
-            );
-        }
-        {
-            let r = registry.sub_registry_with_prefix("api");
-            r.register(
-                "requests",
-                "OneInbox API requests by endpoint and outcome",
-                api_requests.clone(),
-            );
-            r.register_with_unit(
-                "request_duration",
-                "OneInbox API request duration by endpoint",
-                prometheus_client::registry::Unit::Seconds,
-                api_duration.clone(),
-            );
-            r.register_with_unit(
-                "rate_limiter_wait",
-                "Time spent waiting for the client-side API budget",
-                prometheus_client::registry::Unit::Seconds,
-                rate_limit_wait.clone(),
-            );
-        }
+        let mut inner = Inner {
+            registry: Registry::with_prefix("oneinbox_operator"),
+            objects: Arc::new(ObjectsCollector::default()),
+            reconcile_runs: Counter::default(),
+            reconcile_failures: Family::<ErrorLabel, Counter>::default(),
+            reconcile_duration: latency_histogram(),
+            api_requests: Family::<OpOutcome, Counter>::default(),
+            api_duration: Family::new_with_constructor(latency_histogram),
+            rate_limit_wait: Family::new_with_constructor(latency_histogram),
+            status_patches: Family::<Outcome, Counter>::default(),
+            pass_places: Family::<AccountLabel, Gauge>::default(),
+            leader: Gauge::default(),
+            watch_lists: Counter::default(),
+        };
+        inner.register_process();
+        inner.register_reconcile();
+        inner.register_api();
         Metrics {
-            inner: Arc::new(Inner {
-                registry,
-                objects,
-                reconcile_runs,
-                reconcile_failures,
-                reconcile_duration,
-                api_requests,
-                api_duration,
-                rate_limit_wait,
-                status_patches,
-                pass_places,
-                leader,
-                watch_lists,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

@@ -181,49 +181,19 @@ pub async fn reconcile<K: AccountResource, C: OneInboxApi>(
 ) -> Result<Action, kube::Error> {
     let view = account.view();
     let api = account.api(ctx.client.clone());
-    let name = account.name_any();
     let users = ctx.users(&view.id);
     let deleting = account.meta().deletion_timestamp.is_some();
     let has_finalizer = account.finalizers().iter().any(|f| f == ACCOUNT_FINALIZER);
 
     if deleting {
-        // Its CRD being deleted is an uninstall: the users go with theirs, or are orphaned.
-        let uninstall = !users.is_empty()
-            && crate::definition::read(ctx.client.clone(), &crate::definition::name_of::<K>())
-                .await?
-                == crate::definition::Definition::Deleting;
-        if uninstall {
-            info!(account = %view.id, users = users.len(), "the account's CRD is being deleted: releasing the account although PhoneNumbers use it");
-        }
-        if users.is_empty() || uninstall {
-            if let Some(index) = account
-                .finalizers()
-                .iter()
-                .position(|f| f == ACCOUNT_FINALIZER)
-            {
-                let path = format!("/metadata/finalizers/{index}");
-                let patch: json_patch::Patch = serde_json::from_value(json!([
-                    {"op": "test", "path": path, "value": ACCOUNT_FINALIZER},
-                    {"op": "remove", "path": path},
-                ]))
-                .map_err(kube::Error::SerdeError)?;
-                match api
-                    .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                    .await
-                {
-                    Ok(_) => info!(account = %view.id, "account released: no PhoneNumber uses it"),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            ctx.registry.forget(&view.id);
+        if release(account.as_ref(), &api, &ctx, &view, users.len()).await? {
             return Ok(Action::await_change());
         }
     } else if !has_finalizer {
         let mut finalizers = account.finalizers().to_vec();
         finalizers.push(ACCOUNT_FINALIZER.to_owned());
         api.patch(
-            &name,
+            &account.name_any(),
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
         )
@@ -235,40 +205,102 @@ pub async fn reconcile<K: AccountResource, C: OneInboxApi>(
         Outcome::Unavailable(_) => Some(Duration::from_secs(10)),
         _ => None,
     };
+    let in_use = deleting.then_some(users.len());
+    write_status(account.as_ref(), &api, &view, users.len(), &outcome, in_use).await?;
+    // Objects waiting for the account (not Ready) try again now.
+    for pn in users.iter().filter(|pn| !pn.is_ready()) {
+        let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
+    }
+    Ok(retry.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// A deleted account goes once no PhoneNumber uses it, or with its CRD (an uninstall: the
+/// users go with theirs, or are orphaned). Whether it was released.
+async fn release<K: AccountResource, C: OneInboxApi>(
+    account: &K,
+    api: &Api<K>,
+    ctx: &AccountContext<C>,
+    view: &AccountView,
+    users: usize,
+) -> Result<bool, kube::Error> {
+    let uninstall = users > 0
+        && crate::definition::read(ctx.client.clone(), &crate::definition::name_of::<K>()).await?
+            == crate::definition::Definition::Deleting;
+    if uninstall {
+        info!(account = %view.id, users, "the account's CRD is being deleted: releasing the account although PhoneNumbers use it");
+    }
+    if users > 0 && !uninstall {
+        return Ok(false);
+    }
+    if let Some(index) = account
+        .finalizers()
+        .iter()
+        .position(|f| f == ACCOUNT_FINALIZER)
+    {
+        let path = format!("/metadata/finalizers/{index}");
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": path, "value": ACCOUNT_FINALIZER},
+            {"op": "remove", "path": path},
+        ]))
+        .map_err(kube::Error::SerdeError)?;
+        match api
+            .patch(
+                &account.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+        {
+            Ok(_) => info!(account = %view.id, "account released: no PhoneNumber uses it"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    ctx.registry.forget(&view.id);
+    Ok(true)
+}
+
+/// Write the account's status if it changed: its check, its users, and (while it is being
+/// deleted) the `in_use` count that holds it.
+async fn write_status<K: AccountResource>(
+    account: &K,
+    api: &Api<K>,
+    view: &AccountView,
+    users: usize,
+    outcome: &Outcome,
+    in_use: Option<usize>,
+) -> Result<(), kube::Error> {
     let previous = account
         .account_status()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let desired = AccountStatus {
         observed_generation: view.generation,
-        phone_numbers: Some(i32::try_from(users.len()).unwrap_or(i32::MAX)),
+        phone_numbers: Some(i32::try_from(users).unwrap_or(i32::MAX)),
         conditions: account_conditions(
             &previous,
-            &outcome,
-            deleting.then_some(users.len()),
+            outcome,
+            in_use,
             view.generation,
             Time(jiff::Timestamp::now()),
         ),
     };
-    if account.account_status() != Some(&desired) {
-        let body = json!({
-            "apiVersion": "oneinbox.ai/v1alpha1",
-            "kind": K::KIND,
-            "status": desired,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-        debug!(account = %view.id, ?outcome, "account status written");
+    if account.account_status() == Some(&desired) {
+        return Ok(());
     }
-    // Objects waiting for the account (not Ready) try again now.
-    for pn in users.iter().filter(|pn| !pn.is_ready()) {
-        let _ = ctx.poke.send(ObjectRef::from_obj(pn.as_ref()));
-    }
-    Ok(retry.map_or_else(Action::await_change, Action::requeue))
+    let body = json!({
+        "apiVersion": "oneinbox.ai/v1alpha1",
+        "kind": K::KIND,
+        "status": desired,
+    });
+    api.patch_status(
+        &account.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    debug!(account = %view.id, ?outcome, "account status written");
+    Ok(())
 }
 
 /// The key as the registry holds it, checked once with an authenticated call.

@@ -20,13 +20,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::decide::{
-    DEFINITION_DELETING, DoneAfter, Failure, Read, Step, Then, requested_reconcile, versions_used,
-};
 use super::memory::{Checked, decision_inputs};
 use super::observe::{ApiKey, Observation, Outcome, Reader};
 use super::plan;
-use super::status::{self, Phase, RemoteFacts, StatusData};
+use super::status::{self, Phase, StatusData};
+use super::step::{DEFINITION_DELETING, DoneAfter, Failure, Memo, Read, Step, Then};
 use super::{Context, redact};
 use super::{credentials, polling};
 use crate::crd::{
@@ -86,112 +84,57 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                 self.write_phase(obs, data, phase).await?;
                 return self.then(obs, then).await;
             }
-            Step::Fail(f) => return Err(self.error(obs, &f)),
-            Step::Done(after) => return Ok(Next::End(action(after))),
-            Step::Adopt { id, takeover } => {
-                self.add_finalizer(obs).await?;
-                let note = if takeover {
-                    format!(
-                        "managementPolicy is Full: took over the OneInbox registration {id} (finalizer added; the operator now keeps it in line with the spec)"
-                    )
-                } else {
-                    format!("Adopted the existing OneInbox registration {id}")
-                };
-                self.event(obs, EventType::Normal, "Adopted", note).await;
-                obs.last = Outcome::Adopted;
+            Step::Done(DoneAfter::Failure(f)) => return Err(self.error(obs, &f)),
+            Step::Done(DoneAfter::AwaitChange) => return Ok(Next::End(Action::await_change())),
+            Step::Done(DoneAfter::Requeue(d)) => return Ok(Next::End(Action::requeue(d))),
+            Step::Remember { memo, then } => {
+                self.note(obs, memo);
+                return Ok(Next::Step(then));
             }
-            Step::ReportLost { id, unmirror } => {
-                if unmirror {
-                    self.patch_metadata(
-                        obs,
-                        json!({"annotations": {ANNOTATION_PHONE_NUMBER_ID: null}}),
-                    )
-                    .await?;
-                }
-                let note = format!(
-                    "OneInbox registration {id} no longer exists (removed outside the cluster); registering the number again"
-                );
-                self.event(obs, EventType::Warning, "RegistrationLost", note)
-                    .await;
-                self.remember(obs, |m| m.lost = Some(id));
-            }
-            Step::Replace { id } => {
-                let note = format!(
-                    "SIP credentials changed; deregistering {id} to register the number again"
-                );
-                self.event(obs, EventType::Normal, "Replacing", note).await;
-                obs.last = Outcome::Deregistered(self.oneinbox.deregister(&id).await);
-            }
+            Step::Adopt { id, takeover } => self.adopt(obs, &id, takeover).await?,
+            Step::ReportLost { id, unmirror } => self.report_lost(obs, id, unmirror).await?,
+            Step::Replace { id } => self.replace(obs, &id).await,
             Step::Register {
                 credentials,
                 hash,
                 marker_present,
+                drop_old_ids,
             } => {
-                if !marker_present {
-                    self.record_attempt(obs, hash).await?;
-                } else if !obs.obj.has_finalizer() {
-                    // A marker left from before a switch to Observe, which removed the
-                    // finalizer: it goes back on before the POST, as with a new marker.
-                    self.add_finalizer(obs).await?;
-                }
-                let req = plan::register_request(&obs.obj, &credentials);
-                let res = self.oneinbox.register(&req).await;
-                if let Ok(reg) = &res {
-                    info!(id = %reg.id, "registered");
-                }
-                obs.last = Outcome::Posted(res);
+                self.register(obs, &credentials, hash, marker_present, drop_old_ids)
+                    .await?
             }
             Step::Persist {
                 registration,
                 data,
                 phase,
-                event: (reason, note),
-            } => {
-                // The event follows the write: a process killed in between leaves the ids
-                // written and no event, never a Registered event for ids that a restart then
-                // adopts (and reports again as Adopted).
-                self.write_phase(obs, *data, phase).await?;
-                self.event(obs, EventType::Normal, reason, note).await;
-                obs.last = Outcome::Persisted(registration);
-            }
-            Step::Patch {
-                id,
-                patch,
-                event: (reason, note),
-            } => {
-                let res = self.oneinbox.patch(&id, &patch).await;
-                if res.is_ok() {
-                    self.event(obs, EventType::Normal, reason, note).await;
-                }
-                let registered = match std::mem::take(&mut obs.last) {
-                    Outcome::Persisted(reg) => Some(Box::new(reg)),
-                    Outcome::Patched { registered, .. } => registered,
-                    _ => None,
-                };
-                obs.last = Outcome::Patched {
-                    answer: res,
-                    registered,
-                };
-            }
+                event,
+            } => self.persist(obs, registration, *data, phase, event).await?,
+            Step::Patch { id, patch, event } => self.patch(obs, &id, &patch, event).await,
             Step::Annotate { id } => self.ensure_annotation(obs, &id).await?,
-            Step::Disown => {
-                self.remove_finalizer(obs, None).await?;
-                let what = obs
-                    .obj
-                    .known_id()
-                    .map(|id| format!("registration {id}"))
-                    .unwrap_or_else(|| "the number".into());
-                let note = format!(
-                    "managementPolicy is Observe: removed the finalizer {FINALIZER}; the operator makes no OneInbox writes, and deleting this object leaves {what} registered"
-                );
-                self.event(obs, EventType::Normal, "ObserveOnly", note)
-                    .await;
+            Step::Disown => self.disown(obs).await?,
+            Step::Orphan {
+                what,
+                because,
+                unless_changed,
+            } => return self.orphan(obs, &what, because, unless_changed).await,
+            Step::Deregister { id } => {
+                obs.last = Outcome::Deregistered(self.oneinbox.deregister(&id).await);
             }
-            Step::RememberCleanRefusal { token, then } => {
-                self.remember(obs, |m| m.clean_refusal = Some(token));
-                return Ok(Next::Step(then));
+            Step::Release { released, event } => return self.release(obs, released, event).await,
+            Step::Blocked { cause, failure } => {
+                return Err(self.blocked(obs, cause, failure).await);
             }
-            Step::Resume {
+        }
+        Ok(Next::Decide)
+    }
+
+    /// Record `memo` in this process's memory of the object.
+    fn note(&self, obs: &mut Observation, memo: Memo) {
+        match memo {
+            Memo::CleanRefusal { token } => self.remember(obs, |m| m.clean_refusal = Some(token)),
+            Memo::ForgetCheck => self.remember(obs, |m| m.check = None),
+            // The drift-check sweep brings it back at its point of the interval.
+            Memo::Resumed {
                 id,
                 generation,
                 first_check_in,
@@ -207,59 +150,195 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
                     dispatched: false,
                 };
                 self.remember(obs, |m| m.check = Some(check));
-                // The drift-check sweep brings it back at its point of the interval.
-                return Ok(Next::End(Action::await_change()));
-            }
-            Step::ForgetCheck { then } => {
-                self.remember(obs, |m| m.check = None);
-                return Ok(Next::Step(then));
-            }
-            Step::Orphan {
-                what,
-                because,
-                unless_changed,
-            } => {
-                self.remove_finalizer(obs, unless_changed).await?;
-                if because == DEFINITION_DELETING && !UNINSTALL_LOGGED.swap(true, Ordering::Relaxed)
-                {
-                    tracing::warn!(
-                        "the PhoneNumber CRD is being deleted: every PhoneNumber being deleted with it is orphaned (its registration left in OneInbox, whatever its deletionPolicy)"
-                    );
-                }
-                let note = format!("{because}: left {what} registered in OneInbox");
-                self.event(obs, EventType::Normal, "Orphaned", note).await;
-                self.finish(obs);
-                return Ok(Next::End(Action::await_change()));
-            }
-            Step::Deregister { id } => {
-                obs.last = Outcome::Deregistered(self.oneinbox.deregister(&id).await);
-            }
-            Step::Release { released, event } => {
-                if let Some(id) = released {
-                    // If removing the finalizer fails now, the retry only removes it (no second
-                    // DELETE).
-                    self.remember(obs, |m| m.released = Some(id));
-                }
-                self.remove_finalizer(obs, None).await?;
-                if let Some((reason, note)) = event {
-                    self.event(obs, EventType::Normal, reason, note).await;
-                }
-                self.finish(obs);
-                return Ok(Next::End(Action::await_change()));
-            }
-            Step::Blocked { cause, failure } => {
-                self.report_deletion_blocked(obs, cause.clone()).await?;
-                return Err(match failure {
-                    Some(f) => self.error(obs, &f),
-                    None => Error::DeletionBlocked(redact::text(
-                        &cause,
-                        &secrets_of(obs),
-                        redact::MAX_CONDITION_MESSAGE,
-                    )),
-                });
             }
         }
-        Ok(Next::Decide)
+    }
+
+    /// Adopt registration `id`: the finalizer, then an `Adopted` event.
+    async fn adopt(&mut self, obs: &mut Observation, id: &str, takeover: bool) -> Result<()> {
+        self.add_finalizer(obs).await?;
+        let note = if takeover {
+            format!(
+                "managementPolicy is Full: took over the OneInbox registration {id} (finalizer added; the operator now keeps it in line with the spec)"
+            )
+        } else {
+            format!("Adopted the existing OneInbox registration {id}")
+        };
+        self.event(obs, EventType::Normal, "Adopted", note).await;
+        obs.last = Outcome::Adopted;
+        Ok(())
+    }
+
+    /// The registration `id` is gone: drop its mirror if asked, warn, and remember it lost.
+    async fn report_lost(
+        &mut self,
+        obs: &mut Observation,
+        id: String,
+        unmirror: bool,
+    ) -> Result<()> {
+        if unmirror {
+            self.patch_metadata(
+                obs,
+                json!({"annotations": {ANNOTATION_PHONE_NUMBER_ID: null}}),
+            )
+            .await?;
+        }
+        let note = format!(
+            "OneInbox registration {id} no longer exists (removed outside the cluster); registering the number again"
+        );
+        self.event(obs, EventType::Warning, "RegistrationLost", note)
+            .await;
+        self.remember(obs, |m| m.lost = Some(id));
+        Ok(())
+    }
+
+    /// Release registration `id` to register the number again with new credentials.
+    async fn replace(&mut self, obs: &mut Observation, id: &str) {
+        let note =
+            format!("SIP credentials changed; deregistering {id} to register the number again");
+        self.event(obs, EventType::Normal, "Replacing", note).await;
+        obs.last = Outcome::Deregistered(self.oneinbox.deregister(id).await);
+    }
+
+    /// Record the attempt (or put the finalizer back), then POST.
+    async fn register(
+        &mut self,
+        obs: &mut Observation,
+        credentials: &credentials::Credentials,
+        hash: String,
+        marker_present: bool,
+        drop_old_ids: Option<Box<(StatusData, Phase)>>,
+    ) -> Result<()> {
+        if !marker_present {
+            self.record_attempt(obs, hash, drop_old_ids).await?;
+        } else if !obs.obj.has_finalizer() {
+            // A marker left from before a switch to Observe, which removed the finalizer: it
+            // goes back on before the POST, as with a new marker.
+            self.add_finalizer(obs).await?;
+        }
+        let req = plan::register_request(&obs.obj, credentials);
+        let res = self.oneinbox.register(&req).await;
+        if let Ok(reg) = &res {
+            info!(id = %reg.id, "registered");
+        }
+        obs.last = Outcome::Posted(res);
+        Ok(())
+    }
+
+    /// Write a new registration's ids, then its event. The event follows the write: a process
+    /// killed in between leaves the ids written and no event, never a Registered event for ids
+    /// that a restart then adopts (and reports again as Adopted).
+    async fn persist(
+        &mut self,
+        obs: &mut Observation,
+        registration: crate::oneinbox::Registration,
+        data: StatusData,
+        phase: Phase,
+        (reason, note): (&'static str, String),
+    ) -> Result<()> {
+        self.write_phase(obs, data, phase).await?;
+        self.event(obs, EventType::Normal, reason, note).await;
+        obs.last = Outcome::Persisted(registration);
+        Ok(())
+    }
+
+    /// PATCH the changed fields; the event only once OneInbox took it.
+    async fn patch(
+        &mut self,
+        obs: &mut Observation,
+        id: &str,
+        patch: &crate::oneinbox::PatchRequest,
+        (reason, note): (&'static str, String),
+    ) {
+        let res = self.oneinbox.patch(id, patch).await;
+        if res.is_ok() {
+            self.event(obs, EventType::Normal, reason, note).await;
+        }
+        let registered = match std::mem::take(&mut obs.last) {
+            Outcome::Persisted(reg) => Some(Box::new(reg)),
+            Outcome::Patched { registered, .. } => registered,
+            _ => None,
+        };
+        obs.last = Outcome::Patched {
+            answer: res,
+            registered,
+        };
+    }
+
+    /// Switched to Observe: the finalizer goes, with an `ObserveOnly` event.
+    async fn disown(&mut self, obs: &mut Observation) -> Result<()> {
+        self.remove_finalizer(obs, None).await?;
+        let what = obs
+            .obj
+            .known_id()
+            .map(|id| format!("registration {id}"))
+            .unwrap_or_else(|| "the number".into());
+        let note = format!(
+            "managementPolicy is Observe: removed the finalizer {FINALIZER}; the operator makes no OneInbox writes, and deleting this object leaves {what} registered"
+        );
+        self.event(obs, EventType::Normal, "ObserveOnly", note)
+            .await;
+        Ok(())
+    }
+
+    /// Leave the registration and let the object go.
+    async fn orphan(
+        &mut self,
+        obs: &mut Observation,
+        what: &str,
+        because: &'static str,
+        unless_changed: Option<(&'static str, &'static str)>,
+    ) -> Result<Next> {
+        self.remove_finalizer(obs, unless_changed).await?;
+        if because == DEFINITION_DELETING && !UNINSTALL_LOGGED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the PhoneNumber CRD is being deleted: every PhoneNumber being deleted with it is orphaned (its registration left in OneInbox, whatever its deletionPolicy)"
+            );
+        }
+        let note = format!("{because}: left {what} registered in OneInbox");
+        self.event(obs, EventType::Normal, "Orphaned", note).await;
+        self.finish(obs);
+        Ok(Next::End(Action::await_change()))
+    }
+
+    /// Remove the finalizer after a deregistration (or with nothing to deregister).
+    async fn release(
+        &mut self,
+        obs: &mut Observation,
+        released: Option<String>,
+        event: Option<(&'static str, String)>,
+    ) -> Result<Next> {
+        if let Some(id) = released {
+            // If removing the finalizer fails now, the retry only removes it (no second
+            // DELETE).
+            self.remember(obs, |m| m.released = Some(id));
+        }
+        self.remove_finalizer(obs, None).await?;
+        if let Some((reason, note)) = event {
+            self.event(obs, EventType::Normal, reason, note).await;
+        }
+        self.finish(obs);
+        Ok(Next::End(Action::await_change()))
+    }
+
+    /// Say the deletion is blocked; the error the pass ends with.
+    async fn blocked(
+        &mut self,
+        obs: &mut Observation,
+        cause: String,
+        failure: Option<Failure>,
+    ) -> Error {
+        if let Err(e) = self.report_deletion_blocked(obs, cause.clone()).await {
+            return e;
+        }
+        match failure {
+            Some(f) => self.error(obs, &f),
+            None => Error::DeletionBlocked(redact::text(
+                &cause,
+                &secrets_of(obs),
+                redact::MAX_CONDITION_MESSAGE,
+            )),
+        }
     }
 
     async fn read(&mut self, obs: &mut Observation, read: Read) -> Result<()> {
@@ -435,27 +514,16 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
 
     /// Record a registration attempt before its POST, only if the object is still at the
     /// resourceVersion we read: a stale view (another pass, another replica) fails here with a
-    /// conflict instead of posting twice. The finalizer goes in the same write. Registering
-    /// again (the registration was lost or replaced), the status first drops the old ids, also
-    /// guarded, so that no id names a registration that is gone while the attempt is in flight.
-    async fn record_attempt(&mut self, obs: &mut Observation, hash: String) -> Result<()> {
-        let holds_ids = obs
-            .obj
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phone_number_id.is_some());
-        if holds_ids {
-            let data = StatusData {
-                remote: RemoteFacts::default(),
-                credentials_hash: Some(hash.clone()),
-                pending_create: None,
-                last_handled_reconcile_at: requested_reconcile(&obs.obj),
-                secret_versions: versions_used(obs),
-            };
-            let phase = Phase::Progressing {
-                reason: status::reason::CREATING,
-                message: "Registering the number with OneInbox".into(),
-            };
+    /// conflict instead of posting twice. The finalizer goes in the same write. With
+    /// `drop_old_ids`, that status goes first, also guarded.
+    async fn record_attempt(
+        &mut self,
+        obs: &mut Observation,
+        hash: String,
+        drop_old_ids: Option<Box<(StatusData, Phase)>>,
+    ) -> Result<()> {
+        if let Some(reset) = drop_old_ids {
+            let (data, phase) = *reset;
             let desired = status::desired_status(&obs.obj, data, &phase, now());
             self.patch_status(obs, &desired, true).await?;
         }
@@ -606,9 +674,11 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
         let note = redact::text(&note, &secrets_of(obs), redact::MAX_EVENT_NOTE);
         // The other object, where there is one: the owner in a duplicate claim.
         let related = match reason {
-            status::reason::DUPLICATE_PHONE_NUMBER | "NotDeregistered" => {
-                obs.number_owner.as_ref().or(obs.id_owner.as_ref())
-            }
+            status::reason::DUPLICATE_PHONE_NUMBER | "NotDeregistered" => obs
+                .claims
+                .number_owner
+                .as_ref()
+                .or(obs.claims.id_owner.as_ref()),
             _ => None,
         };
         let ev = Event {
@@ -628,13 +698,6 @@ impl<'a, C: OneInboxApi> Driver<'a, C> {
     }
 }
 
-fn action(after: DoneAfter) -> Action {
-    match after {
-        DoneAfter::AwaitChange => Action::await_change(),
-        DoneAfter::Requeue(d) => Action::requeue(d),
-    }
-}
-
 fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
@@ -649,5 +712,5 @@ fn secrets_of(obs: &Observation) -> Vec<String> {
 }
 
 fn versions_digest(obs: &Observation) -> u64 {
-    plan::secret_versions_digest(versions_used(obs).iter())
+    plan::secret_versions_digest(obs.versions_used().iter())
 }

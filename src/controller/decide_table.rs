@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::controller::memory::{Checked, ObjectMemory};
 use crate::controller::observe::{ObjectName, Outcome};
-use crate::crd::{DeletionPolicy, PhoneNumber};
+use crate::crd::{ANNOTATION_RECONCILE_REQUESTED_AT, DeletionPolicy, PhoneNumber};
 use crate::definition::Definition;
 use crate::oneinbox::Deregistered;
 use crate::oneinbox::SecretString;
@@ -247,7 +247,7 @@ fn summary(step: &Step) -> String {
             };
             format!("Report {} {then}", phase(p))
         }
-        Step::Fail(f) => format!("Fail {:?}", f.op),
+        Step::Done(DoneAfter::Failure(f)) => format!("Fail {:?}", f.op),
         Step::Done(DoneAfter::AwaitChange) => "Done AwaitChange".into(),
         Step::Done(DoneAfter::Requeue(_)) => "Done Requeue".into(),
         Step::Adopt { id, takeover } => format!("Adopt {id} takeover={takeover}"),
@@ -260,13 +260,21 @@ fn summary(step: &Step) -> String {
         } => format!("Patch {reason}"),
         Step::Annotate { id } => format!("Annotate {id}"),
         Step::Disown => "Disown".into(),
-        Step::RememberCleanRefusal { .. } => "RememberCleanRefusal".into(),
-        Step::ForgetCheck { then } => format!("ForgetCheck then {}", summary(then)),
-        Step::Resume {
-            first_check_in: Some(d),
-            ..
-        } => format!("Resume first check in {}s", d.as_secs()),
-        Step::Resume { .. } => "Resume no checks".into(),
+        Step::Remember { memo, then } => match memo {
+            Memo::CleanRefusal { .. } => "RememberCleanRefusal".into(),
+            Memo::ForgetCheck => format!("ForgetCheck then {}", summary(then)),
+            // A resume always ends the pass.
+            Memo::Resumed {
+                first_check_in: Some(d),
+                ..
+            } if **then == Step::Done(DoneAfter::AwaitChange) => {
+                format!("Resume first check in {}s", d.as_secs())
+            }
+            Memo::Resumed { .. } if **then == Step::Done(DoneAfter::AwaitChange) => {
+                "Resume no checks".into()
+            }
+            Memo::Resumed { .. } => format!("Resume then {}", summary(then)),
+        },
         Step::Orphan { because, .. } => format!("Orphan ({because})"),
         Step::Deregister { id } => format!("Deregister {id}"),
         Step::Release { released, event } => format!(
@@ -380,7 +388,7 @@ fn decision_table() {
     let observe_read = |o: Value| with(obs(o), |ob| ob.api_key = Some(ApiKey::OperatorWide));
     // After a restart: nothing in memory, the Secret watch reports `rv` for Secret `sip`.
     let restarted =
-        |o: Value, rv: &str| with(obs(o), |ob| ob.secret_versions = watched(&[("sip", rv)]));
+        |o: Value, rv: &str| with(obs(o), |ob| ob.secrets.versions = watched(&[("sip", rv)]));
     let resumed = format!(
         "Resume first check in {}s",
         polling::first_check_in("uid-1", Duration::from_secs(600)).as_secs()
@@ -390,7 +398,7 @@ fn decision_table() {
         with(obs(o), |ob| {
             ob.api_key = Some(ApiKey::OperatorWide);
             ob.memory.check = Some(due_check());
-            ob.secret_versions = watched(&[("sip", rv)]);
+            ob.secrets.versions = watched(&[("sip", rv)]);
         })
     };
 
@@ -553,7 +561,7 @@ fn decision_table() {
         (
             "observe, duplicate by number: never adopted",
             with(observe_read(observing(object())), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "voice".into(),
                     name: "older".into(),
                     uid: None,
@@ -564,7 +572,7 @@ fn decision_table() {
         (
             "observe, duplicate by id: never mirrored",
             with(observe_read(observing(annotated.clone())), |ob| {
-                ob.id_owner = Some(ObjectName {
+                ob.claims.id_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "holder".into(),
                     uid: None,
@@ -627,7 +635,7 @@ fn decision_table() {
         (
             "duplicate by number",
             with(obs(object()), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "voice".into(),
                     name: "older".into(),
                     uid: None,
@@ -638,7 +646,7 @@ fn decision_table() {
         (
             "duplicate by number, but with its own attempt in flight: look up first",
             with(read(pending.clone()), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "voice".into(),
                     name: "older".into(),
                     uid: None,
@@ -649,7 +657,7 @@ fn decision_table() {
         (
             "duplicate by id: another object holds it",
             with(obs(annotated.clone()), |ob| {
-                ob.id_owner = Some(ObjectName {
+                ob.claims.id_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "holder".into(),
                     uid: None,
@@ -660,7 +668,7 @@ fn decision_table() {
         (
             "names an id, but an older claim holds the number: yield before adopting",
             with(obs(annotated.clone()), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "attempting".into(),
                     uid: None,
@@ -671,24 +679,24 @@ fn decision_table() {
         (
             "names an id, the older claim only names another id: read its own first",
             with(read(annotated.clone()), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "naming".into(),
                     uid: None,
                 });
-                ob.number_owner_names_another_id = true;
+                ob.claims.number_owner_names_another_id = true;
             }),
             "Read Registration(\"id9\")",
         ),
         (
             "names a registration of its number, the older claim only names another id: adopt",
             with(read(annotated.clone()), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "naming".into(),
                     uid: None,
                 });
-                ob.number_owner_names_another_id = true;
+                ob.claims.number_owner_names_another_id = true;
                 ob.fetched = Some(Ok(reg("id9")));
             }),
             "Adopt id9 takeover=false",
@@ -696,12 +704,12 @@ fn decision_table() {
         (
             "names an id OneInbox does not hold, the older claim only names another: yield",
             with(read(annotated.clone()), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "naming".into(),
                     uid: None,
                 });
-                ob.number_owner_names_another_id = true;
+                ob.claims.number_owner_names_another_id = true;
                 ob.fetched = Some(Err(ApiError::NotFound));
             }),
             "Report Stalled(DuplicatePhoneNumber) Requeue",
@@ -709,12 +717,12 @@ fn decision_table() {
         (
             "names an id, the older claim only names another, the GET failed: retried",
             with(read(annotated.clone()), |ob| {
-                ob.number_owner = Some(ObjectName {
+                ob.claims.number_owner = Some(ObjectName {
                     namespace: "a".into(),
                     name: "naming".into(),
                     uid: None,
                 });
-                ob.number_owner_names_another_id = true;
+                ob.claims.number_owner_names_another_id = true;
                 ob.fetched = Some(Err(unavailable(503)));
             }),
             "Report Progressing(APIUnavailable) Fail",
@@ -722,7 +730,7 @@ fn decision_table() {
         (
             "checked recently, Secrets unchanged: no read, no call",
             with(obs(registered()), |ob| {
-                ob.secrets_unchanged = true;
+                ob.secrets.unchanged = true;
                 ob.memory.check = Some(check(1));
             }),
             "Done AwaitChange",
@@ -730,7 +738,7 @@ fn decision_table() {
         (
             "checked recently, but its cluster account no longer allows the namespace: the key next",
             with(obs(registered()), |ob| {
-                ob.secrets_unchanged = true;
+                ob.secrets.unchanged = true;
                 ob.memory.check = Some(check(1));
                 ob.account.grant_refused = true;
             }),
@@ -744,7 +752,7 @@ fn decision_table() {
         ),
         (
             "restart, stored credential (no Secret): first check spread over the interval",
-            with(obs(registered()), |ob| ob.secret_versions = watched(&[])),
+            with(obs(registered()), |ob| ob.secrets.versions = watched(&[])),
             resumed.as_str(),
         ),
         (
@@ -777,7 +785,7 @@ fn decision_table() {
         (
             "restart, the Secret watch has not listed yet: look again soon, no read",
             with(obs(sip_registered("pw-1", "7")), |ob| {
-                ob.secrets_listed = false
+                ob.secrets.listed = false
             }),
             "Done Requeue",
         ),
@@ -1658,7 +1666,7 @@ fn decision_table() {
                 }),
                 |ob| {
                     ob.api_key = Some(ApiKey::OperatorWide);
-                    ob.id_owner = Some(ObjectName {
+                    ob.claims.id_owner = Some(ObjectName {
                         namespace: "a".into(),
                         name: "holder".into(),
                         uid: None,
@@ -1678,7 +1686,7 @@ fn decision_table() {
                 }),
                 |ob| {
                     ob.api_key = Some(ApiKey::OperatorWide);
-                    ob.number_owner = Some(ObjectName {
+                    ob.claims.number_owner = Some(ObjectName {
                         namespace: "a".into(),
                         name: "attempting".into(),
                         uid: None,
@@ -1698,12 +1706,12 @@ fn decision_table() {
                 }),
                 |ob| {
                     ob.api_key = Some(ApiKey::OperatorWide);
-                    ob.number_owner = Some(ObjectName {
+                    ob.claims.number_owner = Some(ObjectName {
                         namespace: "a".into(),
                         name: "naming".into(),
                         uid: None,
                     });
-                    ob.number_owner_names_another_id = true;
+                    ob.claims.number_owner_names_another_id = true;
                 },
             ),
             "Read Registration(\"id9\")",
@@ -1816,7 +1824,7 @@ fn a_reconcile_token_longer_than_status_holds_is_handled_once() {
     o["status"]["lastHandledReconcileAt"] = json!(recorded);
     let step = decide(
         &with(obs(o), |ob| {
-            ob.secrets_unchanged = true;
+            ob.secrets.unchanged = true;
             ob.memory.check = Some(check(1));
         }),
         &settings(),
@@ -2030,7 +2038,7 @@ fn a_check_records_the_secret_versions_it_used() {
             let mut ob = obs(sip_registered("pw-1", "7"));
             ob.api_key = Some(ApiKey::OperatorWide);
             ob.memory.check = Some(due_check());
-            ob.secret_versions = watched(&[("sip", "7")]);
+            ob.secrets.versions = watched(&[("sip", "7")]);
             ob
         },
         |ob| ob.fetched = Some(Ok(reg("id1"))),
@@ -2051,7 +2059,7 @@ fn a_check_records_the_secret_versions_it_used() {
     let ob = with(obs(sip_registered("pw-1", "7")), |ob| {
         ob.api_key = Some(ApiKey::OperatorWide);
         ob.memory.check = Some(due_check());
-        ob.secret_versions = watched(&[("sip", "8")]);
+        ob.secrets.versions = watched(&[("sip", "8")]);
         ob.secrets_read = vec![("sip".into(), "8".into())];
         ob.credentials = Some(Ok(sip_credentials("pw-2")));
         ob.fetched = Some(Ok(reg("id1")));
@@ -2080,7 +2088,7 @@ fn without_the_secret_watch_every_check_reads_and_a_restart_trusts_the_status() 
     let ob = with(obs(sip_registered("pw-1", "7")), |ob| {
         ob.api_key = Some(ApiKey::OperatorWide);
         ob.memory.check = Some(due_check());
-        ob.secret_versions = watched(&[("sip", "7")]);
+        ob.secrets.versions = watched(&[("sip", "7")]);
     });
     assert_eq!(summary(&decide(&ob, &get_only)), "Read Credentials");
     // After a restart the first check is spread all the same (a change is seen at a check).
@@ -2125,5 +2133,45 @@ fn waiting_for_an_accounts_key_secret_names_the_account_and_not_for_a_password()
     assert!(
         password_missing.starts_with("Secret voice/sip does not exist"),
         "{password_missing}"
+    );
+}
+
+/// Registering again (the registration is gone) writes the status without the old ids before
+/// the attempt; a first registration writes no status before its POST.
+#[test]
+fn registering_again_drops_the_old_ids_first() {
+    let first = decide(&read(object()), &settings());
+    assert!(
+        matches!(
+            first,
+            Step::Register {
+                drop_old_ids: None,
+                ..
+            }
+        ),
+        "{}",
+        summary(&first)
+    );
+    let again = with(read(registered()), |ob| ob.memory.lost = Some("id1".into()));
+    let Step::Register {
+        drop_old_ids: Some(reset),
+        marker_present: false,
+        ..
+    } = decide(&again, &settings())
+    else {
+        panic!("{}", summary(&decide(&again, &settings())));
+    };
+    let (data, phase) = *reset;
+    assert_eq!(data.remote.phone_number_id, None);
+    assert_eq!(data.credentials_hash, Some(hash_of(CRED)));
+    assert!(
+        matches!(
+            phase,
+            Phase::Progressing {
+                reason: reason::CREATING,
+                ..
+            }
+        ),
+        "{phase:?}"
     );
 }

@@ -15,6 +15,7 @@ pub mod polling;
 mod reconcile;
 mod redact;
 pub mod status;
+pub mod step;
 #[cfg(test)]
 mod tests;
 mod watches;

@@ -3,6 +3,7 @@
 //! far; `decide` looks only at it. The reads themselves (Secrets, the registration, the
 //! look-up by number) are here; which of them a pass needs is decided by `decide`.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -103,6 +104,31 @@ pub enum AccountProblem {
     Invalid { account: AccountId, why: String },
 }
 
+/// What the metadata-only Secret watch says of the Secrets an object references (no read).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretFacts {
+    /// Every referenced Secret is at the resourceVersion the last check read.
+    pub unchanged: bool,
+    /// The resourceVersion of every referenced Secret (by name) as the watch reports it;
+    /// `None` while one of them is not known to it.
+    pub versions: Option<SecretVersionMap>,
+    /// The watch has listed every Secret once: a referenced Secret it does not know is then
+    /// absent (or unreadable), not merely not seen yet.
+    pub listed: bool,
+}
+
+/// The claims of other watched objects on an object's number and id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaimFacts {
+    /// The older object that manages this object's number, if another one.
+    pub number_owner: Option<ObjectName>,
+    /// That owner's only claim is an id annotation naming another id than this object names
+    /// (it holds no registration and has no attempt in flight).
+    pub number_owner_names_another_id: bool,
+    /// Another watched object that holds the id this object names.
+    pub id_owner: Option<ObjectName>,
+}
+
 /// Everything one pass knows so far.
 #[derive(Clone, Debug)]
 pub struct Observation {
@@ -117,21 +143,10 @@ pub struct Observation {
     pub now: Instant,
     pub wall: jiff::Timestamp,
     pub memory: ObjectMemory,
-    /// Every referenced Secret is at the resourceVersion the last check read.
-    pub secrets_unchanged: bool,
-    /// The resourceVersion of every referenced Secret (by name) as the metadata-only Secret
-    /// watch reports it; `None` while one of them is not known to it.
-    pub secret_versions: Option<SecretVersionMap>,
-    /// The Secret watch has listed every Secret once: a referenced Secret it does not know is
-    /// then absent (or unreadable), not merely not seen yet.
-    pub secrets_listed: bool,
-    /// The older object that manages this object's number, if another one.
-    pub number_owner: Option<ObjectName>,
-    /// That owner's only claim is an id annotation naming another id than this object names
-    /// (it holds no registration and has no attempt in flight).
-    pub number_owner_names_another_id: bool,
-    /// Another watched object that holds the id this object names.
-    pub id_owner: Option<ObjectName>,
+    /// What the Secret watch says of the referenced Secrets, with no read.
+    pub secrets: SecretFacts,
+    /// The claims of other watched objects on this object's number and id.
+    pub claims: ClaimFacts,
     /// What the watches say of the object's account, with no read.
     pub account: AccountFacts,
     /// (name, resourceVersion) of each Secret read in this pass.
@@ -202,12 +217,16 @@ impl Observation {
         let secret_versions = watched_secret_versions(ctx, &obj);
         let secrets_listed = ctx.secrets_listed.load(Ordering::Relaxed);
         Observation {
-            secrets_unchanged,
-            secret_versions,
-            secrets_listed,
-            number_owner,
-            number_owner_names_another_id,
-            id_owner,
+            secrets: SecretFacts {
+                unchanged: secrets_unchanged,
+                versions: secret_versions,
+                listed: secrets_listed,
+            },
+            claims: ClaimFacts {
+                number_owner,
+                number_owner_names_another_id,
+                id_owner,
+            },
             account,
             ..Observation::of(obj, memory, Instant::now(), jiff::Timestamp::now())
         }
@@ -228,12 +247,12 @@ impl Observation {
             now,
             wall,
             memory,
-            secrets_unchanged: false,
-            secret_versions: None,
-            secrets_listed: true,
-            number_owner: None,
-            number_owner_names_another_id: false,
-            id_owner: None,
+            secrets: SecretFacts {
+                unchanged: false,
+                versions: None,
+                listed: true,
+            },
+            claims: ClaimFacts::default(),
             account: AccountFacts::default(),
             secrets_read: Vec::new(),
             api_key: None,
@@ -243,6 +262,16 @@ impl Observation {
             definition: None,
             last: Outcome::None,
         }
+    }
+
+    /// The Secret versions this pass relied on: those read now, the recorded ones for the rest.
+    pub fn versions_used(&self) -> SecretVersionMap {
+        let recorded = self.obj.status.as_ref().map(|s| &s.secret_versions);
+        plan::secret_versions_used(
+            &self.obj,
+            &recorded.cloned().unwrap_or_default(),
+            &self.secrets_read,
+        )
     }
 
     pub fn uid(&self) -> String {
@@ -342,52 +371,9 @@ impl<C: OneInboxApi> Reader<'_, C> {
     pub async fn api_key(&self, obs: &Observation) -> Result<(ApiKey, Option<C>)> {
         let accounts = &self.ctx.accounts;
         let id = AccountId::of(&obs.obj, accounts.settings.default_account.as_deref());
-        let view = match &id {
-            // A deletion goes on with the key that registered the number.
-            AccountId::Operator => {
-                let deleting = obs.obj.metadata.deletion_timestamp.is_some();
-                let served = self
-                    .ctx
-                    .account_stores
-                    .operator_key_serves(&obs.namespace());
-                if let (false, Err(rule)) = (deleting, served) {
-                    return Ok((
-                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
-                        None,
-                    ));
-                }
-                return Ok((ApiKey::OperatorWide, None));
-            }
-            AccountId::Cluster { .. } if !accounts.settings.cluster_accounts => {
-                return Ok((
-                    ApiKey::Unusable(AccountProblem::ClusterAccountsOff(id)),
-                    None,
-                ));
-            }
-            AccountId::Cluster { name } => {
-                let stores = &self.ctx.account_stores;
-                let Some(account) = stores.cluster.get(&ObjectRef::new(name)) else {
-                    return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None));
-                };
-                if let Err(rule) = stores.grants(&account, &obs.namespace()) {
-                    return Ok((
-                        ApiKey::Unusable(AccountProblem::NotAllowed { account: id, rule }),
-                        None,
-                    ));
-                }
-                AccountView::cluster(&account)
-            }
-            AccountId::Namespaced { namespace, name } => {
-                match self
-                    .ctx
-                    .account_stores
-                    .namespaced
-                    .get(&ObjectRef::new(name).within(namespace))
-                {
-                    Some(account) => AccountView::namespaced(&account),
-                    None => return Ok((ApiKey::Unusable(AccountProblem::NotFound(id)), None)),
-                }
-            }
+        let view = match self.account_view(obs, &id) {
+            ControlFlow::Continue(view) => view,
+            ControlFlow::Break(key) => return Ok((key, None)),
         };
         let versions = self.ctx.secret_versions.clone();
         let watched = |r: &SecretKeyRef| {
@@ -424,6 +410,50 @@ impl<C: OneInboxApi> Reader<'_, C> {
                 None => (ApiKey::Unusable(AccountProblem::NotFound(id)), None),
             },
         })
+    }
+
+    /// The account the object uses, as the watches know it; `Break` with the key when that
+    /// decides without a read (the operator-wide key, or an account the object cannot use).
+    fn account_view(&self, obs: &Observation, id: &AccountId) -> ControlFlow<ApiKey, AccountView> {
+        let unusable = |p| ControlFlow::Break(ApiKey::Unusable(p));
+        let stores = &self.ctx.account_stores;
+        match id {
+            // A deletion goes on with the key that registered the number.
+            AccountId::Operator => {
+                let deleting = obs.obj.metadata.deletion_timestamp.is_some();
+                match (deleting, stores.operator_key_serves(&obs.namespace())) {
+                    (false, Err(rule)) => unusable(AccountProblem::NotAllowed {
+                        account: id.clone(),
+                        rule,
+                    }),
+                    _ => ControlFlow::Break(ApiKey::OperatorWide),
+                }
+            }
+            AccountId::Cluster { .. } if !self.ctx.accounts.settings.cluster_accounts => {
+                unusable(AccountProblem::ClusterAccountsOff(id.clone()))
+            }
+            AccountId::Cluster { name } => {
+                let Some(account) = stores.cluster.get(&ObjectRef::new(name)) else {
+                    return unusable(AccountProblem::NotFound(id.clone()));
+                };
+                if let Err(rule) = stores.grants(&account, &obs.namespace()) {
+                    return unusable(AccountProblem::NotAllowed {
+                        account: id.clone(),
+                        rule,
+                    });
+                }
+                ControlFlow::Continue(AccountView::cluster(&account))
+            }
+            AccountId::Namespaced { namespace, name } => {
+                match stores
+                    .namespaced
+                    .get(&ObjectRef::new(name).within(namespace))
+                {
+                    Some(account) => ControlFlow::Continue(AccountView::namespaced(&account)),
+                    None => unusable(AccountProblem::NotFound(id.clone())),
+                }
+            }
+        }
     }
 
     /// `providerConfig` with its password, or `credentialId`.

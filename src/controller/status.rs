@@ -4,7 +4,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{PhoneNumber, PhoneNumberStatus, RegistrationAttempt};
+use crate::crd::{
+    ANNOTATION_RECONCILE_REQUESTED_AT, MAX_RECONCILE_TOKEN, PhoneNumber, PhoneNumberStatus,
+    RegistrationAttempt,
+};
 use crate::oneinbox::Registration;
 
 pub use crate::conditions::{READY, RECONCILING, STALLED, conditions_of, reason};
@@ -242,6 +245,26 @@ pub fn conditions(
 /// Whether writing `desired` would change anything.
 pub fn needs_write(current: Option<&PhoneNumberStatus>, desired: &PhoneNumberStatus) -> bool {
     current != Some(desired)
+}
+
+/// The reconcile-now token as status can hold it (the CRD bounds the field).
+pub fn reconcile_token(obj: &PhoneNumber) -> Option<&str> {
+    obj.annotation(ANNOTATION_RECONCILE_REQUESTED_AT).map(|t| {
+        let mut end = t.len().min(MAX_RECONCILE_TOKEN);
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        &t[..end]
+    })
+}
+
+/// The reconcile request this pass handles (echoed in status).
+pub fn requested_reconcile(obj: &PhoneNumber) -> Option<String> {
+    reconcile_token(obj).map(str::to_owned).or_else(|| {
+        obj.status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.clone())
+    })
 }
 
 #[cfg(test)]

@@ -191,57 +191,27 @@ pub(crate) fn accounts(
         None => Api::all(client.clone()),
     };
     let (ns_store, ns_writer) = reflector::store();
-    let namespaced = crate::relists::when_stored(
-        reflector::reflector(
-            ns_writer,
-            flag_listed(
-                crate::relists::relist_when_expired(watcher(ns_api, wc.clone())),
-                listed[0].clone(),
-                listed_changed.clone(),
-            )
-            .default_backoff(),
-        ),
-        ns_store.clone(),
-        false,
-    )
-    .boxed();
+    let namespaced = account_watch(
+        ns_api,
+        wc.clone(),
+        ns_writer,
+        listed[0].clone(),
+        listed_changed.clone(),
+    );
     let (cl_store, cl_writer) = reflector::store();
     let (namespace_store, namespace_writer) = reflector::store();
     let (cluster, namespaces) = if settings.cluster_accounts {
         let cl: Api<ClusterOneInboxAccount> = Api::all(client.clone());
-        let nss: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
         (
-            crate::relists::when_stored(
-                reflector::reflector(
-                    cl_writer,
-                    flag_listed(
-                        crate::relists::relist_when_expired(watcher(cl, wc)),
-                        listed[1].clone(),
-                        listed_changed.clone(),
-                    )
-                    .default_backoff(),
-                ),
-                cl_store.clone(),
+            account_watch(cl, wc, cl_writer, listed[1].clone(), listed_changed.clone()),
+            namespace_watch(
+                client,
+                namespace_writer,
+                watcher::Config::default(),
+                listed[2].clone(),
+                listed_changed.clone(),
                 false,
-            )
-            .boxed(),
-            crate::relists::when_stored(
-                reflector::reflector(
-                    namespace_writer,
-                    flag_listed(
-                        crate::relists::relist_when_expired(watcher(
-                            nss,
-                            watcher::Config::default(),
-                        )),
-                        listed[2].clone(),
-                        listed_changed.clone(),
-                    )
-                    .default_backoff(),
-                ),
-                namespace_store.clone(),
-                false,
-            )
-            .boxed(),
+            ),
         )
     } else {
         (
@@ -249,28 +219,10 @@ pub(crate) fn accounts(
             futures::stream::pending().boxed(),
         )
     };
-    // The namespaces the operator-wide key serves: the API server applies the selector, and a
-    // namespace whose labels stop matching leaves the store (a touched object either way).
     let (namespaces, served) = match &settings.operator_key_namespaces {
         Some(selector) => {
-            let (store, writer) = reflector::store();
-            let nss: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-            let served = crate::relists::when_stored(
-                reflector::reflector(
-                    writer,
-                    flag_listed(
-                        crate::relists::relist_when_expired(watcher(
-                            nss,
-                            watcher::Config::default().labels(selector),
-                        )),
-                        listed[3].clone(),
-                        listed_changed.clone(),
-                    )
-                    .default_backoff(),
-                ),
-                store.clone(),
-                true,
-            );
+            let (served, store) =
+                served_namespaces(client, selector, listed[3].clone(), listed_changed.clone());
             (
                 futures::stream::select(namespaces, served).boxed(),
                 Some((selector.clone(), store)),
@@ -292,6 +244,94 @@ pub(crate) fn accounts(
             listed_changed,
         },
     }
+}
+
+/// A reflector of one account kind into `writer`: its applied objects, setting `listed` once
+/// it has listed them.
+fn account_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    listed: Arc<AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
+) -> Objects<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let store = writer.as_reader();
+    crate::relists::when_stored(
+        reflector::reflector(
+            writer,
+            flag_listed(
+                crate::relists::relist_when_expired(watcher(api, config)),
+                listed,
+                changed,
+            )
+            .default_backoff(),
+        ),
+        store,
+        false,
+    )
+    .boxed()
+}
+
+/// The namespaces the operator-wide key serves: the API server applies the selector, and a
+/// namespace whose labels stop matching leaves the store (a touched object either way).
+fn served_namespaces(
+    client: &Client,
+    selector: &str,
+    listed: Arc<AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
+) -> (
+    Objects<PartialObjectMeta<Namespace>>,
+    Store<PartialObjectMeta<Namespace>>,
+) {
+    let (store, writer) = reflector::store();
+    let served = namespace_watch(
+        client,
+        writer,
+        watcher::Config::default().labels(selector),
+        listed,
+        changed,
+        true,
+    )
+    .boxed();
+    (served, store)
+}
+
+/// A metadata-only reflector of the Namespaces `config` selects into `writer`, setting
+/// `listed` once it has listed them: the Namespaces it applies (with `vanished`, also those it
+/// deletes or a relist no longer lists), each once the store holds that version.
+fn namespace_watch(
+    client: &Client,
+    writer: reflector::store::Writer<PartialObjectMeta<Namespace>>,
+    config: watcher::Config,
+    listed: Arc<AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
+    vanished: bool,
+) -> Objects<PartialObjectMeta<Namespace>> {
+    let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    let store = writer.as_reader();
+    crate::relists::when_stored(
+        reflector::reflector(
+            writer,
+            flag_listed(
+                crate::relists::relist_when_expired(watcher(api, config)),
+                listed,
+                changed,
+            )
+            .default_backoff(),
+        ),
+        store,
+        vanished,
+    )
+    .boxed()
 }
 
 /// The objects a Namespace change concerns: a namespace's labels may grant or revoke a cluster

@@ -138,6 +138,38 @@ impl Inner {
             metrics,
         }
     }
+
+    /// Wait out a 429's cooldown; the first call after it starts with an empty bucket.
+    async fn wait_cooldown(&self) {
+        loop {
+            let mut cd = self.cooldown.lock().await;
+            match cd.until {
+                Some(t) if t > Instant::now() => {
+                    drop(cd);
+                    tokio::time::sleep_until(t).await;
+                }
+                Some(_) if !cd.drained => {
+                    // The first call after the wait: the bucket starts empty.
+                    drain(&self.limiter);
+                    cd.drained = true;
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// A 429: every caller of this budget waits `wait` (or longer, if one already does).
+    async fn cool_down(&self, wait: Duration) {
+        let mut cd = self.cooldown.lock().await;
+        let t = Instant::now() + wait;
+        if cd.until.is_none_or(|c| c < t) {
+            *cd = Cooldown {
+                until: Some(t),
+                drained: false,
+            };
+        }
+    }
 }
 
 /// The `Retry-After` wait every caller honours.
@@ -262,6 +294,44 @@ impl HttpClient {
         body: Option<serde_json::Value>,
     ) -> Result<(StatusCode, String), ApiError> {
         let inner = &self.inner;
+        let _permit = self.wait_turn().await?;
+        let key = inner.key.get();
+        let started = Instant::now();
+        let outcome = match self.send(method, url, body, &key).await {
+            Err(e) => Err(e),
+            Ok((status, _, text)) if status.is_success() => Ok((status, text)),
+            Ok((status, retry_after, text)) => {
+                let retry_after = retry_after.map(|d| d.min(inner.cfg.max_retry_after));
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    // Every caller waits, not only this object.
+                    inner
+                        .cool_down(retry_after.unwrap_or(Duration::from_secs(1)))
+                        .await;
+                }
+                Err(ApiError::from_answer(
+                    endpoint,
+                    status.as_u16(),
+                    retry_after,
+                    &text,
+                    &key,
+                ))
+            }
+        };
+        inner.metrics.observe_api_request(
+            &inner.account,
+            op,
+            outcome_label(&outcome),
+            started.elapsed(),
+        );
+        if matches!(outcome, Err(ApiError::KeyRejected { .. })) {
+            self.reload_operator_key();
+        }
+        outcome
+    }
+
+    /// Wait for this call's turn within the budget; the place it holds while in flight.
+    async fn wait_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let inner = &self.inner;
         let waited = Instant::now();
         // Background work waits for its own share of the budget before it takes any place.
         if self.background {
@@ -272,7 +342,7 @@ impl HttpClient {
         // 429 honours that 429's wait too. Only the call whose turn it is waits holding a place.
         let turn = inner.turns.take(self.background).await;
         let turned = Instant::now();
-        let _permit = inner
+        let permit = inner
             .in_flight
             .acquire()
             .await
@@ -281,22 +351,7 @@ impl HttpClient {
                 detail: "client closed".into(),
                 retry_after: None,
             })?;
-        loop {
-            let mut cd = inner.cooldown.lock().await;
-            match cd.until {
-                Some(t) if t > Instant::now() => {
-                    drop(cd);
-                    tokio::time::sleep_until(t).await;
-                }
-                Some(_) if !cd.drained => {
-                    // The first call after the wait: the bucket starts empty.
-                    drain(&inner.limiter);
-                    cd.drained = true;
-                    break;
-                }
-                _ => break,
-            }
-        }
+        inner.wait_cooldown().await;
         inner.limiter.until_ready().await;
         if turned.elapsed() >= Duration::from_millis(1) {
             *crate::mutex::lock(&inner.waited_at) = Some(Instant::now());
@@ -305,8 +360,19 @@ impl HttpClient {
         inner
             .metrics
             .observe_rate_limit_wait(&inner.account, waited.elapsed());
+        Ok(permit)
+    }
 
-        let key = inner.key.get();
+    /// Send one request and read its answer: status, Retry-After, body. No answer in time, or
+    /// no connection, is an `Unavailable` error.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+        key: &SecretString,
+    ) -> Result<(StatusCode, Option<Duration>, String), ApiError> {
+        let inner = &self.inner;
         let mut req = inner
             .http
             .request(method, url)
@@ -315,7 +381,6 @@ impl HttpClient {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let started = Instant::now();
         // reqwest's own timeout covers the request; this one also bounds reading the body.
         let result = tokio::time::timeout(inner.cfg.timeout + Duration::from_secs(1), async {
             let resp = req.send().await?;
@@ -329,7 +394,7 @@ impl HttpClient {
             Ok::<_, reqwest::Error>((status, retry_after, text))
         })
         .await;
-        let outcome = match result {
+        match result {
             Err(_) => Err(unavailable(
                 "timeout",
                 "no answer within the timeout".into(),
@@ -338,43 +403,8 @@ impl HttpClient {
                 Err(unavailable("timeout", e.without_url().to_string()))
             }
             Ok(Err(e)) => Err(unavailable("connection", e.without_url().to_string())),
-            Ok(Ok((status, retry_after, text))) => {
-                if status.is_success() {
-                    Ok((status, text))
-                } else {
-                    let retry_after = retry_after.map(|d| d.min(inner.cfg.max_retry_after));
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        // Every caller waits, not only this object.
-                        let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                        let mut cd = inner.cooldown.lock().await;
-                        let t = Instant::now() + wait;
-                        if cd.until.is_none_or(|c| c < t) {
-                            *cd = Cooldown {
-                                until: Some(t),
-                                drained: false,
-                            };
-                        }
-                    }
-                    Err(ApiError::from_answer(
-                        endpoint,
-                        status.as_u16(),
-                        retry_after,
-                        &text,
-                        &key,
-                    ))
-                }
-            }
-        };
-        inner.metrics.observe_api_request(
-            &inner.account,
-            op,
-            outcome_label(&outcome),
-            started.elapsed(),
-        );
-        if matches!(outcome, Err(ApiError::KeyRejected { .. })) {
-            self.reload_operator_key();
+            Ok(Ok(answer)) => Ok(answer),
         }
-        outcome
     }
 
     /// Read the operator-wide key file again (after a rejection): the next call uses what it

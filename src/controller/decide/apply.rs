@@ -1,42 +1,20 @@
-//! A pass over an object that is not being deleted, as an ordered chain of rules: the first
-//! that decides ends the chain.
+//! The rules of a pass over an object that is not being deleted. `decide::chain` runs them in
+//! order of precedence; each decides (`Break`) or hands on what the next rules need.
 //!
-//! 1. `paused`: a paused object waits.
-//! 2. `disowned`: switched to Observe, the finalizer goes before anything else.
-//! 3. `id_held_elsewhere`, `number_held_elsewhere`: another object manages it: Stalled.
-//! 4. `observed`: `managementPolicy: Observe` only mirrors (decide_observe).
-//! 5. `resumed`, `fresh`: after a restart, or checked recently: nothing to read or call.
-//! 6. `key`, `credentials`: the account's key, then the credentials' hash.
-//! 7. `registration`: the registration as OneInbox holds it: replaced, registered, adopted.
-//! 8. `in_line`: one PATCH of the changed fields.
-//! 9. `annotation`: an annotation naming another id is set right.
-//! 10. `report_state`: the status, and when to look again.
+//! - `paused`: a paused object waits.
+//! - `disowned`: switched to Observe, the finalizer goes before anything else.
+//! - `id_held_elsewhere`, `number_held_elsewhere`: another object manages it: Stalled.
+//! - `observed`: `managementPolicy: Observe` only mirrors (observe.rs).
+//! - `resumed`, `fresh_enough`: after a restart, or checked recently: nothing to read or call.
+//! - `key`, `credentials`: the account's key, then the credentials' hash.
+//! - `registration`: the registration as OneInbox holds it: replaced, registered, adopted.
+//! - `in_line`: one PATCH of the changed fields.
+//! - `annotation`: an annotation naming another id is set right.
+//! - `report_state`: the status, and when to look again.
 
 use std::ops::ControlFlow::{Break, Continue};
 
 use super::*;
-
-pub(super) fn decide_apply(obs: &Observation, settings: &Settings) -> Step {
-    match chain(obs, settings) {
-        Break(step) | Continue(step) => step,
-    }
-}
-
-fn chain(obs: &Observation, settings: &Settings) -> Rule<Step> {
-    paused(obs)?;
-    disowned(obs)?;
-    id_held_elsewhere(obs)?;
-    number_held_elsewhere(obs)?;
-    observed(obs, settings)?;
-    resumed(obs, settings)?;
-    fresh_enough(obs)?;
-    key(obs, settings)?;
-    let hash = credentials(obs, settings)?;
-    let (remote, hash) = registration(obs, hash, settings)?;
-    in_line(obs, &remote)?;
-    annotation(obs, &remote)?;
-    Continue(report_state(obs, settings, remote, hash))
-}
 
 /// Decide with `step` if there is one.
 fn decided(step: Option<Step>) -> Rule {
@@ -46,7 +24,7 @@ fn decided(step: Option<Step>) -> Rule {
     }
 }
 
-fn paused(obs: &Observation) -> Rule {
+pub(super) fn paused(obs: &Observation) -> Rule {
     decided(obs.obj.is_paused().then(|| {
         report(
             StatusData::current(&obs.obj),
@@ -58,13 +36,13 @@ fn paused(obs: &Observation) -> Rule {
 
 /// Switched from Full to Observe: the finalizer goes before anything else, so that from now on
 /// deleting the object never deregisters the number.
-fn disowned(obs: &Observation) -> Rule {
+pub(super) fn disowned(obs: &Observation) -> Rule {
     decided((obs.obj.is_observe_only() && obs.obj.has_finalizer()).then_some(Step::Disown))
 }
 
 /// An id another object holds: the most specific reason, so it goes first.
-fn id_held_elsewhere(obs: &Observation) -> Rule {
-    let (Some(id), Some(owner)) = (obs.obj.known_id(), &obs.id_owner) else {
+pub(super) fn id_held_elsewhere(obs: &Observation) -> Rule {
+    let (Some(id), Some(owner)) = (obs.obj.known_id(), &obs.claims.id_owner) else {
         return Continue(());
     };
     let msg = format!(
@@ -81,9 +59,10 @@ fn id_held_elsewhere(obs: &Observation) -> Rule {
 /// Another object owns the number. With its own attempt in flight, the object looks its
 /// registration up first: it may hold one already (a crash hid its id), and then no other
 /// object owns the number.
-fn number_held_elsewhere(obs: &Observation) -> Rule {
+pub(super) fn number_held_elsewhere(obs: &Observation) -> Rule {
     let attempt_in_flight = obs.obj.pending_create().is_some();
-    let (Some(owner), false, true) = (&obs.number_owner, attempt_in_flight, yields(obs)) else {
+    let (Some(owner), false, true) = (&obs.claims.number_owner, attempt_in_flight, yields(obs))
+    else {
         return Continue(());
     };
     let msg = format!(
@@ -98,7 +77,7 @@ fn number_held_elsewhere(obs: &Observation) -> Rule {
     ))
 }
 
-fn observed(obs: &Observation, settings: &Settings) -> Rule {
+pub(super) fn observed(obs: &Observation, settings: &Settings) -> Rule {
     decided(
         obs.obj
             .is_observe_only()
@@ -106,27 +85,27 @@ fn observed(obs: &Observation, settings: &Settings) -> Rule {
     )
 }
 
-fn resumed(obs: &Observation, settings: &Settings) -> Rule {
+pub(super) fn resumed(obs: &Observation, settings: &Settings) -> Rule {
     decided(resume(obs, settings))
 }
 
 /// Checked recently and no referenced Secret changed since, and the account still allows the
 /// namespace: nothing to read or call.
-fn fresh_enough(obs: &Observation) -> Rule {
+pub(super) fn fresh_enough(obs: &Observation) -> Rule {
     let known = obs.obj.known_id();
     let fresh = known.as_deref().is_some_and(|id| {
-        obs.secrets_unchanged && !obs.account.grant_refused && fresh(obs, id, None)
+        obs.secrets.unchanged && !obs.account.grant_refused && fresh(obs, id, None)
     });
     decided(fresh.then_some(Step::Done(DoneAfter::AwaitChange)))
 }
 
-fn key(obs: &Observation, settings: &Settings) -> Rule {
+pub(super) fn key(obs: &Observation, settings: &Settings) -> Rule {
     decided(api_key_step(obs, settings))
 }
 
 /// The credentials' hash. The password Secret at the version the last check used: its hash is
 /// the one status records, and it is read only if the number is to be registered.
-fn credentials(obs: &Observation, settings: &Settings) -> Rule<Option<String>> {
+pub(super) fn credentials(obs: &Observation, settings: &Settings) -> Rule<Option<String>> {
     Continue(match &obs.credentials {
         None if credentials_as_recorded(obs, settings) => obs
             .obj
@@ -143,7 +122,7 @@ fn credentials(obs: &Observation, settings: &Settings) -> Rule<Option<String>> {
 
 /// The registration as OneInbox holds it, with the hash to record: the one known (replaced
 /// when its credentials changed and the policy says so), or a new one.
-fn registration(
+pub(super) fn registration(
     obs: &Observation,
     hash: Option<String>,
     settings: &Settings,
@@ -180,7 +159,7 @@ fn registration(
 }
 
 /// Bring the PATCHable fields in line (one PATCH, changed fields only), or act on its answer.
-fn in_line(obs: &Observation, remote: &Remote) -> Rule {
+pub(super) fn in_line(obs: &Observation, remote: &Remote) -> Rule {
     let patch = plan::patch_for(&obs.obj, &remote.patchable);
     if patch.is_empty() {
         return Continue(());
@@ -194,7 +173,8 @@ fn in_line(obs: &Observation, remote: &Remote) -> Rule {
         }),
         // `remote` already is the PATCH's answer when it succeeded.
         Some(Ok(_)) => Continue(()),
-        Some(Err(ApiError::NotFound)) => Break(Step::ForgetCheck {
+        Some(Err(ApiError::NotFound)) => Break(Step::Remember {
+            memo: Memo::ForgetCheck,
             then: Box::new(Step::Done(DoneAfter::Requeue(GONE_RECHECK))),
         }),
         Some(Err(e @ ApiError::Rejected { .. })) => {
@@ -211,7 +191,8 @@ fn in_line(obs: &Observation, remote: &Remote) -> Rule {
             if e.is_throttled() {
                 return Break(api_failure(obs, failure));
             }
-            Break(Step::ForgetCheck {
+            Break(Step::Remember {
+                memo: Memo::ForgetCheck,
                 then: Box::new(api_failure(obs, failure)),
             })
         }
@@ -261,7 +242,7 @@ fn patch_fields(p: &PatchRequest) -> String {
 
 /// The annotation is input (an adoption, a restore): one naming another id is set right, and
 /// none is written on a create (the status holds the id).
-fn annotation(obs: &Observation, remote: &Remote) -> Rule {
+pub(super) fn annotation(obs: &Observation, remote: &Remote) -> Rule {
     let other = obs
         .obj
         .annotation(ANNOTATION_PHONE_NUMBER_ID)
@@ -273,7 +254,7 @@ fn annotation(obs: &Observation, remote: &Remote) -> Rule {
 
 /// The status of the registration OneInbox holds, and when to look again: at the next drift
 /// check when it is active, at the provisioning poll while it is not.
-fn report_state(
+pub(super) fn report_state(
     obs: &Observation,
     settings: &Settings,
     remote: Remote,
@@ -291,7 +272,7 @@ fn report_state(
         credentials_hash: hash,
         pending_create: None,
         last_handled_reconcile_at: requested_reconcile(&obs.obj),
-        secret_versions: versions_used(obs),
+        secret_versions: obs.versions_used(),
     };
     report(data, phase, then)
 }

@@ -220,10 +220,11 @@ fn found_by_number(obs: &Observation, tenant_missing: Option<&str>) -> Rule<Opti
 /// id does not hold this number's registration (a number is registered once).
 fn held_elsewhere(obs: &Observation, target: &Target) -> Rule {
     let number_owner = obs
+        .claims
         .number_owner
         .as_ref()
-        .filter(|_| !obs.number_owner_names_another_id);
-    match (obs.id_owner.as_ref().or(number_owner), target.holds) {
+        .filter(|_| !obs.claims.number_owner_names_another_id);
+    match (obs.claims.id_owner.as_ref().or(number_owner), target.holds) {
         (Some(owner), false) => Break(Step::Release {
             released: None,
             event: Some((
