@@ -191,25 +191,30 @@ pub(crate) fn accounts(
         None => Api::all(client.clone()),
     };
     let (ns_store, ns_writer) = reflector::store();
-    let namespaced = account_watch(
+    let namespaced = reflected(
         ns_api,
         wc.clone(),
         ns_writer,
-        listed[0].clone(),
-        listed_changed.clone(),
+        (listed[0].clone(), listed_changed.clone()),
+        false,
     );
     let (cl_store, cl_writer) = reflector::store();
     let (namespace_store, namespace_writer) = reflector::store();
     let (cluster, namespaces) = if settings.cluster_accounts {
         let cl: Api<ClusterOneInboxAccount> = Api::all(client.clone());
         (
-            account_watch(cl, wc, cl_writer, listed[1].clone(), listed_changed.clone()),
+            reflected(
+                cl,
+                wc,
+                cl_writer,
+                (listed[1].clone(), listed_changed.clone()),
+                false,
+            ),
             namespace_watch(
                 client,
                 namespace_writer,
                 watcher::Config::default(),
-                listed[2].clone(),
-                listed_changed.clone(),
+                (listed[2].clone(), listed_changed.clone()),
                 false,
             ),
         )
@@ -246,14 +251,15 @@ pub(crate) fn accounts(
     }
 }
 
-/// A reflector of one account kind into `writer`: its applied objects, setting `listed` once
-/// it has listed them.
-fn account_watch<K>(
+/// A reflector of `api` into `writer`, setting `listed` once it has listed: the objects it
+/// applies (with `vanished`, also those it deletes or a relist no longer lists), each once the
+/// store holds that version.
+fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
-    listed: Arc<AtomicBool>,
-    changed: Arc<tokio::sync::Notify>,
+    (listed, changed): (Arc<AtomicBool>, Arc<tokio::sync::Notify>),
+    vanished: bool,
 ) -> Objects<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -276,7 +282,7 @@ where
             .default_backoff(),
         ),
         store,
-        false,
+        vanished,
     )
     .boxed()
 }
@@ -297,41 +303,21 @@ fn served_namespaces(
         client,
         writer,
         watcher::Config::default().labels(selector),
-        listed,
-        changed,
+        (listed, changed),
         true,
-    )
-    .boxed();
+    );
     (served, store)
 }
 
-/// A metadata-only reflector of the Namespaces `config` selects into `writer`, setting
-/// `listed` once it has listed them: the Namespaces it applies (with `vanished`, also those it
-/// deletes or a relist no longer lists), each once the store holds that version.
+/// A metadata-only reflector of the Namespaces `config` selects into `writer` (see `reflected`).
 fn namespace_watch(
     client: &Client,
     writer: reflector::store::Writer<PartialObjectMeta<Namespace>>,
     config: watcher::Config,
-    listed: Arc<AtomicBool>,
-    changed: Arc<tokio::sync::Notify>,
+    listed: (Arc<AtomicBool>, Arc<tokio::sync::Notify>),
     vanished: bool,
 ) -> Objects<PartialObjectMeta<Namespace>> {
-    let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-    let store = writer.as_reader();
-    crate::relists::when_stored(
-        reflector::reflector(
-            writer,
-            flag_listed(
-                crate::relists::relist_when_expired(watcher(api, config)),
-                listed,
-                changed,
-            )
-            .default_backoff(),
-        ),
-        store,
-        vanished,
-    )
-    .boxed()
+    reflected(Api::all(client.clone()), config, writer, listed, vanished)
 }
 
 /// The objects a Namespace change concerns: a namespace's labels may grant or revoke a cluster
