@@ -29,16 +29,7 @@ pub(crate) async fn holder(leases: &Api<Lease>) -> Option<String> {
 
 /// `oneinbox_operator_leader` of a pod, read on its pod IP (the host is on the pod network).
 pub(crate) async fn leader_metric(pod: &k8s_openapi::api::core::v1::Pod) -> Option<u64> {
-    let ip = pod.status.as_ref()?.pod_ip.clone()?;
-    let text = reqwest::Client::new()
-        .get(format!("http://{ip}:8080/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let (_, text) = admin_get(pod, "/metrics").await?;
     text.lines()
         .find(|l| l.starts_with("oneinbox_operator_leader "))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -218,6 +218,18 @@ fn container_pid(node: &Node, pod: &Pod) -> u32 {
         .unwrap_or_else(|| panic!("no task {id} in {tasks}"))
 }
 
+/// `path` on the pod's admin port, from the host (on the pod network): status and body.
+async fn admin_get(pod: &Pod, path: &str) -> Option<(u16, String)> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let r = reqwest::Client::new()
+        .get(format!("http://{ip}:8080{path}"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?;
+    Some((r.status().as_u16(), r.text().await.ok()?))
+}
+
 fn status_field(status: &str, key: &str) -> String {
     status
         .lines()

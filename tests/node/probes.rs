@@ -182,18 +182,6 @@ fn apiserver_ready() -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok"
 }
 
-/// `path` on the pod's admin port, from the host (on the pod network): status and body.
-async fn admin_get(pod: &Pod, path: &str) -> Option<(u16, String)> {
-    let ip = pod.status.as_ref()?.pod_ip.clone()?;
-    let r = reqwest::Client::new()
-        .get(format!("http://{ip}:8080{path}"))
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await
-        .ok()?;
-    Some((r.status().as_u16(), r.text().await.ok()?))
-}
-
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))

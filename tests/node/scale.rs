@@ -96,16 +96,7 @@ fn restarts_and_oom(pod: &Pod) -> (i32, bool) {
 
 /// `oneinbox_operator_objects{condition="Ready"}` from the pod's metrics.
 async fn ready_objects(pod: &Pod) -> Option<usize> {
-    let ip = pod.status.as_ref()?.pod_ip.clone()?;
-    let text = reqwest::Client::new()
-        .get(format!("http://{ip}:8080/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let (_, text) = admin_get(pod, "/metrics").await?;
     text.lines()
         .find(|l| l.starts_with("oneinbox_operator_objects{") && l.contains("condition=\"Ready\""))
         .and_then(|l| l.rsplit(' ').next())
