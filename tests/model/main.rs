@@ -250,6 +250,7 @@ mod tests {
             replace: false,
             import: false,
             observe: false,
+            account: 0,
         }
     }
 
@@ -273,6 +274,7 @@ mod tests {
             replace: false,
             import: false,
             observe: false,
+            account: 0,
         }
     }
 
@@ -300,7 +302,7 @@ mod tests {
         let rt = rt();
         let ops = [
             plain_create(0, 1, Creds::Secret(1)),
-            Op::RegisterOutside { number: 0 },
+            Op::RegisterOutside { number: 0, ws: 0 },
             Op::Annotate {
                 slot: 0,
                 target: crate::ops::Target::Existing(0),
@@ -316,8 +318,8 @@ mod tests {
         // named, which was another number's (the object had stalled with IdMismatch).
         let rt = rt();
         let ops = [
-            Op::RegisterOutside { number: 0 },
-            Op::RegisterOutside { number: 1 },
+            Op::RegisterOutside { number: 0, ws: 0 },
+            Op::RegisterOutside { number: 1, ws: 0 },
             plain_create(2, 1, Creds::Secret(0)),
             Op::Annotate {
                 slot: 2,
@@ -339,7 +341,7 @@ mod tests {
         let ops = [
             plain_create(0, 0, Creds::Secret(0)),
             Op::DeleteOutside { pick: 0 },
-            Op::RegisterOutside { number: 0 },
+            Op::RegisterOutside { number: 0, ws: 0 },
             Op::Annotate {
                 slot: 0,
                 target: crate::ops::Target::Existing(0),
@@ -375,9 +377,10 @@ mod tests {
             replace: false,
             import: true,
             observe: false,
+            account: 0,
         };
         let ops = [
-            Op::RegisterOutside { number: 0 },
+            Op::RegisterOutside { number: 0, ws: 0 },
             plain_create(0, 0, Creds::Secret(0)),
             Op::Fault {
                 call: Some(Call::Get),
@@ -461,7 +464,7 @@ mod tests {
         // at every retry, never reporting UpdateRejected.
         let rt = rt();
         let ops = [
-            Op::RegisterOutside { number: 1 },
+            Op::RegisterOutside { number: 1, ws: 0 },
             Op::Create {
                 slot: 0,
                 number: 1,
@@ -480,6 +483,7 @@ mod tests {
                 replace: false,
                 import: true,
                 observe: false,
+                account: 0,
             },
         ];
         assert_eq!(run_case(&rt, 2212, &ops), Ok(()));
@@ -549,5 +553,162 @@ mod tests {
             !v.iter().any(|l| l.contains("pw-very-secret")),
             "the report shows the value: {v:?}"
         );
+    }
+
+    /// A create of `slot` for `number` on `ACCOUNT_REFS[account]`.
+    fn create_on(slot: u8, number: u8, account: u8) -> Op {
+        match plain_create(slot, number, Creds::Secret(0)) {
+            Op::Create {
+                slot,
+                number,
+                creds,
+                agent,
+                friendly_name,
+                routing,
+                routing_agent,
+                orphan,
+                replace,
+                import,
+                observe,
+                ..
+            } => Op::Create {
+                slot,
+                number,
+                creds,
+                agent,
+                friendly_name,
+                routing,
+                routing_agent,
+                orphan,
+                replace,
+                import,
+                observe,
+                account,
+            },
+            op => op,
+        }
+    }
+
+    /// A registration: its workspace, number, and owner (namespace/name).
+    type Listed = (String, String, String);
+
+    /// Run `ops`, heal, and return the world's registrations as (workspace, number, owner's
+    /// namespace/name) besides the violations.
+    fn run_and_list(
+        rt: &tokio::runtime::Runtime,
+        seed: u64,
+        ops: &[Op],
+    ) -> (Result<(), String>, Vec<Listed>) {
+        let result = run_case(rt, seed, ops);
+        let regs = rt.block_on(async {
+            let mut sim = driver::Sim::new(seed);
+            for op in ops {
+                sim.step(op).await;
+            }
+            sim.heal().await;
+            let w = lock(&sim.world);
+            w.api
+                .regs
+                .values()
+                .map(|r| {
+                    let owner = r
+                        .owner
+                        .as_deref()
+                        .and_then(|u| w.key_of_uid(u))
+                        .map(|(ns, n)| format!("{ns}/{n}"))
+                        .unwrap_or_default();
+                    (r.ws.clone(), r.reg.phone_number.clone(), owner)
+                })
+                .collect()
+        });
+        (result, regs)
+    }
+
+    #[test]
+    fn one_number_on_three_accounts_is_registered_once_in_each_workspace() {
+        let rt = rt();
+        let (result, mut regs) = run_and_list(
+            &rt,
+            11,
+            &[create_on(0, 0, 0), create_on(1, 0, 1), create_on(2, 0, 2)],
+        );
+        assert_eq!(result, Ok(()));
+        regs.sort();
+        let n = ops::NUMBERS[0].to_owned();
+        assert_eq!(
+            regs,
+            vec![
+                ("operator".into(), n.clone(), "a/x".into()),
+                ("sales".into(), n.clone(), "b/x".into()),
+                ("voice".into(), n, "a/y".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_revoked_grant_stalls_the_object_and_its_return_readies_it() {
+        let rt = rt();
+        let ops = [
+            Op::Grant {
+                ns: 0,
+                allowed: false,
+            },
+            create_on(0, 0, 1),
+        ];
+        let (result, regs) = run_and_list(&rt, 12, &ops);
+        assert_eq!(result, Ok(()));
+        assert!(regs.is_empty(), "registered while not allowed: {regs:?}");
+        let mut restored = ops.to_vec();
+        restored.push(Op::Grant {
+            ns: 0,
+            allowed: true,
+        });
+        let (result, regs) = run_and_list(&rt, 12, &restored);
+        assert_eq!(result, Ok(()));
+        assert_eq!(regs.len(), 1, "{regs:?}");
+    }
+
+    #[test]
+    fn a_key_used_for_another_account_s_object_is_caught() {
+        let mut w = world::World::new();
+        w.api.api_key = "oi_sk_model_1".into();
+        w.set_up_accounts();
+        w.user_create("a", "x", serde_json::json!({"phoneNumber": "+1", "accountRef": {"kind": "ClusterOneInboxAccount", "name": "voice"}}));
+        let uid = w.uid_of(&("a".into(), "x".into()));
+        w.current = uid;
+        w.current_account = Some(world::PassAccount {
+            ws: "voice".into(),
+            usable: true,
+            deleting: false,
+        });
+        let api = oneinbox::ModelApi {
+            world: std::sync::Arc::new(std::sync::Mutex::new(w)),
+            key: None,
+        };
+        let world = api.world.clone();
+        let rt = rt();
+        let _ = rt.block_on(oneinbox_operator::oneinbox::OneInboxApi::find_by_number(
+            &api, "+1",
+        ));
+        let v = lock(&world).violations.clone();
+        assert!(
+            v.iter()
+                .any(|l| l.starts_with("(j)") && l.contains("workspace operator")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_storm_in_one_workspace_leaves_the_others_to_converge() {
+        let rt = rt();
+        let ops = [
+            Op::Storm { ws: 1, code: 429 },
+            create_on(0, 0, 0),
+            create_on(1, 0, 1),
+            create_on(2, 1, 2),
+        ];
+        let (result, regs) = run_and_list(&rt, 13, &ops);
+        assert_eq!(result, Ok(()));
+        assert_eq!(regs.len(), 3, "{regs:?}");
     }
 }
