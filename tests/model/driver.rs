@@ -534,6 +534,7 @@ impl Sim {
             let mut w = lock(&self.world);
             w.api.faults.clear();
             w.kube_faults = None;
+            w.kube_read_faults = None;
             // OneInbox finishes what it was provisioning (a failed one stays failed).
             for r in w.api.regs.values_mut() {
                 if r.reg.status == "provisioning" {
@@ -1139,6 +1140,9 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
         }
         Op::KubeFault { kind, count } => {
             w.kube_faults = Some((*kind, *count));
+        }
+        Op::KubeReadFault { kind, count } => {
+            w.kube_read_faults = Some((*kind, *count));
         }
         Op::Fault { call, kind, count } => {
             w.api.faults.push_back(crate::oneinbox::Fault {

@@ -231,7 +231,10 @@ impl World {
                 continue;
             }
             // Checked in the window, so its interval was looked at.
-            if let (Some(a), Some(Err(_))) = (annotation, &parsed) {
+            // Unless one of its Events was lost (best effort, not posted again).
+            if let (Some(a), Some(Err(_))) = (annotation, &parsed)
+                && !self.events_lost.contains(uid)
+            {
                 let warned = self.events.iter().any(|e| {
                     e["reason"] == "InvalidPollInterval"
                         && (e["regarding"]["uid"] == uid || e["involvedObject"]["uid"] == uid)

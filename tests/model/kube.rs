@@ -10,7 +10,8 @@
 //! - Deletion: DELETE sets `deletionTimestamp` while finalizers remain; no finalizer may be
 //!   added once it is set; the object goes when the last finalizer does. A namespace deletion
 //!   deletes every PhoneNumber and Secret in it (Secrets first or last).
-//! - Secrets: GET (404 when missing). Events: POST (events.k8s.io/v1 or core/v1), recorded.
+//! - Secrets: GET (404 when missing); armed read faults fail the next GETs (500, 504, 429).
+//!   Events: POST (events.k8s.io/v1 or core/v1), recorded.
 //! - The PhoneNumber CRD: GET of its metadata, always served and never being deleted.
 //!
 //! Every write is an effect: the armed crash can stop the server before or after it.
@@ -90,6 +91,24 @@ fn status_error(code: u16, reason: &str, message: &str) -> Response<Body> {
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &body,
     )
+}
+
+/// The answer of a failed request that did nothing: 500, 504 or 429.
+fn fault_answer(kind: crate::ops::KubeFaultKind) -> Response<Body> {
+    use crate::ops::KubeFaultKind;
+    match kind {
+        KubeFaultKind::Error => status_error(500, "InternalError", "etcdserver: leader changed"),
+        KubeFaultKind::Timeout | KubeFaultKind::Lost => status_error(
+            504,
+            "Timeout",
+            "the server was unable to return a response in the time allotted",
+        ),
+        KubeFaultKind::Throttled => status_error(
+            429,
+            "TooManyRequests",
+            "too many requests, please try again later",
+        ),
+    }
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -217,6 +236,16 @@ impl World {
         body: &[u8],
     ) -> Option<Response<Body>> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if method == Method::GET
+            && let Some((kind, left)) = self.kube_read_faults.take()
+        {
+            if left > 1 {
+                self.kube_read_faults = Some((kind, left - 1));
+            }
+            // A fault is a stimulus when it fires.
+            self.stimuli.push((self.now_ms, None));
+            return Some(fault_answer(kind));
+        }
         match (method.as_str(), segs.as_slice()) {
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"])
             | ("POST", ["api", "v1", "namespaces", ns, "events"]) => {
@@ -317,7 +346,15 @@ impl World {
         self.record(kind);
         self.write_bodies
             .push(String::from_utf8_lossy(body).into_owned());
-        match self.gate() {
+        let gate = self.gate();
+        // An Event that fails (or never gets there) is lost: Events are best effort.
+        if kind == "kube:event"
+            && (!matches!(gate, Gate::Go) || self.kube_faults.is_some())
+            && let Some(uid) = self.current.clone()
+        {
+            self.events_lost.insert(uid);
+        }
+        match gate {
             Gate::Hang => None,
             Gate::PerformThenHang => {
                 perform(self);
@@ -334,14 +371,6 @@ impl World {
                 self.stimuli.push((self.now_ms, None));
                 use crate::ops::KubeFaultKind;
                 Some(match kind {
-                    KubeFaultKind::Error => {
-                        status_error(500, "InternalError", "etcdserver: leader changed")
-                    }
-                    KubeFaultKind::Timeout => status_error(
-                        504,
-                        "Timeout",
-                        "the server was unable to return a response in the time allotted",
-                    ),
                     KubeFaultKind::Lost => {
                         perform(self);
                         status_error(
@@ -350,11 +379,7 @@ impl World {
                             "the server was unable to return a response in the time allotted, but may still be processing the request",
                         )
                     }
-                    KubeFaultKind::Throttled => status_error(
-                        429,
-                        "TooManyRequests",
-                        "too many requests, please try again later",
-                    ),
+                    kind => fault_answer(kind),
                 })
             }
         }

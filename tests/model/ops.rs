@@ -266,6 +266,12 @@ pub enum Op {
         kind: KubeFaultKind,
         count: u8,
     },
+    /// The next 1–3 Kubernetes reads (GET of a Secret, of the CRD) fail: 500, 504 or 429
+    /// (`Lost` is not generated: a read changes nothing).
+    KubeReadFault {
+        kind: KubeFaultKind,
+        count: u8,
+    },
     // ---- API behaviour
     Fault {
         call: Option<Call>,
@@ -454,6 +460,12 @@ pub fn op() -> impl Strategy<Value = Op> {
                 Just(KubeFaultKind::Throttled),
             ], 1u8..4)
             .prop_map(|(kind, count)| Op::KubeFault { kind, count }),
+        1 => (prop_oneof![
+                Just(KubeFaultKind::Error),
+                Just(KubeFaultKind::Timeout),
+                Just(KubeFaultKind::Throttled),
+            ], 1u8..4)
+            .prop_map(|(kind, count)| Op::KubeReadFault { kind, count }),
     ];
     let crash =
         (0u8..12, any::<bool>()).prop_map(|(in_effects, after)| Op::Crash { in_effects, after });

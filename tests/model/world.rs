@@ -166,10 +166,15 @@ pub struct World {
     pub quiet_window: Option<(u64, u64)>,
     /// Kubernetes write faults armed: each hits the next write, `.1` times.
     pub kube_faults: Option<(crate::ops::KubeFaultKind, u8)>,
+    /// Kubernetes read faults armed: each hits the next GET (a Secret, the CRD), `.1` times.
+    pub kube_read_faults: Option<(crate::ops::KubeFaultKind, u8)>,
     /// UIDs of the objects a one-shot 400/422 refused (a human's retry is due when healing).
     pub refused_once: BTreeSet<String>,
     /// Every Event body posted.
     pub events: Vec<Value>,
+    /// UIDs of the objects one of whose Events failed or was lost in a crash (best effort:
+    /// the operator does not post it again).
+    pub events_lost: BTreeSet<String>,
     /// Every Kubernetes write body the operator sent (for the secret scan).
     pub write_bodies: Vec<String>,
     pub api: ApiState,
