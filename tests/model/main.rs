@@ -711,4 +711,66 @@ mod tests {
         assert_eq!(result, Ok(()));
         assert_eq!(regs.len(), 3, "{regs:?}");
     }
+
+    #[test]
+    fn a_rotated_key_with_the_old_one_revoked_keeps_the_account_s_objects_ready() {
+        let rt = rt();
+        let ops = [
+            create_on(0, 0, 1),
+            Op::Account {
+                acct: 0,
+                action: ops::AccountAction::Rotate { revoke_old: true },
+            },
+            Op::SetAgent {
+                slot: 0,
+                agent: ops::Agent {
+                    idx: 1,
+                    upper: false,
+                },
+            },
+        ];
+        let (result, regs) = run_and_list(&rt, 14, &ops);
+        assert_eq!(result, Ok(()));
+        assert_eq!(regs.len(), 1, "{regs:?}");
+    }
+
+    #[test]
+    fn an_account_deleted_while_in_use_goes_with_its_last_object() {
+        let rt = rt();
+        let ops = [
+            create_on(0, 0, 1),
+            Op::Account {
+                acct: 0,
+                action: ops::AccountAction::Delete,
+            },
+            Op::Wait { secs: 700 },
+            Op::Delete { slot: 0 },
+            // The account is gone: a new object naming it waits for it, then stalls.
+            create_on(1, 1, 1),
+        ];
+        let (result, regs) = run_and_list(&rt, 15, &ops);
+        assert_eq!(result, Ok(()));
+        assert!(regs.is_empty(), "{regs:?}");
+    }
+
+    #[test]
+    fn a_deletion_after_a_restart_without_the_account_key_waits_for_the_key() {
+        let rt = rt();
+        let ops = [
+            create_on(0, 0, 1),
+            Op::Account {
+                acct: 0,
+                action: ops::AccountAction::DeleteKeySecret,
+            },
+            Op::Crash {
+                in_effects: 0,
+                after: false,
+            },
+            Op::ReconcileNow { slot: 0 },
+            Op::Delete { slot: 0 },
+        ];
+        let (result, regs) = run_and_list(&rt, 16, &ops);
+        assert_eq!(result, Ok(()));
+        assert!(regs.is_empty(), "{regs:?}");
+    }
 }
