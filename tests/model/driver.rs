@@ -670,19 +670,24 @@ impl Sim {
                     && !storming_uids.contains(uid)
                     && !blocked.contains(uid)
             });
-            let last_write = match storming {
-                None => self.last_write_ms,
-                Some(_) => lock(&self.world)
+            // Neither the storming workspace's objects nor a deletion blocked for good (whose
+            // retries DELETE with the operator-wide key, which cannot see the registration)
+            // keep the world from being quiet.
+            let last_write = if storming_uids.is_empty() && blocked.is_empty() {
+                self.last_write_ms
+            } else {
+                lock(&self.world)
                     .log
                     .iter()
                     .filter(|(_, uid, k)| {
                         !storming_uids.contains(uid)
+                            && !blocked.contains(uid)
                             && (matches!(*k, "register" | "patch" | "deregister")
                                 || k.starts_with("kube:"))
                     })
                     .map(|(at, _, _)| *at)
                     .max()
-                    .unwrap_or(0),
+                    .unwrap_or(0)
             };
             // Quiet since the healing began too: changes made outside the cluster (drift, a
             // deletion) write nothing, and every object must have had a drift check after them.

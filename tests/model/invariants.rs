@@ -135,10 +135,15 @@ impl World {
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         let taking_over = self.takeover_pending.contains(&uid) && !ready;
+        // A registration gone from OneInbox cannot be left behind: a status that still names
+        // one (an observer switched back to Full whose registration was deleted outside, until
+        // its status is written) is not a leak.
+        let exists = self.api.regs.contains_key(id);
         if !gone
             && !finalized
             && !self.user_writing
             && !taking_over
+            && exists
             && !crate::driver::observed(obj)
         {
             self.violations.push(format!(

@@ -719,11 +719,19 @@ impl World {
         }
         // The id annotation is a standing instruction: once its holder is gone, a live object
         // whose annotation names the registration (for its own number) adopts it deliberately.
+        // So does one that an observer held (its status named it, made outside): the annotated
+        // object was refused only because the observer held it.
+        let observed_id = crate::driver::observed(&stored.obj)
+            .then(|| stored.obj["status"]["phoneNumberId"].as_str())
+            .flatten();
         let held: Vec<String> = self
             .api
             .regs
             .iter()
-            .filter(|(_, r)| r.owner.as_deref() == Some(uid.as_str()))
+            .filter(|(id, r)| {
+                r.owner.as_deref() == Some(uid.as_str())
+                    || (r.owner.is_none() && observed_id == Some(id.as_str()))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in held {

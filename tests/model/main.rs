@@ -773,4 +773,68 @@ mod tests {
         assert_eq!(result, Ok(()));
         assert!(regs.is_empty(), "{regs:?}");
     }
+
+    #[test]
+    fn a_blocked_deletion_s_retries_do_not_keep_the_world_busy() {
+        // Found by a campaign (MODEL_SEED=1796702999439393321, 2026-12-08), a model defect: a
+        // deletion blocked because the account no longer allows the namespace retries a
+        // DELETE with the operator-wide key (404 there) for good; healing counted those as
+        // writes and never went quiet.
+        let rt = rt();
+        let ops = [
+            create_on(0, 0, 1),
+            Op::Grant {
+                ns: 0,
+                allowed: false,
+            },
+            Op::Delete { slot: 0 },
+            create_on(1, 0, 0),
+        ];
+        assert_eq!(run_case(&rt, 1796702999439393321, &ops), Ok(()));
+    }
+
+    #[test]
+    fn an_import_held_by_an_observer_is_adopted_once_the_observer_goes() {
+        // Found by a campaign (MODEL_SEED=1796702999439421911, 2026-12-08), a model defect:
+        // the import's annotation is a standing instruction, refused only while the observer
+        // held the registration; the model passed it on only from an owner, not an observer.
+        let rt = rt();
+        let mut observer = create_on(1, 0, 0);
+        if let Op::Create { observe, .. } = &mut observer {
+            *observe = true;
+        }
+        let mut import = create_on(2, 0, 0);
+        if let Op::Create { import, .. } = &mut import {
+            *import = true;
+        }
+        let ops = [
+            Op::RegisterOutside { number: 0, ws: 0 },
+            observer,
+            import,
+            Op::Delete { slot: 1 },
+        ];
+        assert_eq!(run_case(&rt, 1796702999439421911, &ops), Ok(()));
+    }
+
+    #[test]
+    fn an_observer_whose_registration_went_is_switched_to_full_without_a_leak() {
+        // Found by a campaign (MODEL_SEED=1796702999439431066, 2026-12-08), a model defect:
+        // after the switch back to Full, a metadata write came before the status was
+        // rewritten, so the status still named the registration deleted outside, without the
+        // finalizer; (h) now asks it only of a registration that exists.
+        let rt = rt();
+        let ops = [
+            plain_create(2, 0, Creds::Secret(0)),
+            Op::SetManagement {
+                slot: 2,
+                observe: true,
+            },
+            Op::DeleteOutside { pick: 0 },
+            Op::SetManagement {
+                slot: 2,
+                observe: false,
+            },
+        ];
+        assert_eq!(run_case(&rt, 1796702999439431066, &ops), Ok(()));
+    }
 }
