@@ -319,8 +319,7 @@ impl Sim {
             let obj = w.objects.get(&key).and_then(|s| parse(&s.obj));
             w.current_orphan_cleanup = w.objects.get(&key).is_some_and(|s| {
                 !s.obj["metadata"]["deletionTimestamp"].is_null()
-                    && (s.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
-                        || observed(&s.obj))
+                    && (crate::world::orphans(&s.obj) || observed(&s.obj))
             });
             w.current_observe = w.objects.get(&key).is_some_and(|s| observed(&s.obj));
             w.current_account = w.objects.get(&key).map(|s| PassAccount {
@@ -1129,6 +1128,13 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             }
         }
         Op::ReconcileNow { slot } => apply_edit(w, &slot_key(*slot), Edit::ReconcileNow),
+        Op::ClearDeletionPolicy { slot } => {
+            w.user_edit(&slot_key(*slot), |o| {
+                if let Some(spec) = o["spec"].as_object_mut() {
+                    spec.remove("deletionPolicy");
+                }
+            });
+        }
         Op::SetDeletionPolicy { slot, orphan } => apply_edit(
             w,
             &slot_key(*slot),

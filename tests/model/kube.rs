@@ -712,8 +712,7 @@ impl World {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let orphan = stored.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
-            || crate::driver::observed(&stored.obj);
+        let orphan = crate::world::orphans(&stored.obj) || crate::driver::observed(&stored.obj);
         if orphan {
             self.check_orphan_left_its_registration(&uid, &stored.obj);
         }

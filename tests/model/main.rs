@@ -837,4 +837,20 @@ mod tests {
         ];
         assert_eq!(run_case(&rt, 1796702999439431066, &ops), Ok(()));
     }
+
+    #[test]
+    fn an_object_without_a_policy_follows_its_account_s_default_orphan() {
+        let rt = rt();
+        let ops = [
+            create_on(2, 0, 2),
+            Op::ClearDeletionPolicy { slot: 2 },
+            Op::Delete { slot: 2 },
+        ];
+        let (result, regs) = run_and_list(&rt, 17, &ops);
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            regs,
+            vec![("sales".into(), ops::NUMBERS[0].into(), String::new())]
+        );
+    }
 }

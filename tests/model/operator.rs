@@ -229,7 +229,7 @@ impl Operator {
                 Acct::Sales => namespaced.push(serde_json::json!({
                     "apiVersion": "oneinbox.ai/v1alpha1", "kind": "OneInboxAccount",
                     "metadata": meta(a.ws(), Some(key_ns), obj),
-                    "spec": {"apiKeySecretRef": {"name": key_name}},
+                    "spec": {"apiKeySecretRef": {"name": key_name}, "defaultDeletionPolicy": "Orphan"},
                 })),
             }
         }

@@ -247,6 +247,11 @@ pub enum Op {
         slot: u8,
         orphan: bool,
     },
+    /// `deletionPolicy` removed: the account's default applies (`sales`: Orphan), else the
+    /// operator's (Delete).
+    ClearDeletionPolicy {
+        slot: u8,
+    },
     Delete {
         slot: u8,
     },
@@ -434,6 +439,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => slot().prop_map(|slot| Op::Resume { slot }),
         1 => slot().prop_map(|slot| Op::ReconcileNow { slot }),
         1 => (slot(), any::<bool>()).prop_map(|(slot, orphan)| Op::SetDeletionPolicy { slot, orphan }),
+        1 => slot().prop_map(|slot| Op::ClearDeletionPolicy { slot }),
         3 => slot().prop_map(|slot| Op::Delete { slot }),
         1 => (0u8..2, any::<bool>()).prop_map(|(ns, secrets_first)| Op::DeleteNamespace { ns, secrets_first }),
         4 => (0u8..6, edit()).prop_map(|(in_effects, edit)| Op::Concurrent { in_effects, edit }),

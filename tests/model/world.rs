@@ -107,6 +107,15 @@ pub fn account_of(obj: &Value) -> Result<Option<Acct>, ()> {
     }
 }
 
+/// The object's deletion leaves its registration: its `deletionPolicy` is Orphan, or it sets
+/// none and its account's default is Orphan (`sales`'s is; the operator's default is Delete).
+pub fn orphans(obj: &Value) -> bool {
+    match obj["spec"]["deletionPolicy"].as_str() {
+        Some(p) => p == "Orphan",
+        None => account_of(obj) == Ok(Some(Acct::Sales)),
+    }
+}
+
 /// The workspace of the account an object names (one no key reaches if the account cannot
 /// exist).
 pub fn ws_of(obj: &Value) -> String {
