@@ -2,7 +2,10 @@
 //! project's API contract (as docs/model-test.md summarizes it): a 409 with the existing
 //! id for a number registered twice, 404 for unknown ids, DELETE then forgets the record, PATCH
 //! merges routing (null removes a key), uuids come back in canonical lower case (the API parses
-//! them as uuids), and nothing changes on a 429 or an injected 5xx.
+//! them as uuids), and nothing changes on a 429 or an injected 5xx. Registrations are held per
+//! workspace, as the mock server's are: the key a call carries (the operator-wide key, or the
+//! account key the operator's registry put in the client's key cell) selects the workspace it
+//! sees, and a key no workspace accepts is 401.
 //!
 //! Faults are one-shot and hit the next matching calls: an HTTP status (5xx, 429 with
 //! Retry-After, 401), latency (past the client timeout it becomes a timeout, performed), a
