@@ -853,4 +853,32 @@ mod tests {
             vec![("sales".into(), ops::NUMBERS[0].into(), String::new())]
         );
     }
+
+    #[test]
+    fn an_object_switched_to_observe_while_being_deleted_leaves_its_registration() {
+        // The mutation table's Observe-deletion row needed 9,800 generated cases on the
+        // generator with accounts: this case holds it at once.
+        let rt = rt();
+        // The deletion is held up (the DELETE fails), and the switch to Observe lands while the
+        // object still carries the finalizer: the deletion must then leave the registration.
+        let ops = [
+            plain_create(0, 0, Creds::Secret(0)),
+            Op::Fault {
+                call: Some(oneinbox::Call::Delete),
+                kind: oneinbox::FaultKind::Status {
+                    code: 503,
+                    retry_after: None,
+                },
+                count: 3,
+            },
+            Op::Delete { slot: 0 },
+            Op::SetManagement {
+                slot: 0,
+                observe: true,
+            },
+        ];
+        let (result, regs) = run_and_list(&rt, 18, &ops);
+        assert_eq!(result, Ok(()));
+        assert_eq!(regs.len(), 1, "{regs:?}");
+    }
 }
