@@ -46,6 +46,9 @@ mutants=(
   "adopt-patch-loop|a PATCH refused right after an adoption read as no adoption yet (adopted and PATCHed again)"
   "marker-no-finalizer|a POST under an attempt's marker without the finalizer (the switch back from Observe)"
   "kube-error-ignored|a failed Kubernetes write of the attempt's marker and finalizer ignored (the POST goes ahead)"
+  "account-key-ignored|an account's client not taken by the pass (its calls go with the operator-wide key)"
+  "grant-once|a cluster account's grant checked only until the object holds a registration (a revoked grant still served)"
+  "claims-across-accounts|a number's claims not kept per account (objects on two accounts yield to each other)"
 )
 
 # Write the pristine tree into the copy: only files that differ are rewritten (with a new
@@ -144,6 +147,18 @@ M = {
     "kube-error-ignored": [("src/controller/act.rs",
         "            metadata[\"finalizers\"] = finalizers;\n        }\n        self.patch_metadata(obs, metadata).await\n    }",
         "            metadata[\"finalizers\"] = finalizers;\n        }\n        let _ = self.patch_metadata(obs, metadata).await;\n        Ok(())\n    }")],
+    "account-key-ignored": [("src/controller/act.rs",
+        "(ApiKey::Account(_), Some(c)) => self.oneinbox = c,",
+        "(ApiKey::Account(_), Some(_)) => {}")],
+    "grant-once": [("src/controller/observe.rs",
+        "if let Err(rule) = stores.grants(&account, &obs.namespace()) {",
+        "if let Err(rule) = stores.grants(&account, &obs.namespace())\n                    && obs.obj.status.as_ref().and_then(|s| s.phone_number_id.as_ref()).is_none()\n                {")],
+    "claims-across-accounts": [("src/controller/claims.rs",
+        "    account.hash(&mut h);\n    value.hash(&mut h);",
+        "    let _ = account;\n    value.hash(&mut h);"),
+        ("src/controller/claims.rs",
+        "let account_matches = o.account(default_account) == account;",
+        "let account_matches = true;")],
     "condition-generation": [("src/conditions.rs",
         "                last_transition_time,\n                observed_generation: generation,",
         "                last_transition_time,\n                observed_generation: None,")],

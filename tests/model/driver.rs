@@ -8,7 +8,7 @@
 //! pass (the watch round trip), so a pass that triggers itself forever also burns simulated
 //! time and shows up in the per-minute bound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -17,9 +17,10 @@ use serde_json::{Value, json};
 
 use crate::operator::{self, Operator};
 use crate::ops::{
-    Agent, CREDENTIAL_IDS, Creds, Drift, Edit, NAMESPACES, NUMBERS, Op, SECRETS, SLOTS, Target,
+    ACCOUNT_REFS, AccountAction, Agent, CREDENTIAL_IDS, Creds, Drift, Edit, NAMESPACES, NUMBERS,
+    Op, SECRETS, SLOTS, Target, WORKSPACES,
 };
-use crate::world::{Crash, Shared, World, lock};
+use crate::world::{Acct, Crash, PassAccount, Shared, World, lock, ws_of};
 use oneinbox_operator::oneinbox::RoutingFallback;
 
 /// Simulated cost of one pass (watch event → reconcile).
@@ -81,6 +82,7 @@ impl Sim {
             for ns in NAMESPACES {
                 w.user_put_secret(ns, SECRETS[0], "password", &format!("pw-{ns}-0-{seed:x}"));
             }
+            w.set_up_accounts();
             w.secret_events.clear();
             w.stimuli.clear();
         }
@@ -171,6 +173,15 @@ impl Sim {
         let mut wake = Vec::new();
         for (ns, name, rv) in &events {
             self.op.secret_seen(ns, name, *rv);
+            // The account whose key it holds is reconciled (`users_of_secret` pokes it).
+            for a in Acct::ALL {
+                if a.key_secret() == (ns.as_str(), name.as_str())
+                    && w.accounts.contains_key(&a)
+                    && !initial_list
+                {
+                    w.account_events.push(a);
+                }
+            }
             for s in w.objects.values() {
                 if let Some(pn) = parse(&s.obj)
                     && pn.namespace().as_deref() == Some(ns.as_str())
@@ -184,6 +195,51 @@ impl Sim {
         drop(w);
         for uid in wake {
             self.sched.entry(uid).or_default().dirty = true;
+        }
+    }
+
+    /// The account and Namespace watches: a namespace's new labels wake its users of the
+    /// cluster account (`users_in_namespace`); a changed account (or key Secret) is
+    /// reconciled, which reads its key again and wakes its users that are not Ready; a gone
+    /// account is forgotten.
+    async fn account_watches(&mut self) {
+        let (namespaces, accounts, gone, all) = {
+            let mut w = lock(&self.world);
+            let namespaces = std::mem::take(&mut w.namespace_events);
+            let accounts = std::mem::take(&mut w.account_events);
+            let gone = std::mem::take(&mut w.accounts_gone);
+            if namespaces.is_empty() && accounts.is_empty() && gone.is_empty() {
+                return;
+            }
+            let all: Vec<PhoneNumber> = w.objects.values().filter_map(|s| parse(&s.obj)).collect();
+            self.op.sync_accounts(&w);
+            (namespaces, accounts, gone, all)
+        };
+        self.op.sync_store(all);
+        for a in gone {
+            self.op.account_gone(a);
+        }
+        let mut wake: Vec<(String, String)> = Vec::new();
+        {
+            let w = lock(&self.world);
+            for ns in &namespaces {
+                for (k, s) in &w.objects {
+                    if k.0 == *ns && crate::world::account_of(&s.obj) == Ok(Some(Acct::Voice)) {
+                        wake.push(k.clone());
+                    }
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for a in accounts {
+            if seen.insert(a) {
+                wake.extend(self.op.account_changed(a).await);
+            }
+        }
+        for key in wake {
+            if let Some(uid) = lock(&self.world).uid_of(&key) {
+                self.sched.entry(uid).or_default().dirty = true;
+            }
         }
     }
 
@@ -263,10 +319,15 @@ impl Sim {
             let obj = w.objects.get(&key).and_then(|s| parse(&s.obj));
             w.current_orphan_cleanup = w.objects.get(&key).is_some_and(|s| {
                 !s.obj["metadata"]["deletionTimestamp"].is_null()
-                    && (s.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
-                        || observed(&s.obj))
+                    && (crate::world::orphans(&s.obj) || observed(&s.obj))
             });
             w.current_observe = w.objects.get(&key).is_some_and(|s| observed(&s.obj));
+            w.current_account = w.objects.get(&key).map(|s| PassAccount {
+                ws: ws_of(&s.obj),
+                usable: w.account_usable(&s.obj),
+                deleting: !s.obj["metadata"]["deletionTimestamp"].is_null(),
+            });
+            self.op.sync_accounts(&w);
             let all: Vec<PhoneNumber> = w.objects.values().filter_map(|s| parse(&s.obj)).collect();
             w.current = Some(uid.to_owned());
             (obj, all)
@@ -325,6 +386,7 @@ impl Sim {
         {
             let mut w = lock(&self.world);
             w.current = None;
+            w.current_account = None;
             w.flush_deferred_time();
             w.pass_time(PASS_MS);
         }
@@ -403,6 +465,7 @@ impl Sim {
             return;
         }
         self.observe();
+        self.account_watches().await;
         let mut n = 0;
         while let Some(uid) = self.next_due() {
             n += 1;
@@ -418,6 +481,7 @@ impl Sim {
                 return;
             }
             self.pass(&uid).await;
+            self.account_watches().await;
         }
     }
 
@@ -469,6 +533,7 @@ impl Sim {
             let mut w = lock(&self.world);
             w.api.faults.clear();
             w.kube_faults = None;
+            w.kube_read_faults = None;
             // OneInbox finishes what it was provisioning (a failed one stays failed).
             for r in w.api.regs.values_mut() {
                 if r.reg.status == "provisioning" {
@@ -523,13 +588,56 @@ impl Sim {
             for key in refused {
                 apply_edit(&mut w, &key, Edit::ReconcileNow);
             }
+            // An administrator puts each account's key back in its Secret (deleted, or
+            // revoked outside): the account's objects must then recover.
+            for a in Acct::ALL {
+                if w.accounts.contains_key(&a) {
+                    w.restore_account_key(a);
+                }
+            }
         }
+        // (k) One workspace still answers 429 (or 401) to everything: the other accounts'
+        // objects converge on their own first, then the storm ends.
+        let storm = lock(&self.world).api.storm.clone();
+        if let Some((ws, code)) = storm {
+            match self.run_until_quiet(Some(&ws)).await {
+                Some(None) => {}
+                Some(Some(_)) => {
+                    let mut w = lock(&self.world);
+                    let v = w.isolation_checks(&ws, code);
+                    w.violations.extend(v);
+                }
+                None => lock(&self.world).violations.push(format!(
+                    "(k) while workspace {ws} answered {code}, the other accounts' objects never went quiet"
+                )),
+            }
+            if self.aborted {
+                return true;
+            }
+            let mut w = lock(&self.world);
+            w.api.storm = None;
+            let now = w.now_ms;
+            w.stimuli.push((now, None));
+        }
+        match self.run_until_quiet(None).await {
+            Some(window) => {
+                lock(&self.world).quiet_window = window;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Run time until every object (all but those of workspace `storming`) has been quiet for
+    /// `QUIET_MS` with no retry pending: `Some(quiet window)` (`Some(None)` if the case
+    /// aborted), or `None` if that never happens within `HEAL_CAP_MS`.
+    async fn run_until_quiet(&mut self, storming: Option<&str>) -> Option<Option<(u64, u64)>> {
         let start = self.now();
         self.settle().await;
         let mut rounds = 0u32;
         loop {
             if self.aborted {
-                return true;
+                return Some(None);
             }
             rounds += 1;
             if rounds > 5_000 || self.passes > MAX_PASSES_PER_CASE {
@@ -537,21 +645,59 @@ impl Sim {
                     "(f) healing did not end: {rounds} rounds, {} passes in the case",
                     self.passes
                 ));
-                return true;
+                return Some(None);
             }
             let now = self.now();
-            let retrying = self.sched.values().any(|s| s.failed && s.due_ms.is_some());
+            let (storming_uids, blocked): (BTreeSet<String>, BTreeSet<String>) = {
+                let w = lock(&self.world);
+                let uids = |f: &dyn Fn(&Value) -> bool| {
+                    w.objects
+                        .values()
+                        .filter(|s| f(&s.obj))
+                        .filter_map(|s| s.obj["metadata"]["uid"].as_str().map(str::to_owned))
+                        .collect()
+                };
+                (
+                    uids(&|o| storming.is_some_and(|ws| ws_of(o) == ws)),
+                    uids(&|o| w.blocked_for_good(o)),
+                )
+            };
+            // A deletion only a human can unblock retries for good: not waited for.
+            let retrying = self.sched.iter().any(|(uid, s)| {
+                s.failed
+                    && s.due_ms.is_some()
+                    && !storming_uids.contains(uid)
+                    && !blocked.contains(uid)
+            });
+            // Neither the storming workspace's objects nor a deletion blocked for good (whose
+            // retries DELETE with the operator-wide key, which cannot see the registration)
+            // keep the world from being quiet.
+            let last_write = if storming_uids.is_empty() && blocked.is_empty() {
+                self.last_write_ms
+            } else {
+                lock(&self.world)
+                    .log
+                    .iter()
+                    .filter(|(_, uid, k)| {
+                        !storming_uids.contains(uid)
+                            && !blocked.contains(uid)
+                            && (matches!(*k, "register" | "patch" | "deregister")
+                                || k.starts_with("kube:"))
+                    })
+                    .map(|(at, _, _)| *at)
+                    .max()
+                    .unwrap_or(0)
+            };
             // Quiet since the healing began too: changes made outside the cluster (drift, a
             // deletion) write nothing, and every object must have had a drift check after them.
-            let quiet_since = self.last_write_ms.max(start);
+            let quiet_since = last_write.max(start);
             if !retrying && now >= quiet_since + QUIET_MS {
-                lock(&self.world).quiet_window = Some((quiet_since, now));
-                return true;
+                return Some(Some((quiet_since, now)));
             }
             if now >= start + HEAL_CAP_MS {
-                return false;
+                return None;
             }
-            let horizon = self.last_write_ms.max(start).max(now) + QUIET_MS;
+            let horizon = quiet_since.max(now) + QUIET_MS;
             let next = self
                 .next_timed()
                 .unwrap_or(horizon)
@@ -756,7 +902,8 @@ fn annotate(w: &mut World, key: &(String, String), id: String) {
         r.owner = None;
         r.by_annotation = false;
     }
-    if let Some(reg) = w.api.regs.get(&id)
+    let ws = w.live_object(key).map(ws_of).unwrap_or_default();
+    if let Some(reg) = w.api.get_in(&ws, &id)
         && number.as_ref().and_then(Value::as_str) == Some(reg.reg.phone_number.as_str())
     {
         // An adoption by annotation that no status confirms yet is a claim like this one: of
@@ -810,6 +957,7 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             replace,
             import,
             observe,
+            account,
         } => {
             let (ns, name) = slot_key(*slot);
             let mut spec = json!({
@@ -825,13 +973,49 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             if *observe {
                 spec["managementPolicy"] = json!("Observe");
             }
+            if let Some((kind, name)) = ACCOUNT_REFS[*account as usize % ACCOUNT_REFS.len()] {
+                spec["accountRef"] = json!({"kind": kind, "name": name});
+            }
             let number = NUMBERS[*number as usize % 2];
+            let key = (ns.clone(), name.clone());
             if w.user_create(&ns, &name, spec)
                 && *import
-                && let Some(id) = w.api.of_number(number).first().map(|r| r.reg.id.clone())
+                && let Some(ws) = w.live_object(&key).map(ws_of)
+                && let Some(id) = w
+                    .api
+                    .of_number(&ws, number)
+                    .first()
+                    .map(|r| r.reg.id.clone())
             {
-                annotate(w, &(ns, name), id);
+                annotate(w, &key, id);
             }
+        }
+        Op::Account { acct, action } => {
+            let a = Acct::ALL[*acct as usize % Acct::ALL.len()];
+            match action {
+                AccountAction::Delete => w.user_delete_account(a),
+                AccountAction::Create => {
+                    if w.user_create_account(a) {
+                        w.restore_account_key(a);
+                    }
+                }
+                AccountAction::Rotate { revoke_old } => w.rotate_account_key(a, *revoke_old),
+                AccountAction::Revoke => w.revoke_account_key(a),
+                AccountAction::DeleteKeySecret => {
+                    let (ns, name) = a.key_secret();
+                    w.user_delete_secret(ns, name);
+                }
+            }
+        }
+        Op::Grant { ns, allowed } => {
+            w.set_grant(NAMESPACES[*ns as usize % 2], *allowed);
+        }
+        Op::Storm { ws, code } => {
+            w.api.storm = Some((
+                WORKSPACES[*ws as usize % WORKSPACES.len()].to_owned(),
+                *code,
+            ));
+            w.stimuli.push((w.now_ms, None));
         }
         Op::SetAgent { slot, agent } => {
             w.user_edit(&slot_key(*slot), |o| {
@@ -944,6 +1128,13 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
             }
         }
         Op::ReconcileNow { slot } => apply_edit(w, &slot_key(*slot), Edit::ReconcileNow),
+        Op::ClearDeletionPolicy { slot } => {
+            w.user_edit(&slot_key(*slot), |o| {
+                if let Some(spec) = o["spec"].as_object_mut() {
+                    spec.remove("deletionPolicy");
+                }
+            });
+        }
         Op::SetDeletionPolicy { slot, orphan } => apply_edit(
             w,
             &slot_key(*slot),
@@ -961,6 +1152,9 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
         Op::KubeFault { kind, count } => {
             w.kube_faults = Some((*kind, *count));
         }
+        Op::KubeReadFault { kind, count } => {
+            w.kube_read_faults = Some((*kind, *count));
+        }
         Op::Fault { call, kind, count } => {
             w.api.faults.push_back(crate::oneinbox::Fault {
                 call: *call,
@@ -977,10 +1171,12 @@ fn apply(w: &mut World, op: &Op, seed: u64) {
                 w.stimuli.push((w.now_ms, None));
             }
         }
-        Op::RegisterOutside { number } => {
+        Op::RegisterOutside { number, ws } => {
             let number = NUMBERS[*number as usize % 2];
-            if w.api.of_number(number).is_empty() {
+            let ws = WORKSPACES[*ws as usize % WORKSPACES.len()];
+            if w.api.of_number(ws, number).is_empty() {
                 w.new_registration(
+                    ws,
                     number,
                     crate::ops::AGENTS[2],
                     Some("outside".into()),

@@ -7,7 +7,8 @@
 //!     with Orphan leaves the registration it held;
 //! (c) no PATCH or DELETE of a registration the object neither created nor deliberately adopted
 //!     (checked at every call, `oneinbox.rs`);
-//! (d) no object is left terminating;
+//! (d) no object is left terminating, unless its account cannot be used (gone, or it does not
+//!     allow the namespace) and it says `DeletionBlocked`: only a human can help then;
 //! (e) status tells the truth: the id it names exists, belongs to the object, is for its number
 //!     and no other id is in the annotation, and no registration attempt is left unsettled; Ready is True exactly when the registration matches the
 //!     spec and is active, and otherwise gives a reason that the world justifies;
@@ -22,7 +23,16 @@
 //!     write by the operator), unless `managementPolicy: Observe`;
 //! (i) a pass that starts under `managementPolicy: Observe` sends no POST, PATCH or DELETE
 //!     (checked at every call, `oneinbox.rs`), and an object deleted under Observe leaves its
-//!     registration (the Orphan half of b).
+//!     registration (the Orphan half of b);
+//! (j) a pass calls OneInbox only with its object's account's key (a deletion may fall back to
+//!     the operator-wide key), and never with the key of an account that did not exist or did
+//!     not allow the object's namespace when the pass began (checked at every call,
+//!     `oneinbox.rs`);
+//! (k) while one workspace answers every call with 429 (or 401), the objects of the other
+//!     accounts converge on their own: (a) and (e) hold for them before that storm ends.
+//!
+//! Registrations are per workspace: an object's registrations, claimants and rivals are those
+//! of its account's workspace.
 
 use std::collections::BTreeMap;
 
@@ -125,10 +135,15 @@ impl World {
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         let taking_over = self.takeover_pending.contains(&uid) && !ready;
+        // A registration gone from OneInbox cannot be left behind: a status that still names
+        // one (an observer switched back to Full whose registration was deleted outside, until
+        // its status is written) is not a leak.
+        let exists = self.api.regs.contains_key(id);
         if !gone
             && !finalized
             && !self.user_writing
             && !taking_over
+            && exists
             && !crate::driver::observed(obj)
         {
             self.violations.push(format!(
@@ -143,7 +158,7 @@ impl World {
         let mut v = Vec::new();
         // (d)
         for (key, s) in &self.objects {
-            if !s.obj["metadata"]["deletionTimestamp"].is_null() {
+            if !s.obj["metadata"]["deletionTimestamp"].is_null() && !self.blocked_for_good(&s.obj) {
                 v.push(format!(
                     "(d) {} is still terminating after healing (finalizers {})",
                     name(key),
@@ -221,7 +236,10 @@ impl World {
                 continue;
             }
             // Checked in the window, so its interval was looked at.
-            if let (Some(a), Some(Err(_))) = (annotation, &parsed) {
+            // Unless one of its Events was lost (best effort, not posted again).
+            if let (Some(a), Some(Err(_))) = (annotation, &parsed)
+                && !self.events_lost.contains(uid)
+            {
                 let warned = self.events.iter().any(|e| {
                     e["reason"] == "InvalidPollInterval"
                         && (e["regarding"]["uid"] == uid || e["involvedObject"]["uid"] == uid)
@@ -269,13 +287,54 @@ impl World {
         v
     }
 
+    /// (k): (a) and (e) for the live objects of every workspace but `storming`, while it
+    /// still answers `code` to every call.
+    pub fn isolation_checks(&self, storming: &str, code: u16) -> Vec<String> {
+        let mut v = Vec::new();
+        for (key, s) in &self.objects {
+            if s.obj["metadata"]["deletionTimestamp"].is_null()
+                && crate::world::ws_of(&s.obj) != storming
+            {
+                self.check_live(key, &s.obj, &mut v);
+            }
+        }
+        v.into_iter()
+            .map(|l| format!("(k) while workspace {storming} answered {code} to every call: {l}"))
+            .collect()
+    }
+
+    /// A deletion that only a human can unblock: the object's account cannot be used (gone, or
+    /// it does not allow the namespace) and it says `DeletionBlocked` (its retries are not
+    /// waited for when the world heals).
+    pub fn blocked_for_good(&self, obj: &Value) -> bool {
+        !obj["metadata"]["deletionTimestamp"].is_null()
+            && !self.account_usable(obj)
+            && obj["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["reason"] == "DeletionBlocked")
+    }
+
+    /// Why the object's account cannot be used now, as the operator reports it.
+    fn account_problem(&self, obj: &Value) -> Option<&'static str> {
+        match crate::world::account_of(obj) {
+            Err(()) => Some("AccountNotFound"),
+            Ok(Some(a)) if !self.accounts.contains_key(&a) => Some("AccountNotFound"),
+            _ if !self.account_usable(obj) => Some("AccountNotAllowed"),
+            _ => None,
+        }
+    }
+
     fn check_live(&self, key: &(String, String), obj: &Value, v: &mut Vec<String>) {
         let who = name(key);
         let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
         let spec = &obj["spec"];
         let number = spec["phoneNumber"].as_str().unwrap_or_default();
         let generation = &obj["metadata"]["generation"];
-        let regs = self.api.of_number(number);
+        let ws = crate::world::ws_of(obj);
+        let account_problem = self.account_problem(obj);
+        let regs = self.api.of_number(&ws, number);
         let mine: Vec<_> = regs
             .iter()
             .filter(|r| self.entitled(uid, &r.reg.id))
@@ -307,11 +366,13 @@ impl World {
         let annotation = obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str();
         // A PATCH refused for the spec (an unknown agent): the object waits for a change of
         // the spec and reads nothing, so what status mirrors may go stale (even gone).
-        let refused = crate::driver::names_unknown_agent(&obj["spec"])
+        // So does an object whose account cannot be used: it sends nothing.
+        let refused = (crate::driver::names_unknown_agent(&obj["spec"])
             && condition(obj, "Stalled")
-                .is_some_and(|c| c["status"] == "True" && c["reason"] == "UpdateRejected");
+                .is_some_and(|c| c["status"] == "True" && c["reason"] == "UpdateRejected"))
+            || account_problem.is_some();
         if let Some(id) = held {
-            match self.api.regs.get(id) {
+            match self.api.get_in(&ws, id) {
                 None if refused => {}
                 None => v.push(format!(
                     "(e) {who}: status names {id}, which OneInbox does not hold"
@@ -373,6 +434,12 @@ impl World {
         // What, if anything, justifies this object not being Ready.
         let mut excuses: Vec<&str> = Vec::new();
         let mut needs_stall = false;
+        // The account does not exist (waited for, then Stalled) or does not allow the
+        // namespace (Stalled at once).
+        if let Some(p) = account_problem {
+            needs_stall = true;
+            excuses.push(p);
+        }
         let secret = spec["providerConfig"]["authPasswordSecretRef"]["name"]
             .as_str()
             .map(|s| self.secrets.get(&(key.0.clone(), s.to_owned())));
@@ -396,7 +463,7 @@ impl World {
         }
         if let Some(a) = annotation
             && held != Some(a)
-            && let Some(r) = self.api.regs.get(a)
+            && let Some(r) = self.api.get_in(&ws, a)
         {
             // Held by another live object: refused by id before it is ever fetched.
             let held_elsewhere = self
@@ -419,7 +486,10 @@ impl World {
         let claimants: Vec<(&(String, String), &Value)> = self
             .objects
             .iter()
-            .filter(|(_, s)| s.obj["spec"]["phoneNumber"].as_str() == Some(number))
+            .filter(|(_, s)| {
+                s.obj["spec"]["phoneNumber"].as_str() == Some(number)
+                    && crate::world::ws_of(&s.obj) == ws
+            })
             .map(|(k, s)| (k, &s.obj))
             .collect();
         // A claimant whose PATCH is refused for its spec reads nothing until the spec changes,
@@ -578,11 +648,13 @@ impl World {
             .filter(|c| c["status"] == "True")
             .and_then(|c| c["reason"].as_str());
         let drifted = condition(obj, "Drifted").is_some_and(|c| c["status"] == "True");
+        let ws = crate::world::ws_of(obj);
         // Another live object that claims the number (or names the id) may own it, as the
         // operator's order of claims says; the observer then yields.
         let rival = self.objects.iter().any(|(k, s)| {
             k != key
                 && s.obj["metadata"]["deletionTimestamp"].is_null()
+                && crate::world::ws_of(&s.obj) == ws
                 && (s.obj["spec"]["phoneNumber"].as_str() == Some(number)
                     || named.is_some_and(|n| {
                         s.obj["status"]["phoneNumberId"].as_str() == Some(n)
@@ -591,9 +663,21 @@ impl World {
                                 == Some(n)
                     }))
         });
+        // An account that cannot be used: nothing is read (a rival in the same account may be
+        // reported first).
+        if let Some(p) = self.account_problem(obj) {
+            let allowed =
+                |r: Option<&str>| r == Some(p) || (rival && r == Some("DuplicatePhoneNumber"));
+            if ready_true || !allowed(Some(ready_reason)) || !allowed(stalled) {
+                v.push(format!(
+                    "(e) {who} (Observe): Ready {ready_true} {ready_reason}, Stalled {stalled:?}, expected {p}"
+                ));
+            }
+            return;
+        }
         let target = match named {
-            Some(id) => self.api.regs.get(id),
-            None => self.api.of_number(number).into_iter().next(),
+            Some(id) => self.api.get_in(&ws, id),
+            None => self.api.of_number(&ws, number).into_iter().next(),
         };
         let mut allowed: Vec<&str> = Vec::new();
         if rival {

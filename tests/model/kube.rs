@@ -10,7 +10,8 @@
 //! - Deletion: DELETE sets `deletionTimestamp` while finalizers remain; no finalizer may be
 //!   added once it is set; the object goes when the last finalizer does. A namespace deletion
 //!   deletes every PhoneNumber and Secret in it (Secrets first or last).
-//! - Secrets: GET (404 when missing). Events: POST (events.k8s.io/v1 or core/v1), recorded.
+//! - Secrets: GET (404 when missing); armed read faults fail the next GETs (500, 504, 429).
+//!   Events: POST (events.k8s.io/v1 or core/v1), recorded.
 //! - The PhoneNumber CRD: GET of its metadata, always served and never being deleted.
 //!
 //! Every write is an effect: the armed crash can stop the server before or after it.
@@ -90,6 +91,24 @@ fn status_error(code: u16, reason: &str, message: &str) -> Response<Body> {
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &body,
     )
+}
+
+/// The answer of a failed request that did nothing: 500, 504 or 429.
+fn fault_answer(kind: crate::ops::KubeFaultKind) -> Response<Body> {
+    use crate::ops::KubeFaultKind;
+    match kind {
+        KubeFaultKind::Error => status_error(500, "InternalError", "etcdserver: leader changed"),
+        KubeFaultKind::Timeout | KubeFaultKind::Lost => status_error(
+            504,
+            "Timeout",
+            "the server was unable to return a response in the time allotted",
+        ),
+        KubeFaultKind::Throttled => status_error(
+            429,
+            "TooManyRequests",
+            "too many requests, please try again later",
+        ),
+    }
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -217,6 +236,16 @@ impl World {
         body: &[u8],
     ) -> Option<Response<Body>> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if method == Method::GET
+            && let Some((kind, left)) = self.kube_read_faults.take()
+        {
+            if left > 1 {
+                self.kube_read_faults = Some((kind, left - 1));
+            }
+            // A fault is a stimulus when it fires.
+            self.stimuli.push((self.now_ms, None));
+            return Some(fault_answer(kind));
+        }
         match (method.as_str(), segs.as_slice()) {
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"])
             | ("POST", ["api", "v1", "namespaces", ns, "events"]) => {
@@ -317,7 +346,15 @@ impl World {
         self.record(kind);
         self.write_bodies
             .push(String::from_utf8_lossy(body).into_owned());
-        match self.gate() {
+        let gate = self.gate();
+        // An Event that fails (or never gets there) is lost: Events are best effort.
+        if kind == "kube:event"
+            && (!matches!(gate, Gate::Go) || self.kube_faults.is_some())
+            && let Some(uid) = self.current.clone()
+        {
+            self.events_lost.insert(uid);
+        }
+        match gate {
             Gate::Hang => None,
             Gate::PerformThenHang => {
                 perform(self);
@@ -334,14 +371,6 @@ impl World {
                 self.stimuli.push((self.now_ms, None));
                 use crate::ops::KubeFaultKind;
                 Some(match kind {
-                    KubeFaultKind::Error => {
-                        status_error(500, "InternalError", "etcdserver: leader changed")
-                    }
-                    KubeFaultKind::Timeout => status_error(
-                        504,
-                        "Timeout",
-                        "the server was unable to return a response in the time allotted",
-                    ),
                     KubeFaultKind::Lost => {
                         perform(self);
                         status_error(
@@ -350,11 +379,7 @@ impl World {
                             "the server was unable to return a response in the time allotted, but may still be processing the request",
                         )
                     }
-                    KubeFaultKind::Throttled => status_error(
-                        429,
-                        "TooManyRequests",
-                        "too many requests, please try again later",
-                    ),
+                    kind => fault_answer(kind),
                 })
             }
         }
@@ -636,7 +661,8 @@ impl World {
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
         ) {
             let earliest = started - jiff::SignedDuration::from_secs(1);
-            for r in self.api.regs.values_mut() {
+            let ws = crate::world::ws_of(new);
+            for r in self.api.regs.values_mut().filter(|r| r.ws == ws) {
                 let recent = r
                     .reg
                     .created_at
@@ -686,22 +712,30 @@ impl World {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let orphan = stored.obj["spec"]["deletionPolicy"].as_str() == Some("Orphan")
-            || crate::driver::observed(&stored.obj);
+        let orphan = crate::world::orphans(&stored.obj) || crate::driver::observed(&stored.obj);
         if orphan {
             self.check_orphan_left_its_registration(&uid, &stored.obj);
         }
         // The id annotation is a standing instruction: once its holder is gone, a live object
         // whose annotation names the registration (for its own number) adopts it deliberately.
+        // So does one that an observer held (its status named it, made outside): the annotated
+        // object was refused only because the observer held it.
+        let observed_id = crate::driver::observed(&stored.obj)
+            .then(|| stored.obj["status"]["phoneNumberId"].as_str())
+            .flatten();
         let held: Vec<String> = self
             .api
             .regs
             .iter()
-            .filter(|(_, r)| r.owner.as_deref() == Some(uid.as_str()))
+            .filter(|(id, r)| {
+                r.owner.as_deref() == Some(uid.as_str())
+                    || (r.owner.is_none() && observed_id == Some(id.as_str()))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in held {
             let number = self.api.regs.get(&id).map(|r| r.reg.phone_number.clone());
+            let ws = self.api.regs.get(&id).map(|r| r.ws.clone());
             // Several may name it: the oldest claim (creation time, then namespace and name).
             let heir = self
                 .objects
@@ -710,6 +744,7 @@ impl World {
                     s.obj["metadata"]["annotations"]["oneinbox.ai/phone-number-id"].as_str()
                         == Some(id.as_str())
                         && s.obj["spec"]["phoneNumber"].as_str() == number.as_deref()
+                        && ws.as_deref() == Some(crate::world::ws_of(&s.obj).as_str())
                 })
                 .min_by_key(|(k, s)| {
                     (
@@ -738,6 +773,7 @@ impl World {
             held,
         });
         self.maybe_finish_namespace(&key.0);
+        self.finish_accounts();
     }
 
     fn maybe_finish_namespace(&mut self, ns: &str) {
@@ -750,11 +786,20 @@ impl World {
         self.terminating_namespaces.remove(ns);
     }
 
+    /// The Secrets of a namespace being deleted; an account's key Secret only once the
+    /// namespace's PhoneNumbers are gone (a limit of the model: see docs/model-test.md).
     fn delete_secrets_of(&mut self, ns: &str) {
+        let objects_left = self.objects.keys().any(|(n, _)| n == ns);
         let names: Vec<String> = self
             .secrets
             .keys()
             .filter(|(n, _)| n == ns)
+            .filter(|(n, name)| {
+                !objects_left
+                    || !crate::world::Acct::ALL
+                        .iter()
+                        .any(|a| a.key_secret() == (n.as_str(), name.as_str()))
+            })
             .map(|(_, name)| name.clone())
             .collect();
         for name in names {
@@ -832,10 +877,16 @@ impl World {
     pub fn user_delete_namespace(&mut self, ns: &str, secrets_first: bool) {
         self.terminating_namespaces.insert(ns.to_owned());
         self.stimuli.push((self.now_ms, None));
+        // The accounts in it go with it (held by the in-use finalizer while used).
+        for a in crate::world::Acct::ALL {
+            if a == crate::world::Acct::Sales && ns == "b" {
+                self.user_delete_account(a);
+            }
+        }
+        // Its account key Secrets wait for its PhoneNumbers (see `delete_secrets_of`).
+        self.secrets_after_objects.insert(ns.to_owned());
         if secrets_first {
             self.delete_secrets_of(ns);
-        } else {
-            self.secrets_after_objects.insert(ns.to_owned());
         }
         let keys: Vec<_> = self
             .objects
@@ -1069,7 +1120,14 @@ mod tests {
     fn a_held_registration_without_the_finalizer_is_a_leak() {
         let (mut w, key) = world_with_object();
         let uid = w.uid_of(&key).unwrap_or_default();
-        let id = w.new_registration("+15550000001", "a", None, None, Some(uid.clone()));
+        let id = w.new_registration(
+            crate::world::OPERATOR_WS,
+            "+15550000001",
+            "a",
+            None,
+            None,
+            Some(uid.clone()),
+        );
         let mut obj = w.objects[&key].obj.clone();
         obj["status"] = json!({"phoneNumberId": id});
         w.commit(&key, obj);
@@ -1099,7 +1157,14 @@ mod tests {
     fn an_unconfirmed_adoption_may_go_without_deregistering() {
         let (mut w, key) = world_with_object();
         let uid = w.uid_of(&key).unwrap_or_default();
-        w.new_registration("+15550000001", "a", None, None, Some(uid));
+        w.new_registration(
+            crate::world::OPERATOR_WS,
+            "+15550000001",
+            "a",
+            None,
+            None,
+            Some(uid),
+        );
         assert!(w.user_delete(&key));
         assert!(!w.removed[0].held);
         assert!(w.violations.is_empty());

@@ -2,7 +2,10 @@
 //! project's API contract (as docs/model-test.md summarizes it): a 409 with the existing
 //! id for a number registered twice, 404 for unknown ids, DELETE then forgets the record, PATCH
 //! merges routing (null removes a key), uuids come back in canonical lower case (the API parses
-//! them as uuids), and nothing changes on a 429 or an injected 5xx.
+//! them as uuids), and nothing changes on a 429 or an injected 5xx. Registrations are held per
+//! workspace, as the mock server's are: the key a call carries (the operator-wide key, or the
+//! account key the operator's registry put in the client's key cell) selects the workspace it
+//! sees, and a key no workspace accepts is 401.
 //!
 //! Faults are one-shot and hit the next matching calls: an HTTP status (5xx, 429 with
 //! Retry-After, 401), latency (past the client timeout it becomes a timeout, performed), a
@@ -98,6 +101,8 @@ pub struct Reg {
     pub claimants: BTreeSet<String>,
     /// The owner adopted it by naming it in the id annotation (not by its own POST).
     pub by_annotation: bool,
+    /// The workspace that holds it: only a key of that workspace sees it.
+    pub ws: String,
 }
 
 #[derive(Default)]
@@ -110,6 +115,11 @@ pub struct ApiState {
     pub deleted: Vec<(String, Option<String>, bool)>,
     /// The API key of the operator (a secret value too).
     pub api_key: String,
+    /// Every API key OneInbox accepts, and the workspace it reaches (a key of none is 401).
+    pub keys: BTreeMap<String, String>,
+    /// A workspace that answers every call with this status until the world heals (one
+    /// account's 429 storm, or its key refused with 401).
+    pub storm: Option<(String, u16)>,
 }
 
 impl ApiState {
@@ -127,11 +137,17 @@ impl ApiState {
         Some(kind)
     }
 
-    pub fn of_number(&self, number: &str) -> Vec<&Reg> {
+    /// The registrations of `number` in workspace `ws`.
+    pub fn of_number(&self, ws: &str, number: &str) -> Vec<&Reg> {
         self.regs
             .values()
-            .filter(|r| r.reg.phone_number == number)
+            .filter(|r| r.reg.phone_number == number && r.ws == ws)
             .collect()
+    }
+
+    /// Registration `id` as a key of workspace `ws` sees it.
+    pub fn get_in(&self, ws: &str, id: &str) -> Option<&Reg> {
+        self.regs.get(id).filter(|r| r.ws == ws)
     }
 }
 
@@ -160,9 +176,11 @@ enum Outcome<T> {
 }
 
 impl World {
-    /// Create a registration directly (outside the cluster, or by an object's POST).
+    /// Create a registration in workspace `ws` directly (outside the cluster, or by an
+    /// object's POST).
     pub fn new_registration(
         &mut self,
+        ws: &str,
         number: &str,
         agent: &str,
         friendly_name: Option<String>,
@@ -204,6 +222,7 @@ impl World {
                 .values()
                 .filter(|s| {
                     s.obj["spec"]["phoneNumber"].as_str() == Some(number)
+                        && crate::world::ws_of(&s.obj) == ws
                         && crate::world::attempt_in_flight(&s.obj).is_some()
                 })
                 .filter_map(|s| s.obj["metadata"]["uid"].as_str().map(str::to_owned))
@@ -218,19 +237,26 @@ impl World {
                 owner,
                 claimants,
                 by_annotation: false,
+                ws: ws.to_owned(),
             },
         );
         id
     }
 
+    /// One call with API key `key` (`None`: the operator-wide key); `perform` acts in the
+    /// workspace the key reaches.
     fn api_call<T>(
         &mut self,
         call: Call,
         id: Option<&str>,
         password: Option<&str>,
-        perform: impl FnOnce(&mut World) -> Result<T, ApiError>,
+        key: Option<String>,
+        perform: impl FnOnce(&mut World, &str) -> Result<T, ApiError>,
     ) -> Outcome<Result<T, ApiError>> {
+        let key = key.unwrap_or_else(|| self.api.api_key.clone());
+        let ws = self.api.keys.get(&key).cloned();
         self.record(call.kind());
+        self.check_account(call, ws.as_deref());
         if call.mutating() && self.current_observe {
             let who = self
                 .current
@@ -245,16 +271,47 @@ impl World {
         }
         if matches!(call, Call::Patch | Call::Delete)
             && let Some(id) = id
+            && let Some(ws) = &ws
+            && self.api.get_in(ws, id).is_some()
         {
             self.check_entitled(call, id);
         }
+        let Some(ws) = ws else {
+            // A key OneInbox does not know (revoked, or not yet known): refused, nothing done.
+            let body = json!({"detail": "Invalid or missing API key"});
+            return match self.gate() {
+                Gate::Go => Outcome::Answer(Err(operator::api_answer(
+                    call.endpoint(),
+                    401,
+                    None,
+                    &body.to_string(),
+                    &key,
+                ))),
+                _ => Outcome::Hang,
+            };
+        };
         match self.gate() {
             Gate::Hang => return Outcome::Hang,
             Gate::PerformThenHang => {
-                let _ = perform(self);
+                let _ = perform(self, &ws);
                 return Outcome::Hang;
             }
             Gate::Go => {}
+        }
+        if let Some((storm, code)) = self.api.storm.clone()
+            && storm == ws
+        {
+            let (body, retry_after) = match code {
+                429 => (json!({"detail": "Rate limit exceeded"}), Some(30)),
+                _ => (json!({"detail": "Invalid or missing API key"}), None),
+            };
+            return Outcome::Answer(Err(operator::api_answer(
+                call.endpoint(),
+                code,
+                retry_after.map(std::time::Duration::from_secs),
+                &body.to_string(),
+                &key,
+            )));
         }
         if let Some(kind) = self.api.take_fault(call) {
             // A fault is a stimulus when it fires (it may have been armed long before).
@@ -265,7 +322,7 @@ impl World {
                         401 => json!({"detail": "Invalid or missing API key"}),
                         // Echoes the key, as a gateway's access log line might.
                         403 => {
-                            json!({"detail": format!("API key {} may not access this workspace", self.api.api_key)})
+                            json!({"detail": format!("API key {key} may not access this workspace")})
                         }
                         429 => json!({"detail": "Rate limit exceeded"}),
                         _ => json!({"detail": "Service Unavailable"}),
@@ -275,19 +332,19 @@ impl World {
                         code,
                         retry_after.map(std::time::Duration::from_secs),
                         &body.to_string(),
-                        &self.api.api_key,
+                        &key,
                     )));
                 }
                 FaultKind::Latency { ms } => {
                     self.pass_time_in_call(ms);
                     if ms >= CLIENT_TIMEOUT_MS {
-                        let _ = perform(self);
+                        let _ = perform(self, &ws);
                         return Outcome::Answer(Err(operator::timeout_error()));
                     }
                 }
                 FaultKind::CommitThenDrop => {
                     if call.mutating() {
-                        let _ = perform(self);
+                        let _ = perform(self, &ws);
                     }
                     return Outcome::Answer(Err(operator::connection_error()));
                 }
@@ -310,12 +367,42 @@ impl World {
                         code,
                         None,
                         &body.to_string(),
-                        &self.api.api_key,
+                        &key,
                     )));
                 }
             }
         }
-        Outcome::Answer(perform(self))
+        Outcome::Answer(perform(self, &ws))
+    }
+
+    /// Invariant (j): a pass calls OneInbox only with the key of its object's account (a
+    /// deletion may fall back to the operator-wide key), and never with the key of an account
+    /// that did not exist or did not allow the object's namespace when the pass began.
+    fn check_account(&mut self, call: Call, ws: Option<&str>) {
+        let (Some(ws), Some(pass)) = (ws, self.current_account.clone()) else {
+            return;
+        };
+        let who = || {
+            self.current
+                .clone()
+                .and_then(|u| self.key_of_uid(&u))
+                .map(|(ns, n)| format!("{ns}/{n}"))
+                .unwrap_or_default()
+        };
+        if ws != pass.ws && !(ws == crate::world::OPERATOR_WS && pass.deleting) {
+            let who = who();
+            self.violations.push(format!(
+                "(j) {who} sent {} with a key of workspace {ws}, but its account's workspace is {}",
+                call.kind(),
+                pass.ws
+            ));
+        } else if ws == pass.ws && ws != crate::world::OPERATOR_WS && !pass.usable {
+            let who = who();
+            self.violations.push(format!(
+                "(j) {who} sent {} with the key of account {ws}, which did not exist or did not allow its namespace when the pass began",
+                call.kind()
+            ));
+        }
     }
 
     /// Invariant (c): the object whose pass runs may PATCH or DELETE only a registration it
@@ -370,7 +457,7 @@ impl World {
         }
     }
 
-    fn do_register(&mut self, req: &RegisterRequest) -> Result<Registration, ApiError> {
+    fn do_register(&mut self, ws: &str, req: &RegisterRequest) -> Result<Registration, ApiError> {
         let routing = req.inbound_routing.as_ref();
         World::unknown_agent(&[
             ("agent_id", Some(req.agent_id.as_str())),
@@ -383,7 +470,7 @@ impl World {
                 routing.and_then(|r| r.fallback.as_ref().map(|f| f.agent_id.as_str())),
             ),
         ])?;
-        if let Some(existing) = self.api.of_number(&req.phone_number).first() {
+        if let Some(existing) = self.api.of_number(ws, &req.phone_number).first() {
             let body = json!({"detail": {"code": "PHONE_NUMBER_ALREADY_REGISTERED",
                 "message": "This phone number is already registered", "phone_id": existing.reg.id}});
             return Err(operator::api_error(
@@ -410,6 +497,7 @@ impl World {
         }
         let owner = self.current.clone();
         let id = self.new_registration(
+            ws,
             &req.phone_number,
             &req.agent_id,
             req.friendly_name.clone(),
@@ -419,9 +507,14 @@ impl World {
         Ok(self.api.regs[&id].reg.clone())
     }
 
-    fn do_patch(&mut self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
+    fn do_patch(
+        &mut self,
+        ws: &str,
+        id: &str,
+        req: &PatchRequest,
+    ) -> Result<Registration, ApiError> {
         let now = timestamp();
-        if !self.api.regs.contains_key(id) {
+        if self.api.get_in(ws, id).is_none() {
             return Err(World::not_found());
         }
         let routing = req.inbound_routing.as_ref();
@@ -448,8 +541,8 @@ impl World {
         Ok(r.reg.clone())
     }
 
-    fn do_delete(&mut self, id: &str) -> Result<Deregistered, ApiError> {
-        if self.api.regs.remove(id).is_none() {
+    fn do_delete(&mut self, ws: &str, id: &str) -> Result<Deregistered, ApiError> {
+        if self.api.get_in(ws, id).is_none() || self.api.regs.remove(id).is_none() {
             return Ok(Deregistered::AlreadyGone);
         }
         let orphan_cleanup = self.current_orphan_cleanup;
@@ -491,10 +584,18 @@ pub fn apply_patch(reg: &mut Registration, req: &PatchRequest) {
     }
 }
 
-/// The operator's OneInbox client in the model.
+/// The operator's OneInbox client in the model: the operator-wide key's, or an account's
+/// (the key cell the registry fills, so a rotated key reaches every call at once).
 #[derive(Clone)]
 pub struct ModelApi {
     pub world: Shared,
+    pub key: Option<oneinbox_operator::oneinbox::KeyCell>,
+}
+
+impl ModelApi {
+    fn key(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.get().expose().to_owned())
+    }
 }
 
 async fn finish<T>(o: Outcome<T>) -> T {
@@ -507,9 +608,12 @@ async fn finish<T>(o: Outcome<T>) -> T {
 impl OneInboxApi for ModelApi {
     fn for_account(
         &self,
-        _: &oneinbox_operator::oneinbox::AccountEndpoint,
+        account: &oneinbox_operator::oneinbox::AccountEndpoint,
     ) -> Result<Self, String> {
-        Ok(self.clone())
+        Ok(ModelApi {
+            world: self.world.clone(),
+            key: Some(account.key.clone()),
+        })
     }
     async fn verify(&self) -> Result<(), ApiError> {
         Ok(())
@@ -523,17 +627,19 @@ impl OneInboxApi for ModelApi {
             .provider_config
             .as_ref()
             .map(|p| p.auth_password.expose().to_owned());
-        let o = lock(&self.world).api_call(Call::Register, None, password.as_deref(), |w| {
-            w.do_register(req)
-        });
+        let key = self.key();
+        let o =
+            lock(&self.world).api_call(Call::Register, None, password.as_deref(), key, |w, ws| {
+                w.do_register(ws, req)
+            });
         finish(o).await
     }
 
     async fn get(&self, id: &str) -> Result<Registration, ApiError> {
-        let o = lock(&self.world).api_call(Call::Get, Some(id), None, |w| {
+        let key = self.key();
+        let o = lock(&self.world).api_call(Call::Get, Some(id), None, key, |w, ws| {
             w.api
-                .regs
-                .get(id)
+                .get_in(ws, id)
                 .map(|r| r.reg.clone())
                 .ok_or_else(World::not_found)
         });
@@ -541,9 +647,10 @@ impl OneInboxApi for ModelApi {
     }
 
     async fn find_by_number(&self, number: &str) -> Result<Vec<Registration>, ApiError> {
-        let o = lock(&self.world).api_call(Call::List, None, None, |w| {
+        let key = self.key();
+        let o = lock(&self.world).api_call(Call::List, None, None, key, |w, ws| {
             Ok(w.api
-                .of_number(number)
+                .of_number(ws, number)
                 .into_iter()
                 .map(|r| r.reg.clone())
                 .collect())
@@ -552,12 +659,18 @@ impl OneInboxApi for ModelApi {
     }
 
     async fn patch(&self, id: &str, req: &PatchRequest) -> Result<Registration, ApiError> {
-        let o = lock(&self.world).api_call(Call::Patch, Some(id), None, |w| w.do_patch(id, req));
+        let key = self.key();
+        let o = lock(&self.world).api_call(Call::Patch, Some(id), None, key, |w, ws| {
+            w.do_patch(ws, id, req)
+        });
         finish(o).await
     }
 
     async fn deregister(&self, id: &str) -> Result<Deregistered, ApiError> {
-        let o = lock(&self.world).api_call(Call::Delete, Some(id), None, |w| w.do_delete(id));
+        let key = self.key();
+        let o = lock(&self.world).api_call(Call::Delete, Some(id), None, key, |w, ws| {
+            w.do_delete(ws, id)
+        });
         finish(o).await
     }
 }

@@ -4,7 +4,11 @@
 //! read, how the passing of simulated time reaches the operator's memory, and how a HTTP answer
 //! becomes an `ApiError`. After a change of the controller's shape, adapt this file only.
 
-use oneinbox_operator::accounts::registry::{Registry, RegistrySettings};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PartialObjectMeta;
+use oneinbox_operator::accounts::registry::{
+    AccountView, Registry, RegistrySettings, SecretKeyRef,
+};
 use oneinbox_operator::accounts::stores::AccountStores;
 use oneinbox_operator::oneinbox::Budget;
 use std::collections::HashMap;
@@ -18,6 +22,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use oneinbox_operator::controller::{self, Context, Settings, backoff};
 use oneinbox_operator::crd::PhoneNumber;
+use oneinbox_operator::crd::accounts::{AccountId, ClusterOneInboxAccount, OneInboxAccount};
 use oneinbox_operator::crd::{CachedPhoneNumber, packed_event, slim_for_cache};
 use oneinbox_operator::error::Error;
 use oneinbox_operator::metrics::Metrics;
@@ -26,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::kube::KubeService;
 use crate::oneinbox::ModelApi;
-use crate::world::Shared;
+use crate::world::{Acct, Shared, World};
 
 /// The operator's defaults (src/config.rs).
 pub fn settings() -> Settings {
@@ -91,6 +96,25 @@ pub struct Operator {
     siblings: mpsc::UnboundedReceiver<ObjectRef<CachedPhoneNumber>>,
     /// The check records whose jitter was already replaced (uid → time of the check).
     reseeded: HashMap<String, std::time::Instant>,
+    /// The account and Namespace watches.
+    namespaced: Writer<OneInboxAccount>,
+    cluster: Writer<ClusterOneInboxAccount>,
+    namespaces: Writer<PartialObjectMeta<Namespace>>,
+    /// `World::accounts_rv` the account stores were last filled from.
+    accounts_synced: Option<u64>,
+}
+
+/// The operator's id of a model account.
+pub fn account_id(a: Acct) -> AccountId {
+    match a {
+        Acct::Voice => AccountId::Cluster {
+            name: a.ws().to_owned(),
+        },
+        Acct::Sales => AccountId::Namespaced {
+            namespace: a.key_secret().0.to_owned(),
+            name: a.ws().to_owned(),
+        },
+    }
 }
 
 impl Operator {
@@ -106,23 +130,37 @@ impl Operator {
         let (tx, rx) = mpsc::unbounded_channel();
         let oneinbox = ModelApi {
             world: world.clone(),
+            key: None,
         };
         let accounts = Arc::new(Registry::new(
             oneinbox.clone(),
-            RegistrySettings::operator_only(
-                Budget {
-                    rate_per_second: std::num::NonZeroU32::MAX,
-                    burst: std::num::NonZeroU32::MAX,
-                    max_in_flight: 1024,
-                },
-                1024,
-            ),
+            RegistrySettings {
+                cluster_accounts: true,
+                ..RegistrySettings::operator_only(
+                    Budget {
+                        rate_per_second: std::num::NonZeroU32::MAX,
+                        burst: std::num::NonZeroU32::MAX,
+                        max_in_flight: 1024,
+                    },
+                    1024,
+                )
+            },
         ));
+        let (namespaced_store, namespaced) = reflector::store();
+        let (cluster_store, cluster) = reflector::store();
+        let (namespaces_store, namespaces) = reflector::store();
+        let account_stores = AccountStores {
+            namespaced: namespaced_store,
+            cluster: cluster_store,
+            namespaces: namespaces_store,
+            cluster_enabled: true,
+            ..AccountStores::unwatched()
+        };
         let ctx = Arc::new(Context {
             client,
             oneinbox,
             accounts,
-            account_stores: AccountStores::unwatched(),
+            account_stores,
             pns_listed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             reporter: Reporter {
                 controller: "oneinbox-operator".into(),
@@ -145,7 +183,138 @@ impl Operator {
             writer,
             siblings: rx,
             reseeded: HashMap::new(),
+            namespaced,
+            cluster,
+            namespaces,
+            accounts_synced: None,
         }
+    }
+
+    /// The account and Namespace watches' view of the world (listed again when it changed).
+    pub fn sync_accounts(&mut self, w: &World) {
+        if self.accounts_synced == Some(w.accounts_rv) {
+            return;
+        }
+        self.accounts_synced = Some(w.accounts_rv);
+        let meta = |name: &str, ns: Option<&str>, a: &crate::world::AccountObj| {
+            let mut m = serde_json::json!({
+                "name": name, "uid": a.uid, "generation": 1,
+                "resourceVersion": w.accounts_rv.to_string(),
+                "finalizers": [oneinbox_operator::crd::accounts::ACCOUNT_FINALIZER],
+            });
+            if let Some(ns) = ns {
+                m["namespace"] = ns.into();
+            }
+            if a.deleting {
+                m["deletionTimestamp"] = jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string()
+                    .into();
+            }
+            m
+        };
+        let mut namespaced = Vec::new();
+        let mut cluster = Vec::new();
+        for (a, obj) in &w.accounts {
+            let (key_ns, key_name) = a.key_secret();
+            match a {
+                Acct::Voice => cluster.push(serde_json::json!({
+                    "apiVersion": "oneinbox.ai/v1alpha1", "kind": "ClusterOneInboxAccount",
+                    "metadata": meta(a.ws(), None, obj),
+                    "spec": {
+                        "apiKeySecretRef": {"namespace": key_ns, "name": key_name},
+                        "allowedNamespaces": {"selector": {"matchLabels": {"team": "voice"}}},
+                    },
+                })),
+                Acct::Sales => namespaced.push(serde_json::json!({
+                    "apiVersion": "oneinbox.ai/v1alpha1", "kind": "OneInboxAccount",
+                    "metadata": meta(a.ws(), Some(key_ns), obj),
+                    "spec": {"apiKeySecretRef": {"name": key_name}, "defaultDeletionPolicy": "Orphan"},
+                })),
+            }
+        }
+        let namespaces: Vec<serde_json::Value> = crate::ops::NAMESPACES
+            .iter()
+            .chain([&crate::world::OPS_NS])
+            .map(|ns| {
+                let labels = if w.labelled.contains(*ns) {
+                    serde_json::json!({"team": "voice", "kubernetes.io/metadata.name": ns})
+                } else {
+                    serde_json::json!({"kubernetes.io/metadata.name": ns})
+                };
+                serde_json::json!({
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {"name": ns, "labels": labels},
+                })
+            })
+            .collect();
+        fn relist<K>(writer: &mut Writer<K>, objects: Vec<serde_json::Value>)
+        where
+            K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned,
+        {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for o in objects {
+                #[allow(clippy::expect_used)] // built above in the resource's own shape
+                let o: K = serde_json::from_value(o).expect("an account or Namespace parses");
+                writer.apply_watcher_event(&watcher::Event::InitApply(o));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        relist(&mut self.namespaced, namespaced);
+        relist(&mut self.cluster, cluster);
+        relist(&mut self.namespaces, namespaces);
+    }
+
+    /// What the accounts' reconciler does for PhoneNumbers when an account or its key Secret
+    /// changed (`accounts::controller::reconcile`): the key is read again if its Secret
+    /// changed, and the account's users that are not Ready are woken. The account's own
+    /// finalizer and status are not modelled (the world keeps a deleted account while it is
+    /// used, as its finalizer does).
+    pub async fn account_changed(&self, a: Acct) -> Vec<(String, String)> {
+        let id = account_id(a);
+        let view = match &id {
+            AccountId::Cluster { name } => self
+                .ctx
+                .account_stores
+                .cluster
+                .get(&ObjectRef::new(name))
+                .map(|c| AccountView::cluster(&c)),
+            AccountId::Namespaced { namespace, name } => self
+                .ctx
+                .account_stores
+                .namespaced
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|n| AccountView::namespaced(&n)),
+            AccountId::Operator => None,
+        };
+        let Some(view) = view else {
+            return Vec::new();
+        };
+        let versions = self.ctx.secret_versions.clone();
+        let watched = |r: &SecretKeyRef| {
+            versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(r.namespace.clone(), r.name.clone()))
+                .cloned()
+        };
+        let _ = self
+            .ctx
+            .accounts
+            .state(&self.ctx.client, &view, watched, true)
+            .await;
+        self.ctx
+            .account_context()
+            .users(&id)
+            .into_iter()
+            .filter(|pn| !pn.is_ready())
+            .map(|pn| (pn.namespace().unwrap_or_default(), pn.name_any()))
+            .collect()
+    }
+
+    /// The account is gone (its last user went): this process forgets its key and client.
+    pub fn account_gone(&self, a: Acct) {
+        self.ctx.accounts.forget(&account_id(a));
     }
 
     /// The reflector's view: every PhoneNumber, as the cache keeps it.

@@ -126,6 +126,34 @@ pub enum KubeFaultKind {
     Throttled,
 }
 
+/// What an administrator (or OneInbox) does to an account.
+#[derive(Clone, Copy, Debug)]
+pub enum AccountAction {
+    /// Deleted: Terminating while PhoneNumbers use it, then gone.
+    Delete,
+    /// Created (again), if it does not exist.
+    Create,
+    /// A new key in the workspace and in the account's Secret; the old one revoked or not.
+    Rotate { revoke_old: bool },
+    /// The workspace's key revoked outside and replaced by one the Secret does not hold (401
+    /// for every call of the account until the world heals).
+    Revoke,
+    /// The account's key Secret deleted.
+    DeleteKeySecret,
+}
+
+/// The accounts an object may name in `Op::Create`: none (the operator-wide key), the
+/// ClusterOneInboxAccount `voice`, or the OneInboxAccount `sales` (which exists only in
+/// namespace `b`).
+pub const ACCOUNT_REFS: [Option<(&str, &str)>; 3] = [
+    None,
+    Some(("ClusterOneInboxAccount", "voice")),
+    Some(("OneInboxAccount", "sales")),
+];
+
+/// The workspaces, in the order `Op::Storm` and `Op::RegisterOutside` pick them.
+pub const WORKSPACES: [&str; 3] = ["operator", "voice", "sales"];
+
 #[derive(Clone, Debug)]
 pub enum Op {
     // ---- user actions
@@ -144,6 +172,19 @@ pub enum Op {
         import: bool,
         /// `managementPolicy: Observe` (else Full, the default).
         observe: bool,
+        /// `spec.accountRef`: `ACCOUNT_REFS[account]`.
+        account: u8,
+    },
+    /// Something happens to account `acct` (0 `voice`, 1 `sales`).
+    Account {
+        acct: u8,
+        action: AccountAction,
+    },
+    /// Namespace `NAMESPACES[ns]` labelled `team=voice` or not: the cluster account's grant
+    /// given or revoked.
+    Grant {
+        ns: u8,
+        allowed: bool,
     },
     /// Set the `oneinbox.ai/poll-interval` annotation to `POLL_INTERVALS[value]`.
     SetPollInterval {
@@ -206,6 +247,11 @@ pub enum Op {
         slot: u8,
         orphan: bool,
     },
+    /// `deletionPolicy` removed: the account's default applies (`sales`: Orphan), else the
+    /// operator's (Delete).
+    ClearDeletionPolicy {
+        slot: u8,
+    },
     Delete {
         slot: u8,
     },
@@ -225,6 +271,12 @@ pub enum Op {
         kind: KubeFaultKind,
         count: u8,
     },
+    /// The next 1–3 Kubernetes reads (GET of a Secret, of the CRD) fail: 500, 504 or 429
+    /// (`Lost` is not generated: a read changes nothing).
+    KubeReadFault {
+        kind: KubeFaultKind,
+        count: u8,
+    },
     // ---- API behaviour
     Fault {
         call: Option<Call>,
@@ -235,9 +287,16 @@ pub enum Op {
     DeleteOutside {
         pick: u8,
     },
-    /// A number registered outside the cluster.
+    /// A number registered outside the cluster, in workspace `WORKSPACES[ws]`.
     RegisterOutside {
         number: u8,
+        ws: u8,
+    },
+    /// Workspace `WORKSPACES[ws]` answers every call with `code` (429, or 401: its key
+    /// refused) until the world heals; the other accounts' objects must converge meanwhile.
+    Storm {
+        ws: u8,
+        code: u16,
     },
     /// A field of a registration changed outside the cluster.
     DriftOutside {
@@ -318,6 +377,21 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
+/// `spec.accountRef` of a create: the operator-wide key most often.
+fn account_ref() -> impl Strategy<Value = u8> {
+    prop_oneof![6 => Just(0u8), 3 => Just(1), 2 => Just(2)]
+}
+
+fn account_action() -> impl Strategy<Value = AccountAction> {
+    prop_oneof![
+        2 => Just(AccountAction::Delete),
+        2 => Just(AccountAction::Create),
+        2 => any::<bool>().prop_map(|revoke_old| AccountAction::Rotate { revoke_old }),
+        1 => Just(AccountAction::Revoke),
+        1 => Just(AccountAction::DeleteKeySecret),
+    ]
+}
+
 fn call() -> impl Strategy<Value = Option<Call>> {
     prop_oneof![
         2 => Just(None),
@@ -345,10 +419,12 @@ fn fault_kind() -> impl Strategy<Value = FaultKind> {
 
 pub fn op() -> impl Strategy<Value = Op> {
     let user = prop_oneof![
-        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), (0u8..4, agent()), proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2), proptest::bool::weighted(0.15))
-            .prop_map(|(slot, number, creds, agent, friendly_name, (routing, routing_agent), orphan, replace, import, observe)| Op::Create {
-                slot, number, creds, agent, friendly_name, routing, routing_agent, orphan, replace, import, observe
+        8 => (slot(), 0u8..2, creds(), agent(), proptest::option::of(0u8..2), (0u8..4, agent()), proptest::bool::weighted(0.25), proptest::bool::weighted(0.3), proptest::bool::weighted(0.2), proptest::bool::weighted(0.15), account_ref())
+            .prop_map(|(slot, number, creds, agent, friendly_name, (routing, routing_agent), orphan, replace, import, observe, account)| Op::Create {
+                slot, number, creds, agent, friendly_name, routing, routing_agent, orphan, replace, import, observe, account
             }),
+        2 => (0u8..2, account_action()).prop_map(|(acct, action)| Op::Account { acct, action }),
+        1 => (0u8..2, any::<bool>()).prop_map(|(ns, allowed)| Op::Grant { ns, allowed }),
         2 => (slot(), any::<bool>()).prop_map(|(slot, observe)| Op::SetManagement { slot, observe }),
         1 => (slot(), 0u8..6).prop_map(|(slot, value)| Op::SetPollInterval { slot, value }),
         2 => (slot(), agent()).prop_map(|(slot, agent)| Op::SetAgent { slot, agent }),
@@ -363,6 +439,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => slot().prop_map(|slot| Op::Resume { slot }),
         1 => slot().prop_map(|slot| Op::ReconcileNow { slot }),
         1 => (slot(), any::<bool>()).prop_map(|(slot, orphan)| Op::SetDeletionPolicy { slot, orphan }),
+        1 => slot().prop_map(|slot| Op::ClearDeletionPolicy { slot }),
         3 => slot().prop_map(|slot| Op::Delete { slot }),
         1 => (0u8..2, any::<bool>()).prop_map(|(ns, secrets_first)| Op::DeleteNamespace { ns, secrets_first }),
         4 => (0u8..6, edit()).prop_map(|(in_effects, edit)| Op::Concurrent { in_effects, edit }),
@@ -377,7 +454,10 @@ pub fn op() -> impl Strategy<Value = Op> {
                 count: 1,
             }),
         1 => (0u8..3).prop_map(|pick| Op::DeleteOutside { pick }),
-        1 => (0u8..2).prop_map(|number| Op::RegisterOutside { number }),
+        1 => (0u8..2, prop_oneof![3 => Just(0u8), 1 => Just(1), 1 => Just(2)])
+            .prop_map(|(number, ws)| Op::RegisterOutside { number, ws }),
+        1 => (prop_oneof![1 => Just(0u8), 2 => Just(1), 2 => Just(2)], prop_oneof![Just(429u16), Just(401)])
+            .prop_map(|(ws, code)| Op::Storm { ws, code }),
         2 => ((0u8..3), drift()).prop_map(|(pick, drift)| Op::DriftOutside { pick, drift }),
         2 => (prop_oneof![
                 Just(KubeFaultKind::Error),
@@ -386,6 +466,12 @@ pub fn op() -> impl Strategy<Value = Op> {
                 Just(KubeFaultKind::Throttled),
             ], 1u8..4)
             .prop_map(|(kind, count)| Op::KubeFault { kind, count }),
+        1 => (prop_oneof![
+                Just(KubeFaultKind::Error),
+                Just(KubeFaultKind::Timeout),
+                Just(KubeFaultKind::Throttled),
+            ], 1u8..4)
+            .prop_map(|(kind, count)| Op::KubeReadFault { kind, count }),
     ];
     let crash =
         (0u8..12, any::<bool>()).prop_map(|(in_effects, after)| Op::Crash { in_effects, after });

@@ -50,6 +50,99 @@ pub struct Removed {
     pub held: bool,
 }
 
+/// The accounts of a case besides the operator-wide key (docs/tenancy.md), each with its own
+/// OneInbox workspace: a ClusterOneInboxAccount `voice` (its key in Secret `ops/voice-key`,
+/// allowing the namespaces labelled `team=voice`) and a OneInboxAccount `b/sales` (its key in
+/// Secret `b/sales-key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Acct {
+    Voice,
+    Sales,
+}
+
+/// The workspace of the operator-wide key.
+pub const OPERATOR_WS: &str = "operator";
+/// The namespace of the cluster account's key Secret (never deleted).
+pub const OPS_NS: &str = "ops";
+
+impl Acct {
+    pub const ALL: [Acct; 2] = [Acct::Voice, Acct::Sales];
+
+    /// Its workspace (and the account's name).
+    pub fn ws(self) -> &'static str {
+        match self {
+            Acct::Voice => "voice",
+            Acct::Sales => "sales",
+        }
+    }
+
+    /// Where its key is: (namespace, Secret name), key `apiKey`.
+    pub fn key_secret(self) -> (&'static str, &'static str) {
+        match self {
+            Acct::Voice => (OPS_NS, "voice-key"),
+            Acct::Sales => ("b", "sales-key"),
+        }
+    }
+}
+
+/// An account object as it stands.
+#[derive(Clone, Debug)]
+pub struct AccountObj {
+    pub uid: String,
+    /// Deleted while PhoneNumbers use it: the in-use finalizer holds it until they are gone.
+    pub deleting: bool,
+}
+
+/// The account an object names: the operator-wide key, one of the case's accounts, or one that
+/// never exists (a OneInboxAccount `sales` outside namespace `b`).
+pub fn account_of(obj: &Value) -> Result<Option<Acct>, ()> {
+    let r = &obj["spec"]["accountRef"];
+    match (r["kind"].as_str(), r["name"].as_str()) {
+        (None, _) => Ok(None),
+        (Some("ClusterOneInboxAccount"), Some("voice")) => Ok(Some(Acct::Voice)),
+        (Some("OneInboxAccount"), Some("sales")) if obj["metadata"]["namespace"] == "b" => {
+            Ok(Some(Acct::Sales))
+        }
+        _ => Err(()),
+    }
+}
+
+/// The object's deletion leaves its registration: its `deletionPolicy` is Orphan, or it sets
+/// none and its account's default is Orphan (`sales`'s is; the operator's default is Delete).
+pub fn orphans(obj: &Value) -> bool {
+    match obj["spec"]["deletionPolicy"].as_str() {
+        Some(p) => p == "Orphan",
+        None => account_of(obj) == Ok(Some(Acct::Sales)),
+    }
+}
+
+/// The workspace of the account an object names (one no key reaches if the account cannot
+/// exist).
+pub fn ws_of(obj: &Value) -> String {
+    match account_of(obj) {
+        Ok(None) => OPERATOR_WS.to_owned(),
+        Ok(Some(a)) => a.ws().to_owned(),
+        Err(()) => format!(
+            "(none: {}/{})",
+            obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+            obj["spec"]["accountRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The account of the pass in flight, as it stood when the pass began (invariant j).
+#[derive(Clone, Debug, Default)]
+pub struct PassAccount {
+    /// The workspace of the object's account.
+    pub ws: String,
+    /// The account exists and allows the object's namespace.
+    pub usable: bool,
+    /// The object is being deleted (it may fall back to the operator-wide key).
+    pub deleting: bool,
+}
+
 #[derive(Default)]
 pub struct World {
     /// Simulated milliseconds since the case started.
@@ -82,10 +175,15 @@ pub struct World {
     pub quiet_window: Option<(u64, u64)>,
     /// Kubernetes write faults armed: each hits the next write, `.1` times.
     pub kube_faults: Option<(crate::ops::KubeFaultKind, u8)>,
+    /// Kubernetes read faults armed: each hits the next GET (a Secret, the CRD), `.1` times.
+    pub kube_read_faults: Option<(crate::ops::KubeFaultKind, u8)>,
     /// UIDs of the objects a one-shot 400/422 refused (a human's retry is due when healing).
     pub refused_once: BTreeSet<String>,
     /// Every Event body posted.
     pub events: Vec<Value>,
+    /// UIDs of the objects one of whose Events failed or was lost in a crash (best effort:
+    /// the operator does not post it again).
+    pub events_lost: BTreeSet<String>,
     /// Every Kubernetes write body the operator sent (for the secret scan).
     pub write_bodies: Vec<String>,
     pub api: ApiState,
@@ -112,6 +210,23 @@ pub struct World {
     /// Per object UID: simulated times of user actions aimed at it (for the bound of f).
     pub stimuli: Vec<(u64, Option<String>)>,
     pub next_uid: u64,
+    /// The accounts that exist (the operator-wide key always does).
+    pub accounts: BTreeMap<Acct, AccountObj>,
+    /// Namespaces labelled `team=voice` (the cluster account allows them).
+    pub labelled: BTreeSet<String>,
+    /// Bumped at every change of an account or a namespace's labels (the watches).
+    pub accounts_rv: u64,
+    /// Accounts the account controller would reconcile now (created, changed, key Secret
+    /// changed): their key is read again and their users that are not Ready are woken.
+    pub account_events: Vec<Acct>,
+    /// Namespaces whose labels changed: their users of the cluster account are woken.
+    pub namespace_events: Vec<String>,
+    /// Accounts gone (the last user of a deleted one went): the operator forgets them.
+    pub accounts_gone: Vec<Acct>,
+    /// The account of the pass in flight.
+    pub current_account: Option<PassAccount>,
+    /// Each account's newest key (its workspace accepts it).
+    pub account_keys: BTreeMap<Acct, String>,
 }
 
 pub type Shared = Arc<Mutex<World>>;
@@ -283,6 +398,172 @@ fn shift_timestamps(obj: &mut Value, span: jiff::SignedDuration) {
             if let Some(t) = c.get_mut("lastTransitionTime") {
                 shift(t, span);
             }
+        }
+    }
+}
+
+// ------------------------------------------------------------ accounts
+
+impl World {
+    /// The key of account `a` numbered `n` (a secret value).
+    fn account_key(&self, a: Acct, n: u64) -> String {
+        let seed = self.api.api_key.trim_start_matches("oi_sk_model_");
+        format!("oi_sk_{}_{n}_{seed}", a.ws())
+    }
+
+    /// The case's accounts at its start: both exist, with their keys in their Secrets, and the
+    /// cluster account allows both namespaces (they are labelled).
+    pub fn set_up_accounts(&mut self) {
+        let key = self.api.api_key.clone();
+        self.api.keys.insert(key, OPERATOR_WS.to_owned());
+        for a in Acct::ALL {
+            self.user_create_account(a);
+            let key = self.account_key(a, 0);
+            self.api.keys.insert(key.clone(), a.ws().to_owned());
+            self.account_keys.insert(a, key.clone());
+            let (ns, name) = a.key_secret();
+            self.user_put_secret(ns, name, "apiKey", &key);
+        }
+        for ns in crate::ops::NAMESPACES {
+            self.labelled.insert(ns.to_owned());
+        }
+        self.account_events.clear();
+    }
+
+    /// The objects (live or being deleted) that use account `a`.
+    pub fn users_of(&self, a: Acct) -> usize {
+        self.objects
+            .values()
+            .filter(|s| account_of(&s.obj) == Ok(Some(a)))
+            .count()
+    }
+
+    /// Whether an object's account exists and allows its namespace now.
+    pub fn account_usable(&self, obj: &Value) -> bool {
+        match account_of(obj) {
+            Ok(None) => true,
+            Ok(Some(a)) => {
+                self.accounts.contains_key(&a)
+                    && (a != Acct::Voice
+                        || obj["metadata"]["namespace"]
+                            .as_str()
+                            .is_some_and(|ns| self.labelled.contains(ns)))
+            }
+            Err(()) => false,
+        }
+    }
+
+    /// An administrator creates the account (if it does not exist and its namespace is not
+    /// being deleted).
+    pub fn user_create_account(&mut self, a: Acct) -> bool {
+        if self.accounts.contains_key(&a)
+            || (a == Acct::Sales && self.terminating_namespaces.contains(a.key_secret().0))
+        {
+            return false;
+        }
+        self.next_uid += 1;
+        let uid = format!("uid-account-{}", self.next_uid);
+        self.accounts.insert(
+            a,
+            AccountObj {
+                uid,
+                deleting: false,
+            },
+        );
+        self.account_changed(a);
+        true
+    }
+
+    fn account_changed(&mut self, a: Acct) {
+        self.accounts_rv += 1;
+        self.account_events.push(a);
+        self.stimuli.push((self.now_ms, None));
+    }
+
+    /// An administrator deletes the account: while PhoneNumbers use it, its in-use finalizer
+    /// keeps it (Terminating, still usable) until the last of them is gone.
+    pub fn user_delete_account(&mut self, a: Acct) {
+        if let Some(obj) = self.accounts.get_mut(&a)
+            && !obj.deleting
+        {
+            obj.deleting = true;
+            self.accounts_rv += 1;
+            self.stimuli.push((self.now_ms, None));
+        }
+        self.finish_accounts();
+    }
+
+    /// Deleted accounts no PhoneNumber uses any more go.
+    pub fn finish_accounts(&mut self) {
+        let gone: Vec<Acct> = self
+            .accounts
+            .iter()
+            .filter(|(a, o)| o.deleting && self.users_of(**a) == 0)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in gone {
+            self.accounts.remove(&a);
+            self.accounts_rv += 1;
+            self.accounts_gone.push(a);
+        }
+    }
+
+    /// A key rotation: the workspace gets a new key and the account's Secret holds it; the old
+    /// key keeps working unless `revoke_old` (then calls with it are 401 until the operator
+    /// reads the new one).
+    pub fn rotate_account_key(&mut self, a: Acct, revoke_old: bool) {
+        let (ns, name) = a.key_secret();
+        if self.terminating_namespaces.contains(ns) {
+            return;
+        }
+        let key = self.account_key(a, self.rv);
+        if revoke_old {
+            self.api.keys.retain(|_, ws| ws != a.ws());
+        }
+        self.api.keys.insert(key.clone(), a.ws().to_owned());
+        self.account_keys.insert(a, key.clone());
+        self.user_put_secret(ns, name, "apiKey", &key);
+    }
+
+    /// The workspace's key is revoked outside and replaced by one the Secret does not hold:
+    /// every call of the account is 401 until someone puts the new key in the Secret.
+    pub fn revoke_account_key(&mut self, a: Acct) {
+        let key = self.account_key(a, self.rv);
+        self.api.keys.retain(|_, ws| ws != a.ws());
+        self.api.keys.insert(key.clone(), a.ws().to_owned());
+        self.account_keys.insert(a, key.clone());
+        self.secret_values.insert(key);
+        self.stimuli.push((self.now_ms, None));
+    }
+
+    /// The account's key Secret holds a key its workspace accepts (an administrator's repair
+    /// when the world heals), unless its namespace is being deleted.
+    pub fn restore_account_key(&mut self, a: Acct) {
+        let (ns, name) = a.key_secret();
+        let Some(key) = self.account_keys.get(&a).cloned() else {
+            return;
+        };
+        let holds = self
+            .secrets
+            .get(&(ns.to_owned(), name.to_owned()))
+            .and_then(|(_, d)| d.get("apiKey"))
+            .is_some_and(|k| self.api.keys.contains_key(k));
+        if !holds {
+            self.user_put_secret(ns, name, "apiKey", &key);
+        }
+    }
+
+    /// Label or unlabel a namespace `team=voice`: the cluster account's grant given or revoked.
+    pub fn set_grant(&mut self, ns: &str, allowed: bool) {
+        let changed = if allowed {
+            self.labelled.insert(ns.to_owned())
+        } else {
+            self.labelled.remove(ns)
+        };
+        if changed {
+            self.accounts_rv += 1;
+            self.namespace_events.push(ns.to_owned());
+            self.stimuli.push((self.now_ms, None));
         }
     }
 }
