@@ -212,17 +212,26 @@ mod tests {
         (name.into(), data.into(), stored.map(String::from))
     }
 
-    #[tokio::test]
-    async fn a_relist_passes_on_new_and_changed_objects_once_the_store_holds_them() {
+    /// The first list, `a` and `b`: passed on as listed (a controller's runner waits for the
+    /// store to be ready).
+    async fn first_list(
+        tx: &Events,
+        seen: &mut (impl Stream<Item = (String, String, Option<String>)> + Unpin),
+    ) {
         use watcher::Event::*;
-        let (tx, mut seen) = controller_view(false);
-        // The first list: passed on as listed (a controller's runner waits for the store).
         tx.send(Ok(Init)).unwrap();
         tx.send(Ok(InitApply(cm("a", "1", "a1")))).unwrap();
         tx.send(Ok(InitApply(cm("b", "2", "b1")))).unwrap();
         tx.send(Ok(InitDone)).unwrap();
-        assert_eq!(next(&mut seen).await, obj("a", "a1", None));
-        assert_eq!(next(&mut seen).await, obj("b", "b1", None));
+        assert_eq!(next(seen).await, obj("a", "a1", None));
+        assert_eq!(next(seen).await, obj("b", "b1", None));
+    }
+
+    #[tokio::test]
+    async fn a_relist_passes_on_new_and_changed_objects_once_the_store_holds_them() {
+        use watcher::Event::*;
+        let (tx, mut seen) = controller_view(false);
+        first_list(&tx, &mut seen).await;
         // The watch could not resume: a relist. `a` unchanged, `b` changed, `c` new.
         tx.send(Ok(Init)).unwrap();
         tx.send(Ok(InitApply(cm("a", "1", "a1")))).unwrap();
@@ -281,12 +290,7 @@ mod tests {
     async fn with_vanished_a_relist_passes_on_what_it_no_longer_lists() {
         use watcher::Event::*;
         let (tx, mut seen) = controller_view(true);
-        tx.send(Ok(Init)).unwrap();
-        tx.send(Ok(InitApply(cm("a", "1", "a1")))).unwrap();
-        tx.send(Ok(InitApply(cm("b", "2", "b1")))).unwrap();
-        tx.send(Ok(InitDone)).unwrap();
-        assert_eq!(next(&mut seen).await, obj("a", "a1", None));
-        assert_eq!(next(&mut seen).await, obj("b", "b1", None));
+        first_list(&tx, &mut seen).await;
         tx.send(Ok(Init)).unwrap();
         tx.send(Ok(InitApply(cm("b", "2", "b1")))).unwrap();
         assert_eq!(next(&mut seen).await, obj("b", "b1", Some("b1")));
