@@ -70,7 +70,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -1051,31 +1051,6 @@ async fn bench_account(bed: &Bed, name: &str, key: &str, budget: Value) {
 }
 
 /// Apply `names` on account `account` (numbers from `base`), at once.
-/// The password Secret `<name>-sip` of each name, 32 applies at a time.
-async fn create_secrets(secrets: &Api<Secret>, names: &[String]) {
-    futures::stream::iter(names.iter().cloned())
-        .map(|name| {
-            let secrets = secrets.clone();
-            async move {
-                let body = json!({"apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": format!("{name}-sip")},
-                    "stringData": {"password": format!("pw-{name}")}});
-                secrets
-                    .patch(
-                        &format!("{name}-sip"),
-                        &PatchParams::apply("bench").force(),
-                        &Patch::Apply(&body),
-                    )
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<()>>()
-        .await
-        .expect("create Secrets");
-}
-
 async fn apply_on_account(bed: &Bed, names: &[String], account: &str, base: u64) {
     futures::stream::iter(names.iter().enumerate())
         .map(|(i, name)| {
@@ -1520,15 +1495,6 @@ async fn scale(n: usize, sip: bool, lists: &[String], idle: Duration, watch: Dur
         t.elapsed().as_secs_f64()
     ));
     result
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 // ------------------------------------------------------------------ 4: footprint at 10,000

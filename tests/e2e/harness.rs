@@ -1385,3 +1385,41 @@ impl Drop for OwnPlane {
         self.down();
     }
 }
+
+/// The password Secret `<name>-sip` of each name, 32 applies at a time.
+#[allow(dead_code)] // the bench and the node tests
+pub async fn create_secrets(secrets: &Api<Secret>, names: &[String]) {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let secrets = secrets.clone();
+            async move {
+                let body = json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": format!("{name}-sip")},
+                    "stringData": {"password": format!("pw-{name}")}});
+                secrets
+                    .patch(
+                        &format!("{name}-sip"),
+                        &PatchParams::apply("bench").force(),
+                        &Patch::Apply(&body),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("create Secrets");
+}
+
+/// The load average (1, 5, 15 minutes) as /proc/loadavg gives it.
+#[allow(dead_code)] // the bench and the node tests
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -195,21 +195,11 @@ async fn the_default_memory_limit_holds_the_documented_scale() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let pns: Api<PhoneNumber> = Api::namespaced(client.clone(), &ns);
     let t0 = Instant::now();
+    create_secrets(&secrets, &names).await;
     futures::stream::iter(names.iter().enumerate())
         .map(|(i, name)| {
-            let (secrets, pns) = (secrets.clone(), pns.clone());
+            let pns = pns.clone();
             async move {
-                let secret = json!({"apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": format!("{name}-sip")},
-                    "stringData": {"password": format!("pw-{name}")}});
-                secrets
-                    .patch(
-                        &format!("{name}-sip"),
-                        &PatchParams::apply("bench").force(),
-                        &Patch::Apply(&secret),
-                    )
-                    .await
-                    .expect("apply Secret");
                 let number = format!("+1{}", 2_000_000_000u64 + i as u64);
                 let pn = json!({"apiVersion": "oneinbox.ai/v1alpha1", "kind": "PhoneNumber",
                     "metadata": {"name": name}, "spec": sip_spec(&number, &format!("{name}-sip"))});
@@ -304,10 +294,4 @@ async fn the_default_memory_limit_holds_the_documented_scale() {
     let _ = pns
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await;
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
